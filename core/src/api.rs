@@ -1,0 +1,200 @@
+//! The seam between the core and the world: what goes in, what comes out.
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::WriteOp;
+use crate::types::{CallId, ClusterId, Key, NodeId, ProposalId, RequestId, Value, WriteId};
+use crate::wire::{Message, ReadState};
+
+/// Everything that can happen to a node.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A message from a peer (decoded with [`wire::decode`](crate::wire::decode)); `from` is
+    /// the authenticated sender.
+    Message { from: NodeId, msg: Message },
+    /// A client's command; its reply carries the same `call`.
+    Client { call: CallId, cmd: Command },
+    /// Every write up to and including `upto` is durable.
+    Persisted { upto: WriteId },
+    /// Timers may be due: the driver calls this at [`Node::poll_timeout`](crate::Node::poll_timeout).
+    Timeout,
+    /// Discovery found a node (or confirmed one). Memberships only grow this way.
+    NodeDiscovered { cluster: ClusterId, node: NodeId },
+    /// A node left the membership: it said goodbye, or an operator removed it.
+    NodeRemoved { node: NodeId, goodbye: bool },
+    /// Leave the network gracefully: stop granting, resolve every reservation held, then emit
+    /// [`Note::LeaveComplete`]; the driver then says goodbye.
+    Leave,
+}
+
+/// A client's command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Put {
+        key: Key,
+        value: Value,
+        request: Option<RequestId>,
+    },
+    Get {
+        key: Key,
+    },
+    /// Ask every node of every cluster what it holds for the key.
+    Verify {
+        key: Key,
+    },
+}
+
+/// What the core asks the world to do. Drain with [`Node::poll_output`](crate::Node::poll_output)
+/// after every input.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Send `msg` to `to` (never to this node itself: the core delivers those internally).
+    Send { to: NodeId, msg: Message },
+    /// Make these changes durable, atomically, after every earlier write; then report
+    /// [`Input::Persisted`]. Messages and replies that depend on it are held back until then.
+    Persist { write: WriteId, ops: Vec<WriteOp> },
+    /// The answer to a client's command.
+    Reply { call: CallId, reply: Reply },
+    /// Something worth logging, counting or checking.
+    Note(Note),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Put(PutOutcome),
+    Get(GetOutcome),
+    Verify(VerifyReport),
+}
+
+/// What a PUT can be told (PROTOCOL.md, "What a client can be told").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutOutcome {
+    /// The key now holds this value everywhere it will ever be read.
+    Stored,
+    /// Another value was committed for this key (it is `value`): choose another key.
+    Exists { value: Value },
+    /// A concurrent proposal held the key; this one was aborted and had no effect.
+    Busy,
+    /// Some participants did not answer; the proposal may still commit later.
+    Unavailable(Silence),
+    /// Bad key, value or request id; nothing happened.
+    Invalid(Invalid),
+    /// Too many calls in flight at this node; nothing happened.
+    Overloaded,
+    /// This node cannot accept writes yet; nothing happened.
+    NotReady(NotReady),
+}
+
+impl PutOutcome {
+    /// Whether the answer is final (the proposal's effect is known).
+    pub fn is_definite(&self) -> bool {
+        !matches!(self, PutOutcome::Unavailable(_))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GetOutcome {
+    Value(Value),
+    /// No value is committed for this key (as of this read's linearization point).
+    Unknown,
+    /// The key is reserved by a proposal whose outcome could not be learned in time.
+    Unavailable(Silence),
+    Invalid(Invalid),
+    Overloaded,
+    NotReady(NotReady),
+}
+
+/// Who did not answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Silence {
+    pub nodes: Vec<NodeId>,
+    /// Clusters none of whose nodes answered.
+    pub clusters: Vec<ClusterId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Invalid {
+    EmptyKey,
+    KeyTooLong {
+        bytes: usize,
+        max: usize,
+    },
+    ValueTooLong {
+        bytes: usize,
+        max: usize,
+    },
+    RequestIdTooLong {
+        bytes: usize,
+        max: usize,
+    },
+    /// The request id was used before for another key or value.
+    RequestIdReused,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Invalid::EmptyKey => write!(f, "the key is empty"),
+            Invalid::KeyTooLong { bytes, max } => {
+                write!(f, "the key has {bytes} bytes, more than the limit of {max}")
+            }
+            Invalid::ValueTooLong { bytes, max } => {
+                write!(
+                    f,
+                    "the value has {bytes} bytes, more than the limit of {max}"
+                )
+            }
+            Invalid::RequestIdTooLong { bytes, max } => {
+                write!(
+                    f,
+                    "the request id has {bytes} bytes, more than the limit of {max}"
+                )
+            }
+            Invalid::RequestIdReused => {
+                write!(f, "the request id was used before for another key or value")
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NotReady {
+    /// The node is still copying the keys of the network it joined.
+    Joining,
+    /// The node's own cluster has fewer members than `Config::cluster_size_min`.
+    ClusterTooSmall { members: usize, min: usize },
+    /// The node is leaving the network.
+    Leaving,
+}
+
+/// The answer to a verify read: what every node holds for the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub key: Key,
+    pub answers: Vec<(NodeId, ReadState)>,
+    pub silent: Silence,
+    /// Every node that answered holds the same committed value, or every one holds none.
+    pub agree: bool,
+}
+
+/// Things worth logging, counting or checking. None of them needs an action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// This node decided the outcome of `p` (as coordinator or resolver).
+    Decided {
+        p: ProposalId,
+        key: Key,
+        committed: bool,
+    },
+    /// This node stored `key` for `p` (the commit is durable once the write carrying it is).
+    Committed { p: ProposalId, key: Key },
+    /// This node finished its join-time copy and now votes and serves reads.
+    Ready,
+    /// Every reservation this node held is resolved and acknowledged: it may say goodbye.
+    LeaveComplete,
+    /// A peer sent something that breaks the rules; it was dropped and changed nothing.
+    PeerInputRejected { from: NodeId, reason: String },
+    /// An invariant of the protocol broke (a bug somewhere, or a peer that lies). Nothing was
+    /// changed. The simulator fails the run on this.
+    Violation { reason: String },
+}

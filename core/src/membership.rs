@@ -1,0 +1,171 @@
+//! The clusters and their nodes as one node knows them, and the digest that proposals carry.
+//!
+//! Safety needs every two proposals for one key to share a participant. Growing a membership
+//! keeps that true, shrinking it on suspicion does not, so a `Membership` only shrinks when a
+//! node says goodbye or an operator removes it (see PROTOCOL.md, Membership). A proposal keeps
+//! the `Arc<Membership>` it started with, whatever the node learns later.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ClusterId, NodeId};
+
+/// A digest of the sorted (cluster, node) pairs: equal on two nodes exactly when (barring a
+/// 64-bit collision) their memberships are equal. FNV-1a, so it is the same on every platform
+/// and in every process, unlike `std`'s randomly keyed hasher.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct Digest(pub u64);
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(from = "MembershipWire", into = "MembershipWire")]
+pub struct Membership {
+    clusters: BTreeMap<ClusterId, Vec<NodeId>>,
+    cluster_of: BTreeMap<NodeId, ClusterId>,
+    digest: Digest,
+}
+
+/// What goes on the wire and on disk: the pairs only; the index and digest are derived.
+#[derive(Clone, Serialize, Deserialize)]
+struct MembershipWire(Vec<(ClusterId, Vec<NodeId>)>);
+
+impl From<MembershipWire> for Membership {
+    fn from(w: MembershipWire) -> Self {
+        Membership::from_pairs(
+            w.0.into_iter()
+                .flat_map(|(c, nodes)| nodes.into_iter().map(move |n| (c.clone(), n))),
+        )
+    }
+}
+impl From<Membership> for MembershipWire {
+    fn from(m: Membership) -> Self {
+        MembershipWire(m.clusters.into_iter().collect())
+    }
+}
+
+impl Default for Membership {
+    fn default() -> Self {
+        Self::from_pairs(std::iter::empty())
+    }
+}
+
+impl Membership {
+    /// Builds a membership; a node listed twice keeps its last cluster.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (ClusterId, NodeId)>) -> Self {
+        let mut cluster_of = BTreeMap::new();
+        for (c, n) in pairs {
+            cluster_of.insert(n, c);
+        }
+        let mut sets: BTreeMap<ClusterId, BTreeSet<NodeId>> = BTreeMap::new();
+        for (n, c) in &cluster_of {
+            sets.entry(c.clone()).or_default().insert(n.clone());
+        }
+        let clusters: BTreeMap<ClusterId, Vec<NodeId>> = sets
+            .into_iter()
+            .map(|(c, s)| (c, s.into_iter().collect()))
+            .collect();
+        let digest = digest_of(&clusters);
+        Membership {
+            clusters,
+            cluster_of,
+            digest,
+        }
+    }
+
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+    pub fn len(&self) -> usize {
+        self.cluster_of.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.cluster_of.is_empty()
+    }
+    pub fn contains(&self, node: &NodeId) -> bool {
+        self.cluster_of.contains_key(node)
+    }
+    pub fn cluster_of(&self, node: &NodeId) -> Option<&ClusterId> {
+        self.cluster_of.get(node)
+    }
+    /// The nodes of `cluster`, sorted; empty if the cluster is unknown.
+    pub fn nodes_of(&self, cluster: &ClusterId) -> &[NodeId] {
+        self.clusters.get(cluster).map(Vec::as_slice).unwrap_or(&[])
+    }
+    /// Every cluster with its sorted nodes, in cluster order.
+    pub fn clusters(&self) -> impl Iterator<Item = (&ClusterId, &[NodeId])> {
+        self.clusters.iter().map(|(c, n)| (c, n.as_slice()))
+    }
+    pub fn cluster_count(&self) -> usize {
+        self.clusters.len()
+    }
+    /// Every node, sorted by id.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
+        self.cluster_of.keys()
+    }
+
+    pub fn with_node(&self, cluster: ClusterId, node: NodeId) -> Membership {
+        Membership::from_pairs(self.pairs().chain(std::iter::once((cluster, node))))
+    }
+    pub fn without_node(&self, node: &NodeId) -> Membership {
+        Membership::from_pairs(self.pairs().filter(|(_, n)| n != node))
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (ClusterId, NodeId)> + '_ {
+        self.cluster_of.iter().map(|(n, c)| (c.clone(), n.clone()))
+    }
+}
+
+fn digest_of(clusters: &BTreeMap<ClusterId, Vec<NodeId>>) -> Digest {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        // Length-prefixed, so ("ab","c") and ("a","bc") differ.
+        for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    for (c, nodes) in clusters {
+        for n in nodes {
+            eat(c.as_str().as_bytes());
+            eat(n.as_str().as_bytes());
+        }
+    }
+    Digest(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pairs: &[(&str, &str)]) -> Membership {
+        Membership::from_pairs(
+            pairs
+                .iter()
+                .map(|(c, n)| (ClusterId::from(*c), NodeId::from(*n))),
+        )
+    }
+
+    #[test]
+    fn digest_ignores_order_and_sees_every_pair() {
+        let a = m(&[("x", "1"), ("x", "2"), ("y", "3")]);
+        let b = m(&[("y", "3"), ("x", "2"), ("x", "1")]);
+        assert_eq!(a.digest(), b.digest());
+        assert_ne!(a.digest(), m(&[("x", "1"), ("x", "2")]).digest());
+        assert_ne!(
+            a.digest(),
+            m(&[("x", "1"), ("y", "2"), ("y", "3")]).digest()
+        );
+        assert_ne!(m(&[("ab", "c")]).digest(), m(&[("a", "bc")]).digest());
+    }
+
+    #[test]
+    fn grows_and_shrinks_explicitly() {
+        let a = m(&[("x", "1"), ("x", "2")]);
+        let b = a.with_node("y".into(), "3".into());
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.cluster_of(&"3".into()), Some(&ClusterId::from("y")));
+        assert_eq!(b.without_node(&"3".into()), a);
+    }
+}

@@ -1,0 +1,2320 @@
+//! The protocol state machine of one node.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::api::{
+    Command, GetOutcome, Input, Invalid, NotReady, Note, Output, PutOutcome, Reply, Silence,
+    VerifyReport,
+};
+use crate::config::{Config, ConfigError};
+use crate::membership::Membership;
+use crate::storage::{DurableKey, Recovered, RefusalWhy, RequestOutcome, RequestRecord, WriteOp};
+use crate::timers::{RelayKey, Timer, Timers};
+use crate::types::{CallId, ClusterId, Key, NodeId, ProposalId, RequestId, Time, Value, WriteId};
+use crate::wire::{DenyReason, Message, ReadState, Request, Response, SyncRefusal, Vote};
+
+/// One node of the write-once replication protocol, as a pure state machine.
+///
+/// # Contract
+/// - Feed every event with [`Node::handle`], passing the current time; times never go back
+///   (an earlier `now` is treated as the latest one seen).
+/// - After **every** call to `handle`, drain [`Node::poll_output`] until it returns `None`, and
+///   execute each output: send messages, make writes durable (in order) and report them with
+///   [`Input::Persisted`], deliver replies.
+/// - Then read [`Node::poll_timeout`] and call `handle(now, Input::Timeout)` when it is due.
+/// - Messages and replies are released only after every write issued before them is durable,
+///   so a driver may crash the node at any point and restart it from the writes it completed
+///   ([`Recovered`]) without breaking any promise the node made.
+///
+/// The node never reads a clock, never draws randomness of its own (the caller gives the seed
+/// of its jitter), never does I/O and never iterates a map in an order that depends on a hash.
+pub struct Node {
+    config: Config,
+    id: NodeId,
+    cluster: ClusterId,
+    membership: Arc<Membership>,
+    departed: BTreeSet<NodeId>,
+    rng: ChaCha8Rng,
+    now: Time,
+
+    keys: BTreeMap<Key, DurableKey>,
+    /// The key of every reservation this node holds, by proposal.
+    reservations: BTreeMap<ProposalId, Key>,
+    refusals: BTreeMap<ProposalId, RefusalWhy>,
+    watermarks: BTreeMap<NodeId, u64>,
+    next_counter: u64,
+    counter_ceiling: u64,
+
+    ready: bool,
+    sync: Option<SyncState>,
+    leaving: bool,
+    leave_complete: bool,
+
+    requests: BTreeMap<RequestId, RequestRecord>,
+    /// Request ids by arrival, with the time this node learned of them, for expiry.
+    request_order: BTreeMap<u64, (RequestId, Time)>,
+    request_seq: u64,
+
+    ops: BTreeMap<u64, PutOp>,
+    next_op: u64,
+    deciders: BTreeMap<ProposalId, Decider>,
+    reads: BTreeMap<CallId, ReadWait>,
+    readers: BTreeMap<ProposalId, BTreeSet<CallId>>,
+    verifies: BTreeMap<u64, Verify>,
+    relays: BTreeMap<RelayKey, Relay>,
+    next_tag: u64,
+
+    timers: Timers,
+
+    pending_ops: Vec<WriteOp>,
+    last_issued: u64,
+    durable_upto: u64,
+    held: VecDeque<(u64, Deferred)>,
+    inbox: VecDeque<Message>,
+    outputs: VecDeque<Output>,
+}
+
+/// A client PUT this node coordinates, across its Busy retries.
+struct PutOp {
+    key: Key,
+    value: Value,
+    request: Option<RequestId>,
+    calls: Vec<CallId>,
+    current: Option<ProposalId>,
+    retries_left: u32,
+    attempt: u32,
+}
+
+/// A vote collection for one proposal: the coordinator's, or any node's Resolve.
+struct Decider {
+    key: Key,
+    participants: Arc<Membership>,
+    votes: BTreeMap<NodeId, Vote>,
+    phase: Phase,
+    /// For each remote cluster: which of its nodes is the representative, and whether it
+    /// answered this round.
+    reps: BTreeMap<ClusterId, Rep>,
+    op: Option<u64>,
+    /// Set while leaving: keep asking until every participant reflects the decision.
+    confirm: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Reserving,
+    Resolving { attempt: u32 },
+    Confirming { committed: bool, attempt: u32 },
+}
+
+#[derive(Clone, Copy, Default)]
+struct Rep {
+    index: usize,
+    answered: bool,
+}
+
+struct ReadWait {
+    key: Key,
+    p: ProposalId,
+}
+
+struct Verify {
+    call: CallId,
+    key: Key,
+    participants: Arc<Membership>,
+    answers: BTreeMap<NodeId, ReadState>,
+}
+
+struct Relay {
+    origins: BTreeSet<NodeId>,
+    waiting: BTreeSet<NodeId>,
+    responses: Vec<Response>,
+    /// For a verify read: the origin's tag, to put back on the answers.
+    origin_tag: Option<u64>,
+}
+
+struct SyncState {
+    after: Option<Key>,
+    source_index: usize,
+    awaiting: Option<NodeId>,
+    copied: bool,
+}
+
+enum Deferred {
+    Send(NodeId, Message),
+    Local(Message),
+    Reply(CallId, Reply),
+}
+
+/// Deliberately broken behaviour, for showing that the simulator catches it.
+#[cfg(feature = "bug-injection")]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum InjectedBug {
+    /// Grant a Reserve although the key is reserved by another proposal.
+    GrantWhenReserved,
+    /// Commit when all participants but one granted.
+    CommitOnPartialVote,
+    /// Answer a read of a reserved key "unknown" at once.
+    ReadReservedAsUnknown,
+    /// Drop a reservation on Abort without recording a refusal.
+    ForgetFenceOnAbort,
+    /// Send messages before the writes they depend on are durable.
+    VoteBeforeDurable,
+    /// Answer Status of a proposal this node does not hold without fencing it.
+    StatusWithoutFence,
+}
+
+impl Node {
+    /// Starts a node from its durable state. `membership` is what the driver knows now (at
+    /// least this node itself); `seed` seeds the jitter of backoffs.
+    pub fn new(
+        config: Config,
+        id: NodeId,
+        cluster: ClusterId,
+        membership: Membership,
+        recovered: Recovered,
+        now: Time,
+        seed: u64,
+    ) -> Result<Node, ConfigError> {
+        config.validate()?;
+        let membership = Arc::new(membership.with_node(cluster.clone(), id.clone()));
+        let Recovered {
+            keys,
+            refusals,
+            watermarks,
+            counter_ceiling,
+            requests,
+            ready,
+            departed,
+        } = recovered;
+        let mut node = Node {
+            config,
+            id,
+            cluster,
+            membership,
+            departed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now,
+            keys,
+            reservations: BTreeMap::new(),
+            refusals,
+            watermarks,
+            next_counter: counter_ceiling,
+            counter_ceiling,
+            ready,
+            sync: None,
+            leaving: false,
+            leave_complete: false,
+            requests: BTreeMap::new(),
+            request_order: BTreeMap::new(),
+            request_seq: 0,
+            ops: BTreeMap::new(),
+            next_op: 0,
+            deciders: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            readers: BTreeMap::new(),
+            verifies: BTreeMap::new(),
+            relays: BTreeMap::new(),
+            next_tag: 0,
+            timers: Timers::default(),
+            pending_ops: Vec::new(),
+            last_issued: 0,
+            durable_upto: 0,
+            held: VecDeque::new(),
+            inbox: VecDeque::new(),
+            outputs: VecDeque::new(),
+        };
+        for (id, record) in requests {
+            node.request_seq = node.request_seq.max(record.seq + 1);
+            node.request_order.insert(record.seq, (id.clone(), now));
+            node.requests.insert(id, record);
+        }
+        // Every reservation found on disk is resolved soon after the restart; the jitter keeps
+        // a whole cluster that restarts at once from resolving in lockstep.
+        let open: Vec<(Key, ProposalId)> = node
+            .keys
+            .iter()
+            .filter(|(_, s)| !s.is_stored())
+            .map(|(k, s)| (k.clone(), s.proposal().clone()))
+            .collect();
+        for (key, p) in open {
+            let delay = node.jitter(node.config.resolve_backoff_min);
+            node.timers.set(Timer::Lease(p.clone()), now + delay);
+            node.reservations.insert(p, key);
+        }
+        if !node.ready {
+            node.sync = Some(SyncState {
+                after: None,
+                source_index: 0,
+                awaiting: None,
+                copied: false,
+            });
+            node.timers.set(Timer::Sync, now);
+        }
+        Ok(node)
+    }
+
+    // ---------------------------------------------------------------- getters
+
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+    pub fn cluster(&self) -> &ClusterId {
+        &self.cluster
+    }
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// Whether the node votes and serves reads (its join-time copy is done).
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+    pub fn is_leaving(&self) -> bool {
+        self.leaving
+    }
+    /// The node's current state of a key (`None`: free).
+    pub fn key_state(&self, key: &Key) -> Option<&DurableKey> {
+        self.keys.get(key)
+    }
+    /// Every key this node stores or has reserved, in key order.
+    pub fn keys(&self) -> impl Iterator<Item = (&Key, &DurableKey)> {
+        self.keys.iter()
+    }
+    /// Whether this node refuses proposal `p` (it refused it, fenced it, saw it aborted, or it
+    /// is under its coordinator's watermark and not held here).
+    pub fn refuses(&self, p: &ProposalId, key: &Key) -> bool {
+        self.refused(p, key)
+    }
+    pub fn stats(&self) -> Stats {
+        Stats {
+            keys_stored: self.keys.len() - self.reservations.len(),
+            reservations_open: self.reservations.len(),
+            refusals: self.refusals.len(),
+            proposals_in_flight: self.ops.len(),
+            resolutions: self.deciders.len(),
+            reads_waiting: self.reads.len(),
+            relays: self.relays.len(),
+            timers: self.timers.len(),
+            held_messages: self.held.len(),
+        }
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Feeds one input. Then drain [`Node::poll_output`].
+    pub fn handle(&mut self, now: Time, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Message { from, msg } => self.on_message(from, msg),
+            Input::Client { call, cmd } => self.on_command(call, cmd),
+            Input::Persisted { upto } => self.on_persisted(upto),
+            Input::Timeout => {
+                while let Some(timer) = self.timers.pop_due(self.now) {
+                    self.on_timer(timer);
+                }
+            }
+            Input::NodeDiscovered { cluster, node } => self.on_discovered(cluster, node),
+            Input::NodeRemoved { node, goodbye: _ } => self.on_removed(node),
+            Input::Leave => self.on_leave(),
+        }
+        self.drain_inbox();
+        self.flush();
+    }
+
+    // ---------------------------------------------------------------- outputs
+
+    /// The next thing to do, if any.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Input::Timeout`] is next due.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.next()
+    }
+
+    // ================================================================ messages
+
+    fn on_message(&mut self, from: NodeId, msg: Message) {
+        if let Err(reason) = self.check_message(&msg) {
+            self.note(Note::PeerInputRejected { from, reason });
+            return;
+        }
+        match msg {
+            Message::Request(req) => {
+                if let Some(resp) = self.on_request(&from, req) {
+                    self.send(from, Message::Response(resp));
+                }
+            }
+            Message::Response(resp) => self.on_response(&from, resp),
+            Message::Relay {
+                cluster,
+                targets,
+                request,
+            } => self.on_relay(from, cluster, targets, request),
+            Message::RelayReply { cluster, responses } => {
+                for resp in responses {
+                    if let Response::Vote { p, .. } = &resp
+                        && let Some(d) = self.deciders.get_mut(p)
+                    {
+                        if let Some(rep) = d.reps.get_mut(&cluster) {
+                            rep.answered = true;
+                        }
+                        let p = p.clone();
+                        self.timers
+                            .cancel(&Timer::Representative(p, cluster.clone()));
+                    }
+                    self.on_response(&from, resp);
+                }
+            }
+            Message::SyncRequest { after } => self.on_sync_request(from, after),
+            Message::SyncPage { entries, done } => self.on_sync_page(from, entries, done),
+            Message::SyncRefused { reason: _ } => self.on_sync_refused(from),
+        }
+    }
+
+    /// Bounds and shapes a peer cannot get past. Deeper checks happen where a message is used.
+    fn check_message(&self, msg: &Message) -> Result<(), String> {
+        let nodes_max = self.config.cluster_nodes_max;
+        match msg {
+            Message::Request(req) => self.check_request(req),
+            Message::Response(resp) => self.check_response(resp),
+            Message::Relay {
+                targets, request, ..
+            } => {
+                if targets.len() > nodes_max {
+                    return Err(format!(
+                        "relay to {} targets, limit {nodes_max}",
+                        targets.len()
+                    ));
+                }
+                self.check_request(request)
+            }
+            Message::RelayReply { responses, .. } => {
+                if responses.len() > nodes_max {
+                    return Err(format!("relay reply with {} responses", responses.len()));
+                }
+                responses.iter().try_for_each(|r| self.check_response(r))
+            }
+            Message::SyncRequest { after } => after.as_ref().map_or(Ok(()), |k| self.check_key(k)),
+            Message::SyncPage { entries, .. } => {
+                if entries.len() > self.config.sync_page_keys {
+                    return Err(format!("sync page of {} keys", entries.len()));
+                }
+                for (key, state) in entries {
+                    self.check_key(key)?;
+                    self.check_value(state.value())?;
+                    if let DurableKey::Reserved { participants, .. } = state {
+                        self.check_membership(participants)?;
+                    }
+                }
+                Ok(())
+            }
+            Message::SyncRefused { .. } => Ok(()),
+        }
+    }
+
+    fn check_request(&self, req: &Request) -> Result<(), String> {
+        match req {
+            Request::Reserve { key, value, .. } => {
+                self.check_key(key)?;
+                self.check_value(value)
+            }
+            Request::Status { key, .. }
+            | Request::Commit { key, .. }
+            | Request::Abort { key, .. }
+            | Request::Read { key, .. } => self.check_key(key),
+        }
+    }
+
+    fn check_response(&self, resp: &Response) -> Result<(), String> {
+        match resp {
+            Response::Vote { key, vote, .. } => {
+                self.check_key(key)?;
+                match vote {
+                    Vote::Denied {
+                        stored: Some(v), ..
+                    } => self.check_value(v),
+                    _ => Ok(()),
+                }
+            }
+            Response::Read { key, state, .. } => {
+                self.check_key(key)?;
+                match state {
+                    ReadState::Stored(v) => self.check_value(v),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn check_key(&self, key: &Key) -> Result<(), String> {
+        validate_key(&self.config, key).map_err(|e| e.to_string())
+    }
+    fn check_value(&self, value: &Value) -> Result<(), String> {
+        if value.len() > self.config.value_bytes_max {
+            return Err(Invalid::ValueTooLong {
+                bytes: value.len(),
+                max: self.config.value_bytes_max,
+            }
+            .to_string());
+        }
+        Ok(())
+    }
+    fn check_membership(&self, m: &Membership) -> Result<(), String> {
+        if m.cluster_count() > self.config.clusters_max
+            || m.clusters()
+                .any(|(_, n)| n.len() > self.config.cluster_nodes_max)
+        {
+            return Err("membership over the configured limits".into());
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- as a participant
+
+    fn on_request(&mut self, from: &NodeId, req: Request) -> Option<Response> {
+        let authorised = *from == self.id
+            || self.membership.contains(from)
+            || match &req {
+                Request::Commit { p, key } | Request::Abort { p, key } => {
+                    match self.keys.get(key) {
+                        Some(DurableKey::Reserved {
+                            p: q, participants, ..
+                        }) => q == p && participants.contains(from),
+                        _ => false,
+                    }
+                }
+                _ => false,
+            };
+        if !authorised {
+            self.note(Note::PeerInputRejected {
+                from: from.clone(),
+                reason: "request from a node outside the membership".into(),
+            });
+            return None;
+        }
+        match req {
+            Request::Reserve {
+                p,
+                key,
+                value,
+                digest,
+            } => {
+                let vote = self.on_reserve(&p, &key, value, digest);
+                Some(Response::Vote {
+                    p,
+                    key,
+                    node: self.id.clone(),
+                    vote,
+                })
+            }
+            Request::Status { p, key } => {
+                let vote = self.on_status(&p, &key);
+                Some(Response::Vote {
+                    p,
+                    key,
+                    node: self.id.clone(),
+                    vote,
+                })
+            }
+            Request::Commit { p, key } => {
+                self.on_commit(from, &p, &key);
+                None
+            }
+            Request::Abort { p, key } => {
+                self.on_abort(&p, &key);
+                None
+            }
+            Request::Read { key, tag } => {
+                let state = if !self.ready {
+                    ReadState::NotReady
+                } else {
+                    match self.keys.get(&key) {
+                        Some(DurableKey::Stored { value, .. }) => ReadState::Stored(value.clone()),
+                        Some(DurableKey::Reserved { .. }) => ReadState::Reserved,
+                        None => ReadState::Free,
+                    }
+                };
+                Some(Response::Read {
+                    key,
+                    tag,
+                    node: self.id.clone(),
+                    state,
+                })
+            }
+        }
+    }
+
+    fn on_reserve(
+        &mut self,
+        p: &ProposalId,
+        key: &Key,
+        value: Value,
+        digest: crate::membership::Digest,
+    ) -> Vote {
+        if self.refused(p, key) {
+            return self.denied(DenyReason::Fenced, p, key);
+        }
+        match self.keys.get(key) {
+            Some(DurableKey::Stored { p: q, .. }) if q == p => return Vote::Committed,
+            Some(DurableKey::Reserved { p: q, .. }) if q == p => return Vote::Granted,
+            Some(DurableKey::Stored { .. }) => return self.refuse(p, key, DenyReason::Exists),
+            Some(DurableKey::Reserved { .. }) if !self.bug_is(BugCheck::GrantWhenReserved) => {
+                return self.refuse(p, key, DenyReason::Busy);
+            }
+            Some(DurableKey::Reserved { .. }) | None => {}
+        }
+        let reason = if self.leaving {
+            Some(DenyReason::Leaving)
+        } else if !self.ready {
+            Some(DenyReason::NotReady)
+        } else if digest != self.membership.digest() {
+            Some(DenyReason::MembershipChanged)
+        } else if self.reservations.len() >= self.config.reservations_max {
+            Some(DenyReason::Overloaded)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return self.refuse(p, key, reason);
+        }
+        if let Some(DurableKey::Reserved { p: old, .. }) = self.keys.get(key) {
+            // Only reachable with the GrantWhenReserved bug: the old reservation is overwritten.
+            let old = old.clone();
+            self.reservations.remove(&old);
+            self.timers.cancel(&Timer::Lease(old));
+        }
+        let state = DurableKey::Reserved {
+            p: p.clone(),
+            value,
+            participants: self.membership.clone(),
+        };
+        self.keys.insert(key.clone(), state.clone());
+        self.reservations.insert(p.clone(), key.clone());
+        self.persist(WriteOp::PutKey {
+            key: key.clone(),
+            state,
+        });
+        self.timers
+            .set(Timer::Lease(p.clone()), self.now + self.config.lease);
+        Vote::Granted
+    }
+
+    fn on_status(&mut self, p: &ProposalId, key: &Key) -> Vote {
+        if self.refused(p, key) {
+            return self.denied(DenyReason::Fenced, p, key);
+        }
+        match self.keys.get(key) {
+            Some(DurableKey::Stored { p: q, .. }) if q == p => Vote::Committed,
+            Some(DurableKey::Reserved { p: q, .. }) if q == p => Vote::Granted,
+            _ if self.bug_is(BugCheck::StatusWithoutFence) => Vote::Denied {
+                reason: DenyReason::Fenced,
+                stored: None,
+            },
+            _ => {
+                self.record_refusal(p, RefusalWhy::Fenced);
+                self.denied(DenyReason::Fenced, p, key)
+            }
+        }
+    }
+
+    fn on_commit(&mut self, from: &NodeId, p: &ProposalId, key: &Key) {
+        match self.keys.get(key) {
+            Some(DurableKey::Reserved { p: q, value, .. }) if q == p => {
+                let state = DurableKey::Stored {
+                    p: p.clone(),
+                    value: value.clone(),
+                };
+                self.keys.insert(key.clone(), state.clone());
+                self.reservations.remove(p);
+                self.timers.cancel(&Timer::Lease(p.clone()));
+                self.persist(WriteOp::PutKey {
+                    key: key.clone(),
+                    state,
+                });
+                self.note(Note::Committed {
+                    p: p.clone(),
+                    key: key.clone(),
+                });
+                self.learned(p, true);
+                self.key_changed(p);
+            }
+            Some(DurableKey::Stored { p: q, .. }) if q == p => {}
+            other => {
+                let held = match other {
+                    None => "nothing".to_string(),
+                    Some(DurableKey::Reserved { p: q, .. }) => format!("a reservation of {q}"),
+                    Some(DurableKey::Stored { p: q, .. }) => format!("a value stored by {q}"),
+                };
+                let refused = if self.refusals.contains_key(p) {
+                    " and a refusal of it"
+                } else {
+                    ""
+                };
+                self.note(Note::Violation {
+                    reason: format!(
+                        "Commit({p}) for key {key:?} from {from} reached {} holding {held}{refused}",
+                        self.id
+                    ),
+                });
+            }
+        }
+    }
+
+    fn on_abort(&mut self, p: &ProposalId, key: &Key) {
+        match self.keys.get(key) {
+            Some(DurableKey::Reserved { p: q, .. }) if q == p => {
+                self.keys.remove(key);
+                self.reservations.remove(p);
+                self.timers.cancel(&Timer::Lease(p.clone()));
+                self.persist(WriteOp::RemoveKey { key: key.clone() });
+                if !self.bug_is(BugCheck::ForgetFenceOnAbort) {
+                    self.record_refusal(p, RefusalWhy::Aborted);
+                }
+                self.learned(p, false);
+                self.key_changed(p);
+            }
+            Some(DurableKey::Stored { p: q, .. }) if q == p => {
+                self.note(Note::Violation {
+                    reason: format!("Abort({p}) reached {} which stores {key:?} for it", self.id),
+                });
+            }
+            _ => {
+                if !self.refusals.contains_key(p) && !self.bug_is(BugCheck::ForgetFenceOnAbort) {
+                    self.record_refusal(p, RefusalWhy::Aborted);
+                }
+                self.learned(p, false);
+            }
+        }
+    }
+
+    /// Whether `p` is refused here: refused before, or under its coordinator's watermark and
+    /// not held.
+    fn refused(&self, p: &ProposalId, key: &Key) -> bool {
+        if self.refusals.contains_key(p) {
+            return true;
+        }
+        match self.watermarks.get(&p.coordinator) {
+            Some(w) if p.counter <= *w => !self.holds(p, key),
+            _ => false,
+        }
+    }
+
+    fn holds(&self, p: &ProposalId, key: &Key) -> bool {
+        self.keys.get(key).is_some_and(|s| s.proposal() == p)
+    }
+
+    fn refuse(&mut self, p: &ProposalId, key: &Key, reason: DenyReason) -> Vote {
+        self.record_refusal(p, RefusalWhy::Denied(reason));
+        self.denied(reason, p, key)
+    }
+
+    fn denied(&self, reason: DenyReason, p: &ProposalId, key: &Key) -> Vote {
+        let reason = match (reason, self.refusals.get(p)) {
+            (DenyReason::Fenced, Some(RefusalWhy::Aborted)) => DenyReason::Aborted,
+            (DenyReason::Fenced, Some(RefusalWhy::Denied(r))) => *r,
+            (r, _) => r,
+        };
+        let stored = match self.keys.get(key) {
+            Some(DurableKey::Stored { p: q, value }) if q != p => Some(value.clone()),
+            _ => None,
+        };
+        Vote::Denied { reason, stored }
+    }
+
+    fn record_refusal(&mut self, p: &ProposalId, why: RefusalWhy) {
+        if self.refusals.contains_key(p) {
+            return;
+        }
+        self.refusals.insert(p.clone(), why);
+        self.persist(WriteOp::PutRefusal { p: p.clone(), why });
+        if self.refusals.len() > self.config.refusals_max {
+            self.fold_refusals();
+        }
+    }
+
+    /// Folds refusals into per-coordinator watermarks until a quarter of the room is free.
+    /// Refusing more is always safe; forgetting a refusal never is.
+    fn fold_refusals(&mut self) {
+        let target = self.config.refusals_max - self.config.refusals_max / 4;
+        while self.refusals.len() > target {
+            let Some((first, _)) = self.refusals.first_key_value() else {
+                break;
+            };
+            let coordinator = first.coordinator.clone();
+            let folded: Vec<ProposalId> = self
+                .refusals
+                .range(
+                    ProposalId {
+                        coordinator: coordinator.clone(),
+                        counter: 0,
+                    }..=ProposalId {
+                        coordinator: coordinator.clone(),
+                        counter: u64::MAX,
+                    },
+                )
+                .map(|(p, _)| p.clone())
+                .collect();
+            let Some(top) = folded.last().map(|p| p.counter) else {
+                break;
+            };
+            let w = self.watermarks.entry(coordinator.clone()).or_insert(0);
+            *w = (*w).max(top);
+            self.persist(WriteOp::Watermark {
+                coordinator,
+                counter: top,
+            });
+            for p in folded {
+                self.refusals.remove(&p);
+                self.persist(WriteOp::RemoveRefusal { p });
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- votes and decisions
+
+    fn on_response(&mut self, from: &NodeId, resp: Response) {
+        match resp {
+            Response::Vote { p, key, node, vote } => {
+                if *from != node && !self.membership.contains(from) {
+                    return;
+                }
+                let relay_key = RelayKey::Votes(p.clone());
+                if self.relays.contains_key(&relay_key) {
+                    let decisive = !matches!(vote, Vote::Granted);
+                    let resp = Response::Vote {
+                        p: p.clone(),
+                        key,
+                        node: node.clone(),
+                        vote: vote.clone(),
+                    };
+                    self.relay_collect(&relay_key, &node, resp, decisive);
+                }
+                self.on_vote(&p, node, vote);
+            }
+            Response::Read {
+                key,
+                tag,
+                node,
+                state,
+            } => {
+                let relay_key = RelayKey::Read(tag);
+                if self.relays.contains_key(&relay_key) {
+                    let resp = Response::Read {
+                        key,
+                        tag,
+                        node: node.clone(),
+                        state,
+                    };
+                    self.relay_collect(&relay_key, &node, resp, false);
+                    return;
+                }
+                if let Some(v) = self.verifies.get_mut(&tag)
+                    && v.key == key
+                    && v.participants.contains(&node)
+                {
+                    v.answers.insert(node, state);
+                    if v.answers.len() == v.participants.len() {
+                        self.finish_verify(tag);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_vote(&mut self, p: &ProposalId, node: NodeId, vote: Vote) {
+        let Some(d) = self.deciders.get_mut(p) else {
+            return;
+        };
+        if !d.participants.contains(&node) {
+            return;
+        }
+        d.votes.insert(node, vote);
+        self.evaluate(p);
+    }
+
+    /// Applies the decision rule to what `p`'s decider has heard.
+    fn evaluate(&mut self, p: &ProposalId) {
+        let Some(d) = self.deciders.get(p) else {
+            return;
+        };
+        if let Phase::Confirming { committed, .. } = d.phase {
+            let confirmed = d.participants.nodes().all(|n| {
+                self.departed.contains(n)
+                    || match d.votes.get(n) {
+                        Some(Vote::Committed) => committed,
+                        Some(Vote::Denied { .. }) => !committed,
+                        _ => false,
+                    }
+            });
+            if confirmed {
+                self.drop_decider(p);
+                self.check_leave_complete();
+            }
+            return;
+        }
+        let mut missing = 0usize;
+        let mut decision = None;
+        for n in d.participants.nodes() {
+            match d.votes.get(n) {
+                Some(Vote::Committed) => {
+                    decision = Some(true);
+                    break;
+                }
+                Some(Vote::Denied { .. }) => {
+                    decision = Some(false);
+                    break;
+                }
+                Some(Vote::Granted) => {}
+                None if self.departed.contains(n) => {
+                    decision = Some(false);
+                    break;
+                }
+                None => missing += 1,
+            }
+        }
+        let decision = decision.or(match missing {
+            0 => Some(true),
+            1 if self.bug_is(BugCheck::CommitOnPartialVote) => Some(true),
+            _ => None,
+        });
+        if let Some(committed) = decision {
+            self.decide(p, committed);
+        }
+    }
+
+    /// `p` is decided here: tell every participant, answer whoever waits.
+    fn decide(&mut self, p: &ProposalId, committed: bool) {
+        let Some(d) = self.deciders.get(p) else {
+            return;
+        };
+        let key = d.key.clone();
+        let participants = d.participants.clone();
+        self.note(Note::Decided {
+            p: p.clone(),
+            key: key.clone(),
+            committed,
+        });
+        self.broadcast_decision(p, &key, &participants, committed);
+        self.finish_decider(p, committed);
+    }
+
+    fn broadcast_decision(
+        &mut self,
+        p: &ProposalId,
+        key: &Key,
+        participants: &Arc<Membership>,
+        committed: bool,
+    ) {
+        let request = if committed {
+            Request::Commit {
+                p: p.clone(),
+                key: key.clone(),
+            }
+        } else {
+            Request::Abort {
+                p: p.clone(),
+                key: key.clone(),
+            }
+        };
+        self.send_to_participants(p, participants, &request, None);
+        if !participants.contains(&self.id) && self.holds(p, key) {
+            // A copied reservation (joining node): apply the outcome here too.
+            self.send(self.id.clone(), Message::Request(request));
+        }
+    }
+
+    /// Ends the vote collection of `p` with an outcome learned or decided here.
+    fn finish_decider(&mut self, p: &ProposalId, committed: bool) {
+        let Some(d) = self.deciders.get_mut(p) else {
+            return;
+        };
+        let op = d.op.take();
+        if d.confirm {
+            d.phase = Phase::Confirming {
+                committed,
+                attempt: 0,
+            };
+            d.votes.retain(|_, v| match v {
+                Vote::Committed => committed,
+                Vote::Denied { .. } => !committed,
+                Vote::Granted => false,
+            });
+            let until = self.now + self.config.resolve_backoff_min;
+            self.timers.set(Timer::Resolve(p.clone()), until);
+        }
+        let denial = {
+            let d = &self.deciders[p];
+            d.votes.values().find_map(|v| match v {
+                Vote::Denied {
+                    stored: Some(value),
+                    ..
+                } => Some(value.clone()),
+                _ => None,
+            })
+        };
+        if !self.deciders[p].confirm {
+            self.drop_decider(p);
+        }
+        if let Some(op) = op {
+            self.finish_attempt(op, committed, denial);
+        }
+    }
+
+    fn drop_decider(&mut self, p: &ProposalId) {
+        let Some(d) = self.deciders.remove(p) else {
+            return;
+        };
+        self.timers.cancel(&Timer::Vote(p.clone()));
+        self.timers.cancel(&Timer::Resolve(p.clone()));
+        for c in d.reps.keys() {
+            self.timers
+                .cancel(&Timer::Representative(p.clone(), c.clone()));
+        }
+    }
+
+    /// An outcome of `p` reached this node as a Commit or an Abort.
+    fn learned(&mut self, p: &ProposalId, committed: bool) {
+        if let Some(d) = self.deciders.get(p) {
+            if matches!(d.phase, Phase::Confirming { .. }) {
+                return;
+            }
+            self.finish_decider(p, committed);
+        }
+    }
+
+    /// Sends `request` to every participant of `p`: directly inside this node's cluster,
+    /// through one representative elsewhere. `only` narrows it to nodes that lack a vote.
+    fn send_to_participants(
+        &mut self,
+        p: &ProposalId,
+        participants: &Arc<Membership>,
+        request: &Request,
+        only: Option<&BTreeMap<NodeId, Vote>>,
+    ) {
+        let wanted = |n: &NodeId| only.is_none_or(|votes| !votes.contains_key(n));
+        for (cluster, nodes) in participants.clusters() {
+            let targets: Vec<NodeId> = nodes
+                .iter()
+                .filter(|n| wanted(n) && !self.departed.contains(*n))
+                .cloned()
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            if *cluster == self.cluster {
+                for n in targets {
+                    self.send(n, Message::Request(request.clone()));
+                }
+            } else {
+                let index = self
+                    .deciders
+                    .get(p)
+                    .and_then(|d| d.reps.get(cluster))
+                    .map_or(0, |r| r.index);
+                let rep = pick_representative(nodes, &self.departed, index, p);
+                let Some(rep) = rep else { continue };
+                self.send(
+                    rep,
+                    Message::Relay {
+                        cluster: cluster.clone(),
+                        targets,
+                        request: request.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Starts (or joins) the resolution of `p`. Returns false if there is no room for it.
+    fn resolve(&mut self, p: &ProposalId, key: &Key, participants: Arc<Membership>) -> bool {
+        if let Some(d) = self.deciders.get_mut(p) {
+            if d.phase == Phase::Reserving {
+                d.phase = Phase::Resolving { attempt: 0 };
+                self.timers.cancel(&Timer::Vote(p.clone()));
+                self.resolve_round(p);
+            }
+            return true;
+        }
+        if self.deciders.len() >= self.config.resolutions_max + self.ops.len() {
+            return false;
+        }
+        let reps = remote_reps(&participants, &self.cluster);
+        self.deciders.insert(
+            p.clone(),
+            Decider {
+                key: key.clone(),
+                participants,
+                votes: BTreeMap::new(),
+                phase: Phase::Resolving { attempt: 0 },
+                reps,
+                op: None,
+                confirm: self.leaving,
+            },
+        );
+        self.resolve_round(p);
+        true
+    }
+
+    /// One round of Resolve: ask Status of every participant without a vote, and schedule
+    /// the next round.
+    fn resolve_round(&mut self, p: &ProposalId) {
+        let Some(d) = self.deciders.get_mut(p) else {
+            return;
+        };
+        let (attempt, confirming) = match &mut d.phase {
+            Phase::Resolving { attempt } => (*attempt, None),
+            Phase::Confirming { attempt, committed } => (*attempt, Some(*committed)),
+            Phase::Reserving => return,
+        };
+        for rep in d.reps.values_mut() {
+            rep.answered = false;
+        }
+        let key = d.key.clone();
+        let participants = d.participants.clone();
+        let votes = d.votes.clone();
+        let clusters: Vec<ClusterId> = d.reps.keys().cloned().collect();
+        if let Some(committed) = confirming {
+            self.broadcast_decision(p, &key, &participants, committed);
+        }
+        let status = Request::Status { p: p.clone(), key };
+        self.send_to_participants(p, &participants, &status, Some(&votes));
+        for c in clusters {
+            self.timers.set(
+                Timer::Representative(p.clone(), c),
+                self.now + self.config.representative_timeout,
+            );
+        }
+        let backoff = self.backoff(attempt);
+        self.timers
+            .set(Timer::Resolve(p.clone()), self.now + backoff);
+    }
+
+    fn backoff(&mut self, attempt: u32) -> Duration {
+        let min = self.config.resolve_backoff_min;
+        let base = min
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.config.resolve_backoff_max);
+        base + self.jitter(base / 2)
+    }
+
+    fn jitter(&mut self, max: Duration) -> Duration {
+        let max_us = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+        Duration::from_micros(self.rng.random_range(0..=max_us))
+    }
+
+    fn silence(&self, p: &ProposalId) -> Silence {
+        let Some(d) = self.deciders.get(p) else {
+            return Silence::default();
+        };
+        let mut silence = Silence::default();
+        for (cluster, nodes) in d.participants.clusters() {
+            let silent: Vec<&NodeId> = nodes.iter().filter(|n| !d.votes.contains_key(*n)).collect();
+            if silent.len() == nodes.len() {
+                silence.clusters.push(cluster.clone());
+            }
+            silence.nodes.extend(silent.into_iter().cloned());
+        }
+        silence
+    }
+
+    // ---------------------------------------------------------------- as a representative
+
+    fn on_relay(
+        &mut self,
+        origin: NodeId,
+        cluster: ClusterId,
+        targets: Vec<NodeId>,
+        request: Request,
+    ) {
+        if cluster != self.cluster || !self.membership.contains(&origin) {
+            self.note(Note::PeerInputRejected {
+                from: origin,
+                reason: format!(
+                    "relay for cluster {cluster} reached {} of {}",
+                    self.id, self.cluster
+                ),
+            });
+            return;
+        }
+        let targets: Vec<NodeId> = targets
+            .into_iter()
+            .filter(|n| self.membership.cluster_of(n) == Some(&self.cluster))
+            .collect();
+        let (relay_key, fanned) = match &request {
+            Request::Commit { .. } | Request::Abort { .. } => {
+                for n in targets {
+                    self.send(n, Message::Request(request.clone()));
+                }
+                return;
+            }
+            Request::Reserve { p, .. } | Request::Status { p, .. } => {
+                (RelayKey::Votes(p.clone()), request.clone())
+            }
+            Request::Read { key, tag } => {
+                let local = self.next_tag;
+                self.next_tag += 1;
+                let fanned = Request::Read {
+                    key: key.clone(),
+                    tag: local,
+                };
+                let key = RelayKey::Read(local);
+                if self.relays.len() >= self.config.relays_max {
+                    return;
+                }
+                self.relays.insert(
+                    key.clone(),
+                    Relay {
+                        origins: BTreeSet::from([origin.clone()]),
+                        waiting: BTreeSet::new(),
+                        responses: Vec::new(),
+                        origin_tag: Some(*tag),
+                    },
+                );
+                (key, fanned)
+            }
+        };
+        if !self.relays.contains_key(&relay_key) {
+            if self.relays.len() >= self.config.relays_max {
+                return;
+            }
+            self.relays.insert(
+                relay_key.clone(),
+                Relay {
+                    origins: BTreeSet::new(),
+                    waiting: BTreeSet::new(),
+                    responses: Vec::new(),
+                    origin_tag: None,
+                },
+            );
+        }
+        let relay = self.relays.get_mut(&relay_key).expect("inserted above");
+        relay.origins.insert(origin);
+        relay.waiting.extend(targets.iter().cloned());
+        self.timers.set(
+            Timer::Relay(relay_key),
+            self.now + self.config.relay_timeout,
+        );
+        for n in targets {
+            self.send(n, Message::Request(fanned.clone()));
+        }
+    }
+
+    fn relay_collect(
+        &mut self,
+        relay_key: &RelayKey,
+        node: &NodeId,
+        resp: Response,
+        decisive: bool,
+    ) {
+        let Some(relay) = self.relays.get_mut(relay_key) else {
+            return;
+        };
+        if !relay.waiting.remove(node) {
+            return;
+        }
+        let resp = match (resp, relay.origin_tag) {
+            (
+                Response::Read {
+                    key, node, state, ..
+                },
+                Some(tag),
+            ) => Response::Read {
+                key,
+                tag,
+                node,
+                state,
+            },
+            (resp, _) => resp,
+        };
+        relay.responses.push(resp);
+        if decisive || relay.waiting.is_empty() {
+            self.relay_flush(relay_key);
+        }
+    }
+
+    fn relay_flush(&mut self, relay_key: &RelayKey) {
+        self.timers.cancel(&Timer::Relay(relay_key.clone()));
+        let Some(relay) = self.relays.remove(relay_key) else {
+            return;
+        };
+        if relay.responses.is_empty() {
+            return;
+        }
+        for origin in relay.origins {
+            self.send(
+                origin,
+                Message::RelayReply {
+                    cluster: self.cluster.clone(),
+                    responses: relay.responses.clone(),
+                },
+            );
+        }
+    }
+
+    // ================================================================ clients
+
+    fn on_command(&mut self, call: CallId, cmd: Command) {
+        match cmd {
+            Command::Put {
+                key,
+                value,
+                request,
+            } => self.on_put(call, key, value, request),
+            Command::Get { key } => self.on_get(call, key),
+            Command::Verify { key } => self.on_verify(call, key),
+        }
+    }
+
+    fn on_put(&mut self, call: CallId, key: Key, value: Value, request: Option<RequestId>) {
+        if let Err(invalid) = validate_put(&self.config, &key, &value, request.as_ref()) {
+            return self.reply(call, Reply::Put(PutOutcome::Invalid(invalid)));
+        }
+        if let Some(id) = &request {
+            self.expire_requests();
+            if let Some(record) = self.requests.get(id) {
+                if record.key != key || record.value_fingerprint != fingerprint(&value) {
+                    return self.reply(
+                        call,
+                        Reply::Put(PutOutcome::Invalid(Invalid::RequestIdReused)),
+                    );
+                }
+                if let Some(outcome) = record.outcome.clone() {
+                    return self.reply(call, Reply::Put(outcome_reply(outcome)));
+                }
+                if let Some((_, op)) = self
+                    .ops
+                    .iter_mut()
+                    .find(|(_, op)| op.request.as_ref() == Some(id))
+                {
+                    op.calls.push(call);
+                    return;
+                }
+                let p = record.proposal.clone();
+                return self.recover_request(call, id.clone(), key, value, p);
+            }
+        }
+        if let Some(refusal) = self.write_refusal() {
+            return self.reply(call, Reply::Put(refusal));
+        }
+        if let Some(DurableKey::Stored { value: stored, .. }) = self.keys.get(&key) {
+            // Committed here, so committed: no need to ask anyone.
+            let stored = stored.clone();
+            if let Some(id) = request {
+                let p = self.next_proposal();
+                self.remember_request(
+                    id,
+                    &key,
+                    &value,
+                    p,
+                    Some(RequestOutcome::Exists(stored.clone())),
+                );
+            }
+            return self.reply(call, Reply::Put(PutOutcome::Exists { value: stored }));
+        }
+        let op_id = self.next_op;
+        self.next_op += 1;
+        self.ops.insert(
+            op_id,
+            PutOp {
+                key,
+                value,
+                request,
+                calls: vec![call],
+                current: None,
+                retries_left: self.config.busy_retries_max,
+                attempt: 0,
+            },
+        );
+        self.timers.set(
+            Timer::PutDeadline(op_id),
+            self.now + self.config.put_timeout,
+        );
+        self.start_attempt(op_id);
+    }
+
+    /// Why this node cannot start a write now, if it cannot.
+    fn write_refusal(&self) -> Option<PutOutcome> {
+        if !self.ready {
+            return Some(PutOutcome::NotReady(NotReady::Joining));
+        }
+        if self.leaving {
+            return Some(PutOutcome::NotReady(NotReady::Leaving));
+        }
+        let members = self.membership.nodes_of(&self.cluster).len();
+        if members < self.config.cluster_size_min {
+            return Some(PutOutcome::NotReady(NotReady::ClusterTooSmall {
+                members,
+                min: self.config.cluster_size_min,
+            }));
+        }
+        if self.ops.len() >= self.config.proposals_max {
+            return Some(PutOutcome::Overloaded);
+        }
+        None
+    }
+
+    /// Runs one proposal for a PUT: reserve everywhere, through representatives.
+    fn start_attempt(&mut self, op_id: u64) {
+        let p = self.next_proposal();
+        let Some(op) = self.ops.get_mut(&op_id) else {
+            return;
+        };
+        op.current = Some(p.clone());
+        op.attempt += 1;
+        let (key, value, request) = (op.key.clone(), op.value.clone(), op.request.clone());
+        if let Some(id) = request {
+            self.remember_request(id, &key, &value, p.clone(), None);
+        }
+        let participants = self.membership.clone();
+        let reps = remote_reps(&participants, &self.cluster);
+        let clusters: Vec<ClusterId> = reps.keys().cloned().collect();
+        self.deciders.insert(
+            p.clone(),
+            Decider {
+                key: key.clone(),
+                participants: participants.clone(),
+                votes: BTreeMap::new(),
+                phase: Phase::Reserving,
+                reps,
+                op: Some(op_id),
+                confirm: false,
+            },
+        );
+        let reserve = Request::Reserve {
+            p: p.clone(),
+            key,
+            value,
+            digest: participants.digest(),
+        };
+        self.send_to_participants(&p, &participants, &reserve, None);
+        self.timers
+            .set(Timer::Vote(p.clone()), self.now + self.config.vote_timeout);
+        for c in clusters {
+            self.timers.set(
+                Timer::Representative(p.clone(), c),
+                self.now + self.config.representative_timeout,
+            );
+        }
+    }
+
+    /// One proposal of a PUT ended; answer the client or try again.
+    fn finish_attempt(&mut self, op_id: u64, committed: bool, stored: Option<Value>) {
+        let outcome = if committed {
+            RequestOutcome::Stored
+        } else if let Some(value) = stored {
+            RequestOutcome::Exists(value)
+        } else {
+            let Some(op) = self.ops.get_mut(&op_id) else {
+                return;
+            };
+            op.current = None;
+            if op.retries_left > 0 {
+                op.retries_left -= 1;
+                let attempt = op.attempt;
+                let min = self.config.busy_backoff_min;
+                let base = min
+                    .saturating_mul(1u32 << attempt.min(10))
+                    .min(self.config.busy_backoff_max);
+                let delay = self.jitter(base);
+                self.timers.set(Timer::BusyRetry(op_id), self.now + delay);
+                return;
+            }
+            RequestOutcome::Busy
+        };
+        self.end_op(op_id, Some(outcome));
+    }
+
+    /// Answers every call of a PUT and forgets it. `None`: the outcome is not known (Unavailable).
+    fn end_op(&mut self, op_id: u64, outcome: Option<RequestOutcome>) {
+        let Some(op) = self.ops.remove(&op_id) else {
+            return;
+        };
+        self.timers.cancel(&Timer::BusyRetry(op_id));
+        self.timers.cancel(&Timer::PutDeadline(op_id));
+        let reply = match &outcome {
+            Some(o) => outcome_reply(o.clone()),
+            None => {
+                let silence = op
+                    .current
+                    .as_ref()
+                    .map(|p| self.silence(p))
+                    .unwrap_or_default();
+                PutOutcome::Unavailable(silence)
+            }
+        };
+        if let Some(p) = &op.current
+            && let Some(d) = self.deciders.get_mut(p)
+        {
+            d.op = None;
+        }
+        if let (Some(id), Some(outcome)) = (&op.request, outcome)
+            && let Some(mut record) = self.requests.get(id).cloned()
+        {
+            record.outcome = Some(outcome);
+            self.requests.insert(id.clone(), record.clone());
+            self.persist(WriteOp::PutRequest {
+                id: id.clone(),
+                record,
+            });
+        }
+        for call in op.calls {
+            self.reply(call, Reply::Put(reply.clone()));
+        }
+    }
+
+    /// A retried request id whose proposal is not running here (a restart, or an earlier
+    /// Unavailable): answer from what this node knows of the proposal, resolving it if needed.
+    fn recover_request(
+        &mut self,
+        call: CallId,
+        id: RequestId,
+        key: Key,
+        value: Value,
+        p: ProposalId,
+    ) {
+        let state = self.keys.get(&key).cloned();
+        let outcome = match &state {
+            Some(DurableKey::Stored { p: q, .. }) if *q == p => Some(RequestOutcome::Stored),
+            Some(DurableKey::Reserved { p: q, .. }) if *q == p => None,
+            _ => {
+                // Not held here, and this node is the proposal's coordinator and a participant:
+                // fencing it here makes sure it never commits.
+                if !self.refused(&p, &key) {
+                    self.record_refusal(&p, RefusalWhy::Fenced);
+                }
+                Some(match &state {
+                    Some(DurableKey::Stored { value, .. }) => RequestOutcome::Exists(value.clone()),
+                    _ => RequestOutcome::Busy,
+                })
+            }
+        };
+        let op_id = self.next_op;
+        self.next_op += 1;
+        self.ops.insert(
+            op_id,
+            PutOp {
+                key: key.clone(),
+                value,
+                request: Some(id),
+                calls: vec![call],
+                current: Some(p.clone()),
+                retries_left: 0,
+                attempt: 1,
+            },
+        );
+        if let Some(outcome) = outcome {
+            return self.end_op(op_id, Some(outcome));
+        }
+        let Some(DurableKey::Reserved { participants, .. }) = state else {
+            return;
+        };
+        self.timers.set(
+            Timer::PutDeadline(op_id),
+            self.now + self.config.put_timeout,
+        );
+        if !self.resolve(&p, &key, participants) {
+            return self.end_op(op_id, None);
+        }
+        if let Some(d) = self.deciders.get_mut(&p) {
+            d.op = Some(op_id);
+        }
+    }
+
+    fn next_proposal(&mut self) -> ProposalId {
+        if self.next_counter >= self.counter_ceiling {
+            self.counter_ceiling = self.next_counter + self.config.counter_block;
+            self.persist(WriteOp::CounterCeiling(self.counter_ceiling));
+        }
+        let p = ProposalId {
+            coordinator: self.id.clone(),
+            counter: self.next_counter,
+        };
+        self.next_counter += 1;
+        p
+    }
+
+    fn remember_request(
+        &mut self,
+        id: RequestId,
+        key: &Key,
+        value: &Value,
+        p: ProposalId,
+        outcome: Option<RequestOutcome>,
+    ) {
+        let seq = match self.requests.get(&id) {
+            Some(r) => r.seq,
+            None => {
+                let seq = self.request_seq;
+                self.request_seq += 1;
+                self.request_order.insert(seq, (id.clone(), self.now));
+                seq
+            }
+        };
+        let record = RequestRecord {
+            seq,
+            key: key.clone(),
+            value_fingerprint: fingerprint(value),
+            proposal: p,
+            outcome,
+        };
+        self.requests.insert(id.clone(), record.clone());
+        self.persist(WriteOp::PutRequest { id, record });
+        self.expire_requests();
+    }
+
+    fn expire_requests(&mut self) {
+        while let Some((&seq, (id, at))) = self.request_order.first_key_value() {
+            let too_many = self.requests.len() > self.config.requests_max;
+            let too_old = self.now.since(*at) > self.config.request_ttl;
+            let running = self.ops.values().any(|op| op.request.as_ref() == Some(id));
+            if !(too_many || too_old) || running {
+                break;
+            }
+            let id = id.clone();
+            self.request_order.remove(&seq);
+            self.requests.remove(&id);
+            self.persist(WriteOp::RemoveRequest { id });
+        }
+    }
+
+    fn on_get(&mut self, call: CallId, key: Key) {
+        if let Err(invalid) = validate_key(&self.config, &key) {
+            return self.reply(call, Reply::Get(GetOutcome::Invalid(invalid)));
+        }
+        if !self.ready {
+            return self.reply(call, Reply::Get(GetOutcome::NotReady(NotReady::Joining)));
+        }
+        match self.keys.get(&key) {
+            Some(DurableKey::Stored { value, .. }) => {
+                let value = value.clone();
+                self.reply(call, Reply::Get(GetOutcome::Value(value)))
+            }
+            None => self.reply(call, Reply::Get(GetOutcome::Unknown)),
+            Some(DurableKey::Reserved { .. }) if self.bug_is(BugCheck::ReadReservedAsUnknown) => {
+                self.reply(call, Reply::Get(GetOutcome::Unknown))
+            }
+            Some(DurableKey::Reserved { p, .. }) => {
+                if self.reads.len() >= self.config.reads_waiting_max {
+                    return self.reply(call, Reply::Get(GetOutcome::Overloaded));
+                }
+                let p = p.clone();
+                self.timers.set(
+                    Timer::ReadDeadline(call),
+                    self.now + self.config.read_timeout,
+                );
+                self.wait_read(call, key, p);
+            }
+        }
+    }
+
+    fn wait_read(&mut self, call: CallId, key: Key, p: ProposalId) {
+        self.timers
+            .set(Timer::ReadWait(call), self.now + self.config.read_wait);
+        self.readers.entry(p.clone()).or_default().insert(call);
+        self.reads.insert(call, ReadWait { key, p });
+    }
+
+    /// The key that `p` reserved here changed: answer or move the reads waiting on it.
+    fn key_changed(&mut self, p: &ProposalId) {
+        let Some(calls) = self.readers.remove(p) else {
+            return;
+        };
+        for call in calls {
+            let Some(read) = self.reads.remove(&call) else {
+                continue;
+            };
+            self.timers.cancel(&Timer::ReadWait(call));
+            match self.keys.get(&read.key) {
+                Some(DurableKey::Reserved { p: q, .. }) => {
+                    let q = q.clone();
+                    self.wait_read(call, read.key, q);
+                }
+                state => {
+                    let outcome = match state {
+                        Some(DurableKey::Stored { value, .. }) => GetOutcome::Value(value.clone()),
+                        _ => GetOutcome::Unknown,
+                    };
+                    self.timers.cancel(&Timer::ReadDeadline(call));
+                    self.reply(call, Reply::Get(outcome));
+                }
+            }
+        }
+    }
+
+    fn on_verify(&mut self, call: CallId, key: Key) {
+        if let Err(invalid) = validate_key(&self.config, &key) {
+            return self.reply(call, Reply::Get(GetOutcome::Invalid(invalid)));
+        }
+        if self.verifies.len() >= self.config.verifies_max {
+            return self.reply(call, Reply::Get(GetOutcome::Overloaded));
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let participants = self.membership.clone();
+        self.verifies.insert(
+            tag,
+            Verify {
+                call,
+                key: key.clone(),
+                participants: participants.clone(),
+                answers: BTreeMap::new(),
+            },
+        );
+        self.timers
+            .set(Timer::Verify(tag), self.now + self.config.verify_timeout);
+        let request = Request::Read { key, tag };
+        for (cluster, nodes) in participants.clusters() {
+            if *cluster == self.cluster {
+                for n in nodes {
+                    self.send(n.clone(), Message::Request(request.clone()));
+                }
+            } else if let Some(rep) = pick_representative(
+                nodes,
+                &self.departed,
+                0,
+                &ProposalId {
+                    coordinator: self.id.clone(),
+                    counter: tag,
+                },
+            ) {
+                let msg = Message::Relay {
+                    cluster: cluster.clone(),
+                    targets: nodes.to_vec(),
+                    request: request.clone(),
+                };
+                self.send(rep, msg);
+            }
+        }
+    }
+
+    fn finish_verify(&mut self, tag: u64) {
+        self.timers.cancel(&Timer::Verify(tag));
+        let Some(v) = self.verifies.remove(&tag) else {
+            return;
+        };
+        let mut silence = Silence::default();
+        for (cluster, nodes) in v.participants.clusters() {
+            let silent: Vec<&NodeId> = nodes
+                .iter()
+                .filter(|n| !v.answers.contains_key(*n))
+                .collect();
+            if silent.len() == nodes.len() {
+                silence.clusters.push(cluster.clone());
+            }
+            silence.nodes.extend(silent.into_iter().cloned());
+        }
+        let mut committed = v.answers.values().filter_map(|s| match s {
+            ReadState::Stored(value) => Some(value),
+            _ => None,
+        });
+        let agree = match committed.next() {
+            Some(first) => v
+                .answers
+                .values()
+                .all(|s| matches!(s, ReadState::Stored(x) if x == first)),
+            None => v.answers.values().all(|s| matches!(s, ReadState::Free)),
+        };
+        let report = VerifyReport {
+            key: v.key,
+            answers: v.answers.into_iter().collect(),
+            silent: silence,
+            agree,
+        };
+        self.reply(v.call, Reply::Verify(report));
+    }
+
+    // ================================================================ timers
+
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Vote(p) => {
+                let Some(d) = self.deciders.get(&p) else {
+                    return;
+                };
+                let (key, participants) = (d.key.clone(), d.participants.clone());
+                self.resolve(&p, &key, participants);
+            }
+            Timer::Representative(p, cluster) => self.on_representative_timeout(p, cluster),
+            Timer::Resolve(p) => {
+                let Some(d) = self.deciders.get_mut(&p) else {
+                    return;
+                };
+                match &mut d.phase {
+                    Phase::Resolving { attempt } | Phase::Confirming { attempt, .. } => {
+                        *attempt = attempt.saturating_add(1)
+                    }
+                    Phase::Reserving => return,
+                }
+                // A resolution nobody waits for and whose reservation is gone has no reason
+                // to go on (the key was decided through another path).
+                let needed = d.op.is_some()
+                    || d.confirm
+                    || self.reservations.contains_key(&p)
+                    || self.readers.contains_key(&p);
+                if !needed {
+                    self.drop_decider(&p);
+                    self.check_leave_complete();
+                    return;
+                }
+                self.resolve_round(&p);
+            }
+            Timer::Lease(p) => {
+                let Some(key) = self.reservations.get(&p).cloned() else {
+                    return;
+                };
+                let Some(DurableKey::Reserved { participants, .. }) = self.keys.get(&key) else {
+                    return;
+                };
+                let participants = participants.clone();
+                if !self.resolve(&p, &key, participants) {
+                    let later = self.now + self.config.resolve_backoff_max;
+                    self.timers.set(Timer::Lease(p), later);
+                }
+            }
+            Timer::Relay(key) => self.relay_flush(&key),
+            Timer::ReadWait(call) => {
+                let Some(read) = self.reads.get(&call) else {
+                    return;
+                };
+                let (key, p) = (read.key.clone(), read.p.clone());
+                if let Some(DurableKey::Reserved {
+                    p: q, participants, ..
+                }) = self.keys.get(&key)
+                    && *q == p
+                {
+                    let participants = participants.clone();
+                    if !self.resolve(&p, &key, participants) {
+                        self.timers
+                            .set(Timer::ReadWait(call), self.now + self.config.read_wait);
+                    }
+                }
+            }
+            Timer::ReadDeadline(call) => {
+                let Some(read) = self.reads.remove(&call) else {
+                    return;
+                };
+                self.timers.cancel(&Timer::ReadWait(call));
+                if let Some(set) = self.readers.get_mut(&read.p) {
+                    set.remove(&call);
+                    if set.is_empty() {
+                        self.readers.remove(&read.p);
+                    }
+                }
+                let silence = self.silence(&read.p);
+                self.reply(call, Reply::Get(GetOutcome::Unavailable(silence)));
+            }
+            Timer::Verify(tag) => self.finish_verify(tag),
+            Timer::BusyRetry(op) => {
+                if self.ops.contains_key(&op) {
+                    // The node may have started leaving meanwhile: then the PUT stays Busy.
+                    if self.leaving || !self.ready {
+                        return self.end_op(op, Some(RequestOutcome::Busy));
+                    }
+                    self.start_attempt(op);
+                }
+            }
+            Timer::PutDeadline(op) => self.end_op(op, None),
+            Timer::Sync => self.on_sync_timer(),
+        }
+    }
+
+    fn on_representative_timeout(&mut self, p: ProposalId, cluster: ClusterId) {
+        let Some(d) = self.deciders.get_mut(&p) else {
+            return;
+        };
+        let Some(rep) = d.reps.get_mut(&cluster) else {
+            return;
+        };
+        if rep.answered {
+            return;
+        }
+        rep.index += 1;
+        let nodes = d.participants.nodes_of(&cluster);
+        let targets: Vec<NodeId> = nodes
+            .iter()
+            .filter(|n| !d.votes.contains_key(*n) && !self.departed.contains(*n))
+            .cloned()
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let request = match d.phase {
+            Phase::Reserving => {
+                let Some(op) = d.op.and_then(|o| self.ops.get(&o)) else {
+                    return;
+                };
+                Request::Reserve {
+                    p: p.clone(),
+                    key: d.key.clone(),
+                    value: op.value.clone(),
+                    digest: d.participants.digest(),
+                }
+            }
+            Phase::Resolving { .. } | Phase::Confirming { .. } => Request::Status {
+                p: p.clone(),
+                key: d.key.clone(),
+            },
+        };
+        let Some(next) = pick_representative(nodes, &self.departed, rep.index, &p) else {
+            return;
+        };
+        self.send(
+            next,
+            Message::Relay {
+                cluster: cluster.clone(),
+                targets,
+                request,
+            },
+        );
+        self.timers.set(
+            Timer::Representative(p, cluster),
+            self.now + self.config.representative_timeout,
+        );
+    }
+
+    // ================================================================ membership
+
+    fn on_discovered(&mut self, cluster: ClusterId, node: NodeId) {
+        match self.membership.cluster_of(&node) {
+            Some(c) if *c == cluster => return,
+            Some(c) => {
+                let reason = format!("{node} is known in cluster {c}, not {cluster}");
+                return self.note(Note::PeerInputRejected { from: node, reason });
+            }
+            None => {}
+        }
+        if self.departed.contains(&node) {
+            let reason = "a node that said goodbye must come back with a new identity".to_string();
+            return self.note(Note::PeerInputRejected { from: node, reason });
+        }
+        let grown = self.membership.with_node(cluster.clone(), node.clone());
+        if grown.cluster_count() > self.config.clusters_max
+            || grown.nodes_of(&cluster).len() > self.config.cluster_nodes_max
+        {
+            let reason = "membership would exceed the configured limits".to_string();
+            return self.note(Note::PeerInputRejected { from: node, reason });
+        }
+        self.membership = Arc::new(grown);
+    }
+
+    fn on_removed(&mut self, node: NodeId) {
+        if node == self.id || self.departed.contains(&node) {
+            return;
+        }
+        self.membership = Arc::new(self.membership.without_node(&node));
+        self.departed.insert(node.clone());
+        self.persist(WriteOp::Departed(node.clone()));
+        let affected: Vec<ProposalId> = self
+            .deciders
+            .iter()
+            .filter(|(_, d)| d.participants.contains(&node))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in affected {
+            self.evaluate(&p);
+        }
+    }
+
+    fn on_leave(&mut self) {
+        if self.leaving {
+            return;
+        }
+        self.leaving = true;
+        for d in self.deciders.values_mut() {
+            d.confirm = true;
+        }
+        let open: Vec<(ProposalId, Key)> = self
+            .reservations
+            .iter()
+            .map(|(p, k)| (p.clone(), k.clone()))
+            .collect();
+        for (p, key) in open {
+            if let Some(DurableKey::Reserved { participants, .. }) = self.keys.get(&key) {
+                let participants = participants.clone();
+                if !self.resolve(&p, &key, participants) {
+                    self.timers
+                        .set(Timer::Lease(p), self.now + self.config.resolve_backoff_min);
+                }
+            }
+        }
+        self.check_leave_complete();
+    }
+
+    fn check_leave_complete(&mut self) {
+        if self.leaving
+            && !self.leave_complete
+            && self.reservations.is_empty()
+            && self.deciders.is_empty()
+        {
+            self.leave_complete = true;
+            self.note(Note::LeaveComplete);
+        }
+    }
+
+    // ================================================================ join-time copy
+
+    fn on_sync_request(&mut self, from: NodeId, after: Option<Key>) {
+        let refusal = if !self.ready {
+            Some(SyncRefusal::NotReady)
+        } else if !self.membership.contains(&from) {
+            Some(SyncRefusal::NotMember)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return self.send(from, Message::SyncRefused { reason });
+        }
+        let range = match &after {
+            Some(k) => self
+                .keys
+                .range::<Key, _>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
+            None => self.keys.range::<Key, _>(..),
+        };
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        let mut done = true;
+        for (key, state) in range {
+            if entries.len() >= self.config.sync_page_keys || bytes >= self.config.sync_page_bytes {
+                done = false;
+                break;
+            }
+            bytes += key.as_str().len() + state.value().len();
+            entries.push((key.clone(), state.clone()));
+        }
+        self.send(from, Message::SyncPage { entries, done });
+    }
+
+    fn on_sync_page(&mut self, from: NodeId, entries: Vec<(Key, DurableKey)>, done: bool) {
+        let Some(sync) = &self.sync else { return };
+        if sync.awaiting.as_ref() != Some(&from) {
+            return;
+        }
+        let mut after = sync.after.clone();
+        for (key, state) in entries {
+            if after.as_ref().is_some_and(|a| key <= *a) {
+                let reason = "sync page out of key order".to_string();
+                return self.note(Note::PeerInputRejected { from, reason });
+            }
+            after = Some(key.clone());
+            match (&state, self.keys.get(&key)) {
+                (_, Some(DurableKey::Stored { .. })) => {}
+                (DurableKey::Stored { .. }, _) => {
+                    if let Some(DurableKey::Reserved { p, .. }) = self.keys.get(&key) {
+                        let p = p.clone();
+                        self.reservations.remove(&p);
+                        self.timers.cancel(&Timer::Lease(p));
+                    }
+                    self.keys.insert(key.clone(), state.clone());
+                    self.persist(WriteOp::PutKey { key, state });
+                }
+                (DurableKey::Reserved { p, .. }, None) => {
+                    if self.refusals.contains_key(p) {
+                        continue;
+                    }
+                    let p = p.clone();
+                    self.keys.insert(key.clone(), state.clone());
+                    self.reservations.insert(p.clone(), key.clone());
+                    self.persist(WriteOp::PutKey { key, state });
+                    // Resolve it at once: the node is not ready until it is decided.
+                    self.timers.set(Timer::Lease(p), self.now);
+                }
+                (DurableKey::Reserved { .. }, Some(DurableKey::Reserved { .. })) => {}
+            }
+        }
+        let sync = self.sync.as_mut().expect("checked above");
+        sync.after = after.clone();
+        if done {
+            sync.copied = true;
+            sync.awaiting = None;
+            self.timers.cancel(&Timer::Sync);
+            self.check_ready();
+        } else {
+            self.send(from, Message::SyncRequest { after });
+            self.timers
+                .set(Timer::Sync, self.now + self.config.sync_timeout);
+        }
+    }
+
+    fn on_sync_refused(&mut self, from: NodeId) {
+        let Some(sync) = &mut self.sync else { return };
+        if sync.awaiting.as_ref() != Some(&from) {
+            return;
+        }
+        sync.awaiting = None;
+        sync.source_index += 1;
+        self.timers
+            .set(Timer::Sync, self.now + self.config.sync_timeout / 4);
+    }
+
+    fn on_sync_timer(&mut self) {
+        let Some(sync) = &mut self.sync else { return };
+        if sync.copied {
+            return self.check_ready();
+        }
+        if sync.awaiting.take().is_some() {
+            sync.source_index += 1;
+        }
+        let sources: Vec<&NodeId> = self.membership.nodes().filter(|n| **n != self.id).collect();
+        let retry_at = self.now + self.config.sync_timeout;
+        if sources.is_empty() {
+            self.timers.set(Timer::Sync, retry_at);
+            return;
+        }
+        let source = sources[sync.source_index % sources.len()].clone();
+        sync.awaiting = Some(source.clone());
+        let after = sync.after.clone();
+        self.send(source, Message::SyncRequest { after });
+        self.timers.set(Timer::Sync, retry_at);
+    }
+
+    /// A joining node becomes ready once its copy is complete and every reservation it copied
+    /// is decided.
+    fn check_ready(&mut self) {
+        let copied = self.sync.as_ref().is_some_and(|s| s.copied);
+        if !copied || !self.reservations.is_empty() {
+            if copied {
+                // Check again later: copied reservations are being resolved.
+                self.timers
+                    .set(Timer::Sync, self.now + self.config.sync_timeout);
+            }
+            return;
+        }
+        self.sync = None;
+        self.ready = true;
+        self.timers.cancel(&Timer::Sync);
+        self.persist(WriteOp::Ready(true));
+        self.note(Note::Ready);
+    }
+
+    // ================================================================ durability barrier
+
+    fn persist(&mut self, op: WriteOp) {
+        self.pending_ops.push(op);
+    }
+
+    /// The write that anything emitted now depends on.
+    fn barrier(&self) -> u64 {
+        if self.bug_is(BugCheck::VoteBeforeDurable) {
+            return 0;
+        }
+        if self.pending_ops.is_empty() {
+            self.last_issued
+        } else {
+            self.last_issued + 1
+        }
+    }
+
+    fn send(&mut self, to: NodeId, msg: Message) {
+        let deferred = if to == self.id {
+            Deferred::Local(msg)
+        } else {
+            Deferred::Send(to, msg)
+        };
+        self.defer(deferred);
+    }
+
+    fn reply(&mut self, call: CallId, reply: Reply) {
+        self.defer(Deferred::Reply(call, reply));
+    }
+
+    fn note(&mut self, note: Note) {
+        self.outputs.push_back(Output::Note(note));
+    }
+
+    fn defer(&mut self, deferred: Deferred) {
+        let needs = self.barrier();
+        if needs <= self.durable_upto && self.held.is_empty() {
+            self.release(deferred);
+        } else {
+            self.held.push_back((needs, deferred));
+        }
+    }
+
+    fn release(&mut self, deferred: Deferred) {
+        match deferred {
+            Deferred::Send(to, msg) => self.outputs.push_back(Output::Send { to, msg }),
+            Deferred::Local(msg) => self.inbox.push_back(msg),
+            Deferred::Reply(call, reply) => self.outputs.push_back(Output::Reply { call, reply }),
+        }
+    }
+
+    fn on_persisted(&mut self, upto: WriteId) {
+        if upto.0 > self.last_issued {
+            self.note(Note::Violation {
+                reason: format!(
+                    "driver reported write {} durable but only {} were issued",
+                    upto.0, self.last_issued
+                ),
+            });
+            return;
+        }
+        self.durable_upto = self.durable_upto.max(upto.0);
+        while let Some((needs, _)) = self.held.front() {
+            if *needs > self.durable_upto {
+                break;
+            }
+            let (_, deferred) = self.held.pop_front().expect("front exists");
+            self.release(deferred);
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Some(msg) = self.inbox.pop_front() {
+            let me = self.id.clone();
+            self.on_message(me, msg);
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending_ops.is_empty() {
+            return;
+        }
+        self.last_issued += 1;
+        let ops = std::mem::take(&mut self.pending_ops);
+        self.outputs.push_back(Output::Persist {
+            write: WriteId(self.last_issued),
+            ops,
+        });
+    }
+
+    #[cfg(feature = "bug-injection")]
+    fn bug_is(&self, check: BugCheck) -> bool {
+        use InjectedBug as B;
+        matches!(
+            (self.config.bug, check),
+            (Some(B::GrantWhenReserved), BugCheck::GrantWhenReserved)
+                | (Some(B::CommitOnPartialVote), BugCheck::CommitOnPartialVote)
+                | (
+                    Some(B::ReadReservedAsUnknown),
+                    BugCheck::ReadReservedAsUnknown
+                )
+                | (Some(B::ForgetFenceOnAbort), BugCheck::ForgetFenceOnAbort)
+                | (Some(B::VoteBeforeDurable), BugCheck::VoteBeforeDurable)
+                | (Some(B::StatusWithoutFence), BugCheck::StatusWithoutFence)
+        )
+    }
+
+    #[cfg(not(feature = "bug-injection"))]
+    #[inline(always)]
+    fn bug_is(&self, _check: BugCheck) -> bool {
+        false
+    }
+}
+
+#[derive(Clone, Copy)]
+enum BugCheck {
+    GrantWhenReserved,
+    CommitOnPartialVote,
+    ReadReservedAsUnknown,
+    ForgetFenceOnAbort,
+    VoteBeforeDurable,
+    StatusWithoutFence,
+}
+
+/// Counts worth exporting as metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub keys_stored: usize,
+    pub reservations_open: usize,
+    pub refusals: usize,
+    pub proposals_in_flight: usize,
+    pub resolutions: usize,
+    pub reads_waiting: usize,
+    pub relays: usize,
+    pub timers: usize,
+    pub held_messages: usize,
+}
+
+fn remote_reps(participants: &Membership, own: &ClusterId) -> BTreeMap<ClusterId, Rep> {
+    participants
+        .clusters()
+        .filter(|(c, _)| *c != own)
+        .map(|(c, _)| (c.clone(), Rep::default()))
+        .collect()
+}
+
+/// The representative of a cluster for a proposal: spread over the cluster by proposal, the
+/// `index`-th choice after failovers, skipping departed nodes.
+fn pick_representative(
+    nodes: &[NodeId],
+    departed: &BTreeSet<NodeId>,
+    index: usize,
+    p: &ProposalId,
+) -> Option<NodeId> {
+    let live: Vec<&NodeId> = nodes.iter().filter(|n| !departed.contains(*n)).collect();
+    if live.is_empty() {
+        return None;
+    }
+    let start = (p.counter as usize) % live.len();
+    Some(live[(start + index) % live.len()].clone())
+}
+
+fn outcome_reply(outcome: RequestOutcome) -> PutOutcome {
+    match outcome {
+        RequestOutcome::Stored => PutOutcome::Stored,
+        RequestOutcome::Exists(value) => PutOutcome::Exists { value },
+        RequestOutcome::Busy => PutOutcome::Busy,
+    }
+}
+
+/// Checks a key against the config: non-empty, not too long.
+pub fn validate_key(config: &Config, key: &Key) -> Result<(), Invalid> {
+    let bytes = key.as_str().len();
+    if bytes == 0 {
+        return Err(Invalid::EmptyKey);
+    }
+    if bytes > config.key_bytes_max {
+        return Err(Invalid::KeyTooLong {
+            bytes,
+            max: config.key_bytes_max,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a PUT's key, value and request id against the config.
+pub fn validate_put(
+    config: &Config,
+    key: &Key,
+    value: &Value,
+    request: Option<&RequestId>,
+) -> Result<(), Invalid> {
+    validate_key(config, key)?;
+    if value.len() > config.value_bytes_max {
+        return Err(Invalid::ValueTooLong {
+            bytes: value.len(),
+            max: config.value_bytes_max,
+        });
+    }
+    if let Some(id) = request {
+        let bytes = id.as_str().len();
+        if bytes == 0 || bytes > config.request_id_bytes_max {
+            return Err(Invalid::RequestIdTooLong {
+                bytes,
+                max: config.request_id_bytes_max,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// FNV-1a of a value: stable across processes, enough to tell a reused request id.
+fn fingerprint(value: &Value) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in value.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}

@@ -1,0 +1,101 @@
+//! The timer table: every deadline the node waits for, keyed by what it is for.
+//!
+//! At most one deadline per [`Timer`]; setting it again moves it. The next deadline is the
+//! smallest one (`BTreeSet` order), so `poll_timeout` is O(log n) and the order in which due
+//! timers fire is total and deterministic.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::types::{CallId, ClusterId, ProposalId, Time};
+
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) enum Timer {
+    /// The coordinator's wait for votes on a proposal.
+    Vote(ProposalId),
+    /// The wait for a representative of a cluster, for a proposal.
+    Representative(ProposalId, ClusterId),
+    /// The next round of a resolution.
+    Resolve(ProposalId),
+    /// A reservation's lease.
+    Lease(ProposalId),
+    /// A representative's wait for its own cluster.
+    Relay(RelayKey),
+    /// A read of a reserved key: time to resolve.
+    ReadWait(CallId),
+    /// A read of a reserved key: time to give up.
+    ReadDeadline(CallId),
+    Verify(u64),
+    /// A PUT that met a concurrent proposal: time to try again.
+    BusyRetry(u64),
+    /// A PUT that is still undecided: time to answer Unavailable.
+    PutDeadline(u64),
+    /// The join-time copy: ask (again, or another peer).
+    Sync,
+}
+
+/// What a representative's fan-out is about.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) enum RelayKey {
+    Votes(ProposalId),
+    Read(u64),
+}
+
+#[derive(Default, Debug)]
+pub(crate) struct Timers {
+    by_time: BTreeSet<(Time, Timer)>,
+    at: BTreeMap<Timer, Time>,
+}
+
+impl Timers {
+    pub fn set(&mut self, timer: Timer, when: Time) {
+        if let Some(old) = self.at.insert(timer.clone(), when) {
+            self.by_time.remove(&(old, timer.clone()));
+        }
+        self.by_time.insert((when, timer));
+    }
+
+    pub fn cancel(&mut self, timer: &Timer) {
+        if let Some(old) = self.at.remove(timer) {
+            self.by_time.remove(&(old, timer.clone()));
+        }
+    }
+
+    pub fn next(&self) -> Option<Time> {
+        self.by_time.first().map(|(t, _)| *t)
+    }
+
+    /// Removes and returns the earliest timer due at `now`.
+    pub fn pop_due(&mut self, now: Time) -> Option<Timer> {
+        let (when, _) = self.by_time.first()?;
+        if *when > now {
+            return None;
+        }
+        let (_, timer) = self.by_time.pop_first()?;
+        self.at.remove(&timer);
+        Some(timer)
+    }
+
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fires_in_time_order_and_moves_on_reset() {
+        let mut t = Timers::default();
+        t.set(Timer::Sync, Time::from_millis(5));
+        t.set(Timer::Verify(1), Time::from_millis(3));
+        t.set(Timer::Sync, Time::from_millis(2));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.next(), Some(Time::from_millis(2)));
+        assert_eq!(t.pop_due(Time::from_millis(1)), None);
+        assert_eq!(t.pop_due(Time::from_millis(10)), Some(Timer::Sync));
+        t.cancel(&Timer::Verify(1));
+        assert_eq!(t.pop_due(Time::from_millis(10)), None);
+        assert_eq!(t.next(), None);
+    }
+}

@@ -1,0 +1,212 @@
+//! The wire format: every message nodes exchange, and its one encoding.
+//!
+//! A frame is one version byte followed by the bincode (2.0.1, standard config) encoding of a
+//! [`Message`]. Decoding is bounded: bincode refuses any length prefix that would read or
+//! allocate past [`FRAME_BYTES_MAX`], trailing bytes are an error, and nothing here panics on
+//! any input. Semantic limits (key and value sizes, list lengths) are checked by the node
+//! against its [`Config`](crate::Config) when the message is handled.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::membership::Digest;
+use crate::storage::DurableKey;
+use crate::types::{ClusterId, Key, NodeId, ProposalId, Value};
+
+/// The version byte every frame starts with. Bump it on any incompatible change.
+pub const WIRE_VERSION: u8 = 1;
+/// No frame is ever longer than this; decoding never allocates past it.
+pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// A message between two nodes. The sender is known from the transport (an authenticated
+/// libp2p peer id, or the simulator's link), not from the message.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Message {
+    /// Asks the receiver itself; it answers the sender with a [`Response`].
+    Request(Request),
+    Response(Response),
+    /// Asks the receiver to act as representative of its cluster: send `request` to each of
+    /// `targets` (nodes of its own cluster, itself included) and answer one [`Message::RelayReply`].
+    Relay {
+        cluster: ClusterId,
+        targets: Vec<NodeId>,
+        request: Request,
+    },
+    /// A representative's aggregated answer: the responses it gathered (maybe not all of them).
+    RelayReply {
+        cluster: ClusterId,
+        responses: Vec<Response>,
+    },
+    /// A joining node asks for the committed keys and open reservations after `after`.
+    SyncRequest {
+        after: Option<Key>,
+    },
+    SyncPage {
+        entries: Vec<(Key, DurableKey)>,
+        done: bool,
+    },
+    SyncRefused {
+        reason: SyncRefusal,
+    },
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Reserve `key` for proposal `p` with `value`, if the proposal's membership `digest`
+    /// matches the receiver's.
+    Reserve {
+        p: ProposalId,
+        key: Key,
+        value: Value,
+        digest: Digest,
+    },
+    /// What do you know of `p`? A node that holds nothing for `p` fences it first.
+    Status {
+        p: ProposalId,
+        key: Key,
+    },
+    Commit {
+        p: ProposalId,
+        key: Key,
+    },
+    Abort {
+        p: ProposalId,
+        key: Key,
+    },
+    /// A verify read: what do you hold for `key`? `tag` matches the answer to the question.
+    Read {
+        key: Key,
+        tag: u64,
+    },
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// `node`'s vote on `p`, answering a Reserve or a Status.
+    Vote {
+        p: ProposalId,
+        key: Key,
+        node: NodeId,
+        vote: Vote,
+    },
+    Read {
+        key: Key,
+        tag: u64,
+        node: NodeId,
+        state: ReadState,
+    },
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Vote {
+    /// The node holds a reservation of the proposal.
+    Granted,
+    /// The node stores the key for this proposal: it is committed.
+    Committed,
+    /// The proposal can never commit. `stored` is the value the node stores for the key under
+    /// another proposal, if any: that is what lets a coordinator answer Exists, not Busy.
+    Denied {
+        reason: DenyReason,
+        stored: Option<Value>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub enum DenyReason {
+    /// The key is stored by another proposal.
+    Exists,
+    /// The key is reserved by another proposal.
+    Busy,
+    /// The node had refused or fenced this proposal before (or it is under a watermark).
+    Fenced,
+    /// The node saw this proposal aborted.
+    Aborted,
+    /// The proposal's membership digest differs from the node's.
+    MembershipChanged,
+    /// The node is still copying the keys it joined with.
+    NotReady,
+    /// The node is leaving the network and grants nothing new.
+    Leaving,
+    /// The node holds as many reservations as it may.
+    Overloaded,
+    /// The node said goodbye: it counts as fenced for any proposal.
+    Departed,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ReadState {
+    Stored(Value),
+    Reserved,
+    Free,
+    NotReady,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum SyncRefusal {
+    /// The asked node does not count the joining node as a member yet.
+    NotMember,
+    /// The asked node is not ready itself.
+    NotReady,
+}
+
+/// A frame that could not be decoded. Always the sender's fault.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("empty frame")]
+    Empty,
+    #[error("frame of {0} bytes exceeds the limit of {FRAME_BYTES_MAX}")]
+    TooLarge(usize),
+    #[error("unsupported wire version {0} (this node speaks {WIRE_VERSION})")]
+    Version(u8),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
+}
+
+/// Encodes a message into one frame.
+pub fn encode(msg: &Message) -> Vec<u8> {
+    let mut out = vec![WIRE_VERSION];
+    // Encoding to a Vec of our own serde types cannot fail but for exceeding the limit,
+    // which messages built by the core never do (pages are bounded by the config).
+    match bincode::serde::encode_into_std_write(msg, &mut out, config()) {
+        Ok(_) => out,
+        Err(e) => panic!("encoding a message failed: {e}"),
+    }
+}
+
+/// Decodes one frame. Never panics, never allocates more than the frame allows.
+pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
+    let (&version, body) = frame.split_first().ok_or(WireError::Empty)?;
+    if frame.len() > FRAME_BYTES_MAX {
+        return Err(WireError::TooLarge(frame.len()));
+    }
+    if version != WIRE_VERSION {
+        return Err(WireError::Version(version));
+    }
+    let (msg, used) = bincode::serde::decode_from_slice::<Message, _>(body, config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(WireError::Trailing(body.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Encodes any serde value with the same bounded configuration (for storage records).
+pub fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// Decodes a record written by [`encode_record`]; bounded like frames.
+pub fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    let (v, used) = bincode::serde::decode_from_slice::<T, _>(bytes, config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(WireError::Trailing(bytes.len() - used));
+    }
+    Ok(v)
+}
