@@ -1,1 +1,271 @@
+//! The libp2p network layer of `replicator`: it moves opaque byte frames between nodes and
+//! discovers the members of the replication group. It contains no protocol logic: the protocol
+//! (`replicator-core`) encodes its messages to bytes, this crate carries them.
+//!
+//! # Shape
+//! [`start`] builds a libp2p swarm (TCP + noise + yamux, identify, ping, a private Kademlia DHT
+//! and two request-response protocols) and returns three things:
+//! - a [`Client`]: a cheap, cloneable handle that sends commands to the event loop;
+//! - a `tokio::sync::mpsc::Receiver<NetEvent>`: what the network tells the node
+//!   ([`NetEvent::Message`], membership changes);
+//! - an [`EventLoop`]: owns the swarm; spawn [`EventLoop::run`] on a tokio runtime.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), transport_libp2p::NetError> {
+//! use transport_libp2p::{start, NetConfig, NetEvent};
+//! let keypair = libp2p::identity::Keypair::generate_ed25519();
+//! let cfg = NetConfig::new(keypair, "cluster-a");
+//! let (client, mut events, event_loop) = start(cfg).await?;
+//! tokio::spawn(event_loop.run());
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         NetEvent::Message { from, frame } => { let _ = (from, frame); }
+//!         other => tracing::info!(?other, "membership"),
+//!     }
+//! }
+//! # drop(client);
+//! # Ok(()) }
+//! ```
+//!
+//! # Discovery and membership
+//! A node started without [`NetConfig::bootstrap`] is the bootstrap peer of the DHT. Every other
+//! node dials the bootstrap address first; [`start`] returns only once that connection is up,
+//! and fails with [`NetError::BootstrapUnreachable`] after [`NetConfig::bootstrap_timeout`].
+//! Every node then advertises itself as a provider of [`NetConfig::rendezvous`] in the DHT and
+//! periodically looks the providers up (every second at first, backing off to every 10 s).
+//! Whenever two nodes connect they exchange a *Hello* (cluster id, listen addresses, and the
+//! members each already knows, so that views converge fast). The first Hello from a peer makes
+//! it a member: [`NetEvent::MemberDiscovered`], exactly once per peer.
+//!
+//! Membership never shrinks on suspicion: a member with no successful contact (connection,
+//! ping, frame, Hello) for [`NetConfig::down_after`] is reported [`NetEvent::PeerDown`] and stays
+//! a member; the event loop keeps redialing it (backoff 250 ms doubling to 5 s) and reports
+//! [`NetEvent::PeerUp`] when contact is back. A member leaves only when it says goodbye
+//! ([`Client::goodbye`], seen by the others as [`NetEvent::PeerLeft`]) or when the operator
+//! removes it locally ([`Client::forget_peer`]).
+//!
+//! # Bounds
+//! Every queue and map is bounded; see [`MEMBERS_MAX`], [`NetConfig::event_queue_len`],
+//! [`NetConfig::sends_in_flight_max`], [`NetConfig::frame_max_bytes`] and the constants of this
+//! crate. Input from peers that breaks a bound or does not decode is dropped with a log line;
+//! it never panics.
 
+mod client;
+mod codec;
+mod control;
+mod event_loop;
+
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId, identity::Keypair};
+
+pub use client::Client;
+pub use event_loop::EventLoop;
+
+/// Re-export of the libp2p version this crate is built on, so that callers name the same
+/// `PeerId`, `Multiaddr` and `Keypair` types.
+pub use libp2p;
+
+/// The most members (other nodes) a node keeps. Hello messages naming more are truncated, and a
+/// new peer beyond this bound is refused with a log line.
+pub const MEMBERS_MAX: usize = 1024;
+
+/// The most addresses kept (and advertised) per member.
+pub const MEMBER_ADDRS_MAX: usize = 8;
+
+/// The longest cluster id, in bytes of UTF-8.
+pub const CLUSTER_ID_BYTES_MAX: usize = 256;
+
+/// The longest encoded multiaddr accepted from a peer, in bytes.
+pub const MULTIADDR_BYTES_MAX: usize = 256;
+
+/// The largest control message (Hello, Goodbye) accepted from a peer, in bytes. A Hello that
+/// lists [`MEMBERS_MAX`] members with every field at its maximum stays below this.
+pub const CONTROL_FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Default for [`NetConfig::frame_max_bytes`]: 4 MiB.
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+
+/// Configuration of one node's network layer. Build it with [`NetConfig::new`], then set the
+/// fields that differ from the defaults.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NetConfig {
+    /// The node's identity; its `PeerId` is the node's id everywhere.
+    pub keypair: Keypair,
+    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/4001` or `/ip4/127.0.0.1/tcp/0` (an
+    /// ephemeral port; [`Client::listen_addrs`] tells the bound one).
+    /// Default: `/ip4/127.0.0.1/tcp/0`.
+    pub listen: Vec<Multiaddr>,
+    /// The bootstrap peer's address; it must end with `/p2p/<peer id>`. `None` means this node is
+    /// the bootstrap peer. Default: `None`.
+    pub bootstrap: Option<Multiaddr>,
+    /// The private namespace of this deployment: the Kademlia, frame and membership protocols
+    /// are `/replicator/<protocol_id>/{kad,frame,member}/1.0.0`, so nodes of another deployment
+    /// (or the public IPFS DHT) never mix with this one. ASCII letters, digits, `.`, `_`, `-`;
+    /// 1 to 64 bytes. Default: `"replicator"`.
+    pub protocol_id: String,
+    /// The DHT key under which every member advertises itself. Default: `"members"`.
+    pub rendezvous: String,
+    /// This node's cluster id, advertised to the other members. At most
+    /// [`CLUSTER_ID_BYTES_MAX`] bytes, not empty.
+    pub cluster: String,
+    /// The largest frame [`Client::send`] accepts and the largest one this node reads from a
+    /// peer; a larger frame from a peer is refused before it is read (the sender sees an error,
+    /// the connection stays up). Default: [`FRAME_BYTES_MAX_DEFAULT`] (4 MiB). Use the same value
+    /// on every node.
+    pub frame_max_bytes: usize,
+    /// How long [`start`] keeps trying to connect to the bootstrap peer before it fails with
+    /// [`NetError::BootstrapUnreachable`]. Default: 10 s.
+    pub bootstrap_timeout: Duration,
+    /// A member with no successful contact for this long is reported [`NetEvent::PeerDown`].
+    /// Pings run every quarter of it (at least every 100 ms, at most every 15 s).
+    /// Default: 5 s.
+    pub down_after: Duration,
+    /// How long one frame may take to be delivered and acknowledged (including dialing) before
+    /// [`Client::send`] fails with [`NetError::SendFailed`]. Default: 10 s.
+    pub request_timeout: Duration,
+    /// The capacity of the [`NetEvent`] channel, and the most received frames waiting for the
+    /// node to take them: a frame that arrives while that many are waiting is refused, and its
+    /// sender's [`Client::send`] fails with [`NetError::PeerBusy`]. Membership events are never
+    /// refused for this reason (they have [`MEMBERS_MAX`] extra room). Default: 1024.
+    pub event_queue_len: usize,
+    /// The most frames sent and not yet acknowledged; [`Client::send`] beyond it fails at once
+    /// with [`NetError::TooManyInFlight`]. Also the capacity of the command channel.
+    /// Default: 4096.
+    pub sends_in_flight_max: usize,
+}
+
+impl NetConfig {
+    /// A configuration with the defaults documented on each field: a bootstrap node (no
+    /// `bootstrap`) listening on an ephemeral loopback port.
+    pub fn new(keypair: Keypair, cluster: impl Into<String>) -> Self {
+        Self {
+            keypair,
+            listen: vec![
+                "/ip4/127.0.0.1/tcp/0"
+                    .parse()
+                    .expect("a constant multiaddr parses"),
+            ],
+            bootstrap: None,
+            protocol_id: "replicator".to_owned(),
+            rendezvous: "members".to_owned(),
+            cluster: cluster.into(),
+            frame_max_bytes: FRAME_BYTES_MAX_DEFAULT,
+            bootstrap_timeout: Duration::from_secs(10),
+            down_after: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            event_queue_len: 1024,
+            sends_in_flight_max: 4096,
+        }
+    }
+}
+
+/// What a node knows about another member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The member's identity (authenticated by the noise handshake).
+    pub peer: PeerId,
+    /// The cluster id the member advertised in its Hello.
+    pub cluster: String,
+    /// The addresses the member listens on, as far as this node can use them (without `/p2p`).
+    pub addrs: Vec<Multiaddr>,
+    /// False while the member is reported down (see [`NetEvent::PeerDown`]).
+    pub up: bool,
+}
+
+/// What the network layer tells the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetEvent {
+    /// A frame sent by `from` with [`Client::send`]. Frames from one sender arrive in the
+    /// order they were acknowledged, not necessarily the order they were sent: frames sent
+    /// concurrently travel on independent streams. A frame may arrive before the
+    /// [`NetEvent::MemberDiscovered`] of its sender.
+    Message {
+        /// The authenticated sender.
+        from: PeerId,
+        /// The bytes, exactly as sent.
+        frame: Vec<u8>,
+    },
+    /// A peer became a member: the first Hello from it arrived. Emitted once per peer (again
+    /// only if it left or was forgotten and came back).
+    MemberDiscovered(Member),
+    /// A member had no successful contact for [`NetConfig::down_after`]. It stays a member.
+    PeerDown(PeerId),
+    /// A member reported down is reachable again.
+    PeerUp(PeerId),
+    /// A member said goodbye: it left the membership and is forgotten.
+    PeerLeft(PeerId),
+}
+
+/// Errors of the network layer. The variant says who is at fault: the caller's configuration
+/// or arguments (`InvalidConfig`, `FrameTooLarge`), the network or the peer (`SendFailed`,
+/// `PeerBusy`, `BootstrapUnreachable`), or load (`TooManyInFlight`).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The configuration is unusable (the caller's mistake).
+    #[error("invalid network configuration: {0}")]
+    InvalidConfig(String),
+    /// The transport or a listener could not be set up.
+    #[error("cannot set up the network: {0}")]
+    Setup(String),
+    /// The bootstrap peer could not be connected within [`NetConfig::bootstrap_timeout`].
+    #[error("cannot reach bootstrap peer at {addr}: {reason}")]
+    BootstrapUnreachable {
+        /// The configured bootstrap address (it ends with `/p2p/<bootstrap peer id>`).
+        addr: Multiaddr,
+        /// The timeout and the last dial error.
+        reason: String,
+    },
+    /// The frame is larger than [`NetConfig::frame_max_bytes`] (the caller's mistake).
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The frame could not be delivered to the peer (dial failure, timeout, connection closed,
+    /// the peer refused the frame as too large, or the peer does not speak the protocol).
+    #[error("cannot deliver frame to {peer}: {reason}")]
+    SendFailed {
+        /// The destination.
+        peer: PeerId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The peer received the frame but dropped it: its event queue is full.
+    #[error("peer {peer} is overloaded and dropped the frame")]
+    PeerBusy {
+        /// The destination.
+        peer: PeerId,
+    },
+    /// [`NetConfig::sends_in_flight_max`] frames are already waiting for an acknowledgement.
+    #[error("too many frames in flight ({max})")]
+    TooManyInFlight {
+        /// The configured limit.
+        max: usize,
+    },
+    /// The event loop has stopped (goodbye, shutdown, or it was never spawned and dropped).
+    #[error("the network event loop has stopped")]
+    Stopped,
+}
+
+/// Builds the swarm, starts listening and, unless this node is the bootstrap peer, connects to
+/// the bootstrap peer (trying again every 250 ms until [`NetConfig::bootstrap_timeout`]).
+///
+/// Returns the [`Client`], the receiver of [`NetEvent`]s (capacity
+/// [`NetConfig::event_queue_len`]) and the [`EventLoop`], which must be spawned
+/// (`tokio::spawn(event_loop.run())`) for anything to happen. Must be called inside a tokio
+/// runtime.
+///
+/// # Errors
+/// [`NetError::InvalidConfig`] for a bad configuration, [`NetError::Setup`] if a listener cannot
+/// be opened, [`NetError::BootstrapUnreachable`] if the bootstrap peer cannot be connected in
+/// time.
+pub async fn start(
+    cfg: NetConfig,
+) -> Result<(Client, tokio::sync::mpsc::Receiver<NetEvent>, EventLoop), NetError> {
+    event_loop::start(cfg).await
+}

@@ -1,0 +1,133 @@
+//! The handle the node uses to drive the network layer.
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Member, NetError};
+
+/// A command from a [`Client`] to the [`crate::EventLoop`]; each one that has an answer carries
+/// the oneshot the answer goes to.
+#[derive(Debug)]
+pub(crate) enum Command {
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Send {
+        to: PeerId,
+        frame: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Members {
+        reply: oneshot::Sender<Vec<Member>>,
+    },
+    ForgetPeer {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
+    Goodbye {
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A cheap, cloneable handle on the network layer. All methods are safe to call concurrently
+/// from any task. The [`crate::EventLoop`] stops when every `Client` is dropped, or after
+/// [`Client::goodbye`] / [`Client::shutdown`]; after that every method returns
+/// [`NetError::Stopped`] or an empty answer.
+#[derive(Debug, Clone)]
+pub struct Client {
+    local_peer_id: PeerId,
+    frame_max_bytes: usize,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Client {
+    pub(crate) fn new(
+        local_peer_id: PeerId,
+        frame_max_bytes: usize,
+        commands: mpsc::Sender<Command>,
+    ) -> Self {
+        Self {
+            local_peer_id,
+            frame_max_bytes,
+            commands,
+        }
+    }
+
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// The addresses this node actually listens on, each ending with `/p2p/<local peer id>`, so
+    /// that one of them can be handed to another node as its [`crate::NetConfig::bootstrap`].
+    /// Ephemeral ports (`/tcp/0`) are resolved. Empty once the event loop has stopped.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.ask(|reply| Command::ListenAddrs { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Sends `frame` to `to`, dialing it if needed, and waits until the peer's network layer
+    /// acknowledges it: it is then queued as a [`crate::NetEvent::Message`] at the peer
+    /// (the peer's node may still lose it if it crashes before reading it). Best effort: there
+    /// is no retry; a failure is returned and the caller decides. To not wait, spawn it:
+    /// `tokio::spawn(async move { client.send(to, frame).await })`.
+    ///
+    /// Sending to [`Client::local_peer_id`] delivers the frame to this node's own event
+    /// receiver, as a `Message` from itself.
+    ///
+    /// # Errors
+    /// [`NetError::FrameTooLarge`] (at once, nothing sent), [`NetError::TooManyInFlight`],
+    /// [`NetError::SendFailed`], [`NetError::PeerBusy`], [`NetError::Stopped`].
+    pub async fn send(&self, to: PeerId, frame: Vec<u8>) -> Result<(), NetError> {
+        if frame.len() > self.frame_max_bytes {
+            return Err(NetError::FrameTooLarge {
+                len: frame.len(),
+                max: self.frame_max_bytes,
+            });
+        }
+        self.ask(|reply| Command::Send { to, frame, reply })
+            .await
+            .unwrap_or(Err(NetError::Stopped))
+    }
+
+    /// The current members (every peer discovered and not left or forgotten; not this node),
+    /// with their up/down state. Empty once the event loop has stopped.
+    pub async fn members(&self) -> Vec<Member> {
+        self.ask(|reply| Command::Members { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Operator removal: forgets `peer` on this node only (no event is emitted, the other
+    /// nodes are not told), closes its connections and ignores what other members gossip
+    /// about it. If the peer is in fact alive and Hellos this node again itself, it becomes a
+    /// member again ([`crate::NetEvent::MemberDiscovered`]).
+    pub async fn forget_peer(&self, peer: PeerId) {
+        let _ = self.ask(|reply| Command::ForgetPeer { peer, reply }).await;
+    }
+
+    /// Graceful leave: tells every member this node leaves (they emit
+    /// [`crate::NetEvent::PeerLeft`] and forget it), waits for their acknowledgements (at most
+    /// 3 s: unreachable members are not waited for), then stops the event loop. Returns when
+    /// the event loop has stopped.
+    pub async fn goodbye(&self) {
+        let _ = self.ask(|reply| Command::Goodbye { reply }).await;
+    }
+
+    /// Stops the event loop without telling anyone (the others see this node go down, as if
+    /// it crashed). Returns when the event loop has stopped.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(|reply| Command::Shutdown { reply }).await;
+    }
+
+    /// Sends a command and waits for its answer; `None` if the event loop has stopped.
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(command(reply)).await.ok()?;
+        answer.await.ok()
+    }
+}
