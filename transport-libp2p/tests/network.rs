@@ -1,0 +1,472 @@
+//! End-to-end tests of the network layer on 127.0.0.1 with ephemeral ports. Every wait is
+//! bounded; every node stops when its test ends. `RUST_LOG=transport_libp2p=debug` shows the
+//! nodes' logs.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use transport_libp2p::libp2p::identity::Keypair;
+use transport_libp2p::libp2p::{Multiaddr, PeerId};
+use transport_libp2p::{Client, NetConfig, NetError, NetEvent, start};
+
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(20);
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct TestNode {
+    client: Client,
+    events: mpsc::Receiver<NetEvent>,
+    task: JoinHandle<()>,
+}
+
+impl TestNode {
+    fn peer(&self) -> PeerId {
+        self.client.local_peer_id()
+    }
+
+    async fn bootstrap_addr(&self) -> Multiaddr {
+        let addrs = self.client.listen_addrs().await;
+        assert!(!addrs.is_empty(), "a started node knows its listen address");
+        addrs[0].clone()
+    }
+
+    /// Waits (bounded) for the first event matching `pred`, skipping the others.
+    async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&NetEvent) -> bool) -> NetEvent {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) if pred(&event) => return event,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("{}: event channel closed waiting for {what}", self.peer()),
+                Err(_) => panic!("{}: timed out waiting for {what}", self.peer()),
+            }
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn config(keypair: Keypair, cluster: &str, bootstrap: Option<Multiaddr>, test: &str) -> NetConfig {
+    let mut cfg = NetConfig::new(keypair, cluster);
+    cfg.bootstrap = bootstrap;
+    cfg.protocol_id = format!("test-{test}");
+    cfg.bootstrap_timeout = Duration::from_secs(5);
+    cfg.down_after = Duration::from_secs(1);
+    cfg.request_timeout = Duration::from_secs(5);
+    cfg
+}
+
+async fn spawn(cfg: NetConfig) -> TestNode {
+    let (client, events, event_loop) = start(cfg).await.expect("node starts");
+    let task = tokio::spawn(event_loop.run());
+    TestNode {
+        client,
+        events,
+        task,
+    }
+}
+
+/// Starts a bootstrap node and `clusters.len()` others joining through it; the bootstrap node
+/// is in `clusters[0]`'s cluster.
+async fn spawn_group(test: &str, bootstrap_cluster: &str, clusters: &[&str]) -> Vec<TestNode> {
+    let first = spawn(config(
+        Keypair::generate_ed25519(),
+        bootstrap_cluster,
+        None,
+        test,
+    ))
+    .await;
+    let bootstrap = first.bootstrap_addr().await;
+    let mut nodes = vec![first];
+    for cluster in clusters {
+        let cfg = config(
+            Keypair::generate_ed25519(),
+            cluster,
+            Some(bootstrap.clone()),
+            test,
+        );
+        nodes.push(spawn(cfg).await);
+    }
+    nodes
+}
+
+/// Waits until every node has seen every other as `MemberDiscovered`, checking the clusters.
+async fn wait_full_discovery(nodes: &mut [TestNode], clusters: &HashMap<PeerId, String>) {
+    let expected = nodes.len() - 1;
+    let waits = nodes.iter_mut().map(|node| async move {
+        let mut seen: HashMap<PeerId, String> = HashMap::new();
+        while seen.len() < expected {
+            let event = node.wait_for("MemberDiscovered", |e| {
+                matches!(e, NetEvent::MemberDiscovered(_))
+            });
+            if let NetEvent::MemberDiscovered(member) = event.await {
+                assert_ne!(member.peer, node.peer(), "a node never discovers itself");
+                assert!(member.up);
+                assert!(!member.addrs.is_empty(), "member addresses are known");
+                let previous = seen.insert(member.peer, member.cluster);
+                assert!(previous.is_none(), "MemberDiscovered twice for one peer");
+            }
+        }
+        for (peer, cluster) in &seen {
+            assert_eq!(Some(cluster), clusters.get(peer), "cluster of {peer}");
+        }
+    });
+    bounded(
+        DISCOVERY_TIMEOUT,
+        "full discovery",
+        futures::future::join_all(waits),
+    )
+    .await;
+}
+
+async fn bounded<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+fn clusters_of(nodes: &[TestNode], names: &[&str]) -> HashMap<PeerId, String> {
+    nodes
+        .iter()
+        .zip(names)
+        .map(|(node, name)| (node.peer(), (*name).to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_and_five_nodes_in_two_clusters_discover_each_other() {
+    init_tracing();
+    let names = ["alpha", "alpha", "alpha", "beta", "beta", "beta"];
+    let mut nodes = spawn_group("discovery", names[0], &names[1..]).await;
+    let clusters = clusters_of(&nodes, &names);
+    wait_full_discovery(&mut nodes, &clusters).await;
+    for node in &nodes {
+        let members = node.client.members().await;
+        assert_eq!(members.len(), names.len() - 1);
+        for member in members {
+            assert_eq!(Some(&member.cluster), clusters.get(&member.peer));
+            assert!(member.up);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_arrives_with_its_sender() {
+    init_tracing();
+    let names = ["alpha", "beta", "beta"];
+    let mut nodes = spawn_group("send", names[0], &names[1..]).await;
+    let clusters = clusters_of(&nodes, &names);
+    wait_full_discovery(&mut nodes, &clusters).await;
+    let (a, b) = (nodes[1].peer(), nodes[2].peer());
+
+    nodes[1]
+        .client
+        .send(b, b"reserve k=v".to_vec())
+        .await
+        .expect("frame delivered");
+    let event = nodes[2]
+        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
+        .await;
+    assert_eq!(
+        event,
+        NetEvent::Message {
+            from: a,
+            frame: b"reserve k=v".to_vec()
+        }
+    );
+
+    // An empty frame and a frame to oneself are delivered too.
+    nodes[2]
+        .client
+        .send(a, Vec::new())
+        .await
+        .expect("empty frame");
+    let event = nodes[1]
+        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
+        .await;
+    assert_eq!(
+        event,
+        NetEvent::Message {
+            from: b,
+            frame: Vec::new()
+        }
+    );
+    nodes[1]
+        .client
+        .send(a, b"self".to_vec())
+        .await
+        .expect("self");
+    let event = nodes[1]
+        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
+        .await;
+    assert_eq!(
+        event,
+        NetEvent::Message {
+            from: a,
+            frame: b"self".to_vec()
+        }
+    );
+
+    // Many concurrent frames all arrive.
+    let sends = (0u32..50).map(|i| {
+        let client = nodes[0].client.clone();
+        tokio::spawn(async move { client.send(b, i.to_be_bytes().to_vec()).await })
+    });
+    for send in sends.collect::<Vec<_>>() {
+        send.await.expect("task").expect("frame delivered");
+    }
+    let mut received = Vec::new();
+    while received.len() < 50 {
+        if let NetEvent::Message { from, frame } = nodes[2]
+            .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
+            .await
+        {
+            assert_eq!(from, nodes[0].peer());
+            received.push(frame);
+        }
+    }
+    received.sort();
+    let mut expected: Vec<Vec<u8>> = (0u32..50).map(|i| i.to_be_bytes().to_vec()).collect();
+    expected.sort();
+    assert_eq!(received, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_are_refused_and_the_connection_keeps_working() {
+    init_tracing();
+    let test = "oversized";
+    let mut receiver_cfg = config(Keypair::generate_ed25519(), "alpha", None, test);
+    receiver_cfg.frame_max_bytes = 1024;
+    let receiver = spawn(receiver_cfg).await;
+    let mut sender_cfg = config(
+        Keypair::generate_ed25519(),
+        "alpha",
+        Some(receiver.bootstrap_addr().await),
+        test,
+    );
+    sender_cfg.frame_max_bytes = 64 * 1024;
+    let sender = spawn(sender_cfg).await;
+    let clusters = HashMap::from([
+        (receiver.peer(), "alpha".to_owned()),
+        (sender.peer(), "alpha".to_owned()),
+    ]);
+    let mut pair = [receiver, sender];
+    wait_full_discovery(&mut pair, &clusters).await;
+    let [mut receiver, mut sender] = pair;
+
+    // Above the sender's own limit: refused at once, nothing sent.
+    let err = sender
+        .client
+        .send(receiver.peer(), vec![0; 64 * 1024 + 1])
+        .await
+        .expect_err("too large for the sender");
+    assert_eq!(
+        err,
+        NetError::FrameTooLarge {
+            len: 64 * 1024 + 1,
+            max: 64 * 1024
+        }
+    );
+
+    // Above the receiver's limit: the receiver refuses it before reading it.
+    let err = sender
+        .client
+        .send(receiver.peer(), vec![0; 2048])
+        .await
+        .expect_err("too large for the receiver");
+    assert!(
+        matches!(err, NetError::SendFailed { peer, .. } if peer == receiver.peer()),
+        "{err:?}"
+    );
+
+    // The connection still carries frames, both ways.
+    sender
+        .client
+        .send(receiver.peer(), vec![7; 1024])
+        .await
+        .expect("a frame at the limit is delivered");
+    let event = receiver
+        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
+        .await;
+    assert_eq!(
+        event,
+        NetEvent::Message {
+            from: sender.peer(),
+            frame: vec![7; 1024]
+        }
+    );
+    receiver
+        .client
+        .send(sender.peer(), b"still there".to_vec())
+        .await
+        .expect("reverse direction");
+    sender
+        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
+        .await;
+    let members = receiver.client.members().await;
+    assert!(
+        members.iter().all(|m| m.up),
+        "nobody went down: {members:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_bootstrap_fails_within_the_timeout() {
+    init_tracing();
+    // A port that was just bound and closed: nothing listens there.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let absent_peer = Keypair::generate_ed25519().public().to_peer_id();
+    let bootstrap: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{absent_peer}")
+        .parse()
+        .expect("multiaddr");
+    let mut cfg = config(
+        Keypair::generate_ed25519(),
+        "alpha",
+        Some(bootstrap.clone()),
+        "unreachable",
+    );
+    cfg.bootstrap_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let result = bounded(Duration::from_secs(5), "start", start(cfg)).await;
+    let elapsed = started.elapsed();
+    let Err(err) = result else {
+        panic!("start must fail without a bootstrap peer");
+    };
+    assert!(
+        matches!(&err, NetError::BootstrapUnreachable { addr, .. } if *addr == bootstrap),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("cannot reach bootstrap peer"), "{message}");
+    assert!(message.contains(&absent_peer.to_string()), "{message}");
+    assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+
+    // A bootstrap address without /p2p is the caller's mistake.
+    let mut cfg = config(Keypair::generate_ed25519(), "alpha", None, "unreachable");
+    cfg.bootstrap = Some(format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr"));
+    assert!(matches!(
+        start(cfg).await.err(),
+        Some(NetError::InvalidConfig(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goodbye_is_peer_left_and_a_killed_node_is_down() {
+    init_tracing();
+    let test = "leave";
+    let names = ["alpha", "alpha", "beta", "beta"];
+    let mut nodes = spawn_group(test, names[0], &names[1..]).await;
+    let clusters = clusters_of(&nodes, &names);
+    wait_full_discovery(&mut nodes, &clusters).await;
+    let mut killed = nodes.pop().expect("4 nodes");
+    let leaving = nodes.pop().expect("3 nodes");
+    let (leaving_peer, killed_peer) = (leaving.peer(), killed.peer());
+
+    // Goodbye: the others see PeerLeft and forget the peer; nobody reports it down.
+    bounded(Duration::from_secs(5), "goodbye", leaving.client.goodbye()).await;
+    assert!(leaving.client.members().await.is_empty(), "loop stopped");
+    assert_eq!(
+        leaving.client.send(killed_peer, vec![1]).await,
+        Err(NetError::Stopped)
+    );
+    for node in nodes.iter_mut().chain([&mut killed]) {
+        let event = node
+            .wait_for("PeerLeft", |e| {
+                matches!(e, NetEvent::PeerLeft(_) | NetEvent::PeerDown(_))
+            })
+            .await;
+        assert_eq!(event, NetEvent::PeerLeft(leaving_peer));
+        let members = node.client.members().await;
+        assert!(members.iter().all(|m| m.peer != leaving_peer));
+    }
+
+    // A crash: the others report it down after `down_after`, and keep it as a member.
+    drop(killed);
+    for node in nodes.iter_mut() {
+        let event = node
+            .wait_for("PeerDown", |e| matches!(e, NetEvent::PeerDown(_)))
+            .await;
+        assert_eq!(event, NetEvent::PeerDown(killed_peer));
+        let members = node.client.members().await;
+        let member = members
+            .iter()
+            .find(|m| m.peer == killed_peer)
+            .expect("a down peer stays a member");
+        assert!(!member.up);
+    }
+
+    // Sending to it fails (bounded), it does not hang.
+    let err = bounded(
+        Duration::from_secs(8),
+        "send to a dead peer",
+        nodes[0].client.send(killed_peer, vec![1]),
+    )
+    .await
+    .expect_err("dead peer");
+    assert!(matches!(err, NetError::SendFailed { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_is_up_again() {
+    init_tracing();
+    let test = "restart";
+    let keypair = Keypair::generate_ed25519();
+    let mut first = spawn(config(Keypair::generate_ed25519(), "alpha", None, test)).await;
+    let bootstrap = first.bootstrap_addr().await;
+    let restarted_peer = keypair.public().to_peer_id();
+    let node = spawn(config(
+        keypair.clone(),
+        "beta",
+        Some(bootstrap.clone()),
+        test,
+    ))
+    .await;
+    first
+        .wait_for(
+            "MemberDiscovered",
+            |e| matches!(e, NetEvent::MemberDiscovered(m) if m.peer == restarted_peer),
+        )
+        .await;
+    drop(node);
+    first
+        .wait_for("PeerDown", |e| *e == NetEvent::PeerDown(restarted_peer))
+        .await;
+
+    // Same identity, new port: the bootstrap node learns the new address from its Hello.
+    let _node = spawn(config(keypair, "beta", Some(bootstrap), test)).await;
+    let event = first
+        .wait_for("PeerUp", |e| {
+            matches!(e, NetEvent::PeerUp(_) | NetEvent::MemberDiscovered(_))
+        })
+        .await;
+    assert_eq!(event, NetEvent::PeerUp(restarted_peer));
+    let members = first.client.members().await;
+    assert!(members.iter().any(|m| m.peer == restarted_peer && m.up));
+    // The node is reachable at its new address.
+    first
+        .client
+        .send(restarted_peer, b"welcome back".to_vec())
+        .await
+        .expect("delivered to the restarted node");
+}
