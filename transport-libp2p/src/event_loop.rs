@@ -31,8 +31,12 @@ const FRAME_ACK_DELIVERED: u8 = 0;
 const FRAME_ACK_BUSY: u8 = 1;
 /// Frame acknowledgements are one byte; allow a little room for later versions.
 const FRAME_ACK_BYTES_MAX: usize = 16;
-/// Streams per connection and protocol (libp2p's request-response bound).
+/// Streams per connection and protocol (libp2p's request-response bound, inbound and outbound
+/// together; beyond it libp2p drops streams).
 const STREAMS_PER_CONNECTION_MAX: usize = 256;
+/// Frames in flight to one peer; more wait in that peer's queue. Twice this stays within
+/// [`STREAMS_PER_CONNECTION_MAX`], so two peers flooding each other never hit libp2p's bound.
+const FRAMES_IN_FLIGHT_PER_PEER_MAX: usize = 64;
 /// Peers learned from the DHT or gossip but not yet Helloed.
 const CANDIDATES_MAX: usize = MEMBERS_MAX;
 /// Peers that said goodbye or were forgotten, remembered so that gossip and stale DHT records
@@ -132,6 +136,15 @@ struct Candidate {
     backoff: Duration,
 }
 
+type SendReply = oneshot::Sender<Result<(), NetError>>;
+
+/// The frames of one destination.
+#[derive(Debug, Default)]
+struct SendQueue {
+    in_flight: usize,
+    waiting: VecDeque<(Vec<u8>, SendReply)>,
+}
+
 /// A graceful leave in progress.
 struct Leaving {
     /// Whom to tell once the loop has stopped (every caller of goodbye).
@@ -171,8 +184,14 @@ pub struct EventLoop {
     /// Whether each connected peer's connection is over loopback (then its loopback addresses
     /// are usable). One entry per connected peer.
     connected_over_loopback: HashMap<PeerId, bool>,
-    /// Bounded by [`crate::NetConfig::sends_in_flight_max`].
-    pending_sends: HashMap<OutboundRequestId, oneshot::Sender<Result<(), NetError>>>,
+    /// Frames sent and not yet acknowledged, at most [`FRAMES_IN_FLIGHT_PER_PEER_MAX`] per
+    /// peer.
+    pending_sends: HashMap<OutboundRequestId, (PeerId, SendReply)>,
+    /// Per peer: frames in flight, and frames waiting for a slot. Frames in flight plus
+    /// frames queued stay within [`crate::NetConfig::sends_in_flight_max`].
+    send_queues: HashMap<PeerId, SendQueue>,
+    /// Frames in flight or queued, over all peers.
+    sends_total: usize,
     /// Bounded by [`CONTROL_IN_FLIGHT_MAX`].
     pending_control: HashMap<OutboundRequestId, PeerId>,
     discovery_at: Instant,
@@ -224,6 +243,8 @@ pub(crate) async fn start(
         departed_order: VecDeque::new(),
         connected_over_loopback: HashMap::new(),
         pending_sends: HashMap::new(),
+        send_queues: HashMap::new(),
+        sends_total: 0,
         pending_control: HashMap::new(),
         discovery_at: now,
         discovery_interval: DISCOVERY_INTERVAL_MIN,
@@ -598,20 +619,71 @@ impl EventLoop {
             let _ = reply.send(Ok(()));
             return Ok(());
         }
-        if self.pending_sends.len() >= self.sends_in_flight_max {
+        if self.sends_total >= self.sends_in_flight_max {
             let error = NetError::TooManyInFlight {
                 max: self.sends_in_flight_max,
             };
             return Err((reply, error));
         }
+        self.sends_total += 1;
+        let queue = self.send_queues.entry(to).or_default();
+        if queue.in_flight < FRAMES_IN_FLIGHT_PER_PEER_MAX {
+            queue.in_flight += 1;
+            self.start_send(to, frame, reply);
+        } else {
+            queue.waiting.push_back((frame, reply));
+        }
+        Ok(())
+    }
+
+    fn start_send(&mut self, to: PeerId, frame: Vec<u8>, reply: SendReply) {
         let addrs = self.known_addrs(&to);
         let request_id = self
             .swarm
             .behaviour_mut()
             .frames
             .send_request_with_addresses(&to, frame, addrs);
-        self.pending_sends.insert(request_id, reply);
-        Ok(())
+        self.pending_sends.insert(request_id, (to, reply));
+    }
+
+    /// A frame to `peer` is acknowledged or failed: answer its sender and start the next one.
+    /// After a dial failure the frames waiting for that peer fail at once: they would only
+    /// dial again and fail the same way.
+    fn send_done(
+        &mut self,
+        request_id: OutboundRequestId,
+        result: Result<(), NetError>,
+        dial_failed: bool,
+    ) {
+        let Some((peer, reply)) = self.pending_sends.remove(&request_id) else {
+            return;
+        };
+        let _ = reply.send(result.clone());
+        assert!(self.sends_total > 0, "send accounting");
+        self.sends_total -= 1;
+        let Some(queue) = self.send_queues.get_mut(&peer) else {
+            panic!("a frame in flight has a queue");
+        };
+        assert!(queue.in_flight > 0, "send accounting");
+        queue.in_flight -= 1;
+        if dial_failed {
+            let waiting = std::mem::take(&mut queue.waiting);
+            self.sends_total -= waiting.len();
+            for (_, reply) in waiting {
+                let _ = reply.send(result.clone());
+            }
+        } else if let Some((frame, reply)) = queue.waiting.pop_front() {
+            queue.in_flight += 1;
+            self.start_send(peer, frame, reply);
+            return;
+        }
+        if self
+            .send_queues
+            .get(&peer)
+            .is_some_and(|q| q.in_flight == 0 && q.waiting.is_empty())
+        {
+            self.send_queues.remove(&peer);
+        }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -791,9 +863,6 @@ impl EventLoop {
                 ..
             } => {
                 self.contact(peer);
-                let Some(reply) = self.pending_sends.remove(&request_id) else {
-                    return;
-                };
                 let result = match response.as_slice() {
                     [FRAME_ACK_DELIVERED] => Ok(()),
                     [FRAME_ACK_BUSY] => Err(NetError::PeerBusy { peer }),
@@ -802,7 +871,7 @@ impl EventLoop {
                         reason: "malformed acknowledgement".into(),
                     }),
                 };
-                let _ = reply.send(result);
+                self.send_done(request_id, result, false);
             }
             rr::Event::OutboundFailure {
                 peer,
@@ -811,12 +880,10 @@ impl EventLoop {
                 ..
             } => {
                 debug!(%peer, error = %error, "frame not delivered");
-                if let Some(reply) = self.pending_sends.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::SendFailed {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
+                let dial_failed = matches!(error, rr::OutboundFailure::DialFailure);
+                let reason = error.to_string();
+                let result = Err(NetError::SendFailed { peer, reason });
+                self.send_done(request_id, result, dial_failed);
             }
             rr::Event::InboundFailure { peer, error, .. } => {
                 // Oversized or truncated frames from a peer land here; the stream is dropped,
@@ -987,23 +1054,36 @@ impl EventLoop {
     }
 
     fn on_tick(&mut self, now: Instant) {
-        // Liveness: report silent members down, redial the disconnected ones.
+        // Liveness: report silent members down, redial the disconnected ones, and drop the
+        // connections of down members (a connection that carries no ping answer for
+        // `down_after` is not worth keeping: a fresh dial tells more).
         let mut went_down = Vec::new();
         let mut to_dial = Vec::new();
+        let mut stale = Vec::new();
         for (peer, member) in &mut self.members {
             if member.up && now.duration_since(member.last_contact) >= self.down_after {
                 member.up = false;
                 went_down.push(*peer);
             }
-            if now >= member.redial_at && !self.swarm.is_connected(peer) {
+            if now >= member.redial_at {
+                if !self.swarm.is_connected(peer) {
+                    to_dial.push((*peer, member.addrs.clone()));
+                } else if !member.up {
+                    stale.push(*peer);
+                } else {
+                    continue;
+                }
                 member.redial_at = now + member.redial_backoff;
                 member.redial_backoff = (member.redial_backoff * 2).min(REDIAL_BACKOFF_MAX);
-                to_dial.push((*peer, member.addrs.clone()));
             }
         }
         for peer in went_down {
             warn!(%peer, down_after = ?self.down_after, "member down");
             self.emit_membership(NetEvent::PeerDown(peer));
+        }
+        for peer in stale {
+            debug!(%peer, "closing the connections of a down member");
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
         // Candidates: dial them, or Hello them again if connected without a Hello answer.
         let mut to_hello = Vec::new();
