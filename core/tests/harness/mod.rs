@@ -1,0 +1,365 @@
+//! A small in-memory harness: several clusters of real `Node`s, a network the test drives by
+//! hand (deliver, drop, delay, duplicate), disks that apply writes at once, crash and restart.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use replicator_core::*;
+
+pub fn config() -> Config {
+    Config {
+        vote_timeout: Duration::from_millis(300),
+        representative_timeout: Duration::from_millis(150),
+        relay_timeout: Duration::from_millis(100),
+        lease: Duration::from_millis(600),
+        resolve_backoff_min: Duration::from_millis(20),
+        resolve_backoff_max: Duration::from_millis(400),
+        put_timeout: Duration::from_secs(2),
+        read_wait: Duration::from_millis(60),
+        read_timeout: Duration::from_millis(1500),
+        ..Config::default()
+    }
+}
+
+pub struct Slot {
+    pub cluster: ClusterId,
+    pub node: Option<Node>,
+    pub disk: Recovered,
+}
+
+pub struct InFlight {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub msg: Message,
+}
+
+pub struct Harness {
+    pub now: Time,
+    pub config: Config,
+    pub slots: BTreeMap<NodeId, Slot>,
+    pub net: VecDeque<InFlight>,
+    pub replies: BTreeMap<CallId, Reply>,
+    pub notes: Vec<(NodeId, Note)>,
+    /// Every message ever sent, for assertions about traffic.
+    pub sent: Vec<(NodeId, NodeId, Message)>,
+    next_call: u64,
+    seed: u64,
+}
+
+pub fn n(s: &str) -> NodeId {
+    NodeId::from(s)
+}
+pub fn k(s: &str) -> Key {
+    Key::from(s)
+}
+pub fn v(s: &str) -> Value {
+    Value::from(s)
+}
+
+impl Harness {
+    /// `clusters` clusters named a, b, c... of `size` nodes named a1, a2...
+    pub fn new(clusters: usize, size: usize) -> Harness {
+        Self::with_config(clusters, size, config())
+    }
+
+    pub fn with_config(clusters: usize, size: usize, config: Config) -> Harness {
+        let mut pairs = Vec::new();
+        for c in 0..clusters {
+            let cname = ((b'a' + c as u8) as char).to_string();
+            for i in 1..=size {
+                pairs.push((ClusterId::from(cname.as_str()), n(&format!("{cname}{i}"))));
+            }
+        }
+        let membership = Membership::from_pairs(pairs.clone());
+        let mut h = Harness {
+            now: Time::from_millis(1),
+            config,
+            slots: BTreeMap::new(),
+            net: VecDeque::new(),
+            replies: BTreeMap::new(),
+            notes: Vec::new(),
+            sent: Vec::new(),
+            next_call: 0,
+            seed: 7,
+        };
+        for (c, id) in pairs {
+            let node = Node::new(
+                h.config.clone(),
+                id.clone(),
+                c.clone(),
+                membership.clone(),
+                Recovered::founder(),
+                h.now,
+                h.seed,
+            )
+            .expect("valid config");
+            h.seed += 1;
+            h.slots.insert(
+                id,
+                Slot {
+                    cluster: c,
+                    node: Some(node),
+                    disk: Recovered::founder(),
+                },
+            );
+        }
+        h
+    }
+
+    pub fn node(&self, id: &str) -> &Node {
+        self.slots[&n(id)].node.as_ref().expect("node is up")
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.slots.keys().cloned().collect()
+    }
+
+    /// Feeds an input and executes the outputs: sends go to the network, writes are made
+    /// durable at once (and reported), replies and notes are recorded.
+    pub fn input(&mut self, id: &NodeId, input: Input) {
+        let now = self.now;
+        let Some(node) = self.slots.get_mut(id).and_then(|s| s.node.as_mut()) else {
+            return;
+        };
+        node.handle(now, input);
+        self.drain(id);
+    }
+
+    fn drain(&mut self, id: &NodeId) {
+        let mut persisted = Vec::new();
+        loop {
+            let now = self.now;
+            let slot = self.slots.get_mut(id).expect("slot");
+            let Some(node) = slot.node.as_mut() else {
+                return;
+            };
+            match node.poll_output() {
+                Some(Output::Send { to, msg }) => {
+                    self.sent.push((id.clone(), to.clone(), msg.clone()));
+                    self.net.push_back(InFlight {
+                        from: id.clone(),
+                        to,
+                        msg,
+                    });
+                }
+                Some(Output::Persist { write, ops }) => {
+                    slot.disk.apply_all(&ops);
+                    persisted.push(write);
+                }
+                Some(Output::Reply { call, reply }) => {
+                    self.replies.insert(call, reply);
+                }
+                Some(Output::Note(note)) => self.notes.push((id.clone(), note)),
+                None => match persisted.pop() {
+                    Some(upto) => {
+                        persisted.clear();
+                        node.handle(now, Input::Persisted { upto });
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    pub fn put(&mut self, at: &str, key: &str, value: &str) -> CallId {
+        self.put_with(at, key, value, None)
+    }
+
+    pub fn put_with(&mut self, at: &str, key: &str, value: &str, request: Option<&str>) -> CallId {
+        let call = self.call();
+        let cmd = Command::Put {
+            key: k(key),
+            value: v(value),
+            request: request.map(RequestId::from),
+        };
+        self.input(&n(at), Input::Client { call, cmd });
+        call
+    }
+
+    pub fn get(&mut self, at: &str, key: &str) -> CallId {
+        let call = self.call();
+        self.input(
+            &n(at),
+            Input::Client {
+                call,
+                cmd: Command::Get { key: k(key) },
+            },
+        );
+        call
+    }
+
+    fn call(&mut self) -> CallId {
+        self.next_call += 1;
+        CallId(self.next_call)
+    }
+
+    pub fn reply(&self, call: CallId) -> Option<&Reply> {
+        self.replies.get(&call)
+    }
+
+    /// Delivers the first in-flight message that matches; returns whether one did.
+    pub fn deliver_one(&mut self, pred: impl Fn(&InFlight) -> bool) -> bool {
+        let Some(i) = self.net.iter().position(pred) else {
+            return false;
+        };
+        let m = self.net.remove(i).expect("index");
+        self.deliver(m);
+        true
+    }
+
+    pub fn deliver(&mut self, m: InFlight) {
+        let up = self.slots.get(&m.to).is_some_and(|s| s.node.is_some());
+        if up {
+            self.input(
+                &m.to.clone(),
+                Input::Message {
+                    from: m.from,
+                    msg: m.msg,
+                },
+            );
+        }
+    }
+
+    /// Delivers messages (including the ones they cause) until the network is empty.
+    pub fn deliver_all(&mut self) {
+        for _ in 0..1_000_000 {
+            let Some(m) = self.net.pop_front() else {
+                return;
+            };
+            self.deliver(m);
+        }
+        panic!("network never went quiet");
+    }
+
+    /// Delivers all messages but drops those `drop` selects (now and as they are caused).
+    pub fn deliver_all_dropping(&mut self, drop: impl Fn(&InFlight) -> bool) {
+        for _ in 0..1_000_000 {
+            let Some(m) = self.net.pop_front() else {
+                return;
+            };
+            if !drop(&m) {
+                self.deliver(m);
+            }
+        }
+        panic!("network never went quiet");
+    }
+
+    pub fn drop_where(&mut self, pred: impl Fn(&InFlight) -> bool) -> usize {
+        let before = self.net.len();
+        self.net.retain(|m| !pred(m));
+        before - self.net.len()
+    }
+
+    /// Advances time by `d` in steps, firing timers and delivering every message at once.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_for_dropping(d, |_| false);
+    }
+
+    pub fn run_for_dropping(&mut self, d: Duration, drop: impl Fn(&InFlight) -> bool) {
+        let end = self.now + d;
+        for _ in 0..1_000_000 {
+            self.deliver_all_dropping(&drop);
+            let next = self
+                .slots
+                .values()
+                .filter_map(|s| s.node.as_ref().and_then(|n| n.poll_timeout()))
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    for id in self.ids() {
+                        let due = self.slots[&id].node.as_ref().and_then(|n| n.poll_timeout());
+                        if due.is_some_and(|t| t <= self.now) {
+                            self.input(&id, Input::Timeout);
+                        }
+                    }
+                }
+                _ => {
+                    self.now = end;
+                    return;
+                }
+            }
+        }
+        panic!("timers never settled");
+    }
+
+    /// The node loses its volatile state; messages to it are lost while it is down.
+    pub fn crash(&mut self, id: &str) {
+        self.slots.get_mut(&n(id)).expect("slot").node = None;
+    }
+
+    /// Restarts a crashed node from its disk, with the full membership.
+    pub fn restart(&mut self, id: &str) {
+        let membership = Membership::from_pairs(
+            self.slots
+                .iter()
+                .map(|(id, s)| (s.cluster.clone(), id.clone())),
+        );
+        let slot = self.slots.get_mut(&n(id)).expect("slot");
+        self.seed += 1;
+        let node = Node::new(
+            self.config.clone(),
+            n(id),
+            slot.cluster.clone(),
+            membership,
+            slot.disk.clone(),
+            self.now,
+            self.seed,
+        )
+        .expect("valid config");
+        slot.node = Some(node);
+        self.drain(&n(id));
+    }
+
+    /// Every live node's state of `key`.
+    pub fn states(&self, key: &str) -> BTreeMap<NodeId, Option<DurableKey>> {
+        self.slots
+            .iter()
+            .filter_map(|(id, s)| {
+                s.node
+                    .as_ref()
+                    .map(|node| (id.clone(), node.key_state(&k(key)).cloned()))
+            })
+            .collect()
+    }
+
+    pub fn stored_everywhere(&self, key: &str, value: &str) -> bool {
+        self.states(key)
+            .values()
+            .all(|s| matches!(s, Some(DurableKey::Stored { value: x, .. }) if *x == v(value)))
+    }
+
+    pub fn reservations_left(&self) -> usize {
+        self.slots
+            .values()
+            .filter_map(|s| s.node.as_ref())
+            .map(|n| n.stats().reservations_open)
+            .sum()
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.notes
+            .iter()
+            .filter_map(|(id, note)| match note {
+                Note::Violation { reason } => Some(format!("{id}: {reason}")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn count_sent(&self, pred: impl Fn(&NodeId, &NodeId, &Message) -> bool) -> usize {
+        self.sent.iter().filter(|(f, t, m)| pred(f, t, m)).count()
+    }
+}
+
+pub fn is_request(m: &Message, pred: impl Fn(&Request) -> bool) -> bool {
+    match m {
+        Message::Request(r) | Message::Relay { request: r, .. } => pred(r),
+        _ => false,
+    }
+}
+
+pub fn is_commit(m: &InFlight) -> bool {
+    is_request(&m.msg, |r| matches!(r, Request::Commit { .. }))
+}
