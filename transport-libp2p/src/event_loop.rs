@@ -886,9 +886,10 @@ impl EventLoop {
                 self.send_done(request_id, result, dial_failed);
             }
             rr::Event::InboundFailure { peer, error, .. } => {
-                // Oversized or truncated frames from a peer land here; the stream is dropped,
-                // the connection stays up.
-                warn!(%peer, error = %error, "inbound frame refused");
+                // Frames that fail to decode (oversized, truncated) are refused inside libp2p's
+                // handler, which logs them at debug level and drops the stream; the
+                // connection stays up. What reaches here is a timeout or a closed connection.
+                debug!(%peer, error = %error, "inbound frame failed");
             }
             rr::Event::ResponseSent { .. } => {}
         }

@@ -27,6 +27,22 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Wiring it into a node
+//! - Spawn [`EventLoop::run`] right after [`start`]; nothing moves until it runs.
+//! - [`start`] returns only once the bootstrap peer is connected (or fails with
+//!   [`NetError::BootstrapUnreachable`]): there is nothing else to wait for. Members then
+//!   arrive as [`NetEvent::MemberDiscovered`] over the next seconds; poll [`Client::members`]
+//!   or count the events to decide when the view is complete enough.
+//! - Read the event receiver continuously: while [`NetConfig::event_queue_len`] frames wait
+//!   there, further frames are refused (their senders get [`NetError::PeerBusy`]).
+//! - [`Client::send`] waits for the peer's acknowledgement (one round trip, longer if it has
+//!   to dial). To send without waiting, spawn it; frames to one peer are sent with at most 64
+//!   in flight, the rest queue in this crate (within [`NetConfig::sends_in_flight_max`]).
+//!   Frames are not ordered: two frames sent concurrently may arrive in either order.
+//! - Encode protocol messages yourself; a frame is at most [`NetConfig::frame_max_bytes`].
+//! - On shutdown, call [`Client::goodbye`] only once the protocol allows leaving (see
+//!   PROTOCOL.md, "Leaving safely"); otherwise [`Client::shutdown`] (others see the node down).
+//!
 //! # Discovery and membership
 //! A node started without [`NetConfig::bootstrap`] is the bootstrap peer of the DHT. Every other
 //! node dials the bootstrap address first; [`start`] returns only once that connection is up,

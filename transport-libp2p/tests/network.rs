@@ -470,3 +470,196 @@ async fn restarted_node_is_up_again() {
         .await
         .expect("delivered to the restarted node");
 }
+
+/// A peer that speaks the node's protocols with a raw codec, to send it arbitrary bytes.
+mod rogue {
+    use std::io;
+    use std::time::Duration;
+
+    use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+    use transport_libp2p::libp2p::request_response::{self as rr, ProtocolSupport};
+    use transport_libp2p::libp2p::swarm::SwarmEvent;
+    use transport_libp2p::libp2p::{
+        Multiaddr, PeerId, StreamProtocol, SwarmBuilder, noise, tcp, yamux,
+    };
+
+    #[derive(Debug, Clone, Default)]
+    struct RawCodec;
+
+    impl rr::Codec for RawCodec {
+        type Protocol = StreamProtocol;
+        type Request = Vec<u8>;
+        type Response = Vec<u8>;
+
+        async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+        where
+            T: AsyncRead + Unpin + Send,
+        {
+            let mut out = Vec::new();
+            io.take(1 << 20).read_to_end(&mut out).await?;
+            Ok(out)
+        }
+
+        async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+        where
+            T: AsyncRead + Unpin + Send,
+        {
+            self.read_request(p, io).await
+        }
+
+        async fn write_request<T>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            bytes: Vec<u8>,
+        ) -> io::Result<()>
+        where
+            T: AsyncWrite + Unpin + Send,
+        {
+            io.write_all(&bytes).await
+        }
+
+        async fn write_response<T>(
+            &mut self,
+            p: &StreamProtocol,
+            io: &mut T,
+            bytes: Vec<u8>,
+        ) -> io::Result<()>
+        where
+            T: AsyncWrite + Unpin + Send,
+        {
+            self.write_request(p, io, bytes).await
+        }
+    }
+
+    /// Sends `bytes` raw on `protocol` to the node at `addr`; returns the raw answer, or the
+    /// failure. Also returns the rogue's peer id.
+    pub async fn request(
+        protocol: &str,
+        node: PeerId,
+        addr: Multiaddr,
+        bytes: Vec<u8>,
+    ) -> (PeerId, Result<Vec<u8>, String>) {
+        let protocol = StreamProtocol::try_from_owned(protocol.to_owned()).expect("protocol");
+        let mut swarm = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .expect("transport")
+            .with_behaviour(|_| {
+                rr::Behaviour::with_codec(
+                    RawCodec,
+                    [(protocol, ProtocolSupport::Full)],
+                    rr::Config::default().with_request_timeout(Duration::from_secs(5)),
+                )
+            })
+            .expect("behaviour")
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+            .build();
+        let rogue = *swarm.local_peer_id();
+        let id = swarm
+            .behaviour_mut()
+            .send_request_with_addresses(&node, bytes, vec![addr]);
+        let outcome = async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(rr::Event::Message {
+                        message:
+                            rr::Message::Response {
+                                request_id,
+                                response,
+                            },
+                        ..
+                    }) if request_id == id => return Ok(response),
+                    SwarmEvent::Behaviour(rr::Event::OutboundFailure {
+                        request_id, error, ..
+                    }) if request_id == id => return Err(error.to_string()),
+                    _ => {}
+                }
+            }
+        };
+        let result = tokio::time::timeout(Duration::from_secs(8), outcome)
+            .await
+            .unwrap_or_else(|_| Err("rogue request timed out".to_owned()));
+        (rogue, result)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_peer_is_dropped_and_the_node_keeps_working() {
+    init_tracing();
+    let test = "garbage";
+    let mut cfg = config(Keypair::generate_ed25519(), "alpha", None, test);
+    cfg.frame_max_bytes = 1024;
+    let mut node = spawn(cfg).await;
+    let addr = node.bootstrap_addr().await;
+    let frames = format!("/replicator/test-{test}/frame/1.0.0");
+    let control = format!("/replicator/test-{test}/member/1.0.0");
+
+    // The wire format of a frame: a big-endian u32 length, the bytes; a one-byte ack (0).
+    let (rogue, answer) = rogue::request(
+        &frames,
+        node.peer(),
+        addr.clone(),
+        vec![0, 0, 0, 2, 0xab, 0xcd],
+    )
+    .await;
+    assert_eq!(answer, Ok(vec![0, 0, 0, 1, 0]));
+    let event = node
+        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
+        .await;
+    assert_eq!(
+        event,
+        NetEvent::Message {
+            from: rogue,
+            frame: vec![0xab, 0xcd]
+        }
+    );
+
+    // A length far above the limit, truncated frames, malformed control messages: refused
+    // without an answer.
+    let garbage = [
+        (&frames, vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+        (&frames, vec![0, 0, 0, 9, 1]),
+        (&frames, vec![0, 0]),
+        (&control, vec![0, 0, 0, 5, 1, 1, 0xff, 0xff, 0xff]),
+        (&control, vec![0, 0, 0, 2, 7, 7]),
+        (&control, vec![0xff, 0xff, 0xff, 0xff]),
+    ];
+    for (protocol, bytes) in garbage {
+        let (_, answer) = rogue::request(protocol, node.peer(), addr.clone(), bytes.clone()).await;
+        assert!(
+            answer.as_ref().map_or(true, |a| a.is_empty()),
+            "{bytes:?} got {answer:?}"
+        );
+    }
+
+    // The node still works for a well-behaved peer, and made no rogue a member.
+    let mut cfg = config(Keypair::generate_ed25519(), "beta", Some(addr), test);
+    cfg.frame_max_bytes = 1024;
+    let good = spawn(cfg).await;
+    node.wait_for(
+        "MemberDiscovered",
+        |e| matches!(e, NetEvent::MemberDiscovered(m) if m.peer == good.peer()),
+    )
+    .await;
+    good.client
+        .send(node.peer(), b"ok".to_vec())
+        .await
+        .expect("delivered");
+    let event = node
+        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
+        .await;
+    assert_eq!(
+        event,
+        NetEvent::Message {
+            from: good.peer(),
+            frame: b"ok".to_vec()
+        }
+    );
+    let members = node.client.members().await;
+    assert_eq!(members.len(), 1, "{members:?}");
+}
