@@ -11,7 +11,8 @@ use libp2p::request_response::{self as rr, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, identify, kad, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, connection_limits, identify, kad,
+    noise, ping, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -37,6 +38,11 @@ const STREAMS_PER_CONNECTION_MAX: usize = 256;
 /// Frames in flight to one peer; more wait in that peer's queue. Twice this stays within
 /// [`STREAMS_PER_CONNECTION_MAX`], so two peers flooding each other never hit libp2p's bound.
 const FRAMES_IN_FLIGHT_PER_PEER_MAX: usize = 64;
+/// Connections: a full mesh of [`MEMBERS_MAX`] members, with room for simultaneous dials and
+/// short-lived connections of candidates.
+const CONNECTIONS_MAX: u32 = 2 * MEMBERS_MAX as u32;
+const CONNECTIONS_PER_PEER_MAX: u32 = 4;
+const PENDING_INCOMING_MAX: u32 = 128;
 /// Peers learned from the DHT or gossip but not yet Helloed.
 const CANDIDATES_MAX: usize = MEMBERS_MAX;
 /// Peers that said goodbye or were forgotten, remembered so that gossip and stale DHT records
@@ -74,6 +80,8 @@ const PROVIDER_REPUBLISH_INTERVAL: Duration = Duration::from_secs(120);
 /// The libp2p behaviours of a node.
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Bounds the connections (and so every per-connection state, here and in libp2p).
+    limits: connection_limits::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -361,7 +369,14 @@ fn build_swarm(cfg: &NetConfig, protocols: &Protocols) -> Result<Swarm<Behaviour
         [(protocols.control.clone(), ProtocolSupport::Full)],
         rr_config,
     );
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(PENDING_INCOMING_MAX))
+            .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX))
+            .with_max_established(Some(CONNECTIONS_MAX)),
+    );
     let behaviour = Behaviour {
+        limits,
         kad,
         identify,
         ping,

@@ -61,10 +61,22 @@
 //! removes it locally ([`Client::forget_peer`]).
 //!
 //! # Bounds
-//! Every queue and map is bounded; see [`MEMBERS_MAX`], [`NetConfig::event_queue_len`],
-//! [`NetConfig::sends_in_flight_max`], [`NetConfig::frame_max_bytes`] and the constants of this
-//! crate. Input from peers that breaks a bound or does not decode is dropped with a log line;
-//! it never panics.
+//! Every queue and map is bounded:
+//! - members: [`MEMBERS_MAX`]; peers learned but not yet Helloed: as many; peers that left or
+//!   were forgotten (remembered so gossip does not revive them): as many, oldest dropped first;
+//! - connections: `2 × MEMBERS_MAX` established, 4 per peer, 128 pending inbound;
+//! - received frames waiting for the node: [`NetConfig::event_queue_len`] (then refused);
+//!   membership events: `event_queue_len + 4 × MEMBERS_MAX` (then dropped, logged as an error
+//!   condition: the node is not reading its events);
+//! - frames being sent: [`NetConfig::sends_in_flight_max`] in total (then refused), at most 64
+//!   in flight per peer;
+//! - frame size: [`NetConfig::frame_max_bytes`]; control messages: [`CONTROL_FRAME_BYTES_MAX`],
+//!   decoded with per-field bounds ([`MEMBER_ADDRS_MAX`], [`CLUSTER_ID_BYTES_MAX`],
+//!   [`MULTIADDR_BYTES_MAX`]);
+//! - the DHT stores provider records for the rendezvous key only, at most [`MEMBERS_MAX`].
+//!
+//! Input from peers that breaks a bound or does not decode is dropped with a log line; it
+//! never panics.
 
 mod client;
 mod codec;

@@ -68,7 +68,7 @@ fn config(keypair: Keypair, cluster: &str, bootstrap: Option<Multiaddr>, test: &
     cfg.bootstrap = bootstrap;
     cfg.protocol_id = format!("test-{test}");
     cfg.bootstrap_timeout = Duration::from_secs(5);
-    cfg.down_after = Duration::from_secs(1);
+    cfg.down_after = Duration::from_secs(2);
     cfg.request_timeout = Duration::from_secs(5);
     cfg
 }
