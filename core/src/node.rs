@@ -94,7 +94,7 @@ struct PutOp {
 struct Decider {
     key: Key,
     participants: Arc<Membership>,
-    votes: BTreeMap<NodeId, Vote>,
+    votes: Votes,
     phase: Phase,
     /// For each remote cluster: which of its nodes is the representative, and whether it
     /// answered this round.
@@ -102,6 +102,44 @@ struct Decider {
     op: Option<u64>,
     /// Set while leaving: keep asking until every participant reflects the decision.
     confirm: bool,
+}
+
+/// The votes heard for one proposal, with running counts so the decision rule is O(1).
+#[derive(Default)]
+struct Votes {
+    map: BTreeMap<NodeId, Vote>,
+    granted: usize,
+    committed: usize,
+    denied: usize,
+}
+
+impl Votes {
+    fn insert(&mut self, node: NodeId, vote: Vote) {
+        self.count(&vote, 1);
+        if let Some(old) = self.map.insert(node, vote) {
+            self.count(&old, -1);
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Vote) -> bool) {
+        self.map.retain(|_, v| keep(v));
+        let votes = std::mem::take(&mut self.map);
+        *self = Votes::default();
+        for (n, v) in votes {
+            self.insert(n, v);
+        }
+    }
+
+    fn count(&mut self, vote: &Vote, delta: isize) {
+        let slot = match vote {
+            Vote::Granted => &mut self.granted,
+            Vote::Committed => &mut self.committed,
+            Vote::Denied { .. } => &mut self.denied,
+        };
+        *slot = slot
+            .checked_add_signed(delta)
+            .expect("vote counts never go negative");
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -851,7 +889,7 @@ impl Node {
         if let Phase::Confirming { committed, .. } = d.phase {
             let confirmed = d.participants.nodes().all(|n| {
                 self.departed.contains(n)
-                    || match d.votes.get(n) {
+                    || match d.votes.map.get(n) {
                         Some(Vote::Committed) => committed,
                         Some(Vote::Denied { .. }) => !committed,
                         _ => false,
@@ -863,31 +901,25 @@ impl Node {
             }
             return;
         }
-        let mut missing = 0usize;
-        let mut decision = None;
-        for n in d.participants.nodes() {
-            match d.votes.get(n) {
-                Some(Vote::Committed) => {
-                    decision = Some(true);
-                    break;
-                }
-                Some(Vote::Denied { .. }) => {
-                    decision = Some(false);
-                    break;
-                }
-                Some(Vote::Granted) => {}
-                None if self.departed.contains(n) => {
-                    decision = Some(false);
-                    break;
-                }
-                None => missing += 1,
+        // O(1) per vote (counters), so that a proposal over hundreds of participants stays
+        // linear in their number; departed nodes are few, so scanning them is cheap.
+        let missing = d.participants.len() - d.votes.granted;
+        let departed_silent = || {
+            self.departed
+                .iter()
+                .any(|n| d.participants.contains(n) && !d.votes.map.contains_key(n))
+        };
+        let decision = if d.votes.committed > 0 {
+            Some(true)
+        } else if d.votes.denied > 0 || departed_silent() {
+            Some(false)
+        } else {
+            match missing {
+                0 => Some(true),
+                1 if self.bug_is(BugCheck::CommitOnPartialVote) => Some(true),
+                _ => None,
             }
-        }
-        let decision = decision.or(match missing {
-            0 => Some(true),
-            1 if self.bug_is(BugCheck::CommitOnPartialVote) => Some(true),
-            _ => None,
-        });
+        };
         if let Some(committed) = decision {
             self.decide(p, committed);
         }
@@ -945,7 +977,7 @@ impl Node {
                 committed,
                 attempt: 0,
             };
-            d.votes.retain(|_, v| match v {
+            d.votes.retain(|v| match v {
                 Vote::Committed => committed,
                 Vote::Denied { .. } => !committed,
                 Vote::Granted => false,
@@ -955,7 +987,7 @@ impl Node {
         }
         let denial = {
             let d = &self.deciders[p];
-            d.votes.values().find_map(|v| match v {
+            d.votes.map.values().find_map(|v| match v {
                 Vote::Denied {
                     stored: Some(value),
                     ..
@@ -1055,7 +1087,7 @@ impl Node {
             Decider {
                 key: key.clone(),
                 participants,
-                votes: BTreeMap::new(),
+                votes: Votes::default(),
                 phase: Phase::Resolving { attempt: 0 },
                 reps,
                 op: None,
@@ -1082,7 +1114,7 @@ impl Node {
         }
         let key = d.key.clone();
         let participants = d.participants.clone();
-        let votes = d.votes.clone();
+        let votes = d.votes.map.clone();
         let clusters: Vec<ClusterId> = d.reps.keys().cloned().collect();
         if let Some(committed) = confirming {
             self.broadcast_decision(p, &key, &participants, committed);
@@ -1119,7 +1151,10 @@ impl Node {
         };
         let mut silence = Silence::default();
         for (cluster, nodes) in d.participants.clusters() {
-            let silent: Vec<&NodeId> = nodes.iter().filter(|n| !d.votes.contains_key(*n)).collect();
+            let silent: Vec<&NodeId> = nodes
+                .iter()
+                .filter(|n| !d.votes.map.contains_key(*n))
+                .collect();
             if silent.len() == nodes.len() {
                 silence.clusters.push(cluster.clone());
             }
@@ -1384,7 +1419,7 @@ impl Node {
             Decider {
                 key: key.clone(),
                 participants: participants.clone(),
-                votes: BTreeMap::new(),
+                votes: Votes::default(),
                 phase: Phase::Reserving,
                 reps,
                 op: Some(op_id),
@@ -1843,7 +1878,7 @@ impl Node {
         let nodes = d.participants.nodes_of(&cluster);
         let targets: Vec<NodeId> = nodes
             .iter()
-            .filter(|n| !d.votes.contains_key(*n) && !self.departed.contains(*n))
+            .filter(|n| !d.votes.map.contains_key(*n) && !self.departed.contains(*n))
             .cloned()
             .collect();
         if targets.is_empty() {
