@@ -637,3 +637,76 @@ fn graceful_leave_resolves_reservations_first() {
     );
     assert!(h.stored_everywhere("k", "v"));
 }
+
+#[test]
+fn verify_read_reports_agreement_across_clusters() {
+    let mut h = Harness::new(3, 3);
+    let c = h.put("a1", "k", "v");
+    h.deliver_all();
+    assert_eq!(put_reply(&h, c), Some(PutOutcome::Stored));
+    let call = CallIdGen::verify(&mut h, "b2", "k");
+    h.deliver_all();
+    let Some(Reply::Verify(report)) = h.reply(call).cloned() else {
+        panic!("{:?}", h.reply(call))
+    };
+    assert!(report.agree, "{report:?}");
+    assert_eq!(report.answers.len(), 9);
+    assert!(report.silent.nodes.is_empty());
+    // A node that is down is reported silent, and the others still agree.
+    h.crash("c3");
+    let call = CallIdGen::verify(&mut h, "a2", "k");
+    h.run_for(Duration::from_secs(3));
+    let Some(Reply::Verify(report)) = h.reply(call).cloned() else {
+        panic!()
+    };
+    assert_eq!(report.silent.nodes, vec![n("c3")]);
+    assert!(report.agree);
+}
+
+#[test]
+fn membership_change_refuses_then_retry_succeeds_once_views_agree() {
+    let mut h = Harness::new(2, 3);
+    // b3 learned of a new node (d1) that nobody else knows yet: its digest differs.
+    h.input(
+        &n("b3"),
+        Input::NodeDiscovered {
+            cluster: ClusterId::from("d"),
+            node: n("d1"),
+        },
+    );
+    let config_retries = h.config.busy_retries_max;
+    assert!(config_retries > 0);
+    let c = h.put("a1", "k", "v");
+    h.deliver_all();
+    // Every attempt meets b3's "membership changed" refusal.
+    h.run_for(Duration::from_secs(1));
+    assert_eq!(put_reply(&h, c), Some(PutOutcome::Busy));
+    assert!(h.states("k").values().all(Option::is_none));
+    // Growing is the only way views change on discovery: once the others learn d1 too... but
+    // d1 does not exist here, so instead b3's operator removes it again, and views agree.
+    h.input(
+        &n("b3"),
+        Input::NodeRemoved {
+            node: n("d1"),
+            goodbye: false,
+        },
+    );
+    let c = h.put("a1", "k2", "v");
+    h.deliver_all();
+    assert_eq!(put_reply(&h, c), Some(PutOutcome::Stored));
+}
+
+struct CallIdGen;
+impl CallIdGen {
+    fn verify(h: &mut Harness, at: &str, key: &str) -> CallId {
+        let call = CallId(1_000_000 + h.replies.len() as u64 + h.sent.len() as u64);
+        h.input(
+            &n(at),
+            Input::Client {
+                call,
+                cmd: Command::Verify { key: k(key) },
+            },
+        );
+        call
+    }
+}
