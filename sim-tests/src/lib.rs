@@ -1,1 +1,136 @@
+//! Deterministic simulation tests of the replication protocol: workloads, invariant checkers,
+//! swarm-drawn configurations and failure reports. See `../shared/design/SIMULATION.md`.
+
+pub mod checker;
 pub mod linearizability;
+pub mod run;
+pub mod swarm;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use transport_sim::TraceMode;
+
+pub use run::{Failure, Outcome, RunStats, run};
+pub use swarm::{RunSpec, Shape, draw};
+
+/// The command that replays one seed.
+pub fn replay_command(seed: u64) -> String {
+    format!("SIM_SEED={seed} cargo test -p sim-tests replay -- --nocapture")
+}
+
+/// Where failing runs write their traces: `$CARGO_TARGET_DIR/sim-traces`, else the workspace's
+/// `target/sim-traces`.
+pub fn trace_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+    target.join("sim-traces")
+}
+
+/// Runs one seed of `shape`; on failure, replays it with the full trace kept, writes the
+/// trace to a file and returns a report that starts and ends with the seed and the replay
+/// command.
+pub fn check_seed(seed: u64, shape: &Shape) -> Result<RunStats, String> {
+    let spec = draw(seed, shape);
+    let outcome = run(&spec);
+    match outcome.result {
+        Ok(()) => Ok(outcome.stats),
+        Err(failure) => Err(report_failure(&spec, &failure)),
+    }
+}
+
+/// Builds the report of a failed run (replaying it to write its trace).
+pub fn report_failure(spec: &RunSpec, failure: &Failure) -> String {
+    let replay = run::run(&run::with_trace(spec, TraceMode::Keep));
+    let dir = trace_dir();
+    let path = dir.join(format!("seed-{}.trace", spec.seed));
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, replay.trace.join("\n") + "\n"));
+    let mut r = String::new();
+    let _ = writeln!(r, "SIMULATION FAILED: seed {}", spec.seed);
+    let _ = writeln!(r, "replay: {}", replay_command(spec.seed));
+    let _ = writeln!(r, "config: {}", spec.describe());
+    let _ = writeln!(
+        r,
+        "broken invariant: {} at {}\n  {}",
+        failure.broken.invariant, failure.at, failure.broken.detail
+    );
+    if replay
+        .result
+        .as_ref()
+        .err()
+        .map(|f| f.broken.detail.as_str())
+        != Some(failure.broken.detail.as_str())
+    {
+        let _ = writeln!(
+            r,
+            "WARNING: the replay with the trace on did not fail the same way"
+        );
+    }
+    match written {
+        Ok(()) => {
+            let _ = writeln!(
+                r,
+                "full trace ({} lines): {}",
+                replay.trace.len(),
+                path.display()
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(r, "could not write the trace to {}: {e}", path.display());
+        }
+    }
+    let _ = writeln!(r, "client history around it:");
+    for line in &failure.history {
+        let _ = writeln!(r, "  {line}");
+    }
+    if let Some(key) = &failure.broken.key {
+        let needle = format!("{:?}", key.as_str());
+        let lines: Vec<&String> = replay
+            .trace
+            .iter()
+            .filter(|l| l.contains(&needle))
+            .collect();
+        let from = lines.len().saturating_sub(40);
+        let _ = writeln!(
+            r,
+            "last {} trace lines about {needle} (of {}):",
+            lines.len() - from,
+            lines.len()
+        );
+        for line in &lines[from..] {
+            let shown: String = line.chars().take(300).collect();
+            let _ = writeln!(r, "  {shown}");
+        }
+    }
+    let _ = writeln!(r, "config: {}", spec.describe());
+    let _ = writeln!(r, "SIMULATION FAILED: seed {}", spec.seed);
+    let _ = write!(r, "replay: {}", replay_command(spec.seed));
+    r
+}
+
+/// The seeds to run: `SIM_SEED=N` (one), `SIM_START=N SIM_SEEDS=M` (a range), else the
+/// default range.
+pub fn seeds_from_env(default_start: u64, default_count: u64) -> std::ops::Range<u64> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if let Some(seed) = var("SIM_SEED") {
+        return seed..seed + 1;
+    }
+    let start = var("SIM_START").unwrap_or(default_start);
+    let count = var("SIM_SEEDS").unwrap_or(default_count);
+    start..start + count
+}
+
+/// Percentile `q` (0..=100) of sorted values.
+pub fn percentile(sorted: &[u64], q: u64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as u64 * q / 100) as usize;
+    sorted[i]
+}

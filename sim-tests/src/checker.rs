@@ -1,0 +1,262 @@
+//! The safety invariants of PROTOCOL.md ("Invariants the simulator checks"), checked on every
+//! observation of the world as it happens.
+//!
+//! The checker keeps its own view of every node, built only from what the nodes asked to be
+//! written (in memory) and what reached their disks, so a node that silently loses or changes
+//! a key is caught even if no message ever shows it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use replicator_core::{DurableKey, Key, Note, ProposalId, Value, WriteOp};
+use transport_sim::{NodeIx, Obs};
+
+/// One node as the checker sees it: what it stores, holds and released.
+#[derive(Clone, Default)]
+struct View {
+    stored: BTreeMap<Key, ProposalId>,
+    reserved: BTreeMap<Key, ProposalId>,
+    /// Proposals whose reservation this node dropped without committing them (an Abort): it
+    /// must never hold them again.
+    released: BTreeSet<ProposalId>,
+}
+
+/// A broken invariant.
+#[derive(Clone, Debug)]
+pub struct Broken {
+    pub invariant: &'static str,
+    pub detail: String,
+    /// The key concerned, to summarise its history.
+    pub key: Option<Key>,
+}
+
+#[derive(Default)]
+pub struct Checker {
+    memory: Vec<View>,
+    disk: Vec<View>,
+    /// Every (key, value) a client proposed.
+    proposed: BTreeSet<(Key, Value)>,
+    /// The committed proposal and value of every key stored anywhere.
+    committed: BTreeMap<Key, (ProposalId, Value)>,
+    committed_proposals: BTreeSet<ProposalId>,
+    /// Proposals decided aborted by some coordinator or resolver.
+    aborted: BTreeMap<ProposalId, NodeIx>,
+    /// Every proposal seen, by (coordinator, key, value): lets a client's Busy/Exists answer
+    /// be matched to the proposals it was about.
+    proposals_of: BTreeMap<(String, Key, Value), BTreeSet<ProposalId>>,
+    pub decisions: u64,
+}
+
+fn broken(invariant: &'static str, key: Option<&Key>, detail: String) -> Broken {
+    Broken {
+        invariant,
+        detail,
+        key: key.cloned(),
+    }
+}
+
+impl Checker {
+    pub fn proposed(&mut self, key: Key, value: Value) {
+        self.proposed.insert((key, value));
+    }
+
+    pub fn committed(&self) -> &BTreeMap<Key, (ProposalId, Value)> {
+        &self.committed
+    }
+
+    /// The proposals by `coordinator` of `value` for `key`.
+    pub fn proposals_of(&self, coordinator: &str, key: &Key, value: &Value) -> Vec<ProposalId> {
+        self.proposals_of
+            .get(&(coordinator.to_string(), key.clone(), value.clone()))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn is_committed(&self, p: &ProposalId) -> bool {
+        self.committed_proposals.contains(p)
+    }
+
+    fn views(&mut self, node: NodeIx) {
+        while self.memory.len() <= node {
+            self.memory.push(View::default());
+            self.disk.push(View::default());
+        }
+    }
+
+    /// Checks one observation.
+    pub fn observe(&mut self, obs: &Obs, node_name: &str) -> Result<(), Broken> {
+        match obs {
+            Obs::Write { node, ops } => {
+                self.views(*node);
+                for op in ops {
+                    self.write(*node, op, node_name, false)?;
+                }
+            }
+            Obs::Durable { node, ops } => {
+                self.views(*node);
+                for op in ops {
+                    self.write(*node, op, node_name, true)?;
+                }
+            }
+            Obs::Crashed { node, .. } => {
+                self.views(*node);
+                self.memory[*node] = self.disk[*node].clone();
+            }
+            Obs::Note { note, .. } => self.note(note, node_name)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, note: &Note, node_name: &str) -> Result<(), Broken> {
+        match note {
+            Note::Violation { reason } => Err(broken(
+                "commit lands only where it may (core Violation)",
+                None,
+                format!("{node_name}: {reason}"),
+            )),
+            Note::Decided { p, key, committed } => {
+                self.decisions += 1;
+                if *committed {
+                    self.commit_proposal(p, key)?;
+                } else {
+                    if self.committed_proposals.contains(p) {
+                        return Err(broken(
+                            "one outcome per proposal",
+                            Some(key),
+                            format!("{node_name} decided {p} aborted, but it was committed"),
+                        ));
+                    }
+                    self.aborted.entry(p.clone()).or_insert(0);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn commit_proposal(&mut self, p: &ProposalId, key: &Key) -> Result<(), Broken> {
+        if self.aborted.contains_key(p) {
+            return Err(broken(
+                "one outcome per proposal",
+                Some(key),
+                format!("{p} is committed, but some coordinator or resolver decided it aborted"),
+            ));
+        }
+        self.committed_proposals.insert(p.clone());
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        node: NodeIx,
+        op: &WriteOp,
+        node_name: &str,
+        durable: bool,
+    ) -> Result<(), Broken> {
+        let place = if durable { "on disk" } else { "in memory" };
+        match op {
+            WriteOp::PutKey { key, state } => {
+                let view = if durable {
+                    &mut self.disk[node]
+                } else {
+                    &mut self.memory[node]
+                };
+                if let Some(q) = view.stored.get(key)
+                    && q != state.proposal()
+                {
+                    return Err(broken(
+                        "stability",
+                        Some(key),
+                        format!(
+                            "{node_name} stored {key:?} for {q} {place}, then wrote {state:?} over it"
+                        ),
+                    ));
+                }
+                match state {
+                    DurableKey::Reserved { p, .. } => {
+                        if view.stored.contains_key(key) {
+                            return Err(broken(
+                                "stability",
+                                Some(key),
+                                format!(
+                                    "{node_name} went from Stored back to Reserved({p}) {place}"
+                                ),
+                            ));
+                        }
+                        if view.released.contains(p) {
+                            return Err(broken(
+                                "commit lands only where it may",
+                                Some(key),
+                                format!(
+                                    "{node_name} holds Reserved({p}) {place} again after it processed Abort({p})"
+                                ),
+                            ));
+                        }
+                        view.reserved.insert(key.clone(), p.clone());
+                        self.seen(p, key, state.value());
+                    }
+                    DurableKey::Stored { p, value } => {
+                        view.reserved.remove(key);
+                        view.stored.insert(key.clone(), p.clone());
+                        if durable {
+                            return Ok(());
+                        }
+                        self.seen(p, key, value);
+                        if !self.proposed.contains(&(key.clone(), value.clone())) {
+                            return Err(broken(
+                                "validity",
+                                Some(key),
+                                format!(
+                                    "{node_name} stored {value:?} for {key:?}, never proposed for it"
+                                ),
+                            ));
+                        }
+                        match self.committed.get(key) {
+                            Some((q, v)) if q != p || v != value => {
+                                return Err(broken(
+                                    "agreement",
+                                    Some(key),
+                                    format!(
+                                        "{node_name} stored {key:?} = {value:?} for {p}, another node stored {v:?} for {q}"
+                                    ),
+                                ));
+                            }
+                            Some(_) => {}
+                            None => {
+                                self.committed
+                                    .insert(key.clone(), (p.clone(), value.clone()));
+                            }
+                        }
+                        self.commit_proposal(p, key)?;
+                    }
+                }
+            }
+            WriteOp::RemoveKey { key } => {
+                let view = if durable {
+                    &mut self.disk[node]
+                } else {
+                    &mut self.memory[node]
+                };
+                if let Some(q) = view.stored.get(key) {
+                    return Err(broken(
+                        "stability",
+                        Some(key),
+                        format!("{node_name} removed {key:?} {place}, which it stored for {q}"),
+                    ));
+                }
+                if let Some(p) = view.reserved.remove(key) {
+                    view.released.insert(p);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn seen(&mut self, p: &ProposalId, key: &Key, value: &Value) {
+        self.proposals_of
+            .entry((p.coordinator.to_string(), key.clone(), value.clone()))
+            .or_default()
+            .insert(p.clone());
+    }
+}

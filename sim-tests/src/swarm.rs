@@ -1,0 +1,230 @@
+//! Swarm testing: every seed draws its own shape, workload and fault mix.
+
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use replicator_core::{Config, InjectedBug};
+use transport_sim::{DiskSpec, FaultKind, FaultSpec, NetSpec, TraceMode, WorldSpec};
+
+/// What the clients do.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub clients: usize,
+    /// A client stops after this many operations, or when the safety phase ends.
+    pub ops_per_client: usize,
+    /// Keys that many clients propose at once from different clusters.
+    pub hot_keys: usize,
+    /// Share of PUTs that go to a hot key.
+    pub hot_share: f64,
+    /// Share of operations that are GETs (of hot or recently written keys).
+    pub read_share: f64,
+    /// Share of PUTs that carry a request id (and are retried with it when the answer is lost
+    /// or Unavailable).
+    pub request_id_share: f64,
+    /// Pause between two operations of one client.
+    pub think_us: (u64, u64),
+    /// Share of operations a client sends to a random node instead of its home node.
+    pub roam_share: f64,
+    /// Nodes joining during the safety phase.
+    pub joins: usize,
+    /// Bound on the safety phase, in simulated time.
+    pub safety_us: u64,
+    /// Bound on the liveness phase, in simulated time.
+    pub liveness_us: u64,
+}
+
+/// One seed's whole configuration.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub seed: u64,
+    pub world: WorldSpec,
+    pub workload: Workload,
+    /// The seed the world is built from (derived from `seed`).
+    pub world_seed: u64,
+    /// The seed of the workload's generator (derived from `seed`).
+    pub workload_seed: u64,
+}
+
+/// Overrides a sweep can impose on the drawn configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Shape {
+    pub clusters: Option<usize>,
+    pub nodes: Option<usize>,
+    pub clients: Option<usize>,
+    pub ops_per_client: Option<usize>,
+    /// `Some(empty)`: no nemesis at all.
+    pub faults: Option<Vec<FaultKind>>,
+    pub lose_unsynced: Option<bool>,
+    pub bug: Option<InjectedBug>,
+    pub joins: Option<usize>,
+}
+
+/// The core's timers scaled to simulated LAN/WAN latencies (WAN one-way up to ~100 ms).
+pub fn sim_config() -> Config {
+    Config {
+        vote_timeout: Duration::from_millis(400),
+        representative_timeout: Duration::from_millis(250),
+        relay_timeout: Duration::from_millis(100),
+        lease: Duration::from_millis(800),
+        resolve_backoff_min: Duration::from_millis(20),
+        resolve_backoff_max: Duration::from_millis(400),
+        busy_backoff_min: Duration::from_millis(5),
+        busy_backoff_max: Duration::from_millis(100),
+        put_timeout: Duration::from_secs(2),
+        read_wait: Duration::from_millis(60),
+        read_timeout: Duration::from_millis(1500),
+        verify_timeout: Duration::from_secs(1),
+        sync_timeout: Duration::from_millis(300),
+        ..Config::default()
+    }
+}
+
+fn child(master: &mut ChaCha8Rng) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(master.random::<u64>())
+}
+
+/// Draws the configuration of one seed.
+pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
+    let mut master = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = child(&mut master);
+    let world_seed = master.random::<u64>();
+    let workload_seed = master.random::<u64>();
+
+    let cluster_count = shape.clusters.unwrap_or_else(|| rng.random_range(1..=5));
+    let clusters: Vec<usize> = (0..cluster_count)
+        .map(|_| shape.nodes.unwrap_or_else(|| rng.random_range(3..=5)))
+        .collect();
+
+    let mut config = sim_config();
+    if rng.random_bool(0.3) {
+        // Small tables: exercise watermark folding, request expiry and counter ceilings.
+        config.refusals_max = rng.random_range(8..=64);
+        config.requests_max = rng.random_range(4..=32);
+        config.counter_block = rng.random_range(1..=8);
+    }
+    config.bug = shape.bug;
+
+    let pick = |rng: &mut ChaCha8Rng, options: &[f64]| options[rng.random_range(0..options.len())];
+    let net = NetSpec {
+        lan_us: (200, 2_000),
+        wan_us: if rng.random_bool(0.5) {
+            (10_000, 80_000)
+        } else {
+            (5_000, 30_000)
+        },
+        wan_jitter: pick(&mut rng, &[0.0, 0.1, 0.3]),
+        loss: pick(&mut rng, &[0.0, 0.0, 0.01, 0.05]),
+        dup: pick(&mut rng, &[0.0, 0.0, 0.02, 0.1]),
+        reorder: pick(&mut rng, &[0.0, 0.02, 0.1]),
+        reorder_us_max: 60_000,
+    };
+
+    let kinds: Vec<(FaultKind, u32)> = match &shape.faults {
+        Some(list) => list.iter().map(|k| (*k, 1)).collect(),
+        None => FaultKind::ALL
+            .iter()
+            .filter_map(|k| {
+                let on = rng.random_bool(0.5);
+                let weight = rng.random_range(1..=3);
+                on.then_some((*k, weight))
+            })
+            .collect(),
+    };
+    let lose_unsynced = shape.lose_unsynced.unwrap_or_else(|| rng.random_bool(0.5));
+    let faults = FaultSpec {
+        interval_us: if kinds.is_empty() {
+            None
+        } else {
+            let lo = rng.random_range(30_000..=300_000);
+            Some((lo, lo * 3))
+        },
+        kinds,
+        duration_us: (20_000, rng.random_range(100_000..=1_500_000)),
+        lose_unsynced,
+        down_max: rng.random_range(1..=2),
+    };
+
+    let workload = Workload {
+        clients: shape.clients.unwrap_or_else(|| rng.random_range(3..=12)),
+        ops_per_client: shape.ops_per_client.unwrap_or(usize::MAX),
+        hot_keys: rng.random_range(1..=4),
+        hot_share: pick(&mut rng, &[0.0, 0.2, 0.5, 0.8]),
+        read_share: pick(&mut rng, &[0.1, 0.3, 0.5]),
+        request_id_share: pick(&mut rng, &[0.0, 0.5, 1.0]),
+        think_us: (0, rng.random_range(2_000..=60_000)),
+        roam_share: pick(&mut rng, &[0.0, 0.3, 1.0]),
+        joins: shape
+            .joins
+            .unwrap_or_else(|| match rng.random_range(0..10) {
+                0..=5 => 0,
+                6..=8 => 1,
+                _ => 2,
+            }),
+        safety_us: rng.random_range(1_500_000..=4_000_000),
+        liveness_us: 30_000_000,
+    };
+
+    RunSpec {
+        seed,
+        world: WorldSpec {
+            clusters,
+            config,
+            net,
+            disk: DiskSpec {
+                fsync_us: (50, rng.random_range(500..=5_000)),
+            },
+            faults,
+            discovery_us_max: 200_000,
+            trace: TraceMode::Off,
+        },
+        workload,
+        world_seed,
+        workload_seed,
+    }
+}
+
+impl RunSpec {
+    /// A one-paragraph description of the drawn configuration, for failure reports.
+    pub fn describe(&self) -> String {
+        let w = &self.world;
+        let kinds: Vec<String> = w
+            .faults
+            .kinds
+            .iter()
+            .map(|(k, n)| format!("{k:?}x{n}"))
+            .collect();
+        format!(
+            "seed {}: clusters {:?} | clients {} x {} ops max, hot keys {} (share {}), reads {}, request ids {}, roam {}, joins {} | \
+             net lan {:?}us wan {:?}us jitter {} loss {} dup {} reorder {} | fsync {:?}us | \
+             faults [{}] every {:?}us lasting {:?}us, lose unsynced {}, down max {} | \
+             refusals_max {} requests_max {} counter_block {} | bug {:?}",
+            self.seed,
+            w.clusters,
+            self.workload.clients,
+            self.workload.ops_per_client,
+            self.workload.hot_keys,
+            self.workload.hot_share,
+            self.workload.read_share,
+            self.workload.request_id_share,
+            self.workload.roam_share,
+            self.workload.joins,
+            w.net.lan_us,
+            w.net.wan_us,
+            w.net.wan_jitter,
+            w.net.loss,
+            w.net.dup,
+            w.net.reorder,
+            w.disk.fsync_us,
+            kinds.join(" "),
+            w.faults.interval_us,
+            w.faults.duration_us,
+            w.faults.lose_unsynced,
+            w.faults.down_max,
+            w.config.refusals_max,
+            w.config.requests_max,
+            w.config.counter_block,
+            w.config.bug,
+        )
+    }
+}

@@ -1,0 +1,62 @@
+//! The fixed seed batch, one-seed replay and the determinism check.
+
+use sim_tests::{Shape, check_seed, draw, run, seeds_from_env};
+use transport_sim::TraceMode;
+
+fn sweep(default_start: u64, default_count: u64) {
+    let seeds = seeds_from_env(default_start, default_count);
+    let shape = Shape::default();
+    let mut failures = Vec::new();
+    for seed in seeds.clone() {
+        if let Err(report) = check_seed(seed, &shape) {
+            eprintln!("{report}");
+            failures.push(seed);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} seeds failed: {failures:?}",
+        failures.len(),
+        seeds.end - seeds.start
+    );
+}
+
+/// The fixed batch (`SIM_START`/`SIM_SEEDS` move and resize it).
+#[test]
+fn seed_batch() {
+    sweep(0, 200);
+}
+
+/// `SIM_SEED=N cargo test -p sim-tests replay -- --nocapture` replays one seed.
+#[test]
+fn replay() {
+    let Some(seed) = std::env::var("SIM_SEED")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let spec = draw(seed, &Shape::default());
+    eprintln!("{}", spec.describe());
+    match check_seed(seed, &Shape::default()) {
+        Ok(stats) => eprintln!("seed {seed} passed: {stats:?}"),
+        Err(report) => panic!("{report}"),
+    }
+}
+
+/// The same seed gives the same trace, byte for byte.
+#[test]
+fn same_seed_same_trace() {
+    for seed in [1u64, 7, 42] {
+        let mut spec = draw(seed, &Shape::default());
+        spec.world.trace = TraceMode::Hash;
+        let a = run(&spec);
+        let b = run(&spec);
+        assert!(a.stats.world.events > 100, "seed {seed} did too little");
+        assert_eq!(
+            a.stats.trace_hash, b.stats.trace_hash,
+            "seed {seed}: two runs gave different traces"
+        );
+        assert_eq!(a.stats.world.events, b.stats.world.events);
+    }
+}
