@@ -1,1 +1,200 @@
-fn main() {}
+//! `replicator`: a node of the write-once multi-cluster key-value store, and its tools.
+//!
+//! Subcommands: `run` (a node), `demo` (a local network of nodes), `put` / `get` / `status`
+//! (a client of a node's HTTP API), `bench` (a load generator). Exit codes of the client
+//! commands: 0 ok, 1 error or unavailable, 2 usage, 3 conflict (exists or busy), 4 not found.
+
+mod bench;
+mod client;
+mod demo;
+mod driver;
+mod http;
+mod metrics;
+mod net;
+mod run;
+mod storage;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The first node of `replicator demo` listens here, and the client commands ask it by default.
+pub const DEFAULT_NODE_URL: &str = "http://127.0.0.1:8080";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "replicator",
+    version,
+    about = "A write-once key-value store replicated over several clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a node.
+    Run(RunArgs),
+    /// Start a local network (default 3 clusters x 3 nodes) and keep it running until Ctrl-C.
+    Demo(DemoArgs),
+    /// Store VALUE under KEY (exit 0 stored, 3 exists or busy, 1 error or unavailable).
+    Put(PutArgs),
+    /// Print the value stored under KEY (exit 0 found, 4 unknown key, 1 error).
+    Get(GetArgs),
+    /// Show a node's health, peers and clusters.
+    Status(NodeArg),
+    /// Generate load against one or more nodes and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info`, `debug`, `info,replicator=debug` (tracing EnvFilter syntax).
+    #[arg(long, default_value = "info,libp2p=warn", global = true)]
+    pub log_level: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// This node's cluster id.
+    #[arg(long)]
+    pub cid: String,
+    /// A member of the network to join through (must end with /p2p/<peer id>). Without it,
+    /// a node with an empty data dir founds a new network.
+    #[arg(long)]
+    pub bootstrap: Option<String>,
+    /// More members to try, in order, if the bootstrap peer cannot be reached.
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
+    /// libp2p listen address.
+    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0")]
+    pub listen: Vec<String>,
+    /// HTTP API address (port 0: any free port; the bound one is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: String,
+    /// The deployment's private protocol namespace: nodes only talk to nodes with the same one.
+    #[arg(long = "protocolid", default_value = "replicator")]
+    pub protocol_id: String,
+    /// The name under which members find each other in the DHT.
+    #[arg(long, default_value = "members")]
+    pub rendezvous: String,
+    /// Where keys, protocol state and the node's identity live. Default: a new directory
+    /// under the system's temp dir (a new identity on every start).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Give up on the bootstrap peer after this long.
+    #[arg(long, default_value_t = 10_000)]
+    pub bootstrap_timeout_ms: u64,
+    /// A peer silent for this long is reported down (it stays a member).
+    #[arg(long, default_value_t = 5_000)]
+    pub down_after_ms: u64,
+    /// A PUT still undecided after this long is answered 503 Unavailable.
+    #[arg(long)]
+    pub put_timeout_ms: Option<u64>,
+    /// A reservation neither committed nor aborted within this long is resolved by its holder.
+    #[arg(long)]
+    pub lease_ms: Option<u64>,
+    /// Writes need at least this many nodes in this node's cluster.
+    #[arg(long, default_value_t = 3)]
+    pub cluster_size_min: usize,
+    /// How long a graceful shutdown waits for reservations to resolve.
+    #[arg(long, default_value_t = 10_000)]
+    pub leave_timeout_ms: u64,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    #[arg(long, default_value_t = 3)]
+    pub clusters: usize,
+    #[arg(long, default_value_t = 3)]
+    pub nodes_per_cluster: usize,
+    /// The first node's HTTP port; node i listens on port + i.
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    /// Where the nodes keep their data and logs. Default: a new temp dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Extra flags passed to every node (e.g. --demo-node-arg=--log-level=debug).
+    #[arg(long = "demo-node-arg", allow_hyphen_values = true)]
+    pub node_args: Vec<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArg {
+    /// The node's HTTP address.
+    #[arg(long, default_value = DEFAULT_NODE_URL)]
+    pub node: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PutArgs {
+    pub key: String,
+    /// The value; `-` reads it from stdin.
+    pub value: String,
+    /// Retrying with the same id returns the first attempt's outcome.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    #[command(flatten)]
+    pub node: NodeArg,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GetArgs {
+    pub key: String,
+    /// Ask every node and report whether they agree.
+    #[arg(long)]
+    pub verify: bool,
+    #[command(flatten)]
+    pub node: NodeArg,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Cmd::Run(args) => run::main(args).await,
+            Cmd::Demo(args) => demo::main(args).await,
+            Cmd::Put(args) => client::put(args).await,
+            Cmd::Get(args) => client::get(args).await,
+            Cmd::Status(args) => client::status(args).await,
+            Cmd::Bench(args) => bench::main(args).await,
+        }
+    })
+}
+
+pub fn init_logging(log: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

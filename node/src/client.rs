@@ -1,0 +1,214 @@
+//! `replicator put|get|status`: a small client of a node's HTTP API.
+//!
+//! Exit codes: 0 ok, 1 error or unavailable, 2 usage (clap), 3 conflict (exists or busy),
+//! 4 not found.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::{GetArgs, NodeArg, PutArgs};
+
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_CONFLICT: u8 = 3;
+pub const EXIT_NOT_FOUND: u8 = 4;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A plain-HTTP client (no TLS: nodes serve HTTP on a private network or localhost).
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub struct HttpResponse {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        HttpClient {
+            inner: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl HttpClient {
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        body: Vec<u8>,
+        request_id: Option<&str>,
+    ) -> Result<HttpResponse> {
+        let mut req = Request::builder().method(method).uri(url);
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .with_context(|| format!("bad URL {url}"))?;
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.inner.request(req))
+            .await
+            .map_err(|_| anyhow!("no answer from {url} within {REQUEST_TIMEOUT:?}"))?
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .context("cannot read the answer")?
+            .to_bytes();
+        Ok(HttpResponse { status, body })
+    }
+}
+
+/// Percent-encodes a key for a URL path segment.
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn store_url(node: &str, key: &str) -> String {
+    format!("{}/store/{}", node.trim_end_matches('/'), encode_key(key))
+}
+
+fn report(resp: &HttpResponse) -> String {
+    let j = resp.json();
+    match (j.get("error"), j.get("message")) {
+        (Some(e), Some(m)) => {
+            let mut s = format!("{}: {}", e.as_str().unwrap_or("?"), m.as_str().unwrap_or(""));
+            if let Some(v) = j.get("value").and_then(|v| v.as_str()) {
+                s.push_str(&format!(" (stored value: {v:?})"));
+            }
+            s
+        }
+        _ => format!("HTTP {}: {}", resp.status, String::from_utf8_lossy(&resp.body)),
+    }
+}
+
+fn exit_for(status: StatusCode) -> ExitCode {
+    match status.as_u16() {
+        200..=299 => ExitCode::SUCCESS,
+        409 => ExitCode::from(EXIT_CONFLICT),
+        404 => ExitCode::from(EXIT_NOT_FOUND),
+        _ => ExitCode::from(EXIT_ERROR),
+    }
+}
+
+pub async fn put(args: PutArgs) -> ExitCode {
+    let value = if args.value == "-" {
+        let mut v = Vec::new();
+        if let Err(e) = std::io::stdin().read_to_end(&mut v) {
+            eprintln!("error: cannot read the value from stdin: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+        v
+    } else {
+        args.value.into_bytes()
+    };
+    let url = store_url(&args.node.node, &args.key);
+    match HttpClient::default()
+        .request(Method::PUT, &url, value, args.request_id.as_deref())
+        .await
+    {
+        Ok(resp) if resp.status == StatusCode::CREATED => {
+            println!("stored {:?}", args.key);
+            ExitCode::SUCCESS
+        }
+        Ok(resp) => {
+            eprintln!("{}", report(&resp));
+            exit_for(resp.status)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+pub async fn get(args: GetArgs) -> ExitCode {
+    let mut url = store_url(&args.node.node, &args.key);
+    if args.verify {
+        url.push_str("?verify=true");
+    }
+    match HttpClient::default()
+        .request(Method::GET, &url, Vec::new(), None)
+        .await
+    {
+        Ok(resp) if resp.status == StatusCode::OK => {
+            if args.verify {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&resp.json()).unwrap_or_default()
+                );
+            } else {
+                let mut out = std::io::stdout();
+                let _ = out.write_all(&resp.body);
+                if std::io::IsTerminal::is_terminal(&out) {
+                    let _ = out.write_all(b"\n");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(resp) => {
+            eprintln!("{}", report(&resp));
+            exit_for(resp.status)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+pub async fn status(args: NodeArg) -> ExitCode {
+    let client = HttpClient::default();
+    let base = args.node.trim_end_matches('/');
+    let mut all = serde_json::Map::new();
+    for part in ["health", "peers", "clusters"] {
+        match client
+            .request(Method::GET, &format!("{base}/{part}"), Vec::new(), None)
+            .await
+        {
+            Ok(resp) if resp.status.is_success() => {
+                all.insert(part.to_string(), resp.json());
+            }
+            Ok(resp) => {
+                eprintln!("{}", report(&resp));
+                return ExitCode::from(EXIT_ERROR);
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(EXIT_ERROR);
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::Value::Object(all)).unwrap_or_default()
+    );
+    ExitCode::SUCCESS
+}

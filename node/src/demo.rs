@@ -1,0 +1,194 @@
+//! `replicator demo`: a local network of real nodes (child processes of this binary, real
+//! libp2p on 127.0.0.1), until Ctrl-C; then every node leaves gracefully.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::{DemoArgs, init_logging};
+
+/// How long a node may take to print its addresses after it starts.
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the nodes get to leave gracefully before they are killed.
+const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One running node.
+pub struct DemoNode {
+    pub cluster: String,
+    pub peer: String,
+    pub http: String,
+    pub p2p: String,
+    pub child: Child,
+}
+
+pub async fn main(args: DemoArgs) -> ExitCode {
+    init_logging(&args.log);
+    let base = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("replicator-demo-{}", std::process::id())),
+    };
+    let mut nodes = Vec::new();
+    let started = start_all(&args, &base, &mut nodes).await;
+    let code = match started {
+        Ok(()) => {
+            print_summary(&nodes, &base);
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("\nstopping every node (they leave the network gracefully)...");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    stop_all(&mut nodes).await;
+    code
+}
+
+async fn start_all(args: &DemoArgs, base: &Path, nodes: &mut Vec<DemoNode>) -> Result<()> {
+    std::fs::create_dir_all(base).with_context(|| format!("cannot create {}", base.display()))?;
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let mut bootstrap: Option<String> = None;
+    let mut i = 0;
+    for c in 0..args.clusters {
+        for _ in 0..args.nodes_per_cluster {
+            let cluster = format!("cluster-{}", c + 1);
+            let port = args.http_port.checked_add(i as u16).ok_or_else(|| anyhow!("port overflow"))?;
+            let dir = base.join(format!("node-{}", i + 1));
+            let mut extra = args.node_args.clone();
+            extra.push(format!("--log-level={}", args.log.log_level));
+            let node = spawn_node(
+                &exe,
+                &cluster,
+                &format!("127.0.0.1:{port}"),
+                bootstrap.as_deref(),
+                &dir,
+                &extra,
+            )
+            .await?;
+            if bootstrap.is_none() {
+                bootstrap = Some(node.p2p.clone());
+            }
+            nodes.push(node);
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Starts `replicator run` as a child, with its log in `<dir>.log`, and waits for its banner.
+pub async fn spawn_node(
+    exe: &Path,
+    cluster: &str,
+    http: &str,
+    bootstrap: Option<&str>,
+    dir: &Path,
+    extra: &[String],
+) -> Result<DemoNode> {
+    let log_path: PathBuf = dir.with_extension("log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("run")
+        .args(["--cid", cluster, "--http", http, "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
+    if let Some(b) = bootstrap {
+        cmd.args(["--bootstrap", b]);
+    }
+    let mut child = cmd.spawn().context("cannot start a node")?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, mut rx) = mpsc::channel::<String>(64);
+    // Keep draining the node's stdout so that it never blocks on a full pipe.
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.try_send(line);
+        }
+    });
+    let (mut peer, mut p2p, mut http_url) = (None, None, None);
+    let deadline = tokio::time::Instant::now() + NODE_START_TIMEOUT;
+    while http_url.is_none() {
+        let line = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .map_err(|_| anyhow!("node {} did not start in time (log: {})", dir.display(), log_path.display()))?
+            .ok_or_else(|| {
+                anyhow!(
+                    "node {} exited at start; see its log {}",
+                    dir.display(),
+                    log_path.display()
+                )
+            })?;
+        if let Some(p) = line.strip_prefix("peer id: ") {
+            peer = Some(p.to_string());
+        } else if let Some(a) = line.strip_prefix("listening on: ") {
+            p2p.get_or_insert_with(|| a.to_string());
+        } else if let Some(h) = line.strip_prefix("HTTP listening on ") {
+            http_url = Some(h.to_string());
+        }
+    }
+    Ok(DemoNode {
+        cluster: cluster.to_string(),
+        peer: peer.ok_or_else(|| anyhow!("no peer id printed"))?,
+        p2p: p2p.ok_or_else(|| anyhow!("no listen address printed"))?,
+        http: http_url.expect("loop ends with it"),
+        child,
+    })
+}
+
+fn print_summary(nodes: &[DemoNode], base: &Path) {
+    println!("replicator demo: {} nodes running (data and logs in {})", nodes.len(), base.display());
+    println!();
+    for (i, n) in nodes.iter().enumerate() {
+        println!("  node {:<2} {:<10} {:<24} {}", i + 1, n.cluster, n.http, n.peer);
+    }
+    let first = &nodes[0].http;
+    let other = &nodes[nodes.len() - 1].http;
+    println!();
+    println!("try:");
+    println!("  curl -i -X PUT --data-binary 'hello' {first}/store/greeting");
+    println!("  curl -i {other}/store/greeting");
+    println!("  curl -i -X PUT --data-binary 'again' {other}/store/greeting     # 409: exists");
+    println!("  curl -s '{other}/store/greeting?verify=true'");
+    println!("  curl -s {first}/peers ; curl -s {first}/clusters ; curl -s {first}/health ; curl -s {first}/metrics");
+    println!("  replicator put color blue ; replicator get color ; replicator status");
+    println!("  replicator bench --node {first} --node {other} --concurrency 16 --duration 10");
+    println!();
+    println!("Ctrl-C stops every node.");
+}
+
+/// Asks every node to leave (SIGTERM), waits, kills the stragglers.
+pub async fn stop_all(nodes: &mut [DemoNode]) {
+    for n in nodes.iter() {
+        if let Some(pid) = n.child.id() {
+            terminate(pid);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + NODE_STOP_TIMEOUT;
+    for n in nodes.iter_mut() {
+        if tokio::time::timeout_at(deadline, n.child.wait()).await.is_err() {
+            let _ = n.child.kill().await;
+        }
+    }
+}
+
+/// Sends SIGTERM: the node leaves gracefully.
+pub fn terminate(pid: u32) {
+    #[cfg(unix)]
+    // SAFETY: kill(2) with a pid of our own child and a valid signal has no memory effects.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+    #[cfg(not(unix))]
+    let _ = pid;
+}

@@ -1,0 +1,438 @@
+//! The driver: one tokio task that owns the sans-io [`Node`] and runs its contract.
+//!
+//! Inputs: decoded peer frames and membership events from a [`Transport`], client calls from
+//! the HTTP API (a bounded channel, each with a oneshot for its reply), durable notifications
+//! from the storage thread, and timers at [`Node::poll_timeout`] on the real clock (`Time` is
+//! microseconds since the driver started). Outputs: frames to the transport, writes to the
+//! storage thread, replies to their oneshots, notes to the log and metrics.
+//!
+//! Generic over [`Transport`] so that a simulated network can drive the very same loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use replicator_core::{
+    CallId, ClusterId, Command, Input, Membership, Node, NodeId, Note, Output, Recovered, Reply,
+    Stats, Time, wire,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::metrics::Metrics;
+use crate::storage::{Durable, PersistJob, Storage};
+
+/// Client calls waiting for the driver; more are answered Overloaded at once.
+pub const REQUEST_QUEUE_LEN: usize = 1024;
+/// How often the driver logs that its cluster is still too small.
+const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The network as the driver sees it: send bytes to a peer. Sending never blocks and never
+/// fails loudly: a lost frame is like a lost packet, and the protocol's timers cover it.
+pub trait Transport: Send + 'static {
+    fn send(&self, to: &NodeId, frame: Vec<u8>);
+}
+
+/// What the network tells the driver.
+#[derive(Debug)]
+pub enum TransportEvent {
+    Message { from: NodeId, frame: Vec<u8> },
+    Discovered { cluster: ClusterId, node: NodeId },
+    Down(NodeId),
+    Up(NodeId),
+    /// The peer said goodbye.
+    Left(NodeId),
+}
+
+/// A request to the driver from the HTTP API or `main`.
+pub enum Request {
+    /// A client command; the reply goes to `reply`.
+    Call {
+        cmd: Command,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// A snapshot for /peers, /clusters, /health and /metrics.
+    Status { reply: oneshot::Sender<Status> },
+    /// Leave the network: `done` gets true once every reservation is resolved and
+    /// acknowledged (the driver then stops), false if `within` ran out first.
+    Leave {
+        within: Duration,
+        done: oneshot::Sender<bool>,
+    },
+}
+
+/// A peer as the transport reported it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerInfo {
+    pub peer: String,
+    pub cluster: String,
+    pub up: bool,
+}
+
+/// What the driver knows, for the API.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub id: NodeId,
+    pub cluster: ClusterId,
+    pub ready: bool,
+    pub leaving: bool,
+    pub membership: Membership,
+    pub peers: Vec<PeerInfo>,
+    pub stats: Stats,
+    pub cluster_size_min: usize,
+}
+
+/// A cheap handle on a running driver.
+#[derive(Clone)]
+pub struct Handle {
+    requests: mpsc::Sender<Request>,
+}
+
+impl Handle {
+    /// Runs a client command. `None`: the driver is too busy (queue full) or stopped.
+    pub async fn call(&self, cmd: Command) -> Option<Reply> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.try_send(Request::Call { cmd, reply }).ok()?;
+        answer.await.ok()
+    }
+
+    pub async fn status(&self) -> Option<Status> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Status { reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Asks the node to leave; true once it may say goodbye.
+    pub async fn leave(&self, within: Duration) -> bool {
+        let (done, answer) = oneshot::channel();
+        if self
+            .requests
+            .send(Request::Leave { within, done })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+}
+
+pub struct Driver<T: Transport> {
+    node: Node,
+    transport: T,
+    origin: Instant,
+    events: mpsc::Receiver<TransportEvent>,
+    requests: mpsc::Receiver<Request>,
+    persist: std_mpsc::Sender<PersistJob>,
+    durable: watch::Receiver<Durable>,
+    calls: HashMap<CallId, oneshot::Sender<Reply>>,
+    next_call: u64,
+    peers: BTreeMap<NodeId, PeerInfo>,
+    leave: Option<(Instant, Vec<oneshot::Sender<bool>>)>,
+    left: bool,
+    metrics: Arc<Metrics>,
+}
+
+/// Everything needed to start a driver.
+pub struct Parts<T: Transport> {
+    pub config: replicator_core::Config,
+    pub id: NodeId,
+    pub cluster: ClusterId,
+    pub recovered: Recovered,
+    pub storage: Storage,
+    pub transport: T,
+    pub events: mpsc::Receiver<TransportEvent>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl<T: Transport> Driver<T> {
+    /// Builds the node, starts the storage thread; spawn [`Driver::run`] next.
+    pub fn new(parts: Parts<T>) -> Result<(Driver<T>, Handle)> {
+        let Parts {
+            config,
+            id,
+            cluster,
+            recovered,
+            storage,
+            transport,
+            events,
+            metrics,
+        } = parts;
+        let seed = os_seed()?;
+        info!(
+            seed,
+            node = %id,
+            cluster = %cluster,
+            ready = recovered.ready,
+            keys = recovered.keys.len(),
+            refusals = recovered.refusals.len(),
+            "starting the protocol core"
+        );
+        let origin = Instant::now();
+        let node = Node::new(
+            config,
+            id,
+            cluster,
+            Membership::default(),
+            recovered,
+            Time::ZERO,
+            seed,
+        )?;
+        let (persist, jobs) = std_mpsc::channel();
+        let (durable_tx, durable) = watch::channel(Durable::Upto(replicator_core::WriteId(0)));
+        std::thread::Builder::new()
+            .name("storage".into())
+            .spawn(move || storage.run(jobs, durable_tx))?;
+        let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE_LEN);
+        let driver = Driver {
+            node,
+            transport,
+            origin,
+            events,
+            requests,
+            persist,
+            durable,
+            calls: HashMap::new(),
+            next_call: 0,
+            peers: BTreeMap::new(),
+            leave: None,
+            left: false,
+            metrics,
+        };
+        Ok((
+            driver,
+            Handle {
+                requests: requests_tx,
+            },
+        ))
+    }
+
+    fn now(&self) -> Time {
+        Time::from_micros(self.origin.elapsed().as_micros() as u64)
+    }
+
+    /// Runs until the node has left, or every request handle and the transport are gone.
+    /// Fails if the storage fails (the node must stop: it cannot keep its promises).
+    pub async fn run(mut self) -> Result<()> {
+        let mut wait_log = tokio::time::interval(WAIT_LOG_INTERVAL);
+        let mut events_open = true;
+        let mut requests_open = true;
+        self.drain();
+        while !self.left && (events_open || requests_open) {
+            let deadline = self
+                .node
+                .poll_timeout()
+                .map(|t| self.origin + Duration::from_micros(t.as_micros()));
+            let leave_deadline = self.leave.as_ref().map(|(d, _)| *d);
+            tokio::select! {
+                ev = self.events.recv(), if events_open => match ev {
+                    Some(ev) => self.on_transport(ev),
+                    None => events_open = false,
+                },
+                req = self.requests.recv(), if requests_open => match req {
+                    Some(req) => self.on_request(req),
+                    None => requests_open = false,
+                },
+                changed = self.durable.changed() => {
+                    if changed.is_err() {
+                        bail!("the storage thread stopped");
+                    }
+                    let state = self.durable.borrow_and_update().clone();
+                    match state {
+                        Durable::Upto(upto) => {
+                            let now = self.now();
+                            self.node.handle(now, Input::Persisted { upto });
+                        }
+                        Durable::Failed(e) => bail!("storage failed: {e}"),
+                    }
+                }
+                () = sleep_until_opt(deadline) => {
+                    let now = self.now();
+                    self.node.handle(now, Input::Timeout);
+                }
+                () = sleep_until_opt(leave_deadline) => {
+                    warn!("leave did not complete in time: saying goodbye anyway");
+                    for done in self.leave.take().map(|(_, w)| w).unwrap_or_default() {
+                        let _ = done.send(false);
+                    }
+                    self.left = true;
+                }
+                _ = wait_log.tick() => self.log_cluster_size(),
+            }
+            self.drain();
+        }
+        Ok(())
+    }
+
+    fn on_transport(&mut self, ev: TransportEvent) {
+        let now = self.now();
+        match ev {
+            TransportEvent::Message { from, frame } => match wire::decode(&frame) {
+                Ok(msg) => self.node.handle(now, Input::Message { from, msg }),
+                Err(e) => {
+                    self.metrics.inc(&self.metrics.frames_rejected);
+                    warn!(peer = %from, error = %e, "dropping an undecodable frame");
+                }
+            },
+            TransportEvent::Discovered { cluster, node } => {
+                info!(peer = %node, cluster = %cluster, "member discovered");
+                self.peers.insert(
+                    node.clone(),
+                    PeerInfo {
+                        peer: node.to_string(),
+                        cluster: cluster.to_string(),
+                        up: true,
+                    },
+                );
+                self.node
+                    .handle(now, Input::NodeDiscovered { cluster, node });
+                self.log_cluster_size();
+            }
+            TransportEvent::Down(node) => {
+                warn!(peer = %node, "peer down (it stays a member; writes will name it unavailable)");
+                if let Some(p) = self.peers.get_mut(&node) {
+                    p.up = false;
+                }
+            }
+            TransportEvent::Up(node) => {
+                info!(peer = %node, "peer up again");
+                if let Some(p) = self.peers.get_mut(&node) {
+                    p.up = true;
+                }
+            }
+            TransportEvent::Left(node) => {
+                info!(peer = %node, "peer said goodbye: removed from the membership");
+                self.peers.remove(&node);
+                self.node.handle(
+                    now,
+                    Input::NodeRemoved {
+                        node,
+                        goodbye: true,
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_request(&mut self, req: Request) {
+        let now = self.now();
+        match req {
+            Request::Call { cmd, reply } => {
+                let call = CallId(self.next_call);
+                self.next_call += 1;
+                self.calls.insert(call, reply);
+                self.node.handle(now, Input::Client { call, cmd });
+            }
+            Request::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Request::Leave { within, done } => {
+                info!("leaving the network: resolving every reservation this node holds");
+                match &mut self.leave {
+                    Some((_, waiters)) => waiters.push(done),
+                    None => {
+                        self.leave = Some((Instant::now() + within, vec![done]));
+                        self.node.handle(now, Input::Leave);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Executes every output the core has.
+    fn drain(&mut self) {
+        while let Some(out) = self.node.poll_output() {
+            match out {
+                Output::Send { to, msg } => {
+                    self.transport.send(&to, wire::encode(&msg));
+                }
+                Output::Persist { write, ops } => {
+                    if self.persist.send(PersistJob { write, ops }).is_err() {
+                        // The storage thread is gone; `run` stops on its Failed report.
+                        error!("the storage thread stopped: a write is lost");
+                    }
+                }
+                Output::Reply { call, reply } => {
+                    if let Some(tx) = self.calls.remove(&call) {
+                        let _ = tx.send(reply);
+                    }
+                }
+                Output::Note(note) => self.on_note(note),
+            }
+        }
+    }
+
+    fn on_note(&mut self, note: Note) {
+        match note {
+            Note::Decided { p, key, committed } => {
+                debug!(proposal = %p, key = %key, committed, "decided");
+                if committed {
+                    self.metrics.inc(&self.metrics.decided_committed);
+                } else {
+                    self.metrics.inc(&self.metrics.decided_aborted);
+                }
+            }
+            Note::Committed { p, key } => debug!(proposal = %p, key = %key, "committed"),
+            Note::Ready => info!("ready: the join-time copy is complete, serving reads and votes"),
+            Note::LeaveComplete => {
+                info!("leave complete: every reservation is resolved");
+                for done in self.leave.take().map(|(_, w)| w).unwrap_or_default() {
+                    let _ = done.send(true);
+                }
+                self.left = true;
+            }
+            Note::PeerInputRejected { from, reason } => {
+                self.metrics.inc(&self.metrics.frames_rejected);
+                warn!(peer = %from, reason, "peer input rejected");
+            }
+            Note::Violation { reason } => {
+                self.metrics.inc(&self.metrics.violations);
+                error!(reason, "protocol invariant violated");
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            id: self.node.id().clone(),
+            cluster: self.node.cluster().clone(),
+            ready: self.node.is_ready(),
+            leaving: self.node.is_leaving(),
+            membership: self.node.membership().clone(),
+            peers: self.peers.values().cloned().collect(),
+            stats: self.node.stats(),
+            cluster_size_min: self.node.config().cluster_size_min,
+        }
+    }
+
+    fn log_cluster_size(&self) {
+        let members = self.node.membership().nodes_of(self.node.cluster()).len();
+        let min = self.node.config().cluster_size_min;
+        if members < min {
+            info!(
+                members,
+                min,
+                cluster = %self.node.cluster(),
+                "waiting for cluster to have at least {min} members"
+            );
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The jitter seed, from the OS.
+fn os_seed() -> Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("the OS gave no randomness: {e}"))?;
+    Ok(u64::from_le_bytes(b))
+}
