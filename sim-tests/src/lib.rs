@@ -9,14 +9,22 @@ pub mod swarm;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use replicator_core::InjectedBug;
 use transport_sim::TraceMode;
 
 pub use run::{Failure, Outcome, RunStats, run};
 pub use swarm::{RunSpec, Shape, draw};
 
-/// The command that replays one seed.
-pub fn replay_command(seed: u64) -> String {
-    format!("SIM_SEED={seed} cargo test -p sim-tests replay -- --nocapture")
+/// The command that replays one seed of `shape`.
+pub fn replay_command(seed: u64, shape: &Shape) -> String {
+    if shape.is_default() {
+        format!("SIM_SEED={seed} cargo test -p sim-tests replay -- --nocapture")
+    } else {
+        format!(
+            "cargo run --release -p sim-tests --bin sim -- sweep --start {seed} --seeds 1 {}",
+            shape.args()
+        )
+    }
 }
 
 /// Where failing runs write their traces: `$CARGO_TARGET_DIR/sim-traces`, else the workspace's
@@ -36,12 +44,12 @@ pub fn check_seed(seed: u64, shape: &Shape) -> Result<RunStats, String> {
     let outcome = run(&spec);
     match outcome.result {
         Ok(()) => Ok(outcome.stats),
-        Err(failure) => Err(report_failure(&spec, &failure)),
+        Err(failure) => Err(report_failure(&spec, shape, &failure)),
     }
 }
 
 /// Builds the report of a failed run (replaying it to write its trace).
-pub fn report_failure(spec: &RunSpec, failure: &Failure) -> String {
+pub fn report_failure(spec: &RunSpec, shape: &Shape, failure: &Failure) -> String {
     let replay = run::run(&run::with_trace(spec, TraceMode::Keep));
     let dir = trace_dir();
     let path = dir.join(format!("seed-{}.trace", spec.seed));
@@ -49,7 +57,7 @@ pub fn report_failure(spec: &RunSpec, failure: &Failure) -> String {
         .and_then(|()| std::fs::write(&path, replay.trace.join("\n") + "\n"));
     let mut r = String::new();
     let _ = writeln!(r, "SIMULATION FAILED: seed {}", spec.seed);
-    let _ = writeln!(r, "replay: {}", replay_command(spec.seed));
+    let _ = writeln!(r, "replay: {}", replay_command(spec.seed, shape));
     let _ = writeln!(r, "config: {}", spec.describe());
     let _ = writeln!(
         r,
@@ -106,7 +114,7 @@ pub fn report_failure(spec: &RunSpec, failure: &Failure) -> String {
     }
     let _ = writeln!(r, "config: {}", spec.describe());
     let _ = writeln!(r, "SIMULATION FAILED: seed {}", spec.seed);
-    let _ = write!(r, "replay: {}", replay_command(spec.seed));
+    let _ = write!(r, "replay: {}", replay_command(spec.seed, shape));
     r
 }
 
@@ -133,4 +141,35 @@ pub fn percentile(sorted: &[u64], q: u64) -> u64 {
     }
     let i = ((sorted.len() - 1) as u64 * q / 100) as usize;
     sorted[i]
+}
+
+/// Every deliberately broken variant of the core the simulator must catch.
+pub const BUGS: [InjectedBug; 6] = [
+    InjectedBug::GrantWhenReserved,
+    InjectedBug::CommitOnPartialVote,
+    InjectedBug::ReadReservedAsUnknown,
+    InjectedBug::ForgetFenceOnAbort,
+    InjectedBug::VoteBeforeDurable,
+    InjectedBug::StatusWithoutFence,
+];
+
+/// The swarm shape that hunts `bug`: the default draw, with crashes that lose unsynced writes
+/// where the bug needs them to show.
+pub fn bug_shape(bug: InjectedBug) -> Shape {
+    Shape {
+        bug: Some(bug),
+        lose_unsynced: (bug == InjectedBug::VoteBeforeDurable).then_some(true),
+        ..Shape::default()
+    }
+}
+
+/// Runs seeds `start..start + limit` against `bug` until one fails. Returns the failing seed,
+/// how many seeds it took and what broke.
+pub fn hunt(bug: InjectedBug, start: u64, limit: u64) -> Option<(u64, u64, String)> {
+    let shape = bug_shape(bug);
+    (start..start + limit).find_map(|seed| {
+        let failure = run(&draw(seed, &shape)).result.err()?;
+        let what = format!("{}: {}", failure.broken.invariant, failure.broken.detail);
+        Some((seed, seed - start + 1, what))
+    })
 }

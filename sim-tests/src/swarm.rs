@@ -60,6 +60,50 @@ pub struct Shape {
     pub joins: Option<usize>,
 }
 
+impl Shape {
+    /// Whether nothing is overridden (the configuration `cargo test` draws).
+    pub fn is_default(&self) -> bool {
+        self.clusters.is_none()
+            && self.nodes.is_none()
+            && self.clients.is_none()
+            && self.ops_per_client.is_none()
+            && self.faults.is_none()
+            && self.lose_unsynced.is_none()
+            && self.bug.is_none()
+            && self.joins.is_none()
+    }
+
+    /// The `sim` binary's flags that reproduce this shape.
+    pub fn args(&self) -> String {
+        let mut a = Vec::new();
+        let mut num = |flag: &str, v: Option<usize>| {
+            if let Some(v) = v {
+                a.push(format!("{flag} {v}"));
+            }
+        };
+        num("--clusters", self.clusters);
+        num("--nodes", self.nodes);
+        num("--clients", self.clients);
+        num("--ops", self.ops_per_client);
+        num("--joins", self.joins);
+        if let Some(kinds) = &self.faults {
+            let names: Vec<&str> = kinds.iter().map(|k| k.flag()).collect();
+            if names.is_empty() {
+                a.push("--faults none".into());
+            } else {
+                a.push(format!("--faults {}", names.join(",")));
+            }
+        }
+        if self.lose_unsynced == Some(true) {
+            a.push("--lose-unsynced".into());
+        }
+        if let Some(b) = self.bug {
+            a.push(format!("--bug {b:?}"));
+        }
+        a.join(" ")
+    }
+}
+
 /// The core's timers scaled to simulated LAN/WAN latencies (WAN one-way up to ~100 ms).
 pub fn sim_config() -> Config {
     Config {

@@ -101,6 +101,23 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    /// The name of the kind on a command line.
+    pub fn flag(self) -> &'static str {
+        match self {
+            FaultKind::Crash => "crash",
+            FaultKind::Pause => "pause",
+            FaultKind::IsolateNode => "isolate-node",
+            FaultKind::IsolateCluster => "isolate-cluster",
+            FaultKind::Split => "split",
+            FaultKind::OneWay => "one-way",
+            FaultKind::Clog => "clog",
+        }
+    }
+
+    pub fn from_flag(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.flag() == name)
+    }
+
     pub const ALL: [FaultKind; 7] = [
         FaultKind::Crash,
         FaultKind::Pause,

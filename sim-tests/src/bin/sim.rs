@@ -1,1 +1,249 @@
-fn main() {}
+//! Large simulation sweeps, the simulator benchmark, the scale run and the bug hunt.
+//!
+//! ```text
+//! cargo run --release -p sim-tests --bin sim -- sweep [--start N] [--seeds M] [--clusters C]
+//!     [--nodes K] [--clients L] [--faults crash,pause,isolate-node,isolate-cluster,split,one-way,clog|none]
+//!     [--lose-unsynced] [--bug NAME]
+//! cargo run --release -p sim-tests --bin sim -- bench        # fixed 5 clusters x 3 nodes
+//! cargo run --release -p sim-tests --bin sim -- scale        # 50 clusters x 5 nodes
+//! cargo run --release -p sim-tests --bin sim -- bugs [--seeds M]   # seeds needed per injected bug
+//! ```
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use replicator_core::InjectedBug;
+use sim_tests::{BUGS, RunStats, Shape, check_seed, percentile};
+use transport_sim::FaultKind;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: sim [sweep|bench|scale|bugs] [--start N] [--seeds M] [--clusters C] [--nodes K] \
+         [--clients L] [--ops O] [--faults LIST|none] [--lose-unsynced] [--bug NAME]"
+    );
+    ExitCode::from(2)
+}
+
+fn bug(name: &str) -> Option<InjectedBug> {
+    BUGS.iter()
+        .copied()
+        .find(|b| format!("{b:?}").eq_ignore_ascii_case(name))
+}
+
+/// Totals over a sweep.
+#[derive(Default)]
+struct Totals {
+    seeds: u64,
+    failed: Vec<u64>,
+    events: u64,
+    sim_us: u64,
+    faults: u64,
+    messages: u64,
+    bytes: u64,
+    outcomes: BTreeMap<&'static str, u64>,
+    latencies: Vec<u64>,
+}
+
+impl Totals {
+    fn add(&mut self, s: &RunStats) {
+        self.seeds += 1;
+        self.events += s.world.events;
+        self.sim_us += s.sim_us;
+        self.faults += s.world.faults();
+        self.messages += s.world.messages_sent;
+        self.bytes += s.world.bytes_sent;
+        for (k, v) in &s.outcomes {
+            *self.outcomes.entry(k).or_default() += v;
+        }
+        self.latencies.extend(&s.commit_latencies_us);
+    }
+
+    fn summary(&mut self, wall: f64) {
+        self.latencies.sort_unstable();
+        let l = &self.latencies;
+        eprintln!("---- summary");
+        eprintln!(
+            "seeds {} ({} failed{}) in {wall:.2}s: {:.1} seeds/s, {:.0} seeds/min",
+            self.seeds,
+            self.failed.len(),
+            if self.failed.is_empty() {
+                String::new()
+            } else {
+                format!(": {:?}", self.failed)
+            },
+            self.seeds as f64 / wall,
+            self.seeds as f64 * 60.0 / wall
+        );
+        eprintln!(
+            "events {} ({:.0}/s), messages {} ({} bytes), simulated {:.1}s = {:.1}x wall time",
+            self.events,
+            self.events as f64 / wall,
+            self.messages,
+            self.bytes,
+            self.sim_us as f64 / 1e6,
+            self.sim_us as f64 / 1e6 / wall
+        );
+        eprintln!("faults injected {}", self.faults);
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        eprintln!("operations by outcome: {}", outcomes.join(", "));
+        eprintln!(
+            "commit latency (simulated, {} PUTs stored): p50 {:.1}ms p90 {:.1}ms p99 {:.1}ms max {:.1}ms",
+            l.len(),
+            percentile(l, 50) as f64 / 1e3,
+            percentile(l, 90) as f64 / 1e3,
+            percentile(l, 99) as f64 / 1e3,
+            l.last().copied().unwrap_or(0) as f64 / 1e3
+        );
+    }
+}
+
+fn sweep(start: u64, seeds: u64, shape: &Shape, stop_at_first: bool) -> (Totals, f64) {
+    let began = Instant::now();
+    let mut totals = Totals::default();
+    let mut last_progress = Instant::now();
+    for seed in start..start + seeds {
+        match check_seed(seed, shape) {
+            Ok(stats) => totals.add(&stats),
+            Err(report) => {
+                totals.seeds += 1;
+                eprintln!("{report}");
+                totals.failed.push(seed);
+                if stop_at_first {
+                    break;
+                }
+            }
+        }
+        if last_progress.elapsed().as_secs_f64() >= 1.0 {
+            last_progress = Instant::now();
+            let wall = began.elapsed().as_secs_f64();
+            eprintln!(
+                "progress: seed {seed} ({}/{seeds}), {} failed, {:.1} seeds/s, {:.0} events/s",
+                totals.seeds,
+                totals.failed.len(),
+                totals.seeds as f64 / wall,
+                totals.events as f64 / wall
+            );
+        }
+    }
+    (totals, began.elapsed().as_secs_f64())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut mode = "sweep".to_string();
+    let mut start = 0u64;
+    let mut seeds: Option<u64> = None;
+    let mut shape = Shape::default();
+    let mut i = 0;
+    // Bounded by the argument count.
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        let num = || value.parse::<u64>().ok();
+        match args[i].as_str() {
+            "sweep" | "bench" | "scale" | "bugs" => {
+                mode = args[i].clone();
+                i += 1;
+                continue;
+            }
+            "--lose-unsynced" => {
+                shape.lose_unsynced = Some(true);
+                i += 1;
+                continue;
+            }
+            "--start" => start = num().unwrap_or(0),
+            "--seeds" => seeds = num(),
+            "--clusters" => shape.clusters = num().map(|n| n as usize),
+            "--nodes" => shape.nodes = num().map(|n| n as usize),
+            "--clients" => shape.clients = num().map(|n| n as usize),
+            "--ops" => shape.ops_per_client = num().map(|n| n as usize),
+            "--joins" => shape.joins = num().map(|n| n as usize),
+            "--faults" if value == "none" => shape.faults = Some(Vec::new()),
+            "--faults" => {
+                let kinds: Option<Vec<FaultKind>> =
+                    value.split(',').map(FaultKind::from_flag).collect();
+                let Some(kinds) = kinds else { return usage() };
+                shape.faults = Some(kinds);
+            }
+            "--bug" => {
+                let Some(b) = bug(&value) else { return usage() };
+                shape.bug = Some(b);
+            }
+            _ => return usage(),
+        }
+        i += 2;
+    }
+    match mode.as_str() {
+        "sweep" => {
+            let (mut totals, wall) = sweep(start, seeds.unwrap_or(1000), &shape, false);
+            totals.summary(wall);
+            if totals.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        "bench" => {
+            shape.clusters = Some(5);
+            shape.nodes = Some(3);
+            eprintln!("benchmark: 5 clusters x 3 nodes, swarm-drawn workload and faults");
+            let (mut totals, wall) = sweep(start, seeds.unwrap_or(200), &shape, false);
+            totals.summary(wall);
+            ExitCode::SUCCESS
+        }
+        "scale" => {
+            shape.clusters = Some(50);
+            shape.nodes = Some(5);
+            shape.clients = shape.clients.or(Some(200));
+            shape.joins = Some(0);
+            eprintln!(
+                "scale: 50 clusters x 5 nodes (250 nodes), {:?} clients",
+                shape.clients
+            );
+            let (mut totals, wall) = sweep(start, seeds.unwrap_or(1), &shape, false);
+            totals.summary(wall);
+            ExitCode::SUCCESS
+        }
+        "bugs" => {
+            let limit = seeds.unwrap_or(500);
+            let mut missed = 0;
+            let mut lines = Vec::new();
+            for b in BUGS {
+                let s = Shape {
+                    clusters: shape.clusters,
+                    nodes: shape.nodes,
+                    clients: shape.clients,
+                    ..sim_tests::bug_shape(b)
+                };
+                let began = Instant::now();
+                let (totals, _) = sweep(start, limit, &s, true);
+                let line = match totals.failed.first() {
+                    Some(seed) => format!(
+                        "{b:?}: caught by seed {seed}, after {} seeds ({:.1}s)",
+                        totals.seeds,
+                        began.elapsed().as_secs_f64()
+                    ),
+                    None => {
+                        missed += 1;
+                        format!("{b:?}: NOT caught in {limit} seeds")
+                    }
+                };
+                lines.push(line);
+            }
+            eprintln!("---- injected bugs");
+            for l in &lines {
+                eprintln!("{l}");
+            }
+            if missed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        _ => usage(),
+    }
+}
