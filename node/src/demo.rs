@@ -37,7 +37,7 @@ pub async fn main(args: DemoArgs) -> ExitCode {
     let code = match started {
         Ok(()) => {
             print_summary(&nodes, &base);
-            let _ = tokio::signal::ctrl_c().await;
+            crate::run::shutdown_signal().await;
             eprintln!("\nstopping every node (they leave the network gracefully)...");
             ExitCode::SUCCESS
         }

@@ -268,7 +268,7 @@ fn print_banner(
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term =
