@@ -1,0 +1,247 @@
+//! Helpers for tests that start real `replicator` processes on 127.0.0.1.
+//! Every wait is bounded; every child is killed when its handle drops.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_replicator");
+
+/// Flags that make failures show up fast in tests.
+pub const FAST_FLAGS: &[&str] = &[
+    "--down-after-ms",
+    "1500",
+    "--put-timeout-ms",
+    "2500",
+    "--bootstrap-timeout-ms",
+    "10000",
+    "--leave-timeout-ms",
+    "3000",
+    "--log-level",
+    "info,libp2p=warn,transport_libp2p=info",
+];
+
+pub struct NodeProc {
+    pub child: Child,
+    pub cluster: String,
+    pub peer: String,
+    pub p2p: String,
+    pub http: String,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node being started: its banner is read by [`Starting::wait`].
+pub struct Starting {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    cluster: String,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+pub fn start_node(cluster: &str, dir: &Path, bootstrap: Option<&str>) -> Starting {
+    std::fs::create_dir_all(dir).unwrap();
+    let log = dir.with_extension("log");
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run")
+        .args(["--cid", cluster])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(FAST_FLAGS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file));
+    if let Some(b) = bootstrap {
+        cmd.args(["--bootstrap", b]);
+    }
+    let mut child = cmd.spawn().expect("the replicator binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                // Keep draining so that the node never blocks on a full pipe.
+                continue;
+            }
+        }
+    });
+    Starting {
+        child: Some(child),
+        lines,
+        cluster: cluster.to_string(),
+        dir: dir.to_path_buf(),
+        log,
+    }
+}
+
+impl Starting {
+    pub fn wait(mut self) -> NodeProc {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut peer, mut p2p, mut http) = (None, None, None);
+        while http.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(p) = line.strip_prefix("peer id: ") {
+                        peer = Some(p.to_string());
+                    } else if let Some(a) = line.strip_prefix("listening on: ") {
+                        p2p.get_or_insert_with(|| a.to_string());
+                    } else if let Some(h) = line.strip_prefix("HTTP listening on ") {
+                        http = Some(h.to_string());
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.as_mut().unwrap().kill();
+                    panic!(
+                        "node {} did not start; log:\n{}",
+                        self.dir.display(),
+                        tail(&self.log)
+                    );
+                }
+            }
+        }
+        NodeProc {
+            child: self.child.take().unwrap(),
+            cluster: self.cluster.clone(),
+            peer: peer.unwrap(),
+            p2p: p2p.unwrap(),
+            http: http.unwrap(),
+            dir: self.dir.clone(),
+            log: self.log.clone(),
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn tail(log: &Path) -> String {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`). Status 0: no answer.
+pub fn raw(base: &str, request: &[u8]) -> Resp {
+    let addr = base.trim_start_matches("http://");
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return Resp {
+            status: 0,
+            body: Vec::new(),
+        };
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(request);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Resp {
+            status: 0,
+            body: buf,
+        };
+    };
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Resp {
+        status,
+        body: buf[split + 4..].to_vec(),
+    }
+}
+
+pub fn http(method: &str, base: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Resp {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    raw(base, &bytes)
+}
+
+pub fn put(node: &NodeProc, key: &str, value: &str) -> Resp {
+    http(
+        "PUT",
+        &node.http,
+        &format!("/store/{key}"),
+        value.as_bytes(),
+        &[],
+    )
+}
+
+pub fn get(node: &NodeProc, key: &str) -> Resp {
+    http("GET", &node.http, &format!("/store/{key}"), b"", &[])
+}
+
+pub fn health(node: &NodeProc) -> serde_json::Value {
+    http("GET", &node.http, "/health", b"", &[]).json()
+}
+
+/// Polls `f` every 200 ms until it is true; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until every node is ready, writable and sees `members` members.
+pub fn wait_converged(nodes: &[&NodeProc], members: u64, timeout: Duration) {
+    wait_until(timeout, &format!("{members} members everywhere"), || {
+        nodes.iter().all(|n| {
+            let h = health(n);
+            h["writable"] == true && h["members"] == members
+        })
+    });
+}

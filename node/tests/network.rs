@@ -1,0 +1,300 @@
+//! End-to-end tests: real `replicator` processes, real libp2p on 127.0.0.1.
+//!
+//! One network of 3 clusters x 3 nodes is shared by the scenarios that need one (starting it
+//! is the slow part); they run in sequence in `three_clusters_scenarios`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn three_clusters_scenarios() {
+    let tmp = tempfile::tempdir().unwrap();
+    let boot = start_node("c1", &tmp.path().join("n0"), None).wait();
+    let starting: Vec<Starting> = (1..9)
+        .map(|i| {
+            start_node(
+                &format!("c{}", i / 3 + 1),
+                &tmp.path().join(format!("n{i}")),
+                Some(&boot.p2p),
+            )
+        })
+        .collect();
+    let mut nodes = vec![boot];
+    nodes.extend(starting.into_iter().map(Starting::wait));
+    let all: Vec<&NodeProc> = nodes.iter().collect();
+    wait_converged(&all, 9, Duration::from_secs(60));
+
+    // (a) a PUT at a node of one cluster is read at a node of another.
+    let r = put(&nodes[1], "alpha", "one");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = get(&nodes[8], "alpha");
+    assert_eq!((r.status, r.text().as_str()), (200, "one"));
+
+    // (c) unknown key 404, conflict 409 with the stored value.
+    let r = get(&nodes[4], "no-such-key");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "unknown_key");
+    let r = put(&nodes[4], "alpha", "two");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"], "exists");
+    assert_eq!(r.json()["value"], "one");
+
+    // The CLI client and its exit codes.
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--node", &nodes[2].http])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(cli(&["put", "cli-key", "cli-value"]).status.code(), Some(0));
+    let out = cli(&["get", "cli-key"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, b"cli-value");
+    assert_eq!(cli(&["put", "cli-key", "other"]).status.code(), Some(3));
+    assert_eq!(cli(&["get", "cli-missing"]).status.code(), Some(4));
+    assert_eq!(cli(&["status"]).status.code(), Some(0));
+    assert_eq!(cli(&["put"]).status.code(), Some(2));
+
+    // (b) two concurrent PUTs of one key from two clusters: exactly one 201, and the other
+    // learns Exists (a Busy client retries, as the API advises).
+    for k in 0..3 {
+        let key = format!("race-{k}");
+        let (a, b) = (&nodes[0], &nodes[3]);
+        let outcomes = std::thread::scope(|s| {
+            let ha = s.spawn(|| put_retrying_busy(a, &key, "from-c1"));
+            let hb = s.spawn(|| put_retrying_busy(b, &key, "from-c2"));
+            [ha.join().unwrap(), hb.join().unwrap()]
+        });
+        let created: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 201).collect();
+        assert_eq!(created.len(), 1, "{key}: {outcomes:?}");
+        let other = outcomes.iter().find(|(s, _)| *s != 201).unwrap();
+        assert_eq!(other.0, 409, "{key}: {outcomes:?}");
+        assert_eq!(other.1, "exists", "{key}: {outcomes:?}");
+        let winner = if outcomes[0].0 == 201 {
+            "from-c1"
+        } else {
+            "from-c2"
+        };
+        for n in [&nodes[2], &nodes[5], &nodes[8]] {
+            let r = get(n, &key);
+            assert_eq!((r.status, r.text().as_str()), (200, winner));
+        }
+    }
+
+    // (g) malformed requests get a clear 4xx and the node keeps serving.
+    let n = &nodes[7];
+    let big = vec![b'x'; 100 * 1024];
+    let r = http("PUT", &n.http, "/store/big", &big, &[]);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.json()["message"].is_string());
+    let long_key = "k".repeat(600);
+    let r = put(n, &long_key, "v");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"], "invalid");
+    let r = http("DELETE", &n.http, "/store/alpha", b"", &[]);
+    assert_eq!(r.status, 405);
+    assert_eq!(r.json()["error"], "method_not_allowed");
+    let r = http("GET", &n.http, "/nope", b"", &[]);
+    assert_eq!(r.status, 404);
+    let r = raw(&n.http, b"THIS IS NOT HTTP\r\n\r\n");
+    assert!(
+        r.status == 400 || r.status == 0,
+        "garbage got {}",
+        r.status
+    );
+    let r = put(n, "%FF%FE", "v");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = get(n, "alpha");
+    assert_eq!((r.status, r.text().as_str()), (200, "one"));
+
+    // At-most-once: a retry with the same request id returns the first outcome.
+    let h = [("X-Request-Id", "req-1")];
+    let r = http("PUT", &nodes[6].http, "/store/once", b"v1", &h);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = http("PUT", &nodes[6].http, "/store/once", b"v1", &h);
+    assert_eq!(r.status, 201, "the retry is answered from the first attempt");
+
+    // (e) a tenth node joining late copies the existing keys and serves them.
+    let late = start_node("c2", &tmp.path().join("n9"), Some(&nodes[0].p2p)).wait();
+    nodes.push(late);
+    let all: Vec<&NodeProc> = nodes.iter().collect();
+    wait_converged(&all, 10, Duration::from_secs(60));
+    let r = get(&nodes[9], "alpha");
+    assert_eq!((r.status, r.text().as_str()), (200, "one"));
+    let r = get(&nodes[9], "cli-key");
+    assert_eq!((r.status, r.text().as_str()), (200, "cli-value"));
+
+    // (d) kill -9 of a node during writes: every write ends with a definite answer or 503;
+    // after a restart with its data dir nothing acknowledged is lost, every node agrees on
+    // every key, and no reservation remains.
+    let victim = 5;
+    let stop = Arc::new(AtomicBool::new(false));
+    let results = std::thread::scope(|s| {
+        let writers: Vec<_> = [1usize, 7]
+            .into_iter()
+            .map(|w| {
+                let base = nodes[w].http.clone();
+                let stop = stop.clone();
+                s.spawn(move || {
+                    let mut done = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) && i < 200 {
+                        let key = format!("crash-{w}-{i}");
+                        let value = format!("v-{w}-{i}");
+                        let r = http("PUT", &base, &format!("/store/{key}"), value.as_bytes(), &[]);
+                        done.push((key, value, r.status, r.json()["error"].clone()));
+                        i += 1;
+                    }
+                    done
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        nodes[victim].child.kill().unwrap();
+        nodes[victim].child.wait().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        let restarted = start_node(
+            &nodes[victim].cluster,
+            &nodes[victim].dir,
+            Some(&nodes[0].p2p),
+        )
+        .wait();
+        let old_peer = nodes[victim].peer.clone();
+        assert_eq!(restarted.peer, old_peer, "the identity survives a restart");
+        nodes[victim] = restarted;
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
+    for (key, _, status, error) in &results {
+        *by_status.entry(*status).or_default() += 1;
+        assert!(
+            matches!(status, 201 | 503) || (*status == 409 && error == "busy"),
+            "{key}: unexpected {status} {error}"
+        );
+    }
+    eprintln!("writes around the crash: {by_status:?}");
+    assert!(by_status.get(&201).copied().unwrap_or(0) > 0, "{by_status:?}");
+    let all: Vec<&NodeProc> = nodes.iter().collect();
+    wait_converged(&all, 10, Duration::from_secs(60));
+    wait_until(Duration::from_secs(60), "no reservation left", || {
+        nodes
+            .iter()
+            .all(|n| health(n)["reservations_open"] == 0)
+    });
+    for (key, value, status, _) in &results {
+        let verify = http(
+            "GET",
+            &nodes[0].http,
+            &format!("/store/{key}?verify=true"),
+            b"",
+            &[],
+        )
+        .json();
+        assert_eq!(verify["agree"], true, "{key}: {verify}");
+        let answers = verify["answers"].as_array().unwrap();
+        assert_eq!(answers.len(), 10, "{key}: {verify}");
+        if *status == 201 {
+            for a in answers {
+                assert_eq!(a["state"], "stored", "{key} acknowledged, lost: {verify}");
+                assert_eq!(a["value"], value.as_str(), "{key}: {verify}");
+            }
+        }
+    }
+    // The restarted node serves what was acknowledged while it was down, too.
+    let acked = results.iter().filter(|r| r.2 == 201).last().unwrap();
+    let r = get(&nodes[victim], &acked.0);
+    assert_eq!((r.status, r.text()), (200, acked.1.clone()));
+
+    // Graceful leave: SIGTERM makes a node leave and exit 0; the others drop it.
+    let leaver = nodes.pop().unwrap();
+    let pid = leaver.child.id();
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let mut leaver = leaver;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(s) = leaver.child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "the node did not leave in time");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, Some(0), "log:\n{}", tail(&leaver.log));
+    let all: Vec<&NodeProc> = nodes.iter().collect();
+    wait_converged(&all, 9, Duration::from_secs(30));
+    let r = put(&nodes[3], "after-leave", "ok");
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+/// PUTs, retrying while the answer is Busy; returns the final status and error.
+fn put_retrying_busy(node: &NodeProc, key: &str, value: &str) -> (u16, String) {
+    for _ in 0..20 {
+        let r = put(node, key, value);
+        let error = r.json()["error"].as_str().unwrap_or("").to_string();
+        if !(r.status == 409 && error == "busy") {
+            return (r.status, error);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (409, "busy".into())
+}
+
+/// (f) a bootstrap address that does not answer: the node exits non-zero with a clear error
+/// within a few seconds.
+#[test]
+fn unreachable_bootstrap_exits_nonzero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let peer = transport_libp2p::libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(["run", "--cid", "c1", "--http", "127.0.0.1:0"])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}")])
+        .args(["--bootstrap-timeout-ms", "2000"])
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = started + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the node did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("error: cannot join the network") && stderr.contains("bootstrap"),
+        "{stderr}"
+    );
+    assert!(
+        !tmp.path().join("replicator.redb").exists(),
+        "no database is created"
+    );
+}
