@@ -69,7 +69,8 @@ pub async fn main(args: BenchArgs) -> ExitCode {
         let share = args.conflict_share;
         workers.push(tokio::spawn(async move {
             let client = HttpClient::default();
-            let mut rng = (u64::from_le_bytes(seed) ^ (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+            let mut rng =
+                (u64::from_le_bytes(seed) ^ (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
             loop {
                 if let Some(d) = duration
                     && started.elapsed() >= d

@@ -99,13 +99,21 @@ fn report(resp: &HttpResponse) -> String {
     let j = resp.json();
     match (j.get("error"), j.get("message")) {
         (Some(e), Some(m)) => {
-            let mut s = format!("{}: {}", e.as_str().unwrap_or("?"), m.as_str().unwrap_or(""));
+            let mut s = format!(
+                "{}: {}",
+                e.as_str().unwrap_or("?"),
+                m.as_str().unwrap_or("")
+            );
             if let Some(v) = j.get("value").and_then(|v| v.as_str()) {
                 s.push_str(&format!(" (stored value: {v:?})"));
             }
             s
         }
-        _ => format!("HTTP {}: {}", resp.status, String::from_utf8_lossy(&resp.body)),
+        _ => format!(
+            "HTTP {}: {}",
+            resp.status,
+            String::from_utf8_lossy(&resp.body)
+        ),
     }
 }
 

@@ -58,7 +58,10 @@ async fn start_all(args: &DemoArgs, base: &Path, nodes: &mut Vec<DemoNode>) -> R
     for c in 0..args.clusters {
         for _ in 0..args.nodes_per_cluster {
             let cluster = format!("cluster-{}", c + 1);
-            let port = args.http_port.checked_add(i as u16).ok_or_else(|| anyhow!("port overflow"))?;
+            let port = args
+                .http_port
+                .checked_add(i as u16)
+                .ok_or_else(|| anyhow!("port overflow"))?;
             let dir = base.join(format!("node-{}", i + 1));
             let mut extra = args.node_args.clone();
             extra.push(format!("--log-level={}", args.log.log_level));
@@ -95,7 +98,14 @@ pub async fn spawn_node(
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut cmd = Command::new(exe);
     cmd.arg("run")
-        .args(["--cid", cluster, "--http", http, "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args([
+            "--cid",
+            cluster,
+            "--http",
+            http,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
         .arg("--data-dir")
         .arg(dir)
         .args(extra)
@@ -121,7 +131,13 @@ pub async fn spawn_node(
     while http_url.is_none() {
         let line = tokio::time::timeout_at(deadline, rx.recv())
             .await
-            .map_err(|_| anyhow!("node {} did not start in time (log: {})", dir.display(), log_path.display()))?
+            .map_err(|_| {
+                anyhow!(
+                    "node {} did not start in time (log: {})",
+                    dir.display(),
+                    log_path.display()
+                )
+            })?
             .ok_or_else(|| {
                 anyhow!(
                     "node {} exited at start; see its log {}",
@@ -147,10 +163,20 @@ pub async fn spawn_node(
 }
 
 fn print_summary(nodes: &[DemoNode], base: &Path) {
-    println!("replicator demo: {} nodes running (data and logs in {})", nodes.len(), base.display());
+    println!(
+        "replicator demo: {} nodes running (data and logs in {})",
+        nodes.len(),
+        base.display()
+    );
     println!();
     for (i, n) in nodes.iter().enumerate() {
-        println!("  node {:<2} {:<10} {:<24} {}", i + 1, n.cluster, n.http, n.peer);
+        println!(
+            "  node {:<2} {:<10} {:<24} {}",
+            i + 1,
+            n.cluster,
+            n.http,
+            n.peer
+        );
     }
     let first = &nodes[0].http;
     let other = &nodes[nodes.len() - 1].http;
@@ -160,7 +186,9 @@ fn print_summary(nodes: &[DemoNode], base: &Path) {
     println!("  curl -i {other}/store/greeting");
     println!("  curl -i -X PUT --data-binary 'again' {other}/store/greeting     # 409: exists");
     println!("  curl -s '{other}/store/greeting?verify=true'");
-    println!("  curl -s {first}/peers ; curl -s {first}/clusters ; curl -s {first}/health ; curl -s {first}/metrics");
+    println!(
+        "  curl -s {first}/peers ; curl -s {first}/clusters ; curl -s {first}/health ; curl -s {first}/metrics"
+    );
     println!("  replicator put color blue ; replicator get color ; replicator status");
     println!("  replicator bench --node {first} --node {other} --concurrency 16 --duration 10");
     println!();
@@ -176,7 +204,10 @@ pub async fn stop_all(nodes: &mut [DemoNode]) {
     }
     let deadline = tokio::time::Instant::now() + NODE_STOP_TIMEOUT;
     for n in nodes.iter_mut() {
-        if tokio::time::timeout_at(deadline, n.child.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, n.child.wait())
+            .await
+            .is_err()
+        {
             let _ = n.child.kill().await;
         }
     }

@@ -40,8 +40,14 @@ pub trait Transport: Send + 'static {
 /// What the network tells the driver.
 #[derive(Debug)]
 pub enum TransportEvent {
-    Message { from: NodeId, frame: Vec<u8> },
-    Discovered { cluster: ClusterId, node: NodeId },
+    Message {
+        from: NodeId,
+        frame: Vec<u8>,
+    },
+    Discovered {
+        cluster: ClusterId,
+        node: NodeId,
+    },
     Down(NodeId),
     Up(NodeId),
     /// The peer said goodbye.

@@ -1,5 +1,9 @@
 //! The HTTP API (axum). Every error is JSON `{"error": "...", "message": "..."}`.
 
+// Helpers return a ready `Response` as their error: it is what a handler sends anyway, and
+// one allocation per failed request does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,7 +58,12 @@ fn error(status: StatusCode, error: &str, message: impl Into<String>) -> Respons
         .into_response()
 }
 
-fn error_with(status: StatusCode, error: &str, message: impl Into<String>, extra: Json) -> Response {
+fn error_with(
+    status: StatusCode,
+    error: &str,
+    message: impl Into<String>,
+    extra: Json,
+) -> Response {
     let mut body = json!({"error": error, "message": message.into()});
     if let (Some(b), Json::Object(extra)) = (body.as_object_mut(), extra) {
         b.extend(extra);
@@ -124,10 +133,12 @@ fn invalid(i: &Invalid) -> Response {
 
 fn not_ready(n: &NotReady) -> Response {
     let message = match n {
-        NotReady::Joining => "this node is still copying the keys of the network it joined".to_string(),
-        NotReady::ClusterTooSmall { members, min } => format!(
-            "this node's cluster has {members} members; writes need at least {min}"
-        ),
+        NotReady::Joining => {
+            "this node is still copying the keys of the network it joined".to_string()
+        }
+        NotReady::ClusterTooSmall { members, min } => {
+            format!("this node's cluster has {members} members; writes need at least {min}")
+        }
         NotReady::Leaving => "this node is leaving the network".to_string(),
     };
     with_retry_after(

@@ -209,7 +209,10 @@ impl Storage {
                     Err(_) => break,
                 }
             }
-            let upto = batch.last().map(|j| j.write).expect("the batch is not empty");
+            let upto = batch
+                .last()
+                .map(|j| j.write)
+                .expect("the batch is not empty");
             let started = std::time::Instant::now();
             if let Err(e) = self.apply(&batch) {
                 error!(error = %format!("{e:#}"), "storage write failed: the node stops");

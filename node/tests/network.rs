@@ -105,11 +105,7 @@ fn three_clusters_scenarios() {
     let r = http("GET", &n.http, "/nope", b"", &[]);
     assert_eq!(r.status, 404);
     let r = raw(&n.http, b"THIS IS NOT HTTP\r\n\r\n");
-    assert!(
-        r.status == 400 || r.status == 0,
-        "garbage got {}",
-        r.status
-    );
+    assert!(r.status == 400 || r.status == 0, "garbage got {}", r.status);
     let r = put(n, "%FF%FE", "v");
     assert_eq!(r.status, 400, "{}", r.text());
     let r = get(n, "alpha");
@@ -120,7 +116,10 @@ fn three_clusters_scenarios() {
     let r = http("PUT", &nodes[6].http, "/store/once", b"v1", &h);
     assert_eq!(r.status, 201, "{}", r.text());
     let r = http("PUT", &nodes[6].http, "/store/once", b"v1", &h);
-    assert_eq!(r.status, 201, "the retry is answered from the first attempt");
+    assert_eq!(
+        r.status, 201,
+        "the retry is answered from the first attempt"
+    );
 
     // (e) a tenth node joining late copies the existing keys and serves them.
     let late = start_node("c2", &tmp.path().join("n9"), Some(&nodes[0].p2p)).wait();
@@ -149,7 +148,13 @@ fn three_clusters_scenarios() {
                     while !stop.load(Ordering::Relaxed) && i < 200 {
                         let key = format!("crash-{w}-{i}");
                         let value = format!("v-{w}-{i}");
-                        let r = http("PUT", &base, &format!("/store/{key}"), value.as_bytes(), &[]);
+                        let r = http(
+                            "PUT",
+                            &base,
+                            &format!("/store/{key}"),
+                            value.as_bytes(),
+                            &[],
+                        );
                         done.push((key, value, r.status, r.json()["error"].clone()));
                         i += 1;
                     }
@@ -186,13 +191,14 @@ fn three_clusters_scenarios() {
         );
     }
     eprintln!("writes around the crash: {by_status:?}");
-    assert!(by_status.get(&201).copied().unwrap_or(0) > 0, "{by_status:?}");
+    assert!(
+        by_status.get(&201).copied().unwrap_or(0) > 0,
+        "{by_status:?}"
+    );
     let all: Vec<&NodeProc> = nodes.iter().collect();
     wait_converged(&all, 10, Duration::from_secs(60));
     wait_until(Duration::from_secs(60), "no reservation left", || {
-        nodes
-            .iter()
-            .all(|n| health(n)["reservations_open"] == 0)
+        nodes.iter().all(|n| health(n)["reservations_open"] == 0)
     });
     for (key, value, status, _) in &results {
         let verify = http(
@@ -214,14 +220,20 @@ fn three_clusters_scenarios() {
         }
     }
     // The restarted node serves what was acknowledged while it was down, too.
-    let acked = results.iter().filter(|r| r.2 == 201).last().unwrap();
+    let acked = results.iter().rfind(|r| r.2 == 201).unwrap();
     let r = get(&nodes[victim], &acked.0);
     assert_eq!((r.status, r.text()), (200, acked.1.clone()));
 
     // Graceful leave: SIGTERM makes a node leave and exit 0; the others drop it.
     let leaver = nodes.pop().unwrap();
     let pid = leaver.child.id();
-    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let mut leaver = leaver;
     let deadline = Instant::now() + Duration::from_secs(20);
     let code = loop {
@@ -267,7 +279,10 @@ fn unreachable_bootstrap_exits_nonzero() {
     let mut child = Command::new(BIN)
         .args(["run", "--cid", "c1", "--http", "127.0.0.1:0"])
         .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
-        .args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}")])
+        .args([
+            "--bootstrap",
+            &format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"),
+        ])
         .args(["--bootstrap-timeout-ms", "2000"])
         .arg("--data-dir")
         .arg(tmp.path())
