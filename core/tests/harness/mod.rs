@@ -45,6 +45,9 @@ pub struct Harness {
     pub sent: Vec<(NodeId, NodeId, Message)>,
     next_call: u64,
     seed: u64,
+    /// Nodes whose disk is slow: their writes wait in `pending_writes` until `flush_disk`.
+    pub lazy_disk: std::collections::BTreeSet<NodeId>,
+    pub pending_writes: BTreeMap<NodeId, Vec<(WriteId, Vec<WriteOp>)>>,
 }
 
 pub fn n(s: &str) -> NodeId {
@@ -82,6 +85,8 @@ impl Harness {
             sent: Vec::new(),
             next_call: 0,
             seed: 7,
+            lazy_disk: Default::default(),
+            pending_writes: BTreeMap::new(),
         };
         for (c, id) in pairs {
             let node = Node::new(
@@ -144,8 +149,15 @@ impl Harness {
                     });
                 }
                 Some(Output::Persist { write, ops }) => {
-                    slot.disk.apply_all(&ops);
-                    persisted.push(write);
+                    if self.lazy_disk.contains(id) {
+                        self.pending_writes
+                            .entry(id.clone())
+                            .or_default()
+                            .push((write, ops));
+                    } else {
+                        slot.disk.apply_all(&ops);
+                        persisted.push(write);
+                    }
                 }
                 Some(Output::Reply { call, reply }) => {
                     self.replies.insert(call, reply);
@@ -284,9 +296,153 @@ impl Harness {
         panic!("timers never settled");
     }
 
-    /// The node loses its volatile state; messages to it are lost while it is down.
+    /// Like `run_for`, but messages `hold` selects are taken out of the network (now and as
+    /// they are caused) and returned, to be delivered later (or never).
+    pub fn run_for_holding(
+        &mut self,
+        d: Duration,
+        hold: impl Fn(&InFlight) -> bool,
+    ) -> Vec<InFlight> {
+        let end = self.now + d;
+        let mut held = Vec::new();
+        for _ in 0..1_000_000 {
+            for _ in 0..1_000_000 {
+                let Some(m) = self.net.pop_front() else {
+                    break;
+                };
+                if hold(&m) {
+                    held.push(m);
+                } else {
+                    self.deliver(m);
+                }
+            }
+            let next = self
+                .slots
+                .values()
+                .filter_map(|s| s.node.as_ref().and_then(|n| n.poll_timeout()))
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    for id in self.ids() {
+                        let due = self.slots[&id].node.as_ref().and_then(|n| n.poll_timeout());
+                        if due.is_some_and(|t| t <= self.now) {
+                            self.input(&id, Input::Timeout);
+                        }
+                    }
+                }
+                _ => {
+                    self.now = end;
+                    return held;
+                }
+            }
+        }
+        panic!("timers never settled");
+    }
+
+    /// The node loses its volatile state; messages to it are lost while it is down. Writes
+    /// still waiting on a lazy disk are lost too.
     pub fn crash(&mut self, id: &str) {
         self.slots.get_mut(&n(id)).expect("slot").node = None;
+        self.pending_writes.remove(&n(id));
+    }
+
+    /// Makes every write waiting on `id`'s lazy disk durable, and reports it.
+    pub fn flush_disk(&mut self, id: &str) {
+        let id = n(id);
+        let writes = self.pending_writes.remove(&id).unwrap_or_default();
+        let Some(upto) = writes.last().map(|(w, _)| *w) else {
+            return;
+        };
+        let slot = self.slots.get_mut(&id).expect("slot");
+        for (_, ops) in &writes {
+            slot.disk.apply_all(ops);
+        }
+        self.input(&id, Input::Persisted { upto });
+    }
+
+    /// Adds a brand-new node that joins `cluster`: every live node discovers it, and it
+    /// starts from an empty disk (`Recovered::joiner()`).
+    pub fn join(&mut self, cluster: &str, id: &str) {
+        for other in self.ids() {
+            self.input(
+                &other,
+                Input::NodeDiscovered {
+                    cluster: ClusterId::from(cluster),
+                    node: n(id),
+                },
+            );
+        }
+        let membership = Membership::from_pairs(
+            self.slots
+                .iter()
+                .map(|(id, s)| (s.cluster.clone(), id.clone()))
+                .chain([(ClusterId::from(cluster), n(id))]),
+        );
+        self.seed += 1;
+        let node = Node::new(
+            self.config.clone(),
+            n(id),
+            ClusterId::from(cluster),
+            membership,
+            Recovered::joiner(),
+            self.now,
+            self.seed,
+        )
+        .expect("valid config");
+        self.slots.insert(
+            n(id),
+            Slot {
+                cluster: ClusterId::from(cluster),
+                node: Some(node),
+                disk: Recovered::joiner(),
+            },
+        );
+        self.drain(&n(id));
+    }
+
+    /// `id` said goodbye (or was removed): it is gone for good, and every live node hears of it.
+    pub fn remove(&mut self, id: &str, goodbye: bool) {
+        self.slots.remove(&n(id));
+        self.net.retain(|m| m.to != n(id));
+        for other in self.ids() {
+            self.input(
+                &other,
+                Input::NodeRemoved {
+                    node: n(id),
+                    goodbye,
+                },
+            );
+        }
+    }
+
+    /// Injects `msg` at `to` as if `from` had sent it.
+    pub fn inject(&mut self, from: &str, to: &str, msg: Message) {
+        self.deliver(InFlight {
+            from: n(from),
+            to: n(to),
+            msg,
+        });
+    }
+
+    /// The proposal that `id` holds (reserved or stored) for `key`, if any.
+    pub fn proposal_at(&self, id: &str, key: &str) -> Option<ProposalId> {
+        self.node(id)
+            .key_state(&k(key))
+            .map(|s| s.proposal().clone())
+    }
+
+    /// Decisions noted anywhere for `p`: (node, committed).
+    pub fn decisions(&self, p: &ProposalId) -> Vec<(NodeId, bool)> {
+        self.notes
+            .iter()
+            .filter_map(|(id, note)| match note {
+                Note::Decided {
+                    p: q, committed, ..
+                } if q == p => Some((id.clone(), *committed)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Restarts a crashed node from its disk, with the full membership.
