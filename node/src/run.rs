@@ -116,7 +116,8 @@ async fn run(args: RunArgs) -> Result<()> {
         events: pump_events(net_events),
         metrics: metrics.clone(),
     })?;
-    let mut driver_task = tokio::spawn(driver.run());
+    let span = tracing::info_span!("node", peer = %peer_id, cluster = %args.cid);
+    let mut driver_task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
 
     let listener = tokio::net::TcpListener::bind(&args.http)
         .await
