@@ -141,6 +141,7 @@ pub struct Driver<T: Transport> {
     leave: Option<(Instant, Vec<oneshot::Sender<bool>>)>,
     left: bool,
     metrics: Arc<Metrics>,
+    storage_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Everything needed to start a driver.
@@ -190,7 +191,7 @@ impl<T: Transport> Driver<T> {
         )?;
         let (persist, jobs) = std_mpsc::channel();
         let (durable_tx, durable) = watch::channel(Durable::Upto(replicator_core::WriteId(0)));
-        std::thread::Builder::new()
+        let storage_thread = std::thread::Builder::new()
             .name("storage".into())
             .spawn(move || storage.run(jobs, durable_tx))?;
         let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE_LEN);
@@ -208,6 +209,7 @@ impl<T: Transport> Driver<T> {
             leave: None,
             left: false,
             metrics,
+            storage_thread: Some(storage_thread),
         };
         Ok((
             driver,
@@ -224,6 +226,21 @@ impl<T: Transport> Driver<T> {
     /// Runs until the node has left, or every request handle and the transport are gone.
     /// Fails if the storage fails (the node must stop: it cannot keep its promises).
     pub async fn run(mut self) -> Result<()> {
+        let result = self.run_loop().await;
+        // Let the storage thread commit what is queued and close the database.
+        let Driver {
+            persist,
+            storage_thread,
+            ..
+        } = self;
+        drop(persist);
+        if let Some(t) = storage_thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        result
+    }
+
+    async fn run_loop(&mut self) -> Result<()> {
         let mut wait_log = tokio::time::interval(WAIT_LOG_INTERVAL);
         let mut events_open = true;
         let mut requests_open = true;
@@ -441,4 +458,102 @@ fn os_seed() -> Result<u64> {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("the OS gave no randomness: {e}"))?;
     Ok(u64::from_le_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use replicator_core::{GetOutcome, Key, PutOutcome, Value};
+
+    use super::*;
+
+    /// An in-memory network: the same driver, another transport.
+    #[derive(Clone)]
+    struct MemTransport {
+        me: NodeId,
+        peers: Arc<Mutex<HashMap<NodeId, mpsc::Sender<TransportEvent>>>>,
+    }
+
+    impl Transport for MemTransport {
+        fn send(&self, to: &NodeId, frame: Vec<u8>) {
+            if let Some(tx) = self.peers.lock().unwrap().get(to) {
+                let _ = tx.try_send(TransportEvent::Message {
+                    from: self.me.clone(),
+                    frame,
+                });
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_drivers_over_an_in_memory_transport() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let ids: Vec<NodeId> = (0..3).map(|i| NodeId::new(format!("n{i}"))).collect();
+        let peers = Arc::new(Mutex::new(HashMap::new()));
+        let mut handles = Vec::new();
+        let mut tasks = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let (tx, rx) = mpsc::channel(1024);
+            peers.lock().unwrap().insert(id.clone(), tx.clone());
+            for other in &ids {
+                if other != id {
+                    tx.send(TransportEvent::Discovered {
+                        cluster: ClusterId::new("c"),
+                        node: other.clone(),
+                    })
+                    .await
+                    .unwrap();
+                }
+            }
+            let storage = Storage::open(dirs[i].path(), Some(&Recovered::founder())).unwrap();
+            let recovered = storage.load().unwrap();
+            let (driver, handle) = Driver::new(Parts {
+                config: replicator_core::Config::default(),
+                id: id.clone(),
+                cluster: ClusterId::new("c"),
+                recovered,
+                storage,
+                transport: MemTransport {
+                    me: id.clone(),
+                    peers: peers.clone(),
+                },
+                events: rx,
+                metrics: Arc::new(Metrics::default()),
+            })
+            .unwrap();
+            tasks.push(tokio::spawn(driver.run()));
+            handles.push(handle);
+        }
+        let put = |v: &str| Command::Put {
+            key: Key::new("k"),
+            value: Value::from(v),
+            request: None,
+        };
+        let reply = handles[0].call(put("one")).await.unwrap();
+        assert_eq!(reply, Reply::Put(PutOutcome::Stored));
+        let reply = handles[2].call(put("two")).await.unwrap();
+        assert_eq!(
+            reply,
+            Reply::Put(PutOutcome::Exists {
+                value: Value::from("one")
+            })
+        );
+        let reply = handles[1]
+            .call(Command::Get { key: Key::new("k") })
+            .await
+            .unwrap();
+        assert_eq!(reply, Reply::Get(GetOutcome::Value(Value::from("one"))));
+        for h in &handles {
+            assert!(h.leave(Duration::from_secs(5)).await);
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        // Everything acknowledged is on disk.
+        for d in &dirs {
+            let rec = Storage::open(d.path(), None).unwrap().load().unwrap();
+            assert!(rec.keys[&Key::new("k")].is_stored());
+        }
+    }
 }

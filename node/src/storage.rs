@@ -281,4 +281,28 @@ mod tests {
         let s = Storage::open(dir.path(), None).unwrap();
         assert_eq!(s.load().unwrap(), expected);
     }
+
+    #[test]
+    fn group_commit_reports_the_highest_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), Some(&Recovered::joiner())).unwrap();
+        let (tx, rx) = std_mpsc::channel();
+        let (durable_tx, durable) = watch::channel(Durable::Upto(WriteId(0)));
+        for w in 1..=50u64 {
+            tx.send(PersistJob {
+                write: WriteId(w),
+                ops: vec![WriteOp::CounterCeiling(w * 10)],
+            })
+            .unwrap();
+        }
+        drop(tx);
+        s.run(rx, durable_tx);
+        assert_eq!(*durable.borrow(), Durable::Upto(WriteId(50)));
+        let rec = Storage::open(dir.path(), None).unwrap().load().unwrap();
+        assert_eq!(rec.counter_ceiling, 500);
+        assert!(
+            !rec.ready,
+            "a joiner stays not ready until its copy is done"
+        );
+    }
 }
