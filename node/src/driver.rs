@@ -278,7 +278,7 @@ impl<T: Transport> Driver<T> {
                     self.node.handle(now, Input::Timeout);
                 }
                 () = sleep_until_opt(leave_deadline) => {
-                    warn!("leave did not complete in time: saying goodbye anyway");
+                    warn!("leave did not complete in time");
                     for done in self.leave.take().map(|(_, w)| w).unwrap_or_default() {
                         let _ = done.send(false);
                     }

@@ -151,12 +151,18 @@ async fn run(args: RunArgs) -> Result<()> {
         None => {
             info!("shutting down: leaving the network");
             let within = Duration::from_millis(args.leave_timeout_ms);
-            let left = handle.leave(within).await;
-            if !left {
-                warn!("leave did not complete: some reservations may stay open until resolved");
+            if handle.leave(within).await {
+                client.goodbye().await;
+                info!("goodbye said");
+            } else {
+                // Saying goodbye with a grant still open could let a resolver count this node
+                // as fenced and abort a committed proposal. Stop without goodbye instead: the
+                // others see this node down, and it stays a member until it comes back.
+                warn!(
+                    "leave did not complete in time: stopping WITHOUT goodbye (this node stays a member; restart it with its data dir to resolve what it holds)"
+                );
+                client.shutdown().await;
             }
-            client.goodbye().await;
-            info!("goodbye said");
             Ok(())
         }
     };
