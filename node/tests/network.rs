@@ -165,7 +165,16 @@ fn three_clusters_scenarios() {
         std::thread::sleep(Duration::from_millis(1500));
         nodes[victim].child.kill().unwrap();
         nodes[victim].child.wait().unwrap();
-        std::thread::sleep(Duration::from_secs(3));
+        // The dead node is reported down in /peers, and stays a member.
+        wait_until(Duration::from_secs(15), "the victim reported down", || {
+            let peers = http("GET", &nodes[0].http, "/peers", b"", &[]).json();
+            peers["peers"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["peer"] == nodes[victim].peer.as_str() && p["up"] == false)
+            })
+        });
+        assert_eq!(health(&nodes[0])["members"], 10);
+        std::thread::sleep(Duration::from_secs(1));
         let restarted = start_node(
             &nodes[victim].cluster,
             &nodes[victim].dir,
