@@ -5,7 +5,11 @@
 //! commit that fsyncs before it returns. The core asks for small atomic batches that must be
 //! durable before dependent messages leave; that is exactly one redb write transaction. An LSM
 //! (fjall) shines at large write volumes but brings compaction threads and journal tuning we do
-//! not need; a group commit over redb already amortises the fsync.
+//! not need; a group commit over redb already amortises the fsync. Measured on the dev VM
+//! (one 200-byte insert per durable commit, 300 commits): redb p50 0.14 ms / p99 0.3 ms,
+//! fjall (batch + `persist(SyncAll)`) p50 0.07 ms / p99 0.16 ms; under heavy CPU load both were
+//! about 4 ms p50. Either is far below one network round trip of the protocol, so the simpler
+//! transactional model won.
 //!
 //! The storage runs on its own OS thread (redb is blocking): it drains every queued `Persist`,
 //! applies them in order in one transaction, commits once, and reports the highest `WriteId`
