@@ -17,7 +17,7 @@ pub const FAST_FLAGS: &[&str] = &[
     "--down-after-ms",
     "1500",
     "--put-timeout-ms",
-    "2500",
+    "5000",
     "--bootstrap-timeout-ms",
     "10000",
     "--leave-timeout-ms",
