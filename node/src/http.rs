@@ -39,6 +39,8 @@ pub fn router(api: Api) -> Router {
     let limit = api.value_bytes_max + BODY_SLACK_BYTES;
     Router::new()
         .route("/store/{key}", get(get_key).put(put_key))
+        .route("/store", get(empty_key).put(empty_key))
+        .route("/store/", get(empty_key).put(empty_key))
         .route("/peers", get(peers))
         .route("/clusters", get(clusters))
         .route("/health", get(health))
@@ -82,6 +84,14 @@ async fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         "not_found",
         "no such endpoint; see GET /openapi.json",
+    )
+}
+
+async fn empty_key() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "the key is empty: use /store/{key}",
     )
 }
 
