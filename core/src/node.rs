@@ -2054,7 +2054,10 @@ impl Node {
                     self.persist(WriteOp::PutKey { key, state });
                 }
                 (DurableKey::Reserved { p, .. }, None) => {
-                    if self.refusals.contains_key(p) {
+                    // `refused`, not just the refusal table: a refusal folded into a
+                    // watermark must keep the copy out too, or this node would later vote
+                    // Granted for a proposal it denied (found by seed 1079, `--leaves 1`).
+                    if self.refused(p, &key) {
                         continue;
                     }
                     let p = p.clone();
