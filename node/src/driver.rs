@@ -525,6 +525,12 @@ mod tests {
             tasks.push(tokio::spawn(driver.run()));
             handles.push(handle);
         }
+        // Discovery events and calls travel on different channels: wait for the view.
+        for h in &handles {
+            while h.status().await.unwrap().membership.len() < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let put = |v: &str| Command::Put {
             key: Key::new("k"),
             value: Value::from(v),
@@ -544,8 +550,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reply, Reply::Get(GetOutcome::Value(Value::from("one"))));
-        for h in &handles {
+        for (h, id) in handles.iter().zip(&ids) {
             assert!(h.leave(Duration::from_secs(5)).await);
+            // Its goodbye, as the real transport would deliver it.
+            let others: Vec<_> = {
+                let mut peers = peers.lock().unwrap();
+                peers.remove(id);
+                peers.values().cloned().collect()
+            };
+            for tx in others {
+                tx.send(TransportEvent::Left(id.clone())).await.unwrap();
+            }
         }
         for t in tasks {
             t.await.unwrap().unwrap();
