@@ -164,7 +164,7 @@ pub struct GetArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(with_default_subcommand(std::env::args_os().collect()));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -185,6 +185,18 @@ fn main() -> ExitCode {
             Cmd::Bench(args) => bench::main(args).await,
         }
     })
+}
+
+/// The original interface had no subcommands (`replicator --cid C --bootstrap ...`): flags
+/// without a subcommand mean `run`.
+fn with_default_subcommand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    let is_flag = first.starts_with("--");
+    let is_meta = matches!(first, "--help" | "--version");
+    if is_flag && !is_meta {
+        args.insert(1, "run".into());
+    }
+    args
 }
 
 pub fn init_logging(log: &LogArgs) {
