@@ -123,6 +123,26 @@ fn three_clusters_scenarios() {
         "the retry is answered from the first attempt"
     );
 
+    // The load generator runs and reports.
+    let out = Command::new(BIN)
+        .args(["bench", "--node", &nodes[0].http, "--node", &nodes[4].http])
+        .args([
+            "--count",
+            "20",
+            "--concurrency",
+            "4",
+            "--conflict-share",
+            "0.5",
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("20 requests") && report.contains("p99"),
+        "{report}"
+    );
+
     // (e) a tenth node joining late copies the existing keys and serves them.
     let late = start_node("c2", &tmp.path().join("n9"), Some(&nodes[0].p2p)).wait();
     nodes.push(late);
