@@ -19,6 +19,7 @@ const TAG_CLIENT_MAX: u64 = 1 << 32;
 const TAG_JOIN: u64 = TAG_CLIENT_MAX + 1;
 const TAG_LIVENESS_CHECK: u64 = TAG_CLIENT_MAX + 2;
 const TAG_SAFETY_END: u64 = TAG_CLIENT_MAX + 3;
+const TAG_LEAVE: u64 = TAG_CLIENT_MAX + 4;
 
 /// How often the liveness phase looks whether the system converged.
 const LIVENESS_CHECK_US: u64 = 50_000;
@@ -261,6 +262,10 @@ impl Run {
             let at = self.rng.random_range(0..self.spec.workload.safety_us / 2);
             self.world.wake_at(Time::from_micros(at), TAG_JOIN);
         }
+        for _ in 0..self.spec.workload.leaves {
+            let at = self.rng.random_range(0..self.spec.workload.safety_us / 2);
+            self.world.wake_at(Time::from_micros(at), TAG_LEAVE);
+        }
         self.world.wake_at(
             Time::from_micros(self.spec.workload.safety_us),
             TAG_SAFETY_END,
@@ -312,6 +317,7 @@ impl Run {
                 let cluster = self.rng.random_range(0..self.world.cluster_count());
                 self.world.join(cluster);
             }
+            Obs::Wake { tag: TAG_LEAVE } if self.safety => self.start_leave(),
             Obs::Wake {
                 tag: TAG_SAFETY_END,
             } => self.start_liveness(),
@@ -321,6 +327,29 @@ impl Run {
             _ => {}
         }
         Ok(false)
+    }
+
+    /// Nodes that take part: neither gone nor on their way out.
+    fn staying(&self, ix: NodeIx) -> bool {
+        !self.world.is_departed(ix) && !self.world.is_leaving(ix)
+    }
+
+    /// A node of a cluster that keeps at least 3 members leaves gracefully.
+    fn start_leave(&mut self) {
+        let n = self.world.node_count();
+        let members = |run: &Self, c: usize| {
+            (0..n)
+                .filter(|ix| run.world.cluster_of(*ix) == c && run.staying(*ix))
+                .count()
+        };
+        let candidates: Vec<NodeIx> = (0..n)
+            .filter(|ix| self.staying(*ix) && members(self, self.world.cluster_of(*ix)) >= 4)
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let ix = candidates[self.rng.random_range(0..candidates.len())];
+        self.world.leave(ix);
     }
 
     fn start_liveness(&mut self) {
@@ -370,11 +399,16 @@ impl Run {
     fn start_op(&mut self, c: usize) {
         let w = self.spec.workload.clone();
         let n = self.world.node_count();
-        let node = if self.rng.random_bool(w.roam_share) {
+        let mut node = if self.rng.random_bool(w.roam_share) {
             self.rng.random_range(0..n)
         } else {
             self.clients[c].home
         };
+        if !self.staying(node) {
+            let staying: Vec<NodeIx> = (0..n).filter(|ix| self.staying(*ix)).collect();
+            node = staying[self.rng.random_range(0..staying.len())];
+            self.clients[c].home = node;
+        }
         let seq = self.clients[c].done;
         let read = self.rng.random_bool(w.read_share);
         let hot = !self.hot.is_empty() && self.rng.random_bool(w.hot_share);
@@ -533,8 +567,21 @@ impl Run {
                 self.world.calls_open()
             ));
         }
+        let membership = self.world.membership();
         for ix in 0..self.world.node_count() {
             let name = self.world.id(ix);
+            if self.world.is_departed(ix) {
+                continue;
+            }
+            if let Some(node) = self.world.node(ix)
+                && node.membership() != &membership
+            {
+                return Some(format!("{name} has not learned every join and goodbye yet"));
+            }
+            if self.world.is_leaving(ix) {
+                let stats = self.world.node(ix).map(|n| n.stats());
+                return Some(format!("{name} has not finished leaving: {stats:?}"));
+            }
             let Some(node) = self.world.node(ix) else {
                 return Some(format!("{name} is down"));
             };
@@ -562,8 +609,17 @@ impl Run {
     }
 
     fn send_probe(&mut self) {
-        let ready: Vec<NodeIx> = (0..self.world.node_count())
+        let n = self.world.node_count();
+        let ready: Vec<NodeIx> = (0..n)
+            .filter(|ix| self.staying(*ix))
             .filter(|ix| self.world.node(*ix).is_some_and(|n| n.is_ready()))
+            .filter(|ix| {
+                let c = self.world.cluster_of(*ix);
+                (0..n)
+                    .filter(|o| self.world.cluster_of(*o) == c && self.staying(*o))
+                    .count()
+                    >= 3
+            })
             .collect();
         let node = ready[self.rng.random_range(0..ready.len())];
         let key = Key::new("liveness-probe");

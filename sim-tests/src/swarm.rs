@@ -28,6 +28,8 @@ pub struct Workload {
     pub roam_share: f64,
     /// Nodes joining during the safety phase.
     pub joins: usize,
+    /// Nodes leaving gracefully during the safety phase (only from clusters of 4 or more).
+    pub leaves: usize,
     /// Bound on the safety phase, in simulated time.
     pub safety_us: u64,
     /// Bound on the liveness phase, in simulated time.
@@ -53,11 +55,12 @@ pub struct Shape {
     pub nodes: Option<usize>,
     pub clients: Option<usize>,
     pub ops_per_client: Option<usize>,
-    /// `Some(empty)`: no nemesis at all.
+    /// `Some(empty)`: no faults at all (no nemesis, no message loss, duplication or reordering).
     pub faults: Option<Vec<FaultKind>>,
     pub lose_unsynced: Option<bool>,
     pub bug: Option<InjectedBug>,
     pub joins: Option<usize>,
+    pub leaves: Option<usize>,
 }
 
 impl Shape {
@@ -71,6 +74,7 @@ impl Shape {
             && self.lose_unsynced.is_none()
             && self.bug.is_none()
             && self.joins.is_none()
+            && self.leaves.is_none()
     }
 
     /// The `sim` binary's flags that reproduce this shape.
@@ -86,6 +90,7 @@ impl Shape {
         num("--clients", self.clients);
         num("--ops", self.ops_per_client);
         num("--joins", self.joins);
+        num("--leaves", self.leaves);
         if let Some(kinds) = &self.faults {
             let names: Vec<&str> = kinds.iter().map(|k| k.flag()).collect();
             if names.is_empty() {
@@ -164,6 +169,13 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
         reorder_us_max: 60_000,
     };
 
+    let mut net = net;
+    if shape.faults.as_ref().is_some_and(Vec::is_empty) {
+        // No faults at all: no message faults either.
+        net.loss = 0.0;
+        net.dup = 0.0;
+        net.reorder = 0.0;
+    }
     let kinds: Vec<(FaultKind, u32)> = match &shape.faults {
         Some(list) => list.iter().map(|k| (*k, 1)).collect(),
         None => FaultKind::ALL
@@ -205,6 +217,9 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
                 6..=8 => 1,
                 _ => 2,
             }),
+        leaves: shape
+            .leaves
+            .unwrap_or_else(|| usize::from(rng.random_bool(0.25))),
         safety_us: rng.random_range(1_500_000..=4_000_000),
         liveness_us: 30_000_000,
     };
@@ -239,7 +254,7 @@ impl RunSpec {
             .map(|(k, n)| format!("{k:?}x{n}"))
             .collect();
         format!(
-            "seed {}: clusters {:?} | clients {} x {} ops max, hot keys {} (share {}), reads {}, request ids {}, roam {}, joins {} | \
+            "seed {}: clusters {:?} | clients {} x {} ops max, hot keys {} (share {}), reads {}, request ids {}, roam {}, joins {}, leaves {} | \
              net lan {:?}us wan {:?}us jitter {} loss {} dup {} reorder {} | fsync {:?}us | \
              faults [{}] every {:?}us lasting {:?}us, lose unsynced {}, down max {} | \
              refusals_max {} requests_max {} counter_block {} | bug {:?}",
@@ -253,6 +268,7 @@ impl RunSpec {
             self.workload.request_id_share,
             self.workload.roam_share,
             self.workload.joins,
+            self.workload.leaves,
             w.net.lan_us,
             w.net.wan_us,
             w.net.wan_jitter,

@@ -218,6 +218,10 @@ pub enum Obs {
     Joined {
         node: NodeIx,
     },
+    /// The node said goodbye after a graceful leave: gone for good.
+    Departed {
+        node: NodeIx,
+    },
     /// A wake-up the driver asked for with [`World::wake_at`].
     Wake {
         tag: u64,
@@ -242,6 +246,7 @@ pub struct WorldStats {
     pub partitions: u64,
     pub clogs: u64,
     pub joins: u64,
+    pub leaves: u64,
 }
 
 impl WorldStats {
@@ -276,6 +281,14 @@ enum Ev {
         to: NodeIx,
         node: NodeIx,
     },
+    /// `node` said goodbye; `to` hears it.
+    Removed {
+        to: NodeIx,
+        node: NodeIx,
+    },
+    Goodbye {
+        node: NodeIx,
+    },
     Nemesis,
     Restart {
         node: NodeIx,
@@ -292,9 +305,16 @@ impl Ev {
     /// The node an event happens at, if any: a paused node's events wait.
     fn target(&self) -> Option<NodeIx> {
         match self {
-            Ev::Deliver { to, .. } | Ev::Client { to, .. } | Ev::Discover { to, .. } => Some(*to),
+            Ev::Deliver { to, .. }
+            | Ev::Client { to, .. }
+            | Ev::Discover { to, .. }
+            | Ev::Removed { to, .. } => Some(*to),
             Ev::Timer { node, .. } | Ev::Disk { node, .. } => Some(*node),
-            Ev::Nemesis | Ev::Restart { .. } | Ev::Heal { .. } | Ev::Wake { .. } => None,
+            Ev::Nemesis
+            | Ev::Restart { .. }
+            | Ev::Heal { .. }
+            | Ev::Wake { .. }
+            | Ev::Goodbye { .. } => None,
         }
     }
 }
@@ -336,6 +356,10 @@ struct SimNode {
     paused_until: Time,
     /// Client calls delivered to this incarnation and not answered yet.
     calls: BTreeSet<CallId>,
+    /// Asked to leave gracefully (asked again after a restart).
+    leaving: bool,
+    /// Said goodbye: gone for good.
+    departed: bool,
 }
 
 struct Partition {
@@ -537,7 +561,7 @@ impl World {
             || self
                 .nodes
                 .iter()
-                .any(|n| n.node.is_none() || n.paused_until > self.now)
+                .any(|n| (n.node.is_none() && !n.departed) || n.paused_until > self.now)
     }
     /// The hash of every trace line so far (`TraceMode::Off`: of nothing).
     pub fn trace_hash(&self) -> u64 {
@@ -653,7 +677,7 @@ impl World {
 
     /// Restarts a crashed node from its disk image.
     pub fn restart(&mut self, ix: NodeIx) {
-        if self.nodes[ix].node.is_some() {
+        if self.nodes[ix].node.is_some() || self.nodes[ix].departed {
             return;
         }
         let membership = self.membership();
@@ -662,6 +686,81 @@ impl World {
         self.tr
             .fault(self.now, &self.nodes, ix, format_args!("restart"));
         self.obs.push(Obs::Restarted { node: ix });
+        // What a restarted node learns again at once: who said goodbye, and that it leaves.
+        let gone: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.departed)
+            .map(|n| n.id.clone())
+            .collect();
+        for node in gone {
+            self.handle(
+                ix,
+                Input::NodeRemoved {
+                    node,
+                    goodbye: true,
+                },
+            );
+        }
+        if self.nodes[ix].leaving {
+            self.handle(ix, Input::Leave);
+        }
+    }
+
+    /// Asks a node to leave gracefully. Once it reports [`Note::LeaveComplete`] it says
+    /// goodbye: every other node hears [`Input::NodeRemoved`] after its own delay, and the
+    /// node is gone for good.
+    pub fn leave(&mut self, ix: NodeIx) {
+        if self.nodes[ix].leaving || self.nodes[ix].departed {
+            return;
+        }
+        self.nodes[ix].leaving = true;
+        self.stats.leaves += 1;
+        self.tr
+            .fault(self.now, &self.nodes, ix, format_args!("leave requested"));
+        self.handle(ix, Input::Leave);
+    }
+
+    pub fn is_departed(&self, ix: NodeIx) -> bool {
+        self.nodes[ix].departed
+    }
+
+    pub fn is_leaving(&self, ix: NodeIx) -> bool {
+        self.nodes[ix].leaving
+    }
+
+    fn goodbye(&mut self, ix: NodeIx) {
+        if self.nodes[ix].departed || self.nodes[ix].node.is_none() {
+            return;
+        }
+        let calls: Vec<CallId> = std::mem::take(&mut self.nodes[ix].calls)
+            .into_iter()
+            .collect();
+        for call in calls {
+            self.obs.push(Obs::CallLost { node: ix, call });
+        }
+        let n = &mut self.nodes[ix];
+        n.departed = true;
+        n.node = None;
+        n.incarnation += 1;
+        n.timer_at = None;
+        n.inflight.clear();
+        self.tr
+            .fault(self.now, &self.nodes, ix, format_args!("goodbye"));
+        self.obs.push(Obs::Departed { node: ix });
+        for other in 0..self.nodes.len() {
+            if other != ix && !self.nodes[other].departed {
+                let delay = self.rng_faults.random_range(0..=self.spec.discovery_us_max);
+                let at = self.now + micros(delay);
+                self.push(
+                    at,
+                    Ev::Removed {
+                        to: other,
+                        node: ix,
+                    },
+                );
+            }
+        }
     }
 
     /// Every event of the node waits until `until`.
@@ -805,6 +904,25 @@ impl World {
                     self.handle(to, Input::NodeDiscovered { cluster, node: id });
                 }
             }
+            Ev::Removed { to, node } => {
+                if self.nodes[to].node.is_some() {
+                    let id = self.nodes[node].id.clone();
+                    self.tr.node(
+                        self.now,
+                        &self.nodes,
+                        to,
+                        format_args!("removed {id} (goodbye)"),
+                    );
+                    self.handle(
+                        to,
+                        Input::NodeRemoved {
+                            node: id,
+                            goodbye: true,
+                        },
+                    );
+                }
+            }
+            Ev::Goodbye { node } => self.goodbye(node),
             Ev::Nemesis => {
                 if self.nemesis {
                     self.inject_fault();
@@ -835,10 +953,12 @@ impl World {
         self.queue.push(Scheduled { at, seq, ev });
     }
 
-    fn membership(&self) -> Membership {
+    /// Every node that has not said goodbye, in its cluster: what every node's view converges to.
+    pub fn membership(&self) -> Membership {
         Membership::from_pairs(
             self.nodes
                 .iter()
+                .filter(|n| !n.departed)
                 .map(|n| (self.cluster_ids[n.cluster].clone(), n.id.clone())),
         )
     }
@@ -859,6 +979,8 @@ impl World {
             timer_at: None,
             paused_until: Time::ZERO,
             calls: BTreeSet::new(),
+            leaving: false,
+            departed: false,
         });
         ix
     }
@@ -917,6 +1039,10 @@ impl World {
                     });
                 }
                 Output::Note(note) => {
+                    if note == Note::LeaveComplete {
+                        let now = self.now;
+                        self.push(now, Ev::Goodbye { node: ix });
+                    }
                     if self.spec.trace != TraceMode::Off {
                         self.tr
                             .node(self.now, &self.nodes, ix, format_args!("note {note:?}"));
@@ -1158,6 +1284,9 @@ impl World {
         let until = self.now + micros(duration);
         let n = self.nodes.len();
         let victim = self.rng_faults.random_range(0..n);
+        if self.nodes[victim].departed {
+            return;
+        }
         match kind {
             FaultKind::Crash => {
                 let down = self.nodes.iter().filter(|n| n.node.is_none()).count();

@@ -162,6 +162,7 @@ fn main() -> ExitCode {
             "--clients" => shape.clients = num().map(|n| n as usize),
             "--ops" => shape.ops_per_client = num().map(|n| n as usize),
             "--joins" => shape.joins = num().map(|n| n as usize),
+            "--leaves" => shape.leaves = num().map(|n| n as usize),
             "--faults" if value == "none" => shape.faults = Some(Vec::new()),
             "--faults" => {
                 let kinds: Option<Vec<FaultKind>> =
@@ -198,8 +199,10 @@ fn main() -> ExitCode {
         "scale" => {
             shape.clusters = Some(50);
             shape.nodes = Some(5);
-            shape.clients = shape.clients.or(Some(200));
-            shape.joins = Some(0);
+            shape.clients = shape.clients.or(Some(100));
+            shape.joins = shape.joins.or(Some(0));
+            shape.leaves = shape.leaves.or(Some(0));
+            shape.faults = shape.faults.or(Some(Vec::new()));
             eprintln!(
                 "scale: 50 clusters x 5 nodes (250 nodes), {:?} clients",
                 shape.clients
