@@ -133,6 +133,8 @@ pub struct Driver<T: Transport> {
     origin: Instant,
     events: mpsc::Receiver<TransportEvent>,
     requests: mpsc::Receiver<Request>,
+    /// Unbounded on purpose: the core's outputs must never be dropped or block the loop, and
+    /// what it asks to persist is bounded by its own limits (proposals, reservations, relays).
     persist: std_mpsc::Sender<PersistJob>,
     durable: watch::Receiver<Durable>,
     calls: HashMap<CallId, oneshot::Sender<Reply>>,
