@@ -54,6 +54,8 @@ pub struct Node {
     sync: Option<SyncState>,
     leaving: bool,
     leave_complete: bool,
+    /// While leaving: the members that hold no reservation naming this node.
+    leave_clear: BTreeSet<NodeId>,
 
     requests: BTreeMap<RequestId, RequestRecord>,
     /// Request ids by arrival, with the time this node learned of them, for expiry.
@@ -247,6 +249,7 @@ impl Node {
             sync: None,
             leaving: false,
             leave_complete: false,
+            leave_clear: BTreeSet::new(),
             requests: BTreeMap::new(),
             request_order: BTreeMap::new(),
             request_seq: 0,
@@ -363,6 +366,11 @@ impl Node {
             Input::Leave => self.on_leave(),
         }
         self.drain_inbox();
+        if self.leaving {
+            // Whatever settled the last open proposal (a Commit, an Abort, a vote, a clear
+            // answer), check here once rather than on every path.
+            self.check_leave_complete();
+        }
         self.flush();
     }
 
@@ -417,6 +425,13 @@ impl Node {
             Message::SyncRequest { after } => self.on_sync_request(from, after),
             Message::SyncPage { entries, done } => self.on_sync_page(from, entries, done),
             Message::SyncRefused { reason: _ } => self.on_sync_refused(from),
+            Message::LeaveCheck => self.on_leave_check(from),
+            Message::LeaveClear { clear } => {
+                if clear && self.leaving && self.membership.contains(&from) {
+                    self.leave_clear.insert(from);
+                    self.check_leave_complete();
+                }
+            }
         }
     }
 
@@ -457,7 +472,9 @@ impl Node {
                 }
                 Ok(())
             }
-            Message::SyncRefused { .. } => Ok(()),
+            Message::SyncRefused { .. } | Message::LeaveCheck | Message::LeaveClear { .. } => {
+                Ok(())
+            }
         }
     }
 
@@ -876,6 +893,18 @@ impl Node {
         };
         if !d.participants.contains(&node) {
             return;
+        }
+        if let Phase::Confirming { committed, .. } = d.phase {
+            // Only an answer that reflects the decision confirms it; anything else (a Granted
+            // from a node the decision has not reached yet) is asked again next round.
+            let reflects = match vote {
+                Vote::Committed => committed,
+                Vote::Denied { .. } => !committed,
+                Vote::Granted => false,
+            };
+            if !reflects {
+                return;
+            }
         }
         d.votes.insert(node, vote);
         self.evaluate(p);
@@ -1859,7 +1888,13 @@ impl Node {
                     self.start_attempt(op);
                 }
             }
-            Timer::PutDeadline(op) => self.end_op(op, None),
+            Timer::PutDeadline(op) => {
+                // Between two attempts every attempt so far was aborted: that is definite.
+                let between_attempts = self.ops.get(&op).is_some_and(|o| o.current.is_none());
+                let outcome = between_attempts.then_some(RequestOutcome::Busy);
+                self.end_op(op, outcome)
+            }
+            Timer::LeaveCheck => self.send_leave_checks(),
             Timer::Sync => self.on_sync_timer(),
         }
     }
@@ -1983,16 +2018,69 @@ impl Node {
                 }
             }
         }
+        self.send_leave_checks();
         self.check_leave_complete();
     }
 
+    /// Asks every member that is not clear yet to settle the reservations that name this node.
+    /// A proposal this node granted may be open elsewhere even if it is settled here (say this
+    /// node stored it but the others' Commits were lost); once this node is gone, Resolve
+    /// counts it Fenced, so every such proposal must be settled everywhere first.
+    fn send_leave_checks(&mut self) {
+        if !self.leaving || self.leave_complete {
+            return;
+        }
+        let pending: Vec<NodeId> = self
+            .membership
+            .nodes()
+            .filter(|n| **n != self.id && !self.leave_clear.contains(*n))
+            .cloned()
+            .collect();
+        for n in pending {
+            self.send(n, Message::LeaveCheck);
+        }
+        let again = self.now + self.config.resolve_backoff_max;
+        self.timers.set(Timer::LeaveCheck, again);
+    }
+
+    fn on_leave_check(&mut self, from: NodeId) {
+        if !self.membership.contains(&from) {
+            return self.send(from, Message::LeaveClear { clear: true });
+        }
+        let naming: Vec<(ProposalId, Key, Arc<Membership>)> = self
+            .reservations
+            .iter()
+            .filter_map(|(p, key)| match self.keys.get(key) {
+                Some(DurableKey::Reserved { participants, .. }) if participants.contains(&from) => {
+                    Some((p.clone(), key.clone(), participants.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let clear = naming.is_empty();
+        for (p, key, participants) in naming {
+            if !self.resolve(&p, &key, participants) {
+                self.timers
+                    .set(Timer::Lease(p), self.now + self.config.resolve_backoff_min);
+            }
+        }
+        self.send(from, Message::LeaveClear { clear });
+    }
+
     fn check_leave_complete(&mut self) {
+        let everyone_clear = || {
+            self.membership
+                .nodes()
+                .all(|n| *n == self.id || self.leave_clear.contains(n))
+        };
         if self.leaving
             && !self.leave_complete
             && self.reservations.is_empty()
             && self.deciders.is_empty()
+            && everyone_clear()
         {
             self.leave_complete = true;
+            self.timers.cancel(&Timer::LeaveCheck);
             self.note(Note::LeaveComplete);
         }
     }
@@ -2053,11 +2141,18 @@ impl Node {
                     self.keys.insert(key.clone(), state.clone());
                     self.persist(WriteOp::PutKey { key, state });
                 }
-                (DurableKey::Reserved { p, .. }, None) => {
+                (
+                    DurableKey::Reserved {
+                        p, participants, ..
+                    },
+                    None,
+                ) => {
                     // `refused`, not just the refusal table: a refusal folded into a
                     // watermark must keep the copy out too, or this node would later vote
                     // Granted for a proposal it denied (found by seed 1079, `--leaves 1`).
-                    if self.refused(p, &key) {
+                    // And a proposal that counts this node as a participant needs this
+                    // node's own grant, which a joining node never gives: never adopt it.
+                    if participants.contains(&self.id) || self.refused(p, &key) {
                         continue;
                     }
                     let p = p.clone();

@@ -31,6 +31,8 @@ pub(crate) enum Timer {
     PutDeadline(u64),
     /// The join-time copy: ask (again, or another peer).
     Sync,
+    /// Leaving: ask the members that are not clear yet again.
+    LeaveCheck,
 }
 
 /// What a representative's fan-out is about.

@@ -48,6 +48,14 @@ pub enum Message {
     SyncRefused {
         reason: SyncRefusal,
     },
+    /// The sender is leaving: resolve every reservation you hold that names it as a
+    /// participant (while it still answers), then say whether you hold none.
+    LeaveCheck,
+    /// The answer to a [`Message::LeaveCheck`]: `clear` when no reservation here names the
+    /// leaving node.
+    LeaveClear {
+        clear: bool,
+    },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
