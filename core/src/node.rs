@@ -2147,12 +2147,13 @@ impl Node {
                     },
                     None,
                 ) => {
-                    // `refused`, not just the refusal table: a refusal folded into a
-                    // watermark must keep the copy out too, or this node would later vote
-                    // Granted for a proposal it denied (found by seed 1079, `--leaves 1`).
-                    // And a proposal that counts this node as a participant needs this
-                    // node's own grant, which a joining node never gives: never adopt it.
-                    if participants.contains(&self.id) || self.refused(p, &key) {
+                    // A proposal that counts this node as a participant needs this node's
+                    // own grant, which a joining node never gives: never adopt it (found by
+                    // seed 1079, `--leaves 1`). Any other proposal must be adopted unless it
+                    // was explicitly refused (seen aborted): a watermark over-approximates
+                    // refusals, and skipping a proposal that committed would leave this node
+                    // without the key forever (found by seed 3186).
+                    if participants.contains(&self.id) || self.refusals.contains_key(p) {
                         continue;
                     }
                     let p = p.clone();
