@@ -1301,7 +1301,16 @@ impl Node {
             },
             (resp, _) => resp,
         };
-        relay.responses.push(resp);
+        // One answer per node: a relay that many resolvers join is re-armed by each of them,
+        // and a node answering every round must not grow the reply past its cluster's size
+        // (receivers refuse replies longer than `cluster_nodes_max`; found by seed 2191).
+        let slot = relay.responses.iter_mut().find(|r| match r {
+            Response::Vote { node: n, .. } | Response::Read { node: n, .. } => n == node,
+        });
+        match slot {
+            Some(slot) => *slot = resp,
+            None => relay.responses.push(resp),
+        }
         if decisive || relay.waiting.is_empty() {
             self.relay_flush(relay_key);
         }
