@@ -232,34 +232,54 @@ fn three_clusters_scenarios() {
     wait_until(Duration::from_secs(60), "no reservation left", || {
         nodes.iter().all(|n| health(n)["reservations_open"] == 0)
     });
-    for (key, value, status, _) in &results {
-        // A verify read waits a bounded time for every node; on a loaded machine one may be
-        // late, so ask again until all ten answered.
-        let mut verify = serde_json::Value::Null;
-        wait_until(Duration::from_secs(30), "a complete verify read", || {
-            verify = http(
-                "GET",
-                &nodes[0].http,
-                &format!("/store/{key}?verify=true"),
-                b"",
-                &[],
-            )
-            .json();
-            verify["answers"].as_array().is_some_and(|a| a.len() == 10)
-        });
-        assert_eq!(verify["agree"], true, "{key}: {verify}");
-        let answers = verify["answers"].as_array().unwrap();
-        if *status == 201 {
-            for a in answers {
-                assert_eq!(a["state"], "stored", "{key} acknowledged, lost: {verify}");
-                assert_eq!(a["value"], value.as_str(), "{key}: {verify}");
-            }
-        }
-    }
+    check_agreement(&nodes[0], &results);
     // The restarted node serves what was acknowledged while it was down, too.
     let acked = results.iter().rfind(|r| r.2 == 201).unwrap();
     let r = get(&nodes[victim], &acked.0);
     assert_eq!((r.status, r.text()), (200, acked.1.clone()));
+
+    // kill -9 of a coordinator during its writes: what it acknowledged survives, and what
+    // was in flight is resolved one way everywhere.
+    let coord = 2;
+    let base = nodes[coord].http.clone();
+    let writer = std::thread::spawn(move || {
+        let mut done = Vec::new();
+        for i in 0..500 {
+            let key = format!("coord-{i}");
+            let value = format!("c-{i}");
+            let r = http(
+                "PUT",
+                &base,
+                &format!("/store/{key}"),
+                value.as_bytes(),
+                &[],
+            );
+            let error = r.json()["error"].clone();
+            done.push((key, value, r.status, error));
+            if r.status == 0 {
+                break; // the node is gone
+            }
+        }
+        done
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    nodes[coord].child.kill().unwrap();
+    nodes[coord].child.wait().unwrap();
+    let written = writer.join().unwrap();
+    assert!(written.iter().any(|w| w.2 == 201), "{written:?}");
+    let restarted = start_node(
+        &nodes[coord].cluster,
+        &nodes[coord].dir,
+        Some(&nodes[0].p2p),
+    )
+    .wait();
+    nodes[coord] = restarted;
+    let all: Vec<&NodeProc> = nodes.iter().collect();
+    wait_converged(&all, 10, Duration::from_secs(60));
+    wait_until(Duration::from_secs(60), "no reservation left", || {
+        nodes.iter().all(|n| health(n)["reservations_open"] == 0)
+    });
+    check_agreement(&nodes[0], &written);
 
     // Graceful leave: SIGTERM makes a node leave and exit 0; the others drop it.
     let leaver = nodes.pop().unwrap();
@@ -300,6 +320,35 @@ fn three_clusters_scenarios() {
             );
             let warns = log.lines().filter(|l| l.contains(" WARN ")).count();
             eprintln!("{}: {warns} warnings", path.display());
+        }
+    }
+}
+
+/// Every node answers a verify read of every key, they agree, and every acknowledged write is
+/// stored with its value everywhere.
+fn check_agreement(node: &NodeProc, writes: &[(String, String, u16, serde_json::Value)]) {
+    for (key, value, status, _) in writes {
+        // A verify read waits a bounded time for every node; on a loaded machine one may be
+        // late, so ask again until all ten answered.
+        let mut verify = serde_json::Value::Null;
+        wait_until(Duration::from_secs(30), "a complete verify read", || {
+            verify = http(
+                "GET",
+                &node.http,
+                &format!("/store/{key}?verify=true"),
+                b"",
+                &[],
+            )
+            .json();
+            verify["answers"].as_array().is_some_and(|a| a.len() == 10)
+        });
+        assert_eq!(verify["agree"], true, "{key}: {verify}");
+        let answers = verify["answers"].as_array().unwrap();
+        if *status == 201 {
+            for a in answers {
+                assert_eq!(a["state"], "stored", "{key} acknowledged, lost: {verify}");
+                assert_eq!(a["value"], value.as_str(), "{key}: {verify}");
+            }
         }
     }
 }
