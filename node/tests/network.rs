@@ -144,7 +144,15 @@ fn three_clusters_scenarios() {
     );
 
     // (e) a tenth node joining late copies the existing keys and serves them.
-    let late = start_node("c2", &tmp.path().join("n9"), Some(&nodes[0].p2p)).wait();
+    // It is given a bootstrap peer that does not answer, and a live one with --peer.
+    let dead = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", free_port(), nodes[1].peer);
+    let late = start_node_with(
+        "c2",
+        &tmp.path().join("n9"),
+        Some(&dead),
+        &["--peer", &nodes[0].p2p],
+    )
+    .wait();
     nodes.push(late);
     let all: Vec<&NodeProc> = nodes.iter().collect();
     wait_converged(&all, 10, Duration::from_secs(60));
@@ -371,10 +379,7 @@ fn put_retrying_busy(node: &NodeProc, key: &str, value: &str) -> (u16, String) {
 #[test]
 fn unreachable_bootstrap_exits_nonzero() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let peer = transport_libp2p::libp2p::identity::Keypair::generate_ed25519()
         .public()
         .to_peer_id();
@@ -415,4 +420,10 @@ fn unreachable_bootstrap_exits_nonzero() {
         !tmp.path().join("replicator.redb").exists(),
         "no database is created"
     );
+}
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }

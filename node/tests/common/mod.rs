@@ -19,7 +19,7 @@ pub const FAST_FLAGS: &[&str] = &[
     "--put-timeout-ms",
     "5000",
     "--bootstrap-timeout-ms",
-    "10000",
+    "4000",
     "--leave-timeout-ms",
     "3000",
     "--log-level",
@@ -53,6 +53,15 @@ pub struct Starting {
 }
 
 pub fn start_node(cluster: &str, dir: &Path, bootstrap: Option<&str>) -> Starting {
+    start_node_with(cluster, dir, bootstrap, &[])
+}
+
+pub fn start_node_with(
+    cluster: &str,
+    dir: &Path,
+    bootstrap: Option<&str>,
+    extra: &[&str],
+) -> Starting {
     std::fs::create_dir_all(dir).unwrap();
     let log = dir.with_extension("log");
     let log_file = std::fs::OpenOptions::new()
@@ -67,6 +76,7 @@ pub fn start_node(cluster: &str, dir: &Path, bootstrap: Option<&str>) -> Startin
         .arg("--data-dir")
         .arg(dir)
         .args(FAST_FLAGS)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file));
