@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use replicator_core::{DurableKey, Key, Note, ProposalId, Value, WriteOp};
+use replicator_core::{DurableKey, Key, Note, ProposalId, Time, Value, WriteOp};
 use transport_sim::{NodeIx, Obs};
 
 /// One node as the checker sees it: what it stores, holds and released.
@@ -42,8 +42,13 @@ pub struct Checker {
     aborted: BTreeMap<ProposalId, NodeIx>,
     /// Every proposal seen, by (coordinator, key, value): lets a client's Busy/Exists answer
     /// be matched to the proposals it was about.
-    proposals_of: BTreeMap<(String, Key, Value), BTreeSet<ProposalId>>,
+    /// With the time each was first seen.
+    proposals_of: BTreeMap<(String, Key, Value), BTreeMap<ProposalId, Time>>,
+    now: Time,
     pub decisions: u64,
+    /// Inputs a node refused from a peer, by reason (every peer is honest here, so each is
+    /// worth a look).
+    pub rejected: BTreeMap<String, u64>,
 }
 
 fn broken(invariant: &'static str, key: Option<&Key>, detail: String) -> Broken {
@@ -63,11 +68,22 @@ impl Checker {
         &self.committed
     }
 
-    /// The proposals by `coordinator` of `value` for `key`.
-    pub fn proposals_of(&self, coordinator: &str, key: &Key, value: &Value) -> Vec<ProposalId> {
+    /// The proposals by `coordinator` of `value` for `key` first seen at or after `since`.
+    pub fn proposals_of(
+        &self,
+        coordinator: &str,
+        key: &Key,
+        value: &Value,
+        since: Time,
+    ) -> Vec<ProposalId> {
         self.proposals_of
             .get(&(coordinator.to_string(), key.clone(), value.clone()))
-            .map(|s| s.iter().cloned().collect())
+            .map(|s| {
+                s.iter()
+                    .filter(|(_, t)| **t >= since)
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -83,7 +99,8 @@ impl Checker {
     }
 
     /// Checks one observation.
-    pub fn observe(&mut self, obs: &Obs, node_name: &str) -> Result<(), Broken> {
+    pub fn observe(&mut self, obs: &Obs, node_name: &str, now: Time) -> Result<(), Broken> {
+        self.now = now;
         match obs {
             Obs::Write { node, ops } => {
                 self.views(*node);
@@ -114,6 +131,15 @@ impl Checker {
                 None,
                 format!("{node_name}: {reason}"),
             )),
+            Note::PeerInputRejected { reason, .. } => {
+                let kind: String = reason
+                    .split(|c: char| c.is_ascii_digit())
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                *self.rejected.entry(kind).or_default() += 1;
+                Ok(())
+            }
             Note::Decided { p, key, committed } => {
                 self.decisions += 1;
                 if *committed {
@@ -257,6 +283,7 @@ impl Checker {
         self.proposals_of
             .entry((p.coordinator.to_string(), key.clone(), value.clone()))
             .or_default()
-            .insert(p.clone());
+            .entry(p.clone())
+            .or_insert(self.now);
     }
 }

@@ -47,6 +47,13 @@ pub struct ClientOp {
     pub invoked: Time,
     pub returned: Option<Time>,
     pub attempts: u32,
+    /// When the last attempt was sent.
+    pub last_invoked: Time,
+    /// An earlier attempt ended without a definite answer (lost or Unavailable).
+    pub earlier_indeterminate: bool,
+    /// The node may have forgotten the request id by the last attempt (small request
+    /// tables), so the last answer may be about fresh proposals only.
+    pub may_forget: bool,
     /// The last answer (`None`: lost or never answered).
     pub reply: Option<Reply>,
 }
@@ -84,6 +91,21 @@ impl ClientOp {
         }
     }
 
+    /// Whether the last answer speaks only for the last attempt's proposals: the node may
+    /// have forgotten the request id, so an earlier indeterminate attempt may still commit.
+    fn forgotten(&self) -> bool {
+        self.may_forget && self.earlier_indeterminate
+    }
+
+    /// The proposals the last answer speaks for were started at or after this.
+    fn since(&self) -> Time {
+        if self.forgotten() {
+            self.last_invoked
+        } else {
+            self.invoked
+        }
+    }
+
     /// The op in the checker's terms.
     fn to_history(&self) -> Op {
         let key = self.key.as_str().to_string();
@@ -101,6 +123,8 @@ impl ClientOp {
                         PutOutcome::Exists { value: w } => PutResult::Exists {
                             value: w.as_bytes().to_vec(),
                         },
+                        // The forgotten earlier attempt may still take effect.
+                        _ if self.forgotten() => PutResult::Unavailable,
                         PutOutcome::Busy => PutResult::Busy,
                         PutOutcome::Unavailable(_) => PutResult::Unavailable,
                         PutOutcome::Invalid(_)
@@ -150,6 +174,7 @@ pub struct RunStats {
     pub commit_latencies_us: Vec<u64>,
     pub ops: usize,
     pub trace_hash: u64,
+    pub rejected: BTreeMap<String, u64>,
 }
 
 /// A failed run, with what is needed to understand and replay it.
@@ -225,6 +250,7 @@ pub fn run(spec: &RunSpec) -> Outcome {
         sim_us: run.world.now().as_micros(),
         ops: run.history.len(),
         trace_hash: run.world.trace_hash(),
+        rejected: run.checker.rejected.clone(),
         ..RunStats::default()
     };
     for op in &run.history {
@@ -297,7 +323,7 @@ impl Run {
                     | Obs::Crashed { node, .. } => self.world.id(*node).to_string(),
                     _ => String::new(),
                 };
-                self.checker.observe(obs, &name)?;
+                self.checker.observe(obs, &name, self.world.now())?;
                 if self.react(obs)? {
                     return self.final_checks();
                 }
@@ -382,6 +408,8 @@ impl Run {
                 let cmd = self.command(op);
                 let call = self.world.submit(node, cmd);
                 self.history[op].attempts += 1;
+                self.history[op].last_invoked = self.world.now();
+                self.history[op].earlier_indeterminate = true;
                 self.calls.insert(call, op);
                 self.clients[c].current = Some((op, Some(call)));
             }
@@ -446,6 +474,9 @@ impl Run {
             invoked: self.world.now(),
             returned: None,
             attempts: 1,
+            last_invoked: self.world.now(),
+            earlier_indeterminate: false,
+            may_forget: self.spec.world.config.requests_max < 1000,
             reply: None,
         });
         let cmd = self.command(op);
@@ -637,6 +668,9 @@ impl Run {
             invoked: self.world.now(),
             returned: None,
             attempts: 1,
+            last_invoked: self.world.now(),
+            earlier_indeterminate: false,
+            may_forget: self.spec.world.config.requests_max < 1000,
             reply: None,
         });
         let cmd = self.command(op);
@@ -697,7 +731,7 @@ impl Run {
     ) -> Result<(), Broken> {
         let committed: Vec<ProposalId> = self
             .checker
-            .proposals_of(coordinator, &op.key, value)
+            .proposals_of(coordinator, &op.key, value, op.since())
             .into_iter()
             .filter(|p| self.checker.is_committed(p))
             .collect();

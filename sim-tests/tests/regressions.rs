@@ -21,3 +21,18 @@ fn joiner_copies_reservation_refused_under_watermark() {
         },
     );
 }
+
+/// A joining node skipped copying a reservation it had no vote on because a watermark (an
+/// over-approximation of its refusals) covered it; the proposal committed and the node never
+/// learned the key.
+#[test]
+fn joiner_adopts_reservation_it_has_no_vote_on() {
+    must_pass(3186, Shape::default());
+}
+
+/// A representative joined by many resolvers of one proposal appended every round's answers,
+/// until its reply had more responses than receivers accept, so nobody learned the votes.
+#[test]
+fn relay_reply_keeps_one_response_per_node() {
+    must_pass(2191, Shape::default());
+}

@@ -43,6 +43,7 @@ struct Totals {
     bytes: u64,
     outcomes: BTreeMap<&'static str, u64>,
     latencies: Vec<u64>,
+    rejected: BTreeMap<String, u64>,
 }
 
 impl Totals {
@@ -57,6 +58,9 @@ impl Totals {
             *self.outcomes.entry(k).or_default() += v;
         }
         self.latencies.extend(&s.commit_latencies_us);
+        for (k, v) in &s.rejected {
+            *self.rejected.entry(k.clone()).or_default() += v;
+        }
     }
 
     fn summary(&mut self, wall: f64) {
@@ -91,6 +95,9 @@ impl Totals {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         eprintln!("operations by outcome: {}", outcomes.join(", "));
+        for (reason, n) in &self.rejected {
+            eprintln!("peer input rejected {n}x: {reason}");
+        }
         eprintln!(
             "commit latency (simulated, {} PUTs stored): p50 {:.1}ms p90 {:.1}ms p99 {:.1}ms max {:.1}ms",
             l.len(),
