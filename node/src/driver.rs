@@ -142,6 +142,8 @@ pub struct Driver<T: Transport> {
     peers: BTreeMap<NodeId, PeerInfo>,
     leave: Option<(Instant, Vec<oneshot::Sender<bool>>)>,
     left: bool,
+    /// Whether the own cluster was last seen with at least `cluster_size_min` members.
+    cluster_big_enough: bool,
     metrics: Arc<Metrics>,
     storage_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -210,6 +212,7 @@ impl<T: Transport> Driver<T> {
             peers: BTreeMap::new(),
             leave: None,
             left: false,
+            cluster_big_enough: false,
             metrics,
             storage_thread: Some(storage_thread),
         };
@@ -434,7 +437,7 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    fn log_cluster_size(&self) {
+    fn log_cluster_size(&mut self) {
         let members = self.node.membership().nodes_of(self.node.cluster()).len();
         let min = self.node.config().cluster_size_min;
         if members < min {
@@ -444,7 +447,15 @@ impl<T: Transport> Driver<T> {
                 cluster = %self.node.cluster(),
                 "waiting for cluster to have at least {min} members"
             );
+        } else if !self.cluster_big_enough {
+            info!(
+                members,
+                min,
+                cluster = %self.node.cluster(),
+                "the cluster has enough members: accepting writes"
+            );
         }
+        self.cluster_big_enough = members >= min;
     }
 }
 
