@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replicator_core::{
-    CallId, Command, GetOutcome, Key, ProposalId, PutOutcome, Reply, RequestId, Time, Value,
+    CallId, Command, GetOutcome, Key, ProposalId, PutOutcome, ReadState, Reply, RequestId, Time,
+    Value, VerifyReport,
 };
 use transport_sim::{NodeIx, Obs, TraceMode, World, WorldStats};
 
@@ -35,6 +36,9 @@ enum OpKind {
         request: Option<RequestId>,
     },
     Get,
+    /// A verify read: asks every node; not part of the linearizable history, but every value
+    /// it reports must be the key's committed one.
+    Verify,
 }
 
 /// One logical client operation (all attempts of a PUT retried with its request id).
@@ -63,6 +67,7 @@ impl ClientOp {
         match (&self.kind, &self.reply) {
             (OpKind::Put { .. }, None) => "put lost",
             (OpKind::Get, None) => "get lost",
+            (OpKind::Verify, None) => "verify lost",
             (_, Some(Reply::Put(o))) => match o {
                 PutOutcome::Stored => "put stored",
                 PutOutcome::Exists { .. } => "put exists",
@@ -87,7 +92,7 @@ impl ClientOp {
     fn value(&self) -> Option<&Value> {
         match &self.kind {
             OpKind::Put { value, .. } => Some(value),
-            OpKind::Get => None,
+            OpKind::Get | OpKind::Verify => None,
         }
     }
 
@@ -143,7 +148,7 @@ impl ClientOp {
                     result,
                 )
             }
-            OpKind::Get => {
+            OpKind::Get | OpKind::Verify => {
                 let result = match &self.reply {
                     Some(Reply::Get(GetOutcome::Value(v))) => {
                         GetResult::Value(v.as_bytes().to_vec())
@@ -336,7 +341,12 @@ impl Run {
     /// Acts on one observation. Returns true when the run is complete.
     fn react(&mut self, obs: &Obs) -> Result<bool, Broken> {
         match obs {
-            Obs::Reply { call, reply, .. } => self.answered(*call, Some(reply.clone())),
+            Obs::Reply { call, reply, node } => {
+                if let Reply::Verify(report) = reply {
+                    self.check_verify(*node, report)?;
+                }
+                self.answered(*call, Some(reply.clone()))
+            }
             Obs::CallLost { call, .. } => self.answered(*call, None),
             Obs::Wake { tag } if *tag < TAG_CLIENT_MAX => self.client_wake(*tag as usize),
             Obs::Wake { tag: TAG_JOIN } if self.safety => {
@@ -447,7 +457,8 @@ impl Run {
                 let from = self.recent.len().saturating_sub(16);
                 self.recent[self.rng.random_range(from..self.recent.len())].clone()
             };
-            (key, OpKind::Get)
+            let verify = self.rng.random_bool(0.15);
+            (key, if verify { OpKind::Verify } else { OpKind::Get })
         } else {
             let key = if hot {
                 self.hot[self.rng.random_range(0..self.hot.len())].clone()
@@ -495,6 +506,9 @@ impl Run {
                 request: request.clone(),
             },
             OpKind::Get => Command::Get {
+                key: op.key.clone(),
+            },
+            OpKind::Verify => Command::Verify {
                 key: op.key.clone(),
             },
         }
@@ -679,9 +693,35 @@ impl Run {
         self.probe = Some(op);
     }
 
+    /// Every value a verify read reports is the key's committed value.
+    fn check_verify(&self, node: NodeIx, report: &VerifyReport) -> Result<(), Broken> {
+        let committed = self.checker.committed().get(&report.key);
+        for (answered, state) in &report.answers {
+            if let ReadState::Stored(v) = state
+                && committed.is_none_or(|(_, c)| c != v)
+            {
+                return Err(Broken {
+                    invariant: "agreement (verify read)",
+                    detail: format!(
+                        "a verify read at {} says {answered} stores {:?} = {v:?}, but the key committed {committed:?}",
+                        self.world.id(node),
+                        report.key
+                    ),
+                    key: Some(report.key.clone()),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks on the whole history, once the run is over.
     fn final_checks(&mut self) -> Result<(), Broken> {
-        let history: Vec<Op> = self.history.iter().map(ClientOp::to_history).collect();
+        let history: Vec<Op> = self
+            .history
+            .iter()
+            .filter(|op| !matches!(op.kind, OpKind::Verify))
+            .map(ClientOp::to_history)
+            .collect();
         if let Some(v) = linearizability::check_all(&history).into_iter().next() {
             return Err(Broken {
                 invariant: "linearizability",
@@ -768,6 +808,7 @@ impl Run {
                         OpKind::Put { value, request } =>
                             format!(" PUT {value:?} request {request:?}"),
                         OpKind::Get => " GET".to_string(),
+                        OpKind::Verify => " VERIFY".to_string(),
                     },
                     o.invoked,
                     o.attempts,

@@ -1,0 +1,173 @@
+//! Scenario tests of the simulated world itself, named after the fault they inject.
+
+use std::time::Duration;
+
+use replicator_core::{Command, Config, GetOutcome, Key, PutOutcome, Reply, Time, Value};
+use transport_sim::{DiskSpec, FaultSpec, NetSpec, NodeIx, Obs, TraceMode, World, WorldSpec};
+
+fn spec(clusters: Vec<usize>, trace: TraceMode) -> WorldSpec {
+    WorldSpec {
+        clusters,
+        config: Config {
+            vote_timeout: Duration::from_millis(400),
+            representative_timeout: Duration::from_millis(250),
+            relay_timeout: Duration::from_millis(100),
+            lease: Duration::from_millis(800),
+            resolve_backoff_min: Duration::from_millis(20),
+            resolve_backoff_max: Duration::from_millis(400),
+            put_timeout: Duration::from_secs(2),
+            read_wait: Duration::from_millis(60),
+            read_timeout: Duration::from_millis(1500),
+            ..Config::default()
+        },
+        net: NetSpec::default(),
+        disk: DiskSpec::default(),
+        faults: FaultSpec::default(),
+        discovery_us_max: 100_000,
+        trace,
+    }
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put {
+        key: Key::new(key),
+        value: Value::new(value),
+        request: None,
+    }
+}
+
+/// Runs until `until`, returning every reply with the time it came.
+fn run_until(world: &mut World, until: Time) -> Vec<(Time, NodeIx, Reply)> {
+    let mut replies = Vec::new();
+    for _ in 0..10_000_000u64 {
+        if world.next_event_at().is_none_or(|t| t > until) {
+            break;
+        }
+        world.step();
+        let now = world.now();
+        for obs in world.drain_observations() {
+            match obs {
+                Obs::Reply { node, reply, .. } => replies.push((now, node, reply)),
+                Obs::Note {
+                    note: replicator_core::Note::Violation { reason },
+                    ..
+                } => panic!("violation: {reason}"),
+                _ => {}
+            }
+        }
+    }
+    replies
+}
+
+#[test]
+fn calm_network_commits_and_every_node_stores() {
+    let mut world = World::new(spec(vec![3, 3], TraceMode::Off), 1);
+    world.submit(0, put("a", "1"));
+    let replies = run_until(&mut world, Time::from_millis(3_000));
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].2, Reply::Put(PutOutcome::Stored));
+    for ix in 0..world.node_count() {
+        let state = world
+            .node(ix)
+            .and_then(|n| n.key_state(&Key::new("a")).cloned());
+        assert!(state.is_some_and(|s| s.is_stored()), "node {ix}");
+    }
+    assert!(world.stats().bytes_sent > 0);
+}
+
+#[test]
+fn same_seed_same_trace() {
+    let hash = |seed| {
+        let mut world = World::new(spec(vec![3, 4], TraceMode::Hash), seed);
+        world.submit(0, put("a", "1"));
+        world.submit(4, put("a", "2"));
+        run_until(&mut world, Time::from_millis(3_000));
+        world.trace_hash()
+    };
+    assert_eq!(hash(7), hash(7));
+    assert_ne!(hash(7), hash(8));
+}
+
+#[test]
+fn isolated_node_answers_unavailable_and_heals() {
+    let mut world = World::new(spec(vec![3], TraceMode::Keep), 2);
+    let side = (0..3).map(|ix| ix == 0).collect();
+    world.partition(side, false, Time::from_millis(2_500));
+    world.submit(0, put("a", "1"));
+    let replies = run_until(&mut world, Time::from_millis(2_400));
+    assert!(
+        matches!(
+            replies[..],
+            [(_, 0, Reply::Put(PutOutcome::Unavailable(_)))]
+        ),
+        "{replies:?}"
+    );
+    assert!(world.trace_lines().iter().any(|l| l.contains("drop from")));
+    // Healed: the peers never saw the Reserve, so Resolve fences it and the isolated node's
+    // reservation is dropped; nobody holds the key.
+    run_until(&mut world, Time::from_millis(10_000));
+    let free = (0..3).all(|ix| {
+        world
+            .node(ix)
+            .is_some_and(|n| n.key_state(&Key::new("a")).is_none())
+    });
+    assert!(free);
+}
+
+#[test]
+fn crash_keeps_durable_writes() {
+    let mut world = World::new(spec(vec![3], TraceMode::Off), 3);
+    world.submit(1, put("a", "1"));
+    let replies = run_until(&mut world, Time::from_millis(1_000));
+    assert_eq!(replies[0].2, Reply::Put(PutOutcome::Stored));
+    run_until(&mut world, Time::from_millis(1_100));
+    world.crash(1);
+    assert!(world.node(1).is_none());
+    assert!(world.disk(1).keys.contains_key(&Key::new("a")));
+    world.restart(1);
+    world.submit(1, Command::Get { key: Key::new("a") });
+    let replies = run_until(&mut world, Time::from_millis(1_200));
+    assert_eq!(
+        replies[0].2,
+        Reply::Get(GetOutcome::Value(Value::new("1"))),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn paused_node_answers_after_it_resumes() {
+    let mut world = World::new(spec(vec![3], TraceMode::Off), 4);
+    world.pause(2, Time::from_millis(700));
+    world.submit(2, Command::Get { key: Key::new("x") });
+    let replies = run_until(&mut world, Time::from_millis(1_000));
+    assert_eq!(replies.len(), 1);
+    assert!(replies[0].0 >= Time::from_millis(700));
+    assert_eq!(replies[0].2, Reply::Get(GetOutcome::Unknown));
+}
+
+#[test]
+fn joined_node_copies_keys_and_becomes_ready() {
+    let mut world = World::new(spec(vec![3, 3], TraceMode::Off), 5);
+    world.submit(0, put("a", "1"));
+    run_until(&mut world, Time::from_millis(1_000));
+    let joined = world.join(1);
+    run_until(&mut world, Time::from_millis(5_000));
+    let node = world.node(joined).expect("up");
+    assert!(node.is_ready());
+    assert!(
+        node.key_state(&Key::new("a"))
+            .is_some_and(|s| s.is_stored())
+    );
+}
+
+#[test]
+fn clogged_link_delivers_after_release() {
+    let mut world = World::new(spec(vec![3], TraceMode::Keep), 6);
+    for to in 1..3 {
+        world.clog(0, to, Time::from_millis(500));
+    }
+    world.submit(0, put("a", "1"));
+    let replies = run_until(&mut world, Time::from_millis(2_000));
+    assert_eq!(replies[0].2, Reply::Put(PutOutcome::Stored));
+    assert!(replies[0].0 >= Time::from_millis(500));
+}
