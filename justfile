@@ -1,0 +1,38 @@
+# Recipes for replicator. `just` itself: `pip install rust-just` (or `cargo install just`).
+
+# Start a local network: 3 clusters x 3 nodes on 127.0.0.1, HTTP on 8080..8088.
+demo *ARGS:
+    cargo run --release -p replicator-node -- demo {{ARGS}}
+
+# The whole test suite, as CI runs it.
+test:
+    cargo test --workspace
+
+# Replay one simulator seed, printing its trace location and checks.
+sim SEED:
+    SIM_SEED={{SEED}} cargo test -p sim-tests replay -- --nocapture
+
+# A sweep of simulator seeds with a progress line and a summary (`just sweep --seeds 5000`).
+sweep *ARGS:
+    cargo run --release -p sim-tests --bin sim -- sweep {{ARGS}}
+
+# Simulator benchmark: events/s and seeds/min for 5 clusters x 3 nodes.
+sim-bench:
+    cargo run --release -p sim-tests --bin sim -- bench
+
+# Load against a running demo (start `just demo` first).
+bench *ARGS:
+    cargo run --release -p replicator-node -- bench --node http://127.0.0.1:8080 --node http://127.0.0.1:8084 --concurrency 16 --duration 10 {{ARGS}}
+
+# End-to-end tests: real replicator processes on loopback.
+e2e:
+    cargo test -p replicator-node --test network -- --nocapture
+
+# What CI runs: the test suite and a commit-derived simulator seed range.
+ci:
+    bash .ci/run
+
+# Formatting and lints, as required before every commit.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
