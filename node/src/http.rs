@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -315,11 +315,21 @@ struct GetParams {
 async fn get_key(
     State(api): State<Api>,
     path: Result<Path<String>, PathRejection>,
-    Query(params): Query<GetParams>,
+    params: Result<Query<GetParams>, QueryRejection>,
 ) -> Response {
     let key = match key_from(path) {
         Ok(k) => k,
         Err(r) => return r,
+    };
+    let params = match params {
+        Ok(Query(p)) => p,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("bad query string (verify=true|false): {e}"),
+            );
+        }
     };
     if params.verify {
         return verify(&api, key).await;

@@ -106,6 +106,9 @@ fn three_clusters_scenarios() {
     assert_eq!(r.status, 404);
     let r = raw(&n.http, b"THIS IS NOT HTTP\r\n\r\n");
     assert!(r.status == 400 || r.status == 0, "garbage got {}", r.status);
+    let r = http("GET", &n.http, "/store/alpha?verify=maybe", b"", &[]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"], "invalid");
     let r = http("PUT", &n.http, "/store/", b"v", &[]);
     assert_eq!(r.status, 400, "{}", r.text());
     let r = put(n, "%FF%FE", "v");
