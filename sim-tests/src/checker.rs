@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use replicator_core::{DurableKey, Key, Note, ProposalId, Time, Value, WriteOp};
+use replicator_core::{DurableKey, Key, NodeId, Note, ProposalId, Time, Value, WriteOp};
 use transport_sim::{NodeIx, Obs};
 
 /// One node as the checker sees it: what it stores, holds and released.
@@ -43,7 +43,7 @@ pub struct Checker {
     /// Every proposal seen, by (coordinator, key, value): lets a client's Busy/Exists answer
     /// be matched to the proposals it was about.
     /// With the time each was first seen.
-    proposals_of: BTreeMap<(String, Key, Value), BTreeMap<ProposalId, Time>>,
+    proposals_of: BTreeMap<(NodeId, Key, Value), BTreeMap<ProposalId, Time>>,
     now: Time,
     pub decisions: u64,
     /// Inputs a node refused from a peer, by reason (every peer is honest here, so each is
@@ -71,13 +71,13 @@ impl Checker {
     /// The proposals by `coordinator` of `value` for `key` first seen at or after `since`.
     pub fn proposals_of(
         &self,
-        coordinator: &str,
+        coordinator: &NodeId,
         key: &Key,
         value: &Value,
         since: Time,
     ) -> Vec<ProposalId> {
         self.proposals_of
-            .get(&(coordinator.to_string(), key.clone(), value.clone()))
+            .get(&(coordinator.clone(), key.clone(), value.clone()))
             .map(|s| {
                 s.iter()
                     .filter(|(_, t)| **t >= since)
@@ -281,7 +281,7 @@ impl Checker {
 
     fn seen(&mut self, p: &ProposalId, key: &Key, value: &Value) {
         self.proposals_of
-            .entry((p.coordinator.to_string(), key.clone(), value.clone()))
+            .entry((p.coordinator.clone(), key.clone(), value.clone()))
             .or_default()
             .entry(p.clone())
             .or_insert(self.now);

@@ -734,7 +734,7 @@ impl Run {
             let Some(Reply::Put(outcome)) = &op.reply else {
                 continue;
             };
-            let coordinator = self.world.id(op.node).to_string();
+            let coordinator = self.world.id(op.node).clone();
             match outcome {
                 PutOutcome::Exists { value: w } => {
                     match self.checker.committed().get(&op.key) {
@@ -765,7 +765,7 @@ impl Run {
     fn told_aborted(
         &self,
         op: &ClientOp,
-        coordinator: &str,
+        coordinator: &replicator_core::NodeId,
         value: &Value,
         told: &str,
     ) -> Result<(), Broken> {

@@ -24,7 +24,7 @@ fn sweep(default_start: u64, default_count: u64) {
 /// The fixed batch (`SIM_START`/`SIM_SEEDS` move and resize it).
 #[test]
 fn seed_batch() {
-    sweep(0, 200);
+    sweep(0, 500);
 }
 
 /// `SIM_SEED=N cargo test -p sim-tests replay -- --nocapture` replays one seed.
