@@ -551,6 +551,64 @@ fn joiner_does_not_copy_a_reservation_it_refused_through_a_watermark() {
     assert_agreement(&h, &["k"]);
 }
 
+/// The converse of the test above: a joiner's watermark (folded from refusals of *newer*
+/// proposals of the same coordinator, which it refused while copying) also covers an *older*
+/// proposal that it was never a participant of and that committed. The copy must still take
+/// that reservation (and resolve it); skipping it leaves the joiner without a committed key
+/// forever, and a read there answers Unknown after the PUT was told Stored.
+#[test]
+#[ignore = "BUG: on_sync_page skips a copied reservation under a watermark even when the joiner is not a participant of it; a committed key is never copied"]
+fn joiner_copies_committed_reservation_of_old_proposal_under_its_watermark() {
+    let mut h = Harness::with_config(
+        1,
+        3,
+        Config {
+            refusals_max: 4,
+            ..config()
+        },
+    );
+    let c = h.put("a1", "k", "v");
+    // The Commits are held: a2 and a3 keep the reservation of a1#0 for now.
+    let held = h.run_for_holding(ms(1), is_commit);
+    assert_eq!(put_reply(&h, c), Some(PutOutcome::Stored));
+    let p = pid("a1", 0);
+    h.join("a", "a4");
+    // a4 refuses newer proposals of a1 while it is not ready; they fold into a watermark.
+    for i in 10..20 {
+        let m = reserve_msg(&h, "a4", &pid("a1", i), &format!("x{i}"), "y");
+        h.inject("a1", "a4", m);
+    }
+    h.net.clear();
+    assert!(
+        h.node("a4").refuses(&p, &k("k")),
+        "the watermark covers a1#0"
+    );
+    // a4 copies from a2 (its requests to a1 are lost), which still holds a1#0's reservation
+    // (nobody's Status gets through, so nobody resolves anything meanwhile).
+    let cut = |m: &InFlight| {
+        is_commit(m)
+            || is_request(&m.msg, |r| matches!(r, Request::Status { .. }))
+            || (m.to == n("a1") && matches!(m.msg, Message::SyncRequest { .. }))
+    };
+    let held2 = h.run_for_holding(Duration::from_secs(3), cut);
+    let g = h.get("a4", "k");
+    assert_ne!(
+        get_reply(&h, g),
+        Some(GetOutcome::Unknown),
+        "a read at the joiner missed a value its PUT was told Stored"
+    );
+    // Heal: everything flows again.
+    for m in held.into_iter().chain(held2) {
+        h.deliver(m);
+    }
+    h.run_for(Duration::from_secs(5));
+    assert!(h.node("a4").is_ready());
+    let g = h.get("a4", "k");
+    h.run_for(ms(200));
+    assert_eq!(get_reply(&h, g), Some(GetOutcome::Value(v("v"))));
+    assert!(h.stored_everywhere("k", "v"), "{:?}", h.states("k"));
+}
+
 // ==================================================================== resolve vs. late Reserve
 
 /// The Reserve to cluster b is delayed past the coordinator's vote timeout: Resolve fences
@@ -1117,7 +1175,22 @@ fn random_faults_config(
     joins: &[(usize, &str, &str)],
     config: Config,
 ) {
+    random_faults_full(seed, clusters, lazy, joins, &[], config);
+}
+
+/// `leaves`: (step, node) of nodes told to leave gracefully; each says goodbye (and is
+/// removed everywhere) once it notes LeaveComplete. A restart forgets the leave, so the
+/// driver asks again.
+fn random_faults_full(
+    seed: u64,
+    clusters: usize,
+    lazy: bool,
+    joins: &[(usize, &str, &str)],
+    leaves: &[(usize, &str)],
+    config: Config,
+) {
     let mut h = Harness::with_config(clusters, 3, config);
+    let mut leaving: Vec<String> = Vec::new();
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut ids: Vec<String> = h.ids().iter().map(|i| i.to_string()).collect();
     let keys = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"];
@@ -1134,6 +1207,18 @@ fn random_faults_config(
             if *at == step {
                 h.join(cluster, id);
                 ids.push(id.to_string());
+            }
+        }
+        for (at, id) in leaves {
+            if *at == step {
+                if down.as_deref() == Some(*id) {
+                    down = None;
+                    h.lazy_disk.remove(&n(id));
+                    h.restart(id);
+                }
+                trace.push(format!("{step} {:?} LEAVE {id}", h.now));
+                h.input(&n(id), Input::Leave);
+                leaving.push(id.to_string());
             }
         }
         let r = rng.below(100);
@@ -1164,6 +1249,9 @@ fn random_faults_config(
                 h.lazy_disk.remove(&n(&d));
                 trace.push(format!("{step} {:?} RESTART {d}", h.now));
                 h.restart(&d);
+                if leaving.contains(&d) {
+                    h.input(&n(&d), Input::Leave);
+                }
             } else {
                 let d = ids[rng.below(ids.len())].clone();
                 trace.push(format!(
@@ -1221,6 +1309,19 @@ fn random_faults_config(
                 h.deliver(m);
             }
         }
+        // A node that completed its leave says goodbye.
+        for id in leaving.clone() {
+            let up = h.slots.get(&n(&id)).is_some_and(|s| s.node.is_some());
+            if up
+                && left_complete(&h, &id)
+                && h.pending_writes.get(&n(&id)).is_none_or(Vec::is_empty)
+            {
+                trace.push(format!("{step} {:?} GOODBYE {id}", h.now));
+                h.remove(&id, true);
+                ids.retain(|x| *x != id);
+                leaving.retain(|x| *x != id);
+            }
+        }
         // Flush slow disks now and then, so that lazy nodes make progress.
         if lazy && rng.chance(30) {
             let d = ids[rng.below(ids.len())].clone();
@@ -1266,6 +1367,20 @@ fn random_faults_config(
             panic!("seed {seed} step {step}: {:?}", h.violations());
         }
     }
+    if let Ok(pat) = std::env::var("ADV_DUMP") {
+        for line in trace
+            .iter()
+            .filter(|l| pat.split(',').any(|p| l.contains(p)))
+        {
+            eprintln!("{line}");
+        }
+        for (id, note) in &h.notes {
+            let line = format!("{id}: {note:?}");
+            if pat.split(',').any(|p| line.contains(p)) {
+                eprintln!("NOTE {line}");
+            }
+        }
+    }
     // Heal: everyone up, fast disks, no more faults.
     h.lazy_disk.clear();
     for id in &ids {
@@ -1273,8 +1388,21 @@ fn random_faults_config(
     }
     if let Some(d) = down.take() {
         h.restart(&d);
+        if leaving.contains(&d) {
+            h.input(&n(&d), Input::Leave);
+        }
     }
     h.run_for(Duration::from_secs(20));
+    for id in leaving.clone() {
+        assert!(
+            left_complete(&h, &id),
+            "seed {seed}: {id} never completed its leave: {:?}",
+            h.node(&id).stats()
+        );
+        h.remove(&id, true);
+        ids.retain(|x| *x != id);
+    }
+    h.run_for(Duration::from_secs(5));
     assert_eq!(
         h.reservations_left(),
         0,
@@ -1326,7 +1454,7 @@ fn random_faults_config(
             _ => {}
         }
     }
-    let fresh = h.put("a1", "fresh", "x");
+    let fresh = h.put(&ids[0], "fresh", "x");
     h.run_for(Duration::from_secs(2));
     assert_eq!(
         put_reply(&h, fresh),
@@ -1399,6 +1527,22 @@ fn random_faults_with_tight_limits_and_folded_refusals() {
             seed.is_multiple_of(2),
             &[(500, "b", "b4")],
             tight_config(),
+        );
+    }
+}
+
+#[test]
+#[ignore = "BUG: graceful leave under faults: a committed write is aborted after a goodbye, or a leave never completes (see the leave tests above)"]
+fn random_faults_while_a_node_leaves_gracefully() {
+    for seed in 500..540 {
+        let leaver = ["a2", "b1", "b3"][(seed % 3) as usize];
+        random_faults_full(
+            seed,
+            2,
+            seed.is_multiple_of(2),
+            &[(100, "b", "b4"), (150, "a", "a4")],
+            &[(400 + (seed as usize % 7) * 50, leaver)],
+            config(),
         );
     }
 }
