@@ -21,6 +21,9 @@ const TAG_JOIN: u64 = TAG_CLIENT_MAX + 1;
 const TAG_LIVENESS_CHECK: u64 = TAG_CLIENT_MAX + 2;
 const TAG_SAFETY_END: u64 = TAG_CLIENT_MAX + 3;
 const TAG_LEAVE: u64 = TAG_CLIENT_MAX + 4;
+const TAG_BURST: u64 = TAG_CLIENT_MAX + 5;
+/// Client numbers of one-shot PUTs (bursts, the liveness probe) start here.
+const ONE_SHOT_CLIENT: usize = 1 << 20;
 
 /// How often the liveness phase looks whether the system converged.
 const LIVENESS_CHECK_US: u64 = 50_000;
@@ -85,7 +88,11 @@ impl ClientOp {
                 GetOutcome::Overloaded => "get overloaded",
                 GetOutcome::NotReady(_) => "get not ready",
             },
-            (_, Some(Reply::Verify(_))) => "verify",
+            // Verify reports, and any answer kind added later.
+            (_, Some(other)) => match other {
+                Reply::Verify(_) => "verify",
+                _ => "other answer",
+            },
         }
     }
 
@@ -297,6 +304,10 @@ impl Run {
             let at = self.rng.random_range(0..self.spec.workload.safety_us / 2);
             self.world.wake_at(Time::from_micros(at), TAG_LEAVE);
         }
+        for _ in 0..self.spec.workload.bursts {
+            let at = self.rng.random_range(0..self.spec.workload.safety_us);
+            self.world.wake_at(Time::from_micros(at), TAG_BURST);
+        }
         self.world.wake_at(
             Time::from_micros(self.spec.workload.safety_us),
             TAG_SAFETY_END,
@@ -354,6 +365,7 @@ impl Run {
                 self.world.join(cluster);
             }
             Obs::Wake { tag: TAG_LEAVE } if self.safety => self.start_leave(),
+            Obs::Wake { tag: TAG_BURST } if self.safety => self.burst(),
             Obs::Wake {
                 tag: TAG_SAFETY_END,
             } => self.start_liveness(),
@@ -368,6 +380,41 @@ impl Run {
     /// Nodes that take part: neither gone nor on their way out.
     fn staying(&self, ix: NodeIx) -> bool {
         !self.world.is_departed(ix) && !self.world.is_leaving(ix)
+    }
+
+    /// Several nodes, in different clusters where there are several, propose one fresh key at
+    /// the same instant: concurrent conflicting proposals.
+    fn burst(&mut self) {
+        let n = self.world.node_count();
+        let staying: Vec<NodeIx> = (0..n).filter(|ix| self.staying(*ix)).collect();
+        let key = Key::new(format!("burst{}", self.history.len()));
+        let width = self.rng.random_range(2..=4usize);
+        for i in 0..width {
+            let node = staying[self.rng.random_range(0..staying.len())];
+            let value = Value::new(format!("b{}-{i}", self.history.len()));
+            self.checker.proposed(key.clone(), value.clone());
+            let op = self.history.len();
+            self.history.push(ClientOp {
+                client: ONE_SHOT_CLIENT + op,
+                key: key.clone(),
+                kind: OpKind::Put {
+                    value,
+                    request: None,
+                },
+                node,
+                invoked: self.world.now(),
+                returned: None,
+                attempts: 1,
+                last_invoked: self.world.now(),
+                earlier_indeterminate: false,
+                may_forget: false,
+                reply: None,
+            });
+            let cmd = self.command(op);
+            let call = self.world.submit(node, cmd);
+            self.calls.insert(call, op);
+        }
+        self.recent.push(key);
     }
 
     /// A node of a cluster that keeps at least 3 members leaves gracefully.
@@ -534,7 +581,7 @@ impl Run {
             self.history[op].reply = reply;
         }
         self.history[op].returned = Some(now);
-        if Some(op) == self.probe {
+        if c >= ONE_SHOT_CLIENT {
             return;
         }
         let (lo, hi) = self.spec.workload.think_us;
@@ -606,11 +653,8 @@ impl Run {
         if let Some(c) = self.clients.iter().position(|c| c.current.is_some()) {
             return Some(format!("client {c} still waits for an answer"));
         }
-        if self.world.calls_open() > 0 {
-            return Some(format!(
-                "{} client calls unanswered",
-                self.world.calls_open()
-            ));
+        if !self.calls.is_empty() || self.world.calls_open() > 0 {
+            return Some(format!("{} client calls unanswered", self.calls.len()));
         }
         let membership = self.world.membership();
         for ix in 0..self.world.node_count() {
@@ -672,7 +716,7 @@ impl Run {
         self.checker.proposed(key.clone(), value.clone());
         let op = self.history.len();
         self.history.push(ClientOp {
-            client: usize::MAX >> 1,
+            client: ONE_SHOT_CLIENT,
             key,
             kind: OpKind::Put {
                 value,

@@ -30,6 +30,8 @@ pub struct Workload {
     pub joins: usize,
     /// Nodes leaving gracefully during the safety phase (only from clusters of 4 or more).
     pub leaves: usize,
+    /// Moments when 2 to 4 nodes propose the same fresh key at once.
+    pub bursts: usize,
     /// Bound on the safety phase, in simulated time.
     pub safety_us: u64,
     /// Bound on the liveness phase, in simulated time.
@@ -220,6 +222,7 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
         leaves: shape
             .leaves
             .unwrap_or_else(|| usize::from(rng.random_bool(0.25))),
+        bursts: rng.random_range(0..=20),
         safety_us: rng.random_range(1_500_000..=4_000_000),
         liveness_us: 30_000_000,
     };
@@ -254,7 +257,7 @@ impl RunSpec {
             .map(|(k, n)| format!("{k:?}x{n}"))
             .collect();
         format!(
-            "seed {}: clusters {:?} | clients {} x {} ops max, hot keys {} (share {}), reads {}, request ids {}, roam {}, joins {}, leaves {} | \
+            "seed {}: clusters {:?} | clients {} x {} ops max, hot keys {} (share {}), reads {}, request ids {}, roam {}, joins {}, leaves {}, bursts {} | \
              net lan {:?}us wan {:?}us jitter {} loss {} dup {} reorder {} | fsync {:?}us | \
              faults [{}] every {:?}us lasting {:?}us, lose unsynced {}, down max {} | \
              refusals_max {} requests_max {} counter_block {} | bug {:?}",
@@ -269,6 +272,7 @@ impl RunSpec {
             self.workload.roam_share,
             self.workload.joins,
             self.workload.leaves,
+            self.workload.bursts,
             w.net.lan_us,
             w.net.wan_us,
             w.net.wan_jitter,
