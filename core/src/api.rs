@@ -42,6 +42,14 @@ pub enum Command {
     Verify {
         key: Key,
     },
+    /// An operator removes a dead node from the membership, here and (through this node) on
+    /// every member. Refused while a reservation held here names it, unless `force`: a node
+    /// that died holding grants may leave those proposals unresolvable, or resolved as aborted
+    /// although they committed.
+    RemoveNode {
+        node: NodeId,
+        force: bool,
+    },
 }
 
 /// What the core asks the world to do. Drain with [`Node::poll_output`](crate::Node::poll_output)
@@ -64,6 +72,19 @@ pub enum Reply {
     Put(PutOutcome),
     Get(GetOutcome),
     Verify(VerifyReport),
+    Remove(RemoveOutcome),
+}
+
+/// The answer to [`Command::RemoveNode`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoveOutcome {
+    /// Removed here; every other member was told.
+    Removed,
+    /// Not a member.
+    Unknown,
+    /// Reservations held here name the node (at most the first 100 are listed); nothing was
+    /// removed. Resolve them first, or force the removal.
+    Refused { open: Vec<ProposalId> },
 }
 
 /// What a PUT can be told (PROTOCOL.md, "What a client can be told").
@@ -192,6 +213,9 @@ pub enum Note {
     Ready,
     /// Every reservation this node held is resolved and acknowledged: it may say goodbye.
     LeaveComplete,
+    /// A node left the membership here (its goodbye, or an operator's removal): the driver
+    /// forgets it too.
+    NodeRemoved { node: NodeId },
     /// A peer sent something that breaks the rules; it was dropped and changed nothing.
     PeerInputRejected { from: NodeId, reason: String },
     /// An invariant of the protocol broke (a bug somewhere, or a peer that lies). Nothing was

@@ -19,8 +19,8 @@ mod types;
 pub mod wire;
 
 pub use api::{
-    Command, GetOutcome, Input, Invalid, NotReady, Note, Output, PutOutcome, Reply, Silence,
-    VerifyReport,
+    Command, GetOutcome, Input, Invalid, NotReady, Note, Output, PutOutcome, RemoveOutcome, Reply,
+    Silence, VerifyReport,
 };
 pub use config::{Config, ConfigError};
 pub use membership::{Digest, Membership};

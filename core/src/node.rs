@@ -8,8 +8,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::api::{
-    Command, GetOutcome, Input, Invalid, NotReady, Note, Output, PutOutcome, Reply, Silence,
-    VerifyReport,
+    Command, GetOutcome, Input, Invalid, NotReady, Note, Output, PutOutcome, RemoveOutcome, Reply,
+    Silence, VerifyReport,
 };
 use crate::config::{Config, ConfigError};
 use crate::membership::Membership;
@@ -426,6 +426,11 @@ impl Node {
             Message::SyncPage { entries, done } => self.on_sync_page(from, entries, done),
             Message::SyncRefused { reason: _ } => self.on_sync_refused(from),
             Message::LeaveCheck => self.on_leave_check(from),
+            Message::Removed { node } => {
+                if self.membership.contains(&from) && node != self.id {
+                    self.on_removed(node);
+                }
+            }
             Message::LeaveClear { clear } => {
                 if clear && self.leaving && self.membership.contains(&from) {
                     self.leave_clear.insert(from);
@@ -472,9 +477,10 @@ impl Node {
                 }
                 Ok(())
             }
-            Message::SyncRefused { .. } | Message::LeaveCheck | Message::LeaveClear { .. } => {
-                Ok(())
-            }
+            Message::SyncRefused { .. }
+            | Message::LeaveCheck
+            | Message::LeaveClear { .. }
+            | Message::Removed { .. } => Ok(()),
         }
     }
 
@@ -1346,6 +1352,7 @@ impl Node {
             } => self.on_put(call, key, value, request),
             Command::Get { key } => self.on_get(call, key),
             Command::Verify { key } => self.on_verify(call, key),
+            Command::RemoveNode { node, force } => self.on_remove_command(call, node, force),
         }
     }
 
@@ -1994,6 +2001,7 @@ impl Node {
         self.membership = Arc::new(self.membership.without_node(&node));
         self.departed.insert(node.clone());
         self.persist(WriteOp::Departed(node.clone()));
+        self.note(Note::NodeRemoved { node: node.clone() });
         let affected: Vec<ProposalId> = self
             .deciders
             .iter()
@@ -2003,6 +2011,36 @@ impl Node {
         for p in affected {
             self.evaluate(&p);
         }
+    }
+
+    fn on_remove_command(&mut self, call: CallId, node: NodeId, force: bool) {
+        if node == self.id || !self.membership.contains(&node) {
+            return self.reply(call, Reply::Remove(RemoveOutcome::Unknown));
+        }
+        let open: Vec<ProposalId> = self
+            .reservations
+            .iter()
+            .filter(|(_, key)| {
+                matches!(self.keys.get(*key), Some(DurableKey::Reserved { participants, .. })
+                    if participants.contains(&node))
+            })
+            .map(|(p, _)| p.clone())
+            .take(100)
+            .collect();
+        if !open.is_empty() && !force {
+            return self.reply(call, Reply::Remove(RemoveOutcome::Refused { open }));
+        }
+        self.on_removed(node.clone());
+        let others: Vec<NodeId> = self
+            .membership
+            .nodes()
+            .filter(|n| **n != self.id)
+            .cloned()
+            .collect();
+        for n in others {
+            self.send(n, Message::Removed { node: node.clone() });
+        }
+        self.reply(call, Reply::Remove(RemoveOutcome::Removed));
     }
 
     fn on_leave(&mut self) {

@@ -56,6 +56,10 @@ pub enum Message {
     LeaveClear {
         clear: bool,
     },
+    /// An operator removed `node` at the sender: remove it here too.
+    Removed {
+        node: NodeId,
+    },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]

@@ -710,3 +710,44 @@ impl CallIdGen {
         call
     }
 }
+
+#[test]
+fn operator_removal_refuses_while_reservations_name_the_node_unless_forced() {
+    let mut h = Harness::new(2, 4);
+    // b4 dies; a write that needs it stays open: a1..b2 hold reservations naming b4.
+    h.crash("b4");
+    let w = h.put("a1", "k", "v");
+    h.run_for(Duration::from_secs(3));
+    assert!(matches!(put_reply(&h, w), Some(PutOutcome::Unavailable(_))));
+    assert!(h.node("a2").stats().reservations_open > 0);
+    let call = CallId(77);
+    let remove = |force| Input::Client {
+        call,
+        cmd: Command::RemoveNode {
+            node: n("b4"),
+            force,
+        },
+    };
+    h.input(&n("a2"), remove(false));
+    assert!(
+        matches!(h.reply(call), Some(Reply::Remove(RemoveOutcome::Refused { open })) if !open.is_empty()),
+        "{:?}",
+        h.reply(call)
+    );
+    assert!(h.node("a2").membership().contains(&n("b4")));
+    // Forced: removed here and, through a2, everywhere; the open write then aborts (b4 counts
+    // as fenced) and the network accepts writes again without b4.
+    h.input(&n("a2"), remove(true));
+    assert_eq!(h.reply(call), Some(&Reply::Remove(RemoveOutcome::Removed)));
+    h.run_for(Duration::from_secs(2));
+    for id in ["a1", "a2", "a3", "a4", "b1", "b2", "b3"] {
+        assert!(
+            !h.node(id).membership().contains(&n("b4")),
+            "{id} still counts b4"
+        );
+    }
+    assert_eq!(h.reservations_left(), 0, "{:?}", h.states("k"));
+    let c = h.put("b1", "k2", "x");
+    h.run_for(Duration::from_secs(1));
+    assert_eq!(put_reply(&h, c), Some(PutOutcome::Stored));
+}

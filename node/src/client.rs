@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::{GetArgs, NodeArg, PutArgs};
+use crate::{GetArgs, NodeArg, PutArgs, RemoveArgs};
 
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_CONFLICT: u8 = 3;
@@ -184,6 +184,36 @@ pub async fn get(args: GetArgs) -> ExitCode {
         Ok(resp) => {
             eprintln!("{}", report(&resp));
             exit_for(resp.status)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+pub async fn remove(args: RemoveArgs) -> ExitCode {
+    let client = HttpClient::default();
+    let base = args.node.node.trim_end_matches('/');
+    let url = format!(
+        "{base}/peers/{}?force={}",
+        encode_key(&args.peer),
+        args.force
+    );
+    match client.request(Method::DELETE, &url, Vec::new(), None).await {
+        Ok(resp) if resp.status.is_success() => {
+            println!("removed {}", args.peer);
+            ExitCode::SUCCESS
+        }
+        Ok(resp) => {
+            eprintln!("{}", report(&resp));
+            if resp.status == StatusCode::CONFLICT {
+                ExitCode::from(EXIT_CONFLICT)
+            } else if resp.status == StatusCode::NOT_FOUND {
+                ExitCode::from(EXIT_NOT_FOUND)
+            } else {
+                ExitCode::from(EXIT_ERROR)
+            }
         }
         Err(e) => {
             eprintln!("error: {e:#}");

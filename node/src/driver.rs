@@ -35,6 +35,8 @@ const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// fails loudly: a lost frame is like a lost packet, and the protocol's timers cover it.
 pub trait Transport: Send + 'static {
     fn send(&self, to: &NodeId, frame: Vec<u8>);
+    /// The node left the membership (goodbye or operator removal): stop redialing it.
+    fn forget(&self, _node: &NodeId) {}
 }
 
 /// What the network tells the driver.
@@ -412,6 +414,12 @@ impl<T: Transport> Driver<T> {
                     let _ = done.send(true);
                 }
                 self.left = true;
+            }
+            Note::NodeRemoved { node } => {
+                info!(peer = %node, "removed from the membership");
+                self.peers.remove(&node);
+                self.transport.forget(&node);
+                self.log_cluster_size();
             }
             Note::PeerInputRejected { from, reason } => {
                 self.metrics.inc(&self.metrics.frames_rejected);

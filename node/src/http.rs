@@ -15,8 +15,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use replicator_core::{
-    Command, GetOutcome, Invalid, Key, NotReady, PutOutcome, ReadState, Reply, RequestId, Silence,
-    Value,
+    Command, GetOutcome, Invalid, Key, NodeId, NotReady, PutOutcome, ReadState, RemoveOutcome,
+    Reply, RequestId, Silence, Value,
 };
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -42,6 +42,7 @@ pub fn router(api: Api) -> Router {
         .route("/store", get(empty_key).put(empty_key))
         .route("/store/", get(empty_key).put(empty_key))
         .route("/peers", get(peers))
+        .route("/peers/{peer}", axum::routing::delete(remove_peer))
         .route("/clusters", get(clusters))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -429,6 +430,54 @@ async fn peers(State(api): State<Api>) -> Response {
     match status(&api).await {
         Ok(s) => axum::Json(json!({"node": s.id.to_string(), "peers": s.peers})).into_response(),
         Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// An operator removes a dead node from the membership (here, and through this node on every
+/// member). Refused with 409 while reservations held here name it, unless `?force=true`.
+async fn remove_peer(
+    State(api): State<Api>,
+    peer: Result<Path<String>, PathRejection>,
+    query: Result<Query<RemoveQuery>, QueryRejection>,
+) -> Response {
+    let (Ok(Path(peer)), Ok(Query(q))) = (peer, query) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "expected /peers/{peer id}[?force=true]",
+        );
+    };
+    let cmd = Command::RemoveNode {
+        node: NodeId::new(&peer),
+        force: q.force,
+    };
+    match api.driver.call(cmd).await {
+        Some(Reply::Remove(RemoveOutcome::Removed)) => {
+            axum::Json(json!({"result": "removed", "peer": peer})).into_response()
+        }
+        Some(Reply::Remove(RemoveOutcome::Unknown)) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_peer",
+            format!("{peer} is not a member (or is this node)"),
+        ),
+        Some(Reply::Remove(RemoveOutcome::Refused { open })) => error_with(
+            StatusCode::CONFLICT,
+            "open_reservations",
+            format!(
+                "{} reservation(s) held here name {peer}; removing it may abort or strand them. \
+                 Bring it back, or retry with ?force=true",
+                open.len()
+            ),
+            json!({"proposals": open.iter().map(|p| p.to_string()).collect::<Vec<_>>()}),
+        ),
+        Some(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "wrong reply"),
+        None => overloaded(),
     }
 }
 

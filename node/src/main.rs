@@ -45,6 +45,9 @@ enum Cmd {
     Get(GetArgs),
     /// Show a node's health, peers and clusters.
     Status(NodeArg),
+    /// Remove a dead node from the membership (through --node, on every member). Refused
+    /// while reservations name it, unless --force (exit 3 when refused).
+    Remove(RemoveArgs),
     /// Generate load against one or more nodes and report throughput and latency.
     Bench(bench::BenchArgs),
 }
@@ -154,6 +157,17 @@ pub struct PutArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct RemoveArgs {
+    /// The peer id of the node to remove.
+    pub peer: String,
+    /// Remove it even though reservations name it (they may be aborted or stay open).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub node: NodeArg,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct GetArgs {
     pub key: String,
     /// Ask every node and report whether they agree.
@@ -182,6 +196,7 @@ fn main() -> ExitCode {
             Cmd::Put(args) => client::put(args).await,
             Cmd::Get(args) => client::get(args).await,
             Cmd::Status(args) => client::status(args).await,
+            Cmd::Remove(args) => client::remove(args).await,
             Cmd::Bench(args) => bench::main(args).await,
         }
     })

@@ -46,6 +46,14 @@ impl Transport for Libp2pTransport {
             }
         });
     }
+
+    fn forget(&self, node: &NodeId) {
+        let Ok(peer) = node.as_str().parse::<PeerId>() else {
+            return;
+        };
+        let client = self.client.clone();
+        tokio::spawn(async move { client.forget_peer(peer).await });
+    }
 }
 
 /// Turns the network's events into the driver's.

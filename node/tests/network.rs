@@ -317,6 +317,36 @@ fn three_clusters_scenarios() {
     let r = put(&nodes[3], "after-leave", "ok");
     assert_eq!(r.status, 201, "{}", r.text());
 
+    // An operator removes a dead node: it is dropped on every member (through the one node
+    // asked), and writes coordinated in the other clusters go on without it.
+    let mut dead = nodes.remove(8);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let r = http(
+        "DELETE",
+        &nodes[0].http,
+        &format!("/peers/{}", dead.peer),
+        b"",
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until(
+        Duration::from_secs(30),
+        "the removed node gone everywhere",
+        || nodes.iter().all(|n| health(n)["members"] == 8),
+    );
+    let again = Command::new(BIN)
+        .args(["remove", &dead.peer, "--node", &nodes[4].http])
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(4),
+        "not a member any more: {again:?}"
+    );
+    let r = put(&nodes[0], "after-removal", "ok");
+    assert_eq!(r.status, 201, "{}", r.text());
+
     // No node logged an error (a protocol violation is logged as one).
     for entry in std::fs::read_dir(tmp.path()).unwrap() {
         let path = entry.unwrap().path();

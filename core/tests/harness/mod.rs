@@ -149,6 +149,7 @@ impl Harness {
                     });
                 }
                 Some(Output::Persist { write, ops }) => {
+                    trace(now, &format!("persist at {id} {write:?}: {ops:?}"));
                     if self.lazy_disk.contains(id) {
                         self.pending_writes
                             .entry(id.clone())
@@ -162,7 +163,10 @@ impl Harness {
                 Some(Output::Reply { call, reply }) => {
                     self.replies.insert(call, reply);
                 }
-                Some(Output::Note(note)) => self.notes.push((id.clone(), note)),
+                Some(Output::Note(note)) => {
+                    trace(now, &format!("note at {id}: {note:?}"));
+                    self.notes.push((id.clone(), note))
+                }
                 None => match persisted.pop() {
                     Some(upto) => {
                         persisted.clear();
@@ -222,6 +226,10 @@ impl Harness {
 
     pub fn deliver(&mut self, m: InFlight) {
         let up = self.slots.get(&m.to).is_some_and(|s| s.node.is_some());
+        trace(
+            self.now,
+            &format!("deliver {} -> {} (up {up}): {:?}", m.from, m.to, m.msg),
+        );
         if up {
             self.input(
                 &m.to.clone(),
@@ -343,6 +351,7 @@ impl Harness {
     /// The node loses its volatile state; messages to it are lost while it is down. Writes
     /// still waiting on a lazy disk are lost too.
     pub fn crash(&mut self, id: &str) {
+        trace(self.now, &format!("CRASH {id}"));
         self.slots.get_mut(&n(id)).expect("slot").node = None;
         self.pending_writes.remove(&n(id));
     }
@@ -518,4 +527,18 @@ pub fn is_request(m: &Message, pred: impl Fn(&Request) -> bool) -> bool {
 
 pub fn is_commit(m: &InFlight) -> bool {
     is_request(&m.msg, |r| matches!(r, Request::Commit { .. }))
+}
+
+/// With `HARNESS_TRACE=<substring>`, prints every event whose text contains it.
+fn trace(now: Time, line: &str) {
+    thread_local! {
+        static FILTER: Option<String> = std::env::var("HARNESS_TRACE").ok();
+    }
+    FILTER.with(|f| {
+        if let Some(f) = f
+            && (line.contains(f.as_str()) || line.starts_with("CRASH"))
+        {
+            eprintln!("{now:?} {line}");
+        }
+    });
 }
