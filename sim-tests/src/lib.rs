@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use replicator_core::InjectedBug;
-use transport_sim::TraceMode;
+use transport_sim::{FaultKind, TraceMode};
 
 pub use run::{Failure, Outcome, RunStats, run};
 pub use swarm::{RunSpec, Shape, draw};
@@ -163,12 +163,27 @@ pub fn bug_shape(bug: InjectedBug) -> Shape {
     }
 }
 
-/// Runs seeds `start..start + limit` against `bug` until one fails. Returns the failing seed,
-/// how many seeds it took and what broke.
-pub fn hunt(bug: InjectedBug, start: u64, limit: u64) -> Option<(u64, u64, String)> {
-    let shape = bug_shape(bug);
+/// Like [`bug_shape`], with the fault mix that shows the bug soonest: a lost unsynced write
+/// needs a crash, and a Status that reaches a node before the Reserve it should have fenced
+/// needs a slow (paused) node.
+pub fn bug_shape_targeted(bug: InjectedBug) -> Shape {
+    let faults = match bug {
+        InjectedBug::VoteBeforeDurable | InjectedBug::StatusWithoutFence => {
+            Some(vec![FaultKind::Crash, FaultKind::Pause])
+        }
+        _ => None,
+    };
+    Shape {
+        faults,
+        ..bug_shape(bug)
+    }
+}
+
+/// Runs seeds `start..start + limit` of `shape` (which sets the bug) until one fails. Returns
+/// the failing seed, how many seeds it took and what broke.
+pub fn hunt(shape: &Shape, start: u64, limit: u64) -> Option<(u64, u64, String)> {
     (start..start + limit).find_map(|seed| {
-        let failure = run(&draw(seed, &shape)).result.err()?;
+        let failure = run(&draw(seed, shape)).result.err()?;
         let what = format!("{}: {}", failure.broken.invariant, failure.broken.detail);
         Some((seed, seed - start + 1, what))
     })

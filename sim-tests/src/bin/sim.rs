@@ -227,6 +227,7 @@ fn main() -> ExitCode {
                     clusters: shape.clusters,
                     nodes: shape.nodes,
                     clients: shape.clients,
+                    faults: shape.faults.clone(),
                     ..sim_tests::bug_shape(b)
                 };
                 let began = Instant::now();
