@@ -85,6 +85,11 @@ pub enum RemoveOutcome {
     /// Reservations held here name the node (at most the first 100 are listed); nothing was
     /// removed. Resolve them first, or force the removal.
     Refused { open: Vec<ProposalId> },
+    /// Some members did not say whether reservations there name the node; nothing was
+    /// removed. Retry, or force the removal.
+    Unconfirmed { silent: Vec<NodeId> },
+    /// Another removal is being checked at this node; nothing was removed.
+    InProgress,
 }
 
 /// What a PUT can be told (PROTOCOL.md, "What a client can be told").

@@ -56,6 +56,8 @@ pub struct Node {
     leave_complete: bool,
     /// While leaving: the members that hold no reservation naming this node.
     leave_clear: BTreeSet<NodeId>,
+    /// An operator's removal being checked with every member.
+    removal: Option<PendingRemoval>,
 
     requests: BTreeMap<RequestId, RequestRecord>,
     /// Request ids by arrival, with the time this node learned of them, for expiry.
@@ -250,6 +252,7 @@ impl Node {
             leaving: false,
             leave_complete: false,
             leave_clear: BTreeSet::new(),
+            removal: None,
             requests: BTreeMap::new(),
             request_order: BTreeMap::new(),
             request_seq: 0,
@@ -431,6 +434,15 @@ impl Node {
                     self.on_removed(node);
                 }
             }
+            Message::RemoveCheck { node } => {
+                if self.membership.contains(&from) {
+                    let open = self.open_naming(&node, true);
+                    self.send(from, Message::RemoveCheckReply { node, open });
+                }
+            }
+            Message::RemoveCheckReply { node, open } => {
+                self.on_remove_check_reply(from, node, open)
+            }
             Message::LeaveClear { clear } => {
                 if clear && self.leaving && self.membership.contains(&from) {
                     self.leave_clear.insert(from);
@@ -480,7 +492,14 @@ impl Node {
             Message::SyncRefused { .. }
             | Message::LeaveCheck
             | Message::LeaveClear { .. }
-            | Message::Removed { .. } => Ok(()),
+            | Message::Removed { .. }
+            | Message::RemoveCheck { .. } => Ok(()),
+            Message::RemoveCheckReply { open, .. } => {
+                if open.len() > OPEN_LISTED_MAX {
+                    return Err(format!("remove check reply lists {} proposals", open.len()));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -939,10 +958,17 @@ impl Node {
         // O(1) per vote (counters), so that a proposal over hundreds of participants stays
         // linear in their number; departed nodes are few, so scanning them is cheap.
         let missing = d.participants.len() - d.votes.granted;
+        // A departed participant counts as fenced, but only once every live participant has
+        // answered: one of them may know the proposal committed (say the departed node was
+        // removed by an operator while a Commit it had granted was still on its way).
         let departed_silent = || {
-            self.departed
+            let departed_missing = self
+                .departed
                 .iter()
-                .any(|n| d.participants.contains(n) && !d.votes.map.contains_key(n))
+                .filter(|n| d.participants.contains(n) && !d.votes.map.contains_key(*n))
+                .count();
+            let silent = d.participants.len() - d.votes.map.len();
+            departed_missing > 0 && silent == departed_missing
         };
         let decision = if d.votes.committed > 0 {
             Some(true)
@@ -1911,6 +1937,12 @@ impl Node {
                 self.end_op(op, outcome)
             }
             Timer::LeaveCheck => self.send_leave_checks(),
+            Timer::RemoveCheck => {
+                if let Some(r) = self.removal.take() {
+                    let silent = r.waiting.into_iter().collect();
+                    self.reply(r.call, Reply::Remove(RemoveOutcome::Unconfirmed { silent }));
+                }
+            }
             Timer::Sync => self.on_sync_timer(),
         }
     }
@@ -2013,23 +2045,73 @@ impl Node {
         }
     }
 
+    /// An operator removes `node`. Unless forced, every member is asked first whether a
+    /// reservation it holds names the node: removing it makes Resolve count it fenced, which
+    /// would abort a proposal the node granted and that committed while the commit has not
+    /// reached everyone yet.
     fn on_remove_command(&mut self, call: CallId, node: NodeId, force: bool) {
         if node == self.id || !self.membership.contains(&node) {
             return self.reply(call, Reply::Remove(RemoveOutcome::Unknown));
         }
-        let open: Vec<ProposalId> = self
-            .reservations
-            .iter()
-            .filter(|(_, key)| {
-                matches!(self.keys.get(*key), Some(DurableKey::Reserved { participants, .. })
-                    if participants.contains(&node))
-            })
-            .map(|(p, _)| p.clone())
-            .take(100)
-            .collect();
-        if !open.is_empty() && !force {
+        if force {
+            self.remove_everywhere(node);
+            return self.reply(call, Reply::Remove(RemoveOutcome::Removed));
+        }
+        if self.removal.is_some() {
+            return self.reply(call, Reply::Remove(RemoveOutcome::InProgress));
+        }
+        let open = self.open_naming(&node, true);
+        if !open.is_empty() {
             return self.reply(call, Reply::Remove(RemoveOutcome::Refused { open }));
         }
+        let waiting: BTreeSet<NodeId> = self
+            .membership
+            .nodes()
+            .filter(|n| **n != self.id && **n != node)
+            .cloned()
+            .collect();
+        for n in &waiting {
+            self.send(n.clone(), Message::RemoveCheck { node: node.clone() });
+        }
+        self.removal = Some(PendingRemoval {
+            call,
+            node,
+            waiting,
+            open: Vec::new(),
+        });
+        self.timers
+            .set(Timer::RemoveCheck, self.now + self.config.verify_timeout);
+        self.finish_removal_if_answered();
+    }
+
+    fn on_remove_check_reply(&mut self, from: NodeId, node: NodeId, open: Vec<ProposalId>) {
+        let Some(r) = &mut self.removal else { return };
+        if r.node != node || !r.waiting.remove(&from) {
+            return;
+        }
+        r.open.extend(open);
+        r.open.truncate(OPEN_LISTED_MAX);
+        self.finish_removal_if_answered();
+    }
+
+    fn finish_removal_if_answered(&mut self) {
+        if !self.removal.as_ref().is_some_and(|r| r.waiting.is_empty()) {
+            return;
+        }
+        let Some(r) = self.removal.take() else { return };
+        self.timers.cancel(&Timer::RemoveCheck);
+        if r.open.is_empty() {
+            self.remove_everywhere(r.node);
+            self.reply(r.call, Reply::Remove(RemoveOutcome::Removed));
+        } else {
+            self.reply(
+                r.call,
+                Reply::Remove(RemoveOutcome::Refused { open: r.open }),
+            );
+        }
+    }
+
+    fn remove_everywhere(&mut self, node: NodeId) {
         self.on_removed(node.clone());
         let others: Vec<NodeId> = self
             .membership
@@ -2040,7 +2122,35 @@ impl Node {
         for n in others {
             self.send(n, Message::Removed { node: node.clone() });
         }
-        self.reply(call, Reply::Remove(RemoveOutcome::Removed));
+    }
+
+    /// The open proposals held here that name `node` as a participant (at most
+    /// `OPEN_LISTED_MAX`); with `resolve`, starts resolving every one of them.
+    fn open_naming(&mut self, node: &NodeId, resolve: bool) -> Vec<ProposalId> {
+        let naming: Vec<(ProposalId, Key, Arc<Membership>)> = self
+            .reservations
+            .iter()
+            .filter_map(|(p, key)| match self.keys.get(key) {
+                Some(DurableKey::Reserved { participants, .. }) if participants.contains(node) => {
+                    Some((p.clone(), key.clone(), participants.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let listed = naming
+            .iter()
+            .take(OPEN_LISTED_MAX)
+            .map(|(p, _, _)| p.clone())
+            .collect();
+        if resolve {
+            for (p, key, participants) in naming {
+                if !self.resolve(&p, &key, participants) {
+                    self.timers
+                        .set(Timer::Lease(p), self.now + self.config.resolve_backoff_min);
+                }
+            }
+        }
+        listed
     }
 
     fn on_leave(&mut self) {
@@ -2094,23 +2204,7 @@ impl Node {
         if !self.membership.contains(&from) {
             return self.send(from, Message::LeaveClear { clear: true });
         }
-        let naming: Vec<(ProposalId, Key, Arc<Membership>)> = self
-            .reservations
-            .iter()
-            .filter_map(|(p, key)| match self.keys.get(key) {
-                Some(DurableKey::Reserved { participants, .. }) if participants.contains(&from) => {
-                    Some((p.clone(), key.clone(), participants.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        let clear = naming.is_empty();
-        for (p, key, participants) in naming {
-            if !self.resolve(&p, &key, participants) {
-                self.timers
-                    .set(Timer::Lease(p), self.now + self.config.resolve_backoff_min);
-            }
-        }
+        let clear = self.open_naming(&from, true).is_empty();
         self.send(from, Message::LeaveClear { clear });
     }
 
@@ -2401,6 +2495,16 @@ enum BugCheck {
     ForgetFenceOnAbort,
     VoteBeforeDurable,
     StatusWithoutFence,
+}
+
+/// Proposals listed in a removal's answer, at most.
+const OPEN_LISTED_MAX: usize = 100;
+
+struct PendingRemoval {
+    call: CallId,
+    node: NodeId,
+    waiting: BTreeSet<NodeId>,
+    open: Vec<ProposalId>,
 }
 
 /// Counts worth exporting as metrics.

@@ -33,6 +33,8 @@ pub(crate) enum Timer {
     Sync,
     /// Leaving: ask the members that are not clear yet again.
     LeaveCheck,
+    /// An operator's removal: the members that did not answer are silent.
+    RemoveCheck,
 }
 
 /// What a representative's fan-out is about.

@@ -60,6 +60,16 @@ pub enum Message {
     Removed {
         node: NodeId,
     },
+    /// An operator asks to remove `node`: which reservations held here name it? The receiver
+    /// also starts resolving them.
+    RemoveCheck {
+        node: NodeId,
+    },
+    /// The answer: the open proposals naming `node` here (at most 100).
+    RemoveCheckReply {
+        node: NodeId,
+        open: Vec<ProposalId>,
+    },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]

@@ -346,7 +346,6 @@ fn node_removed_while_proposal_waits_on_it_aborts_then_retry_stores() {
 /// unconditionally, so the resolvers then count the dead node Fenced and abort a proposal
 /// whose client was told Stored.
 #[test]
-#[ignore = "BUG: RemoveNode checks only the entry node's reservations; Removed is applied unconditionally, so a committed proposal is aborted"]
 fn operator_removal_through_a_node_without_reservations_aborts_a_committed_proposal() {
     let mut h = Harness::new(2, 3);
     let call = h.put("a1", "k", "v");

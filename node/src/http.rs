@@ -476,6 +476,21 @@ async fn remove_peer(
             ),
             json!({"proposals": open.iter().map(|p| p.to_string()).collect::<Vec<_>>()}),
         ),
+        Some(Reply::Remove(RemoveOutcome::Unconfirmed { silent })) => error_with(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unconfirmed",
+            format!(
+                "{} member(s) did not say whether reservations there name {peer}; nothing was \
+                 removed. Retry, or use ?force=true",
+                silent.len()
+            ),
+            json!({"silent_nodes": silent.iter().map(|n| n.to_string()).collect::<Vec<_>>()}),
+        ),
+        Some(Reply::Remove(RemoveOutcome::InProgress)) => error(
+            StatusCode::CONFLICT,
+            "in_progress",
+            "another removal is being checked at this node; retry in a moment",
+        ),
         Some(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "wrong reply"),
         None => overloaded(),
     }

@@ -319,6 +319,9 @@ fn three_clusters_scenarios() {
 
     // An operator removes a dead node: it is dropped on every member (through the one node
     // asked), and writes coordinated in the other clusters go on without it.
+    wait_until(Duration::from_secs(30), "no reservation left", || {
+        nodes.iter().all(|n| health(n)["reservations_open"] == 0)
+    });
     let mut dead = nodes.remove(8);
     dead.child.kill().unwrap();
     dead.child.wait().unwrap();
