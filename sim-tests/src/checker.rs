@@ -114,6 +114,9 @@ impl Checker {
                     self.write(*node, op, node_name, true)?;
                 }
             }
+            Obs::Undurable { what, .. } => {
+                return Err(broken("durability before messages", None, what.clone()));
+            }
             Obs::Crashed { node, .. } => {
                 self.views(*node);
                 self.memory[*node] = self.disk[*node].clone();

@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use replicator_core::wire::{self, Message};
+use replicator_core::wire::{self, Message, Response, Vote};
 use replicator_core::{
-    CallId, ClusterId, Command, Config, Input, Membership, Node, NodeId, Note, Output, Recovered,
-    Reply, Time, WriteId, WriteOp,
+    CallId, ClusterId, Command, Config, Input, Key, Membership, Node, NodeId, Note, Output,
+    ProposalId, Recovered, Reply, Time, WriteId, WriteOp,
 };
 
 /// A node's index in the world (stable for the whole run, joined nodes get the next ones).
@@ -218,6 +218,11 @@ pub enum Obs {
     Joined {
         node: NodeIx,
     },
+    /// A node sent a message that depends on state not yet on its disk.
+    Undurable {
+        node: NodeIx,
+        what: String,
+    },
     /// The node said goodbye after a graceful leave: gone for good.
     Departed {
         node: NodeIx,
@@ -360,6 +365,21 @@ struct SimNode {
     leaving: bool,
     /// Said goodbye: gone for good.
     departed: bool,
+    /// Every (key, proposal, stored) that ever reached this node's disk: a vote may be sent
+    /// late (held behind a later write), but what it reports must have been durable.
+    durable_ever: BTreeSet<(Key, ProposalId, bool)>,
+}
+
+impl SimNode {
+    fn apply_durable(&mut self, ops: &[WriteOp]) {
+        self.disk.apply_all(ops);
+        for op in ops {
+            if let WriteOp::PutKey { key, state } = op {
+                let entry = (key.clone(), state.proposal().clone(), state.is_stored());
+                self.durable_ever.insert(entry);
+            }
+        }
+    }
 }
 
 struct Partition {
@@ -649,7 +669,7 @@ impl World {
         };
         let writes_lost = inflight.len() - keep;
         for (_, ops) in inflight.iter().take(keep) {
-            self.nodes[ix].disk.apply_all(ops);
+            self.nodes[ix].apply_durable(ops);
             self.obs.push(Obs::Durable {
                 node: ix,
                 ops: ops.clone(),
@@ -981,6 +1001,7 @@ impl World {
             calls: BTreeSet::new(),
             leaving: false,
             departed: false,
+            durable_ever: BTreeSet::new(),
         });
         ix
     }
@@ -1117,7 +1138,7 @@ impl World {
             .is_some_and(|(w, _)| *w <= write)
         {
             let (w, ops) = self.nodes[ix].inflight.pop_front().expect("front exists");
-            self.nodes[ix].disk.apply_all(&ops);
+            self.nodes[ix].apply_durable(&ops);
             self.obs.push(Obs::Durable { node: ix, ops });
             upto = Some(w);
         }
@@ -1133,6 +1154,7 @@ impl World {
     }
 
     fn send(&mut self, from: NodeIx, to: &NodeId, msg: &Message) {
+        self.check_durable_vote(from, msg);
         let mut frame = wire::encode(msg);
         self.stats.messages_sent += 1;
         self.stats.bytes_sent += frame.len() as u64;
@@ -1190,6 +1212,41 @@ impl World {
                 frame.clone()
             };
             self.push(at, Ev::Deliver { from, to, frame });
+        }
+    }
+
+    /// A node's own vote may only leave it once the state it reports is on its disk
+    /// (PROTOCOL.md, Durability): a grant after its reservation, a commit vote after the key.
+    /// A vote may leave late (held behind later writes, or aggregated by a representative),
+    /// about a reservation aborted since, so "was durable" is what is checked.
+    fn check_durable_vote(&mut self, from: NodeIx, msg: &Message) {
+        let responses = match msg {
+            Message::Response(r) => std::slice::from_ref(r),
+            Message::RelayReply { responses, .. } => responses.as_slice(),
+            _ => return,
+        };
+        let me = &self.nodes[from];
+        for r in responses {
+            let Response::Vote { p, key, node, vote } = r else {
+                continue;
+            };
+            if *node != me.id {
+                continue;
+            }
+            let ever = |stored| me.durable_ever.contains(&(key.clone(), p.clone(), stored));
+            let durable = match vote {
+                Vote::Granted => ever(false) || ever(true),
+                Vote::Committed => ever(true),
+                Vote::Denied { .. } => true,
+            };
+            if !durable {
+                let what = format!(
+                    "{} sent vote {vote:?} on {p} for {key:?}, which never reached its disk (it holds {:?})",
+                    me.id,
+                    me.disk.keys.get(key)
+                );
+                self.obs.push(Obs::Undurable { node: from, what });
+            }
         }
     }
 
