@@ -51,6 +51,16 @@ pub struct Checker {
     pub rejected: BTreeMap<String, u64>,
 }
 
+/// The key a core message names (`... key k ...`), to summarise its history.
+fn key_in(reason: &str) -> Option<Key> {
+    let start = reason.find("key ")? + 4;
+    let rest = reason[start..].trim_start_matches('"');
+    let len = rest
+        .find(|c: char| c.is_whitespace() || matches!(c, '"' | ',' | ')' | '}'))
+        .unwrap_or(rest.len());
+    (len > 0).then(|| Key::new(&rest[..len]))
+}
+
 fn broken(invariant: &'static str, key: Option<&Key>, detail: String) -> Broken {
     Broken {
         invariant,
@@ -131,7 +141,7 @@ impl Checker {
         match note {
             Note::Violation { reason } => Err(broken(
                 "commit lands only where it may (core Violation)",
-                None,
+                key_in(reason).as_ref(),
                 format!("{node_name}: {reason}"),
             )),
             Note::PeerInputRejected { reason, .. } => {

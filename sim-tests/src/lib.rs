@@ -94,11 +94,11 @@ pub fn report_failure(spec: &RunSpec, shape: &Shape, failure: &Failure) -> Strin
         let _ = writeln!(r, "  {line}");
     }
     if let Some(key) = &failure.broken.key {
-        let needle = format!("{:?}", key.as_str());
+        let needle = key.as_str();
         let lines: Vec<&String> = replay
             .trace
             .iter()
-            .filter(|l| l.contains(&needle))
+            .filter(|l| mentions(l, needle))
             .collect();
         let from = lines.len().saturating_sub(40);
         let _ = writeln!(
@@ -116,6 +116,19 @@ pub fn report_failure(spec: &RunSpec, shape: &Shape, failure: &Failure) -> Strin
     let _ = writeln!(r, "SIMULATION FAILED: seed {}", spec.seed);
     let _ = write!(r, "replay: {}", replay_command(spec.seed, shape));
     r
+}
+
+/// Whether `line` names `key` as a whole word (keys print unquoted in traces).
+fn mentions(line: &str, key: &str) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '-' || c == '_' || c == '.';
+    line.match_indices(key).any(|(i, _)| {
+        let before = line[..i].chars().next_back().is_none_or(|c| !word(c));
+        let after = line[i + key.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !word(c));
+        before && after
+    })
 }
 
 /// The seeds to run: `SIM_SEED=N` (one), `SIM_START=N SIM_SEEDS=M` (a range), else the
