@@ -42,8 +42,10 @@ pub struct Checker {
     aborted: BTreeMap<ProposalId, NodeIx>,
     /// Every proposal seen, by (coordinator, key, value): lets a client's Busy/Exists answer
     /// be matched to the proposals it was about.
-    /// With the time each was first seen.
+    /// Committed proposals, with the time each was first reserved.
     proposals_of: BTreeMap<(NodeId, Key, Value), BTreeMap<ProposalId, Time>>,
+    /// When each proposal was first reserved anywhere.
+    first_seen: BTreeMap<ProposalId, Time>,
     now: Time,
     pub decisions: u64,
     /// Inputs a node refused from a peer, by reason (every peer is honest here, so each is
@@ -78,7 +80,8 @@ impl Checker {
         &self.committed
     }
 
-    /// The proposals by `coordinator` of `value` for `key` first seen at or after `since`.
+    /// The committed proposals by `coordinator` of `value` for `key` first reserved at or
+    /// after `since`.
     pub fn proposals_of(
         &self,
         coordinator: &NodeId,
@@ -232,7 +235,7 @@ impl Checker {
                             ));
                         }
                         view.reserved.insert(key.clone(), p.clone());
-                        self.seen(p, key, state.value());
+                        self.first_seen.entry(p.clone()).or_insert(self.now);
                     }
                     DurableKey::Stored { p, value } => {
                         view.reserved.remove(key);
@@ -240,7 +243,7 @@ impl Checker {
                         if durable {
                             return Ok(());
                         }
-                        self.seen(p, key, value);
+                        self.seen_committed(p, key, value);
                         if !self.proposed.contains(&(key.clone(), value.clone())) {
                             return Err(broken(
                                 "validity",
@@ -292,11 +295,14 @@ impl Checker {
         Ok(())
     }
 
-    fn seen(&mut self, p: &ProposalId, key: &Key, value: &Value) {
+    /// Indexes a committed proposal by (coordinator, key, value), with the time it was
+    /// first reserved anywhere.
+    fn seen_committed(&mut self, p: &ProposalId, key: &Key, value: &Value) {
+        let first = *self.first_seen.entry(p.clone()).or_insert(self.now);
         self.proposals_of
             .entry((p.coordinator.clone(), key.clone(), value.clone()))
             .or_default()
             .entry(p.clone())
-            .or_insert(self.now);
+            .or_insert(first);
     }
 }

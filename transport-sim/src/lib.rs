@@ -25,8 +25,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replicator_core::wire::{self, Message, Response, Vote};
 use replicator_core::{
-    CallId, ClusterId, Command, Config, Input, Key, Membership, Node, NodeId, Note, Output,
-    ProposalId, Recovered, Reply, Time, WriteId, WriteOp,
+    CallId, ClusterId, Command, Config, Input, Membership, Node, NodeId, Note, Output, ProposalId,
+    Recovered, Reply, Time, WriteId, WriteOp,
 };
 
 /// A node's index in the world (stable for the whole run, joined nodes get the next ones).
@@ -365,18 +365,21 @@ struct SimNode {
     leaving: bool,
     /// Said goodbye: gone for good.
     departed: bool,
-    /// Every (key, proposal, stored) that ever reached this node's disk: a vote may be sent
-    /// late (held behind a later write), but what it reports must have been durable.
-    durable_ever: BTreeSet<(Key, ProposalId, bool)>,
+    /// Every proposal that ever reached this node's disk (true once stored): a vote may be
+    /// sent late (held behind a later write), but what it reports must have been durable.
+    durable_ever: BTreeMap<ProposalId, bool>,
 }
 
 impl SimNode {
     fn apply_durable(&mut self, ops: &[WriteOp]) {
         self.disk.apply_all(ops);
         for op in ops {
-            if let WriteOp::PutKey { key, state } = op {
-                let entry = (key.clone(), state.proposal().clone(), state.is_stored());
-                self.durable_ever.insert(entry);
+            if let WriteOp::PutKey { state, .. } = op {
+                let stored = self
+                    .durable_ever
+                    .entry(state.proposal().clone())
+                    .or_insert(false);
+                *stored |= state.is_stored();
             }
         }
     }
@@ -1001,7 +1004,7 @@ impl World {
             calls: BTreeSet::new(),
             leaving: false,
             departed: false,
-            durable_ever: BTreeSet::new(),
+            durable_ever: BTreeMap::new(),
         });
         ix
     }
@@ -1233,10 +1236,10 @@ impl World {
             if *node != me.id {
                 continue;
             }
-            let ever = |stored| me.durable_ever.contains(&(key.clone(), p.clone(), stored));
+            let ever = me.durable_ever.get(p);
             let durable = match vote {
-                Vote::Granted => ever(false) || ever(true),
-                Vote::Committed => ever(true),
+                Vote::Granted => ever.is_some(),
+                Vote::Committed => ever == Some(&true),
                 Vote::Denied { .. } => true,
             };
             if !durable {
