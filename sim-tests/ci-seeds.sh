@@ -2,13 +2,13 @@
 # Runs a fresh range of simulator seeds on every CI run, derived from the commit hash, so that
 # coverage grows over time while any failure stays replayable from the CI log.
 #
-#   sim-tests/ci-seeds.sh            # SIM_CI_SEEDS (default 2000) seeds from the derived start
+#   sim-tests/ci-seeds.sh            # SIM_CI_SEEDS (default 4000) seeds from the derived start
 #
 # A failing seed prints its configuration, the replay command and the path of its full trace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 commit=$(git rev-parse HEAD 2>/dev/null || echo 0000000000000000)
-count=${SIM_CI_SEEDS:-2000}
+count=${SIM_CI_SEEDS:-4000}
 # Far above the fixed batch (seeds 0..), one slot of `count` seeds per commit prefix.
 start=$(( 1000000 + (16#${commit:0:7} % 100000) * count ))
 echo "sim-tests: commit ${commit}: seeds SIM_START=${start} SIM_SEEDS=${count}"

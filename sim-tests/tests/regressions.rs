@@ -36,3 +36,10 @@ fn joiner_adopts_reservation_it_has_no_vote_on() {
 fn relay_reply_keeps_one_response_per_node() {
     must_pass(2191, Shape::default());
 }
+
+/// Not a core bug: the world did not tell a node that joined after a goodbye who had left, so
+/// it waited forever for the departed node's vote on a reservation it copied.
+#[test]
+fn joiner_learns_earlier_goodbyes() {
+    must_pass(352_934_371, Shape::default());
+}

@@ -628,6 +628,9 @@ impl World {
         let ix = self.add_node(cluster, Recovered::joiner());
         let membership = self.membership();
         self.boot(ix, membership);
+        // Like a restarted node, a new one learns at once who said goodbye: it may copy a
+        // reservation that still names one of them.
+        self.tell_departed(ix);
         self.stats.joins += 1;
         self.tr.fault(
             self.now,
@@ -710,6 +713,14 @@ impl World {
             .fault(self.now, &self.nodes, ix, format_args!("restart"));
         self.obs.push(Obs::Restarted { node: ix });
         // What a restarted node learns again at once: who said goodbye, and that it leaves.
+        self.tell_departed(ix);
+        if self.nodes[ix].leaving {
+            self.handle(ix, Input::Leave);
+        }
+    }
+
+    /// Feeds the node every goodbye said so far.
+    fn tell_departed(&mut self, ix: NodeIx) {
         let gone: Vec<NodeId> = self
             .nodes
             .iter()
@@ -724,9 +735,6 @@ impl World {
                     goodbye: true,
                 },
             );
-        }
-        if self.nodes[ix].leaving {
-            self.handle(ix, Input::Leave);
         }
     }
 
