@@ -45,7 +45,18 @@ fn replay() {
     let spec = draw(seed, &Shape::default());
     eprintln!("{}", spec.describe());
     match check_seed(seed, &Shape::default()) {
-        Ok(stats) => eprintln!("seed {seed} passed: {stats:?}"),
+        Ok(stats) => {
+            eprintln!("seed {seed} passed: {stats:?}");
+            // Keep the trace of a passing seed too, for reading.
+            let traced = run(&sim_tests::run::with_trace(&spec, TraceMode::Keep));
+            let path = sim_tests::trace_dir().join(format!("seed-{seed}.trace"));
+            let written = std::fs::create_dir_all(sim_tests::trace_dir())
+                .and_then(|()| std::fs::write(&path, traced.trace.join("\n") + "\n"));
+            match written {
+                Ok(()) => eprintln!("full trace: {}", path.display()),
+                Err(e) => eprintln!("could not write {}: {e}", path.display()),
+            }
+        }
         Err(report) => panic!("{report}"),
     }
 }
