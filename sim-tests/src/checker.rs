@@ -54,7 +54,7 @@ pub struct Checker {
 }
 
 /// The key a core message names (`... key k ...`), to summarise its history.
-fn key_in(reason: &str) -> Option<Key> {
+pub(crate) fn key_in(reason: &str) -> Option<Key> {
     let start = reason.find("key ")? + 4;
     let rest = reason[start..].trim_start_matches('"');
     let len = rest
@@ -127,8 +127,12 @@ impl Checker {
                     self.write(*node, op, node_name, true)?;
                 }
             }
-            Obs::Undurable { what, .. } => {
-                return Err(broken("durability before messages", None, what.clone()));
+            Obs::Undurable { what, key, .. } => {
+                return Err(broken(
+                    "durability before messages",
+                    Some(key),
+                    what.clone(),
+                ));
             }
             Obs::Crashed { node, .. } => {
                 self.views(*node);

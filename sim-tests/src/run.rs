@@ -637,10 +637,14 @@ impl Run {
                     self.spec.workload.liveness_us, self.liveness_missing
                 ),
             };
+            let key = match self.probe {
+                Some(probe) => Some(self.history[probe].key.clone()),
+                None => crate::checker::key_in(&self.liveness_missing),
+            };
             return Err(Broken {
                 invariant: "liveness",
                 detail,
-                key: None,
+                key,
             });
         }
         let at = now + std::time::Duration::from_micros(LIVENESS_CHECK_US);

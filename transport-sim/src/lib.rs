@@ -221,6 +221,7 @@ pub enum Obs {
     /// A node sent a message that depends on state not yet on its disk.
     Undurable {
         node: NodeIx,
+        key: replicator_core::Key,
         what: String,
     },
     /// The node said goodbye after a graceful leave: gone for good.
@@ -1256,7 +1257,11 @@ impl World {
                     me.id,
                     me.disk.keys.get(key)
                 );
-                self.obs.push(Obs::Undurable { node: from, what });
+                self.obs.push(Obs::Undurable {
+                    node: from,
+                    key: key.clone(),
+                    what,
+                });
             }
         }
     }
