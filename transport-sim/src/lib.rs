@@ -11,6 +11,9 @@
 //! [`World::step`]. Every message goes through [`replicator_core::wire::encode`] and is decoded at
 //! delivery, so the codec is exercised on every hop.
 //!
+//! It also checks one rule of the protocol that only the world can see: a node's own vote
+//! leaves it only once the state the vote reports reached its disk ([`Obs::Undurable`]).
+//!
 //! Events are ordered by `(time, seq)`, where `seq` is the order in which they were scheduled, so
 //! ties break the same way in every run. Everything random comes from one seeded generator,
 //! split per purpose (network, faults, disk, node seeds) so that, e.g., a change in the number of
