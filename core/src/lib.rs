@@ -24,9 +24,7 @@ pub use api::{
 };
 pub use config::{Config, ConfigError};
 pub use membership::{Digest, Membership};
-#[cfg(feature = "bug-injection")]
-pub use node::InjectedBug;
-pub use node::{Node, Stats, validate_key, validate_put};
+pub use node::{InjectedBug, Node, Stats, validate_key, validate_put};
 pub use storage::{DurableKey, Recovered, RefusalWhy, RequestOutcome, RequestRecord, WriteOp};
 pub use types::{CallId, ClusterId, Key, NodeId, ProposalId, RequestId, Time, Value, WriteId};
 pub use wire::{DenyReason, Message, ReadState, Request, Response, Vote};

@@ -192,8 +192,8 @@ enum Deferred {
     Reply(CallId, Reply),
 }
 
-/// Deliberately broken behaviour, for showing that the simulator catches it.
-#[cfg(feature = "bug-injection")]
+/// Deliberately broken behaviour, for showing that the simulator catches it. Selectable
+/// through `Config::bug` only when the `bug-injection` feature is on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum InjectedBug {
     /// Grant a Reserve although the key is reserved by another proposal.
@@ -649,7 +649,7 @@ impl Node {
             Some(DurableKey::Stored { p: q, .. }) if q == p => return Vote::Committed,
             Some(DurableKey::Reserved { p: q, .. }) if q == p => return Vote::Granted,
             Some(DurableKey::Stored { .. }) => return self.refuse(p, key, DenyReason::Exists),
-            Some(DurableKey::Reserved { .. }) if !self.bug_is(BugCheck::GrantWhenReserved) => {
+            Some(DurableKey::Reserved { .. }) if !self.bug_is(InjectedBug::GrantWhenReserved) => {
                 return self.refuse(p, key, DenyReason::Busy);
             }
             Some(DurableKey::Reserved { .. }) | None => {}
@@ -697,7 +697,7 @@ impl Node {
         match self.keys.get(key) {
             Some(DurableKey::Stored { p: q, .. }) if q == p => Vote::Committed,
             Some(DurableKey::Reserved { p: q, .. }) if q == p => Vote::Granted,
-            _ if self.bug_is(BugCheck::StatusWithoutFence) => Vote::Denied {
+            _ if self.bug_is(InjectedBug::StatusWithoutFence) => Vote::Denied {
                 reason: DenyReason::Fenced,
                 stored: None,
             },
@@ -758,7 +758,7 @@ impl Node {
                 self.reservations.remove(p);
                 self.timers.cancel(&Timer::Lease(p.clone()));
                 self.persist(WriteOp::RemoveKey { key: key.clone() });
-                if !self.bug_is(BugCheck::ForgetFenceOnAbort) {
+                if !self.bug_is(InjectedBug::ForgetFenceOnAbort) {
                     self.record_refusal(p, RefusalWhy::Aborted);
                 }
                 self.learned(p, false);
@@ -770,7 +770,7 @@ impl Node {
                 });
             }
             _ => {
-                if !self.refusals.contains_key(p) && !self.bug_is(BugCheck::ForgetFenceOnAbort) {
+                if !self.refusals.contains_key(p) && !self.bug_is(InjectedBug::ForgetFenceOnAbort) {
                     self.record_refusal(p, RefusalWhy::Aborted);
                 }
                 self.learned(p, false);
@@ -977,7 +977,7 @@ impl Node {
         } else {
             match missing {
                 0 => Some(true),
-                1 if self.bug_is(BugCheck::CommitOnPartialVote) => Some(true),
+                1 if self.bug_is(InjectedBug::CommitOnPartialVote) => Some(true),
                 _ => None,
             }
         };
@@ -1707,7 +1707,9 @@ impl Node {
                 self.reply(call, Reply::Get(GetOutcome::Value(value)))
             }
             None => self.reply(call, Reply::Get(GetOutcome::Unknown)),
-            Some(DurableKey::Reserved { .. }) if self.bug_is(BugCheck::ReadReservedAsUnknown) => {
+            Some(DurableKey::Reserved { .. })
+                if self.bug_is(InjectedBug::ReadReservedAsUnknown) =>
+            {
                 self.reply(call, Reply::Get(GetOutcome::Unknown))
             }
             Some(DurableKey::Reserved { p, .. }) => {
@@ -2380,7 +2382,7 @@ impl Node {
 
     /// The write that anything emitted now depends on.
     fn barrier(&self) -> u64 {
-        if self.bug_is(BugCheck::VoteBeforeDurable) {
+        if self.bug_is(InjectedBug::VoteBeforeDurable) {
             return 0;
         }
         if self.pending_ops.is_empty() {
@@ -2464,37 +2466,15 @@ impl Node {
     }
 
     #[cfg(feature = "bug-injection")]
-    fn bug_is(&self, check: BugCheck) -> bool {
-        use InjectedBug as B;
-        matches!(
-            (self.config.bug, check),
-            (Some(B::GrantWhenReserved), BugCheck::GrantWhenReserved)
-                | (Some(B::CommitOnPartialVote), BugCheck::CommitOnPartialVote)
-                | (
-                    Some(B::ReadReservedAsUnknown),
-                    BugCheck::ReadReservedAsUnknown
-                )
-                | (Some(B::ForgetFenceOnAbort), BugCheck::ForgetFenceOnAbort)
-                | (Some(B::VoteBeforeDurable), BugCheck::VoteBeforeDurable)
-                | (Some(B::StatusWithoutFence), BugCheck::StatusWithoutFence)
-        )
+    fn bug_is(&self, check: InjectedBug) -> bool {
+        self.config.bug == Some(check)
     }
 
     #[cfg(not(feature = "bug-injection"))]
     #[inline(always)]
-    fn bug_is(&self, _check: BugCheck) -> bool {
+    fn bug_is(&self, _check: InjectedBug) -> bool {
         false
     }
-}
-
-#[derive(Clone, Copy)]
-enum BugCheck {
-    GrantWhenReserved,
-    CommitOnPartialVote,
-    ReadReservedAsUnknown,
-    ForgetFenceOnAbort,
-    VoteBeforeDurable,
-    StatusWithoutFence,
 }
 
 /// Proposals listed in a removal's answer, at most.
