@@ -11,29 +11,92 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// FNV-1a of a string: the precomputed prefix of the id types' ordering, so that most
+/// comparisons (map lookups keyed by ids) are one integer compare rather than a `memcmp`.
+const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    h
+}
+
 macro_rules! shared_str_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(Arc<str>);
+        ///
+        /// Ordered by (FNV-1a hash of the text, text): an arbitrary but total order that is the
+        /// same on every node. (De)serialized as the plain string.
+        #[derive(Clone)]
+        pub struct $name {
+            hash: u64,
+            text: Arc<str>,
+        }
 
         impl $name {
             pub fn new(s: impl AsRef<str>) -> Self {
-                Self(Arc::from(s.as_ref()))
+                Self::from_arc(Arc::from(s.as_ref()))
+            }
+            fn from_arc(text: Arc<str>) -> Self {
+                Self {
+                    hash: fnv1a(text.as_bytes()),
+                    text,
+                }
             }
             pub fn as_str(&self) -> &str {
-                &self.0
+                &self.text
+            }
+        }
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.hash == other.hash
+                    && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
+            }
+        }
+        impl Eq for $name {}
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.hash.cmp(&other.hash).then_with(|| {
+                    if Arc::ptr_eq(&self.text, &other.text) {
+                        std::cmp::Ordering::Equal
+                    } else {
+                        self.text.cmp(&other.text)
+                    }
+                })
+            }
+        }
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                // Equal ids have equal texts, hence equal `hash`: consistent with `Eq`.
+                state.write_u64(self.hash);
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                self.text.serialize(serializer)
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                Arc::<str>::deserialize(deserializer).map(Self::from_arc)
             }
         }
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(&self.text)
             }
         }
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}", &self.0)
+                write!(f, "{}", &self.text)
             }
         }
         impl From<&str> for $name {
@@ -43,7 +106,7 @@ macro_rules! shared_str_id {
         }
         impl From<String> for $name {
             fn from(s: String) -> Self {
-                Self(Arc::from(s))
+                Self::from_arc(Arc::from(s))
             }
         }
     };

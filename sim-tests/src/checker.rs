@@ -239,12 +239,24 @@ impl Checker {
                             ));
                         }
                         view.reserved.insert(key.clone(), p.clone());
-                        self.first_seen.entry(p.clone()).or_insert(self.now);
+                        if !self.first_seen.contains_key(p) {
+                            self.first_seen.insert(p.clone(), self.now);
+                        }
                     }
                     DurableKey::Stored { p, value } => {
                         view.reserved.remove(key);
                         view.stored.insert(key.clone(), p.clone());
                         if durable {
+                            return Ok(());
+                        }
+                        if let Some((q, v)) = self.committed.get(key)
+                            && q == p
+                            && v == value
+                        {
+                            // The first node to store this (key, proposal, value) ran every
+                            // check below and recorded it; for it they all pass again and
+                            // change nothing (every record they make is insert-if-absent, and
+                            // an abort decided since would have failed then).
                             return Ok(());
                         }
                         self.seen_committed(p, key, value);
