@@ -5,19 +5,45 @@
 //! written (in memory) and what reached their disks, so a node that silently loses or changes
 //! a key is caught even if no message ever shows it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 
 use replicator_core::{DurableKey, Key, NodeId, Note, ProposalId, Time, Value, WriteOp};
 use transport_sim::{NodeIx, Obs};
 
+/// A fast hasher for maps keyed by ids, which already carry a well-mixed hash (their `Hash`
+/// writes it as one `u64`). These maps are never iterated, so their order doesn't matter.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+
 /// One node as the checker sees it: what it stores, holds and released.
 #[derive(Clone, Default)]
 struct View {
-    stored: BTreeMap<Key, ProposalId>,
-    reserved: BTreeMap<Key, ProposalId>,
+    stored: IdMap<Key, ProposalId>,
+    reserved: IdMap<Key, ProposalId>,
     /// Proposals whose reservation this node dropped without committing them (an Abort): it
     /// must never hold them again.
-    released: BTreeSet<ProposalId>,
+    released: IdSet<ProposalId>,
 }
 
 /// A broken invariant.
@@ -37,15 +63,15 @@ pub struct Checker {
     proposed: BTreeSet<(Key, Value)>,
     /// The committed proposal and value of every key stored anywhere.
     committed: BTreeMap<Key, (ProposalId, Value)>,
-    committed_proposals: BTreeSet<ProposalId>,
+    committed_proposals: IdSet<ProposalId>,
     /// Proposals decided aborted by some coordinator or resolver.
-    aborted: BTreeMap<ProposalId, NodeIx>,
+    aborted: IdMap<ProposalId, NodeIx>,
     /// Every proposal seen, by (coordinator, key, value): lets a client's Busy/Exists answer
     /// be matched to the proposals it was about.
     /// Committed proposals, with the time each was first reserved.
     proposals_of: BTreeMap<(NodeId, Key, Value), BTreeMap<ProposalId, Time>>,
     /// When each proposal was first reserved anywhere.
-    first_seen: BTreeMap<ProposalId, Time>,
+    first_seen: IdMap<ProposalId, Time>,
     now: Time,
     pub decisions: u64,
     /// Inputs a node refused from a peer, by reason (every peer is honest here, so each is

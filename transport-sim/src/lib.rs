@@ -20,8 +20,9 @@
 //! messages does not shift the fault schedule.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::fmt::{self, Write as _};
+use std::hash::BuildHasherDefault;
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
@@ -274,7 +275,8 @@ enum Ev {
     Client {
         to: NodeIx,
         call: CallId,
-        cmd: Command,
+        /// Boxed: keeps every queued event small (the queue moves them on every pop).
+        cmd: Box<Command>,
     },
     Timer {
         node: NodeIx,
@@ -352,6 +354,28 @@ impl Ord for Scheduled {
     }
 }
 
+/// A fast hasher for maps keyed by ids, which already carry a well-mixed hash (their `Hash`
+/// writes it as one `u64`). Such maps are never iterated, so their order doesn't matter.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+}
+
 struct SimNode {
     id: NodeId,
     cluster: usize,
@@ -371,7 +395,7 @@ struct SimNode {
     departed: bool,
     /// Every proposal that ever reached this node's disk (true once stored): a vote may be
     /// sent late (held behind a later write), but what it reports must have been durable.
-    durable_ever: BTreeMap<ProposalId, bool>,
+    durable_ever: HashMap<ProposalId, bool, BuildHasherDefault<IdHasher>>,
 }
 
 impl SimNode {
@@ -616,7 +640,14 @@ impl World {
         let call = CallId(self.next_call);
         self.next_call += 1;
         let now = self.now;
-        self.push(now, Ev::Client { to, call, cmd });
+        self.push(
+            now,
+            Ev::Client {
+                to,
+                call,
+                cmd: Box::new(cmd),
+            },
+        );
         call
     }
 
@@ -896,7 +927,7 @@ impl World {
                     format_args!("client call {} {cmd:?}", call.0),
                 );
                 self.nodes[to].calls.insert(call);
-                self.handle(to, Input::Client { call, cmd });
+                self.handle(to, Input::Client { call, cmd: *cmd });
             }
             Ev::Timer {
                 node,
@@ -1016,7 +1047,7 @@ impl World {
             calls: BTreeSet::new(),
             leaving: false,
             departed: false,
-            durable_ever: BTreeMap::new(),
+            durable_ever: HashMap::default(),
         });
         ix
     }
