@@ -86,7 +86,28 @@ macro_rules! shared_str_id {
         }
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                Arc::<str>::deserialize(deserializer).map(Self::from_arc)
+                // A plain string, as `Arc<str>` reads it, but copied once (straight from a
+                // borrowed input when the format allows) instead of through a `String`.
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a string")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$name, E> {
+                        Ok($name::new(s))
+                    }
+                    fn visit_string<E: serde::de::Error>(self, s: String) -> Result<$name, E> {
+                        Ok($name::from(s))
+                    }
+                    fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<$name, E> {
+                        match std::str::from_utf8(b) {
+                            Ok(s) => Ok($name::new(s)),
+                            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(b), &self)),
+                        }
+                    }
+                }
+                deserializer.deserialize_str(V)
             }
         }
         impl fmt::Display for $name {
