@@ -1233,15 +1233,21 @@ impl Node {
         targets: Vec<NodeId>,
         request: Request,
     ) {
-        if cluster != self.cluster || !self.membership.contains(&origin) {
-            self.note(Note::PeerInputRejected {
+        let refusal = if cluster != self.cluster {
+            Some(format!(
+                "relay for cluster {cluster} reached {} of {}",
+                self.id, self.cluster
+            ))
+        } else if !self.membership.contains(&origin) {
+            Some("relay from a node outside the membership".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return self.note(Note::PeerInputRejected {
                 from: origin,
-                reason: format!(
-                    "relay for cluster {cluster} reached {} of {}",
-                    self.id, self.cluster
-                ),
+                reason,
             });
-            return;
         }
         let targets: Vec<NodeId> = targets
             .into_iter()
