@@ -818,7 +818,11 @@ impl Node {
         }
         self.refusals.insert(p.clone(), why);
         self.persist(WriteOp::PutRefusal { p: p.clone(), why });
-        if self.refusals.len() > self.config.refusals_max {
+        // A joining node keeps its refusals one by one until it is ready: the join-time copy
+        // must tell a proposal it saw aborted (never adopt it again) from one a watermark
+        // merely over-approximates (adopt it, or a committed key would be missed). Found by
+        // CI seed 242718901. The table is bounded again from the moment the node is ready.
+        if self.refusals.len() > self.config.refusals_max && self.ready {
             self.fold_refusals();
         }
     }
@@ -2375,6 +2379,9 @@ impl Node {
         }
         self.sync = None;
         self.ready = true;
+        if self.refusals.len() > self.config.refusals_max {
+            self.fold_refusals();
+        }
         self.timers.cancel(&Timer::Sync);
         self.persist(WriteOp::Ready(true));
         self.note(Note::Ready);

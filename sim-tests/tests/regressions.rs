@@ -43,3 +43,12 @@ fn relay_reply_keeps_one_response_per_node() {
 fn joiner_learns_earlier_goodbyes() {
     must_pass(352_934_371, Shape::default());
 }
+
+/// A joining node saw a copied reservation aborted, folded that refusal into a watermark
+/// (tiny refusal table), then copied the same reservation again on a later sync: it held
+/// Reserved(P) after processing Abort(P). Joining nodes now fold refusals only once ready.
+/// Found by the CI range of commit ef3d38d.
+#[test]
+fn joiner_never_readopts_a_reservation_it_saw_aborted() {
+    must_pass(242718901, Shape::default());
+}
