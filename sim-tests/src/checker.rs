@@ -5,36 +5,10 @@
 //! written (in memory) and what reached their disks, so a node that silently loses or changes
 //! a key is caught even if no message ever shows it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::BuildHasherDefault;
+use std::collections::{BTreeMap, BTreeSet};
 
 use replicator_core::{DurableKey, Key, NodeId, Note, ProposalId, Time, Value, WriteOp};
-use transport_sim::{NodeIx, Obs};
-
-/// A fast hasher for maps keyed by ids, which already carry a well-mixed hash (their `Hash`
-/// writes it as one `u64`). These maps are never iterated, so their order doesn't matter.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, x: u64) {
-        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    fn write_usize(&mut self, x: usize) {
-        self.write_u64(x as u64);
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+use transport_sim::{IdMap, IdSet, NodeIx, Obs};
 
 /// One node as the checker sees it: what it stores, holds and released.
 #[derive(Clone, Default)]

@@ -357,7 +357,7 @@ impl Ord for Scheduled {
 /// A fast hasher for maps keyed by ids, which already carry a well-mixed hash (their `Hash`
 /// writes it as one `u64`). Such maps are never iterated, so their order doesn't matter.
 #[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
+pub struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -375,6 +375,11 @@ impl std::hash::Hasher for IdHasher {
         self.write_u64(x as u64);
     }
 }
+
+/// A map keyed by ids, hashed with [`IdHasher`]: for lookups only, never iterated.
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+/// A set of ids, hashed with [`IdHasher`]: for lookups only, never iterated.
+pub type IdSet<K> = std::collections::HashSet<K, BuildHasherDefault<IdHasher>>;
 
 struct SimNode {
     id: NodeId,
@@ -395,7 +400,7 @@ struct SimNode {
     departed: bool,
     /// Every proposal that ever reached this node's disk (true once stored): a vote may be
     /// sent late (held behind a later write), but what it reports must have been durable.
-    durable_ever: HashMap<ProposalId, bool, BuildHasherDefault<IdHasher>>,
+    durable_ever: IdMap<ProposalId, bool>,
 }
 
 impl SimNode {
