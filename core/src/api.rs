@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::storage::WriteOp;
-use crate::types::{CallId, ClusterId, Key, NodeId, ProposalId, RequestId, Value, WriteId};
+use crate::types::{
+    CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Value, WriteId,
+};
 use crate::wire::{Message, ReadState};
 
 /// Everything that can happen to a node.
@@ -18,9 +20,15 @@ pub enum Input {
     Persisted { upto: WriteId },
     /// Timers may be due: the driver calls this at [`Node::poll_timeout`](crate::Node::poll_timeout).
     Timeout,
-    /// Discovery found a node (or confirmed one). Memberships only grow this way.
-    NodeDiscovered { cluster: ClusterId, node: NodeId },
-    /// A node left the membership: it said goodbye, or an operator removed it.
+    /// Discovery found a node (or confirmed one): it announced itself in `cluster` of the
+    /// network `network`. Memberships only grow this way (or from a member's view), and only
+    /// with nodes of this node's own network.
+    NodeDiscovered {
+        cluster: ClusterId,
+        node: NodeId,
+        network: NetworkId,
+    },
+    /// A node left the membership: it said goodbye (`goodbye`), or an operator removed it.
     NodeRemoved { node: NodeId, goodbye: bool },
     /// Leave the network gracefully: stop granting, resolve every reservation held, then emit
     /// [`Note::LeaveComplete`]; the driver then says goodbye.
@@ -90,6 +98,9 @@ pub enum RemoveOutcome {
     Unconfirmed { silent: Vec<NodeId> },
     /// Another removal is being checked at this node; nothing was removed.
     InProgress,
+    /// The node answered: it is alive, and only a dead node is removed (a live one that is
+    /// removed would serve stale reads until it hears of it). Stop it first, or force.
+    Alive,
 }
 
 /// What a PUT can be told (PROTOCOL.md, "What a client can be told").
@@ -191,6 +202,9 @@ pub enum NotReady {
     ClusterTooSmall { members: usize, min: usize },
     /// The node is leaving the network.
     Leaving,
+    /// An operator removed this node from the network: it serves nothing any more. Wipe its
+    /// data dir to bring the machine back as a new node.
+    Removed,
 }
 
 /// The answer to a verify read: what every node holds for the key.
@@ -221,6 +235,14 @@ pub enum Note {
     /// A node left the membership here (its goodbye, or an operator's removal): the driver
     /// forgets it too.
     NodeRemoved { node: NodeId },
+    /// A node of another network announced itself; it was not added.
+    ForeignNetwork {
+        node: NodeId,
+        network: NetworkId,
+        ours: NetworkId,
+    },
+    /// An operator removed this node (`by` told it): from now on it serves nothing.
+    SelfRemoved { by: NodeId },
     /// A peer sent something that breaks the rules; it was dropped and changed nothing.
     PeerInputRejected { from: NodeId, reason: String },
     /// An invariant of the protocol broke (a bug somewhere, or a peer that lies). Nothing was

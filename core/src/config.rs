@@ -68,6 +68,12 @@ pub struct Config {
     /// A page of the join-time copy holds at most this many keys and about this many bytes.
     pub sync_page_keys: usize,
     pub sync_page_bytes: usize,
+    /// A node answers "unknown key" only while a member confirmed, within this long, that it
+    /// still counts it as a member (a removed node would otherwise miss every later commit
+    /// and serve stale reads). A node whose membership shrank (or that restarts with departed
+    /// nodes on record) grants nothing for twice this long, so that the removed node's lease
+    /// has run out before anything commits without it. Clocks may drift by far less than 2x.
+    pub read_lease: Duration,
     /// Proposal counters are made durable this many at a time.
     pub counter_block: u64,
 
@@ -111,6 +117,7 @@ impl Default for Config {
             sync_timeout: Duration::from_secs(2),
             sync_page_keys: 1024,
             sync_page_bytes: 1024 * 1024,
+            read_lease: Duration::from_secs(2),
             counter_block: 1024,
             #[cfg(feature = "bug-injection")]
             bug: None,

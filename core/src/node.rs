@@ -1,5 +1,7 @@
 //! The protocol state machine of one node.
 
+mod members;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,9 @@ use crate::config::{Config, ConfigError};
 use crate::membership::Membership;
 use crate::storage::{DurableKey, Recovered, RefusalWhy, RequestOutcome, RequestRecord, WriteOp};
 use crate::timers::{RelayKey, Timer, Timers};
-use crate::types::{CallId, ClusterId, Key, NodeId, ProposalId, RequestId, Time, Value, WriteId};
+use crate::types::{
+    CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Time, Value, WriteId,
+};
 use crate::wire::{DenyReason, Message, ReadState, Request, Response, SyncRefusal, Vote};
 
 /// One node of the write-once replication protocol, as a pure state machine.
@@ -37,8 +41,22 @@ pub struct Node {
     config: Config,
     id: NodeId,
     cluster: ClusterId,
+    network: NetworkId,
     membership: Arc<Membership>,
     departed: BTreeSet<NodeId>,
+    /// An operator removed this node: it serves nothing any more.
+    removed: bool,
+    /// No grant before this: the membership shrank by a removal, and the removed node may
+    /// still answer reads until its read lease runs out.
+    settled_at: Time,
+    /// This node answers "unknown key" only before this (a member counted it recently).
+    read_lease_until: Time,
+    /// When the last round of membership probes left.
+    probe_sent: Option<Time>,
+    /// Reads of free keys waiting for the read lease to be renewed.
+    lease_reads: BTreeMap<CallId, Key>,
+    /// When this node last sent its view to each peer (views are rate-limited).
+    view_sent: BTreeMap<NodeId, Time>,
     rng: ChaCha8Rng,
     now: Time,
 
@@ -208,23 +226,31 @@ pub enum InjectedBug {
     VoteBeforeDurable,
     /// Answer Status of a proposal this node does not hold without fencing it.
     StatusWithoutFence,
+    /// Start after a restart from the membership the driver happens to know (here: only this
+    /// node), not the recorded one: the bug that let a cluster restarted during a partition
+    /// found a network of its own.
+    ForgetMembershipOnRestart,
+    /// Answer "unknown key" without a read lease: a removed node that does not know it yet
+    /// serves stale reads.
+    ReadWithoutLease,
 }
 
 impl Node {
-    /// Starts a node from its durable state. `membership` is what the driver knows now (at
-    /// least this node itself); `seed` seeds the jitter of backoffs.
+    /// Starts a node from its durable state only: its keys, refusals, network and the whole
+    /// membership it recorded (whatever it rediscovers later can only add to it). `seed` seeds
+    /// the jitter of backoffs.
     pub fn new(
         config: Config,
         id: NodeId,
         cluster: ClusterId,
-        membership: Membership,
         recovered: Recovered,
         now: Time,
         seed: u64,
     ) -> Result<Node, ConfigError> {
         config.validate()?;
-        let membership = Arc::new(membership.with_node(cluster.clone(), id.clone()));
         let Recovered {
+            network,
+            members,
             keys,
             refusals,
             watermarks,
@@ -233,12 +259,34 @@ impl Node {
             ready,
             departed,
         } = recovered;
+        let forget = bug_in(&config, InjectedBug::ForgetMembershipOnRestart);
+        let recorded = members
+            .into_iter()
+            .filter(|_| !forget)
+            .map(|(node, cluster)| (cluster, node));
+        let membership = Arc::new(
+            Membership::from_pairs(recorded).with_node(cluster.clone(), id.clone()),
+        );
+        // A removal recorded before the restart may be moments old: settle as after one.
+        let settled_at = if departed.is_empty() {
+            now
+        } else {
+            now + config.read_lease.saturating_mul(2)
+        };
+        let removed = departed.contains(&id);
         let mut node = Node {
             config,
             id,
             cluster,
+            network,
             membership,
             departed,
+            removed,
+            settled_at,
+            read_lease_until: Time::ZERO,
+            probe_sent: None,
+            lease_reads: BTreeMap::new(),
+            view_sent: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             now,
             keys,
@@ -313,6 +361,14 @@ impl Node {
     pub fn membership(&self) -> &Membership {
         &self.membership
     }
+    /// The network this node belongs to.
+    pub fn network(&self) -> &NetworkId {
+        &self.network
+    }
+    /// Whether an operator removed this node (it serves nothing any more).
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -364,8 +420,12 @@ impl Node {
                     self.on_timer(timer);
                 }
             }
-            Input::NodeDiscovered { cluster, node } => self.on_discovered(cluster, node),
-            Input::NodeRemoved { node, goodbye: _ } => self.on_removed(node),
+            Input::NodeDiscovered {
+                cluster,
+                node,
+                network,
+            } => self.on_discovered(cluster, node, network),
+            Input::NodeRemoved { node, goodbye } => self.on_removed(node, goodbye),
             Input::Leave => self.on_leave(),
         }
         self.drain_inbox();
@@ -398,6 +458,7 @@ impl Node {
             self.note(Note::PeerInputRejected { from, reason });
             return;
         }
+        self.tell_departed_sender(&from);
         match msg {
             Message::Request(req) => {
                 if let Some(resp) = self.on_request(&from, req) {
@@ -430,16 +491,17 @@ impl Node {
             Message::SyncRefused { reason: _ } => self.on_sync_refused(from),
             Message::LeaveCheck => self.on_leave_check(from),
             Message::Removed { node } => {
-                if self.membership.contains(&from) && node != self.id {
-                    self.on_removed(node);
+                if !self.membership.contains(&from) || from == self.id {
+                } else if node == self.id {
+                    self.on_self_removed(from);
+                } else {
+                    self.on_removed(node, false);
                 }
             }
-            Message::RemoveCheck { node } => {
-                if self.membership.contains(&from) {
-                    let open = self.open_naming(&node, true);
-                    self.send(from, Message::RemoveCheckReply { node, open });
-                }
-            }
+            Message::RemoveCheck { node } => self.on_remove_check(from, node),
+            Message::View { members, departed } => self.on_view(from, members, departed),
+            Message::Probe { sent } => self.on_probe(from, sent),
+            Message::ProbeReply { sent } => self.on_probe_reply(from, sent),
             Message::RemoveCheckReply { node, open } => {
                 self.on_remove_check_reply(from, node, open)
             }
@@ -500,6 +562,13 @@ impl Node {
                 }
                 Ok(())
             }
+            Message::View { members, departed } => {
+                if departed.len() > self.departed_listed_max() {
+                    return Err(format!("view lists {} departed nodes", departed.len()));
+                }
+                self.check_membership(members)
+            }
+            Message::Probe { .. } | Message::ProbeReply { .. } => Ok(()),
         }
     }
 
@@ -616,7 +685,7 @@ impl Node {
                 None
             }
             Request::Read { key, tag } => {
-                let state = if !self.ready {
+                let state = if !self.ready || self.removed {
                     ReadState::NotReady
                 } else {
                     match self.keys.get(&key) {
@@ -654,12 +723,19 @@ impl Node {
             }
             Some(DurableKey::Reserved { .. }) | None => {}
         }
-        let reason = if self.leaving {
+        let reason = if self.removed {
+            Some(DenyReason::Departed)
+        } else if self.leaving {
             Some(DenyReason::Leaving)
         } else if !self.ready {
             Some(DenyReason::NotReady)
         } else if digest != self.membership.digest() {
+            // The coordinator's view or this node's lacks a discovery, a goodbye or a
+            // removal: exchange views so that the next attempt finds them equal.
+            self.send_view(&p.coordinator.clone());
             Some(DenyReason::MembershipChanged)
+        } else if self.now < self.settled_at {
+            Some(DenyReason::Settling)
         } else if self.reservations.len() >= self.config.reservations_max {
             Some(DenyReason::Overloaded)
         } else {
@@ -883,6 +959,14 @@ impl Node {
                         vote: vote.clone(),
                     };
                     self.relay_collect(&relay_key, &node, resp, decisive);
+                }
+                if let Vote::Denied {
+                    reason: DenyReason::MembershipChanged,
+                    ..
+                } = vote
+                    && self.deciders.contains_key(&p)
+                {
+                    self.send_view(&node);
                 }
                 self.on_vote(&p, node, vote);
             }
@@ -1380,6 +1464,17 @@ impl Node {
     // ================================================================ clients
 
     fn on_command(&mut self, call: CallId, cmd: Command) {
+        if self.removed {
+            let removed = NotReady::Removed;
+            let reply = match cmd {
+                Command::Put { .. } => Reply::Put(PutOutcome::NotReady(removed)),
+                Command::Get { .. } | Command::Verify { .. } => {
+                    Reply::Get(GetOutcome::NotReady(removed))
+                }
+                Command::RemoveNode { .. } => Reply::Remove(RemoveOutcome::Unknown),
+            };
+            return self.reply(call, reply);
+        }
         match cmd {
             Command::Put {
                 key,
@@ -1711,12 +1806,19 @@ impl Node {
         if !self.ready {
             return self.reply(call, Reply::Get(GetOutcome::NotReady(NotReady::Joining)));
         }
+        self.read_now(call, key);
+    }
+
+    /// Answers a read from the key's state here: its value, "unknown" (under the read lease),
+    /// or a wait for the outcome of the proposal that reserved it.
+    fn read_now(&mut self, call: CallId, key: Key) {
         match self.keys.get(&key) {
             Some(DurableKey::Stored { value, .. }) => {
                 let value = value.clone();
+                self.timers.cancel(&Timer::ReadDeadline(call));
                 self.reply(call, Reply::Get(GetOutcome::Value(value)))
             }
-            None => self.reply(call, Reply::Get(GetOutcome::Unknown)),
+            None => self.answer_free(call, key),
             Some(DurableKey::Reserved { .. })
                 if self.bug_is(InjectedBug::ReadReservedAsUnknown) =>
             {
@@ -1724,13 +1826,16 @@ impl Node {
             }
             Some(DurableKey::Reserved { p, .. }) => {
                 if self.reads.len() >= self.config.reads_waiting_max {
+                    self.timers.cancel(&Timer::ReadDeadline(call));
                     return self.reply(call, Reply::Get(GetOutcome::Overloaded));
                 }
                 let p = p.clone();
-                self.timers.set(
-                    Timer::ReadDeadline(call),
-                    self.now + self.config.read_timeout,
-                );
+                if self.timers.get(&Timer::ReadDeadline(call)).is_none() {
+                    self.timers.set(
+                        Timer::ReadDeadline(call),
+                        self.now + self.config.read_timeout,
+                    );
+                }
                 self.wait_read(call, key, p);
             }
         }
@@ -1758,14 +1863,7 @@ impl Node {
                     let q = q.clone();
                     self.wait_read(call, read.key, q);
                 }
-                state => {
-                    let outcome = match state {
-                        Some(DurableKey::Stored { value, .. }) => GetOutcome::Value(value.clone()),
-                        _ => GetOutcome::Unknown,
-                    };
-                    self.timers.cancel(&Timer::ReadDeadline(call));
-                    self.reply(call, Reply::Get(outcome));
-                }
+                _ => self.read_now(call, read.key),
             }
         }
     }
@@ -1919,6 +2017,9 @@ impl Node {
                 }
             }
             Timer::ReadDeadline(call) => {
+                if self.lease_read_deadline(call) {
+                    return;
+                }
                 let Some(read) = self.reads.remove(&call) else {
                     return;
                 };
@@ -1949,12 +2050,7 @@ impl Node {
                 self.end_op(op, outcome)
             }
             Timer::LeaveCheck => self.send_leave_checks(),
-            Timer::RemoveCheck => {
-                if let Some(r) = self.removal.take() {
-                    let silent = r.waiting.into_iter().collect();
-                    self.reply(r.call, Reply::Remove(RemoveOutcome::Unconfirmed { silent }));
-                }
-            }
+            Timer::RemoveCheck => self.on_remove_check_timer(),
             Timer::Sync => self.on_sync_timer(),
         }
     }
@@ -2013,235 +2109,10 @@ impl Node {
         );
     }
 
-    // ================================================================ membership
-
-    fn on_discovered(&mut self, cluster: ClusterId, node: NodeId) {
-        match self.membership.cluster_of(&node) {
-            Some(c) if *c == cluster => return,
-            Some(c) => {
-                let reason = format!("{node} is known in cluster {c}, not {cluster}");
-                return self.note(Note::PeerInputRejected { from: node, reason });
-            }
-            None => {}
-        }
-        if self.departed.contains(&node) {
-            let reason = "a node that said goodbye must come back with a new identity".to_string();
-            return self.note(Note::PeerInputRejected { from: node, reason });
-        }
-        let grown = self.membership.with_node(cluster.clone(), node.clone());
-        if grown.cluster_count() > self.config.clusters_max
-            || grown.nodes_of(&cluster).len() > self.config.cluster_nodes_max
-        {
-            let reason = "membership would exceed the configured limits".to_string();
-            return self.note(Note::PeerInputRejected { from: node, reason });
-        }
-        self.membership = Arc::new(grown);
-    }
-
-    fn on_removed(&mut self, node: NodeId) {
-        if node == self.id || self.departed.contains(&node) {
-            return;
-        }
-        self.membership = Arc::new(self.membership.without_node(&node));
-        self.departed.insert(node.clone());
-        self.persist(WriteOp::Departed(node.clone()));
-        self.note(Note::NodeRemoved { node: node.clone() });
-        let affected: Vec<ProposalId> = self
-            .deciders
-            .iter()
-            .filter(|(_, d)| d.participants.contains(&node))
-            .map(|(p, _)| p.clone())
-            .collect();
-        for p in affected {
-            self.evaluate(&p);
-        }
-    }
-
-    /// An operator removes `node`. Unless forced, every member is asked first whether a
-    /// reservation it holds names the node: removing it makes Resolve count it fenced, which
-    /// would abort a proposal the node granted and that committed while the commit has not
-    /// reached everyone yet.
-    fn on_remove_command(&mut self, call: CallId, node: NodeId, force: bool) {
-        if node == self.id || !self.membership.contains(&node) {
-            return self.reply(call, Reply::Remove(RemoveOutcome::Unknown));
-        }
-        if force {
-            self.remove_everywhere(node);
-            return self.reply(call, Reply::Remove(RemoveOutcome::Removed));
-        }
-        if self.removal.is_some() {
-            return self.reply(call, Reply::Remove(RemoveOutcome::InProgress));
-        }
-        let open = self.open_naming(&node, true);
-        if !open.is_empty() {
-            return self.reply(call, Reply::Remove(RemoveOutcome::Refused { open }));
-        }
-        let waiting: BTreeSet<NodeId> = self
-            .membership
-            .nodes()
-            .filter(|n| **n != self.id && **n != node)
-            .cloned()
-            .collect();
-        for n in &waiting {
-            self.send(n.clone(), Message::RemoveCheck { node: node.clone() });
-        }
-        self.removal = Some(PendingRemoval {
-            call,
-            node,
-            waiting,
-            open: Vec::new(),
-        });
-        self.timers
-            .set(Timer::RemoveCheck, self.now + self.config.verify_timeout);
-        self.finish_removal_if_answered();
-    }
-
-    fn on_remove_check_reply(&mut self, from: NodeId, node: NodeId, open: Vec<ProposalId>) {
-        let Some(r) = &mut self.removal else { return };
-        if r.node != node || !r.waiting.remove(&from) {
-            return;
-        }
-        r.open.extend(open);
-        r.open.truncate(OPEN_LISTED_MAX);
-        self.finish_removal_if_answered();
-    }
-
-    fn finish_removal_if_answered(&mut self) {
-        if !self.removal.as_ref().is_some_and(|r| r.waiting.is_empty()) {
-            return;
-        }
-        let Some(r) = self.removal.take() else { return };
-        self.timers.cancel(&Timer::RemoveCheck);
-        if r.open.is_empty() {
-            self.remove_everywhere(r.node);
-            self.reply(r.call, Reply::Remove(RemoveOutcome::Removed));
-        } else {
-            self.reply(
-                r.call,
-                Reply::Remove(RemoveOutcome::Refused { open: r.open }),
-            );
-        }
-    }
-
-    fn remove_everywhere(&mut self, node: NodeId) {
-        self.on_removed(node.clone());
-        let others: Vec<NodeId> = self
-            .membership
-            .nodes()
-            .filter(|n| **n != self.id)
-            .cloned()
-            .collect();
-        for n in others {
-            self.send(n, Message::Removed { node: node.clone() });
-        }
-    }
-
-    /// The open proposals held here that name `node` as a participant (at most
-    /// `OPEN_LISTED_MAX`); with `resolve`, starts resolving every one of them.
-    fn open_naming(&mut self, node: &NodeId, resolve: bool) -> Vec<ProposalId> {
-        let naming: Vec<(ProposalId, Key, Arc<Membership>)> = self
-            .reservations
-            .iter()
-            .filter_map(|(p, key)| match self.keys.get(key) {
-                Some(DurableKey::Reserved { participants, .. }) if participants.contains(node) => {
-                    Some((p.clone(), key.clone(), participants.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        let listed = naming
-            .iter()
-            .take(OPEN_LISTED_MAX)
-            .map(|(p, _, _)| p.clone())
-            .collect();
-        if resolve {
-            for (p, key, participants) in naming {
-                if !self.resolve(&p, &key, participants) {
-                    self.timers
-                        .set(Timer::Lease(p), self.now + self.config.resolve_backoff_min);
-                }
-            }
-        }
-        listed
-    }
-
-    fn on_leave(&mut self) {
-        if self.leaving {
-            return;
-        }
-        self.leaving = true;
-        for d in self.deciders.values_mut() {
-            d.confirm = true;
-        }
-        let open: Vec<(ProposalId, Key)> = self
-            .reservations
-            .iter()
-            .map(|(p, k)| (p.clone(), k.clone()))
-            .collect();
-        for (p, key) in open {
-            if let Some(DurableKey::Reserved { participants, .. }) = self.keys.get(&key) {
-                let participants = participants.clone();
-                if !self.resolve(&p, &key, participants) {
-                    self.timers
-                        .set(Timer::Lease(p), self.now + self.config.resolve_backoff_min);
-                }
-            }
-        }
-        self.send_leave_checks();
-        self.check_leave_complete();
-    }
-
-    /// Asks every member that is not clear yet to settle the reservations that name this node.
-    /// A proposal this node granted may be open elsewhere even if it is settled here (say this
-    /// node stored it but the others' Commits were lost); once this node is gone, Resolve
-    /// counts it Fenced, so every such proposal must be settled everywhere first.
-    fn send_leave_checks(&mut self) {
-        if !self.leaving || self.leave_complete {
-            return;
-        }
-        let pending: Vec<NodeId> = self
-            .membership
-            .nodes()
-            .filter(|n| **n != self.id && !self.leave_clear.contains(*n))
-            .cloned()
-            .collect();
-        for n in pending {
-            self.send(n, Message::LeaveCheck);
-        }
-        let again = self.now + self.config.resolve_backoff_max;
-        self.timers.set(Timer::LeaveCheck, again);
-    }
-
-    fn on_leave_check(&mut self, from: NodeId) {
-        if !self.membership.contains(&from) {
-            return self.send(from, Message::LeaveClear { clear: true });
-        }
-        let clear = self.open_naming(&from, true).is_empty();
-        self.send(from, Message::LeaveClear { clear });
-    }
-
-    fn check_leave_complete(&mut self) {
-        let everyone_clear = || {
-            self.membership
-                .nodes()
-                .all(|n| *n == self.id || self.leave_clear.contains(n))
-        };
-        if self.leaving
-            && !self.leave_complete
-            && self.reservations.is_empty()
-            && self.deciders.is_empty()
-            && everyone_clear()
-        {
-            self.leave_complete = true;
-            self.timers.cancel(&Timer::LeaveCheck);
-            self.note(Note::LeaveComplete);
-        }
-    }
-
     // ================================================================ join-time copy
 
     fn on_sync_request(&mut self, from: NodeId, after: Option<Key>) {
-        let refusal = if !self.ready {
+        let refusal = if !self.ready || self.removed {
             Some(SyncRefusal::NotReady)
         } else if !self.membership.contains(&from) {
             Some(SyncRefusal::NotMember)
@@ -2478,16 +2349,21 @@ impl Node {
         });
     }
 
-    #[cfg(feature = "bug-injection")]
-    fn bug_is(&self, check: InjectedBug) -> bool {
-        self.config.bug == Some(check)
-    }
-
-    #[cfg(not(feature = "bug-injection"))]
     #[inline(always)]
-    fn bug_is(&self, _check: InjectedBug) -> bool {
-        false
+    fn bug_is(&self, check: InjectedBug) -> bool {
+        bug_in(&self.config, check)
     }
+}
+
+#[cfg(feature = "bug-injection")]
+fn bug_in(config: &Config, check: InjectedBug) -> bool {
+    config.bug == Some(check)
+}
+
+#[cfg(not(feature = "bug-injection"))]
+#[inline(always)]
+fn bug_in(_config: &Config, _check: InjectedBug) -> bool {
+    false
 }
 
 /// Proposals listed in a removal's answer, at most.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::membership::Membership;
-use crate::types::{Key, NodeId, ProposalId, RequestId, Value};
+use crate::types::{ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Value};
 
 /// The durable state of one key. `Free` keys are simply absent.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -111,13 +111,23 @@ pub enum WriteOp {
     },
     /// Whether the node finished its join-time copy and may vote and serve reads.
     Ready(bool),
-    /// A node that said goodbye: counted as fenced for any proposal from now on.
+    /// A node joined the membership (discovered, or learned from a member's view). The
+    /// membership is protocol state: a restarted node resumes with every member it recorded.
+    AddMember { cluster: ClusterId, node: NodeId },
+    /// A node left the membership (its goodbye, or an operator's removal): counted as fenced
+    /// for any proposal from now on, and never a member again. When it is this node itself, the
+    /// node was removed: it serves nothing any more.
     Departed(NodeId),
 }
 
 /// A node's durable state: what it recovers after a restart.
-#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Recovered {
+    /// The network this node belongs to: drawn by the founder, adopted by a joiner from the
+    /// peer it joins through, before anything is copied.
+    pub network: NetworkId,
+    /// Every other member this node recorded, with its cluster. Never includes a departed node.
+    pub members: BTreeMap<NodeId, ClusterId>,
     pub keys: BTreeMap<Key, DurableKey>,
     pub refusals: BTreeMap<ProposalId, RefusalWhy>,
     pub watermarks: BTreeMap<NodeId, u64>,
@@ -128,18 +138,37 @@ pub struct Recovered {
 }
 
 impl Recovered {
-    /// The state of a node that founds a new network: nothing to copy, ready at once.
-    pub fn founder() -> Self {
+    /// The state of a node that founds the network `network` (an id its driver drew at
+    /// random): nothing to copy, ready at once.
+    pub fn founder(network: NetworkId) -> Self {
         Recovered {
             ready: true,
-            ..Recovered::default()
+            ..Recovered::joiner(network)
         }
     }
 
-    /// The state of a brand-new node that joins an existing network: it copies the keys from
-    /// a peer before it votes or serves reads.
-    pub fn joiner() -> Self {
-        Recovered::default()
+    /// The state of a brand-new node that joins the network `network` (learned from the peer
+    /// it joins through): it copies the keys from a member before it votes or serves reads.
+    pub fn joiner(network: NetworkId) -> Self {
+        Recovered {
+            network,
+            members: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            refusals: BTreeMap::new(),
+            watermarks: BTreeMap::new(),
+            counter_ceiling: 0,
+            requests: BTreeMap::new(),
+            ready: false,
+            departed: BTreeSet::new(),
+        }
+    }
+
+    /// The same state with these members recorded (the nodes that found a network together).
+    pub fn with_members(mut self, members: impl IntoIterator<Item = (ClusterId, NodeId)>) -> Self {
+        for (cluster, node) in members {
+            self.apply(&WriteOp::AddMember { cluster, node });
+        }
+        self
     }
 
     /// Applies one durable change.
@@ -172,7 +201,13 @@ impl Recovered {
                 self.requests.remove(id);
             }
             WriteOp::Ready(r) => self.ready = *r,
+            WriteOp::AddMember { cluster, node } => {
+                if !self.departed.contains(node) {
+                    self.members.insert(node.clone(), cluster.clone());
+                }
+            }
             WriteOp::Departed(n) => {
+                self.members.remove(n);
                 self.departed.insert(n.clone());
             }
         }

@@ -64,6 +64,11 @@ impl Timers {
         }
     }
 
+    /// When `timer` is due, if it is set.
+    pub fn get(&self, timer: &Timer) -> Option<Time> {
+        self.at.get(timer).copied()
+    }
+
     pub fn next(&self) -> Option<Time> {
         self.by_time.first().map(|(t, _)| *t)
     }

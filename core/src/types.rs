@@ -142,6 +142,11 @@ shared_str_id!(
     ClusterId
 );
 shared_str_id!(
+    /// The identity of a network: drawn by its founder, adopted by every node that joins it,
+    /// persisted by each. Nodes of two networks never become members of each other.
+    NetworkId
+);
+shared_str_id!(
     /// A key: non-empty UTF-8, at most `Config::key_bytes_max` bytes.
     Key
 );

@@ -9,9 +9,9 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::membership::Digest;
+use crate::membership::{Digest, Membership};
 use crate::storage::DurableKey;
-use crate::types::{ClusterId, Key, NodeId, ProposalId, Value};
+use crate::types::{ClusterId, Key, NodeId, ProposalId, Time, Value};
 
 /// The version byte every frame starts with. Bump it on any incompatible change.
 pub const WIRE_VERSION: u8 = 1;
@@ -69,6 +69,21 @@ pub enum Message {
     RemoveCheckReply {
         node: NodeId,
         open: Vec<ProposalId>,
+    },
+    /// The sender's membership and the nodes it knows departed (at most
+    /// `clusters_max * cluster_nodes_max` of them): sent to a node whose view differs, so
+    /// that views converge although a goodbye or a removal was missed.
+    View {
+        members: Membership,
+        departed: Vec<NodeId>,
+    },
+    /// Am I still a member? Answered with [`Message::ProbeReply`] echoing `sent` (the asker's
+    /// clock), or with [`Message::Removed`] naming the asker if it was removed.
+    Probe {
+        sent: Time,
+    },
+    ProbeReply {
+        sent: Time,
     },
 }
 
@@ -151,8 +166,11 @@ pub enum DenyReason {
     Leaving,
     /// The node holds as many reservations as it may.
     Overloaded,
-    /// The node said goodbye: it counts as fenced for any proposal.
+    /// The node was removed from the network: it grants nothing any more.
     Departed,
+    /// The node's membership shrank moments ago: it grants nothing until a removed node that
+    /// might still be alive has stopped serving reads (its read lease ran out).
+    Settling,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
