@@ -26,5 +26,7 @@ pub use config::{Config, ConfigError};
 pub use membership::{Digest, Membership};
 pub use node::{InjectedBug, Node, Stats, validate_key, validate_put};
 pub use storage::{DurableKey, Recovered, RefusalWhy, RequestOutcome, RequestRecord, WriteOp};
-pub use types::{CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Time, Value, WriteId};
+pub use types::{
+    CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Time, Value, WriteId,
+};
 pub use wire::{DenyReason, Message, ReadState, Request, Response, Vote};

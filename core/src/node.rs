@@ -264,9 +264,8 @@ impl Node {
             .into_iter()
             .filter(|_| !forget)
             .map(|(node, cluster)| (cluster, node));
-        let membership = Arc::new(
-            Membership::from_pairs(recorded).with_node(cluster.clone(), id.clone()),
-        );
+        let membership =
+            Arc::new(Membership::from_pairs(recorded).with_node(cluster.clone(), id.clone()));
         // A removal recorded before the restart may be moments old: settle as after one.
         let settled_at = if departed.is_empty() {
             now

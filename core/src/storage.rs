@@ -113,7 +113,10 @@ pub enum WriteOp {
     Ready(bool),
     /// A node joined the membership (discovered, or learned from a member's view). The
     /// membership is protocol state: a restarted node resumes with every member it recorded.
-    AddMember { cluster: ClusterId, node: NodeId },
+    AddMember {
+        cluster: ClusterId,
+        node: NodeId,
+    },
     /// A node left the membership (its goodbye, or an operator's removal): counted as fenced
     /// for any proposal from now on, and never a member again. When it is this node itself, the
     /// node was removed: it serves nothing any more.

@@ -317,10 +317,11 @@ fn reserve_reaching_a_leaving_node_is_refused_and_leave_completes() {
 // ==================================================================== membership
 
 /// An operator removes a node that never answered, while a proposal waits on it: the
-/// proposal aborts (the removed node counts as fenced), and the retry under the new
+/// proposal aborts (the removed node counts as fenced); nothing is granted while the removal
+/// settles (the removed node's read lease may still run), then a retry under the new
 /// membership stores the value.
 #[test]
-fn node_removed_while_proposal_waits_on_it_aborts_then_retry_stores() {
+fn node_removed_while_proposal_waits_on_it_aborts_then_retry_stores_once_settled() {
     let mut h = Harness::new(2, 3);
     h.crash("b3");
     let c = h.put("a1", "k", "v");
@@ -331,6 +332,12 @@ fn node_removed_while_proposal_waits_on_it_aborts_then_retry_stores() {
         .expect("a1 granted its own proposal");
     h.remove("b3", false);
     h.run_for(Duration::from_secs(2));
+    assert_eq!(put_reply(&h, c), Some(PutOutcome::Busy));
+    assert!(h.states("k").values().all(Option::is_none));
+    let settle = h.config.read_lease * 2;
+    h.run_for(settle);
+    let c = h.put("a1", "k", "v");
+    h.run_for(Duration::from_secs(1));
     assert_eq!(put_reply(&h, c), Some(PutOutcome::Stored));
     assert!(h.stored_everywhere("k", "v"), "{:?}", h.states("k"));
     assert!(h.decisions(&p1).iter().all(|(_, c)| !c));
@@ -494,6 +501,8 @@ fn joiner_copy_races_commit_of_old_membership_proposal() {
 
 /// While a node joins, a coordinator that has not discovered it yet proposes with the old
 /// digest: nodes that did discover it refuse, so nothing commits that the joiner could miss.
+/// Their views reach the coordinator, which learns of the joiner and includes it from then on
+/// (here the joiner never answers, so nothing commits at all).
 #[test]
 fn proposal_with_pre_join_digest_is_refused_and_joiner_never_misses_a_commit() {
     let mut h = Harness::with_config(
@@ -511,13 +520,26 @@ fn proposal_with_pre_join_digest_is_refused_and_joiner_never_misses_a_commit() {
             Input::NodeDiscovered {
                 cluster: ClusterId::from("b"),
                 node: n("b4"),
+                network: net(),
             },
         );
     }
     let c = h.put("a1", "k", "v");
-    h.run_for(Duration::from_secs(1));
-    assert_eq!(put_reply(&h, c), Some(PutOutcome::Busy));
-    assert!(h.states("k").values().all(Option::is_none));
+    h.run_for(Duration::from_secs(3));
+    assert!(
+        matches!(
+            put_reply(&h, c),
+            Some(PutOutcome::Busy | PutOutcome::Unavailable(_))
+        ),
+        "{:?}",
+        h.reply(c)
+    );
+    assert!(
+        h.states("k")
+            .values()
+            .all(|s| !matches!(s, Some(DurableKey::Stored { .. })))
+    );
+    assert!(h.node("a1").membership().contains(&n("b4")));
     assert_agreement(&h, &["k"]);
 }
 

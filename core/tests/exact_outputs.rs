@@ -2,15 +2,17 @@
 
 use replicator_core::*;
 
+fn founded() -> Recovered {
+    Recovered::founder("net".into())
+        .with_members(["n1", "n2", "n3"].map(|n| (ClusterId::from("c"), NodeId::from(n))))
+}
+
 fn node() -> Node {
-    let m =
-        Membership::from_pairs(["n1", "n2", "n3"].map(|n| (ClusterId::from("c"), NodeId::from(n))));
     Node::new(
         Config::default(),
         "n1".into(),
         "c".into(),
-        m,
-        Recovered::founder(),
+        founded(),
         Time::ZERO,
         1,
     )
@@ -236,9 +238,7 @@ fn commit_without_a_reservation_is_a_violation_and_changes_nothing() {
 
 #[test]
 fn proposal_counters_never_repeat_across_restarts() {
-    let m =
-        Membership::from_pairs(["n1", "n2", "n3"].map(|n| (ClusterId::from("c"), NodeId::from(n))));
-    let mut disk = Recovered::founder();
+    let mut disk = founded();
     let mut seen = std::collections::BTreeSet::new();
     for round in 0..3 {
         let mut this_run = std::collections::BTreeSet::new();
@@ -246,7 +246,6 @@ fn proposal_counters_never_repeat_across_restarts() {
             Config::default(),
             "n1".into(),
             "c".into(),
-            m.clone(),
             disk.clone(),
             Time::ZERO,
             round,

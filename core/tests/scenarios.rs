@@ -212,6 +212,9 @@ fn concurrent_proposals_from_two_clusters_never_both_store() {
 fn get_unknown_then_value_from_another_cluster() {
     let mut h = Harness::new(3, 3);
     let g = h.get("b2", "nothing");
+    // The first "unknown" waits for a member to confirm b2 is still a member (read lease).
+    assert_eq!(get_reply(&h, g), None);
+    h.deliver_all();
     assert_eq!(get_reply(&h, g), Some(GetOutcome::Unknown));
     let p = h.put("a1", "k", "v");
     h.deliver_all();
@@ -476,7 +479,7 @@ fn bad_client_input_is_invalid_and_changes_nothing() {
         Some(GetOutcome::Invalid(Invalid::EmptyKey))
     );
     assert!(h.net.is_empty());
-    assert!(h.slots[&n("a1")].disk == Recovered::founder());
+    assert!(h.slots[&n("a1")].disk == founded_disk(&h));
 }
 
 #[test]
@@ -523,7 +526,7 @@ fn bad_peer_input_is_rejected_and_changes_nothing() {
         .count();
     assert_eq!(rejected, 3);
     assert!(h.net.is_empty());
-    assert_eq!(h.slots[&n("a1")].disk, Recovered::founder());
+    assert_eq!(h.slots[&n("a1")].disk, founded_disk(&h));
 }
 
 #[test]
@@ -579,17 +582,15 @@ fn joining_node_copies_keys_before_serving_reads() {
             Input::NodeDiscovered {
                 cluster: ClusterId::from("b"),
                 node: n("b4"),
+                network: net(),
             },
         );
     }
-    let membership =
-        Membership::from_pairs(all.into_iter().chain([(ClusterId::from("b"), n("b4"))]));
     let node = Node::new(
         h.config.clone(),
         n("b4"),
         ClusterId::from("b"),
-        membership,
-        Recovered::joiner(),
+        Recovered::joiner(net()),
         h.now,
         99,
     )
@@ -599,9 +600,20 @@ fn joining_node_copies_keys_before_serving_reads() {
         Slot {
             cluster: ClusterId::from("b"),
             node: Some(node),
-            disk: Recovered::joiner(),
+            disk: Recovered::joiner(net()),
         },
     );
+    // And it discovers them.
+    for (cluster, node) in all {
+        h.input(
+            &n("b4"),
+            Input::NodeDiscovered {
+                cluster,
+                node,
+                network: net(),
+            },
+        );
+    }
     let early = h.get("b4", "k1");
     assert_eq!(
         get_reply(&h, early),
@@ -664,36 +676,75 @@ fn verify_read_reports_agreement_across_clusters() {
 }
 
 #[test]
-fn membership_change_refuses_then_retry_succeeds_once_views_agree() {
-    let mut h = Harness::new(2, 3);
-    // b3 learned of a new node (d1) that nobody else knows yet: its digest differs.
+fn views_converge_after_a_missed_goodbye_and_the_retry_stores() {
+    let mut h = Harness::new(2, 4);
+    // a4 says goodbye, but only b1 hears it (the others were cut off at that moment).
+    h.slots.remove(&n("a4"));
     h.input(
-        &n("b3"),
-        Input::NodeDiscovered {
-            cluster: ClusterId::from("d"),
-            node: n("d1"),
-        },
-    );
-    let config_retries = h.config.busy_retries_max;
-    assert!(config_retries > 0);
-    let c = h.put("a1", "k", "v");
-    h.deliver_all();
-    // Every attempt meets b3's "membership changed" refusal.
-    h.run_for(Duration::from_secs(1));
-    assert_eq!(put_reply(&h, c), Some(PutOutcome::Busy));
-    assert!(h.states("k").values().all(Option::is_none));
-    // Growing is the only way views change on discovery: once the others learn d1 too... but
-    // d1 does not exist here, so instead b3's operator removes it again, and views agree.
-    h.input(
-        &n("b3"),
+        &n("b1"),
         Input::NodeRemoved {
-            node: n("d1"),
-            goodbye: false,
+            node: n("a4"),
+            goodbye: true,
         },
     );
-    let c = h.put("a1", "k2", "v");
-    h.deliver_all();
-    assert_eq!(put_reply(&h, c), Some(PutOutcome::Stored));
+    assert_ne!(
+        h.node("b1").membership().digest(),
+        h.node("a1").membership().digest()
+    );
+    // a1 proposes with a4 still in its view: b1 refuses (membership changed) and sends its
+    // view; a1 learns the departure, then tells the others whose refusals follow.
+    let c = h.put("a1", "k", "v");
+    h.run_for(Duration::from_secs(2));
+    assert!(
+        matches!(put_reply(&h, c), Some(PutOutcome::Busy)),
+        "{:?}",
+        h.reply(c)
+    );
+    let digest = h.node("b1").membership().digest();
+    for id in ["a1", "a2", "a3", "b2", "b3", "b4"] {
+        assert_eq!(h.node(id).membership().digest(), digest, "{id}");
+        assert!(!h.node(id).membership().contains(&n("a4")));
+    }
+    // A departure learned from a view might be a removal: grants wait until it settled.
+    h.run_for(h.config.read_lease * 2);
+    let c = h.put("a1", "k", "v");
+    h.run_for(Duration::from_secs(1));
+    assert_eq!(
+        put_reply(&h, c),
+        Some(PutOutcome::Stored),
+        "{:?}",
+        h.reply(c)
+    );
+    assert!(h.stored_everywhere("k", "v"));
+}
+
+#[test]
+fn a_missed_discovery_spreads_through_views() {
+    let mut h = Harness::new(1, 3);
+    h.join("a", "a4");
+    h.run_for(Duration::from_millis(200));
+    assert!(h.node("a4").is_ready());
+    // A fifth node is discovered by a4 only (it reached nobody else yet).
+    h.input(
+        &n("a4"),
+        Input::NodeDiscovered {
+            cluster: ClusterId::from("a"),
+            node: n("a5"),
+            network: net(),
+        },
+    );
+    let c = h.put("a1", "k", "v");
+    h.run_for(Duration::from_millis(500));
+    // a4 refused and sent its view: every member now counts a5, and writes wait for it.
+    assert!(!matches!(put_reply(&h, c), Some(PutOutcome::Stored)));
+    for id in ["a1", "a2", "a3"] {
+        assert!(h.node(id).membership().contains(&n("a5")), "{id}");
+    }
+    // The recorded membership survives a restart.
+    h.crash("a2");
+    h.restart("a2");
+    assert!(h.node("a2").membership().contains(&n("a5")));
+    assert_eq!(h.node("a2").membership().len(), 5);
 }
 
 struct CallIdGen;

@@ -246,9 +246,8 @@ impl Node {
         if !self.lease_valid() {
             return;
         }
-        let waiting: Vec<(CallId, Key)> = std::mem::take(&mut self.lease_reads)
-            .into_iter()
-            .collect();
+        let waiting: Vec<(CallId, Key)> =
+            std::mem::take(&mut self.lease_reads).into_iter().collect();
         for (call, key) in waiting {
             self.read_now(call, key);
         }

@@ -18,8 +18,14 @@ pub fn config() -> Config {
         put_timeout: Duration::from_secs(2),
         read_wait: Duration::from_millis(60),
         read_timeout: Duration::from_millis(1500),
+        read_lease: Duration::from_millis(500),
         ..Config::default()
     }
+}
+
+/// The network every harness node belongs to.
+pub fn net() -> NetworkId {
+    NetworkId::from("net-test")
 }
 
 pub struct Slot {
@@ -48,6 +54,13 @@ pub struct Harness {
     /// Nodes whose disk is slow: their writes wait in `pending_writes` until `flush_disk`.
     pub lazy_disk: std::collections::BTreeSet<NodeId>,
     pub pending_writes: BTreeMap<NodeId, Vec<(WriteId, Vec<WriteOp>)>>,
+    /// The disk every founding node started from.
+    pub founded: Recovered,
+}
+
+/// The disk the founding nodes started from (what a node that changed nothing still holds).
+pub fn founded_disk(h: &Harness) -> Recovered {
+    h.founded.clone()
 }
 
 pub fn n(s: &str) -> NodeId {
@@ -74,8 +87,10 @@ impl Harness {
                 pairs.push((ClusterId::from(cname.as_str()), n(&format!("{cname}{i}"))));
             }
         }
-        let membership = Membership::from_pairs(pairs.clone());
+        // The founding nodes know each other from the start: their first disk records them.
+        let founded = Recovered::founder(net()).with_members(pairs.clone());
         let mut h = Harness {
+            founded: founded.clone(),
             now: Time::from_millis(1),
             config,
             slots: BTreeMap::new(),
@@ -93,8 +108,7 @@ impl Harness {
                 h.config.clone(),
                 id.clone(),
                 c.clone(),
-                membership.clone(),
-                Recovered::founder(),
+                founded.clone(),
                 h.now,
                 h.seed,
             )
@@ -105,7 +119,7 @@ impl Harness {
                 Slot {
                     cluster: c,
                     node: Some(node),
-                    disk: Recovered::founder(),
+                    disk: founded.clone(),
                 },
             );
         }
@@ -370,8 +384,8 @@ impl Harness {
         self.input(&id, Input::Persisted { upto });
     }
 
-    /// Adds a brand-new node that joins `cluster`: every live node discovers it, and it
-    /// starts from an empty disk (`Recovered::joiner()`).
+    /// Adds a brand-new node that joins `cluster`: it starts from an empty disk
+    /// (`Recovered::joiner`), and it and every live node discover each other.
     pub fn join(&mut self, cluster: &str, id: &str) {
         for other in self.ids() {
             self.input(
@@ -379,22 +393,21 @@ impl Harness {
                 Input::NodeDiscovered {
                     cluster: ClusterId::from(cluster),
                     node: n(id),
+                    network: net(),
                 },
             );
         }
-        let membership = Membership::from_pairs(
-            self.slots
-                .iter()
-                .map(|(id, s)| (s.cluster.clone(), id.clone()))
-                .chain([(ClusterId::from(cluster), n(id))]),
-        );
+        let others: Vec<(ClusterId, NodeId)> = self
+            .slots
+            .iter()
+            .map(|(id, s)| (s.cluster.clone(), id.clone()))
+            .collect();
         self.seed += 1;
         let node = Node::new(
             self.config.clone(),
             n(id),
             ClusterId::from(cluster),
-            membership,
-            Recovered::joiner(),
+            Recovered::joiner(net()),
             self.now,
             self.seed,
         )
@@ -404,10 +417,20 @@ impl Harness {
             Slot {
                 cluster: ClusterId::from(cluster),
                 node: Some(node),
-                disk: Recovered::joiner(),
+                disk: Recovered::joiner(net()),
             },
         );
         self.drain(&n(id));
+        for (cluster, node) in others {
+            self.input(
+                &n(id),
+                Input::NodeDiscovered {
+                    cluster,
+                    node,
+                    network: net(),
+                },
+            );
+        }
     }
 
     /// `id` said goodbye (or was removed): it is gone for good, and every live node hears of it.
@@ -454,20 +477,14 @@ impl Harness {
             .collect()
     }
 
-    /// Restarts a crashed node from its disk, with the full membership.
+    /// Restarts a crashed node from its disk only (membership included).
     pub fn restart(&mut self, id: &str) {
-        let membership = Membership::from_pairs(
-            self.slots
-                .iter()
-                .map(|(id, s)| (s.cluster.clone(), id.clone())),
-        );
         let slot = self.slots.get_mut(&n(id)).expect("slot");
         self.seed += 1;
         let node = Node::new(
             self.config.clone(),
             n(id),
             slot.cluster.clone(),
-            membership,
             slot.disk.clone(),
             self.now,
             self.seed,
