@@ -103,7 +103,7 @@ pub enum RemoveOutcome {
     Alive,
 }
 
-/// What a PUT can be told (PROTOCOL.md, "What a client can be told").
+/// What a PUT can be told (core/PROTOCOL.md, "What a client can be told").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PutOutcome {
     /// The key now holds this value everywhere it will ever be read.

@@ -1,6 +1,7 @@
 //! # replicator-core
 //!
-//! The write-once multi-cluster replication protocol of `../shared/design/PROTOCOL.md` as a
+//! The write-once multi-cluster replication protocol of `core/PROTOCOL.md` (the protocol as
+//! implemented; the design it starts from is `../shared/design/PROTOCOL.md`) as a
 //! pure, sans-io state machine: [`Node`]. It has no I/O, no clock, no randomness of its own,
 //! no threads and no async; the real node (tokio + libp2p) and the deterministic simulator
 //! drive the very same code.

@@ -2,7 +2,7 @@
 //!
 //! Safety needs every two proposals for one key to share a participant. Growing a membership
 //! keeps that true, shrinking it on suspicion does not, so a `Membership` only shrinks when a
-//! node says goodbye or an operator removes it (see PROTOCOL.md, Membership). A proposal keeps
+//! node says goodbye or an operator removes it (see core/PROTOCOL.md, Membership). A proposal keeps
 //! the `Arc<Membership>` it started with, whatever the node learns later.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,5 +1,5 @@
 //! Adversarial scenarios: each test is named after the fault it injects and asserts what
-//! PROTOCOL.md requires. Tests marked `#[ignore = "BUG: ..."]` expose a bug of the core; they
+//! core/PROTOCOL.md requires. Tests marked `#[ignore = "BUG: ..."]` expose a bug of the core; they
 //! are kept (ignored) so the suite stays green until it is fixed.
 
 mod harness;
@@ -348,7 +348,7 @@ fn node_removed_while_proposal_waits_on_it_aborts_then_retry_stores_once_settled
 /// An operator removes a dead node through a member that holds no reservation naming it (a
 /// node that joined after the proposal and copied its committed value), while every other
 /// live member still holds a reservation of a committed proposal that the dead node granted.
-/// PROTOCOL.md: the tool "should refuse while any reservation names that node unless forced";
+/// core/PROTOCOL.md: the tool "should refuse while any reservation names that node unless forced";
 /// the check only looks at the entry node, and `Message::Removed` is applied everywhere
 /// unconditionally, so the resolvers then count the dead node Fenced and abort a proposal
 /// whose client was told Stored.
