@@ -24,6 +24,12 @@ sim-bench:
 bench *ARGS:
     cargo run --release -p replicator-node -- bench --node http://127.0.0.1:8080 --node http://127.0.0.1:8084 --concurrency 16 --duration 10 {{ARGS}}
 
+# Side by side with etcd on this machine (needs Debian's wrk and etcd-server; installs nothing):
+# 1x3 and 3x3 replicator networks and a 3-member etcd, 1/16/64 clients, interleaved, medians.
+bench-etcd *ARGS:
+    cargo build --release -p replicator-node
+    python3 node/scripts/bench_vs_etcd.py {{ARGS}}
+
 # End-to-end tests: real replicator processes on loopback.
 e2e:
     cargo test -p replicator-node --test network -- --nocapture

@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Side by side: replicator and etcd on this machine, driven by one load generator.
+
+Starts a 3-member etcd (Debian's `etcd-server`) and replicator networks (`replicator demo`,
+1x3 and 3x3 by default) on 127.0.0.1, then drives each with `wrk` (one fresh key per request:
+a create-if-absent) at 1, 16 and 64 connections, interleaving the systems run by run, and
+prints the median of every figure over the repetitions: creates/s, p50, p99, errors and server
+CPU-ms per create (user+system time of the server processes, from /proc). Installs nothing:
+it says what is missing. Every process it starts is stopped at the end.
+
+    python3 node/scripts/bench_vs_etcd.py [--duration 15] [--reps 3] [--clients 1,16,64]
+        [--systems etcd,replicator-1x3,replicator-3x3] [--replicator target/release/replicator]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# wrk scripts. Keys are unique per run (a nonce), per thread and per request; `done` prints
+# one JSON line that this script parses.
+LUA_COMMON = r"""
+local thread_counter = 0
+local threads = {}
+function setup(thread)
+  thread_counter = thread_counter + 1
+  thread:set("tid", thread_counter)
+  table.insert(threads, thread)
+end
+function init(args)
+  nonce = args[1]
+  n = 0
+  ok = 0
+  bad = 0
+end
+function response(status, headers, body)
+  if is_ok(status, body) then ok = ok + 1 else bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local oks, bads = 0, 0
+  for _, t in ipairs(threads) do
+    oks = oks + t:get("ok")
+    bads = bads + t:get("bad")
+  end
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"ok":%d,"bad":%d,"socket_errors":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, oks, bads,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.duration, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+LUA_REPLICATOR = LUA_COMMON + r"""
+function request()
+  n = n + 1
+  local key = string.format("bench-%s-%d-%d", nonce, tid, n)
+  return wrk.format("PUT", "/store/" .. key, nil, "value-" .. n)
+end
+function is_ok(status, body) return status == 201 end
+"""
+
+LUA_ETCD = LUA_COMMON + r"""
+local b64chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local function b64(data)
+  return ((data:gsub('.', function(x)
+    local r, b = '', x:byte()
+    for i = 8, 1, -1 do r = r .. (b % 2 ^ i - b % 2 ^ (i - 1) > 0 and '1' or '0') end
+    return r
+  end) .. '0000'):gsub('%d%d%d?%d?%d?%d?', function(x)
+    if #x < 6 then return '' end
+    local c = 0
+    for i = 1, 6 do c = c + (x:sub(i, i) == '1' and 2 ^ (6 - i) or 0) end
+    return b64chars:sub(c + 1, c + 1)
+  end) .. ({ '', '==', '=' })[#data % 3 + 1])
+end
+function request()
+  n = n + 1
+  local key = b64(string.format("bench-%s-%d-%d", nonce, tid, n))
+  local value = b64("value-" .. n)
+  local body = '{"compare":[{"key":"' .. key .. '","target":"CREATE","create_revision":"0"}],'
+    .. '"success":[{"requestPut":{"key":"' .. key .. '","value":"' .. value .. '"}}]}'
+  return wrk.format("POST", "/v3/kv/txn", {["Content-Type"] = "application/json"}, body)
+end
+function is_ok(status, body) return status == 200 and body:find('"succeeded":true', 1, true) ~= nil end
+"""
+
+
+def die(msg):
+    print(f"bench_vs_etcd: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def http_ok(url, timeout=1.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return 200 <= r.status < 300
+    except Exception:
+        return False
+
+
+def wait_until(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    die(f"timed out waiting for {what}")
+
+
+def descendants(pid):
+    """The pid and every process below it (a demo's nodes are its children)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+        except OSError:
+            continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+        except OSError:
+            continue
+    return total / CLK_TCK
+
+
+class System:
+    def __init__(self, name, url, lua, procs):
+        self.name, self.url, self.lua, self.procs = name, url, lua, procs
+
+    def server_pids(self):
+        pids = []
+        for p in self.procs:
+            pids.extend(descendants(p.pid))
+        return pids
+
+
+def start_etcd(workdir, base_port):
+    members = []
+    cluster = ",".join(
+        f"e{i}=http://127.0.0.1:{base_port + 2 * i + 1}" for i in range(3)
+    )
+    for i in range(3):
+        client, peer = base_port + 2 * i, base_port + 2 * i + 1
+        data = os.path.join(workdir, f"etcd-{i}")
+        log = open(os.path.join(workdir, f"etcd-{i}.log"), "w")
+        members.append(subprocess.Popen(
+            ["etcd", "--name", f"e{i}", "--data-dir", data,
+             "--listen-client-urls", f"http://127.0.0.1:{client}",
+             "--advertise-client-urls", f"http://127.0.0.1:{client}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-cluster", cluster, "--initial-cluster-state", "new",
+             "--initial-cluster-token", f"bench-{os.getpid()}"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    url = f"http://127.0.0.1:{base_port}"
+    wait_until(lambda: http_ok(url + "/health"), 60, "etcd to be healthy")
+    return System("etcd", url, LUA_ETCD, members)
+
+
+def start_replicator(exe, workdir, clusters, http_port):
+    data = os.path.join(workdir, f"replicator-{clusters}x3")
+    log = open(data + ".log", "w")
+    demo = subprocess.Popen(
+        [exe, "demo", "--clusters", str(clusters), "--http-port", str(http_port),
+         "--data-dir", data],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    nodes = [f"http://127.0.0.1:{http_port + i}" for i in range(3 * clusters)]
+
+    def writable():
+        try:
+            with urllib.request.urlopen(nodes[0] + "/health", timeout=1) as r:
+                health = json.load(r)
+        except Exception:
+            return False
+        return health.get("writable") is True and all(http_ok(n + "/health") for n in nodes)
+    wait_until(writable, 180, f"replicator {clusters}x3 to accept writes")
+    return System(f"replicator-{clusters}x3", nodes[0], LUA_REPLICATOR, [demo])
+
+
+def run_wrk(system, clients, duration, lua_path, nonce):
+    threads = min(clients, 2)
+    cmd = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{duration}s",
+           "--latency", "-s", lua_path, system.url, "--", nonce]
+    pids = system.server_pids()
+    cpu0 = cpu_seconds(pids)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    cpu1 = cpu_seconds(pids)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("WRKJSON ")), None)
+    if line is None:
+        die(f"wrk printed no summary for {system.name}: {out.stdout}\n{out.stderr}")
+    r = json.loads(line[len("WRKJSON "):])
+    seconds = r["duration_us"] / 1e6
+    ok = r["ok"]
+    return {
+        "ops": ok / seconds,
+        "p50_ms": r["p50_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "errors": r["bad"] + r["socket_errors"],
+        "cpu_ms_per_op": (cpu1 - cpu0) * 1000 / ok if ok else float("nan"),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=int, default=15)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--clients", default="1,16,64")
+    ap.add_argument("--systems", default="etcd,replicator-1x3,replicator-3x3")
+    ap.add_argument("--replicator", default="target/release/replicator")
+    ap.add_argument("--json", help="also write every run to this file")
+    args = ap.parse_args()
+    systems = args.systems.split(",")
+    clients = [int(c) for c in args.clients.split(",")]
+
+    missing = [tool for tool, pkg in (("wrk", "wrk"), ("etcd", "etcd-server"))
+               if (tool != "etcd" or "etcd" in systems) and shutil.which(tool) is None]
+    if missing:
+        die("missing: " + ", ".join(missing) + " (Debian: apt-get install wrk etcd-server)")
+    if any(s.startswith("replicator") for s in systems) and not os.access(args.replicator, os.X_OK):
+        die(f"{args.replicator} not found: build it with `cargo build --release -p replicator-node`")
+
+    workdir = tempfile.mkdtemp(prefix="bench-vs-etcd-")
+    running = []
+    try:
+        for name in systems:
+            if name == "etcd":
+                running.append(start_etcd(workdir, 23790))
+            elif name.startswith("replicator-") and name.endswith("x3"):
+                c = int(name[len("replicator-"):-len("x3")])
+                running.append(start_replicator(args.replicator, workdir, c, 18080 + 100 * len(running)))
+            else:
+                die(f"unknown system {name}")
+        lua = {}
+        for s in running:
+            path = os.path.join(workdir, f"{s.name}.lua")
+            with open(path, "w") as f:
+                f.write(s.lua)
+            lua[s.name] = path
+        results = {}
+        for rep in range(args.reps):
+            for c in clients:
+                for s in running:  # interleaved: every system once per (rep, clients)
+                    nonce = f"{os.getpid()}r{rep}c{c}"
+                    r = run_wrk(s, c, args.duration, lua[s.name], nonce)
+                    results.setdefault((s.name, c), []).append(r)
+                    print(f"rep {rep + 1}/{args.reps} {s.name:<16} {c:>3} clients: "
+                          f"{r['ops']:8.0f} creates/s p50 {r['p50_ms']:7.1f} ms "
+                          f"p99 {r['p99_ms']:7.1f} ms errors {r['errors']:4d} "
+                          f"cpu {r['cpu_ms_per_op']:6.2f} ms/op", flush=True)
+        print_table(results, running, clients, args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({f"{k[0]}@{k[1]}": v for k, v in results.items()}, f, indent=1)
+    finally:
+        for s in running:
+            for p in s.procs:
+                try:
+                    os.killpg(p.pid, signal.SIGINT if s.name.startswith("replicator") else signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for s in running:
+            for p in s.procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_table(results, running, clients, args):
+    med = lambda rs, k: statistics.median(r[k] for r in rs)
+    print()
+    print(f"medians of {args.reps} interleaved runs of {args.duration} s, "
+          f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
+    print("| system | clients | creates/s | p50 ms | p99 ms | errors | server CPU-ms per create | creates/s vs etcd |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in clients:
+        base = results.get(("etcd", c))
+        for s in running:
+            rs = results[(s.name, c)]
+            ratio = f"{med(rs, 'ops') / med(base, 'ops'):.2f}x" if base else "-"
+            print(f"| {s.name} | {c} | {med(rs, 'ops'):.0f} | {med(rs, 'p50_ms'):.1f} | "
+                  f"{med(rs, 'p99_ms'):.1f} | {med(rs, 'errors'):.0f} | "
+                  f"{med(rs, 'cpu_ms_per_op'):.2f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
