@@ -39,6 +39,7 @@ pub(crate) enum Command {
 #[derive(Debug, Clone)]
 pub struct Client {
     local_peer_id: PeerId,
+    network: String,
     frame_max_bytes: usize,
     commands: mpsc::Sender<Command>,
 }
@@ -46,11 +47,13 @@ pub struct Client {
 impl Client {
     pub(crate) fn new(
         local_peer_id: PeerId,
+        network: String,
         frame_max_bytes: usize,
         commands: mpsc::Sender<Command>,
     ) -> Self {
         Self {
             local_peer_id,
+            network,
             frame_max_bytes,
             commands,
         }
@@ -59,6 +62,13 @@ impl Client {
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// The network id in force: [`crate::NetConfig::network`], or, for a node started without
+    /// one, the id it adopted from its bootstrap peer during [`crate::start`] (persist it before
+    /// copying anything, and start with it next time). It never changes after `start`.
+    pub fn network(&self) -> String {
+        self.network.clone()
     }
 
     /// The addresses this node actually listens on, each ending with `/p2p/<local peer id>`, so

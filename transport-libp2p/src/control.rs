@@ -2,22 +2,29 @@
 //!
 //! Layout (all integers big-endian):
 //! ```text
-//! message  = version:u8 (=1) kind:u8 body
-//! kind 1   = Hello:   cluster addrs members:u16 member*
+//! message  = version:u8 (=2) kind:u8 body
+//! kind 1   = Hello:   network cluster addrs members:u16 member*
 //! kind 2   = Goodbye: (empty)
 //! kind 3   = Ack:     (empty)
 //! member   = peer:(len:u8 bytes) cluster addrs
+//! network  = len:u8 ascii   (0 to 64 letters, digits, '-', '_'; empty: not known yet)
 //! cluster  = len:u16 utf8
 //! addrs    = count:u8 (len:u16 multiaddr-bytes)*
 //! ```
+//! Version 2 added the network id to the Hello; a version 1 message (a node from before
+//! network ids) is refused as an unsupported version. Gossiped members carry no network id:
+//! they are in the sender's network, and only Hellos of this node's network are read for them.
+//!
 //! Every count and length is checked against its bound before anything is allocated; trailing
 //! bytes are an error. Decoding never panics.
 
 use libp2p::{Multiaddr, PeerId};
 
-use crate::{CLUSTER_ID_BYTES_MAX, MEMBER_ADDRS_MAX, MEMBERS_MAX, MULTIADDR_BYTES_MAX};
+use crate::{
+    CLUSTER_ID_BYTES_MAX, MEMBER_ADDRS_MAX, MEMBERS_MAX, MULTIADDR_BYTES_MAX, NETWORK_ID_BYTES_MAX,
+};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const KIND_HELLO: u8 = 1;
 const KIND_GOODBYE: u8 = 2;
 const KIND_ACK: u8 = 3;
@@ -36,6 +43,8 @@ pub(crate) struct GossipMember {
 /// and the members it knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Hello {
+    /// The sender's network id; empty while a joiner has not learned it yet.
+    pub(crate) network: String,
     pub(crate) cluster: String,
     pub(crate) addrs: Vec<Multiaddr>,
     pub(crate) members: Vec<GossipMember>,
@@ -67,6 +76,8 @@ pub(crate) enum DecodeError {
     },
     #[error("cluster id is not UTF-8")]
     ClusterUtf8,
+    #[error("network id has a byte other than an ASCII letter, digit, '-' or '_'")]
+    NetworkId,
     #[error("invalid peer id")]
     PeerId,
     #[error("invalid multiaddr")]
@@ -85,6 +96,7 @@ impl Control {
         match self {
             Control::Hello(hello) => {
                 out.push(KIND_HELLO);
+                put_network(&mut out, &hello.network);
                 put_cluster(&mut out, &hello.cluster);
                 put_addrs(&mut out, &hello.addrs);
                 let members: Vec<&GossipMember> = hello
@@ -120,6 +132,7 @@ impl Control {
         }
         let message = match reader.u8()? {
             KIND_HELLO => {
+                let network = reader.network()?;
                 let cluster = reader.cluster()?;
                 let addrs = reader.addrs()?;
                 let count = usize::from(reader.u16()?);
@@ -139,6 +152,7 @@ impl Control {
                     });
                 }
                 Control::Hello(Hello {
+                    network,
                     cluster,
                     addrs,
                     members,
@@ -153,6 +167,32 @@ impl Control {
         }
         Ok(message)
     }
+}
+
+/// Whether `id` is a valid network id (empty excluded: that means "not known").
+pub(crate) fn valid_network_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= NETWORK_ID_BYTES_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+fn put_network(out: &mut Vec<u8>, network: &str) {
+    // The configuration is validated, so this is only a guard: an invalid id is sent as "not
+    // known" (the peer answers but makes nobody a member) rather than as a message every peer
+    // refuses, or as a truncated id that names another network.
+    debug_assert!(
+        network.is_empty() || valid_network_id(network),
+        "{network:?}"
+    );
+    let bytes = if valid_network_id(network) {
+        network.as_bytes()
+    } else {
+        &[]
+    };
+    out.push(u8::try_from(bytes.len()).expect("NETWORK_ID_BYTES_MAX fits in u8"));
+    out.extend_from_slice(bytes);
 }
 
 fn put_cluster(out: &mut Vec<u8>, cluster: &str) {
@@ -212,6 +252,18 @@ impl<'a> Reader<'a> {
         Ok(u16::from_be_bytes([bytes[0], bytes[1]]))
     }
 
+    /// A network id: empty (not known) or valid.
+    fn network(&mut self) -> Result<String, DecodeError> {
+        let len = usize::from(self.u8()?);
+        bound("network id bytes", len, NETWORK_ID_BYTES_MAX)?;
+        let bytes = self.take(len)?;
+        let id = std::str::from_utf8(bytes).map_err(|_| DecodeError::NetworkId)?;
+        if !id.is_empty() && !valid_network_id(id) {
+            return Err(DecodeError::NetworkId);
+        }
+        Ok(id.to_owned())
+    }
+
     fn cluster(&mut self) -> Result<String, DecodeError> {
         let len = usize::from(self.u16()?);
         bound("cluster id bytes", len, CLUSTER_ID_BYTES_MAX)?;
@@ -250,6 +302,7 @@ mod tests {
 
     fn hello() -> Hello {
         Hello {
+            network: "3f9a-net_1".into(),
             cluster: "eu-1".into(),
             addrs: vec![addr(1), addr(2)],
             members: vec![
@@ -275,6 +328,63 @@ mod tests {
     }
 
     #[test]
+    fn network_ids_round_trip_and_are_validated() {
+        // Empty: a joiner that has not learned it yet.
+        let mut joiner = hello();
+        joiner.network = String::new();
+        let message = Control::Hello(joiner);
+        assert_eq!(Control::decode(&message.encode()), Ok(message));
+        let mut longest = hello();
+        longest.network = "n".repeat(NETWORK_ID_BYTES_MAX);
+        let message = Control::Hello(longest);
+        assert_eq!(Control::decode(&message.encode()), Ok(message));
+
+        // The network id comes first in a Hello: version, kind, length, bytes.
+        let bytes = Control::Hello(hello()).encode();
+        assert_eq!(&bytes[..3], &[VERSION, KIND_HELLO, 10]);
+        assert_eq!(&bytes[3..13], b"3f9a-net_1");
+
+        // Too long, bad bytes, not UTF-8: refused.
+        let mut too_long = vec![VERSION, KIND_HELLO, 65];
+        too_long.extend_from_slice(&[b'n'; 65]);
+        assert!(matches!(
+            Control::decode(&too_long),
+            Err(DecodeError::Bound {
+                what: "network id bytes",
+                len: 65,
+                max: NETWORK_ID_BYTES_MAX
+            })
+        ));
+        for bad in [&b"a b"[..], b"a/b", b"\xff\xfe", b"net.1", b"\0"] {
+            let mut bytes = vec![VERSION, KIND_HELLO, bad.len() as u8];
+            bytes.extend_from_slice(bad);
+            bytes.extend_from_slice(&[0, 1, b'c', 0, 0, 0]);
+            assert_eq!(
+                Control::decode(&bytes),
+                Err(DecodeError::NetworkId),
+                "{bad:?}"
+            );
+        }
+        // A valid one in the same frame decodes.
+        let mut bytes = vec![VERSION, KIND_HELLO, 3];
+        bytes.extend_from_slice(b"a-_");
+        bytes.extend_from_slice(&[0, 1, b'c', 0, 0, 0]);
+        assert!(matches!(Control::decode(&bytes), Ok(Control::Hello(h)) if h.network == "a-_"));
+
+        assert!(valid_network_id("0123abcDEF-_"));
+        assert!(!valid_network_id(""));
+        assert!(!valid_network_id(&"x".repeat(NETWORK_ID_BYTES_MAX + 1)));
+        assert!(!valid_network_id("é"));
+    }
+
+    #[test]
+    fn version_1_messages_are_refused() {
+        // A Hello of a node from before network ids (no network field).
+        let bytes = [1, KIND_HELLO, 0, 1, b'c', 0, 0, 0];
+        assert_eq!(Control::decode(&bytes), Err(DecodeError::Version(1)));
+    }
+
+    #[test]
     fn every_truncation_is_an_error() {
         let bytes = Control::Hello(hello()).encode();
         for len in 0..bytes.len() {
@@ -291,16 +401,16 @@ mod tests {
         bytes.push(0);
         assert_eq!(Control::decode(&bytes), Err(DecodeError::Trailing(1)));
         assert_eq!(
-            Control::decode(&[2, KIND_ACK]),
-            Err(DecodeError::Version(2))
+            Control::decode(&[VERSION + 1, KIND_ACK]),
+            Err(DecodeError::Version(VERSION + 1))
         );
         assert_eq!(Control::decode(&[VERSION, 99]), Err(DecodeError::Kind(99)));
     }
 
     #[test]
     fn bounds_are_checked_before_allocating() {
-        // Hello with an empty cluster, no addrs, and 65535 members announced.
-        let bytes = [VERSION, KIND_HELLO, 0, 0, 0, 0xff, 0xff];
+        // Hello with no network id, an empty cluster, no addrs, and 65535 members announced.
+        let bytes = [VERSION, KIND_HELLO, 0, 0, 0, 0, 0xff, 0xff];
         assert!(matches!(
             Control::decode(&bytes),
             Err(DecodeError::Bound {
@@ -308,10 +418,21 @@ mod tests {
                 ..
             })
         ));
-        let bytes = [VERSION, KIND_HELLO, 0xff, 0xff];
+        let bytes = [VERSION, KIND_HELLO, 0, 0xff, 0xff];
         assert!(matches!(
             Control::decode(&bytes),
-            Err(DecodeError::Bound { .. })
+            Err(DecodeError::Bound {
+                what: "cluster id bytes",
+                ..
+            })
+        ));
+        let bytes = [VERSION, KIND_HELLO, 0xff];
+        assert!(matches!(
+            Control::decode(&bytes),
+            Err(DecodeError::Bound {
+                what: "network id bytes",
+                ..
+            })
         ));
     }
 
@@ -345,6 +466,7 @@ mod tests {
             addrs: vec![long_addr.clone(); MEMBER_ADDRS_MAX],
         };
         let message = Control::Hello(Hello {
+            network: "n".repeat(NETWORK_ID_BYTES_MAX),
             cluster: "c".repeat(CLUSTER_ID_BYTES_MAX),
             addrs: vec![long_addr; MEMBER_ADDRS_MAX],
             members: vec![member; MEMBERS_MAX + 10],

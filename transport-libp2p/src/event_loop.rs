@@ -16,14 +16,14 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::client::{Client, Command};
 use crate::codec::FrameCodec;
-use crate::control::{Control, GossipMember, Hello};
+use crate::control::{Control, GossipMember, Hello, valid_network_id};
 use crate::{
     CLUSTER_ID_BYTES_MAX, CONTROL_FRAME_BYTES_MAX, MEMBER_ADDRS_MAX, MEMBERS_MAX, Member,
-    NetConfig, NetError, NetEvent,
+    NETWORK_ID_BYTES_MAX, NetConfig, NetError, NetEvent,
 };
 
 /// Acknowledgement of a frame: queued for the node.
@@ -48,6 +48,9 @@ const CANDIDATES_MAX: usize = MEMBERS_MAX;
 /// Peers that said goodbye or were forgotten, remembered so that gossip and stale DHT records
 /// do not bring them back (oldest forgotten first).
 const DEPARTED_MAX: usize = MEMBERS_MAX;
+/// Peers that Helloed with another network id, remembered so that they are reported once and
+/// not dialed again when the DHT names them (oldest forgotten first).
+const FOREIGN_MAX: usize = MEMBERS_MAX;
 /// Control requests (Hello, Goodbye) waiting for an answer.
 const CONTROL_IN_FLIGHT_MAX: usize = 4 * MEMBERS_MAX;
 /// Membership events waiting for the node, beyond the room frames may use.
@@ -58,8 +61,16 @@ const LISTEN_ADDRS_MAX: usize = 32;
 const GOODBYE_WAIT: Duration = Duration::from_secs(3);
 /// How long [`start`] waits for the listeners to report their addresses.
 const LISTEN_WAIT: Duration = Duration::from_secs(5);
-/// Delay between two dials of the bootstrap peer while [`start`] waits for it.
+/// Delay between two dials of the bootstrap peer, or two Hellos to it, while [`start`] waits
+/// for it.
 const BOOTSTRAP_REDIAL: Duration = Duration::from_millis(250);
+/// When [`start`] already knows it will fail, how long it waits for what makes the failure
+/// clearer: the identify message of a bootstrap peer that refused the Hello protocol (it names
+/// the peer's protocol id), or the Hello answer of a bootstrap peer of another network (then
+/// that peer has read this node's Hello and reports it on its side too).
+const BOOTSTRAP_FAILURE_GRACE: Duration = Duration::from_secs(1);
+/// The longest protocol version of a foreign peer quoted in an error.
+const PROTOCOL_VERSION_QUOTED_MAX: usize = 128;
 /// Redial backoff for members without a connection.
 const REDIAL_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -93,6 +104,7 @@ struct Behaviour {
 
 /// The private protocol names of one deployment.
 struct Protocols {
+    id: String,
     kad: StreamProtocol,
     frames: StreamProtocol,
     control: StreamProtocol,
@@ -117,6 +129,7 @@ impl Protocols {
                 .map_err(|e| NetError::InvalidConfig(format!("protocol name: {e}")))
         };
         Ok(Self {
+            id: protocol_id.to_owned(),
             kad: name("kad")?,
             frames: name("frame")?,
             control: name("member")?,
@@ -129,6 +142,9 @@ impl Protocols {
 #[derive(Debug)]
 struct MemberState {
     cluster: String,
+    /// The network id of its last Hello: the node's, unless the member later Helloed with
+    /// another one (then it is down, not contacted and not redialed).
+    network: String,
     addrs: Vec<Multiaddr>,
     up: bool,
     last_contact: Instant,
@@ -167,7 +183,10 @@ pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     local_peer_id: PeerId,
     cluster: String,
+    /// This node's network id; empty only while a joiner's [`start`] has not learned it.
+    network: String,
     rendezvous: kad::RecordKey,
+    protocol_id: String,
     identify_version: String,
     kad_protocol: StreamProtocol,
     down_after: Duration,
@@ -189,6 +208,9 @@ pub struct EventLoop {
     /// Bounded by [`DEPARTED_MAX`]; `departed_order` is the same set, oldest first.
     departed: HashSet<PeerId>,
     departed_order: VecDeque<PeerId>,
+    /// Bounded by [`FOREIGN_MAX`]; `foreign_order` is the same set, oldest first.
+    foreign: HashSet<PeerId>,
+    foreign_order: VecDeque<PeerId>,
     /// Whether each connected peer's connection is over loopback (then its loopback addresses
     /// are usable). One entry per connected peer.
     connected_over_loopback: HashMap<PeerId, bool>,
@@ -233,7 +255,9 @@ pub(crate) async fn start(
         swarm,
         local_peer_id,
         cluster: cfg.cluster.clone(),
+        network: cfg.network.clone().unwrap_or_default(),
         rendezvous: kad::RecordKey::new(&cfg.rendezvous),
+        protocol_id: protocols.id,
         identify_version: protocols.identify_version,
         kad_protocol: protocols.kad,
         down_after: cfg.down_after,
@@ -249,6 +273,8 @@ pub(crate) async fn start(
         candidates: HashMap::new(),
         departed: HashSet::new(),
         departed_order: VecDeque::new(),
+        foreign: HashSet::new(),
+        foreign_order: VecDeque::new(),
         connected_over_loopback: HashMap::new(),
         pending_sends: HashMap::new(),
         send_queues: HashMap::new(),
@@ -274,7 +300,13 @@ pub(crate) async fn start(
     }
     .instrument(span)
     .await?;
-    let client = Client::new(local_peer_id, cfg.frame_max_bytes, command_tx);
+    debug_assert!(valid_network_id(&event_loop.network), "known after start");
+    let client = Client::new(
+        local_peer_id,
+        event_loop.network.clone(),
+        cfg.frame_max_bytes,
+        command_tx,
+    );
     Ok((client, event_rx, event_loop))
 }
 
@@ -285,6 +317,20 @@ fn validate(cfg: &NetConfig) -> Result<(), NetError> {
             "cluster id must be 1 to {CLUSTER_ID_BYTES_MAX} bytes, got {}",
             cfg.cluster.len()
         ));
+    }
+    match &cfg.network {
+        Some(id) if !valid_network_id(id) => {
+            return invalid(format!(
+                "network id {id:?} must be 1 to {NETWORK_ID_BYTES_MAX} ASCII letters, digits, '-' or '_'"
+            ));
+        }
+        None if cfg.bootstrap.is_none() => {
+            return invalid(
+                "no network id and no bootstrap peer: a founder needs a network id, a joiner a bootstrap peer to learn it from"
+                    .into(),
+            );
+        }
+        _ => {}
     }
     if cfg.listen.is_empty() {
         return invalid("no listen address".into());
@@ -405,7 +451,12 @@ impl EventLoop {
     /// Runs the network layer until every [`Client`] is dropped, or [`Client::goodbye`] or
     /// [`Client::shutdown`] completes. Spawn it: `tokio::spawn(event_loop.run())`.
     pub async fn run(self) {
-        let span = tracing::info_span!("net", peer = %self.local_peer_id, cluster = %self.cluster);
+        let span = tracing::info_span!(
+            "net",
+            peer = %self.local_peer_id,
+            cluster = %self.cluster,
+            network = %self.network
+        );
         self.run_inner().instrument(span).await;
     }
 
@@ -479,6 +530,9 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Connects to the bootstrap peer and Hellos it until its Hello answer arrives, which tells
+    /// its network id: adopted if this node has none, checked otherwise. Fails fast when the
+    /// peer belongs to another network or does not speak this deployment's protocols.
     async fn connect_bootstrap(
         &mut self,
         peer: PeerId,
@@ -495,12 +549,27 @@ impl EventLoop {
             .behaviour_mut()
             .kad
             .add_address(&peer, addr.clone());
+        let full_addr = addr.clone().with(Protocol::P2p(peer));
+        let learning = self.network.is_empty();
         let deadline = Instant::now() + timeout;
         let mut dial_at = Some(Instant::now());
+        // Earliest time for the next Hello, while connected and none is in flight (the first
+        // one goes out when the connection is established).
+        let mut hello_at = Instant::now();
         let mut last_error = "no dial attempt finished".to_owned();
-        while !self.swarm.is_connected(&peer) {
-            if let Some(at) = dial_at
-                && Instant::now() >= at
+        // The protocol version the peer announced (identify), and when to stop waiting for it
+        // once the peer refused the Hello protocol.
+        let mut their_version: Option<String> = None;
+        let mut refused_until: Option<Instant> = None;
+        // The network id of a bootstrap peer of another network (from its own Hello), and
+        // until when to wait for its answer to ours.
+        let mut foreign: Option<(String, Instant)> = None;
+        loop {
+            let now = Instant::now();
+            let connected = self.swarm.is_connected(&peer);
+            if !connected
+                && let Some(at) = dial_at
+                && now >= at
             {
                 dial_at = None;
                 let opts = DialOpts::peer_id(peer)
@@ -509,41 +578,201 @@ impl EventLoop {
                     .build();
                 if let Err(e) = self.swarm.dial(opts) {
                     last_error = e.to_string();
-                    dial_at = Some(Instant::now() + BOOTSTRAP_REDIAL);
+                    dial_at = Some(now + BOOTSTRAP_REDIAL);
                 }
             }
-            let wake_at = dial_at.unwrap_or(deadline).min(deadline);
+            let hello_in_flight = self.pending_control.values().any(|p| *p == peer);
+            if connected && !hello_in_flight && now >= hello_at {
+                self.send_hello(peer);
+                hello_at = now + BOOTSTRAP_REDIAL;
+            }
+            if refused_until.is_some_and(|until| now >= until) {
+                return Err(self.protocol_mismatch(&full_addr, their_version.as_deref()));
+            }
+            if let Some((theirs, until)) = &foreign
+                && now >= *until
+            {
+                let theirs = theirs.clone();
+                return self.bootstrap_network(&full_addr, &theirs);
+            }
+            let mut wake_at = deadline;
+            if !connected && let Some(at) = dial_at {
+                wake_at = wake_at.min(at);
+            }
+            if connected && !self.pending_control.values().any(|p| *p == peer) {
+                wake_at = wake_at.min(hello_at);
+            }
+            if let Some(until) = refused_until {
+                wake_at = wake_at.min(until);
+            }
+            if let Some((_, until)) = &foreign {
+                wake_at = wake_at.min(*until);
+            }
+            if now >= deadline {
+                warn!(bootstrap = %peer, %addr, error = %last_error, "bootstrap peer unreachable");
+                let what = if connected {
+                    "no Hello answer"
+                } else {
+                    "no connection"
+                };
+                return Err(NetError::BootstrapUnreachable {
+                    addr: full_addr,
+                    reason: format!("{what} within {timeout:?}; last error: {last_error}"),
+                });
+            }
             let event = tokio::select! {
                 event = self.swarm.select_next_some() => event,
-                _ = tokio::time::sleep_until(wake_at) => {
-                    if Instant::now() >= deadline {
-                        warn!(bootstrap = %peer, %addr, error = %last_error, "bootstrap peer unreachable");
-                        return Err(NetError::BootstrapUnreachable {
-                            addr: addr.with(Protocol::P2p(peer)),
-                            reason: format!("no connection within {timeout:?}; last error: {last_error}"),
-                        });
-                    }
-                    continue;
-                }
+                _ = tokio::time::sleep_until(wake_at) => continue,
             };
-            if let SwarmEvent::OutgoingConnectionError {
-                peer_id: Some(failed),
-                error,
-                ..
-            } = &event
-                && *failed == peer
-            {
-                last_error = error.to_string();
-                debug!(bootstrap = %peer, error = %last_error, "bootstrap dial failed; retrying");
-                dial_at = Some(Instant::now() + BOOTSTRAP_REDIAL);
+            let now = Instant::now();
+            let mut answered = false;
+            match &event {
+                SwarmEvent::OutgoingConnectionError {
+                    peer_id: Some(failed),
+                    error,
+                    ..
+                } if *failed == peer => {
+                    last_error = error.to_string();
+                    debug!(bootstrap = %peer, error = %last_error, "bootstrap dial failed; retrying");
+                    dial_at = Some(now + BOOTSTRAP_REDIAL);
+                }
+                SwarmEvent::ConnectionClosed {
+                    peer_id,
+                    num_established: 0,
+                    cause,
+                    ..
+                } if *peer_id == peer => {
+                    last_error = format!("connection closed: {cause:?}");
+                    dial_at = Some(now + BOOTSTRAP_REDIAL);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                    peer_id,
+                    info,
+                    ..
+                })) if *peer_id == peer => {
+                    if info.protocol_version != self.identify_version {
+                        return Err(
+                            self.protocol_mismatch(&full_addr, Some(&info.protocol_version))
+                        );
+                    }
+                    their_version = Some(info.protocol_version.clone());
+                    if refused_until.is_some() {
+                        return Err(self.protocol_mismatch(&full_addr, their_version.as_deref()));
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Control(rr::Event::OutboundFailure {
+                    peer: failed,
+                    error,
+                    ..
+                })) if *failed == peer => {
+                    if matches!(error, rr::OutboundFailure::UnsupportedProtocols) {
+                        if their_version.is_some() {
+                            return Err(
+                                self.protocol_mismatch(&full_addr, their_version.as_deref())
+                            );
+                        }
+                        refused_until.get_or_insert((now + BOOTSTRAP_FAILURE_GRACE).min(deadline));
+                    }
+                    if let Some((theirs, _)) = foreign.take() {
+                        return self.bootstrap_network(&full_addr, &theirs);
+                    }
+                    last_error = format!("Hello not answered: {error}");
+                    debug!(bootstrap = %peer, error = %last_error, "bootstrap Hello failed; retrying");
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Control(rr::Event::Message {
+                    peer: from,
+                    message: rr::Message::Request { request, .. },
+                    ..
+                })) if *from == peer => {
+                    // The bootstrap peer's own Hello may come before its answer: adopt the
+                    // network id now, so that this node's answer carries it. If it is another
+                    // network's, fail once the peer has answered ours (so it reports this node
+                    // too), or shortly.
+                    if let Ok(Control::Hello(hello)) = Control::decode(request)
+                        && !hello.network.is_empty()
+                    {
+                        if self.network.is_empty() {
+                            self.bootstrap_network(&full_addr, &hello.network)?;
+                        } else if hello.network != self.network && foreign.is_none() {
+                            let until = (now + BOOTSTRAP_FAILURE_GRACE).min(deadline);
+                            foreign = Some((hello.network, until));
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Control(rr::Event::Message {
+                    peer: from,
+                    message: rr::Message::Response { response, .. },
+                    ..
+                })) if *from == peer => match Control::decode(response) {
+                    Ok(Control::Hello(hello)) if hello.network.is_empty() => {
+                        last_error =
+                            "the bootstrap peer does not know its network id yet (it is joining)"
+                                .to_owned();
+                    }
+                    Ok(Control::Hello(hello)) => {
+                        self.bootstrap_network(&full_addr, &hello.network)?;
+                        answered = true;
+                    }
+                    Ok(Control::Ack) => last_error = "the bootstrap peer is leaving".to_owned(),
+                    Ok(Control::Goodbye) => last_error = "unexpected Goodbye answer".to_owned(),
+                    Err(e) => last_error = format!("malformed Hello answer: {e}"),
+                },
+                _ => {}
             }
             self.on_swarm_event(event);
+            if answered {
+                break;
+            }
         }
-        info!(bootstrap = %peer, "connected to the bootstrap peer");
+        info!(bootstrap = %peer, network = %self.network, "the bootstrap peer answered");
+        if learning {
+            // The first Hello carried no network id, so the bootstrap peer did not make this
+            // node a member; this one does.
+            self.send_hello(peer);
+        }
         if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
             debug!(error = %e, "kademlia bootstrap not started");
         }
         Ok(())
+    }
+
+    /// The bootstrap peer's network id: adopted if this node has none yet, else checked.
+    fn bootstrap_network(&mut self, addr: &Multiaddr, theirs: &str) -> Result<(), NetError> {
+        if self.network.is_empty() {
+            info!(network = %theirs, "adopting the network id of the bootstrap peer");
+            self.network = theirs.to_owned();
+            return Ok(());
+        }
+        if self.network != theirs {
+            error!(bootstrap = %addr, ours = %self.network, theirs = %theirs, "the bootstrap peer belongs to another network");
+            return Err(NetError::ForeignNetwork {
+                addr: addr.clone(),
+                ours: self.network.clone(),
+                theirs: theirs.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The error for a bootstrap peer that does not speak this deployment's protocols, given
+    /// the protocol version it announced (if any).
+    fn protocol_mismatch(&self, addr: &Multiaddr, their_version: Option<&str>) -> NetError {
+        let theirs = match their_version {
+            None => String::new(),
+            Some(version) => match version
+                .strip_prefix("/replicator/")
+                .and_then(|rest| rest.strip_suffix("/1.0.0"))
+            {
+                Some(id) if id != self.protocol_id && Protocols::new(id).is_ok() => id.to_owned(),
+                _ => version.chars().take(PROTOCOL_VERSION_QUOTED_MAX).collect(),
+            },
+        };
+        error!(bootstrap = %addr, ours = %self.protocol_id, theirs = %theirs, "the bootstrap peer does not speak this node's protocols");
+        NetError::ProtocolMismatch {
+            addr: addr.clone(),
+            ours: self.protocol_id.clone(),
+            theirs,
+        }
     }
 
     fn start_discovery(&mut self) {
@@ -585,6 +814,7 @@ impl EventLoop {
                     .map(|(peer, m)| Member {
                         peer: *peer,
                         cluster: m.cluster.clone(),
+                        network: m.network.clone(),
                         addrs: m.addrs.clone(),
                         up: m.up,
                     })
@@ -807,6 +1037,8 @@ impl EventLoop {
             } => {
                 if record.key != self.rendezvous {
                     debug!(provider = %record.provider, "ignoring provider record for a foreign key");
+                } else if self.foreign.contains(&record.provider) {
+                    debug!(provider = %record.provider, "ignoring provider record of a peer of another network");
                 } else if let Err(e) = self
                     .swarm
                     .behaviour_mut()
@@ -829,6 +1061,10 @@ impl EventLoop {
             || !info.protocols.contains(&self.kad_protocol)
         {
             debug!(peer = %peer_id, version = %info.protocol_version, "peer of another deployment; not routing through it");
+            return;
+        }
+        if self.foreign.contains(&peer_id) {
+            debug!(peer = %peer_id, "peer of another network; not routing through it");
             return;
         }
         let loopback = self.over_loopback(&peer_id);
@@ -997,6 +1233,21 @@ impl EventLoop {
             warn!(%peer, "Hello with an empty cluster id; ignored");
             return;
         }
+        if self.network.is_empty() {
+            // Only while a joiner's `start` waits for its bootstrap peer's answer.
+            debug!(%peer, "Hello before this node knows its network id; ignored");
+            return;
+        }
+        if hello.network.is_empty() {
+            // A joiner that has not learned the network id yet: it learns it from our answer
+            // and Hellos again with it.
+            debug!(%peer, "Hello without a network id (a joining node); answered, not a member yet");
+            return;
+        }
+        if hello.network != self.network {
+            self.on_foreign_hello(peer, hello.network, first_hand);
+            return;
+        }
         if self.departed.contains(&peer) {
             if !first_hand {
                 // An answer may overtake the goodbye that followed it; only the peer's own
@@ -1018,6 +1269,10 @@ impl EventLoop {
         let now = Instant::now();
         match self.members.get_mut(&peer) {
             Some(member) => {
+                if member.network != hello.network {
+                    info!(%peer, network = %hello.network, "member is back in this node's network");
+                    member.network = hello.network;
+                }
                 if member.cluster != hello.cluster {
                     warn!(%peer, old = %member.cluster, new = %hello.cluster, "member changed its cluster id");
                     member.cluster = hello.cluster;
@@ -1035,6 +1290,7 @@ impl EventLoop {
                 let member = Member {
                     peer,
                     cluster: hello.cluster.clone(),
+                    network: hello.network.clone(),
                     addrs: addrs.clone(),
                     up: true,
                 };
@@ -1042,6 +1298,7 @@ impl EventLoop {
                     peer,
                     MemberState {
                         cluster: hello.cluster,
+                        network: hello.network,
                         addrs,
                         up: true,
                         last_contact: now,
@@ -1056,6 +1313,37 @@ impl EventLoop {
         for gossiped in hello.members {
             let addrs = usable_addrs(gossiped.addrs, loopback);
             self.learn_candidate(gossiped.peer, addrs);
+        }
+    }
+
+    /// A Hello with another network id than this node's: the peer is not (or no longer) a
+    /// member; it is reported once, forgotten as a candidate and by the DHT, and not dialed
+    /// again. Its gossip is not read.
+    fn on_foreign_hello(&mut self, peer: PeerId, network: String, first_hand: bool) {
+        self.candidates.remove(&peer);
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        let mut went_down = false;
+        if let Some(member) = self.members.get_mut(&peer) {
+            if member.network != network {
+                error!(%peer, ours = %self.network, theirs = %network, "a member now advertises another network id: reported down, no longer dialed");
+                member.network = network.clone();
+            }
+            went_down = std::mem::replace(&mut member.up, false);
+        }
+        if went_down {
+            self.emit_membership(NetEvent::PeerDown(peer));
+        }
+        if self.remember_foreign(peer) {
+            error!(%peer, ours = %self.network, theirs = %network, "peer belongs to another network: not a member");
+            self.emit_membership(NetEvent::ForeignNetwork { peer, network });
+        } else {
+            debug!(%peer, theirs = %network, "Hello from a peer of another network; ignored");
+        }
+        if !first_hand {
+            // Our Hello was answered, so the peer has read ours and knows we are foreign too:
+            // nothing more to say on this connection. (A peer that Helloed us first is left
+            // to close it once it has read our answer.)
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -1077,6 +1365,10 @@ impl EventLoop {
         let mut to_dial = Vec::new();
         let mut stale = Vec::new();
         for (peer, member) in &mut self.members {
+            if member.network != self.network {
+                // A member that moved to another network: down, and not redialed.
+                continue;
+            }
             if member.up && now.duration_since(member.last_contact) >= self.down_after {
                 member.up = false;
                 went_down.push(*peer);
@@ -1147,6 +1439,9 @@ impl EventLoop {
         let Some(member) = self.members.get_mut(&peer) else {
             return;
         };
+        if member.network != self.network {
+            return;
+        }
         member.last_contact = Instant::now();
         member.redial_backoff = REDIAL_BACKOFF_MIN;
         if !member.up {
@@ -1161,6 +1456,7 @@ impl EventLoop {
         if peer == self.local_peer_id
             || self.members.contains_key(&peer)
             || self.departed.contains(&peer)
+            || self.foreign.contains(&peer)
             || self.leaving.is_some()
         {
             return;
@@ -1227,6 +1523,7 @@ impl EventLoop {
         let members = self
             .members
             .iter()
+            .filter(|(_, m)| m.network == self.network)
             .map(|(peer, m)| GossipMember {
                 peer: *peer,
                 cluster: m.cluster.clone(),
@@ -1234,6 +1531,7 @@ impl EventLoop {
             })
             .collect();
         Hello {
+            network: self.network.clone(),
             cluster: self.cluster.clone(),
             addrs: self
                 .listen_addrs
@@ -1260,6 +1558,7 @@ impl EventLoop {
         let peers: Vec<(PeerId, Vec<Multiaddr>)> = self
             .members
             .iter()
+            .filter(|(_, m)| m.network == self.network)
             .map(|(peer, m)| (*peer, m.addrs.clone()))
             .collect();
         for (peer, addrs) in peers {
@@ -1312,6 +1611,20 @@ impl EventLoop {
         {
             self.departed.remove(&oldest);
         }
+    }
+
+    /// Remembers a peer of another network; false if it already was.
+    fn remember_foreign(&mut self, peer: PeerId) -> bool {
+        if !self.foreign.insert(peer) {
+            return false;
+        }
+        self.foreign_order.push_back(peer);
+        if self.foreign_order.len() > FOREIGN_MAX
+            && let Some(oldest) = self.foreign_order.pop_front()
+        {
+            self.foreign.remove(&oldest);
+        }
+        true
     }
 
     fn forget_departed(&mut self, peer: &PeerId) {

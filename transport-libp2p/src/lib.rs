@@ -14,7 +14,8 @@
 //! # async fn demo() -> Result<(), transport_libp2p::NetError> {
 //! use transport_libp2p::{start, NetConfig, NetEvent};
 //! let keypair = libp2p::identity::Keypair::generate_ed25519();
-//! let cfg = NetConfig::new(keypair, "cluster-a");
+//! let mut cfg = NetConfig::new(keypair, "cluster-a");
+//! cfg.network = Some("9f1c2e".into()); // the founder's id; a joiner sets `bootstrap` instead
 //! let (client, mut events, event_loop) = start(cfg).await?;
 //! tokio::spawn(event_loop.run());
 //! while let Some(event) = events.recv().await {
@@ -29,10 +30,12 @@
 //!
 //! # Wiring it into a node
 //! - Spawn [`EventLoop::run`] right after [`start`]; nothing moves until it runs.
-//! - [`start`] returns only once the bootstrap peer is connected (or fails with
-//!   [`NetError::BootstrapUnreachable`]): there is nothing else to wait for. Members then
-//!   arrive as [`NetEvent::MemberDiscovered`] over the next seconds; poll [`Client::members`]
-//!   or count the events to decide when the view is complete enough.
+//! - [`start`] returns only once the bootstrap peer has answered this node's Hello, so the
+//!   network id is known ([`Client::network`]; a joiner started without one must persist it
+//!   before it copies anything), or fails: [`NetError::BootstrapUnreachable`],
+//!   [`NetError::ForeignNetwork`], [`NetError::ProtocolMismatch`]. There is nothing else to
+//!   wait for. Members then arrive as [`NetEvent::MemberDiscovered`] over the next seconds;
+//!   poll [`Client::members`] or count the events to decide when the view is complete enough.
 //! - Read the event receiver continuously: while [`NetConfig::event_queue_len`] frames wait
 //!   there, further frames are refused (their senders get [`NetError::PeerBusy`]).
 //! - [`Client::send`] waits for the peer's acknowledgement (one round trip, longer if it has
@@ -45,13 +48,36 @@
 //!
 //! # Discovery and membership
 //! A node started without [`NetConfig::bootstrap`] is the bootstrap peer of the DHT. Every other
-//! node dials the bootstrap address first; [`start`] returns only once that connection is up,
-//! and fails with [`NetError::BootstrapUnreachable`] after [`NetConfig::bootstrap_timeout`].
+//! node dials the bootstrap address first and Hellos it; [`start`] returns only once the
+//! bootstrap peer's Hello answer arrived, and fails with [`NetError::BootstrapUnreachable`]
+//! after [`NetConfig::bootstrap_timeout`] if none did. A bootstrap peer that does not speak this
+//! node's `/replicator/<protocol_id>/...` protocols fails [`start`] at once with
+//! [`NetError::ProtocolMismatch`] (seen from identify, or from the refused Hello).
 //! Every node then advertises itself as a provider of [`NetConfig::rendezvous`] in the DHT and
 //! periodically looks the providers up (every second at first, backing off to every 10 s).
-//! Whenever two nodes connect they exchange a *Hello* (cluster id, listen addresses, and the
-//! members each already knows, so that views converge fast). The first Hello from a peer makes
-//! it a member: [`NetEvent::MemberDiscovered`], exactly once per peer.
+//! Whenever two nodes connect they exchange a *Hello* (network id, cluster id, listen
+//! addresses, and the members each already knows, so that views converge fast). The first
+//! Hello from a peer of this node's network makes it a member: [`NetEvent::MemberDiscovered`],
+//! exactly once per peer.
+//!
+//! ## The network id
+//! Every network has an identity ([`NetConfig::network`]): the founder draws it, and a joiner
+//! started without one adopts the id of its bootstrap peer during [`start`] (its first Hello
+//! carries no id; the bootstrap peer answers without making it a member; once it adopted the
+//! id it Hellos again and becomes a member). [`Client::network`] tells the id in force. A joiner
+//! started with an id that differs from its bootstrap peer's fails with
+//! [`NetError::ForeignNetwork`]. So two networks founded apart with the same protocol id and
+//! rendezvous, whose DHTs meet, never merge:
+//! - a Hello with another network id never makes its sender a member: the node logs an error
+//!   naming both ids and emits [`NetEvent::ForeignNetwork`], once per peer (as long as it
+//!   remembers it: the last [`MEMBERS_MAX`] such peers); the peer is not gossiped, not
+//!   redialed, not dialed again when the DHT or a member names it, and its DHT records are
+//!   ignored. A member that Hellos with another id (its data was wiped and it joined another
+//!   network) is reported [`NetEvent::PeerDown`] and stays down until it Hellos with this
+//!   node's id again;
+//! - members are learned from the gossip of same-network Hellos only;
+//! - a Hello without a network id (a joiner that has not learned it yet) is answered, so the
+//!   joiner learns the id, but makes nobody a member.
 //!
 //! Membership never shrinks on suspicion: a member with no successful contact (connection,
 //! ping, frame, Hello) for [`NetConfig::down_after`] is reported [`NetEvent::PeerDown`] and stays
@@ -72,7 +98,9 @@
 //!   in flight per peer;
 //! - frame size: [`NetConfig::frame_max_bytes`]; control messages: [`CONTROL_FRAME_BYTES_MAX`],
 //!   decoded with per-field bounds ([`MEMBER_ADDRS_MAX`], [`CLUSTER_ID_BYTES_MAX`],
-//!   [`MULTIADDR_BYTES_MAX`]);
+//!   [`NETWORK_ID_BYTES_MAX`], [`MULTIADDR_BYTES_MAX`]);
+//! - peers of another network remembered (so they are reported and dialed once):
+//!   [`MEMBERS_MAX`], oldest dropped first;
 //! - the DHT stores provider records for the rendezvous key only, at most [`MEMBERS_MAX`].
 //!
 //! Input from peers that breaks a bound or does not decode is dropped with a log line; it
@@ -103,6 +131,9 @@ pub const MEMBER_ADDRS_MAX: usize = 8;
 
 /// The longest cluster id, in bytes of UTF-8.
 pub const CLUSTER_ID_BYTES_MAX: usize = 256;
+
+/// The longest network id, in bytes (ASCII letters, digits, `-` and `_`).
+pub const NETWORK_ID_BYTES_MAX: usize = 64;
 
 /// The longest encoded multiaddr accepted from a peer, in bytes.
 pub const MULTIADDR_BYTES_MAX: usize = 256;
@@ -138,13 +169,20 @@ pub struct NetConfig {
     /// This node's cluster id, advertised to the other members. At most
     /// [`CLUSTER_ID_BYTES_MAX`] bytes, not empty.
     pub cluster: String,
+    /// The identity of the network this node belongs to: 1 to [`NETWORK_ID_BYTES_MAX`] ASCII
+    /// letters, digits, `-` or `_`. Peers advertising another id are never members (see
+    /// "The network id" in the crate docs). `None`: a joiner that does not know it yet; it
+    /// adopts the id of its bootstrap peer during [`start`] ([`Client::network`] tells it), so
+    /// `None` needs [`NetConfig::bootstrap`] (otherwise [`NetError::InvalidConfig`]).
+    /// Default: `None`.
+    pub network: Option<String>,
     /// The largest frame [`Client::send`] accepts and the largest one this node reads from a
     /// peer; a larger frame from a peer is refused before it is read (the sender sees an error,
     /// the connection stays up). Default: [`FRAME_BYTES_MAX_DEFAULT`] (4 MiB). Use the same value
     /// on every node.
     pub frame_max_bytes: usize,
-    /// How long [`start`] keeps trying to connect to the bootstrap peer before it fails with
-    /// [`NetError::BootstrapUnreachable`]. Default: 10 s.
+    /// How long [`start`] keeps trying to connect to the bootstrap peer and to get its Hello
+    /// answer before it fails with [`NetError::BootstrapUnreachable`]. Default: 10 s.
     pub bootstrap_timeout: Duration,
     /// A member with no successful contact for this long is reported [`NetEvent::PeerDown`].
     /// Pings run every quarter of it (at least every 100 ms, at most every 15 s).
@@ -165,8 +203,8 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
-    /// A configuration with the defaults documented on each field: a bootstrap node (no
-    /// `bootstrap`) listening on an ephemeral loopback port.
+    /// A configuration with the defaults documented on each field: no `bootstrap`, no
+    /// `network` (set one of them), listening on an ephemeral loopback port.
     pub fn new(keypair: Keypair, cluster: impl Into<String>) -> Self {
         Self {
             keypair,
@@ -179,6 +217,7 @@ impl NetConfig {
             protocol_id: "replicator".to_owned(),
             rendezvous: "members".to_owned(),
             cluster: cluster.into(),
+            network: None,
             frame_max_bytes: FRAME_BYTES_MAX_DEFAULT,
             bootstrap_timeout: Duration::from_secs(10),
             down_after: Duration::from_secs(5),
@@ -196,6 +235,9 @@ pub struct Member {
     pub peer: PeerId,
     /// The cluster id the member advertised in its Hello.
     pub cluster: String,
+    /// The network id the member advertised in its Hello: this node's, unless the member
+    /// later Helloed with another one (then it is down, see [`NetEvent::PeerDown`]).
+    pub network: String,
     /// The addresses the member listens on, as far as this node can use them (without `/p2p`).
     pub addrs: Vec<Multiaddr>,
     /// False while the member is reported down (see [`NetEvent::PeerDown`]).
@@ -224,11 +266,22 @@ pub enum NetEvent {
     PeerUp(PeerId),
     /// A member said goodbye: it left the membership and is forgotten.
     PeerLeft(PeerId),
+    /// A peer Helloed with another network id than this node's: it is not (or no longer) a
+    /// member, it is not gossiped nor dialed again. Emitted once per peer (while this node
+    /// remembers it: the last [`MEMBERS_MAX`] such peers).
+    ForeignNetwork {
+        /// The peer of the other network.
+        peer: PeerId,
+        /// The network id it advertised.
+        network: String,
+    },
 }
 
 /// Errors of the network layer. The variant says who is at fault: the caller's configuration
 /// or arguments (`InvalidConfig`, `FrameTooLarge`), the network or the peer (`SendFailed`,
-/// `PeerBusy`, `BootstrapUnreachable`), or load (`TooManyInFlight`).
+/// `PeerBusy`, `BootstrapUnreachable`), the deployment (`ForeignNetwork`, `ProtocolMismatch`:
+/// the bootstrap peer belongs to another network; trying again does not help), or load
+/// (`TooManyInFlight`).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NetError {
@@ -245,6 +298,36 @@ pub enum NetError {
         addr: Multiaddr,
         /// The timeout and the last dial error.
         reason: String,
+    },
+    /// The bootstrap peer answered, but it belongs to another network than
+    /// [`NetConfig::network`]: joining through it would merge two networks.
+    #[error(
+        "the bootstrap peer at {addr} belongs to network {theirs:?}, this node to network {ours:?}: a node never joins another network"
+    )]
+    ForeignNetwork {
+        /// The configured bootstrap address.
+        addr: Multiaddr,
+        /// This node's network id ([`NetConfig::network`]).
+        ours: String,
+        /// The network id the bootstrap peer advertised.
+        theirs: String,
+    },
+    /// The bootstrap peer is connected but does not speak this node's
+    /// `/replicator/<protocol_id>/...` protocols: it was started with another protocol id (or
+    /// is not a replicator node).
+    #[error(
+        "the bootstrap peer at {addr} does not speak this node's protocols: this node uses protocol id {ours:?}, the peer {}",
+        describe_protocol(theirs)
+    )]
+    ProtocolMismatch {
+        /// The configured bootstrap address.
+        addr: Multiaddr,
+        /// This node's [`NetConfig::protocol_id`].
+        ours: String,
+        /// The bootstrap peer's protocol id, as it announced it (identify's protocol version
+        /// `/replicator/<protocol_id>/1.0.0`); that protocol version itself if it has another
+        /// form; empty if the peer announced none.
+        theirs: String,
     },
     /// The frame is larger than [`NetConfig::frame_max_bytes`] (the caller's mistake).
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
@@ -280,8 +363,19 @@ pub enum NetError {
     Stopped,
 }
 
+fn describe_protocol(theirs: &str) -> String {
+    if theirs.is_empty() {
+        "announced no protocol version".to_owned()
+    } else if theirs.contains('/') {
+        format!("announces protocol version {theirs:?}")
+    } else {
+        format!("uses protocol id {theirs:?}")
+    }
+}
+
 /// Builds the swarm, starts listening and, unless this node is the bootstrap peer, connects to
-/// the bootstrap peer (trying again every 250 ms until [`NetConfig::bootstrap_timeout`]).
+/// the bootstrap peer (trying again every 250 ms until [`NetConfig::bootstrap_timeout`]) and
+/// waits for its Hello answer, which tells the network id.
 ///
 /// Returns the [`Client`], the receiver of [`NetEvent`]s (capacity
 /// [`NetConfig::event_queue_len`]) and the [`EventLoop`], which must be spawned
@@ -289,9 +383,12 @@ pub enum NetError {
 /// runtime.
 ///
 /// # Errors
-/// [`NetError::InvalidConfig`] for a bad configuration, [`NetError::Setup`] if a listener cannot
-/// be opened, [`NetError::BootstrapUnreachable`] if the bootstrap peer cannot be connected in
-/// time.
+/// [`NetError::InvalidConfig`] for a bad configuration (including no `network` and no
+/// `bootstrap`), [`NetError::Setup`] if a listener cannot be opened,
+/// [`NetError::BootstrapUnreachable`] if the bootstrap peer cannot be connected, or does not
+/// answer the Hello, in time, [`NetError::ForeignNetwork`] if it belongs to another network
+/// than [`NetConfig::network`], [`NetError::ProtocolMismatch`] if it does not speak this
+/// node's protocols.
 pub async fn start(
     cfg: NetConfig,
 ) -> Result<(Client, tokio::sync::mpsc::Receiver<NetEvent>, EventLoop), NetError> {

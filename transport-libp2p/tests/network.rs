@@ -63,8 +63,11 @@ fn init_tracing() {
         .try_init();
 }
 
+/// A founder (no bootstrap) of network `net-<test>`, or a joiner that learns the network id
+/// from its bootstrap peer.
 fn config(keypair: Keypair, cluster: &str, bootstrap: Option<Multiaddr>, test: &str) -> NetConfig {
     let mut cfg = NetConfig::new(keypair, cluster);
+    cfg.network = bootstrap.is_none().then(|| format!("net-{test}"));
     cfg.bootstrap = bootstrap;
     cfg.protocol_id = format!("test-{test}");
     cfg.bootstrap_timeout = Duration::from_secs(5);
@@ -120,6 +123,7 @@ async fn wait_full_discovery(nodes: &mut [TestNode], clusters: &HashMap<PeerId, 
                 assert_ne!(member.peer, node.peer(), "a node never discovers itself");
                 assert!(member.up);
                 assert!(!member.addrs.is_empty(), "member addresses are known");
+                assert_eq!(member.network, node.client.network(), "same network");
                 let previous = seen.insert(member.peer, member.cluster);
                 assert!(previous.is_none(), "MemberDiscovered twice for one peer");
             }
@@ -626,6 +630,9 @@ async fn garbage_from_a_peer_is_dropped_and_the_node_keeps_working() {
         (&frames, vec![0, 0, 0, 9, 1]),
         (&frames, vec![0, 0]),
         (&control, vec![0, 0, 0, 5, 1, 1, 0xff, 0xff, 0xff]),
+        (&control, vec![0, 0, 0, 6, 2, 1, 0, 0xff, 0xff, 0xff]),
+        (&control, vec![0, 0, 0, 3, 2, 1, 0xff]),
+        (&control, vec![0, 0, 0, 8, 2, 1, 1, b'!', 0, 1, b'c', 0]),
         (&control, vec![0, 0, 0, 2, 7, 7]),
         (&control, vec![0xff, 0xff, 0xff, 0xff]),
     ];
@@ -662,4 +669,518 @@ async fn garbage_from_a_peer_is_dropped_and_the_node_keeps_working() {
     );
     let members = node.client.members().await;
     assert_eq!(members.len(), 1, "{members:?}");
+}
+
+// ---- network ids ------------------------------------------------------------------------
+
+/// A Hello as the wire carries it (control encoding version 2, framed with a u32 length),
+/// from a sender of `network` (empty: not known) gossiping `members`.
+fn raw_hello(network: &str, cluster: &str, members: &[(PeerId, Multiaddr)]) -> Vec<u8> {
+    fn put_str16(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&u16::try_from(s.len()).expect("short").to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    let mut body = vec![2, 1, u8::try_from(network.len()).expect("short")];
+    body.extend_from_slice(network.as_bytes());
+    put_str16(&mut body, cluster);
+    body.push(0); // no addresses of its own
+    body.extend_from_slice(&u16::try_from(members.len()).expect("few").to_be_bytes());
+    for (peer, addr) in members {
+        let peer = peer.to_bytes();
+        body.push(u8::try_from(peer.len()).expect("short"));
+        body.extend_from_slice(&peer);
+        put_str16(&mut body, cluster);
+        body.push(1);
+        let addr = addr.to_vec();
+        body.extend_from_slice(&u16::try_from(addr.len()).expect("short").to_be_bytes());
+        body.extend_from_slice(&addr);
+    }
+    let mut framed = u32::try_from(body.len())
+        .expect("short")
+        .to_be_bytes()
+        .to_vec();
+    framed.extend_from_slice(&body);
+    framed
+}
+
+/// The network id carried by a raw (framed) Hello answer.
+fn answered_network(answer: &[u8]) -> String {
+    assert!(answer.len() > 7, "a Hello answer: {answer:?}");
+    assert_eq!(&answer[4..6], &[2, 1], "version 2 Hello");
+    let len = usize::from(answer[6]);
+    String::from_utf8(answer[7..7 + len].to_vec()).expect("ascii")
+}
+
+impl TestNode {
+    /// Fails if an event matching `pred` arrives within `within`; returns the other events.
+    async fn expect_none(
+        &mut self,
+        what: &str,
+        within: Duration,
+        mut pred: impl FnMut(&NetEvent) -> bool,
+    ) -> Vec<NetEvent> {
+        let deadline = Instant::now() + within;
+        let mut others = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) if pred(&event) => {
+                    panic!("{}: unexpected {what}: {event:?}", self.peer())
+                }
+                Ok(Some(event)) => others.push(event),
+                Ok(None) => panic!("{}: event channel closed", self.peer()),
+                Err(_) => return others,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_ids_are_validated_at_start() {
+    init_tracing();
+    let test = "netid-config";
+    let founder = |network: Option<&str>| {
+        let mut cfg = config(Keypair::generate_ed25519(), "alpha", None, test);
+        cfg.network = network.map(str::to_owned);
+        cfg
+    };
+    let too_long = "n".repeat(65);
+    for network in [None, Some(""), Some("a b"), Some("net.1"), Some(&*too_long)] {
+        let result = start(founder(network)).await;
+        assert!(
+            matches!(result, Err(NetError::InvalidConfig(_))),
+            "{network:?}: {:?}",
+            result.err()
+        );
+    }
+    let longest = "n".repeat(64);
+    for network in ["a", "Net-1_x", &*longest] {
+        let (client, _events, _event_loop) = start(founder(Some(network)))
+            .await
+            .expect("a valid network id");
+        assert_eq!(client.network(), network);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiner_adopts_the_network_id_of_its_bootstrap_peer() {
+    init_tracing();
+    let test = "adopt";
+    let mut founder = spawn(config(Keypair::generate_ed25519(), "alpha", None, test)).await;
+    assert_eq!(founder.client.network(), "net-adopt");
+    let bootstrap = founder.bootstrap_addr().await;
+    let mut joiner = spawn(config(
+        Keypair::generate_ed25519(),
+        "beta",
+        Some(bootstrap.clone()),
+        test,
+    ))
+    .await;
+    assert_eq!(joiner.client.network(), "net-adopt", "adopted during start");
+
+    // Each becomes a member of the other, with the network id.
+    let event = founder
+        .wait_for("MemberDiscovered", |e| {
+            matches!(e, NetEvent::MemberDiscovered(_))
+        })
+        .await;
+    let NetEvent::MemberDiscovered(member) = event else {
+        unreachable!()
+    };
+    assert_eq!(member.peer, joiner.peer());
+    assert_eq!(member.network, "net-adopt");
+    assert_eq!(member.cluster, "beta");
+    let event = joiner
+        .wait_for("MemberDiscovered", |e| {
+            matches!(e, NetEvent::MemberDiscovered(_))
+        })
+        .await;
+    assert!(
+        matches!(&event, NetEvent::MemberDiscovered(m) if m.peer == founder.peer() && m.network == "net-adopt"),
+        "{event:?}"
+    );
+
+    // A third node, started with the id it would have persisted, joins through the joiner.
+    let mut cfg = config(
+        Keypair::generate_ed25519(),
+        "gamma",
+        Some(joiner.bootstrap_addr().await),
+        test,
+    );
+    cfg.network = Some(joiner.client.network());
+    let third = spawn(cfg).await;
+    let clusters = HashMap::from([
+        (founder.peer(), "alpha".to_owned()),
+        (joiner.peer(), "beta".to_owned()),
+        (third.peer(), "gamma".to_owned()),
+    ]);
+    // Founder and joiner saw each other already; every node ends up with 2 members.
+    let deadline = Instant::now() + DISCOVERY_TIMEOUT;
+    for node in [&founder, &joiner, &third] {
+        loop {
+            let members = node.client.members().await;
+            if members.len() == 2 {
+                for m in members {
+                    assert_eq!(m.network, "net-adopt");
+                    assert_eq!(Some(&m.cluster), clusters.get(&m.peer));
+                }
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} sees {members:?}",
+                node.peer()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Nobody was ever reported foreign.
+    for node in [&mut founder, &mut joiner] {
+        node.expect_none("ForeignNetwork", Duration::from_millis(500), |e| {
+            matches!(e, NetEvent::ForeignNetwork { .. })
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiner_of_another_network_fails_to_start() {
+    init_tracing();
+    let test = "foreign-join";
+    let mut founder = spawn(config(Keypair::generate_ed25519(), "alpha", None, test)).await;
+    let bootstrap = founder.bootstrap_addr().await;
+    let keypair = Keypair::generate_ed25519();
+    let stranger = keypair.public().to_peer_id();
+    let mut cfg = config(keypair, "alpha", Some(bootstrap.clone()), test);
+    cfg.network = Some("net-other".into());
+    cfg.bootstrap_timeout = Duration::from_secs(30);
+    let started = Instant::now();
+    let result = bounded(Duration::from_secs(10), "start", start(cfg)).await;
+    let elapsed = started.elapsed();
+    let Err(err) = result else {
+        panic!("start must fail against a bootstrap peer of another network");
+    };
+    assert_eq!(
+        err,
+        NetError::ForeignNetwork {
+            addr: bootstrap,
+            ours: "net-other".into(),
+            theirs: "net-foreign-join".into(),
+        }
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("\"net-other\"") && message.contains("\"net-foreign-join\""),
+        "{message}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+
+    // The bootstrap side says so too, and never made the stranger a member.
+    let event = founder
+        .wait_for("ForeignNetwork", |e| {
+            matches!(
+                e,
+                NetEvent::ForeignNetwork { .. } | NetEvent::MemberDiscovered(_)
+            )
+        })
+        .await;
+    assert_eq!(
+        event,
+        NetEvent::ForeignNetwork {
+            peer: stranger,
+            network: "net-other".into()
+        }
+    );
+    assert!(founder.client.members().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiner_with_another_protocol_id_fails_fast() {
+    init_tracing();
+    let founder = spawn(config(Keypair::generate_ed25519(), "alpha", None, "proto")).await;
+    let bootstrap = founder.bootstrap_addr().await;
+    for network in [None, Some("net-proto".to_owned())] {
+        let mut cfg = config(
+            Keypair::generate_ed25519(),
+            "alpha",
+            Some(bootstrap.clone()),
+            "proto-other",
+        );
+        cfg.network = network;
+        cfg.bootstrap_timeout = Duration::from_secs(30);
+        let started = Instant::now();
+        let result = bounded(Duration::from_secs(10), "start", start(cfg)).await;
+        let elapsed = started.elapsed();
+        let Err(err) = result else {
+            panic!("start must fail against a bootstrap peer of another protocol id");
+        };
+        assert_eq!(
+            err,
+            NetError::ProtocolMismatch {
+                addr: bootstrap.clone(),
+                ours: "test-proto-other".into(),
+                theirs: "test-proto".into(),
+            }
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("\"test-proto-other\"") && message.contains("\"test-proto\""),
+            "{message}"
+        );
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    }
+    assert!(founder.client.members().await.is_empty());
+
+    // A peer that does not speak identify nor our protocols at all (a bare libp2p node): the
+    // refused Hello says so, shortly after.
+    let bare = bare::listen().await;
+    let mut cfg = config(
+        Keypair::generate_ed25519(),
+        "alpha",
+        Some(bare.addr.clone()),
+        "proto",
+    );
+    cfg.bootstrap_timeout = Duration::from_secs(30);
+    let started = Instant::now();
+    let result = bounded(Duration::from_secs(10), "start", start(cfg)).await;
+    let elapsed = started.elapsed();
+    let err = result.err().expect("no replicator protocols there");
+    assert_eq!(
+        err,
+        NetError::ProtocolMismatch {
+            addr: bare.addr.clone(),
+            ours: "test-proto".into(),
+            theirs: String::new(),
+        }
+    );
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    bare.task.abort();
+}
+
+/// A libp2p node with only the TCP/noise/yamux stack and no protocol at all.
+mod bare {
+    use futures::StreamExt;
+    use tokio::task::JoinHandle;
+    use transport_libp2p::libp2p::swarm::{SwarmEvent, dummy};
+    use transport_libp2p::libp2p::{
+        Multiaddr, SwarmBuilder, multiaddr::Protocol, noise, tcp, yamux,
+    };
+
+    pub struct Bare {
+        pub addr: Multiaddr,
+        pub task: JoinHandle<()>,
+    }
+
+    pub async fn listen() -> Bare {
+        let mut swarm = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .expect("transport")
+            .with_behaviour(|_| dummy::Behaviour)
+            .expect("behaviour")
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(std::time::Duration::from_secs(30))
+            })
+            .build();
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+            .expect("listen");
+        let peer = *swarm.local_peer_id();
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                break address.with(Protocol::P2p(peer));
+            }
+        };
+        let task = tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+        Bare { addr, task }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_founded_apart_never_merge() {
+    init_tracing();
+    // Same protocol id and rendezvous: only the network ids tell the two apart.
+    let test = "apart";
+    let founder = |network: &str| {
+        let mut cfg = config(Keypair::generate_ed25519(), "alpha", None, test);
+        cfg.network = Some(network.to_owned());
+        cfg
+    };
+    let a0 = spawn(founder("net-a")).await;
+    let a0_addr = a0.bootstrap_addr().await;
+    let a1 = spawn(config(
+        Keypair::generate_ed25519(),
+        "beta",
+        Some(a0_addr.clone()),
+        test,
+    ))
+    .await;
+    let b0 = spawn(founder("net-b")).await;
+    let b0_addr = b0.bootstrap_addr().await;
+    let b1 = spawn(config(
+        Keypair::generate_ed25519(),
+        "beta",
+        Some(b0_addr.clone()),
+        test,
+    ))
+    .await;
+    assert_eq!(a1.client.network(), "net-a");
+    assert_eq!(b1.client.network(), "net-b");
+    let mut net_a = [a0, a1];
+    let mut net_b = [b0, b1];
+    let clusters =
+        |nodes: &[TestNode]| -> HashMap<PeerId, String> { clusters_of(nodes, &["alpha", "beta"]) };
+    let (ca, cb) = (clusters(&net_a), clusters(&net_b));
+    wait_full_discovery(&mut net_a, &ca).await;
+    wait_full_discovery(&mut net_b, &cb).await;
+    let [mut a0, mut a1] = net_a;
+    let [mut b0, mut b1] = net_b;
+    let a0_peer = a0.peer();
+    let b0_peer = b0.peer();
+    let control = format!("/replicator/test-{test}/member/1.0.0");
+    let a0_base = {
+        let mut addr = a0_addr.clone();
+        addr.pop();
+        addr
+    };
+    let gossip = [(a0_peer, a0_base)];
+
+    // A Hello of a third network gossiping a0: answered (with net-b), the sender reported,
+    // the gossip not read: b0 does not dial a0.
+    let (stranger, answer) = rogue::request(
+        &control,
+        b0_peer,
+        b0_addr.clone(),
+        raw_hello("net-c", "gamma", &gossip),
+    )
+    .await;
+    assert_eq!(answered_network(&answer.expect("answered")), "net-b");
+    let event = b0
+        .wait_for("ForeignNetwork", |e| {
+            matches!(e, NetEvent::ForeignNetwork { .. })
+        })
+        .await;
+    assert_eq!(
+        event,
+        NetEvent::ForeignNetwork {
+            peer: stranger,
+            network: "net-c".into()
+        }
+    );
+    // A Hello without a network id (a joiner that has not learned it): answered, so it
+    // learns net-b, but nobody becomes a member and its gossip is not read either.
+    let (newcomer, answer) = rogue::request(
+        &control,
+        b0_peer,
+        b0_addr.clone(),
+        raw_hello("", "gamma", &gossip),
+    )
+    .await;
+    assert_eq!(answered_network(&answer.expect("answered")), "net-b");
+    a0.expect_none("ForeignNetwork", Duration::from_millis(1500), |e| {
+        matches!(e, NetEvent::ForeignNetwork { .. })
+    })
+    .await;
+    let members = b0.client.members().await;
+    assert!(
+        members
+            .iter()
+            .all(|m| m.peer != stranger && m.peer != newcomer),
+        "{members:?}"
+    );
+
+    // A member of net-b gossips a0: b0 dials it, and the two report each other foreign
+    // instead of merging.
+    let (insider, answer) = rogue::request(
+        &control,
+        b0_peer,
+        b0_addr.clone(),
+        raw_hello("net-b", "gamma", &gossip),
+    )
+    .await;
+    assert_eq!(answered_network(&answer.expect("answered")), "net-b");
+    let event = b0
+        .wait_for("ForeignNetwork", |e| {
+            matches!(e, NetEvent::ForeignNetwork { .. })
+        })
+        .await;
+    assert_eq!(
+        event,
+        NetEvent::ForeignNetwork {
+            peer: a0_peer,
+            network: "net-a".into()
+        }
+    );
+    let event = a0
+        .wait_for("ForeignNetwork", |e| {
+            matches!(e, NetEvent::ForeignNetwork { .. })
+        })
+        .await;
+    assert_eq!(
+        event,
+        NetEvent::ForeignNetwork {
+            peer: b0_peer,
+            network: "net-b".into()
+        }
+    );
+
+    // For a while (DHT lookups run every second or so): no membership crosses the networks,
+    // and nobody reports the same foreign peer twice.
+    let peers_a = [a0.peer(), a1.peer()];
+    let peers_b = [b0.peer(), b1.peer()];
+    let watch = Duration::from_secs(4);
+    let crossing = |other: [PeerId; 2]| move |e: &NetEvent| matches!(e, NetEvent::MemberDiscovered(m) if other.contains(&m.peer));
+    let reported_once = |events: Vec<NetEvent>, already: &[PeerId]| {
+        let mut seen: Vec<PeerId> = already.to_vec();
+        for event in events {
+            if let NetEvent::ForeignNetwork { peer, .. } = event {
+                assert!(!seen.contains(&peer), "{peer} reported twice");
+                seen.push(peer);
+            }
+        }
+    };
+    let (ea0, ea1, eb0, eb1) = tokio::join!(
+        a0.expect_none("a member of net-b", watch, crossing(peers_b)),
+        a1.expect_none("a member of net-b", watch, crossing(peers_b)),
+        b0.expect_none("a member of net-a", watch, crossing(peers_a)),
+        b1.expect_none("a member of net-a", watch, crossing(peers_a)),
+    );
+    reported_once(ea0, &[b0_peer]);
+    reported_once(ea1, &[]);
+    reported_once(eb0, &[stranger, a0_peer]);
+    reported_once(eb1, &[]);
+    for (node, others) in [
+        (&a0, peers_b),
+        (&a1, peers_b),
+        (&b0, peers_a),
+        (&b1, peers_a),
+    ] {
+        let members = node.client.members().await;
+        assert!(
+            members.iter().all(|m| !others.contains(&m.peer)),
+            "{}: {members:?}",
+            node.peer()
+        );
+        let own = node.client.network();
+        assert!(
+            members.iter().all(|m| m.network == own),
+            "{}: {members:?}",
+            node.peer()
+        );
+    }
+    // The net-b insider is a member of b0 (it Helloed with net-b), with its network id.
+    let members = b0.client.members().await;
+    assert!(
+        members
+            .iter()
+            .any(|m| m.peer == insider && m.network == "net-b"),
+        "{members:?}"
+    );
 }
