@@ -190,11 +190,21 @@ async fn start_network(
     } else {
         bootstraps.iter().cloned().map(Some).collect()
     };
+    // wired to the database's network id by the membership change
+    let founder_network = if bootstraps.is_empty() {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| anyhow!("the OS gave no randomness for a network id: {e}"))?;
+        Some(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    } else {
+        None
+    };
     let mut last_error = None;
     for bootstrap in candidates {
         let mut cfg = NetConfig::new(keypair.clone(), args.cid.clone());
         cfg.listen = listen.clone();
         cfg.bootstrap = bootstrap.clone();
+        cfg.network = founder_network.clone();
         cfg.protocol_id = args.protocol_id.clone();
         cfg.rendezvous = args.rendezvous.clone();
         cfg.frame_max_bytes = replicator_core::wire::FRAME_BYTES_MAX;
@@ -208,6 +218,25 @@ async fn start_network(
             Err(e @ NetError::BootstrapUnreachable { .. }) => {
                 warn!(error = %e, "bootstrap peer unreachable");
                 last_error = Some(e);
+            }
+            // The bootstrap peer answered, and it is of another deployment: another peer of
+            // the list would not be better (it is the configuration that is wrong), so stop.
+            Err(NetError::ProtocolMismatch { addr, ours, theirs }) => {
+                let theirs = if theirs.is_empty() {
+                    "announces no replicator protocol".to_owned()
+                } else if theirs.contains('/') {
+                    format!("announces protocol version {theirs:?}")
+                } else {
+                    format!("uses --protocolid {theirs:?}")
+                };
+                return Err(anyhow!(
+                    "cannot join the network through {addr}: this node uses --protocolid {ours:?}, the bootstrap peer {theirs}; start this node with the bootstrap peer's --protocolid, or give a bootstrap peer of this deployment"
+                ));
+            }
+            Err(NetError::ForeignNetwork { addr, ours, theirs }) => {
+                return Err(anyhow!(
+                    "cannot join the network through {addr}: this node belongs to network {ours:?}, the bootstrap peer to network {theirs:?}; a node never joins another network (give a bootstrap peer of network {ours:?}, or start with an empty data dir to join network {theirs:?})"
+                ));
             }
             Err(e) => return Err(anyhow!(e).context("cannot start the network")),
         }
