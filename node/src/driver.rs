@@ -8,15 +8,15 @@
 //!
 //! Generic over [`Transport`] so that a simulated network can drive the very same loop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use replicator_core::{
-    CallId, ClusterId, Command, Input, Membership, Node, NodeId, Note, Output, Recovered, Reply,
-    Stats, Time, wire,
+    CallId, ClusterId, Command, Input, Membership, NetworkId, Node, NodeId, Note, Output,
+    Recovered, Reply, Stats, Time, wire,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -30,6 +30,8 @@ use crate::storage::{Durable, PersistJob, Storage};
 pub const REQUEST_QUEUE_LEN: usize = 1024;
 /// How often the driver logs that its cluster is still too small.
 const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Peers of another network remembered, so that each is logged and counted once.
+const FOREIGN_PEERS_MAX: usize = 1024;
 
 /// The network as the driver sees it: send bytes to a peer. Sending never blocks and never
 /// fails loudly: a lost frame is like a lost packet, and the protocol's timers cover it.
@@ -46,9 +48,17 @@ pub enum TransportEvent {
         from: NodeId,
         frame: Vec<u8>,
     },
+    /// A node announced itself: its cluster and the network it belongs to (the core refuses
+    /// it if that is not this node's).
     Discovered {
         cluster: ClusterId,
         node: NodeId,
+        network: NetworkId,
+    },
+    /// A node of another network answered; the transport did not make it a member.
+    ForeignNetwork {
+        node: NodeId,
+        network: NetworkId,
     },
     Down(NodeId),
     Up(NodeId),
@@ -73,7 +83,8 @@ pub enum Request {
     },
 }
 
-/// A peer as the transport reported it.
+/// A member and whether the transport reports it up (a member recorded on disk but not heard
+/// from since this node started is down).
 #[derive(Clone, Debug, Serialize)]
 pub struct PeerInfo {
     pub peer: String,
@@ -86,6 +97,9 @@ pub struct PeerInfo {
 pub struct Status {
     pub id: NodeId,
     pub cluster: ClusterId,
+    pub network: NetworkId,
+    /// An operator removed this node: it serves nothing any more.
+    pub removed: bool,
     pub ready: bool,
     pub leaving: bool,
     pub membership: Membership,
@@ -141,7 +155,10 @@ pub struct Driver<T: Transport> {
     durable: watch::Receiver<Durable>,
     calls: HashMap<CallId, oneshot::Sender<Reply>>,
     next_call: u64,
+    /// What the transport said about each peer (up or down), by peer.
     peers: BTreeMap<NodeId, PeerInfo>,
+    /// Peers of another network already logged and counted.
+    foreign: BTreeSet<NodeId>,
     leave: Option<(Instant, Vec<oneshot::Sender<bool>>)>,
     left: bool,
     /// Whether the own cluster was last seen with at least `cluster_size_min` members.
@@ -180,21 +197,23 @@ impl<T: Transport> Driver<T> {
             seed,
             node = %id,
             cluster = %cluster,
+            network = %recovered.network,
             ready = recovered.ready,
+            members = recovered.members.len() + 1,
+            departed = recovered.departed.len(),
             keys = recovered.keys.len(),
             refusals = recovered.refusals.len(),
             "starting the protocol core"
         );
         let origin = Instant::now();
-        let node = Node::new(
-            config,
-            id,
-            cluster,
-            Membership::default(),
-            recovered,
-            Time::ZERO,
-            seed,
-        )?;
+        // The node starts from the membership its disk recorded, never from what the
+        // transport happens to reach: rediscovery can only add to it.
+        let node = Node::new(config, id, cluster, recovered, Time::ZERO, seed)?;
+        if node.is_removed() {
+            error!(
+                "an operator removed this node from the network: it serves nothing; wipe its data dir to bring this machine back as a new node"
+            );
+        }
         let (persist, jobs) = std_mpsc::channel();
         let (durable_tx, durable) = watch::channel(Durable::Upto(replicator_core::WriteId(0)));
         let storage_thread = std::thread::Builder::new()
@@ -212,6 +231,7 @@ impl<T: Transport> Driver<T> {
             calls: HashMap::new(),
             next_call: 0,
             peers: BTreeMap::new(),
+            foreign: BTreeSet::new(),
             leave: None,
             left: false,
             cluster_big_enough: false,
@@ -308,19 +328,34 @@ impl<T: Transport> Driver<T> {
                     warn!(peer = %from, error = %e, "dropping an undecodable frame");
                 }
             },
-            TransportEvent::Discovered { cluster, node } => {
-                info!(peer = %node, cluster = %cluster, "member discovered");
-                self.peers.insert(
-                    node.clone(),
-                    PeerInfo {
-                        peer: node.to_string(),
-                        cluster: cluster.to_string(),
-                        up: true,
+            TransportEvent::Discovered {
+                cluster,
+                node,
+                network,
+            } => {
+                if network == *self.node.network() {
+                    info!(peer = %node, cluster = %cluster, "member discovered");
+                    self.peers.insert(
+                        node.clone(),
+                        PeerInfo {
+                            peer: node.to_string(),
+                            cluster: cluster.to_string(),
+                            up: true,
+                        },
+                    );
+                }
+                self.node.handle(
+                    now,
+                    Input::NodeDiscovered {
+                        cluster,
+                        node,
+                        network,
                     },
                 );
-                self.node
-                    .handle(now, Input::NodeDiscovered { cluster, node });
                 self.log_cluster_size();
+            }
+            TransportEvent::ForeignNetwork { node, network } => {
+                self.foreign_network(node, network);
             }
             TransportEvent::Down(node) => {
                 warn!(peer = %node, "peer down (it stays a member; writes will name it unavailable)");
@@ -421,6 +456,13 @@ impl<T: Transport> Driver<T> {
                 self.transport.forget(&node);
                 self.log_cluster_size();
             }
+            Note::ForeignNetwork { node, network, .. } => self.foreign_network(node, network),
+            Note::SelfRemoved { by } => {
+                error!(
+                    by = %by,
+                    "an operator removed this node from the network: it serves no reads or writes any more; wipe its data dir to bring this machine back as a new node"
+                );
+            }
             Note::PeerInputRejected { from, reason } => {
                 self.metrics.inc(&self.metrics.frames_rejected);
                 warn!(peer = %from, reason, "peer input rejected");
@@ -432,14 +474,55 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// A node of another network announced itself (to the transport or to the core): never a
+    /// member. Logged and counted once per peer.
+    fn foreign_network(&mut self, node: NodeId, network: NetworkId) {
+        if self.foreign.contains(&node) {
+            return;
+        }
+        if self.foreign.len() >= FOREIGN_PEERS_MAX {
+            self.foreign.pop_first();
+        }
+        self.foreign.insert(node.clone());
+        self.metrics.inc(&self.metrics.foreign_network_peers);
+        error!(
+            peer = %node,
+            theirs = %network,
+            ours = %self.node.network(),
+            "a node of another network (id {network}) announced itself; this node's network is {}: it is not a member, and two networks founded apart never merge",
+            self.node.network()
+        );
+    }
+
+    /// Every other member (recorded on disk or discovered since), with what the transport
+    /// last said about it.
+    fn peer_list(&self) -> Vec<PeerInfo> {
+        let membership = self.node.membership();
+        membership
+            .clusters()
+            .flat_map(|(cluster, nodes)| nodes.iter().map(move |n| (cluster, n)))
+            .filter(|(_, n)| *n != self.node.id())
+            .map(|(cluster, n)| match self.peers.get(n) {
+                Some(p) => p.clone(),
+                None => PeerInfo {
+                    peer: n.to_string(),
+                    cluster: cluster.to_string(),
+                    up: false,
+                },
+            })
+            .collect()
+    }
+
     fn status(&self) -> Status {
         Status {
             id: self.node.id().clone(),
             cluster: self.node.cluster().clone(),
+            network: self.node.network().clone(),
+            removed: self.node.is_removed(),
             ready: self.node.is_ready(),
             leaving: self.node.is_leaving(),
             membership: self.node.membership().clone(),
-            peers: self.peers.values().cloned().collect(),
+            peers: self.peer_list(),
             stats: self.node.stats(),
             cluster_size_min: self.node.config().cluster_size_min,
         }
@@ -522,12 +605,14 @@ mod tests {
                     tx.send(TransportEvent::Discovered {
                         cluster: ClusterId::new("c"),
                         node: other.clone(),
+                        network: NetworkId::new("net"),
                     })
                     .await
                     .unwrap();
                 }
             }
-            let storage = Storage::open(dirs[i].path(), Some(&Recovered::founder())).unwrap();
+            let fresh = Recovered::founder(NetworkId::new("net"));
+            let storage = Storage::open(dirs[i].path(), Some(&fresh)).unwrap();
             let recovered = storage.load().unwrap();
             let (driver, handle) = Driver::new(Parts {
                 config: replicator_core::Config::default(),

@@ -142,8 +142,29 @@ fn invalid(i: &Invalid) -> Response {
     error(status, "invalid", i.to_string())
 }
 
+/// What a node that an operator removed answers to every read and write (410 Gone: for good).
+fn removed() -> Response {
+    error(
+        StatusCode::GONE,
+        "removed",
+        "an operator removed this node from the network: it serves no reads or writes any more \
+         (it no longer receives commits, so its answers could be stale); ask another member. To \
+         bring this machine back, stop it, wipe its data dir and start it as a new node with \
+         --bootstrap of a member",
+    )
+}
+
+/// The metrics label and the answer for a node that cannot serve.
+fn not_ready_labelled(n: &NotReady) -> (&'static str, Response) {
+    match n {
+        NotReady::Removed => ("removed", removed()),
+        _ => ("not_ready", not_ready(n)),
+    }
+}
+
 fn not_ready(n: &NotReady) -> Response {
     let message = match n {
+        NotReady::Removed => return removed(),
         NotReady::Joining => {
             "this node is still copying the keys of the network it joined".to_string()
         }
@@ -303,7 +324,7 @@ async fn put_inner(
         ),
         PutOutcome::Invalid(i) => ("invalid", invalid(&i)),
         PutOutcome::Overloaded => ("overloaded", overloaded()),
-        PutOutcome::NotReady(n) => ("not_ready", not_ready(&n)),
+        PutOutcome::NotReady(n) => not_ready_labelled(&n),
     }
 }
 
@@ -369,7 +390,7 @@ async fn get_key(
             ),
             GetOutcome::Invalid(i) => ("invalid", invalid(&i)),
             GetOutcome::Overloaded => ("overloaded", overloaded()),
-            GetOutcome::NotReady(n) => ("not_ready", not_ready(&n)),
+            GetOutcome::NotReady(n) => not_ready_labelled(&n),
         },
         Some(_) => (
             "error",
@@ -428,7 +449,12 @@ async fn status(api: &Api) -> Result<Status, Response> {
 
 async fn peers(State(api): State<Api>) -> Response {
     match status(&api).await {
-        Ok(s) => axum::Json(json!({"node": s.id.to_string(), "peers": s.peers})).into_response(),
+        Ok(s) => axum::Json(json!({
+            "node": s.id.to_string(),
+            "network": s.network.to_string(),
+            "peers": s.peers,
+        }))
+        .into_response(),
         Err(r) => r,
     }
 }
@@ -440,7 +466,8 @@ struct RemoveQuery {
 }
 
 /// An operator removes a dead node from the membership (here, and through this node on every
-/// member). Refused with 409 while reservations held here name it, unless `?force=true`.
+/// member). Refused with 409 while the node answers (it is alive) or reservations name it,
+/// unless `?force=true`.
 async fn remove_peer(
     State(api): State<Api>,
     peer: Result<Path<String>, PathRejection>,
@@ -461,10 +488,25 @@ async fn remove_peer(
         Some(Reply::Remove(RemoveOutcome::Removed)) => {
             axum::Json(json!({"result": "removed", "peer": peer})).into_response()
         }
-        Some(Reply::Remove(RemoveOutcome::Unknown)) => error(
-            StatusCode::NOT_FOUND,
-            "unknown_peer",
-            format!("{peer} is not a member (or is this node)"),
+        Some(Reply::Remove(RemoveOutcome::Unknown)) => {
+            if status(&api).await.is_ok_and(|s| s.removed) {
+                return removed();
+            }
+            error(
+                StatusCode::NOT_FOUND,
+                "unknown_peer",
+                format!("{peer} is not a member (or is this node)"),
+            )
+        }
+        Some(Reply::Remove(RemoveOutcome::Alive)) => error_with(
+            StatusCode::CONFLICT,
+            "alive",
+            format!(
+                "{peer} answered: it is alive, and only a dead node is removed (a live node that \
+                 is removed would serve stale reads until it hears of it). Stop it for good \
+                 first, or retry with ?force=true"
+            ),
+            json!({"peer": peer}),
         ),
         Some(Reply::Remove(RemoveOutcome::Refused { open })) => error_with(
             StatusCode::CONFLICT,
@@ -510,6 +552,7 @@ async fn clusters(State(api): State<Api>) -> Response {
                 })
                 .collect();
             axum::Json(json!({
+                "network": s.network.to_string(),
                 "digest": format!("{:016x}", s.membership.digest().0),
                 "clusters": clusters,
             }))
@@ -523,12 +566,22 @@ async fn health(State(api): State<Api>) -> Response {
     match status(&api).await {
         Ok(s) => {
             let own = s.membership.nodes_of(&s.cluster).len();
-            let writable = s.ready && !s.leaving && own >= s.cluster_size_min;
+            let ready = s.ready && !s.removed;
+            let writable = ready && !s.leaving && own >= s.cluster_size_min;
+            let state = if s.removed {
+                "removed"
+            } else if writable {
+                "ok"
+            } else {
+                "degraded"
+            };
             axum::Json(json!({
-                "status": if writable { "ok" } else { "degraded" },
+                "status": state,
                 "node": s.id.to_string(),
                 "cluster": s.cluster.to_string(),
-                "ready": s.ready,
+                "network": s.network.to_string(),
+                "removed": s.removed,
+                "ready": ready,
                 "leaving": s.leaving,
                 "writable": writable,
                 "members": s.membership.len(),

@@ -12,7 +12,7 @@ const LATENCY_BUCKETS_S: [f64; 12] = [
 ];
 
 /// The PUT outcomes, as labels.
-pub const PUT_OUTCOMES: [&str; 8] = [
+pub const PUT_OUTCOMES: [&str; 9] = [
     "stored",
     "exists",
     "busy",
@@ -20,15 +20,17 @@ pub const PUT_OUTCOMES: [&str; 8] = [
     "invalid",
     "overloaded",
     "not_ready",
+    "removed",
     "error",
 ];
-pub const GET_OUTCOMES: [&str; 7] = [
+pub const GET_OUTCOMES: [&str; 8] = [
     "value",
     "unknown",
     "unavailable",
     "invalid",
     "overloaded",
     "not_ready",
+    "removed",
     "error",
 ];
 
@@ -44,6 +46,8 @@ pub struct Metrics {
     pub frames_rejected: AtomicU64,
     pub frames_send_failed: AtomicU64,
     pub violations: AtomicU64,
+    /// Peers of another network that announced themselves (each counted once).
+    pub foreign_network_peers: AtomicU64,
 }
 
 impl Metrics {
@@ -132,6 +136,10 @@ impl Metrics {
                 get(&self.frames_send_failed),
             ),
             ("replicator_violations_total", get(&self.violations)),
+            (
+                "replicator_foreign_network_peers_total",
+                get(&self.foreign_network_peers),
+            ),
         ];
         for (name, v) in counters {
             let _ = writeln!(s, "{name} {v}");
@@ -140,6 +148,7 @@ impl Metrics {
             let up = st.peers.iter().filter(|p| p.up).count();
             let gauges = [
                 ("replicator_ready", u64::from(st.ready)),
+                ("replicator_removed", u64::from(st.removed)),
                 ("replicator_keys_stored", st.stats.keys_stored as u64),
                 (
                     "replicator_reservations_open",

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use replicator_core::{ClusterId, NodeId};
+use replicator_core::{ClusterId, NetworkId, NodeId};
 use tokio::sync::mpsc;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 use transport_libp2p::libp2p::PeerId;
 use transport_libp2p::{Client, NetEvent};
 
@@ -66,21 +66,22 @@ pub fn pump_events(mut net: mpsc::Receiver<NetEvent>) -> mpsc::Receiver<Transpor
                     from: NodeId::new(from.to_string()),
                     frame,
                 },
-                // Member::network is always this node's network id (the transport makes no
-                // member of another network); not passed on for now.
+                // The transport makes no member of another network, but the core decides:
+                // it is told the network the member announced.
                 NetEvent::MemberDiscovered(m) => TransportEvent::Discovered {
                     cluster: ClusterId::new(&m.cluster),
                     node: NodeId::new(m.peer.to_string()),
+                    network: NetworkId::new(&m.network),
                 },
                 NetEvent::PeerDown(p) => TransportEvent::Down(NodeId::new(p.to_string())),
                 NetEvent::PeerUp(p) => TransportEvent::Up(NodeId::new(p.to_string())),
                 NetEvent::PeerLeft(p) => TransportEvent::Left(NodeId::new(p.to_string())),
-                NetEvent::ForeignNetwork { peer, network } => {
-                    // The transport reports each such peer once and never makes it a member.
-                    // Not counted here: the driver's foreign-network handling will count it.
-                    error!(%peer, theirs = %network, "a node of another network contacted this node; it is not a member");
-                    continue;
-                }
+                // The transport reports each such peer once and never makes it a member; the
+                // driver logs it with both ids and counts it.
+                NetEvent::ForeignNetwork { peer, network } => TransportEvent::ForeignNetwork {
+                    node: NodeId::new(peer.to_string()),
+                    network: NetworkId::from(network),
+                },
             };
             if tx.send(ev).await.is_err() {
                 break;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use replicator_core::{ClusterId, Config, NodeId, Recovered};
+use replicator_core::{ClusterId, Config, NetworkId, NodeId, Recovered};
 use tracing::{error, info, warn};
 use transport_libp2p::libp2p::identity::Keypair;
 use transport_libp2p::libp2p::{Multiaddr, PeerId};
@@ -44,7 +44,7 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
-    let fresh = !db_path(&data_dir).exists();
+    let has_database = db_path(&data_dir).exists();
     let keypair = load_or_create_identity(&data_dir)?;
     let peer_id = keypair.public().to_peer_id();
 
@@ -76,30 +76,66 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     config.validate().map_err(|e| anyhow!("{e}"))?;
 
-    // The network first: a node that cannot reach its bootstrap peer must not create a
-    // database that would make it a founder on its next start.
+    // A node with a database belongs to the network it recorded, whatever the flags say: it
+    // never founds another one, and it joins only a bootstrap peer of that network. Only an
+    // empty data dir without --bootstrap founds a network.
+    let existing = if has_database {
+        let storage = Storage::open(&data_dir, None)?;
+        let network = storage.network()?;
+        Some((storage, network))
+    } else {
+        None
+    };
+    let role = match (&existing, bootstraps.is_empty()) {
+        (Some(_), _) => Role::Restart,
+        (None, true) => Role::Founder,
+        (None, false) => Role::Joiner,
+    };
+    let network = match (&existing, role) {
+        (Some((_, network)), _) => Some(network.to_string()),
+        (None, Role::Founder) => Some(draw_network_id()?),
+        (None, _) => None,
+    };
+    info!(
+        role = role.name(),
+        network = network.as_deref().unwrap_or("(adopted from the bootstrap peer)"),
+        data_dir = %data_dir.display(),
+        "starting"
+    );
+
+    // The network before a new database: a node that cannot join must not create one that
+    // would make it a member of nothing (or of the wrong network) on its next start.
     let (client, net_events, event_loop) =
-        start_network(&args, keypair, listen, &bootstraps).await?;
+        start_network(&args, keypair, listen, &bootstraps, network).await?;
     let event_loop = tokio::spawn(event_loop.run());
     let listen_addrs = client.listen_addrs().await;
+    let network = NetworkId::from(client.network());
 
-    let founder = bootstraps.is_empty();
-    let initial = if founder {
-        Recovered::founder()
-    } else {
-        Recovered::joiner()
+    let storage = match existing {
+        Some((storage, recorded)) => {
+            if recorded != network {
+                client.shutdown().await;
+                anyhow::bail!(
+                    "the transport runs network {network}, the database records {recorded}"
+                );
+            }
+            storage
+        }
+        // A joiner records the adopted id before it copies anything.
+        None => {
+            let fresh = match role {
+                Role::Founder => Recovered::founder(network.clone()),
+                _ => Recovered::joiner(network.clone()),
+            };
+            Storage::open(&data_dir, Some(&fresh))?
+        }
     };
-    let storage = Storage::open(&data_dir, fresh.then_some(&initial))?;
     let recovered = storage.load()?;
     info!(
-        fresh,
-        role = if !fresh {
-            "restart"
-        } else if founder {
-            "founder"
-        } else {
-            "joiner"
-        },
+        role = role.name(),
+        network = %network,
+        members = recovered.members.len() + 1,
+        removed = recovered.departed.contains(&NodeId::new(peer_id.to_string())),
         data_dir = %data_dir.display(),
         "storage opened"
     );
@@ -137,8 +173,15 @@ async fn run(args: RunArgs) -> Result<()> {
             .await
     });
 
-    print_banner(&args, &peer_id, &listen_addrs, http_addr, &data_dir);
-    info!(peer = %peer_id, cluster = %args.cid, http = %http_addr, "node started");
+    print_banner(
+        &args,
+        &peer_id,
+        &network,
+        &listen_addrs,
+        http_addr,
+        &data_dir,
+    );
+    info!(peer = %peer_id, cluster = %args.cid, network = %network, http = %http_addr, "node started");
 
     let outcome = tokio::select! {
         r = &mut driver_task => Some(r),
@@ -175,11 +218,43 @@ async fn run(args: RunArgs) -> Result<()> {
     result
 }
 
+/// How this node starts, from its data dir and flags.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    /// An empty data dir, no --bootstrap: draws a network id.
+    Founder,
+    /// An empty data dir, --bootstrap: adopts the bootstrap peer's network id.
+    Joiner,
+    /// A database: its recorded network id, its recorded membership.
+    Restart,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Founder => "founder",
+            Role::Joiner => "joiner",
+            Role::Restart => "restart",
+        }
+    }
+}
+
+/// A new network's id: 32 lowercase hex digits from the OS's randomness.
+fn draw_network_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow!("the OS gave no randomness for a network id: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Starts the transport in the network `network` (`None`: a joiner that adopts its bootstrap
+/// peer's), trying the bootstrap peers in order.
 async fn start_network(
     args: &RunArgs,
     keypair: Keypair,
     listen: Vec<Multiaddr>,
     bootstraps: &[Multiaddr],
+    network: Option<String>,
 ) -> Result<(
     transport_libp2p::Client,
     tokio::sync::mpsc::Receiver<transport_libp2p::NetEvent>,
@@ -190,21 +265,12 @@ async fn start_network(
     } else {
         bootstraps.iter().cloned().map(Some).collect()
     };
-    // wired to the database's network id by the membership change
-    let founder_network = if bootstraps.is_empty() {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes)
-            .map_err(|e| anyhow!("the OS gave no randomness for a network id: {e}"))?;
-        Some(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
-    } else {
-        None
-    };
     let mut last_error = None;
     for bootstrap in candidates {
         let mut cfg = NetConfig::new(keypair.clone(), args.cid.clone());
         cfg.listen = listen.clone();
         cfg.bootstrap = bootstrap.clone();
-        cfg.network = founder_network.clone();
+        cfg.network = network.clone();
         cfg.protocol_id = args.protocol_id.clone();
         cfg.rendezvous = args.rendezvous.clone();
         cfg.frame_max_bytes = replicator_core::wire::FRAME_BYTES_MAX;
@@ -279,11 +345,13 @@ fn load_or_create_identity(data_dir: &Path) -> Result<Keypair> {
 fn print_banner(
     args: &RunArgs,
     peer: &PeerId,
+    network: &NetworkId,
     addrs: &[Multiaddr],
     http: std::net::SocketAddr,
     data_dir: &Path,
 ) {
     println!("peer id: {peer}");
+    println!("network: {network}");
     println!("cluster: {}", args.cid);
     for a in addrs {
         println!("listening on: {a}");
