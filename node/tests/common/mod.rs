@@ -255,3 +255,49 @@ pub fn wait_converged(nodes: &[&NodeProc], members: u64, timeout: Duration) {
         })
     });
 }
+
+/// kill -9: the node stops at once, without goodbye (it stays a member everywhere).
+pub fn kill9(node: &mut NodeProc) {
+    let _ = node.child.kill();
+    let _ = node.child.wait();
+}
+
+/// Starts `node` again with its cluster and data dir.
+pub fn restart(node: &NodeProc, bootstrap: Option<&str>) -> Starting {
+    start_node(&node.cluster, &node.dir, bootstrap)
+}
+
+/// Runs `replicator` with `args` until it exits (killed after `timeout`); returns its exit
+/// code, stderr and how long it ran.
+pub fn run_to_exit(args: &[&str], timeout: Duration) -> (Option<i32>, String, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the replicator binary starts");
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr_pipe.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "replicator {args:?} did not exit within {timeout:?}; stderr:\n{}",
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = started.elapsed();
+    (status.code(), reader.join().unwrap(), took)
+}

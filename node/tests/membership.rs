@@ -1,0 +1,447 @@
+//! End-to-end tests of the durable membership and the network identity (issue 8), with real
+//! `replicator` processes on 127.0.0.1: a cluster restarted while the others are down keeps
+//! the whole recorded membership and commits nothing alone; only a dead node is removed and a
+//! removed node serves nothing, across a restart too; a node never joins another network, nor
+//! a peer that speaks another protocol id.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value as Json;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// `n` nodes: node `i` in cluster `c{i / per_cluster}`, all joining through node 0.
+fn network(tmp: &std::path::Path, n: usize, per_cluster: usize) -> Vec<NodeProc> {
+    let boot = start_node("c0", &tmp.join("n0"), None).wait();
+    let starting: Vec<Starting> = (1..n)
+        .map(|i| {
+            start_node(
+                &format!("c{}", i / per_cluster),
+                &tmp.join(format!("n{i}")),
+                Some(&boot.p2p),
+            )
+        })
+        .collect();
+    let mut nodes = vec![boot];
+    nodes.extend(starting.into_iter().map(Starting::wait));
+    nodes
+}
+
+fn refs(nodes: &[NodeProc]) -> Vec<&NodeProc> {
+    nodes.iter().collect()
+}
+
+fn verify(node: &NodeProc, key: &str, answers: usize) -> Json {
+    let mut report = Json::Null;
+    wait_until(
+        Duration::from_secs(30),
+        &format!("a complete verify read of {key}"),
+        || {
+            report = http(
+                "GET",
+                &node.http,
+                &format!("/store/{key}?verify=true"),
+                b"",
+                &[],
+            )
+            .json();
+            report["answers"]
+                .as_array()
+                .is_some_and(|a| a.len() == answers)
+        },
+    );
+    report
+}
+
+/// PUTs until the answer is 201, while it is one a healing network gives (busy, or a
+/// membership that is still converging); panics on anything else or after `timeout`.
+fn put_eventually(node: &NodeProc, key: &str, value: &str, timeout: Duration) {
+    wait_until(timeout, &format!("PUT {key} stored"), || {
+        let r = put(node, key, value);
+        if r.status == 201 {
+            return true;
+        }
+        let error = r.json()["error"].as_str().unwrap_or("").to_string();
+        assert!(
+            matches!(
+                (r.status, error.as_str()),
+                (409, "busy") | (503, "unavailable" | "not_ready")
+            ),
+            "PUT {key}: unexpected {} {}",
+            r.status,
+            r.text()
+        );
+        false
+    });
+}
+
+/// The issue's story: a 3 x 3 network; the two other clusters die (kill -9), then c0's three
+/// nodes are killed and restarted alone. They resume with all nine members, so their writes
+/// answer 503 naming the six silent nodes and commit nothing; once the six come back, every
+/// node agrees on every key and none has two values.
+#[test]
+fn restarted_cluster_keeps_the_whole_membership_and_commits_nothing_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = network(tmp.path(), 9, 3);
+    wait_converged(&refs(&nodes), 9, CONVERGE);
+    let network_id = health(&nodes[0])["network"].as_str().unwrap().to_string();
+    assert_eq!(network_id.len(), 32, "{network_id}");
+    assert!(
+        network_id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{network_id}"
+    );
+    for n in &nodes {
+        assert_eq!(health(n)["network"], network_id.as_str(), "one network");
+    }
+
+    // Writes while everyone is up.
+    let mut committed = Vec::new();
+    for i in 0..6 {
+        let (key, value) = (format!("before-{i}"), format!("v{i}"));
+        let r = put(&nodes[(i * 4) % 9], &key, &value);
+        assert_eq!(r.status, 201, "{key}: {}", r.text());
+        committed.push((key, value));
+    }
+
+    // The other two clusters die, then c0 too.
+    let others: Vec<(String, String)> = nodes[3..]
+        .iter()
+        .map(|n| (n.peer.clone(), n.cluster.clone()))
+        .collect();
+    for n in nodes.iter_mut() {
+        kill9(n);
+    }
+
+    // c0 restarts alone: the first node without --bootstrap (a node with data never founds a
+    // network; it waits to be dialed), the other two through it.
+    let first = restart(&nodes[0], None).wait();
+    let second = restart(&nodes[1], Some(&first.p2p));
+    let third = restart(&nodes[2], Some(&first.p2p));
+    nodes[0] = first;
+    nodes[1] = second.wait();
+    nodes[2] = third.wait();
+    let c0 = &nodes[..3];
+    for n in c0 {
+        wait_until(Duration::from_secs(30), "c0 writable again", || {
+            health(n)["writable"] == true
+        });
+        let h = health(n);
+        assert_eq!(h["members"], 9, "the recorded membership survives: {h}");
+        assert_eq!(h["clusters"], 3, "{h}");
+        assert_eq!(h["network"], network_id.as_str(), "{h}");
+    }
+    // The six are members that are down, not gone.
+    let peers = http("GET", &nodes[0].http, "/peers", b"", &[]).json();
+    assert_eq!(peers["network"], network_id.as_str());
+    let down: BTreeSet<&str> = peers["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["up"] == false)
+        .map(|p| p["peer"].as_str().unwrap())
+        .collect();
+    for (peer, _) in &others {
+        assert!(down.contains(peer.as_str()), "{peer} down: {peers}");
+    }
+    let clusters = http("GET", &nodes[1].http, "/clusters", b"", &[]).json();
+    assert_eq!(clusters["network"], network_id.as_str());
+    assert_eq!(
+        clusters["clusters"].as_object().unwrap().len(),
+        3,
+        "{clusters}"
+    );
+
+    // Reads of what was committed work; writes answer 503 naming the silent nodes.
+    let r = get(&nodes[2], &committed[0].0);
+    assert_eq!((r.status, r.text()), (200, committed[0].1.clone()));
+    let partition_keys: Vec<String> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..3)
+            .map(|w| {
+                let node = &nodes[w];
+                let others = &others;
+                s.spawn(move || {
+                    let mut keys = Vec::new();
+                    for i in 0..2 {
+                        let key = format!("alone-{w}-{i}");
+                        let r = put(node, &key, "must-not-commit");
+                        assert_eq!(r.status, 503, "{key}: {}", r.text());
+                        let j = r.json();
+                        assert_eq!(j["error"], "unavailable", "{j}");
+                        let silent: Vec<&str> = j["silent_nodes"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .filter_map(|n| n.as_str())
+                            .collect();
+                        for (peer, _) in others {
+                            assert!(silent.contains(&peer.as_str()), "{peer} named: {j}");
+                        }
+                        let clusters = j["silent_clusters"].to_string();
+                        assert!(clusters.contains("c1") && clusters.contains("c2"), "{j}");
+                        keys.push(key);
+                    }
+                    keys
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+
+    // The six come back with their data dirs, through a c0 node.
+    let starting: Vec<Starting> = (3..9)
+        .map(|i| restart(&nodes[i], Some(&nodes[i % 3].p2p)))
+        .collect();
+    for (i, s) in (3..9).zip(starting) {
+        nodes[i] = s.wait();
+    }
+    wait_converged(&refs(&nodes), 9, CONVERGE);
+    wait_until(Duration::from_secs(60), "no reservation left", || {
+        nodes.iter().all(|n| health(n)["reservations_open"] == 0)
+    });
+    for n in &nodes {
+        assert_eq!(health(n)["network"], network_id.as_str());
+    }
+
+    // Every node agrees on every key; the committed ones hold their value everywhere, and
+    // nothing written while c0 was alone was committed anywhere.
+    for (key, value) in &committed {
+        let report = verify(&nodes[4], key, 9);
+        assert_eq!(report["agree"], true, "{key}: {report}");
+        for a in report["answers"].as_array().unwrap() {
+            assert_eq!(a["state"], "stored", "{key}: {report}");
+            assert_eq!(a["value"], value.as_str(), "{key}: {report}");
+        }
+    }
+    for key in &partition_keys {
+        let report = verify(&nodes[7], key, 9);
+        assert_eq!(report["agree"], true, "{key}: {report}");
+        for a in report["answers"].as_array().unwrap() {
+            assert_ne!(a["state"], "stored", "{key} committed alone: {report}");
+        }
+    }
+    for n in &nodes {
+        for (key, value) in &committed {
+            let r = get(n, key);
+            assert_eq!((r.status, r.text()), (200, value.clone()), "{key}");
+        }
+        for key in &partition_keys {
+            let r = get(n, key);
+            assert_eq!(r.status, 404, "{key} at {}: {}", n.peer, r.text());
+        }
+    }
+    // And the healed network takes writes again.
+    put_eventually(&nodes[5], "after-heal", "ok", Duration::from_secs(30));
+    let r = get(&nodes[0], "after-heal");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+}
+
+/// Only a dead node is removed: a live one is refused (409 alive, `replicator remove` exits 3).
+/// A forced removal makes the node serve nothing (410 removed, /health removed), and so does
+/// a restart of it with its data dir.
+#[test]
+fn only_a_dead_node_is_removed_and_a_removed_node_serves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Four nodes of one cluster: three stay after the removal, enough to write.
+    let mut nodes = network(tmp.path(), 4, 4);
+    wait_converged(&refs(&nodes), 4, CONVERGE);
+    let network_id = health(&nodes[0])["network"].as_str().unwrap().to_string();
+    assert_eq!(health(&nodes[3])["network"], network_id.as_str(), "adopted");
+    let r = put(&nodes[1], "before", "v");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let victim = nodes[3].peer.clone();
+    // The write's Commit reaches everyone shortly after its 201: until then its reservations
+    // name every node, and a removal is refused for that reason instead.
+    wait_until(Duration::from_secs(20), "no reservation left", || {
+        nodes.iter().all(|n| health(n)["reservations_open"] == 0)
+    });
+
+    // Alive: refused, through the API and the CLI.
+    let r = http(
+        "DELETE",
+        &nodes[0].http,
+        &format!("/peers/{victim}"),
+        b"",
+        &[],
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"], "alive", "{}", r.text());
+    assert!(r.json()["message"].as_str().unwrap().contains("force"));
+    let out = Command::new(BIN)
+        .args(["remove", &victim, "--node", &nodes[1].http])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("alive"), "{stderr}");
+    assert_eq!(health(&nodes[3])["status"], "ok");
+    assert_eq!(health(&nodes[0])["members"], 4);
+
+    // Forced: the node hears of it and stops serving.
+    let out = Command::new(BIN)
+        .args(["remove", &victim, "--force", "--node", &nodes[1].http])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    wait_until(Duration::from_secs(20), "the removed node knows it", || {
+        health(&nodes[3])["status"] == "removed"
+    });
+    let removed_answers = |n: &NodeProc| {
+        let h = health(n);
+        assert_eq!(
+            (&h["removed"], &h["ready"], &h["writable"]),
+            (&Json::Bool(true), &Json::Bool(false), &Json::Bool(false)),
+            "{h}"
+        );
+        for r in [
+            get(n, "before"),
+            get(n, "never-written"),
+            put(n, "new-key", "v"),
+            http("GET", &n.http, "/store/before?verify=true", b"", &[]),
+        ] {
+            assert_eq!(r.status, 410, "{}", r.text());
+            let j = r.json();
+            assert_eq!(j["error"], "removed", "{j}");
+            let message = j["message"].as_str().unwrap();
+            assert!(
+                message.contains("removed this node") && message.contains("data dir"),
+                "{message}"
+            );
+        }
+    };
+    removed_answers(&nodes[3]);
+    wait_until(Duration::from_secs(20), "three members everywhere", || {
+        nodes[..3].iter().all(|n| health(n)["members"] == 3)
+    });
+    // The others go on without it (after settling: no grant for twice the read lease).
+    put_eventually(&nodes[2], "after-removal", "ok", Duration::from_secs(30));
+    assert_eq!(get(&nodes[0], "after-removal").status, 200);
+
+    // A restart with its data dir: still removed, still serves nothing.
+    let mut gone = nodes.pop().unwrap();
+    kill9(&mut gone);
+    let back = restart(&gone, Some(&nodes[0].p2p)).wait();
+    assert_eq!(back.peer, victim);
+    assert_eq!(health(&back)["status"], "removed");
+    removed_answers(&back);
+    let out = Command::new(BIN)
+        .args(["put", "k", "v", "--node", &back.http])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed"));
+    let log = std::fs::read_to_string(&back.log).unwrap();
+    assert!(
+        log.contains("an operator removed this node"),
+        "{}",
+        tail(&back.log)
+    );
+    // The members are unaffected.
+    assert!(nodes.iter().all(|n| health(n)["members"] == 3));
+}
+
+/// A node never joins another network: one that founded its own (and so has data) exits
+/// non-zero when started with --bootstrap of another network's node, naming both ids. A
+/// joiner whose bootstrap peer speaks another --protocolid exits quickly, saying so.
+#[test]
+fn a_node_never_joins_another_network_or_protocol() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start_node("c0", &tmp.path().join("a"), None).wait();
+    let a_network = health(&a)["network"].as_str().unwrap().to_string();
+
+    // A second network, founded independently, then stopped.
+    let b_dir = tmp.path().join("b");
+    let mut b = start_node("c0", &b_dir, None).wait();
+    let b_network = health(&b)["network"].as_str().unwrap().to_string();
+    assert_ne!(a_network, b_network, "two founders draw two ids");
+    kill9(&mut b);
+    let b_dir_arg = b_dir.to_str().unwrap();
+    let (code, stderr, _) = run_to_exit(
+        &[
+            "run",
+            "--cid",
+            "c0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+            "--bootstrap",
+            &a.p2p,
+            "--bootstrap-timeout-ms",
+            "10000",
+            "--data-dir",
+            b_dir_arg,
+        ],
+        Duration::from_secs(30),
+    );
+    eprintln!("another network: {stderr}");
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&a_network) && stderr.contains(&b_network),
+        "both network ids named: {stderr}"
+    );
+    // The member it tried saw a node of another network: logged and counted, not a member.
+    wait_until(Duration::from_secs(10), "the foreign peer counted", || {
+        http("GET", &a.http, "/metrics", b"", &[])
+            .text()
+            .contains("replicator_foreign_network_peers_total 1")
+    });
+    let log = std::fs::read_to_string(&a.log).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("another network")
+            && l.contains(&b_network)
+            && l.contains(&a_network)),
+        "{}",
+        tail(&a.log)
+    );
+    // Its data is untouched: it still belongs to its own network.
+    let b = restart(&b, None).wait();
+    assert_eq!(health(&b)["network"], b_network.as_str());
+    drop(b);
+
+    // Another protocol id: refused at once, well before the bootstrap timeout.
+    let j_dir = tmp.path().join("j");
+    let (code, stderr, took) = run_to_exit(
+        &[
+            "run",
+            "--cid",
+            "c0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+            "--bootstrap",
+            &a.p2p,
+            "--protocolid",
+            "another-deployment",
+            "--bootstrap-timeout-ms",
+            "30000",
+            "--data-dir",
+            j_dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(40),
+    );
+    eprintln!("another protocol id, exit after {took:?}: {stderr}");
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(took < Duration::from_secs(15), "took {took:?}: {stderr}");
+    assert!(
+        stderr.contains("protocol") && stderr.contains("another-deployment"),
+        "{stderr}"
+    );
+    assert!(
+        !j_dir.join("replicator.redb").exists(),
+        "no database is created"
+    );
+    // The first network is unaffected.
+    assert_eq!(health(&a)["members"], 1);
+    assert_eq!(health(&a)["network"], a_network.as_str());
+}
