@@ -347,6 +347,35 @@ fn only_a_dead_node_is_removed_and_a_removed_node_serves_nothing() {
     );
     // The members are unaffected.
     assert!(nodes.iter().all(|n| health(n)["members"] == 3));
+    drop(back);
+
+    // A dead node is removed without force, and hears of it when it comes back.
+    wait_until(Duration::from_secs(20), "no reservation left", || {
+        nodes.iter().all(|n| health(n)["reservations_open"] == 0)
+    });
+    let mut dead = nodes.pop().unwrap();
+    kill9(&mut dead);
+    let out = Command::new(BIN)
+        .args(["remove", &dead.peer, "--node", &nodes[0].http])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    wait_until(Duration::from_secs(20), "two members everywhere", || {
+        nodes.iter().all(|n| health(n)["members"] == 2)
+    });
+    let back = restart(&dead, Some(&nodes[0].p2p)).wait();
+    // It learns it at its first contact with a member: here a read of a key it does not hold
+    // (answering "unknown key" needs a member's confirmation), answered 410 already.
+    wait_until(
+        Duration::from_secs(20),
+        "the returning node hears of it",
+        || {
+            let r = get(&back, "never-written");
+            assert!(matches!(r.status, 410 | 503), "{}", r.text());
+            r.status == 410
+        },
+    );
+    removed_answers(&back);
 }
 
 /// A node never joins another network: one that founded its own (and so has data) exits
