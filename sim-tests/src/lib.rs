@@ -157,13 +157,15 @@ pub fn percentile(sorted: &[u64], q: u64) -> u64 {
 }
 
 /// Every deliberately broken variant of the core the simulator must catch.
-pub const BUGS: [InjectedBug; 6] = [
+pub const BUGS: [InjectedBug; 8] = [
     InjectedBug::GrantWhenReserved,
     InjectedBug::CommitOnPartialVote,
     InjectedBug::ReadReservedAsUnknown,
     InjectedBug::ForgetFenceOnAbort,
     InjectedBug::VoteBeforeDurable,
     InjectedBug::StatusWithoutFence,
+    InjectedBug::ForgetMembershipOnRestart,
+    InjectedBug::ReadWithoutLease,
 ];
 
 /// The swarm shape that hunts `bug`: the default draw, with crashes that lose unsynced writes
@@ -177,26 +179,53 @@ pub fn bug_shape(bug: InjectedBug) -> Shape {
 }
 
 /// Like [`bug_shape`], with the fault mix that shows the bug soonest: a lost unsynced write
-/// needs a crash, and a Status that reaches a node before the Reserve it should have fenced
-/// needs a slow (paused) node.
+/// needs a crash; a Status that reaches a node before the Reserve it should have fenced needs
+/// a slow (paused) node; a node that forgets its membership on restart founds a network of
+/// its own only if it restarts where it cannot reach the rest (a cluster, or a side of
+/// clusters, restarted during a partition); a read without a lease is stale only at a node
+/// removed while it could not hear of it (cut off), which needs a removal that succeeds: one in
+/// a lull of the workload (no open reservation may name the node).
 pub fn bug_shape_targeted(bug: InjectedBug) -> Shape {
     let faults = match bug {
         InjectedBug::VoteBeforeDurable | InjectedBug::StatusWithoutFence => {
             Some(vec![FaultKind::Crash, FaultKind::Pause])
         }
+        InjectedBug::ForgetMembershipOnRestart => {
+            Some(vec![FaultKind::RestartCluster, FaultKind::RestartSplit])
+        }
+        InjectedBug::ReadWithoutLease => Some(vec![FaultKind::Remove]),
         _ => None,
     };
     Shape {
         faults,
+        lulls: (bug == InjectedBug::ReadWithoutLease).then_some(true),
         ..bug_shape(bug)
     }
 }
 
-/// Runs seeds `start..start + limit` of `shape` (which sets the bug) until one fails. Returns
-/// the failing seed, how many seeds it took and what broke.
-pub fn hunt(shape: &Shape, start: u64, limit: u64) -> Option<(u64, u64, String)> {
+/// Whether a bug must show as a broken safety rule (a liveness failure does not count): the
+/// membership bugs, whose whole danger is a split brain or a stale read.
+pub fn needs_safety_failure(bug: InjectedBug) -> bool {
+    matches!(
+        bug,
+        InjectedBug::ForgetMembershipOnRestart | InjectedBug::ReadWithoutLease
+    )
+}
+
+/// Runs seeds `start..start + limit` of `shape` (which sets the bug) until one fails (with
+/// `safety_only`, until one breaks a safety rule). Returns the failing seed, how many seeds it
+/// took and what broke.
+pub fn hunt(
+    shape: &Shape,
+    start: u64,
+    limit: u64,
+    safety_only: bool,
+) -> Option<(u64, u64, String)> {
     (start..start + limit).find_map(|seed| {
         let failure = run(&draw(seed, shape)).result.err()?;
+        if safety_only && failure.broken.invariant.starts_with("liveness") {
+            return None;
+        }
         let what = format!("{}: {}", failure.broken.invariant, failure.broken.detail);
         Some((seed, seed - start + 1, what))
     })

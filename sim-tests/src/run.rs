@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replicator_core::{
-    CallId, Command, GetOutcome, Key, ProposalId, PutOutcome, ReadState, Reply, RequestId, Time,
-    Value, VerifyReport,
+    CallId, Command, GetOutcome, Key, NodeId, NotReady, ProposalId, PutOutcome, ReadState,
+    RemoveOutcome, Reply, RequestId, Time, Value, VerifyReport,
 };
 use transport_sim::{NodeIx, Obs, TraceMode, World, WorldStats};
 
@@ -27,6 +27,12 @@ const ONE_SHOT_CLIENT: usize = 1 << 20;
 
 /// How often the liveness phase looks whether the system converged.
 const LIVENESS_CHECK_US: u64 = 50_000;
+/// The liveness probe PUT is tried again this long after an answer other than Stored (views
+/// converging, nodes settling after a removal).
+const PROBE_RETRY_US: u64 = 200_000;
+/// A node that still counts itself a member where the others do not is asked a read this
+/// often (a read makes it renew its read lease, so it learns it was removed).
+const NUDGE_US: u64 = 500_000;
 /// A client retries a lost or Unavailable PUT that carries a request id at most this often.
 const ATTEMPTS_MAX: u32 = 5;
 /// A hard bound on events per run, far above what any seed needs.
@@ -63,6 +69,11 @@ pub struct ClientOp {
     pub may_forget: bool,
     /// The last answer (`None`: lost or never answered).
     pub reply: Option<Reply>,
+    /// The incarnation of the node when the last attempt was sent.
+    pub incarnation: u64,
+    /// The last attempt was a retry that the node answers from its request record with no
+    /// outcome in it (after a restart, or an earlier Unavailable): the request-id recovery path.
+    pub recovering: bool,
 }
 
 impl ClientOp {
@@ -187,6 +198,16 @@ pub struct RunStats {
     pub ops: usize,
     pub trace_hash: u64,
     pub rejected: BTreeMap<String, u64>,
+    /// Operators' removals, by outcome.
+    pub removals: BTreeMap<&'static str, u64>,
+    /// Retries with a request id that took the recovery path and were told Exists with another
+    /// proposal's value (the request's own proposal never committed; another one did).
+    pub recover_exists: u64,
+    /// Retries with a request id that took the recovery path.
+    pub recoveries: u64,
+    /// Verify reports checked, and those checked strictly (liveness: agree, nobody silent).
+    pub verifies_checked: u64,
+    pub verifies_strict: u64,
 }
 
 /// A failed run, with what is needed to understand and replay it.
@@ -218,10 +239,41 @@ struct Run {
     joins_left: usize,
     safety: bool,
     obs: Vec<Obs>,
+    stage: Stage,
     /// The liveness probe: a fresh PUT's op index, once sent.
     probe: Option<usize>,
+    probe_attempts: u32,
+    probe_retry_at: Time,
+    /// Departed nodes the liveness phase asked an operator to remove, and when.
+    operator_removals: BTreeMap<NodeIx, Time>,
+    /// When each node was last nudged with a read.
+    nudged: BTreeMap<NodeIx, Time>,
+    /// The final checks' ops (a verify read, reads at removed nodes).
+    final_ops: Vec<usize>,
     liveness_deadline: Time,
     liveness_missing: String,
+    removals: BTreeMap<&'static str, u64>,
+    recover_exists: u64,
+    recoveries: u64,
+    verifies_checked: u64,
+    verifies_strict: u64,
+}
+
+/// Where the liveness phase is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// The workload runs, faults on.
+    Safety,
+    /// Faults healed: waiting for every client call to be answered, every leave to complete and
+    /// every node to be up.
+    Quiesce,
+    /// A fresh PUT, tried until it is stored (its refusals make views converge).
+    Probe,
+    /// Waiting until every member agrees on the membership, is ready, holds no reservation
+    /// and stores every committed key, and every removed node knows it.
+    Converge,
+    /// A verify read of a committed key and reads at removed nodes: their answers are checked.
+    Final,
 }
 
 /// Runs one seed.
@@ -252,9 +304,20 @@ pub fn run(spec: &RunSpec) -> Outcome {
         joins_left: spec.workload.joins,
         safety: true,
         obs: Vec::new(),
+        stage: Stage::Safety,
         probe: None,
+        probe_attempts: 0,
+        probe_retry_at: Time::ZERO,
+        operator_removals: BTreeMap::new(),
+        nudged: BTreeMap::new(),
+        final_ops: Vec::new(),
         liveness_deadline: Time::MAX,
         liveness_missing: String::new(),
+        removals: BTreeMap::new(),
+        recover_exists: 0,
+        recoveries: 0,
+        verifies_checked: 0,
+        verifies_strict: 0,
     };
     let result = run.go();
     let mut stats = RunStats {
@@ -263,6 +326,11 @@ pub fn run(spec: &RunSpec) -> Outcome {
         ops: run.history.len(),
         trace_hash: run.world.trace_hash(),
         rejected: run.checker.rejected.clone(),
+        removals: run.removals.clone(),
+        recover_exists: run.recover_exists,
+        recoveries: run.recoveries,
+        verifies_checked: run.verifies_checked,
+        verifies_strict: run.verifies_strict,
         ..RunStats::default()
     };
     for op in &run.history {
@@ -340,8 +408,16 @@ impl Run {
                     _ => String::new(),
                 };
                 self.checker.observe(obs, &name, self.world.now())?;
-                if self.react(obs)? {
-                    return self.final_checks();
+                match self.react(obs) {
+                    Ok(true) => return self.final_checks(),
+                    Ok(false) => {}
+                    // A run that did not converge may have broken a safety rule on the way
+                    // (say a side that founded a network of its own): that is the better report.
+                    Err(b) if b.invariant.starts_with("liveness") => {
+                        self.final_checks()?;
+                        return Err(b);
+                    }
+                    Err(b) => return Err(b),
                 }
             }
             self.obs = batch;
@@ -358,14 +434,22 @@ impl Run {
                 }
                 self.answered(*call, Some(reply.clone()))
             }
+            Obs::Removal {
+                remover,
+                victim,
+                outcome,
+                clean,
+            } => self.removal_answered(*remover, *victim, outcome, *clean)?,
             Obs::CallLost { call, .. } => self.answered(*call, None),
             Obs::Wake { tag } if *tag < TAG_CLIENT_MAX => self.client_wake(*tag as usize),
             Obs::Wake { tag: TAG_JOIN } if self.safety => {
                 let cluster = self.rng.random_range(0..self.world.cluster_count());
-                self.world.join(cluster);
+                let _ = self.world.join(cluster);
             }
             Obs::Wake { tag: TAG_LEAVE } if self.safety => self.start_leave(),
-            Obs::Wake { tag: TAG_BURST } if self.safety => self.burst(),
+            Obs::Wake { tag: TAG_BURST } if self.safety && self.lull_end().is_none() => {
+                self.burst()
+            }
             Obs::Wake {
                 tag: TAG_SAFETY_END,
             } => self.start_liveness(),
@@ -377,16 +461,57 @@ impl Run {
         Ok(false)
     }
 
-    /// Nodes that take part: neither gone nor on their way out.
+    /// Nodes a client may use: neither gone nor on their way out, as far as a client can tell
+    /// (a node removed by an operator looks like any other until it answers NotReady(Removed)).
     fn staying(&self, ix: NodeIx) -> bool {
         !self.world.is_departed(ix) && !self.world.is_leaving(ix)
+    }
+
+    /// Nodes that take part (for bursts, leaves and the liveness probe): staying, and not
+    /// removed by an operator anywhere.
+    fn member(&self, ix: NodeIx) -> bool {
+        self.staying(ix) && !self.world.is_gone(ix)
+    }
+
+    /// An operator's removal was answered.
+    fn removal_answered(
+        &mut self,
+        remover: NodeIx,
+        victim: NodeIx,
+        outcome: &RemoveOutcome,
+        clean: bool,
+    ) -> Result<(), Broken> {
+        let name = match outcome {
+            RemoveOutcome::Removed => "removed",
+            RemoveOutcome::Unknown => "unknown",
+            RemoveOutcome::Refused { .. } => "refused (open reservations)",
+            RemoveOutcome::Unconfirmed { .. } => "unconfirmed (members silent)",
+            RemoveOutcome::InProgress => "in progress",
+            RemoveOutcome::Alive => "alive",
+        };
+        *self.removals.entry(name).or_default() += 1;
+        if clean && *outcome == RemoveOutcome::Removed {
+            return Err(Broken {
+                invariant: "only a dead node is removed",
+                detail: format!(
+                    "{} removed {}, which was up and reachable both ways while the removal was checked (it must answer Alive)",
+                    self.world.id(remover),
+                    self.world.id(victim)
+                ),
+                key: None,
+            });
+        }
+        Ok(())
     }
 
     /// Several nodes, in different clusters where there are several, propose one fresh key at
     /// the same instant: concurrent conflicting proposals.
     fn burst(&mut self) {
         let n = self.world.node_count();
-        let staying: Vec<NodeIx> = (0..n).filter(|ix| self.staying(*ix)).collect();
+        let staying: Vec<NodeIx> = (0..n).filter(|ix| self.member(*ix)).collect();
+        if staying.is_empty() {
+            return;
+        }
         let key = Key::new(format!("burst{}", self.history.len()));
         let width = self.rng.random_range(2..=4usize);
         for i in 0..width {
@@ -409,6 +534,8 @@ impl Run {
                 earlier_indeterminate: false,
                 may_forget: false,
                 reply: None,
+                incarnation: self.world.incarnation(node),
+                recovering: false,
             });
             let cmd = self.command(op);
             let call = self.world.submit(node, cmd);
@@ -422,11 +549,11 @@ impl Run {
         let n = self.world.node_count();
         let members = |run: &Self, c: usize| {
             (0..n)
-                .filter(|ix| run.world.cluster_of(*ix) == c && run.staying(*ix))
+                .filter(|ix| run.world.cluster_of(*ix) == c && run.member(*ix))
                 .count()
         };
         let candidates: Vec<NodeIx> = (0..n)
-            .filter(|ix| self.staying(*ix) && members(self, self.world.cluster_of(*ix)) >= 4)
+            .filter(|ix| self.member(*ix) && members(self, self.world.cluster_of(*ix)) >= 4)
             .collect();
         if candidates.is_empty() {
             return;
@@ -447,14 +574,27 @@ impl Run {
             }
         }
         self.world.calm();
+        self.stage = Stage::Quiesce;
         self.liveness_deadline =
             self.world.now() + std::time::Duration::from_micros(self.spec.workload.liveness_us);
         let at = self.world.now() + std::time::Duration::from_micros(LIVENESS_CHECK_US);
         self.world.wake_at(at, TAG_LIVENESS_CHECK);
     }
 
+    /// When the lull the safety phase is in ends, if it is in one.
+    fn lull_end(&self) -> Option<Time> {
+        let (period, length) = self.spec.workload.lulls?;
+        let now = self.world.now().as_micros();
+        let into = now % period;
+        (into >= period.saturating_sub(length)).then(|| Time::from_micros(now - into + period))
+    }
+
     fn client_wake(&mut self, c: usize) {
         if !self.safety {
+            return;
+        }
+        if let Some(end) = self.lull_end() {
+            self.world.wake_at(end, c as u64);
             return;
         }
         let client = &self.clients[c];
@@ -463,7 +603,33 @@ impl Run {
                 // A retry of a PUT with its request id.
                 let node = self.history[op].node;
                 let cmd = self.command(op);
+                // Whether the node will answer it from a request record with no outcome (it
+                // restarted since the last attempt, or answered it Unavailable): the recovery
+                // path. Only this client uses the id, so nothing else changes the record.
+                let incarnation = self.world.incarnation(node);
+                let recovering = match &self.history[op].kind {
+                    OpKind::Put {
+                        request: Some(id), ..
+                    } => {
+                        let open = self
+                            .world
+                            .disk(node)
+                            .requests
+                            .get(id)
+                            .is_some_and(|r| r.outcome.is_none());
+                        let unavailable = matches!(
+                            self.history[op].reply,
+                            Some(Reply::Put(PutOutcome::Unavailable(_)))
+                        );
+                        self.world.is_up(node)
+                            && open
+                            && (incarnation != self.history[op].incarnation || unavailable)
+                    }
+                    _ => false,
+                };
                 let call = self.world.submit(node, cmd);
+                self.history[op].incarnation = incarnation;
+                self.history[op].recovering = recovering;
                 self.history[op].attempts += 1;
                 self.history[op].last_invoked = self.world.now();
                 self.history[op].earlier_indeterminate = true;
@@ -536,6 +702,8 @@ impl Run {
             earlier_indeterminate: false,
             may_forget: self.spec.world.config.requests_max < 1000,
             reply: None,
+            incarnation: self.world.incarnation(node),
+            recovering: false,
         });
         let cmd = self.command(op);
         let call = self.world.submit(node, cmd);
@@ -576,6 +744,20 @@ impl Run {
             ) => self.safety && self.history[op].attempts < ATTEMPTS_MAX,
             _ => false,
         };
+        if self.history[op].recovering && reply.is_some() {
+            self.recoveries += 1;
+            if let (Some(Reply::Put(PutOutcome::Exists { value: w })), Some(v)) =
+                (&reply, self.history[op].value())
+                && w != v
+            {
+                self.recover_exists += 1;
+            }
+        }
+        let removed = matches!(
+            reply,
+            Some(Reply::Put(PutOutcome::NotReady(NotReady::Removed)))
+                | Some(Reply::Get(GetOutcome::NotReady(NotReady::Removed)))
+        );
         // A lost answer keeps the previous one (if an earlier attempt was answered).
         if reply.is_some() || self.history[op].reply.is_none() {
             self.history[op].reply = reply;
@@ -583,6 +765,14 @@ impl Run {
         self.history[op].returned = Some(now);
         if c >= ONE_SHOT_CLIENT {
             return;
+        }
+        if removed {
+            // The node says an operator removed it: the client goes elsewhere.
+            let n = self.world.node_count();
+            let members: Vec<NodeIx> = (0..n).filter(|ix| self.member(*ix)).collect();
+            if !members.is_empty() {
+                self.clients[c].home = members[self.rng.random_range(0..members.len())];
+            }
         }
         let (lo, hi) = self.spec.workload.think_us;
         if retry {
@@ -608,38 +798,41 @@ impl Run {
         }
     }
 
-    /// In the liveness phase: has everything converged? Then probe with a fresh PUT.
+    /// The liveness phase, every `LIVENESS_CHECK_US`: quiesce, a fresh PUT, convergence, the
+    /// final reads. Returns true once everything passed.
     fn liveness_check(&mut self) -> Result<bool, Broken> {
         let now = self.world.now();
-        if let Some(probe) = self.probe {
-            if let Some(reply) = &self.history[probe].reply {
-                return match reply {
-                    Reply::Put(PutOutcome::Stored) => Ok(true),
-                    other => Err(Broken {
-                        invariant: "liveness",
-                        detail: format!("the fresh PUT after healing was answered {other:?}"),
-                        key: Some(self.history[probe].key.clone()),
-                    }),
-                };
-            }
-        } else {
-            let missing = self.unconverged();
-            match missing {
-                None => self.send_probe(),
+        match self.stage {
+            Stage::Safety => return Ok(false),
+            Stage::Quiesce => match self.quiescing() {
                 Some(m) => self.liveness_missing = m,
+                None => self.stage = Stage::Probe,
+            },
+            Stage::Probe | Stage::Converge | Stage::Final => {}
+        }
+        if self.stage == Stage::Probe {
+            self.probe_step()?;
+        }
+        if self.stage == Stage::Converge {
+            match self.unconverged() {
+                Some(m) => self.liveness_missing = m,
+                None => {
+                    self.send_final_reads();
+                    self.stage = Stage::Final;
+                }
             }
         }
+        if self.stage == Stage::Final && self.final_reads_answered()? {
+            return Ok(true);
+        }
         if now >= self.liveness_deadline {
-            let detail = match self.probe {
-                Some(_) => "the fresh PUT after healing got no answer".to_string(),
-                None => format!(
-                    "not converged {}us after healing: {}",
-                    self.spec.workload.liveness_us, self.liveness_missing
-                ),
-            };
-            let key = match self.probe {
-                Some(probe) => Some(self.history[probe].key.clone()),
-                None => crate::checker::key_in(&self.liveness_missing),
+            let detail = format!(
+                "not done {}us after healing ({:?}): {}",
+                self.spec.workload.liveness_us, self.stage, self.liveness_missing
+            );
+            let key = match (self.stage, self.probe) {
+                (Stage::Probe, Some(probe)) => Some(self.history[probe].key.clone()),
+                _ => crate::checker::key_in(&self.liveness_missing),
             };
             return Err(Broken {
                 invariant: "liveness",
@@ -652,97 +845,365 @@ impl Run {
         Ok(false)
     }
 
-    /// What still keeps the system from having converged, if anything.
-    fn unconverged(&self) -> Option<String> {
+    /// What keeps the system from being quiet, if anything: client calls still open, a leave
+    /// not complete, a node down.
+    fn quiescing(&self) -> Option<String> {
         if let Some(c) = self.clients.iter().position(|c| c.current.is_some()) {
             return Some(format!("client {c} still waits for an answer"));
         }
         if !self.calls.is_empty() || self.world.calls_open() > 0 {
             return Some(format!("{} client calls unanswered", self.calls.len()));
         }
-        let membership = self.world.membership();
         for ix in 0..self.world.node_count() {
             let name = self.world.id(ix);
             if self.world.is_departed(ix) {
                 continue;
             }
-            if let Some(node) = self.world.node(ix)
-                && node.membership() != &membership
-            {
-                return Some(format!("{name} has not learned every join and goodbye yet"));
-            }
             if self.world.is_leaving(ix) {
                 let stats = self.world.node(ix).map(|n| n.stats());
                 return Some(format!("{name} has not finished leaving: {stats:?}"));
             }
-            let Some(node) = self.world.node(ix) else {
+            if !self.world.is_up(ix) {
                 return Some(format!("{name} is down"));
-            };
-            if !node.is_ready() {
-                return Some(format!("{name} is not ready (join-time copy)"));
-            }
-            if let Some((key, state)) = node.keys().find(|(_, s)| !s.is_stored()) {
-                return Some(format!(
-                    "{name} still holds a reservation of {key:?} by {}",
-                    state.proposal()
-                ));
-            }
-            for (key, (p, _)) in self.checker.committed() {
-                match node.key_state(key) {
-                    Some(s) if s.is_stored() && s.proposal() == p => {}
-                    other => {
-                        return Some(format!(
-                            "{name} does not store committed key {key:?} ({p}): it holds {other:?}"
-                        ));
-                    }
-                }
             }
         }
         None
     }
 
-    fn send_probe(&mut self) {
-        let n = self.world.node_count();
-        let ready: Vec<NodeIx> = (0..n)
-            .filter(|ix| self.staying(*ix))
-            .filter(|ix| self.world.node(*ix).is_some_and(|n| n.is_ready()))
-            .filter(|ix| {
-                let c = self.world.cluster_of(*ix);
-                (0..n)
-                    .filter(|o| self.world.cluster_of(*o) == c && self.staying(*o))
-                    .count()
-                    >= 3
-            })
-            .collect();
-        let node = ready[self.rng.random_range(0..ready.len())];
-        let key = Key::new("liveness-probe");
-        let value = Value::new("probe");
-        self.checker.proposed(key.clone(), value.clone());
+    /// The probe PUT: sent, then tried again (a new op, a new value) until one is stored.
+    /// Refusals while views converge or nodes settle after a removal are expected; a departed
+    /// node nobody heard say goodbye is removed by an operator (it shows as silent).
+    fn probe_step(&mut self) -> Result<(), Broken> {
+        let now = self.world.now();
+        if let Some(probe) = self.probe {
+            let op = &self.history[probe];
+            if op.returned.is_none() {
+                return Ok(());
+            }
+            let ours = |v: &Value| v.as_bytes().starts_with(b"probe-");
+            match &op.reply {
+                Some(Reply::Put(PutOutcome::Stored)) => {
+                    self.stage = Stage::Converge;
+                    return Ok(());
+                }
+                Some(Reply::Put(PutOutcome::Exists { value })) if ours(value) => {
+                    self.stage = Stage::Converge;
+                    return Ok(());
+                }
+                Some(Reply::Put(PutOutcome::Unavailable(silence))) => {
+                    self.liveness_missing =
+                        format!("the fresh PUT was answered Unavailable {silence:?}");
+                    let coordinator = op.node;
+                    let gone: Vec<NodeIx> = silence
+                        .nodes
+                        .iter()
+                        .filter_map(|id| self.world.ix_of(id))
+                        .filter(|ix| self.world.is_departed(*ix))
+                        .collect();
+                    for ix in gone {
+                        let due = self
+                            .operator_removals
+                            .get(&ix)
+                            .is_none_or(|t| now.since(*t).as_micros() >= 2_000_000);
+                        if due && self.world.is_up(coordinator) {
+                            self.operator_removals.insert(ix, now);
+                            self.world.remove_node(coordinator, ix);
+                        }
+                    }
+                }
+                Some(Reply::Put(
+                    PutOutcome::Busy | PutOutcome::NotReady(_) | PutOutcome::Overloaded,
+                ))
+                | None => {
+                    self.liveness_missing = format!("the fresh PUT was answered {:?}", op.reply);
+                }
+                Some(other) => {
+                    return Err(Broken {
+                        invariant: "liveness",
+                        detail: format!("the fresh PUT after healing was answered {other:?}"),
+                        key: Some(op.key.clone()),
+                    });
+                }
+            }
+            self.probe = None;
+            self.probe_retry_at = now + std::time::Duration::from_micros(PROBE_RETRY_US);
+        }
+        if now < self.probe_retry_at {
+            return Ok(());
+        }
+        self.send_probe();
+        Ok(())
+    }
+
+    /// The nodes that count as members in the liveness phase: up, not departed, not removed
+    /// as far as they know themselves.
+    fn live_members(&self) -> Vec<NodeIx> {
+        (0..self.world.node_count())
+            .filter(|ix| !self.world.is_departed(*ix))
+            .filter(|ix| self.world.node(*ix).is_some_and(|n| !n.is_removed()))
+            .collect()
+    }
+
+    /// What still keeps the system from having converged, if anything. Nodes that were
+    /// removed (and know it) are left out: they keep no complete copy.
+    fn unconverged(&mut self) -> Option<String> {
+        if let Some(m) = self.quiescing() {
+            return Some(m);
+        }
+        let live = self.live_members();
+        let ids: BTreeMap<&NodeId, NodeIx> =
+            live.iter().map(|ix| (self.world.id(*ix), *ix)).collect();
+        let mut nudge = Vec::new();
+        let mut missing = None;
+        for &ix in &live {
+            let name = self.world.id(ix);
+            let node = self.world.node(ix).expect("live");
+            let m = node.membership();
+            let lacks: Vec<&NodeId> = ids.keys().filter(|id| !m.contains(id)).copied().collect();
+            let extra: Vec<&NodeId> = m.nodes().filter(|id| !ids.contains_key(id)).collect();
+            if !lacks.is_empty() || !extra.is_empty() {
+                // A node that others do not count may have been removed without hearing of it:
+                // a read makes it ask the members, who tell it.
+                nudge.extend(lacks.iter().filter_map(|id| ids.get(id).copied()));
+                missing.get_or_insert_with(|| {
+                    format!(
+                        "{name}'s membership differs from the live members': it lacks {lacks:?}, has extra {extra:?}"
+                    )
+                });
+                continue;
+            }
+            if !node.is_ready() {
+                missing.get_or_insert_with(|| format!("{name} is not ready (join-time copy)"));
+                continue;
+            }
+            if let Some((key, state)) = node.keys().find(|(_, s)| !s.is_stored()) {
+                missing.get_or_insert_with(|| {
+                    format!(
+                        "{name} still holds a reservation of {key:?} by {}",
+                        state.proposal()
+                    )
+                });
+                continue;
+            }
+            for (key, (p, _)) in self.checker.committed() {
+                match node.key_state(key) {
+                    Some(s) if s.is_stored() && s.proposal() == p => {}
+                    other => {
+                        missing.get_or_insert_with(|| {
+                            format!(
+                                "{name} does not store committed key {key:?} ({p}): it holds {other:?}"
+                            )
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        nudge.sort_unstable();
+        nudge.dedup();
+        let now = self.world.now();
+        for ix in nudge {
+            let due = self
+                .nudged
+                .get(&ix)
+                .is_none_or(|t| now.since(*t).as_micros() >= u128::from(NUDGE_US));
+            if due {
+                self.nudged.insert(ix, now);
+                // A committed key the node does not store, if there is one: a removed node
+                // that has not heard of it must not answer "unknown" (it asks the members
+                // first, under the read lease, and they tell it it was removed).
+                let node = self.world.node(ix);
+                let lacking = self
+                    .checker
+                    .committed()
+                    .iter()
+                    .find(|(k, (p, _))| {
+                        node.and_then(|n| n.key_state(k))
+                            .is_none_or(|s| !s.is_stored() || s.proposal() != p)
+                    })
+                    .map(|(k, _)| k.clone());
+                let key = lacking
+                    .unwrap_or_else(|| Key::new(format!("liveness-nudge-{}", self.history.len())));
+                self.one_shot(ix, key, OpKind::Get);
+            }
+        }
+        missing
+    }
+
+    /// A one-shot client op (no retries); returns its index in the history.
+    fn one_shot(&mut self, node: NodeIx, key: Key, kind: OpKind) -> usize {
+        if let OpKind::Put { value, .. } = &kind {
+            self.checker.proposed(key.clone(), value.clone());
+        }
         let op = self.history.len();
         self.history.push(ClientOp {
-            client: ONE_SHOT_CLIENT,
+            client: ONE_SHOT_CLIENT + op,
             key,
-            kind: OpKind::Put {
-                value,
-                request: None,
-            },
+            kind,
             node,
             invoked: self.world.now(),
             returned: None,
             attempts: 1,
             last_invoked: self.world.now(),
             earlier_indeterminate: false,
-            may_forget: self.spec.world.config.requests_max < 1000,
+            may_forget: false,
             reply: None,
+            incarnation: self.world.incarnation(node),
+            recovering: false,
         });
         let cmd = self.command(op);
         let call = self.world.submit(node, cmd);
         self.calls.insert(call, op);
+        op
+    }
+
+    /// A fresh PUT at a ready member of a cluster that can accept writes.
+    fn send_probe(&mut self) {
+        let n = self.world.node_count();
+        let min = self.spec.world.config.cluster_size_min;
+        let eligible = |run: &Self, ix: NodeIx| {
+            run.member(ix)
+                && run
+                    .world
+                    .node(ix)
+                    .is_some_and(|n| n.is_ready() && !n.is_removed())
+        };
+        let ready: Vec<NodeIx> = (0..n)
+            .filter(|ix| eligible(self, *ix))
+            .filter(|ix| {
+                let c = self.world.cluster_of(*ix);
+                (0..n)
+                    .filter(|o| self.world.cluster_of(*o) == c && eligible(self, *o))
+                    .count()
+                    >= min
+            })
+            .collect();
+        if ready.is_empty() {
+            self.liveness_missing =
+                "no ready node in a cluster with enough members to send the fresh PUT".into();
+            return;
+        }
+        let node = ready[self.rng.random_range(0..ready.len())];
+        self.probe_attempts += 1;
+        let value = Value::new(format!("probe-{}", self.probe_attempts));
+        let kind = OpKind::Put {
+            value,
+            request: None,
+        };
+        let op = self.one_shot(node, Key::new("liveness-probe"), kind);
         self.probe = Some(op);
     }
 
-    /// Every value a verify read reports is the key's committed value.
-    fn check_verify(&self, node: NodeIx, report: &VerifyReport) -> Result<(), Broken> {
+    /// The final reads: a verify read of a committed key at a live member (it must report
+    /// every member agreeing, nobody silent), and a read at every node that knows it was
+    /// removed (it must answer NotReady(Removed)).
+    fn send_final_reads(&mut self) {
+        let live = self.live_members();
+        let committed: Vec<Key> = self.checker.committed().keys().cloned().collect();
+        if !committed.is_empty() && !live.is_empty() {
+            let key = committed[self.rng.random_range(0..committed.len())].clone();
+            let node = live[self.rng.random_range(0..live.len())];
+            let op = self.one_shot(node, key, OpKind::Verify);
+            self.final_ops.push(op);
+        }
+        for ix in 0..self.world.node_count() {
+            if self.world.node(ix).is_some_and(|n| n.is_removed()) {
+                let key = Key::new(format!("liveness-removed-{ix}"));
+                let op = self.one_shot(ix, key, OpKind::Get);
+                self.final_ops.push(op);
+            }
+        }
+    }
+
+    /// Whether every final read is answered (and right).
+    fn final_reads_answered(&mut self) -> Result<bool, Broken> {
+        if self
+            .final_ops
+            .iter()
+            .any(|op| self.history[*op].returned.is_none())
+        {
+            self.liveness_missing = "final reads not answered yet".into();
+            return Ok(false);
+        }
+        let live: Vec<NodeIx> = self.live_members();
+        for &op in &self.final_ops {
+            let o = &self.history[op];
+            let wrong = |detail: String| Broken {
+                invariant: "liveness (final reads)",
+                detail,
+                key: Some(o.key.clone()),
+            };
+            match (&o.kind, &o.reply) {
+                (OpKind::Verify, Some(Reply::Verify(report))) => {
+                    self.verifies_strict += 1;
+                    let committed = self.checker.committed().get(&o.key).map(|(_, v)| v);
+                    let all_stored = report
+                        .answers
+                        .iter()
+                        .all(|(_, s)| matches!(s, ReadState::Stored(v) if Some(v) == committed));
+                    if !report.agree
+                        || !report.silent.nodes.is_empty()
+                        || !report.silent.clusters.is_empty()
+                        || report.answers.len() != live.len()
+                        || !all_stored
+                    {
+                        return Err(wrong(format!(
+                            "after healing, a verify read of committed {:?} = {committed:?} at {} reported {report:?} ({} live members)",
+                            o.key,
+                            self.world.id(o.node),
+                            live.len()
+                        )));
+                    }
+                }
+                (OpKind::Get, Some(Reply::Get(GetOutcome::NotReady(NotReady::Removed)))) => {}
+                (_, reply) => {
+                    return Err(wrong(format!(
+                        "after healing, {} answered {:?} for {:?}: {reply:?}",
+                        self.world.id(o.node),
+                        o.kind,
+                        o.key
+                    )));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every value a verify read reports is the key's committed value, and the report is
+    /// consistent with its answers: `agree` exactly when every answer holds one committed
+    /// value or every one holds none (so never when two answers differ), and no node both
+    /// answered and is listed silent.
+    fn check_verify(&mut self, node: NodeIx, report: &VerifyReport) -> Result<(), Broken> {
+        self.verifies_checked += 1;
+        let inconsistent = |detail: String| Broken {
+            invariant: "verify report consistent with its answers",
+            detail,
+            key: Some(report.key.clone()),
+        };
+        let first = report.answers.first().map(|(_, s)| s);
+        let same = report.answers.iter().all(|(_, s)| Some(s) == first);
+        let agree = match first {
+            Some(ReadState::Stored(_)) | Some(ReadState::Free) | None => same,
+            Some(_) => false,
+        };
+        if report.agree != agree {
+            return Err(inconsistent(format!(
+                "a verify read at {} reports agree={} but its answers are {:?}",
+                self.world.id(node),
+                report.agree,
+                report.answers
+            )));
+        }
+        if let Some((n, _)) = report
+            .answers
+            .iter()
+            .find(|(n, _)| report.silent.nodes.contains(n))
+        {
+            return Err(inconsistent(format!(
+                "a verify read at {} lists {n} both as answering and silent: {report:?}",
+                self.world.id(node)
+            )));
+        }
         let committed = self.checker.committed().get(&report.key);
         for (answered, state) in &report.answers {
             if let ReadState::Stored(v) = state

@@ -36,6 +36,20 @@ pub struct Workload {
     pub safety_us: u64,
     /// Bound on the liveness phase, in simulated time.
     pub liveness_us: u64,
+    /// Lulls `(period, length)`: in the last `length` of every `period` of the safety phase no
+    /// client starts anything. An operator can remove a node that stopped answering only when
+    /// no reservation names it, which a steady stream of writes never allows.
+    pub lulls: Option<(u64, u64)>,
+}
+
+/// The extra coverage a seed drew (see [`draw`]).
+#[derive(Clone, Debug, Default)]
+pub struct Mix {
+    /// Small tables: also a tiny join-time copy page (many pages per join).
+    pub small_tables: bool,
+    /// Crash-heavy: frequent crashes, every PUT with a request id retried, hot keys: the
+    /// request-id recovery path meets other proposals' stored values.
+    pub crash_heavy: bool,
 }
 
 /// One seed's whole configuration.
@@ -48,6 +62,7 @@ pub struct RunSpec {
     pub world_seed: u64,
     /// The seed of the workload's generator (derived from `seed`).
     pub workload_seed: u64,
+    pub mix: Mix,
 }
 
 /// Overrides a sweep can impose on the drawn configuration.
@@ -63,6 +78,7 @@ pub struct Shape {
     pub bug: Option<InjectedBug>,
     pub joins: Option<usize>,
     pub leaves: Option<usize>,
+    pub lulls: Option<bool>,
 }
 
 impl Shape {
@@ -77,6 +93,7 @@ impl Shape {
             && self.bug.is_none()
             && self.joins.is_none()
             && self.leaves.is_none()
+            && self.lulls.is_none()
     }
 
     /// The `sim` binary's flags that reproduce this shape.
@@ -104,6 +121,11 @@ impl Shape {
         if self.lose_unsynced == Some(true) {
             a.push("--lose-unsynced".into());
         }
+        match self.lulls {
+            Some(true) => a.push("--lulls".into()),
+            Some(false) => a.push("--no-lulls".into()),
+            None => {}
+        }
         if let Some(b) = self.bug {
             a.push(format!("--bug {b:?}"));
         }
@@ -127,6 +149,7 @@ pub fn sim_config() -> Config {
         read_timeout: Duration::from_millis(1500),
         verify_timeout: Duration::from_secs(1),
         sync_timeout: Duration::from_millis(300),
+        read_lease: Duration::from_millis(500),
         ..Config::default()
     }
 }
@@ -141,6 +164,9 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
     let mut rng = child(&mut master);
     let world_seed = master.random::<u64>();
     let workload_seed = master.random::<u64>();
+    // Everything drawn since the membership became durable comes from its own stream, so that
+    // what the older draws give a seed stays the same.
+    let mut more = child(&mut master);
 
     let cluster_count = shape.clusters.unwrap_or_else(|| rng.random_range(1..=5));
     let clusters: Vec<usize> = (0..cluster_count)
@@ -148,11 +174,15 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
         .collect();
 
     let mut config = sim_config();
-    if rng.random_bool(0.3) {
-        // Small tables: exercise watermark folding, request expiry and counter ceilings.
+    let small_tables = rng.random_bool(0.3);
+    if small_tables {
+        // Small tables: exercise watermark folding, request expiry and counter ceilings...
         config.refusals_max = rng.random_range(8..=64);
         config.requests_max = rng.random_range(4..=32);
         config.counter_block = rng.random_range(1..=8);
+        // ...and a join-time copy of many pages.
+        config.sync_page_keys = more.random_range(1..=3);
+        config.sync_page_bytes = more.random_range(1..=48);
     }
     config.bug = shape.bug;
 
@@ -178,19 +208,29 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
         net.dup = 0.0;
         net.reorder = 0.0;
     }
-    let kinds: Vec<(FaultKind, u32)> = match &shape.faults {
+    /// The kinds whose draws come from the older stream.
+    const OLD_KINDS: usize = 7;
+    let mut kinds: Vec<(FaultKind, u32)> = match &shape.faults {
         Some(list) => list.iter().map(|k| (*k, 1)).collect(),
         None => FaultKind::ALL
             .iter()
-            .filter_map(|k| {
-                let on = rng.random_bool(0.5);
-                let weight = rng.random_range(1..=3);
+            .enumerate()
+            .filter_map(|(i, k)| {
+                let r = if i < OLD_KINDS { &mut rng } else { &mut more };
+                let on = r.random_bool(0.5);
+                let weight = r.random_range(1..=3);
                 on.then_some((*k, weight))
             })
             .collect(),
     };
+    // Crash-heavy: many crashes, every PUT retried with its request id.
+    let crash_heavy = shape.faults.is_none() && more.random_bool(0.12);
+    if crash_heavy {
+        kinds.retain(|(k, _)| *k != FaultKind::Crash);
+        kinds.push((FaultKind::Crash, 8));
+    }
     let lose_unsynced = shape.lose_unsynced.unwrap_or_else(|| rng.random_bool(0.5));
-    let faults = FaultSpec {
+    let mut faults = FaultSpec {
         interval_us: if kinds.is_empty() {
             None
         } else {
@@ -201,9 +241,15 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
         duration_us: (20_000, rng.random_range(100_000..=1_500_000)),
         lose_unsynced,
         down_max: rng.random_range(1..=2),
+        removals_max: more.random_range(1..=2),
     };
+    if crash_heavy {
+        let lo = more.random_range(10_000..=40_000);
+        faults.interval_us = Some((lo, lo * 3));
+        faults.down_max = 2;
+    }
 
-    let workload = Workload {
+    let mut workload = Workload {
         clients: shape.clients.unwrap_or_else(|| rng.random_range(3..=12)),
         ops_per_client: shape.ops_per_client.unwrap_or(usize::MAX),
         hot_keys: rng.random_range(1..=4),
@@ -225,7 +271,19 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
         bursts: rng.random_range(0..=20),
         safety_us: rng.random_range(1_500_000..=4_000_000),
         liveness_us: 30_000_000,
+        lulls: None,
     };
+    if shape.lulls.unwrap_or_else(|| more.random_bool(0.25)) {
+        let period = more.random_range(2_500_000..=5_000_000);
+        let length = more.random_range(1_500_000..=3_000_000);
+        workload.lulls = Some((period, length));
+    }
+    if crash_heavy {
+        workload.request_id_share = 1.0;
+        workload.hot_share = 0.8;
+        workload.hot_keys = workload.hot_keys.min(2);
+    }
+    let hello_interval_us = more.random_range(20_000..=150_000);
 
     RunSpec {
         seed,
@@ -237,12 +295,16 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
                 fsync_us: (50, rng.random_range(500..=5_000)),
             },
             faults,
-            discovery_us_max: 200_000,
+            hello_interval_us,
             trace: TraceMode::Off,
         },
         workload,
         world_seed,
         workload_seed,
+        mix: Mix {
+            small_tables,
+            crash_heavy,
+        },
     }
 }
 
@@ -259,8 +321,8 @@ impl RunSpec {
         format!(
             "seed {}: clusters {:?} | clients {} x {} ops max, hot keys {} (share {}), reads {}, request ids {}, roam {}, joins {}, leaves {}, bursts {} | \
              net lan {:?}us wan {:?}us jitter {} loss {} dup {} reorder {} | fsync {:?}us | \
-             faults [{}] every {:?}us lasting {:?}us, lose unsynced {}, down max {} | \
-             refusals_max {} requests_max {} counter_block {} | bug {:?}",
+             lulls {:?} | faults [{}] every {:?}us lasting {:?}us, lose unsynced {}, down max {}, removals max {}{} | \
+             hellos every {}us | refusals_max {} requests_max {} counter_block {} sync page {} keys {} bytes | bug {:?}",
             self.seed,
             w.clusters,
             self.workload.clients,
@@ -280,14 +342,24 @@ impl RunSpec {
             w.net.dup,
             w.net.reorder,
             w.disk.fsync_us,
+            self.workload.lulls,
             kinds.join(" "),
             w.faults.interval_us,
             w.faults.duration_us,
             w.faults.lose_unsynced,
             w.faults.down_max,
+            w.faults.removals_max,
+            if self.mix.crash_heavy {
+                ", crash-heavy"
+            } else {
+                ""
+            },
+            w.hello_interval_us,
             w.config.refusals_max,
             w.config.requests_max,
             w.config.counter_block,
+            w.config.sync_page_keys,
+            w.config.sync_page_bytes,
             w.config.bug,
         )
     }

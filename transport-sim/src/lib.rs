@@ -3,8 +3,18 @@
 //! A seeded, single-threaded, discrete-event world that drives many [`replicator_core::Node`]s
 //! directly through their sans-io API: a virtual clock, a network with per-link latency, loss,
 //! duplication, reordering, clogged links and partitions, a simulated disk per node, crashes,
-//! restarts, pauses and nodes that join mid-run. No async, no threads, no wall clock: one seed
+//! restarts (of one node, of a whole cluster or of several clusters during a partition), pauses,
+//! operator removals and nodes that join mid-run. No async, no threads, no wall clock: one seed
 //! replays a run exactly.
+//!
+//! The world is as strict as the real node (`../shared/design/SIMULATION.md`): a node boots from
+//! its own disk image only (keys, refusals, membership, network id); discovery and goodbyes
+//! travel over the simulated network. Discovery works like the real transport's Hello: a
+//! request and its answer, each a message on the link, and a node learns a peer
+//! ([`Input::NodeDiscovered`], with the peer's own network id) from the first Hello it hears
+//! from it first-hand. Hello rounds run while some node lacks a peer it could reach; a
+//! partitioned node does not learn of peers it cannot reach. A goodbye reaches only the nodes
+//! the leaving node can reach when it says it (the core's view exchange heals the others).
 //!
 //! The world executes the outputs of the nodes (sends, writes, replies) and reports what
 //! happened as [`Obs`]ervations, which the checkers of `sim-tests` drain after every
@@ -29,8 +39,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replicator_core::wire::{self, Message, Response, Vote};
 use replicator_core::{
-    CallId, ClusterId, Command, Config, Input, Membership, Node, NodeId, Note, Output, ProposalId,
-    Recovered, Reply, Time, WriteId, WriteOp,
+    CallId, ClusterId, Command, Config, Input, NetworkId, Node, NodeId, Note, Output, ProposalId,
+    Recovered, RemoveOutcome, Reply, Time, WriteId, WriteOp,
 };
 
 /// A node's index in the world (stable for the whole run, joined nodes get the next ones).
@@ -102,6 +112,15 @@ pub enum FaultKind {
     OneWay,
     /// Hold every message on one link until it is released.
     Clog,
+    /// Crash every node of one cluster, cut the cluster from the rest, and restart its nodes
+    /// while the partition holds: they boot from their disks, seeing only each other.
+    RestartCluster,
+    /// Cut the clusters in two groups, and crash and restart nodes of several clusters (whole
+    /// clusters, or a whole side) while the partition holds.
+    RestartSplit,
+    /// An operator asks a random live node to remove a random node (live, crashed, paused or
+    /// partitioned), not forced: the core must refuse a live one that answers (`Alive`).
+    Remove,
 }
 
 impl FaultKind {
@@ -115,6 +134,9 @@ impl FaultKind {
             FaultKind::Split => "split",
             FaultKind::OneWay => "one-way",
             FaultKind::Clog => "clog",
+            FaultKind::RestartCluster => "restart-cluster",
+            FaultKind::RestartSplit => "restart-split",
+            FaultKind::Remove => "remove",
         }
     }
 
@@ -122,7 +144,7 @@ impl FaultKind {
         FaultKind::ALL.into_iter().find(|k| k.flag() == name)
     }
 
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Crash,
         FaultKind::Pause,
         FaultKind::IsolateNode,
@@ -130,6 +152,9 @@ impl FaultKind {
         FaultKind::Split,
         FaultKind::OneWay,
         FaultKind::Clog,
+        FaultKind::RestartCluster,
+        FaultKind::RestartSplit,
+        FaultKind::Remove,
     ];
 }
 
@@ -144,8 +169,12 @@ pub struct FaultSpec {
     pub duration_us: (Micros, Micros),
     /// A crash also loses the writes that were not yet reported durable (a random suffix).
     pub lose_unsynced: bool,
-    /// At most this many nodes down at once.
+    /// At most this many nodes down at once (crashes; a cluster restarted during a partition
+    /// goes down whole).
     pub down_max: usize,
+    /// At most this many nodes removed by operators ([`FaultKind::Remove`]) per run (the
+    /// attempts refused do not count).
+    pub removals_max: usize,
 }
 
 impl Default for FaultSpec {
@@ -156,6 +185,7 @@ impl Default for FaultSpec {
             duration_us: (50_000, 1_000_000),
             lose_unsynced: false,
             down_max: 1,
+            removals_max: 2,
         }
     }
 }
@@ -180,8 +210,9 @@ pub struct WorldSpec {
     pub net: NetSpec,
     pub disk: DiskSpec,
     pub faults: FaultSpec,
-    /// A discovered node reaches each other node after a delay up to this.
-    pub discovery_us_max: Micros,
+    /// Time between two Hello rounds (they run only while some node lacks a peer it could
+    /// reach).
+    pub hello_interval_us: Micros,
     pub trace: TraceMode,
 }
 
@@ -236,6 +267,16 @@ pub enum Obs {
     Wake {
         tag: u64,
     },
+    /// The answer to an operator's removal ([`FaultKind::Remove`] or [`World::remove_node`]).
+    /// `clean`: the victim was up, unpaused and reachable both ways (no loss, no clog) when the
+    /// command was given, and no fault happened until the answer: a live node that answers
+    /// must never be removed then.
+    Removal {
+        remover: NodeIx,
+        victim: NodeIx,
+        outcome: RemoveOutcome,
+        clean: bool,
+    },
 }
 
 /// Counters of one run.
@@ -257,11 +298,17 @@ pub struct WorldStats {
     pub clogs: u64,
     pub joins: u64,
     pub leaves: u64,
+    pub hellos_sent: u64,
+    pub hellos_lost: u64,
+    pub goodbyes_sent: u64,
+    pub goodbyes_lost: u64,
+    pub cluster_restarts: u64,
+    pub removals: u64,
 }
 
 impl WorldStats {
     pub fn faults(&self) -> u64 {
-        self.crashes + self.pauses + self.partitions + self.clogs
+        self.crashes + self.pauses + self.partitions + self.clogs + self.removals
     }
 }
 
@@ -288,15 +335,22 @@ enum Ev {
         incarnation: u64,
         write: WriteId,
     },
-    Discover {
+    /// A Hello (`answer`: the answer to one) from `from` reaches `to`; `network` is the
+    /// sender's network id, read from its core when it sent the Hello.
+    Hello {
+        from: NodeIx,
         to: NodeIx,
-        node: NodeIx,
+        network: NetworkId,
+        answer: bool,
     },
-    /// `node` said goodbye; `to` hears it.
-    Removed {
+    /// Every pair of reachable nodes where one lacks the other exchanges Hellos.
+    HelloRound,
+    /// `from` said goodbye; the message reaches `to`.
+    GoodbyeHeard {
+        from: NodeIx,
         to: NodeIx,
-        node: NodeIx,
     },
+    /// `node` completed its leave: it says goodbye now.
     Goodbye {
         node: NodeIx,
     },
@@ -318,13 +372,14 @@ impl Ev {
         match self {
             Ev::Deliver { to, .. }
             | Ev::Client { to, .. }
-            | Ev::Discover { to, .. }
-            | Ev::Removed { to, .. } => Some(*to),
+            | Ev::Hello { to, .. }
+            | Ev::GoodbyeHeard { to, .. } => Some(*to),
             Ev::Timer { node, .. } | Ev::Disk { node, .. } => Some(*node),
             Ev::Nemesis
             | Ev::Restart { .. }
             | Ev::Heal { .. }
             | Ev::Wake { .. }
+            | Ev::HelloRound
             | Ev::Goodbye { .. } => None,
         }
     }
@@ -398,6 +453,12 @@ struct SimNode {
     leaving: bool,
     /// Said goodbye: gone for good.
     departed: bool,
+    /// The peers this node's core saw leave (goodbye or removal): from its disk at boot, then
+    /// from its [`Note::NodeRemoved`]s. A Hello from one of them would be refused; none is sent.
+    departed_seen: BTreeSet<NodeIx>,
+    /// Some node recorded an operator's removal of this one (a [`Note::NodeRemoved`] for a node
+    /// that did not say goodbye). For guards and reports only: nothing on the node path reads it.
+    removed: bool,
     /// Every proposal that ever reached this node's disk (true once stored): a vote may be
     /// sent late (held behind a later write), but what it reports must have been durable.
     durable_ever: IdMap<ProposalId, bool>,
@@ -423,6 +484,14 @@ struct Partition {
     one_way: bool,
 }
 
+/// An operator's removal waiting for its answer.
+struct RemovalCall {
+    remover: NodeIx,
+    victim: NodeIx,
+    /// [`World::fault_epoch`] when it was given, if the victim was then live and reachable.
+    clean_epoch: Option<(u64, u64)>,
+}
+
 /// The simulated world. See the crate documentation.
 pub struct World {
     spec: WorldSpec,
@@ -437,6 +506,16 @@ pub struct World {
     next_partition: u64,
     clogs: BTreeMap<(NodeIx, NodeIx), Time>,
     nemesis: bool,
+    /// The id of the network the founders drew (from the seed); joiners learn it from their
+    /// bootstrap node.
+    network: NetworkId,
+    /// A Hello round is scheduled.
+    hello_scheduled: bool,
+    removal_calls: BTreeMap<CallId, RemovalCall>,
+    removals_done: usize,
+    /// Counts every fault event (crash, restart, pause, partition, heal, clog): a removal is
+    /// judged strictly only if none happened while it was checked.
+    fault_epoch: u64,
     next_call: u64,
     rng_net: ChaCha8Rng,
     rng_faults: ChaCha8Rng,
@@ -506,12 +585,20 @@ fn micros(d: Micros) -> Duration {
     Duration::from_micros(d)
 }
 
+/// The id of the `k`-th node of cluster `c`.
+fn node_id(c: usize, k: usize) -> NodeId {
+    NodeId::new(format!("n{c:02}.{k}"))
+}
+
 impl World {
-    /// Builds the founding nodes of every cluster, all knowing each other, at time zero.
+    /// Builds the founding nodes of every cluster at time zero. Each boots from its own disk
+    /// image: a founder of the network (its id drawn from the seed) that records every founding
+    /// node as a member.
     pub fn new(spec: WorldSpec, seed: u64) -> World {
         let mut master = ChaCha8Rng::seed_from_u64(seed);
         let mut split = || ChaCha8Rng::seed_from_u64(master.random::<u64>());
         let (rng_net, rng_faults, rng_disk, rng_seeds) = (split(), split(), split(), split());
+        let network = NetworkId::new(format!("net-{:016x}", master.random::<u64>()));
         let cluster_ids: Vec<ClusterId> = (0..spec.clusters.len())
             .map(|c| ClusterId::new(format!("c{c:02}")))
             .collect();
@@ -527,6 +614,11 @@ impl World {
             next_partition: 0,
             clogs: BTreeMap::new(),
             nemesis: spec.faults.interval_us.is_some() && !spec.faults.kinds.is_empty(),
+            network,
+            hello_scheduled: false,
+            removal_calls: BTreeMap::new(),
+            removals_done: 0,
+            fault_epoch: 0,
             next_call: 0,
             rng_net,
             rng_faults,
@@ -551,14 +643,20 @@ impl World {
                 world.wan_us[b][a] = base;
             }
         }
+        let mut founders = Vec::new();
         for (c, &size) in world.spec.clusters.clone().iter().enumerate() {
-            for _ in 0..size {
-                world.add_node(c, Recovered::founder());
+            for k in 0..size {
+                founders.push((world.cluster_ids[c].clone(), node_id(c, k)));
             }
         }
-        let membership = world.membership();
+        let disk = Recovered::founder(world.network.clone()).with_members(founders);
+        for (c, &size) in world.spec.clusters.clone().iter().enumerate() {
+            for _ in 0..size {
+                world.add_node(c, disk.clone());
+            }
+        }
         for ix in 0..world.nodes.len() {
-            world.boot(ix, membership.clone());
+            world.boot(ix);
         }
         if world.nemesis {
             world.schedule_nemesis();
@@ -596,6 +694,22 @@ impl World {
     /// The node's disk image: every write reported durable.
     pub fn disk(&self, ix: NodeIx) -> &Recovered {
         &self.nodes[ix].disk
+    }
+    /// How many times the node crashed or left (a new incarnation boots from the disk).
+    pub fn incarnation(&self, ix: NodeIx) -> u64 {
+        self.nodes[ix].incarnation
+    }
+    /// The network the founders drew.
+    pub fn network(&self) -> &NetworkId {
+        &self.network
+    }
+    /// Whether some node recorded an operator's removal of this node (for reports and guards).
+    pub fn is_removed(&self, ix: NodeIx) -> bool {
+        self.nodes[ix].removed
+    }
+    /// Said goodbye, or removed by an operator somewhere.
+    pub fn is_gone(&self, ix: NodeIx) -> bool {
+        self.nodes[ix].departed || self.nodes[ix].removed
     }
     pub fn id(&self, ix: NodeIx) -> &NodeId {
         &self.nodes[ix].id
@@ -662,37 +776,43 @@ impl World {
         self.push(at, Ev::Wake { tag });
     }
 
-    /// A new node joins cluster `cluster` now: it starts empty, knows everyone, and is
-    /// discovered by each other node after its own delay.
-    pub fn join(&mut self, cluster: usize) -> NodeIx {
-        let ix = self.add_node(cluster, Recovered::joiner());
-        let membership = self.membership();
-        self.boot(ix, membership);
-        // Like a restarted node, a new one learns at once who said goodbye: it may copy a
-        // reservation that still names one of them.
-        self.tell_departed(ix);
+    /// A new node joins cluster `cluster` now. Its bootstrap node is a live node the world
+    /// picks: the joiner learns the network id from it and starts empty, knowing nobody; it is
+    /// discovered (and discovers) through Hellos like everyone else. `None` if no node is up to
+    /// bootstrap from.
+    pub fn join(&mut self, cluster: usize) -> Option<NodeIx> {
+        let up: Vec<NodeIx> = (0..self.nodes.len())
+            .filter(|ix| self.nodes[*ix].node.is_some())
+            .collect();
+        if up.is_empty() {
+            self.tr.fault(
+                self.now,
+                &self.nodes,
+                usize::MAX,
+                format_args!("join skipped: no node is up to bootstrap from"),
+            );
+            return None;
+        }
+        let bootstrap = up[self.rng_faults.random_range(0..up.len())];
+        let network = self.nodes[bootstrap]
+            .node
+            .as_ref()
+            .map(|n| n.network().clone())
+            .expect("picked among the live nodes");
+        let ix = self.add_node(cluster, Recovered::joiner(network.clone()));
         self.stats.joins += 1;
         self.tr.fault(
             self.now,
             &self.nodes,
             ix,
-            format_args!("join cluster {}", self.cluster_ids[cluster]),
+            format_args!(
+                "join cluster {} through {} (network {network})",
+                self.cluster_ids[cluster], self.nodes[bootstrap].id
+            ),
         );
-        for other in 0..self.nodes.len() {
-            if other != ix {
-                let delay = self.rng_faults.random_range(0..=self.spec.discovery_us_max);
-                let at = self.now + micros(delay);
-                self.push(
-                    at,
-                    Ev::Discover {
-                        to: other,
-                        node: ix,
-                    },
-                );
-            }
-        }
+        self.boot(ix);
         self.obs.push(Obs::Joined { node: ix });
-        ix
+        Some(ix)
     }
 
     /// Crashes a node now: volatile state is lost, durable writes kept; writes in flight are
@@ -701,6 +821,7 @@ impl World {
         if self.nodes[ix].node.is_none() {
             return;
         }
+        self.fault_epoch += 1;
         let lose = self.spec.faults.lose_unsynced;
         let n = &mut self.nodes[ix];
         n.node = None;
@@ -725,7 +846,7 @@ impl World {
             .into_iter()
             .collect();
         for call in calls {
-            self.obs.push(Obs::CallLost { node: ix, call });
+            self.call_lost(ix, call);
         }
         self.stats.crashes += 1;
         self.stats.writes_lost += writes_lost as u64;
@@ -741,46 +862,43 @@ impl World {
         });
     }
 
-    /// Restarts a crashed node from its disk image.
+    /// Restarts a crashed node from its disk image, and nothing else: its keys, refusals,
+    /// network id and the membership it recorded. (An operator that asked it to leave asks
+    /// again.) A node that was removed is restarted too (a tired operator): it must learn
+    /// that it was removed from its peers and serve nothing.
     pub fn restart(&mut self, ix: NodeIx) {
         if self.nodes[ix].node.is_some() || self.nodes[ix].departed {
             return;
         }
-        let membership = self.membership();
-        self.boot(ix, membership);
+        self.fault_epoch += 1;
+        self.boot(ix);
         self.stats.restarts += 1;
-        self.tr
-            .fault(self.now, &self.nodes, ix, format_args!("restart"));
+        let n = &self.nodes[ix];
+        self.tr.fault(
+            self.now,
+            &self.nodes,
+            ix,
+            format_args!(
+                "restart from disk: {} members, {} departed, {} keys{}",
+                n.disk.members.len(),
+                n.disk.departed.len(),
+                n.disk.keys.len(),
+                if n.removed {
+                    " (removed by an operator)"
+                } else {
+                    ""
+                }
+            ),
+        );
         self.obs.push(Obs::Restarted { node: ix });
-        // What a restarted node learns again at once: who said goodbye, and that it leaves.
-        self.tell_departed(ix);
         if self.nodes[ix].leaving {
             self.handle(ix, Input::Leave);
         }
     }
 
-    /// Feeds the node every goodbye said so far.
-    fn tell_departed(&mut self, ix: NodeIx) {
-        let gone: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|n| n.departed)
-            .map(|n| n.id.clone())
-            .collect();
-        for node in gone {
-            self.handle(
-                ix,
-                Input::NodeRemoved {
-                    node,
-                    goodbye: true,
-                },
-            );
-        }
-    }
-
     /// Asks a node to leave gracefully. Once it reports [`Note::LeaveComplete`] it says
-    /// goodbye: every other node hears [`Input::NodeRemoved`] after its own delay, and the
-    /// node is gone for good.
+    /// goodbye: every node it can reach then hears [`Input::NodeRemoved`] after the link's
+    /// latency, and the node is gone for good.
     pub fn leave(&mut self, ix: NodeIx) {
         if self.nodes[ix].leaving || self.nodes[ix].departed {
             return;
@@ -800,6 +918,81 @@ impl World {
         self.nodes[ix].leaving
     }
 
+    /// An operator asks `remover` to remove `victim` (not forced). The answer comes back as
+    /// [`Obs::Removal`].
+    pub fn remove_node(&mut self, remover: NodeIx, victim: NodeIx) -> CallId {
+        let clean = self.reachable_now(remover, victim) && self.spec.net.loss == 0.0;
+        let clean_epoch = clean.then_some((self.fault_epoch, self.nodes[victim].incarnation));
+        let node = self.nodes[victim].id.clone();
+        self.tr.fault(
+            self.now,
+            &self.nodes,
+            remover,
+            format_args!(
+                "operator: remove {node} (asked here; {})",
+                self.describe_state(victim)
+            ),
+        );
+        let call = self.submit(remover, Command::RemoveNode { node, force: false });
+        self.removal_calls.insert(
+            call,
+            RemovalCall {
+                remover,
+                victim,
+                clean_epoch,
+            },
+        );
+        call
+    }
+
+    /// How a node stands, for the trace.
+    fn describe_state(&self, ix: NodeIx) -> &'static str {
+        let n = &self.nodes[ix];
+        if n.departed {
+            "it said goodbye"
+        } else if n.node.is_none() {
+            "it is down"
+        } else if n.paused_until > self.now {
+            "it is paused"
+        } else if (0..self.nodes.len())
+            .any(|j| !self.nodes[j].departed && (self.blocked(ix, j) || self.blocked(j, ix)))
+        {
+            "it is up, a partition holds"
+        } else {
+            "it is up"
+        }
+    }
+
+    /// Whether `a` and `b` are up, unpaused, and can exchange messages both ways without delay.
+    fn reachable_now(&self, a: NodeIx, b: NodeIx) -> bool {
+        let live = |x: NodeIx| {
+            let n = &self.nodes[x];
+            n.node.is_some() && !n.departed && n.paused_until <= self.now
+        };
+        let clogged = |f: NodeIx, t: NodeIx| self.clogs.get(&(f, t)).is_some_and(|u| *u > self.now);
+        live(a)
+            && live(b)
+            && !self.blocked(a, b)
+            && !self.blocked(b, a)
+            && !clogged(a, b)
+            && !clogged(b, a)
+    }
+
+    /// A client call is lost (its node is down or crashed before answering).
+    fn call_lost(&mut self, node: NodeIx, call: CallId) {
+        if self.removal_calls.remove(&call).is_some() {
+            self.tr.node(
+                self.now,
+                &self.nodes,
+                node,
+                format_args!("operator's removal call {} lost", call.0),
+            );
+        }
+        self.obs.push(Obs::CallLost { node, call });
+    }
+
+    /// The node says goodbye: the message goes to every member its core knows, over the
+    /// network (lost on a cut link or to a node that is down), and the node is gone for good.
     fn goodbye(&mut self, ix: NodeIx) {
         if self.nodes[ix].departed || self.nodes[ix].node.is_none() {
             return;
@@ -808,8 +1001,18 @@ impl World {
             .into_iter()
             .collect();
         for call in calls {
-            self.obs.push(Obs::CallLost { node: ix, call });
+            self.call_lost(ix, call);
         }
+        let members: Vec<NodeIx> = self.nodes[ix]
+            .node
+            .as_ref()
+            .map(|n| {
+                n.membership()
+                    .nodes()
+                    .filter_map(|id| self.ix_of(id))
+                    .collect()
+            })
+            .unwrap_or_default();
         let n = &mut self.nodes[ix];
         n.departed = true;
         n.node = None;
@@ -819,23 +1022,30 @@ impl World {
         self.tr
             .fault(self.now, &self.nodes, ix, format_args!("goodbye"));
         self.obs.push(Obs::Departed { node: ix });
-        for other in 0..self.nodes.len() {
-            if other != ix && !self.nodes[other].departed {
-                let delay = self.rng_faults.random_range(0..=self.spec.discovery_us_max);
-                let at = self.now + micros(delay);
-                self.push(
-                    at,
-                    Ev::Removed {
-                        to: other,
-                        node: ix,
-                    },
-                );
+        for to in members {
+            if to == ix || self.nodes[to].departed {
+                continue;
             }
+            self.stats.goodbyes_sent += 1;
+            let net = &self.spec.net;
+            if net.loss > 0.0 && self.rng_net.random_bool(net.loss) {
+                self.stats.goodbyes_lost += 1;
+                self.tr.node(
+                    self.now,
+                    &self.nodes,
+                    ix,
+                    format_args!("goodbye to {} lost (message loss)", self.nodes[to].id),
+                );
+                continue;
+            }
+            let at = self.arrival(ix, to);
+            self.push(at, Ev::GoodbyeHeard { from: ix, to });
         }
     }
 
     /// Every event of the node waits until `until`.
     pub fn pause(&mut self, ix: NodeIx, until: Time) {
+        self.fault_epoch += 1;
         self.nodes[ix].paused_until = until;
         self.stats.pauses += 1;
         self.tr.fault(
@@ -849,6 +1059,7 @@ impl World {
     /// Cuts the nodes with `side[ix]` from the others (only their sends if `one_way`) until
     /// `until`. Returns the partition's id.
     pub fn partition(&mut self, side: Vec<bool>, one_way: bool, until: Time) -> u64 {
+        self.fault_epoch += 1;
         let id = self.next_partition;
         self.next_partition += 1;
         let members: Vec<NodeIx> = (0..side.len()).filter(|i| side[*i]).collect();
@@ -866,6 +1077,7 @@ impl World {
 
     /// Holds every message from `from` to `to` until `until`.
     pub fn clog(&mut self, from: NodeIx, to: NodeIx, until: Time) {
+        self.fault_epoch += 1;
         self.clogs.insert((from, to), until);
         self.stats.clogs += 1;
         self.tr.fault(
@@ -885,16 +1097,18 @@ impl World {
         self.spec.net.loss = 0.0;
         self.spec.net.dup = 0.0;
         self.spec.net.reorder = 0.0;
-        for ix in 0..self.nodes.len() {
-            self.nodes[ix].paused_until = Time::ZERO;
-            self.restart(ix);
-        }
         self.tr.fault(
             self.now,
             &self.nodes,
             usize::MAX,
-            format_args!("calm: every fault healed"),
+            format_args!("calm: every fault healed, every node restarted"),
         );
+        self.fault_epoch += 1;
+        for ix in 0..self.nodes.len() {
+            self.nodes[ix].paused_until = Time::ZERO;
+            self.restart(ix);
+        }
+        self.schedule_hellos();
     }
 
     /// Processes the next event. Returns false when nothing is left to do.
@@ -922,7 +1136,7 @@ impl World {
                         to,
                         format_args!("client call {} lost: node down", call.0),
                     );
-                    self.obs.push(Obs::CallLost { node: to, call });
+                    self.call_lost(to, call);
                     return true;
                 }
                 self.tr.node(
@@ -962,37 +1176,14 @@ impl World {
                 incarnation,
                 write,
             } => self.disk_done(node, incarnation, write),
-            Ev::Discover { to, node } => {
-                if self.nodes[to].node.is_some() {
-                    let cluster = self.cluster_ids[self.nodes[node].cluster].clone();
-                    let id = self.nodes[node].id.clone();
-                    self.tr.node(
-                        self.now,
-                        &self.nodes,
-                        to,
-                        format_args!("discovered {id} in {cluster}"),
-                    );
-                    self.handle(to, Input::NodeDiscovered { cluster, node: id });
-                }
-            }
-            Ev::Removed { to, node } => {
-                if self.nodes[to].node.is_some() {
-                    let id = self.nodes[node].id.clone();
-                    self.tr.node(
-                        self.now,
-                        &self.nodes,
-                        to,
-                        format_args!("removed {id} (goodbye)"),
-                    );
-                    self.handle(
-                        to,
-                        Input::NodeRemoved {
-                            node: id,
-                            goodbye: true,
-                        },
-                    );
-                }
-            }
+            Ev::Hello {
+                from,
+                to,
+                network,
+                answer,
+            } => self.hello_arrived(from, to, network, answer),
+            Ev::HelloRound => self.hello_round(),
+            Ev::GoodbyeHeard { from, to } => self.goodbye_arrived(from, to),
             Ev::Goodbye { node } => self.goodbye(node),
             Ev::Nemesis => {
                 if self.nemesis {
@@ -1003,6 +1194,8 @@ impl World {
             Ev::Restart { node } => self.restart(node),
             Ev::Heal { partition } => {
                 if self.partitions.remove(&partition).is_some() {
+                    self.fault_epoch += 1;
+                    self.schedule_hellos();
                     self.tr.fault(
                         self.now,
                         &self.nodes,
@@ -1024,20 +1217,10 @@ impl World {
         self.queue.push(Scheduled { at, seq, ev });
     }
 
-    /// Every node that has not said goodbye, in its cluster: what every node's view converges to.
-    pub fn membership(&self) -> Membership {
-        Membership::from_pairs(
-            self.nodes
-                .iter()
-                .filter(|n| !n.departed)
-                .map(|n| (self.cluster_ids[n.cluster].clone(), n.id.clone())),
-        )
-    }
-
     fn add_node(&mut self, cluster: usize, disk: Recovered) -> NodeIx {
         let ix = self.nodes.len();
         let k = self.nodes.iter().filter(|n| n.cluster == cluster).count();
-        let id = NodeId::new(format!("n{cluster:02}.{k}"));
+        let id = node_id(cluster, k);
         self.index.insert(id.clone(), ix);
         self.nodes.push(SimNode {
             id,
@@ -1052,19 +1235,28 @@ impl World {
             calls: BTreeSet::new(),
             leaving: false,
             departed: false,
+            departed_seen: BTreeSet::new(),
+            removed: false,
             durable_ever: HashMap::default(),
         });
         ix
     }
 
-    fn boot(&mut self, ix: NodeIx, membership: Membership) {
+    /// Starts the node from its disk image only.
+    fn boot(&mut self, ix: NodeIx) {
         let seed = self.rng_seeds.random::<u64>();
+        let departed_seen: BTreeSet<NodeIx> = self.nodes[ix]
+            .disk
+            .departed
+            .iter()
+            .filter_map(|id| self.index.get(id).copied())
+            .collect();
         let n = &mut self.nodes[ix];
+        n.departed_seen = departed_seen;
         let node = Node::new(
             self.spec.config.clone(),
             n.id.clone(),
             self.cluster_ids[n.cluster].clone(),
-            membership,
             n.disk.clone(),
             self.now,
             seed,
@@ -1076,6 +1268,9 @@ impl World {
         n.node = Some(node);
         n.disk_busy_until = self.now;
         self.arm(ix);
+        // Like the real transport, a node that comes up connects and Hellos the peers it
+        // can reach.
+        self.schedule_hellos();
     }
 
     /// Feeds one input to a running node and executes everything it asks for.
@@ -1104,6 +1299,10 @@ impl World {
                         ix,
                         format_args!("reply {} {reply:?}", call.0),
                     );
+                    if let Some(r) = self.removal_calls.remove(&call) {
+                        self.removal_answered(r, reply);
+                        continue;
+                    }
                     self.obs.push(Obs::Reply {
                         node: ix,
                         call,
@@ -1111,9 +1310,21 @@ impl World {
                     });
                 }
                 Output::Note(note) => {
-                    if note == Note::LeaveComplete {
-                        let now = self.now;
-                        self.push(now, Ev::Goodbye { node: ix });
+                    match &note {
+                        Note::LeaveComplete => {
+                            let now = self.now;
+                            self.push(now, Ev::Goodbye { node: ix });
+                        }
+                        Note::NodeRemoved { node } => {
+                            if let Some(gone) = self.ix_of(node) {
+                                self.nodes[ix].departed_seen.insert(gone);
+                                if !self.nodes[gone].departed {
+                                    self.nodes[gone].removed = true;
+                                }
+                            }
+                        }
+                        Note::SelfRemoved { .. } => self.nodes[ix].removed = true,
+                        _ => {}
                     }
                     if self.spec.trace != TraceMode::Off {
                         self.tr
@@ -1238,13 +1449,7 @@ impl World {
             1
         };
         for copy in 0..copies {
-            let delay = self.latency(from, to);
-            let mut at = self.now + micros(delay);
-            if let Some(&until) = self.clogs.get(&(from, to))
-                && until > self.now
-            {
-                at = at.max(until + micros(delay));
-            }
+            let at = self.arrival(from, to);
             if self.spec.trace != TraceMode::Off {
                 self.tr.node(
                     self.now,
@@ -1303,6 +1508,19 @@ impl World {
                 });
             }
         }
+    }
+
+    /// When a message sent now from `from` reaches `to`: the link's latency, held until a
+    /// clog on the link is released.
+    fn arrival(&mut self, from: NodeIx, to: NodeIx) -> Time {
+        let delay = self.latency(from, to);
+        let mut at = self.now + micros(delay);
+        if let Some(&until) = self.clogs.get(&(from, to))
+            && until > self.now
+        {
+            at = at.max(until + micros(delay));
+        }
+        at
     }
 
     fn latency(&mut self, from: NodeIx, to: NodeIx) -> Micros {
@@ -1369,6 +1587,244 @@ impl World {
         self.handle(to, Input::Message { from, msg });
     }
 
+    // ------------------------------------------------------------ discovery and goodbyes
+
+    /// Makes sure a Hello round runs soon.
+    fn schedule_hellos(&mut self) {
+        if self.hello_scheduled {
+            return;
+        }
+        self.hello_scheduled = true;
+        let at = self.now + micros(self.spec.hello_interval_us.max(1));
+        self.push(at, Ev::HelloRound);
+    }
+
+    /// Whether `a`'s core lacks `b`: not a member there, and not seen leaving.
+    fn lacks(&self, a: NodeIx, b: NodeIx) -> bool {
+        let n = &self.nodes[a];
+        match &n.node {
+            Some(core) => {
+                !core.membership().contains(&self.nodes[b].id) && !n.departed_seen.contains(&b)
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `a`'s core lacks some node of the world (a cheap count: its members and the
+    /// nodes it saw leave are disjoint and all in the world).
+    fn lacks_any(&self, a: NodeIx) -> bool {
+        let n = &self.nodes[a];
+        let Some(core) = &n.node else { return false };
+        let known = core.membership().len() + n.departed_seen.iter().filter(|d| **d != a).count();
+        known < self.nodes.len()
+    }
+
+    /// Whether a node can take part in a Hello now.
+    fn can_hello(&self, x: NodeIx) -> bool {
+        let n = &self.nodes[x];
+        n.node.is_some() && !n.departed && n.paused_until <= self.now
+    }
+
+    /// One Hello round: every pair of nodes where one lacks the other, both up and unpaused
+    /// with the link open both ways, exchanges a Hello (the lacking node sends it, the other
+    /// answers). Another round follows while such a pair is left that could still meet.
+    fn hello_round(&mut self) {
+        self.hello_scheduled = false;
+        let n = self.nodes.len();
+        let lacking: Vec<bool> = (0..n).map(|a| self.lacks_any(a)).collect();
+        let mut again = false;
+        for a in 0..n {
+            if !lacking[a] {
+                continue;
+            }
+            for b in 0..n {
+                // A pair of two lacking nodes is looked at once, from its lower index.
+                if a == b || (lacking[b] && b < a) {
+                    continue;
+                }
+                let (ab, ba) = (self.lacks(a, b), lacking[b] && self.lacks(b, a));
+                if !ab && !ba {
+                    continue;
+                }
+                let (a_up, b_up) = (self.nodes[a].node.is_some(), self.nodes[b].node.is_some());
+                if !a_up || !b_up || self.nodes[b].departed {
+                    // A restart or a join schedules the next round.
+                    continue;
+                }
+                again = true;
+                if !self.can_hello(a)
+                    || !self.can_hello(b)
+                    || self.blocked(a, b)
+                    || self.blocked(b, a)
+                {
+                    continue;
+                }
+                let (from, to) = if ab { (a, b) } else { (b, a) };
+                self.send_hello(from, to, false);
+            }
+        }
+        if again {
+            self.schedule_hellos();
+        }
+    }
+
+    fn send_hello(&mut self, from: NodeIx, to: NodeIx, answer: bool) {
+        let Some(network) = self.nodes[from].node.as_ref().map(|n| n.network().clone()) else {
+            return;
+        };
+        self.stats.hellos_sent += 1;
+        let what = if answer { "hello answer" } else { "hello" };
+        let net = &self.spec.net;
+        if net.loss > 0.0 && self.rng_net.random_bool(net.loss) {
+            self.stats.hellos_lost += 1;
+            self.tr.node(
+                self.now,
+                &self.nodes,
+                from,
+                format_args!("{what} to {} lost (message loss)", self.nodes[to].id),
+            );
+            return;
+        }
+        let at = self.arrival(from, to);
+        if self.spec.trace != TraceMode::Off {
+            self.tr.node(
+                self.now,
+                &self.nodes,
+                from,
+                format_args!("{what} to {} at {at}", self.nodes[to].id),
+            );
+        }
+        self.push(
+            at,
+            Ev::Hello {
+                from,
+                to,
+                network,
+                answer,
+            },
+        );
+    }
+
+    /// A Hello reaches `to`: it learns `from` first-hand (if it lacks it), and answers a
+    /// request with its own Hello.
+    fn hello_arrived(&mut self, from: NodeIx, to: NodeIx, network: NetworkId, answer: bool) {
+        let what = if answer { "hello answer" } else { "hello" };
+        let why_lost = if self.nodes[to].node.is_none() {
+            Some("node down")
+        } else if self.blocked(from, to) {
+            Some("partition")
+        } else {
+            None
+        };
+        if let Some(why) = why_lost {
+            self.stats.hellos_lost += 1;
+            self.tr.node(
+                self.now,
+                &self.nodes,
+                to,
+                format_args!("{what} from {} lost: {why}", self.nodes[from].id),
+            );
+            return;
+        }
+        if self.lacks(to, from) {
+            let cluster = self.cluster_ids[self.nodes[from].cluster].clone();
+            let node = self.nodes[from].id.clone();
+            self.tr.node(
+                self.now,
+                &self.nodes,
+                to,
+                format_args!("{what} from {node}: discovered in {cluster} (network {network})"),
+            );
+            self.handle(
+                to,
+                Input::NodeDiscovered {
+                    cluster,
+                    node,
+                    network,
+                },
+            );
+        } else {
+            self.tr.node(
+                self.now,
+                &self.nodes,
+                to,
+                format_args!("{what} from {} (already known)", self.nodes[from].id),
+            );
+        }
+        if !answer && self.nodes[to].node.is_some() {
+            self.send_hello(to, from, true);
+        }
+    }
+
+    /// `from`'s goodbye reaches `to`, unless `to` is down or cut from it.
+    fn goodbye_arrived(&mut self, from: NodeIx, to: NodeIx) {
+        let why_lost = if self.nodes[to].node.is_none() {
+            Some("node down")
+        } else if self.blocked(from, to) {
+            Some("partition")
+        } else {
+            None
+        };
+        let id = self.nodes[from].id.clone();
+        if let Some(why) = why_lost {
+            self.stats.goodbyes_lost += 1;
+            self.tr.node(
+                self.now,
+                &self.nodes,
+                to,
+                format_args!("goodbye from {id} lost: {why}"),
+            );
+            return;
+        }
+        self.tr.node(
+            self.now,
+            &self.nodes,
+            to,
+            format_args!("goodbye from {id} delivered"),
+        );
+        self.handle(
+            to,
+            Input::NodeRemoved {
+                node: id,
+                goodbye: true,
+            },
+        );
+    }
+
+    /// The answer to an operator's removal.
+    fn removal_answered(&mut self, r: RemovalCall, reply: Reply) {
+        let outcome = match reply {
+            Reply::Remove(o) => o,
+            other => panic!("a RemoveNode command was answered {other:?}"),
+        };
+        if outcome == RemoveOutcome::Removed {
+            self.removals_done += 1;
+        }
+        let clean = r.clean_epoch.is_some_and(|(epoch, incarnation)| {
+            epoch == self.fault_epoch && incarnation == self.nodes[r.victim].incarnation
+        });
+        self.tr.fault(
+            self.now,
+            &self.nodes,
+            r.remover,
+            format_args!(
+                "operator: removal of {} answered {outcome:?}{}",
+                self.nodes[r.victim].id,
+                if clean {
+                    " (the node was live and reachable throughout)"
+                } else {
+                    ""
+                }
+            ),
+        );
+        self.obs.push(Obs::Removal {
+            remover: r.remover,
+            victim: r.victim,
+            outcome,
+            clean,
+        });
+    }
+
     fn schedule_nemesis(&mut self) {
         let Some(range) = self.spec.faults.interval_us else {
             return;
@@ -1396,7 +1852,8 @@ impl World {
         let until = self.now + micros(duration);
         let n = self.nodes.len();
         let victim = self.rng_faults.random_range(0..n);
-        if self.nodes[victim].departed {
+        // An operator may name a node that said goodbye; the other faults skip it.
+        if self.nodes[victim].departed && kind != FaultKind::Remove {
             return;
         }
         match kind {
@@ -1431,6 +1888,136 @@ impl World {
                     self.clog(victim, to, until);
                 }
             }
+            FaultKind::RestartCluster => {
+                let c = self.nodes[victim].cluster;
+                let side: Vec<bool> = self.nodes.iter().map(|x| x.cluster == c).collect();
+                self.restart_during_partition(side.clone(), side, duration);
+            }
+            FaultKind::RestartSplit => {
+                let clusters = self.cluster_ids.len();
+                let (side, restarted) = if clusters >= 2 {
+                    // Two non-empty groups of clusters.
+                    let mut group: Vec<bool> = (0..clusters)
+                        .map(|_| self.rng_faults.random_bool(0.5))
+                        .collect();
+                    let pick = self.rng_faults.random_range(0..clusters);
+                    if group.iter().all(|g| *g) {
+                        group[pick] = false;
+                    } else if !group.iter().any(|g| *g) {
+                        group[pick] = true;
+                    }
+                    // Each side restarts whole: every node of every one of its clusters (the
+                    // case where a node that forgot its peers sees only its side), or some of
+                    // its clusters whole.
+                    let mut restart_cluster = vec![false; clusters];
+                    for g in [true, false] {
+                        let whole = self.rng_faults.random_bool(0.6);
+                        for (c, r) in restart_cluster.iter_mut().enumerate() {
+                            if group[c] == g {
+                                *r = whole || self.rng_faults.random_bool(0.5);
+                            }
+                        }
+                    }
+                    let side = self.nodes.iter().map(|x| group[x.cluster]).collect();
+                    let restarted = self
+                        .nodes
+                        .iter()
+                        .map(|x| restart_cluster[x.cluster])
+                        .collect();
+                    (side, restarted)
+                } else {
+                    // One cluster: a random split of its nodes, everyone restarted.
+                    let side = (0..n).map(|_| self.rng_faults.random_bool(0.5)).collect();
+                    (side, vec![true; n])
+                };
+                self.restart_during_partition(side, restarted, duration);
+            }
+            FaultKind::Remove => {
+                if self.removals_done + self.removal_calls.len() >= self.spec.faults.removals_max {
+                    return;
+                }
+                let up: Vec<NodeIx> = (0..n).filter(|ix| self.nodes[*ix].node.is_some()).collect();
+                if up.is_empty() {
+                    return;
+                }
+                let remover = up[self.rng_faults.random_range(0..up.len())];
+                let silent: Vec<NodeIx> = (0..n)
+                    .filter(|ix| *ix != remover && !self.nodes[*ix].departed)
+                    .filter(|ix| !self.reachable_now(remover, *ix))
+                    .collect();
+                // A third of the time the operator names any node; a third of the time a node
+                // that stopped answering the remover (down, paused or cut off), if there is
+                // one; a third of the time a node whose network just failed (it is cut off
+                // from everyone for a while, alive), as soon as it failed.
+                let (victim, cut) = match self.rng_faults.random_range(0..3) {
+                    1 if !silent.is_empty() => {
+                        (silent[self.rng_faults.random_range(0..silent.len())], false)
+                    }
+                    2 if !self.nodes[victim].departed && self.nodes[victim].node.is_some() => {
+                        (victim, true)
+                    }
+                    _ => (victim, false),
+                };
+                if victim == remover || !self.removal_leaves_a_writable_cluster(victim) {
+                    return;
+                }
+                if cut {
+                    // Long enough for the removal's check to run out while it stays cut off.
+                    let check = self.spec.config.verify_timeout.as_micros() as Micros;
+                    let cut_for = self.rng_faults.random_range(check * 3 / 2..=check * 4);
+                    let side = (0..n).map(|i| i == victim).collect();
+                    self.partition(side, false, self.now + micros(cut_for));
+                }
+                self.stats.removals += 1;
+                self.remove_node(remover, victim);
+            }
         }
+    }
+
+    /// Crashes the nodes with `restart[ix]`, cuts the nodes with `side[ix]` from the others for
+    /// `duration`, and restarts the crashed nodes while the partition holds (each boots from
+    /// its disk and sees only its own side).
+    fn restart_during_partition(&mut self, side: Vec<bool>, restart: Vec<bool>, duration: Micros) {
+        let until = self.now + micros(duration);
+        let crashed: Vec<NodeIx> = (0..self.nodes.len())
+            .filter(|ix| restart.get(*ix).copied().unwrap_or(false))
+            .filter(|ix| self.nodes[*ix].node.is_some() && !self.nodes[*ix].departed)
+            .collect();
+        self.stats.cluster_restarts += 1;
+        self.tr.fault(
+            self.now,
+            &self.nodes,
+            usize::MAX,
+            format_args!(
+                "restart during a partition: nodes {crashed:?} crash, restart before it heals"
+            ),
+        );
+        self.partition(side, false, until);
+        for ix in crashed {
+            self.crash(ix);
+            // Restart within the first 60% of the partition, so that the restarted nodes
+            // spend a while with only their own side in sight.
+            let at = self
+                .rng_faults
+                .random_range(duration / 10..=duration * 6 / 10 + 1);
+            let at = self.now + micros(at);
+            self.push(at, Ev::Restart { node: ix });
+        }
+    }
+
+    /// Whether, without `victim` (and every node gone or leaving), some cluster keeps the
+    /// members it needs to accept writes: the liveness phase must be able to write.
+    fn removal_leaves_a_writable_cluster(&self, victim: NodeIx) -> bool {
+        let min = self.spec.config.cluster_size_min;
+        (0..self.cluster_ids.len()).any(|c| {
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter(|(ix, x)| {
+                    x.cluster == c && *ix != victim && !x.departed && !x.removed && !x.leaving
+                })
+                .count()
+                >= min
+        })
     }
 }

@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! cargo run --release -p sim-tests --bin sim -- sweep [--start N] [--seeds M] [--clusters C]
-//!     [--nodes K] [--clients L] [--faults crash,pause,isolate-node,isolate-cluster,split,one-way,clog|none]
-//!     [--lose-unsynced] [--bug NAME]
+//!     [--nodes K] [--clients L] [--faults crash,pause,isolate-node,isolate-cluster,split,
+//!     one-way,clog,restart-cluster,restart-split,remove|none] [--lose-unsynced] [--bug NAME]
+//! cargo run --release -p sim-tests --bin sim -- trace --start N [shape flags]  # one seed's trace
 //! cargo run --release -p sim-tests --bin sim -- bench        # fixed 5 clusters x 3 nodes
 //! cargo run --release -p sim-tests --bin sim -- scale        # 50 clusters x 5 nodes
-//! cargo run --release -p sim-tests --bin sim -- bugs [--seeds M]   # seeds needed per injected bug
+//! cargo run --release -p sim-tests --bin sim -- bugs [--seeds M] [--targeted] [--bug NAME]
+//!     # seeds needed per injected bug (plain swarm, or each bug's targeted fault mix)
 //! ```
 
 use std::collections::BTreeMap;
@@ -15,12 +17,12 @@ use std::time::Instant;
 
 use replicator_core::InjectedBug;
 use sim_tests::{BUGS, RunStats, Shape, check_seed, percentile};
-use transport_sim::FaultKind;
+use transport_sim::{FaultKind, TraceMode};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: sim [sweep|bench|scale|bugs] [--start N] [--seeds M] [--clusters C] [--nodes K] \
-         [--clients L] [--ops O] [--faults LIST|none] [--lose-unsynced] [--bug NAME]"
+        "usage: sim [sweep|bench|scale|bugs|trace] [--start N] [--seeds M] [--clusters C] [--nodes K] \
+         [--clients L] [--ops O] [--faults LIST|none] [--lose-unsynced] [--bug NAME] [--targeted]"
     );
     ExitCode::from(2)
 }
@@ -44,6 +46,16 @@ struct Totals {
     outcomes: BTreeMap<&'static str, u64>,
     latencies: Vec<u64>,
     rejected: BTreeMap<String, u64>,
+    removals: BTreeMap<&'static str, u64>,
+    recoveries: u64,
+    recover_exists: u64,
+    verifies_checked: u64,
+    verifies_strict: u64,
+    hellos: u64,
+    hellos_lost: u64,
+    goodbyes: u64,
+    goodbyes_lost: u64,
+    cluster_restarts: u64,
 }
 
 impl Totals {
@@ -61,6 +73,18 @@ impl Totals {
         for (k, v) in &s.rejected {
             *self.rejected.entry(k.clone()).or_default() += v;
         }
+        for (k, v) in &s.removals {
+            *self.removals.entry(k).or_default() += v;
+        }
+        self.recoveries += s.recoveries;
+        self.recover_exists += s.recover_exists;
+        self.verifies_checked += s.verifies_checked;
+        self.verifies_strict += s.verifies_strict;
+        self.hellos += s.world.hellos_sent;
+        self.hellos_lost += s.world.hellos_lost;
+        self.goodbyes += s.world.goodbyes_sent;
+        self.goodbyes_lost += s.world.goodbyes_lost;
+        self.cluster_restarts += s.world.cluster_restarts;
     }
 
     fn summary(&mut self, wall: f64) {
@@ -88,7 +112,28 @@ impl Totals {
             self.sim_us as f64 / 1e6,
             self.sim_us as f64 / 1e6 / wall
         );
-        eprintln!("faults injected {}", self.faults);
+        eprintln!(
+            "faults injected {} (restarts during a partition {})",
+            self.faults, self.cluster_restarts
+        );
+        let removals: Vec<String> = self
+            .removals
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        eprintln!("operator removals by outcome: {}", removals.join(", "));
+        eprintln!(
+            "hellos {} ({} lost), goodbyes {} ({} lost)",
+            self.hellos, self.hellos_lost, self.goodbyes, self.goodbyes_lost
+        );
+        eprintln!(
+            "request-id recoveries {} (told Exists with another proposal's value: {})",
+            self.recoveries, self.recover_exists
+        );
+        eprintln!(
+            "verify reports checked {} (strictly after healing: {})",
+            self.verifies_checked, self.verifies_strict
+        );
         let outcomes: Vec<String> = self
             .outcomes
             .iter()
@@ -146,19 +191,30 @@ fn main() -> ExitCode {
     let mut start = 0u64;
     let mut seeds: Option<u64> = None;
     let mut shape = Shape::default();
+    let mut targeted = false;
     let mut i = 0;
     // Bounded by the argument count.
     while i < args.len() {
         let value = args.get(i + 1).cloned().unwrap_or_default();
         let num = || value.parse::<u64>().ok();
         match args[i].as_str() {
-            "sweep" | "bench" | "scale" | "bugs" => {
+            "sweep" | "bench" | "scale" | "bugs" | "trace" => {
                 mode = args[i].clone();
                 i += 1;
                 continue;
             }
             "--lose-unsynced" => {
                 shape.lose_unsynced = Some(true);
+                i += 1;
+                continue;
+            }
+            "--lulls" | "--no-lulls" => {
+                shape.lulls = Some(args[i] == "--lulls");
+                i += 1;
+                continue;
+            }
+            "--targeted" => {
+                targeted = true;
                 i += 1;
                 continue;
             }
@@ -195,6 +251,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        "trace" => {
+            // One seed, its full trace written to a file whether it passes or not.
+            let spec = sim_tests::run::with_trace(&sim_tests::draw(start, &shape), TraceMode::Keep);
+            eprintln!("{}", spec.describe());
+            let outcome = sim_tests::run(&spec);
+            let path = sim_tests::trace_dir().join(format!("seed-{start}.trace"));
+            let written = std::fs::create_dir_all(sim_tests::trace_dir())
+                .and_then(|()| std::fs::write(&path, outcome.trace.join("\n") + "\n"));
+            match (&outcome.result, written) {
+                (Ok(()), Ok(())) => eprintln!("seed {start} passed; trace: {}", path.display()),
+                (Err(f), Ok(())) => eprintln!(
+                    "seed {start} failed ({}: {}); trace: {}",
+                    f.broken.invariant,
+                    f.broken.detail,
+                    path.display()
+                ),
+                (_, Err(e)) => eprintln!("could not write {}: {e}", path.display()),
+            }
+            ExitCode::SUCCESS
+        }
         "bench" => {
             shape.clusters = Some(5);
             shape.nodes = Some(3);
@@ -222,27 +298,44 @@ fn main() -> ExitCode {
             let limit = seeds.unwrap_or(500);
             let mut missed = 0;
             let mut lines = Vec::new();
-            for b in BUGS {
+            let bugs: Vec<InjectedBug> = match shape.bug {
+                Some(b) => vec![b],
+                None => BUGS.to_vec(),
+            };
+            for b in bugs {
+                let base = if targeted {
+                    sim_tests::bug_shape_targeted(b)
+                } else {
+                    sim_tests::bug_shape(b)
+                };
                 let s = Shape {
                     clusters: shape.clusters,
                     nodes: shape.nodes,
                     clients: shape.clients,
-                    faults: shape.faults.clone(),
-                    ..sim_tests::bug_shape(b)
+                    faults: shape.faults.clone().or(base.faults.clone()),
+                    ..base
                 };
                 let began = Instant::now();
-                let (totals, _) = sweep(start, limit, &s, true);
-                let line = match totals.failed.first() {
-                    Some(seed) => format!(
-                        "{b:?}: caught by seed {seed}, after {} seeds ({:.1}s)",
-                        totals.seeds,
-                        began.elapsed().as_secs_f64()
-                    ),
+                let safety = sim_tests::needs_safety_failure(b);
+                let line = match sim_tests::hunt(&s, start, limit, safety) {
+                    Some((seed, seeds, what)) => {
+                        let what: String = what.chars().take(240).collect();
+                        format!(
+                            "{b:?}: caught by seed {seed}, after {seeds} seeds ({:.1}s){}: {what}\n    replay: {}",
+                            began.elapsed().as_secs_f64(),
+                            if safety { ", a safety failure" } else { "" },
+                            sim_tests::replay_command(seed, &s)
+                        )
+                    }
                     None => {
                         missed += 1;
-                        format!("{b:?}: NOT caught in {limit} seeds")
+                        format!(
+                            "{b:?}: NOT caught in {limit} seeds{}",
+                            if safety { " (as a safety failure)" } else { "" }
+                        )
                     }
                 };
+                eprintln!("{line}");
                 lines.push(line);
             }
             eprintln!("---- injected bugs");
