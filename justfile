@@ -32,7 +32,7 @@ bench-etcd *ARGS:
 
 # End-to-end tests: real replicator processes on loopback.
 e2e:
-    cargo test -p replicator-node --test network -- --nocapture
+    cargo test -p replicator-node --test network --test membership -- --nocapture
 
 # What CI runs: the test suite and a commit-derived simulator seed range.
 ci:

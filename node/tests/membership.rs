@@ -243,6 +243,18 @@ fn restarted_cluster_keeps_the_whole_membership_and_commits_nothing_alone() {
     put_eventually(&nodes[5], "after-heal", "ok", Duration::from_secs(30));
     let r = get(&nodes[0], "after-heal");
     assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+
+    // No node logged an error (a protocol violation is logged as one).
+    for n in &nodes {
+        let log = std::fs::read_to_string(&n.log).unwrap();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+        assert!(
+            errors.is_empty(),
+            "{}:\n{}",
+            n.log.display(),
+            errors.join("\n")
+        );
+    }
 }
 
 /// Only a dead node is removed: a live one is refused (409 alive, `replicator remove` exits 3).
