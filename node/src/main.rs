@@ -45,8 +45,9 @@ enum Cmd {
     Get(GetArgs),
     /// Show a node's health, peers and clusters.
     Status(NodeArg),
-    /// Remove a dead node from the membership (through --node, on every member). Refused
-    /// while reservations name it, unless --force (exit 3 when refused).
+    /// Remove a dead node from the membership (through --node, on every member). Refused while
+    /// the node still answers (it is alive) or reservations name it, unless --force (exit 3
+    /// when refused). The removed node serves nothing any more, even after a restart.
     Remove(RemoveArgs),
     /// Generate load against one or more nodes and report throughput and latency.
     Bench(bench::BenchArgs),
@@ -160,7 +161,8 @@ pub struct PutArgs {
 pub struct RemoveArgs {
     /// The peer id of the node to remove.
     pub peer: String,
-    /// Remove it even though reservations name it (they may be aborted or stay open).
+    /// Remove it even though it answers or reservations name it (they may be aborted or stay
+    /// open; a live node stops serving once it hears of it).
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
