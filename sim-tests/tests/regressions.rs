@@ -1,6 +1,7 @@
 //! Seeds that once found a bug in the core. Each must keep passing.
 
-use sim_tests::{Shape, check_seed};
+use replicator_core::InjectedBug;
+use sim_tests::{Shape, bug_shape_targeted, check_seed};
 
 fn must_pass(seed: u64, shape: Shape) {
     if let Err(report) = check_seed(seed, &shape) {
@@ -51,4 +52,38 @@ fn joiner_learns_earlier_goodbyes() {
 #[test]
 fn joiner_never_readopts_a_reservation_it_saw_aborted() {
     must_pass(242718901, Shape::default());
+}
+
+/// The shape that hunts `bug`, run with the correct core.
+fn hunting(bug: InjectedBug) -> Shape {
+    Shape {
+        bug: None,
+        ..bug_shape_targeted(bug)
+    }
+}
+
+/// With `ForgetMembershipOnRestart`, clusters restarted while cut off from the rest (the
+/// restart-split fault) each founded a network of their own and stored different values for
+/// `burst63` (a split brain). The correct core restarts with its recorded membership: the
+/// restarted side cannot commit without the other.
+#[test]
+fn clusters_restarted_apart_keep_their_membership() {
+    must_pass(2, hunting(InjectedBug::ForgetMembershipOnRestart));
+}
+
+/// With `ForgetMembershipOnRestart`, the same with `hot0` stored twice (seed 4), and with a
+/// read answered "unknown" after the key was stored on the other side (seed 1).
+#[test]
+fn restarted_cluster_does_not_found_a_network() {
+    must_pass(4, hunting(InjectedBug::ForgetMembershipOnRestart));
+    must_pass(1, hunting(InjectedBug::ForgetMembershipOnRestart));
+}
+
+/// With `ReadWithoutLease`, n00.3 was removed by an operator while its network was down (in a
+/// lull of the workload, so no reservation named it); back on the network it still counted
+/// itself a member and answered "unknown" for a key committed since. The correct core asks
+/// the members first (its read lease ran out), and they tell it it was removed.
+#[test]
+fn removed_node_does_not_serve_stale_reads() {
+    must_pass(4, hunting(InjectedBug::ReadWithoutLease));
 }

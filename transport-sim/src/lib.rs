@@ -921,7 +921,13 @@ impl World {
     /// An operator asks `remover` to remove `victim` (not forced). The answer comes back as
     /// [`Obs::Removal`].
     pub fn remove_node(&mut self, remover: NodeIx, victim: NodeIx) -> CallId {
-        let clean = self.reachable_now(remover, victim) && self.spec.net.loss == 0.0;
+        // Strictly judged: the victim can hear the remover and answers it (it counts the
+        // remover a member and was not removed itself), and nothing can get in the way.
+        let answers = self.nodes[victim]
+            .node
+            .as_ref()
+            .is_some_and(|n| !n.is_removed() && n.membership().contains(&self.nodes[remover].id));
+        let clean = answers && self.reachable_now(remover, victim) && self.spec.net.loss == 0.0;
         let clean_epoch = clean.then_some((self.fault_epoch, self.nodes[victim].incarnation));
         let node = self.nodes[victim].id.clone();
         self.tr.fault(
