@@ -467,10 +467,10 @@ impl Run {
         !self.world.is_departed(ix) && !self.world.is_leaving(ix)
     }
 
-    /// Nodes that take part (for bursts, leaves and the liveness probe): staying, and not
-    /// removed by an operator anywhere.
+    /// Nodes that take part (for bursts, leaves and the liveness probe): staying, not removed
+    /// by an operator anywhere, and no removal of them being checked.
     fn member(&self, ix: NodeIx) -> bool {
-        self.staying(ix) && !self.world.is_gone(ix)
+        self.staying(ix) && !self.world.is_gone(ix) && !self.world.removal_pending(ix)
     }
 
     /// An operator's removal was answered.
@@ -544,7 +544,7 @@ impl Run {
         self.recent.push(key);
     }
 
-    /// A node of a cluster that keeps at least 3 members leaves gracefully.
+    /// A ready node of a cluster that keeps at least 3 members leaves gracefully.
     fn start_leave(&mut self) {
         let n = self.world.node_count();
         let members = |run: &Self, c: usize| {
@@ -554,6 +554,7 @@ impl Run {
         };
         let candidates: Vec<NodeIx> = (0..n)
             .filter(|ix| self.member(*ix) && members(self, self.world.cluster_of(*ix)) >= 4)
+            .filter(|ix| self.world.node(*ix).is_some_and(|n| n.is_ready()))
             .collect();
         if candidates.is_empty() {
             return;
@@ -845,8 +846,9 @@ impl Run {
         Ok(false)
     }
 
-    /// What keeps the system from being quiet, if anything: client calls still open, a leave
-    /// not complete, a node down.
+    /// What keeps the system from being quiet, if anything: client calls still open, a node
+    /// down. (A leave may need the probe's refusals to complete: it waits for every member's
+    /// clearance, and learns a removal it missed through the views they exchange.)
     fn quiescing(&self) -> Option<String> {
         if let Some(c) = self.clients.iter().position(|c| c.current.is_some()) {
             return Some(format!("client {c} still waits for an answer"));
@@ -858,10 +860,6 @@ impl Run {
             let name = self.world.id(ix);
             if self.world.is_departed(ix) {
                 continue;
-            }
-            if self.world.is_leaving(ix) {
-                let stats = self.world.node(ix).map(|n| n.stats());
-                return Some(format!("{name} has not finished leaving: {stats:?}"));
             }
             if !self.world.is_up(ix) {
                 return Some(format!("{name} is down"));
@@ -893,6 +891,10 @@ impl Run {
                 Some(Reply::Put(PutOutcome::Unavailable(silence))) => {
                     self.liveness_missing =
                         format!("the fresh PUT was answered Unavailable {silence:?}");
+                    // A node that said goodbye while nobody could hear it is still a member
+                    // everywhere, and every write waits for it: the operator removes it, by
+                    // force (it said goodbye, so it holds no grant that is still open; a plain
+                    // removal is refused while the writes waiting for it are open).
                     let coordinator = op.node;
                     let gone: Vec<NodeIx> = silence
                         .nodes
@@ -907,7 +909,7 @@ impl Run {
                             .is_none_or(|t| now.since(*t).as_micros() >= 2_000_000);
                         if due && self.world.is_up(coordinator) {
                             self.operator_removals.insert(ix, now);
-                            self.world.remove_node(coordinator, ix);
+                            self.world.remove_node(coordinator, ix, true);
                         }
                     }
                 }
@@ -949,6 +951,15 @@ impl Run {
     fn unconverged(&mut self) -> Option<String> {
         if let Some(m) = self.quiescing() {
             return Some(m);
+        }
+        if let Some(ix) = (0..self.world.node_count())
+            .find(|ix| self.world.is_leaving(*ix) && !self.world.is_departed(*ix))
+        {
+            let stats = self.world.node(ix).map(|n| n.stats());
+            return Some(format!(
+                "{} has not finished leaving: {stats:?}",
+                self.world.id(ix)
+            ));
         }
         let live = self.live_members();
         let ids: BTreeMap<&NodeId, NodeIx> =
@@ -1090,7 +1101,10 @@ impl Run {
             value,
             request: None,
         };
-        let op = self.one_shot(node, Key::new("liveness-probe"), kind);
+        // A fresh key each time: an attempt left open (Unavailable) must not make the next
+        // one Busy.
+        let key = Key::new(format!("liveness-probe-{}", self.probe_attempts));
+        let op = self.one_shot(node, key, kind);
         self.probe = Some(op);
     }
 

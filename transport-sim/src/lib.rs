@@ -711,6 +711,10 @@ impl World {
     pub fn is_gone(&self, ix: NodeIx) -> bool {
         self.nodes[ix].departed || self.nodes[ix].removed
     }
+    /// An operator's removal of this node is being checked.
+    pub fn removal_pending(&self, ix: NodeIx) -> bool {
+        self.removal_calls.values().any(|r| r.victim == ix)
+    }
     pub fn id(&self, ix: NodeIx) -> &NodeId {
         &self.nodes[ix].id
     }
@@ -918,9 +922,15 @@ impl World {
         self.nodes[ix].leaving
     }
 
-    /// An operator asks `remover` to remove `victim` (not forced). The answer comes back as
-    /// [`Obs::Removal`].
-    pub fn remove_node(&mut self, remover: NodeIx, victim: NodeIx) -> CallId {
+    /// An operator asks `remover` to remove `victim`. The answer comes back as
+    /// [`Obs::Removal`]. `force` only for a node that said goodbye (it holds no grant that is
+    /// still open, so counting it fenced is right): forcing the removal of any other node is
+    /// unsafe by design when reservations name it.
+    pub fn remove_node(&mut self, remover: NodeIx, victim: NodeIx, force: bool) -> CallId {
+        assert!(
+            !force || self.nodes[victim].departed,
+            "a forced removal of a node that did not say goodbye"
+        );
         // Strictly judged: the victim can hear the remover and answers it (it counts the
         // remover a member and was not removed itself), and nothing can get in the way.
         let answers = self.nodes[victim]
@@ -935,11 +945,12 @@ impl World {
             &self.nodes,
             remover,
             format_args!(
-                "operator: remove {node} (asked here; {})",
+                "operator: remove {node}{} (asked here; {})",
+                if force { ", forced" } else { "" },
                 self.describe_state(victim)
             ),
         );
-        let call = self.submit(remover, Command::RemoveNode { node, force: false });
+        let call = self.submit(remover, Command::RemoveNode { node, force });
         self.removal_calls.insert(
             call,
             RemovalCall {
@@ -1975,7 +1986,7 @@ impl World {
                     self.partition(side, false, self.now + micros(cut_for));
                 }
                 self.stats.removals += 1;
-                self.remove_node(remover, victim);
+                self.remove_node(remover, victim, false);
             }
         }
     }
@@ -2020,7 +2031,12 @@ impl World {
                 .iter()
                 .enumerate()
                 .filter(|(ix, x)| {
-                    x.cluster == c && *ix != victim && !x.departed && !x.removed && !x.leaving
+                    x.cluster == c
+                        && *ix != victim
+                        && !x.departed
+                        && !x.removed
+                        && !x.leaving
+                        && !self.removal_pending(*ix)
                 })
                 .count()
                 >= min
