@@ -11,8 +11,7 @@ use libp2p::request_response::{self as rr, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, connection_limits, identify, kad,
-    noise, ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, connection_limits, identify, kad, ping,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -430,19 +429,17 @@ fn build_swarm(cfg: &NetConfig, protocols: &Protocols) -> Result<Swarm<Behaviour
         control,
     };
 
+    let transport = crate::admission::transport(cfg)?;
     let swarm = SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| setup("tcp/noise/yamux transport", &e))?
+        .with_other_transport(|_| transport)
+        .unwrap_or_else(|never| match never {})
         .with_dns()
         .map_err(|e| setup("dns resolver", &e))?
         .with_behaviour(|_| behaviour)
         .map_err(|e| setup("behaviour", &e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_connection_timeout(cfg.handshake_timeout)
         .build();
     Ok(swarm)
 }

@@ -106,6 +106,7 @@
 //! Input from peers that breaks a bound or does not decode is dropped with a log line; it
 //! never panics.
 
+mod admission;
 mod client;
 mod codec;
 mod control;
@@ -200,6 +201,18 @@ pub struct NetConfig {
     /// with [`NetError::TooManyInFlight`]. Also the capacity of the command channel.
     /// Default: 4096.
     pub sends_in_flight_max: usize,
+    /// The network's pre-shared key (libp2p `pnet`, the `swarm.key` format): with it, only
+    /// peers holding the same key complete a connection (see [`parse_network_key`]). `None`:
+    /// anyone who reaches the listen address can connect. Default: `None`.
+    pub psk: Option<libp2p::pnet::PreSharedKey>,
+    /// If set, only these peers complete a connection (inbound or outbound), checked right
+    /// after the noise handshake authenticated them. Default: `None` (any peer).
+    pub allow_peers: Option<Vec<PeerId>>,
+    /// How long a connection's handshakes (pnet, noise, yamux) may take. Default: 5 s.
+    pub handshake_timeout: Duration,
+    /// The most inbound connections from one IP address still in their handshake; more are
+    /// closed at once. Default: 8.
+    pub pending_handshakes_per_ip_max: usize,
 }
 
 impl NetConfig {
@@ -224,8 +237,27 @@ impl NetConfig {
             request_timeout: Duration::from_secs(10),
             event_queue_len: 1024,
             sends_in_flight_max: 4096,
+            psk: None,
+            allow_peers: None,
+            handshake_timeout: Duration::from_secs(5),
+            pending_handshakes_per_ip_max: 8,
         }
     }
+}
+
+/// Parses a network key in the `swarm.key` format (`/key/swarm/psk/1.0.0/`, `/base16/`, then
+/// 64 hex digits, one per line), as [`generate_network_key`] writes it.
+pub fn parse_network_key(text: &str) -> Result<libp2p::pnet::PreSharedKey, String> {
+    text.parse().map_err(|e| {
+        format!(
+            "not a network key ({e}): expected three lines, /key/swarm/psk/1.0.0/, /base16/ and 64 hex digits"
+        )
+    })
+}
+
+/// A new network key from 32 random bytes, in the `swarm.key` format.
+pub fn generate_network_key(random: [u8; 32]) -> String {
+    libp2p::pnet::PreSharedKey::new(random).to_string()
 }
 
 /// What a node knows about another member.
