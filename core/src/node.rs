@@ -959,6 +959,20 @@ impl Node {
                     };
                     self.relay_collect(&relay_key, &node, resp, decisive);
                 }
+                // A participant that refuses because an operator removed it says the truth (it
+                // believes so only once a member that recorded the removal told it): take the
+                // removal here too. Otherwise, when the remover's messages were lost and the
+                // remover left, the removed node refuses every proposal forever and nobody
+                // else learns why (found by sim seed 357, `--joins 2 --leaves 1`).
+                if let Vote::Denied {
+                    reason: DenyReason::Departed,
+                    ..
+                } = vote
+                    && node != self.id
+                    && self.membership.contains(&node)
+                {
+                    self.on_removed(node.clone(), false);
+                }
                 if let Vote::Denied {
                     reason: DenyReason::MembershipChanged,
                     ..

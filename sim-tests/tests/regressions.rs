@@ -87,3 +87,20 @@ fn restarted_cluster_does_not_found_a_network() {
 fn removed_node_does_not_serve_stale_reads() {
     must_pass(4, hunting(InjectedBug::ReadWithoutLease));
 }
+
+/// A core bug found once the world stopped telling nodes about removals: n00.1 removed n00.3
+/// while it was itself cut off, so its `Removed` messages were lost; it was leaving (refusing
+/// every Reserve with Leaving, so no view exchange spread the removal) and then left. n00.3
+/// heard of its removal and refused every proposal with `Departed`; nobody else ever learned,
+/// so no write could succeed again. A `Denied(Departed)` vote now counts as the voter's removal.
+#[test]
+fn a_removed_node_that_says_so_is_taken_at_its_word() {
+    must_pass(
+        357,
+        Shape {
+            joins: Some(2),
+            leaves: Some(1),
+            ..Shape::default()
+        },
+    );
+}
