@@ -18,8 +18,11 @@ use hyper_util::rt::TokioExecutor;
 use crate::{GetArgs, NodeArg, PutArgs, RemoveArgs};
 
 pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_CONFLICT: u8 = 3;
 pub const EXIT_NOT_FOUND: u8 = 4;
+/// `status`: the node answers, but is degraded (a write cannot commit now) or removed.
+pub const EXIT_DEGRADED: u8 = 5;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -27,6 +30,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
+    /// Sent as `Authorization: Bearer` when set.
+    token: Option<String>,
 }
 
 pub struct HttpResponse {
@@ -44,11 +49,24 @@ impl Default for HttpClient {
     fn default() -> Self {
         HttpClient {
             inner: Client::builder(TokioExecutor::new()).build_http(),
+            token: None,
         }
     }
 }
 
 impl HttpClient {
+    /// A client that sends the token of `--token-file`, if given.
+    pub fn for_node(node: &NodeArg) -> Result<HttpClient> {
+        let token = match &node.token_file {
+            Some(path) => Some(crate::run::read_token(path)?),
+            None => None,
+        };
+        Ok(HttpClient {
+            token,
+            ..HttpClient::default()
+        })
+    }
+
     pub async fn request(
         &self,
         method: Method,
@@ -59,6 +77,9 @@ impl HttpClient {
         let mut req = Request::builder().method(method).uri(url);
         if let Some(id) = request_id {
             req = req.header("x-request-id", id);
+        }
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {token}"));
         }
         let req = req
             .body(Full::new(Bytes::from(body)))
@@ -126,6 +147,11 @@ fn exit_for(status: StatusCode) -> ExitCode {
     }
 }
 
+fn usage_error(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(EXIT_USAGE)
+}
+
 pub async fn put(args: PutArgs) -> ExitCode {
     let value = if args.value == "-" {
         let mut v = Vec::new();
@@ -138,7 +164,11 @@ pub async fn put(args: PutArgs) -> ExitCode {
         args.value.into_bytes()
     };
     let url = store_url(&args.node.node, &args.key);
-    match HttpClient::default()
+    let client = match HttpClient::for_node(&args.node) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    match client
         .request(Method::PUT, &url, value, args.request_id.as_deref())
         .await
     {
@@ -162,10 +192,11 @@ pub async fn get(args: GetArgs) -> ExitCode {
     if args.verify {
         url.push_str("?verify=true");
     }
-    match HttpClient::default()
-        .request(Method::GET, &url, Vec::new(), None)
-        .await
-    {
+    let client = match HttpClient::for_node(&args.node) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    match client.request(Method::GET, &url, Vec::new(), None).await {
         Ok(resp) if resp.status == StatusCode::OK => {
             if args.verify {
                 println!(
@@ -193,7 +224,10 @@ pub async fn get(args: GetArgs) -> ExitCode {
 }
 
 pub async fn remove(args: RemoveArgs) -> ExitCode {
-    let client = HttpClient::default();
+    let client = match HttpClient::for_node(&args.node) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     let base = args.node.node.trim_end_matches('/');
     let url = format!(
         "{base}/peers/{}?force={}",
@@ -223,7 +257,10 @@ pub async fn remove(args: RemoveArgs) -> ExitCode {
 }
 
 pub async fn status(args: NodeArg) -> ExitCode {
-    let client = HttpClient::default();
+    let client = match HttpClient::for_node(&args) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     let base = args.node.trim_end_matches('/');
     let mut all = serde_json::Map::new();
     for part in ["health", "peers", "clusters"] {
@@ -244,9 +281,20 @@ pub async fn status(args: NodeArg) -> ExitCode {
             }
         }
     }
+    let state = all
+        .get("health")
+        .and_then(|h| h.get("status"))
+        .and_then(|s| s.as_str())
+        .unwrap_or("")
+        .to_string();
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::Value::Object(all)).unwrap_or_default()
     );
-    ExitCode::SUCCESS
+    if state == "ok" {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("the node is {state}: see health.not_writable");
+        ExitCode::from(EXIT_DEGRADED)
+    }
 }

@@ -53,6 +53,8 @@ pub async fn main(args: DemoArgs) -> ExitCode {
 async fn start_all(args: &DemoArgs, base: &Path, nodes: &mut Vec<DemoNode>) -> Result<()> {
     std::fs::create_dir_all(base).with_context(|| format!("cannot create {}", base.display()))?;
     let exe = std::env::current_exe().context("cannot find this executable")?;
+    let key = network_key(base)?;
+    let token = api_token(base)?;
     let mut bootstrap: Option<String> = None;
     let mut i = 0;
     for c in 0..args.clusters {
@@ -63,7 +65,11 @@ async fn start_all(args: &DemoArgs, base: &Path, nodes: &mut Vec<DemoNode>) -> R
                 .checked_add(i as u16)
                 .ok_or_else(|| anyhow!("port overflow"))?;
             let dir = base.join(format!("node-{}", i + 1));
-            let mut extra = args.node_args.clone();
+            let mut extra = vec![
+                format!("--network-key={}", key.display()),
+                format!("--api-token-file={}", token.display()),
+            ];
+            extra.extend(args.node_args.iter().cloned());
             extra.push(format!("--log-level={}", args.log.log_level));
             let node = spawn_node(
                 &exe,
@@ -82,6 +88,30 @@ async fn start_all(args: &DemoArgs, base: &Path, nodes: &mut Vec<DemoNode>) -> R
         }
     }
     Ok(())
+}
+
+/// The demo network's key: `<data-dir>/network.key`, made on the first start.
+fn network_key(base: &Path) -> Result<PathBuf> {
+    let path = base.join("network.key");
+    if !path.exists() {
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random).map_err(|e| anyhow!("the OS gave no randomness: {e}"))?;
+        let key = transport_libp2p::generate_network_key(random);
+        crate::run::write_new_secret(&path, key.as_bytes())?;
+    }
+    Ok(path)
+}
+
+/// The demo nodes' API token: `<data-dir>/api.token` (operator calls need it).
+fn api_token(base: &Path) -> Result<PathBuf> {
+    let path = base.join("api.token");
+    if !path.exists() {
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random).map_err(|e| anyhow!("the OS gave no randomness: {e}"))?;
+        let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        crate::run::write_new_secret(&path, format!("{token}\n").as_bytes())?;
+    }
+    Ok(path)
 }
 
 /// Starts `replicator run` as a child, with its log in `<dir>.log`, and waits for its banner.
@@ -189,8 +219,19 @@ fn print_summary(nodes: &[DemoNode], base: &Path) {
     println!(
         "  curl -s {first}/peers ; curl -s {first}/clusters ; curl -s {first}/health ; curl -s {first}/metrics"
     );
-    println!("  replicator put color blue ; replicator get color ; replicator status");
+    println!(
+        "  replicator put color blue --node {first} ; replicator get color --node {other} ; replicator status --node {first}"
+    );
     println!("  replicator bench --node {first} --node {other} --concurrency 16 --duration 10");
+    println!();
+    println!(
+        "network key: {0}/network.key (only nodes with it can connect); API token: {0}/api.token",
+        base.display()
+    );
+    println!(
+        "  (operator calls need it: replicator remove PEER --node {first} --token-file {}/api.token)",
+        base.display()
+    );
     println!();
     println!("Ctrl-C stops every node.");
 }

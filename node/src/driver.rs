@@ -30,6 +30,8 @@ use crate::storage::{Durable, PersistJob, Storage};
 pub const REQUEST_QUEUE_LEN: usize = 1024;
 /// How often the driver logs that its cluster is still too small.
 const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// How much longer than the core's own deadlines a call may wait for its answer.
+const CALL_SLACK: Duration = Duration::from_secs(2);
 /// Peers of another network remembered, so that each is logged and counted once.
 const FOREIGN_PEERS_MAX: usize = 1024;
 
@@ -75,6 +77,12 @@ pub enum Request {
     },
     /// A snapshot for /peers, /clusters, /health and /metrics.
     Status { reply: oneshot::Sender<Status> },
+    /// While writes are stalled: the value of `key` if this node holds it committed (a
+    /// committed value never changes, so it can be served without the core's round trips).
+    ReadStored {
+        key: replicator_core::Key,
+        reply: oneshot::Sender<Option<replicator_core::Value>>,
+    },
     /// Leave the network: `done` gets true once every reservation is resolved and
     /// acknowledged (the driver then stops), false if `within` ran out first.
     Leave {
@@ -106,20 +114,68 @@ pub struct Status {
     pub peers: Vec<PeerInfo>,
     pub stats: Stats,
     pub cluster_size_min: usize,
+    /// Why writes to the disk fail and are being retried (disk full), if they do.
+    pub storage_stalled: Option<String>,
+}
+
+/// Why a call got no answer from the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallError {
+    /// Too many calls waiting: nothing happened.
+    Overloaded,
+    /// The driver stopped: nothing more will happen.
+    Stopped,
+    /// No answer within the call's deadline (the node's writes are stalled, or it is very
+    /// slow): a write may still take effect later.
+    TimedOut,
 }
 
 /// A cheap handle on a running driver.
 #[derive(Clone)]
 pub struct Handle {
     requests: mpsc::Sender<Request>,
+    /// Why storage writes are stalled (set and cleared by the driver).
+    storage_stalled: Arc<std::sync::Mutex<Option<String>>>,
+    /// The longest a call may wait for the core's answer.
+    call_timeout: Duration,
 }
 
 impl Handle {
-    /// Runs a client command. `None`: the driver is too busy (queue full) or stopped.
-    pub async fn call(&self, cmd: Command) -> Option<Reply> {
+    /// Runs a client command.
+    pub async fn call(&self, cmd: Command) -> Result<Reply, CallError> {
         let (reply, answer) = oneshot::channel();
-        self.requests.try_send(Request::Call { cmd, reply }).ok()?;
-        answer.await.ok()
+        self.requests
+            .try_send(Request::Call { cmd, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => CallError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => CallError::Stopped,
+            })?;
+        match tokio::time::timeout(self.call_timeout, answer).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(CallError::Stopped),
+            Err(_) => Err(CallError::TimedOut),
+        }
+    }
+
+    /// Why the node's storage writes fail and are being retried, if they do: writes are
+    /// refused at once then, and only committed values are read.
+    pub fn storage_stalled(&self) -> Option<String> {
+        self.storage_stalled
+            .lock()
+            .expect("never poisoned: no panics inside")
+            .clone()
+    }
+
+    /// The committed value of `key` held here, without the core (see [`Request::ReadStored`]).
+    pub async fn read_stored(
+        &self,
+        key: replicator_core::Key,
+    ) -> Result<Option<replicator_core::Value>, CallError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .try_send(Request::ReadStored { key, reply })
+            .map_err(|_| CallError::Overloaded)?;
+        answer.await.map_err(|_| CallError::Stopped)
     }
 
     pub async fn status(&self) -> Option<Status> {
@@ -165,6 +221,8 @@ pub struct Driver<T: Transport> {
     cluster_big_enough: bool,
     metrics: Arc<Metrics>,
     storage_thread: Option<std::thread::JoinHandle<()>>,
+    /// Shared with the handles: why storage writes are stalled.
+    storage_stalled: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Everything needed to start a driver.
@@ -208,6 +266,9 @@ impl<T: Transport> Driver<T> {
         let origin = Instant::now();
         // The node starts from the membership its disk recorded, never from what the
         // transport happens to reach: rediscovery can only add to it.
+        // A PUT is answered by the core within put_timeout; a read within read_timeout; the
+        // rest is slack. Beyond it the node is stalled (its answers wait for a write).
+        let call_timeout = config.put_timeout.max(config.read_timeout) + CALL_SLACK;
         let node = Node::new(config, id, cluster, recovered, Time::ZERO, seed)?;
         if node.is_removed() {
             error!(
@@ -220,6 +281,7 @@ impl<T: Transport> Driver<T> {
             .name("storage".into())
             .spawn(move || storage.run(jobs, durable_tx))?;
         let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE_LEN);
+        let storage_stalled = Arc::new(std::sync::Mutex::new(None));
         let driver = Driver {
             node,
             transport,
@@ -237,11 +299,14 @@ impl<T: Transport> Driver<T> {
             cluster_big_enough: false,
             metrics,
             storage_thread: Some(storage_thread),
+            storage_stalled: storage_stalled.clone(),
         };
         Ok((
             driver,
             Handle {
                 requests: requests_tx,
+                storage_stalled,
+                call_timeout,
             },
         ))
     }
@@ -294,9 +359,11 @@ impl<T: Transport> Driver<T> {
                     let state = self.durable.borrow_and_update().clone();
                     match state {
                         Durable::Upto(upto) => {
+                            self.set_storage_stalled(None);
                             let now = self.now();
                             self.node.handle(now, Input::Persisted { upto });
                         }
+                        Durable::Stalled(e) => self.set_storage_stalled(Some(e)),
                         Durable::Failed(e) => bail!("storage failed: {e}"),
                     }
                 }
@@ -318,9 +385,38 @@ impl<T: Transport> Driver<T> {
         Ok(())
     }
 
+    /// Storage writes fail (`Some`, disk full) or succeed again (`None`). While they fail the
+    /// core's outputs wait for the stalled write; peer frames are dropped (as if this node were
+    /// cut off: the protocol's retries cover it) so that nothing piles up behind the write.
+    fn set_storage_stalled(&mut self, why: Option<String>) {
+        let mut stalled = self
+            .storage_stalled
+            .lock()
+            .expect("never poisoned: no panics inside");
+        match (&*stalled, &why) {
+            (None, Some(e)) => error!(
+                error = %e,
+                "storage writes fail: this node refuses writes, serves only committed values, and drops peer messages until a write succeeds again"
+            ),
+            (Some(_), None) => info!("storage writes succeed again: back to normal"),
+            _ => {}
+        }
+        *stalled = why;
+    }
+
+    fn is_storage_stalled(&self) -> bool {
+        self.storage_stalled
+            .lock()
+            .expect("never poisoned: no panics inside")
+            .is_some()
+    }
+
     fn on_transport(&mut self, ev: TransportEvent) {
         let now = self.now();
         match ev {
+            TransportEvent::Message { .. } if self.is_storage_stalled() => {
+                self.metrics.inc(&self.metrics.frames_dropped_stalled);
+            }
             TransportEvent::Message { from, frame } => match wire::decode(&frame) {
                 Ok(msg) => self.node.handle(now, Input::Message { from, msg }),
                 Err(e) => {
@@ -394,6 +490,17 @@ impl<T: Transport> Driver<T> {
             }
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Request::ReadStored { key, reply } => {
+                let value = match self.node.key_state(&key) {
+                    Some(replicator_core::DurableKey::Stored { value, .. })
+                        if self.node.is_ready() && !self.node.is_removed() =>
+                    {
+                        Some(value.clone())
+                    }
+                    _ => None,
+                };
+                let _ = reply.send(value);
             }
             Request::Leave { within, done } => {
                 info!("leaving the network: resolving every reservation this node holds");
@@ -525,6 +632,11 @@ impl<T: Transport> Driver<T> {
             peers: self.peer_list(),
             stats: self.node.stats(),
             cluster_size_min: self.node.config().cluster_size_min,
+            storage_stalled: self
+                .storage_stalled
+                .lock()
+                .expect("never poisoned: no panics inside")
+                .clone(),
         }
     }
 
@@ -613,7 +725,7 @@ mod tests {
             }
             let fresh = Recovered::founder(NetworkId::new("net"));
             let storage = Storage::open(dirs[i].path(), Some(&fresh)).unwrap();
-            let recovered = storage.load().unwrap();
+            let recovered = storage.load().unwrap().recovered;
             let (driver, handle) = Driver::new(Parts {
                 config: replicator_core::Config::default(),
                 id: id.clone(),
@@ -673,7 +785,11 @@ mod tests {
         }
         // Everything acknowledged is on disk.
         for d in &dirs {
-            let rec = Storage::open(d.path(), None).unwrap().load().unwrap();
+            let rec = Storage::open(d.path(), None)
+                .unwrap()
+                .load()
+                .unwrap()
+                .recovered;
             assert!(rec.keys[&Key::new("k")].is_stored());
         }
     }

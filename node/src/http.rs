@@ -21,18 +21,132 @@ use replicator_core::{
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
-use crate::driver::{Handle, Status};
+use crate::driver::{CallError, Handle, Status};
 use crate::metrics::Metrics;
 
 /// Room for a body beyond the largest value, so that a slightly-too-large value still gets
 /// the core's precise "value too long" answer.
-const BODY_SLACK_BYTES: usize = 1024;
+pub const BODY_SLACK_BYTES: usize = 1024;
+/// The longest X-Request-Id (the core's `request_id_bytes_max`, as documented in openapi.json).
+const REQUEST_ID_BYTES_MAX: usize = 128;
+
+/// 1 to [`REQUEST_ID_BYTES_MAX`] bytes of visible ASCII (`!` to `~`), as openapi.json says.
+fn valid_request_id(id: &[u8]) -> bool {
+    (1..=REQUEST_ID_BYTES_MAX).contains(&id.len()) && id.iter().all(|b| b.is_ascii_graphic())
+}
 
 #[derive(Clone)]
 pub struct Api {
     pub driver: Handle,
     pub metrics: Arc<Metrics>,
     pub value_bytes_max: usize,
+    /// No network key: anyone who reaches the libp2p address can join.
+    pub network_open: bool,
+    /// Who may call what.
+    pub auth: Arc<Auth>,
+}
+
+/// The API's bearer token and the requests that need it.
+#[derive(Debug, Default)]
+pub struct Auth {
+    /// `None`: no token configured, the API is open to whoever reaches it.
+    pub token: Option<String>,
+    /// Writes (PUT) need the token too.
+    pub writes: bool,
+    /// Reads (GET /store, /peers, /clusters, /metrics) need the token too.
+    pub reads: bool,
+}
+
+/// What a request does, for the token check.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Access {
+    /// /health and /openapi.json: for load balancers and tools, never protected.
+    Public,
+    Read,
+    Write,
+    /// Membership changes (DELETE /peers/{peer}).
+    Operator,
+}
+
+impl Auth {
+    fn needs_token(&self, access: Access) -> bool {
+        match access {
+            Access::Public => false,
+            Access::Read => self.reads,
+            Access::Write => self.writes,
+            Access::Operator => true,
+        }
+    }
+
+    /// `Err` with the answer when the request may not go on.
+    fn check(&self, access: Access, headers: &HeaderMap) -> Result<(), Response> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        if !self.needs_token(access) {
+            return Ok(());
+        }
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            None => {
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "this request needs the API token: Authorization: Bearer <token>",
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                Err(r)
+            }
+            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the API token is wrong",
+            )),
+        }
+    }
+}
+
+/// Compares without an early exit, so that the time taken does not tell how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+fn access_of(method: &axum::http::Method, path: &str) -> Access {
+    use axum::http::Method;
+    if path.starts_with("/store") {
+        if method == Method::PUT {
+            Access::Write
+        } else {
+            Access::Read
+        }
+    } else if path.starts_with("/peers/") && method == Method::DELETE {
+        Access::Operator
+    } else if matches!(path, "/peers" | "/clusters" | "/metrics") || path.starts_with("/peers/") {
+        Access::Read
+    } else {
+        Access::Public
+    }
+}
+
+async fn authorize(
+    State(api): State<Api>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let access = access_of(request.method(), request.uri().path());
+    match api.auth.check(access, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(r) => r,
+    }
 }
 
 pub fn router(api: Api) -> Router {
@@ -50,10 +164,11 @@ pub fn router(api: Api) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
         .with_state(api)
 }
 
-fn error(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
+pub fn error(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
     (
         status,
         axum::Json(json!({"error": error, "message": message.into()})),
@@ -190,6 +305,45 @@ fn overloaded() -> Response {
     )
 }
 
+/// The answer when the core gave none.
+fn call_failed(e: CallError) -> Response {
+    match e {
+        CallError::Overloaded => overloaded(),
+        CallError::Stopped => driver_gone(),
+        CallError::TimedOut => with_retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "this node did not answer in time (its storage may be stalled); a write may still take effect: retry with the same X-Request-Id to learn it",
+            ),
+            1,
+        ),
+    }
+}
+
+fn call_label(e: CallError) -> &'static str {
+    match e {
+        CallError::Overloaded => "overloaded",
+        CallError::Stopped => "error",
+        CallError::TimedOut => "unavailable",
+    }
+}
+
+/// What a node whose storage writes fail answers to anything that needs a write or the
+/// protocol: nothing happened.
+fn storage_stalled(why: &str) -> Response {
+    with_retry_after(
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            format!(
+                "this node cannot write to its disk ({why}); nothing happened. It serves committed values it holds and resumes by itself once writes succeed again; ask another node meanwhile"
+            ),
+        ),
+        5,
+    )
+}
+
 fn driver_gone() -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -253,27 +407,35 @@ async fn put_inner(
             );
         }
     };
-    let request = match headers.get("x-request-id").map(|v| v.to_str()) {
+    let request = match headers.get("x-request-id").map(|v| v.as_bytes()) {
         None => None,
-        Some(Ok(s)) if !s.is_empty() => Some(RequestId::new(s)),
+        Some(id) if valid_request_id(id) => {
+            Some(RequestId::new(std::str::from_utf8(id).expect("ASCII")))
+        }
         Some(_) => {
             return (
                 "invalid",
                 error(
                     StatusCode::BAD_REQUEST,
                     "invalid",
-                    "X-Request-Id must be non-empty visible ASCII",
+                    format!(
+                        "X-Request-Id must be 1 to {REQUEST_ID_BYTES_MAX} characters of visible ASCII (no spaces)"
+                    ),
                 ),
             );
         }
     };
+    if let Some(why) = api.driver.storage_stalled() {
+        return ("storage_unavailable", storage_stalled(&why));
+    }
     let cmd = Command::Put {
         key: key.clone(),
         value: Value::new(&body),
         request,
     };
-    let Some(reply) = api.driver.call(cmd).await else {
-        return ("overloaded", overloaded());
+    let reply = match api.driver.call(cmd).await {
+        Ok(r) => r,
+        Err(e) => return (call_label(e), call_failed(e)),
     };
     let Reply::Put(outcome) = reply else {
         return (
@@ -353,21 +515,22 @@ async fn get_key(
             );
         }
     };
+    if let Some(why) = api.driver.storage_stalled() {
+        let (label, response) = match api.driver.read_stored(key).await {
+            Ok(Some(v)) => ("value", value_response(&v)),
+            Ok(None) => ("storage_unavailable", storage_stalled(&why)),
+            Err(e) => (call_label(e), call_failed(e)),
+        };
+        api.metrics.get_done(label);
+        return response;
+    }
     if params.verify {
         return verify(&api, key).await;
     }
     let (label, response) = match api.driver.call(Command::Get { key: key.clone() }).await {
-        None => ("overloaded", overloaded()),
-        Some(Reply::Get(outcome)) => match outcome {
-            GetOutcome::Value(v) => (
-                "value",
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/octet-stream")],
-                    v.as_bytes().to_vec(),
-                )
-                    .into_response(),
-            ),
+        Err(e) => (call_label(e), call_failed(e)),
+        Ok(Reply::Get(outcome)) => match outcome {
+            GetOutcome::Value(v) => ("value", value_response(&v)),
             GetOutcome::Unknown => (
                 "unknown",
                 error(
@@ -392,7 +555,7 @@ async fn get_key(
             GetOutcome::Overloaded => ("overloaded", overloaded()),
             GetOutcome::NotReady(n) => not_ready_labelled(&n),
         },
-        Some(_) => (
+        Ok(_) => (
             "error",
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "wrong reply"),
         ),
@@ -401,10 +564,19 @@ async fn get_key(
     response
 }
 
+fn value_response(v: &Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        v.as_bytes().to_vec(),
+    )
+        .into_response()
+}
+
 async fn verify(api: &Api, key: Key) -> Response {
     match api.driver.call(Command::Verify { key }).await {
-        None => overloaded(),
-        Some(Reply::Verify(report)) => {
+        Err(e) => call_failed(e),
+        Ok(Reply::Verify(report)) => {
             let answers: Vec<Json> = report
                 .answers
                 .iter()
@@ -429,10 +601,10 @@ async fn verify(api: &Api, key: Key) -> Response {
             }
             (StatusCode::OK, axum::Json(body)).into_response()
         }
-        Some(Reply::Get(GetOutcome::Invalid(i))) => invalid(&i),
-        Some(Reply::Get(GetOutcome::NotReady(n))) => not_ready(&n),
-        Some(Reply::Get(GetOutcome::Overloaded)) => overloaded(),
-        Some(other) => error(
+        Ok(Reply::Get(GetOutcome::Invalid(i))) => invalid(&i),
+        Ok(Reply::Get(GetOutcome::NotReady(n))) => not_ready(&n),
+        Ok(Reply::Get(GetOutcome::Overloaded)) => overloaded(),
+        Ok(other) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             format!("unexpected reply {other:?}"),
@@ -480,15 +652,18 @@ async fn remove_peer(
             "expected /peers/{peer id}[?force=true]",
         );
     };
+    if let Some(why) = api.driver.storage_stalled() {
+        return storage_stalled(&why);
+    }
     let cmd = Command::RemoveNode {
         node: NodeId::new(&peer),
         force: q.force,
     };
     match api.driver.call(cmd).await {
-        Some(Reply::Remove(RemoveOutcome::Removed)) => {
+        Ok(Reply::Remove(RemoveOutcome::Removed)) => {
             axum::Json(json!({"result": "removed", "peer": peer})).into_response()
         }
-        Some(Reply::Remove(RemoveOutcome::Unknown)) => {
+        Ok(Reply::Remove(RemoveOutcome::Unknown)) => {
             if status(&api).await.is_ok_and(|s| s.removed) {
                 return removed();
             }
@@ -498,7 +673,7 @@ async fn remove_peer(
                 format!("{peer} is not a member (or is this node)"),
             )
         }
-        Some(Reply::Remove(RemoveOutcome::Alive)) => error_with(
+        Ok(Reply::Remove(RemoveOutcome::Alive)) => error_with(
             StatusCode::CONFLICT,
             "alive",
             format!(
@@ -508,7 +683,7 @@ async fn remove_peer(
             ),
             json!({"peer": peer}),
         ),
-        Some(Reply::Remove(RemoveOutcome::Refused { open })) => error_with(
+        Ok(Reply::Remove(RemoveOutcome::Refused { open })) => error_with(
             StatusCode::CONFLICT,
             "open_reservations",
             format!(
@@ -518,7 +693,7 @@ async fn remove_peer(
             ),
             json!({"proposals": open.iter().map(|p| p.to_string()).collect::<Vec<_>>()}),
         ),
-        Some(Reply::Remove(RemoveOutcome::Unconfirmed { silent })) => error_with(
+        Ok(Reply::Remove(RemoveOutcome::Unconfirmed { silent })) => error_with(
             StatusCode::SERVICE_UNAVAILABLE,
             "unconfirmed",
             format!(
@@ -528,13 +703,13 @@ async fn remove_peer(
             ),
             json!({"silent_nodes": silent.iter().map(|n| n.to_string()).collect::<Vec<_>>()}),
         ),
-        Some(Reply::Remove(RemoveOutcome::InProgress)) => error(
+        Ok(Reply::Remove(RemoveOutcome::InProgress)) => error(
             StatusCode::CONFLICT,
             "in_progress",
             "another removal is being checked at this node; retry in a moment",
         ),
-        Some(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "wrong reply"),
-        None => overloaded(),
+        Ok(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "wrong reply"),
+        Err(e) => call_failed(e),
     }
 }
 
@@ -564,40 +739,76 @@ async fn clusters(State(api): State<Api>) -> Response {
 
 async fn health(State(api): State<Api>) -> Response {
     match status(&api).await {
-        Ok(s) => {
-            let own = s.membership.nodes_of(&s.cluster).len();
-            let ready = s.ready && !s.removed;
-            let writable = ready && !s.leaving && own >= s.cluster_size_min;
-            let state = if s.removed {
-                "removed"
-            } else if writable {
-                "ok"
-            } else {
-                "degraded"
-            };
-            axum::Json(json!({
-                "status": state,
-                "node": s.id.to_string(),
-                "cluster": s.cluster.to_string(),
-                "network": s.network.to_string(),
-                "removed": s.removed,
-                "ready": ready,
-                "leaving": s.leaving,
-                "writable": writable,
-                "members": s.membership.len(),
-                "clusters": s.membership.cluster_count(),
-                "cluster_members": own,
-                "cluster_size_min": s.cluster_size_min,
-                "peers_down": s.peers.iter().filter(|p| !p.up).count(),
-                "keys_stored": s.stats.keys_stored,
-                "reservations_open": s.stats.reservations_open,
-                "proposals_in_flight": s.stats.proposals_in_flight,
-                "resolutions": s.stats.resolutions,
-            }))
-            .into_response()
-        }
+        Ok(s) => axum::Json(health_json(&api, &s)).into_response(),
         Err(r) => r,
     }
+}
+
+/// `ready`: this node serves reads. `writable`: a write sent here can commit now (every member
+/// answers, this node can write to its disk, ...); when it cannot, `not_writable` says why and
+/// `silent_nodes` names the members the transport reports down (every write needs all of them).
+fn health_json(api: &Api, s: &Status) -> Json {
+    let own = s.membership.nodes_of(&s.cluster).len();
+    let ready = s.ready && !s.removed;
+    let silent: Vec<&str> = s
+        .peers
+        .iter()
+        .filter(|p| !p.up)
+        .map(|p| p.peer.as_str())
+        .collect();
+    let mut not_writable: Vec<&str> = Vec::new();
+    if s.removed {
+        not_writable.push("removed");
+    } else if !s.ready {
+        not_writable.push("not_ready");
+    }
+    if s.leaving {
+        not_writable.push("leaving");
+    }
+    if own < s.cluster_size_min {
+        not_writable.push("cluster_too_small");
+    }
+    if !silent.is_empty() {
+        not_writable.push("silent_members");
+    }
+    if s.storage_stalled.is_some() {
+        not_writable.push("storage_unavailable");
+    }
+    let writable = not_writable.is_empty();
+    let state = if s.removed {
+        "removed"
+    } else if writable {
+        "ok"
+    } else {
+        "degraded"
+    };
+    json!({
+        "status": state,
+        "node": s.id.to_string(),
+        "cluster": s.cluster.to_string(),
+        "network": s.network.to_string(),
+        "network_open": api.network_open,
+        "api_open": api.auth.token.is_none(),
+        "removed": s.removed,
+        "ready": ready,
+        "leaving": s.leaving,
+        "writable": writable,
+        "not_writable": not_writable,
+        "silent_nodes": silent,
+        "storage": match &s.storage_stalled {
+            None => "ok".to_string(),
+            Some(e) => format!("writes failing, retried: {e}"),
+        },
+        "members": s.membership.len(),
+        "clusters": s.membership.cluster_count(),
+        "cluster_members": own,
+        "cluster_size_min": s.cluster_size_min,
+        "peers_down": silent.len(),
+        "keys_stored": s.stats.keys_stored,
+        "reservations_open": s.stats.reservations_open,
+        "proposals_in_flight": s.stats.proposals_in_flight,
+        "resolutions": s.stats.resolutions,
+    })
 }
 
 async fn metrics(State(api): State<Api>) -> Response {

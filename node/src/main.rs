@@ -12,6 +12,7 @@ mod http;
 mod metrics;
 mod net;
 mod run;
+mod serve;
 mod storage;
 
 use std::path::PathBuf;
@@ -35,8 +36,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run a node.
-    Run(RunArgs),
+    /// Run a node. A flag given twice takes its last value.
+    #[command(args_override_self = true)]
+    Run(Box<RunArgs>),
     /// Start a local network (default 3 clusters x 3 nodes) and keep it running until Ctrl-C.
     Demo(DemoArgs),
     /// Store VALUE under KEY (exit 0 stored, 3 exists or busy, 1 error or unavailable).
@@ -51,6 +53,15 @@ enum Cmd {
     Remove(RemoveArgs),
     /// Generate load against one or more nodes and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Write a new network key (a libp2p pre-shared key, `swarm.key` format) to FILE, or to
+    /// stdout without FILE. Give the same file to every node with --network-key.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KeygenArgs {
+    /// Where to write the key (created with mode 0600; an existing file is never overwritten).
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -81,9 +92,18 @@ pub struct RunArgs {
     /// More members to try, in order, if the bootstrap peer cannot be reached.
     #[arg(long = "peer")]
     pub peers: Vec<String>,
-    /// libp2p listen address.
-    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0")]
+    /// libp2p listen address. The default is loopback only: exposing the node to other
+    /// machines is an explicit decision (e.g. --listen /ip4/0.0.0.0/tcp/4001).
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
     pub listen: Vec<String>,
+    /// The network's pre-shared key (`replicator keygen FILE`): only nodes holding the same
+    /// key complete a connection. Without it, anyone who reaches the listen address can join.
+    #[arg(long, env = "REPLICATOR_NETWORK_KEY_FILE")]
+    pub network_key: Option<PathBuf>,
+    /// Only these peers may connect (repeatable; a peer id each). Default: any peer with the
+    /// network key.
+    #[arg(long = "allow-peer")]
+    pub allow_peers: Vec<String>,
     /// HTTP API address (port 0: any free port; the bound one is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: String,
@@ -115,8 +135,44 @@ pub struct RunArgs {
     /// How long a graceful shutdown waits for reservations to resolve.
     #[arg(long, default_value_t = 10_000)]
     pub leave_timeout_ms: u64,
+    /// A file holding the HTTP API's bearer token (its first line). With it, membership
+    /// changes (DELETE /peers/{peer}) always need `Authorization: Bearer <token>`; writes and
+    /// reads too with --api-token-writes / --api-token-reads. Without it, anyone who reaches
+    /// the HTTP address may call everything.
+    #[arg(long, env = "REPLICATOR_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Writes (PUT /store/{key}) need the API token too.
+    #[arg(long, requires = "api_token_file")]
+    pub api_token_writes: bool,
+    /// Reads (GET /store/{key}, /peers, /clusters, /metrics) need the API token too.
+    /// /health and /openapi.json never do.
+    #[arg(long, requires = "api_token_file")]
+    pub api_token_reads: bool,
+    #[command(flatten)]
+    pub http_limits: HttpLimits,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Limits of the HTTP server, so that slow or idle clients cannot hold it.
+#[derive(Args, Debug, Clone)]
+pub struct HttpLimits {
+    /// A request's head (request line and headers) must arrive within this long once its first
+    /// byte did.
+    #[arg(long, default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+    /// A request's body must arrive within this long once its head did (answered 408).
+    #[arg(long, default_value_t = 10_000)]
+    pub http_body_timeout_ms: u64,
+    /// A connection with no request in progress is closed after this long (new connections
+    /// that send nothing, and idle keep-alive ones).
+    #[arg(long, default_value_t = 30_000)]
+    pub http_idle_timeout_ms: u64,
+    /// The most HTTP connections open at once; beyond it a new one replaces the connection
+    /// idle the longest, or is closed at once if all are busy (the node also raises its
+    /// open-files limit to the hard limit).
+    #[arg(long, default_value_t = 512)]
+    pub http_connections_max: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -143,6 +199,10 @@ pub struct NodeArg {
     /// The node's HTTP address.
     #[arg(long, default_value = DEFAULT_NODE_URL)]
     pub node: String,
+    /// A file holding the node's API token (see `run --api-token-file`), sent as
+    /// `Authorization: Bearer`.
+    #[arg(long, env = "REPLICATOR_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -193,13 +253,14 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Cmd::Run(args) => run::main(args).await,
+            Cmd::Run(args) => run::main(*args).await,
             Cmd::Demo(args) => demo::main(args).await,
             Cmd::Put(args) => client::put(args).await,
             Cmd::Get(args) => client::get(args).await,
             Cmd::Status(args) => client::status(args).await,
             Cmd::Remove(args) => client::remove(args).await,
             Cmd::Bench(args) => bench::main(args).await,
+            Cmd::Keygen(args) => run::keygen(args),
         }
     })
 }

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub violations: AtomicU64,
     /// Peers of another network that announced themselves (each counted once).
     pub foreign_network_peers: AtomicU64,
+    /// HTTP connections closed at once because --http-connections-max were open.
+    pub http_connections_refused: AtomicU64,
+    /// Peer frames dropped while storage writes were stalled.
+    pub frames_dropped_stalled: AtomicU64,
 }
 
 impl Metrics {
@@ -139,6 +143,14 @@ impl Metrics {
             (
                 "replicator_foreign_network_peers_total",
                 get(&self.foreign_network_peers),
+            ),
+            (
+                "replicator_http_connections_refused_total",
+                get(&self.http_connections_refused),
+            ),
+            (
+                "replicator_frames_dropped_storage_stalled_total",
+                get(&self.frames_dropped_stalled),
             ),
         ];
         for (name, v) in counters {

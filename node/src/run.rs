@@ -17,9 +17,13 @@ use crate::driver::{Driver, Parts};
 use crate::metrics::Metrics;
 use crate::net::{Libp2pTransport, pump_events};
 use crate::storage::{Storage, db_path};
-use crate::{RunArgs, http, init_logging};
+use crate::{RunArgs, http, init_logging, serve};
 
 const IDENTITY_FILE: &str = "identity.key";
+
+/// `replicator run` exits with this when its database cannot be used (corrupt): the machine
+/// must come back as a new node.
+pub const EXIT_DATABASE_UNUSABLE: u8 = 65;
 
 pub async fn main(args: RunArgs) -> ExitCode {
     init_logging(&args.log);
@@ -28,7 +32,11 @@ pub async fn main(args: RunArgs) -> ExitCode {
         Err(e) => {
             error!(error = %format!("{e:#}"), "the node stops");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.chain().any(|c| c.is::<crate::storage::Unusable>()) {
+                ExitCode::from(EXIT_DATABASE_UNUSABLE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -45,7 +53,7 @@ async fn run(args: RunArgs) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     let has_database = db_path(&data_dir).exists();
-    let keypair = load_or_create_identity(&data_dir)?;
+    let keypair = load_or_create_identity(&data_dir, has_database)?;
     let peer_id = keypair.public().to_peer_id();
 
     let mut bootstraps: Vec<Multiaddr> = Vec::new();
@@ -64,6 +72,16 @@ async fn run(args: RunArgs) -> Result<()> {
         })
         .collect::<Result<Vec<Multiaddr>>>()?;
 
+    let admission = Admission::from_args(&args)?;
+    if let Some(limit) = serve::raise_open_files_limit() {
+        info!(
+            open_files_max = limit,
+            http_connections_max = args.http_limits.http_connections_max,
+            "open-files limit"
+        );
+    }
+    let auth = api_auth(&args)?;
+
     let mut config = Config {
         cluster_size_min: args.cluster_size_min,
         ..Config::default()
@@ -81,6 +99,7 @@ async fn run(args: RunArgs) -> Result<()> {
     // empty data dir without --bootstrap founds a network.
     let existing = if has_database {
         let storage = Storage::open(&data_dir, None)?;
+        storage.bind_identity(&peer_id.to_string())?;
         let network = storage.network()?;
         Some((storage, network))
     } else {
@@ -106,7 +125,7 @@ async fn run(args: RunArgs) -> Result<()> {
     // The network before a new database: a node that cannot join must not create one that
     // would make it a member of nothing (or of the wrong network) on its next start.
     let (client, net_events, event_loop) =
-        start_network(&args, keypair, listen, &bootstraps, network).await?;
+        start_network(&args, &admission, keypair, listen, &bootstraps, network).await?;
     let event_loop = tokio::spawn(event_loop.run());
     let listen_addrs = client.listen_addrs().await;
     let network = NetworkId::from(client.network());
@@ -130,7 +149,18 @@ async fn run(args: RunArgs) -> Result<()> {
             Storage::open(&data_dir, Some(&fresh))?
         }
     };
-    let recovered = storage.load()?;
+    if let Err(e) = storage.bind_identity(&peer_id.to_string()) {
+        client.shutdown().await;
+        return Err(e);
+    }
+    let loaded = match storage.load() {
+        Ok(l) => l,
+        Err(e) => {
+            client.shutdown().await;
+            return Err(e);
+        }
+    };
+    let recovered = loaded.recovered;
     info!(
         role = role.name(),
         network = %network,
@@ -159,19 +189,29 @@ async fn run(args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", args.http))?;
     let http_addr = listener.local_addr()?;
+    let metrics_for_http = metrics.clone();
     let app = http::router(http::Api {
         driver: handle.clone(),
         metrics,
         value_bytes_max,
+        network_open: admission.psk.is_none(),
+        auth: Arc::new(auth),
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
-    });
+    let limits = serve::Limits {
+        header: Duration::from_millis(args.http_limits.http_header_timeout_ms),
+        body: Duration::from_millis(args.http_limits.http_body_timeout_ms),
+        idle: Duration::from_millis(args.http_limits.http_idle_timeout_ms),
+        connections_max: args.http_limits.http_connections_max.max(1),
+        body_bytes_max: value_bytes_max + http::BODY_SLACK_BYTES,
+    };
+    let server = tokio::spawn(serve::serve(
+        listener,
+        app,
+        limits,
+        metrics_for_http,
+        http_stopped,
+    ));
 
     print_banner(
         &args,
@@ -251,6 +291,7 @@ fn draw_network_id() -> Result<String> {
 /// peer's), trying the bootstrap peers in order.
 async fn start_network(
     args: &RunArgs,
+    admission: &Admission,
     keypair: Keypair,
     listen: Vec<Multiaddr>,
     bootstraps: &[Multiaddr],
@@ -276,6 +317,8 @@ async fn start_network(
         cfg.frame_max_bytes = replicator_core::wire::FRAME_BYTES_MAX;
         cfg.bootstrap_timeout = Duration::from_millis(args.bootstrap_timeout_ms);
         cfg.down_after = Duration::from_millis(args.down_after_ms);
+        cfg.psk = admission.psk;
+        cfg.allow_peers = admission.allow_peers.clone();
         if let Some(b) = &bootstrap {
             info!(bootstrap = %b, "connecting to the bootstrap peer");
         }
@@ -311,13 +354,154 @@ async fn start_network(
     Err(anyhow!(e).context("cannot join the network: no bootstrap peer answered"))
 }
 
-fn load_or_create_identity(data_dir: &Path) -> Result<Keypair> {
+/// Who may connect: the network key and the allow-list, from the flags.
+struct Admission {
+    psk: Option<transport_libp2p::libp2p::pnet::PreSharedKey>,
+    allow_peers: Option<Vec<PeerId>>,
+}
+
+impl Admission {
+    fn from_args(args: &RunArgs) -> Result<Admission> {
+        let psk = match &args.network_key {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the network key {}", path.display()))?;
+                let psk = transport_libp2p::parse_network_key(&text)
+                    .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                info!(fingerprint = %psk.fingerprint(), "network key loaded: only nodes with this key can connect");
+                Some(psk)
+            }
+            None => {
+                warn!(
+                    "NETWORK OPEN: no --network-key, so anyone who can reach this node's libp2p address can join the network, copy every key and vote; make one with `replicator keygen FILE` and give it to every node"
+                );
+                None
+            }
+        };
+        let allow_peers = if args.allow_peers.is_empty() {
+            None
+        } else {
+            let peers = args
+                .allow_peers
+                .iter()
+                .map(|p| {
+                    p.parse::<PeerId>()
+                        .with_context(|| format!("--allow-peer {p:?} is not a peer id"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            info!(
+                peers = peers.len(),
+                "only the peers of --allow-peer may connect"
+            );
+            Some(peers)
+        };
+        Ok(Admission { psk, allow_peers })
+    }
+}
+
+/// The HTTP API's token and what it protects, from the flags.
+fn api_auth(args: &RunArgs) -> Result<http::Auth> {
+    let Some(path) = &args.api_token_file else {
+        warn!(
+            "HTTP API OPEN: no --api-token-file, so anyone who reaches the HTTP address can write, read and remove members"
+        );
+        return Ok(http::Auth::default());
+    };
+    let token = read_token(path)?;
+    info!(
+        writes = args.api_token_writes,
+        reads = args.api_token_reads,
+        "API token loaded: membership changes need it"
+    );
+    Ok(http::Auth {
+        token: Some(token),
+        writes: args.api_token_writes,
+        reads: args.api_token_reads,
+    })
+}
+
+/// A token file's first line, trimmed; it must not be empty.
+pub fn read_token(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the API token {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        anyhow::bail!(
+            "the API token file {} must hold the token on its first line (visible ASCII, no spaces)",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// `replicator keygen [FILE]`: a new network key, to a new file (mode 0600) or stdout.
+pub fn keygen(args: crate::KeygenArgs) -> ExitCode {
+    let mut random = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut random) {
+        eprintln!("error: the OS gave no randomness: {e}");
+        return ExitCode::FAILURE;
+    }
+    let key = transport_libp2p::generate_network_key(random);
+    let Some(path) = args.file else {
+        print!("{key}");
+        return ExitCode::SUCCESS;
+    };
+    match write_new_secret(&path, key.as_bytes()) {
+        Ok(()) => {
+            eprintln!(
+                "wrote a network key to {}; give this file to every node with --network-key",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes a secret to a file that must not exist yet, readable by its owner only.
+pub fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn load_or_create_identity(data_dir: &Path, has_database: bool) -> Result<Keypair> {
     let path: PathBuf = data_dir.join(IDENTITY_FILE);
     if path.exists() {
         let bytes =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        return Keypair::from_protobuf_encoding(&bytes)
-            .with_context(|| format!("{} is not a libp2p keypair", path.display()));
+        if bytes.is_empty() {
+            anyhow::bail!(
+                "{} is empty: it should hold this node's private key (protobuf-encoded ed25519).                  Restore it from a backup; without it this data dir cannot be used",
+                path.display()
+            );
+        }
+        return Keypair::from_protobuf_encoding(&bytes).map_err(|_| {
+            anyhow!(
+                "{} is not a libp2p ed25519 keypair ({} bytes, not a protobuf-encoded private                  key): restore it from a backup; without it this data dir cannot be used",
+                path.display(),
+                bytes.len()
+            )
+        });
+    }
+    if has_database {
+        anyhow::bail!(
+            "{} is missing, but the data dir holds a database: the database belongs to the              identity that file held, and a new identity on top of it would be another node              claiming its promises. Restore identity.key, or move the data dir away and start              this machine as a new node (with --bootstrap of a member)",
+            path.display()
+        );
     }
     let keypair = Keypair::generate_ed25519();
     let bytes = keypair
@@ -362,11 +546,18 @@ fn print_banner(
         .find(|a| !a.to_string().starts_with("/ip4/127."))
         .or(addrs.first());
     if let Some(a) = connect {
-        let next_http = std::net::SocketAddr::new(http.ip(), http.port().wrapping_add(1));
+        // Port 0: the next node takes a free port (and prints it). Suggesting this node's port
+        // plus one would collide with whatever listens there (e.g. the demo's next node).
+        let next_http = std::net::SocketAddr::new(http.ip(), 0);
         let next_dir = format!("{}-next", data_dir.display());
+        let key = args
+            .network_key
+            .as_ref()
+            .map(|k| format!(" --network-key {}", k.display()))
+            .unwrap_or_default();
         println!("start the next node with:");
         println!(
-            "  replicator run --cid {} --bootstrap {a} --http {next_http} --data-dir {next_dir}",
+            "  replicator run --cid {} --bootstrap {a} --http {next_http} --data-dir {next_dir}{key}",
             args.cid
         );
     }

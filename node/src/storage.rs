@@ -13,8 +13,19 @@
 //!
 //! The storage runs on its own OS thread (redb is blocking): it drains every queued `Persist`,
 //! applies them in order in one transaction, commits once, and reports the highest `WriteId`
-//! through a `watch` channel. A failed commit is fatal: the node must not go on promising
-//! things it could not make durable.
+//! through a `watch` channel.
+//!
+//! A commit that fails for want of space or on another I/O error is not fatal: the batch stays
+//! queued, nothing of it counts as durable (so the core releases nothing that depends on it), the
+//! thread reports [`Durable::Stalled`] and retries every [`RETRY_INTERVAL`] on a reopened
+//! database until it commits. Only corruption (or a bug) is fatal: [`Durable::Failed`].
+//!
+//! Every record of `keys`, `refusals` and `requests` carries a CRC-32 of its key and its bytes
+//! (format 3). [`Storage::load`] checks each: a key whose record is damaged is dropped from what
+//! the core recovers, and the node copies the keys again from a member, like a joiner, before
+//! it serves reads or votes (see [`Loaded::damaged_keys`]). A damaged refusal cannot be
+//! recovered from anyone (it is this node's own promise): the database is refused. redb panics on
+//! some corrupt files; opening and loading are wrapped so that this is an error, not a crash.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -24,7 +35,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use replicator_core::wire::{decode_record, encode_record};
 use replicator_core::{ClusterId, NetworkId, NodeId, ProposalId, Recovered, WriteId, WriteOp};
 use tokio::sync::watch;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
 const REFUSALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refusals");
@@ -41,8 +52,16 @@ const META_COUNTER_CEILING: &str = "counter_ceiling";
 const META_READY: &str = "ready";
 const META_FORMAT: &str = "format";
 const META_NETWORK: &str = "network";
+/// The peer id of the node this database belongs to.
+const META_PEER: &str = "peer";
 /// 2: the membership and the network id are durable (tables `members`, `meta_text`).
-const FORMAT_VERSION: u64 = 2;
+/// 3: records of `keys`, `refusals` and `requests` carry a checksum (a format 2 database is
+/// upgraded in place when it is opened).
+const FORMAT_VERSION: u64 = 3;
+/// The format before checksums, upgraded on open.
+const FORMAT_UNCHECKED: u64 = 2;
+/// How often a write that failed for want of space (or another I/O error) is retried.
+pub const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The most `Persist` outputs folded into one transaction (bounds one group commit).
 const GROUP_PERSISTS_MAX: usize = 4096;
@@ -57,8 +76,33 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 pub enum Durable {
     /// Every write up to and including this one is durable.
     Upto(WriteId),
-    /// A write failed; nothing after it will be made durable.
+    /// Writes after the last `Upto` failed and are being retried (disk full, I/O error):
+    /// nothing after it is durable yet. The next `Upto` means they succeeded.
+    Stalled(String),
+    /// The database is corrupt (or a bug): nothing after it will be made durable.
     Failed(String),
+}
+
+/// The database cannot be used (corrupt or from another node): the node must not start.
+#[derive(Debug)]
+pub struct Unusable(pub String);
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unusable {}
+
+/// What [`Storage::load`] found.
+pub struct Loaded {
+    pub recovered: Recovered,
+    /// Keys whose record failed its checksum: dropped, and the node marked not ready so that it
+    /// copies every key again from a member.
+    pub damaged_keys: Vec<String>,
+    /// Request records that failed their checksum (dropped: a retry with that id runs anew).
+    pub damaged_requests: usize,
 }
 
 /// One `Persist` output, queued for the storage thread.
@@ -69,6 +113,7 @@ pub struct PersistJob {
 
 pub struct Storage {
     db: Database,
+    path: PathBuf,
 }
 
 impl Storage {
@@ -78,9 +123,16 @@ impl Storage {
     /// the network it joined. `None`: the database must already hold a node's state.
     pub fn open(data_dir: &Path, fresh: Option<&Recovered>) -> Result<Storage> {
         let path = db_path(data_dir);
-        let db = Database::create(&path)
+        without_panics(&path, || Storage::open_inner(&path, fresh))
+    }
+
+    fn open_inner(path: &Path, fresh: Option<&Recovered>) -> Result<Storage> {
+        let db = Database::create(path)
             .with_context(|| format!("cannot open the database {}", path.display()))?;
-        let storage = Storage { db };
+        let storage = Storage {
+            db,
+            path: path.to_path_buf(),
+        };
         let txn = storage.db.begin_write()?;
         let format = {
             let meta = txn.open_table(META)?;
@@ -98,6 +150,11 @@ impl Storage {
                 path.display()
             ),
             (Some(FORMAT_VERSION), _) => {}
+            (Some(FORMAT_UNCHECKED), _) => {
+                add_checksums(&txn)?;
+                txn.open_table(META)?.insert(META_FORMAT, FORMAT_VERSION)?;
+                info!("database upgraded to format {FORMAT_VERSION}: records carry checksums");
+            }
             (Some(v), _) if v < FORMAT_VERSION => anyhow::bail!(
                 "the database {} has format {v}, from a version of replicator that did not record \
                  the membership and the network id; this node reads format {FORMAT_VERSION} and \
@@ -133,6 +190,19 @@ impl Storage {
         Ok(storage)
     }
 
+    /// Opens the database again after a failed write (redb refuses every write after an I/O
+    /// error until it is reopened).
+    fn reopen(path: &Path) -> Result<Storage> {
+        without_panics(path, || {
+            let db = Database::create(path)
+                .with_context(|| format!("cannot open the database {}", path.display()))?;
+            Ok(Storage {
+                db,
+                path: path.to_path_buf(),
+            })
+        })
+    }
+
     /// The network id recorded in the database (read before the network starts: a node with
     /// data only ever talks to its own network).
     pub fn network(&self) -> Result<NetworkId> {
@@ -145,20 +215,95 @@ impl Storage {
         Ok(NetworkId::from(network))
     }
 
-    /// The durable state, as the core wants it after a restart.
-    pub fn load(&self) -> Result<Recovered> {
+    /// Binds the database to the node's identity: records `peer` on the first start, and
+    /// refuses another one later (a node's keys, grants and membership are its own; another
+    /// identity on top of them would be a second node claiming the first one's promises).
+    pub fn bind_identity(&self, peer: &str) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        let recorded = {
+            let text = txn.open_table(META_TEXT)?;
+            text.get(META_PEER)?.map(|v| v.value().to_string())
+        };
+        match recorded {
+            Some(r) if r == peer => Ok(()),
+            Some(r) => anyhow::bail!(
+                "the database belongs to peer {r}, but identity.key is peer {peer}: a database is                  never used under another identity. Put that node's identity.key back, or move                  the data dir away and start this machine as a new node (with --bootstrap of a                  member)"
+            ),
+            None => {
+                txn.open_table(META_TEXT)?.insert(META_PEER, peer)?;
+                txn.commit()?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The durable state, as the core wants it after a restart, every record checked. Damaged
+    /// keys are removed from the database and the node is recorded not ready in the same
+    /// transaction, so that a crash during the copy that follows starts it again.
+    pub fn load(&self) -> Result<Loaded> {
+        let mut loaded = without_panics(&self.path, || self.load_checked())?;
+        if !loaded.damaged_keys.is_empty() {
+            error!(
+                keys = loaded.damaged_keys.len(),
+                first = %loaded.damaged_keys[0],
+                "records in the database failed their checksum: dropped; this node copies every key again from a member before it serves reads or votes"
+            );
+            self.forget_damaged(&loaded.damaged_keys)?;
+            loaded.recovered.ready = false;
+        }
+        if loaded.damaged_requests > 0 {
+            warn!(
+                requests = loaded.damaged_requests,
+                "request records failed their checksum: dropped (a retry with such an X-Request-Id runs anew)"
+            );
+        }
+        Ok(loaded)
+    }
+
+    fn forget_damaged(&self, keys: &[String]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(KEYS)?;
+            for k in keys {
+                table.remove(k.as_bytes())?;
+            }
+            txn.open_table(META)?.insert(META_READY, 0)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn load_checked(&self) -> Result<Loaded> {
         let network = self.network()?;
         let txn = self.db.begin_read()?;
         let mut rec = Recovered::joiner(network);
+        let mut damaged_keys = Vec::new();
+        let mut damaged_requests = 0;
         for entry in txn.open_table(KEYS)?.iter()? {
             let (k, v) = entry?;
-            let key = std::str::from_utf8(k.value()).context("a stored key is not UTF-8")?;
-            rec.keys.insert(key.into(), decode_record(v.value())?);
+            let state =
+                open_record(k.value(), v.value()).and_then(|bytes| decode_record(bytes).ok());
+            match (std::str::from_utf8(k.value()), state) {
+                (Ok(key), Some(state)) => {
+                    rec.keys.insert(key.into(), state);
+                }
+                _ => damaged_keys.push(String::from_utf8_lossy(k.value()).into_owned()),
+            }
         }
         for entry in txn.open_table(REFUSALS)?.iter()? {
             let (k, v) = entry?;
-            let p: ProposalId = decode_record(k.value())?;
-            rec.refusals.insert(p, decode_record(v.value())?);
+            let refusal = open_record(k.value(), v.value()).and_then(|bytes| {
+                let p: ProposalId = decode_record(k.value()).ok()?;
+                Some((p, decode_record(bytes).ok()?))
+            });
+            let Some((p, why)) = refusal else {
+                return Err(Unusable(format!(
+                    "the database {} is corrupt: a refusal (a promise this node made never to grant a proposal) failed its checksum, and no other node can tell it; this node must not vote again. Move the data dir away and start this machine as a new node (with --bootstrap of a member), after `replicator remove` of this one",
+                    self.path.display()
+                ))
+                .into());
+            };
+            rec.refusals.insert(p, why);
         }
         for entry in txn.open_table(WATERMARKS)?.iter()? {
             let (k, v) = entry?;
@@ -167,8 +312,14 @@ impl Storage {
         }
         for entry in txn.open_table(REQUESTS)?.iter()? {
             let (k, v) = entry?;
-            let id = std::str::from_utf8(k.value()).context("a request id is not UTF-8")?;
-            rec.requests.insert(id.into(), decode_record(v.value())?);
+            let record =
+                open_record(k.value(), v.value()).and_then(|bytes| decode_record(bytes).ok());
+            match (std::str::from_utf8(k.value()), record) {
+                (Ok(id), Some(record)) => {
+                    rec.requests.insert(id.into(), record);
+                }
+                _ => damaged_requests += 1,
+            }
         }
         for entry in txn.open_table(DEPARTED)?.iter()? {
             let (k, _) = entry?;
@@ -186,7 +337,11 @@ impl Storage {
             .map(|v| v.value())
             .unwrap_or(0);
         rec.ready = meta.get(META_READY)?.map(|v| v.value()).unwrap_or(0) == 1;
-        Ok(rec)
+        Ok(Loaded {
+            recovered: rec,
+            damaged_keys,
+            damaged_requests,
+        })
     }
 
     /// Applies a group of writes in one transaction and commits it durably.
@@ -203,14 +358,15 @@ impl Storage {
             for op in jobs.iter().flat_map(|j| &j.ops) {
                 match op {
                     WriteOp::PutKey { key, state } => {
-                        keys.insert(key.as_str().as_bytes(), encode_record(state)?.as_slice())?;
+                        let k = key.as_str().as_bytes();
+                        keys.insert(k, seal(k, &encode_record(state)?).as_slice())?;
                     }
                     WriteOp::RemoveKey { key } => {
                         keys.remove(key.as_str().as_bytes())?;
                     }
                     WriteOp::PutRefusal { p, why } => {
-                        refusals
-                            .insert(encode_record(p)?.as_slice(), encode_record(why)?.as_slice())?;
+                        let k = encode_record(p)?;
+                        refusals.insert(k.as_slice(), seal(&k, &encode_record(why)?).as_slice())?;
                     }
                     WriteOp::RemoveRefusal { p } => {
                         refusals.remove(encode_record(p)?.as_slice())?;
@@ -231,8 +387,8 @@ impl Storage {
                         meta.insert(META_COUNTER_CEILING, old.max(*c))?;
                     }
                     WriteOp::PutRequest { id, record } => {
-                        requests
-                            .insert(id.as_str().as_bytes(), encode_record(record)?.as_slice())?;
+                        let k = id.as_str().as_bytes();
+                        requests.insert(k, seal(k, &encode_record(record)?).as_slice())?;
                     }
                     WriteOp::RemoveRequest { id } => {
                         requests.remove(id.as_str().as_bytes())?;
@@ -260,6 +416,7 @@ impl Storage {
 
     /// Runs the group-commit loop on the current (dedicated) thread until `jobs` closes.
     pub fn run(self, jobs: std_mpsc::Receiver<PersistJob>, durable: watch::Sender<Durable>) {
+        let mut storage = Some(self);
         let mut batch: Vec<PersistJob> = Vec::new();
         while let Ok(first) = jobs.recv() {
             batch.push(first);
@@ -274,9 +431,9 @@ impl Storage {
                 .map(|j| j.write)
                 .expect("the batch is not empty");
             let started = std::time::Instant::now();
-            if let Err(e) = self.apply(&batch) {
-                error!(error = %format!("{e:#}"), "storage write failed: the node stops");
-                let _ = durable.send(Durable::Failed(format!("{e:#}")));
+            if let Err(e) = commit_until_done(&mut storage, &batch, &durable) {
+                error!(error = %e, "storage is unusable: the node stops");
+                let _ = durable.send(Durable::Failed(e));
                 return;
             }
             debug!(
@@ -292,6 +449,146 @@ impl Storage {
         }
         info!("storage thread stops");
     }
+}
+
+/// Commits `batch`, retrying (on a reopened database) as long as the failure is one that can
+/// pass (no space, I/O). `Err` only when the database is corrupt or the write can never succeed.
+fn commit_until_done(
+    storage: &mut Option<Storage>,
+    batch: &[PersistJob],
+    durable: &watch::Sender<Durable>,
+) -> std::result::Result<(), String> {
+    let path = storage.as_ref().map(|s| s.path.clone()).expect("opened");
+    let mut stalled = false;
+    loop {
+        let result = match storage.as_ref() {
+            Some(s) => without_panics(&path, || s.apply(batch)),
+            None => Storage::reopen(&path).and_then(|s| {
+                let r = without_panics(&path, || s.apply(batch));
+                *storage = Some(s);
+                r
+            }),
+        };
+        let e = match result {
+            Ok(()) => {
+                if stalled {
+                    info!("storage writes succeed again: the node resumes");
+                }
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        if !is_transient(&e) {
+            return Err(format!("{e:#}"));
+        }
+        if !stalled {
+            stalled = true;
+            error!(
+                error = %format!("{e:#}"),
+                "storage write failed (disk full?): nothing of it is applied; writes are refused and the write is retried every {RETRY_INTERVAL:?} until it succeeds"
+            );
+            let _ = durable.send(Durable::Stalled(format!("{e:#}")));
+        }
+        // redb refuses every write after an I/O error until the database is reopened.
+        *storage = None;
+        std::thread::sleep(RETRY_INTERVAL);
+    }
+}
+
+/// Whether a failed write may succeed later: an I/O error (no space, quota, a disk that
+/// hiccupped), as opposed to corruption or a bug.
+fn is_transient(e: &anyhow::Error) -> bool {
+    use redb::StorageError as S;
+    let storage = e.chain().find_map(|c| {
+        if let Some(s) = c.downcast_ref::<S>() {
+            return Some(matches!(s, S::Io(_) | S::PreviousIo | S::DatabaseClosed));
+        }
+        if let Some(redb::CommitError::Storage(s)) = c.downcast_ref::<redb::CommitError>() {
+            return Some(matches!(s, S::Io(_) | S::PreviousIo | S::DatabaseClosed));
+        }
+        if let Some(redb::TransactionError::Storage(s)) = c.downcast_ref::<redb::TransactionError>()
+        {
+            return Some(matches!(s, S::Io(_) | S::PreviousIo | S::DatabaseClosed));
+        }
+        if let Some(redb::TableError::Storage(s)) = c.downcast_ref::<redb::TableError>() {
+            return Some(matches!(s, S::Io(_) | S::PreviousIo | S::DatabaseClosed));
+        }
+        if let Some(d) = c.downcast_ref::<redb::DatabaseError>() {
+            return Some(match d {
+                redb::DatabaseError::Storage(s) => {
+                    matches!(s, S::Io(_) | S::PreviousIo | S::DatabaseClosed)
+                }
+                redb::DatabaseError::RepairAborted | redb::DatabaseError::DatabaseAlreadyOpen => {
+                    true
+                }
+                _ => false,
+            });
+        }
+        c.downcast_ref::<std::io::Error>().map(|_| true)
+    });
+    storage.unwrap_or(false)
+}
+
+/// Runs a redb operation, turning a panic (redb panics on some corrupt files) into an
+/// [`Unusable`] error.
+fn without_panics<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Err(Unusable(format!(
+                "the database {} is corrupt (redb: {what}); move the data dir away and start this machine as a new node (with --bootstrap of a member)",
+                path.display()
+            ))
+            .into())
+        }
+    }
+}
+
+/// A record as stored: a CRC-32 of `key` and `bytes` (4 bytes, little endian), then `bytes`.
+fn seal(key: &[u8], bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&checksum(key, bytes).to_le_bytes());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The bytes of a sealed record, if its checksum matches.
+fn open_record<'a>(key: &[u8], sealed: &'a [u8]) -> Option<&'a [u8]> {
+    let (sum, bytes) = sealed.split_first_chunk::<4>()?;
+    (u32::from_le_bytes(*sum) == checksum(key, bytes)).then_some(bytes)
+}
+
+/// CRC-32 (IEEE) of the key's length, the key and the bytes.
+fn checksum(key: &[u8], bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    let len = (key.len() as u32).to_le_bytes();
+    for b in len.iter().chain(key).chain(bytes) {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// Format 2 -> 3: seals every record of the checksummed tables.
+fn add_checksums(txn: &redb::WriteTransaction) -> Result<()> {
+    for table in [KEYS, REFUSALS, REQUESTS] {
+        let mut t = txn.open_table(table)?;
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = t
+            .iter()?
+            .map(|e| e.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+            .collect::<std::result::Result<_, _>>()?;
+        for (k, v) in rows {
+            t.insert(k.as_slice(), seal(&k, &v).as_slice())?;
+        }
+    }
+    Ok(())
 }
 
 /// The writes that record `fresh` (a state that was never on this disk), its network aside.
@@ -397,7 +694,7 @@ mod tests {
         .unwrap();
         drop(s);
         let s = Storage::open(dir.path(), None).unwrap();
-        let loaded = s.load().unwrap();
+        let loaded = s.load().unwrap().recovered;
         assert_eq!(loaded, expected);
         assert_eq!(loaded.network, net());
         assert!(loaded.ready);
@@ -428,7 +725,11 @@ mod tests {
             .unwrap();
         }
         drop(s);
-        let loaded = Storage::open(dir.path(), None).unwrap().load().unwrap();
+        let loaded = Storage::open(dir.path(), None)
+            .unwrap()
+            .load()
+            .unwrap()
+            .recovered;
         assert_eq!(loaded, expected);
         let mut members: Vec<(&str, &str)> = loaded
             .members
@@ -452,11 +753,15 @@ mod tests {
         ]);
         let s = Storage::open(dir.path(), Some(&fresh)).unwrap();
         assert_eq!(s.network().unwrap(), net());
-        assert_eq!(s.load().unwrap(), fresh);
+        assert_eq!(s.load().unwrap().recovered, fresh);
         drop(s);
         let other = Recovered::joiner(NetworkId::new("another"));
         let s = Storage::open(dir.path(), Some(&other)).unwrap();
-        assert_eq!(s.load().unwrap(), fresh, "an existing database is kept");
+        assert_eq!(
+            s.load().unwrap().recovered,
+            fresh,
+            "an existing database is kept"
+        );
     }
 
     #[test]
@@ -504,7 +809,11 @@ mod tests {
         drop(tx);
         s.run(rx, durable_tx);
         assert_eq!(*durable.borrow(), Durable::Upto(WriteId(50)));
-        let rec = Storage::open(dir.path(), None).unwrap().load().unwrap();
+        let rec = Storage::open(dir.path(), None)
+            .unwrap()
+            .load()
+            .unwrap()
+            .recovered;
         assert_eq!(rec.counter_ceiling, 500);
         assert!(
             !rec.ready,

@@ -129,10 +129,30 @@ fn restarted_cluster_keeps_the_whole_membership_and_commits_nothing_alone() {
     nodes[2] = third.wait();
     let c0 = &nodes[..3];
     for n in c0 {
-        wait_until(Duration::from_secs(30), "c0 writable again", || {
-            health(n)["writable"] == true
+        // Ready for reads, and honestly not writable: six members are silent (issue 9).
+        wait_until(Duration::from_secs(30), "c0 ready, naming the six", || {
+            let h = health(n);
+            h["ready"] == true
+                && h["cluster_members"] == 3
+                && h["silent_nodes"].as_array().is_some_and(|s| s.len() == 6)
         });
         let h = health(n);
+        assert_eq!(h["writable"], false, "{h}");
+        assert_eq!(
+            h["not_writable"],
+            serde_json::json!(["silent_members"]),
+            "{h}"
+        );
+        for (peer, _) in &others {
+            assert!(
+                h["silent_nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s == peer.as_str()),
+                "{peer} named silent: {h}"
+            );
+        }
         assert_eq!(h["members"], 9, "the recorded membership survives: {h}");
         assert_eq!(h["clusters"], 3, "{h}");
         assert_eq!(h["network"], network_id.as_str(), "{h}");

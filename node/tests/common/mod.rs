@@ -142,6 +142,14 @@ impl Starting {
     }
 }
 
+impl Starting {
+    /// `Some(code)` if the node already exited (it failed to start).
+    pub fn try_exit(&mut self) -> Option<Option<i32>> {
+        let child = self.child.as_mut()?;
+        child.try_wait().ok().flatten().map(|s| s.code())
+    }
+}
+
 impl Drop for Starting {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {

@@ -1,0 +1,585 @@
+//! Issue 9, probed as an adversarial operator would, with real processes on 127.0.0.1: only
+//! members get in, the API token guards what it should, slow and idle clients never hold the
+//! API, /health is honest, the database is bound to its identity, corruption is repaired and
+//! never served, a full disk is a degraded mode. Every wait is bounded; every child is killed.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn start(cluster: &str, dir: &Path, bootstrap: Option<&str>, extra: &[&str]) -> NodeProc {
+    start_node_with(cluster, dir, bootstrap, extra).wait()
+}
+
+fn keygen(path: &Path) {
+    let (code, err, _) = run_to_exit(&["keygen", path.to_str().unwrap()], Duration::from_secs(10));
+    assert_eq!(code, Some(0), "keygen: {err}");
+}
+
+fn log_of(node: &NodeProc) -> String {
+    std::fs::read_to_string(&node.log).unwrap_or_default()
+}
+
+/// A node without the network key cannot connect to, join or read from a network that has
+/// one; one with another key neither; one with the key joins. `keygen` never overwrites.
+#[test]
+fn strangers_without_the_network_key_never_get_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("network.key");
+    keygen(&key);
+    let (code, err, _) = run_to_exit(&["keygen", key.to_str().unwrap()], Duration::from_secs(10));
+    assert_ne!(code, Some(0), "keygen overwrote a key: {err}");
+    let other_key = tmp.path().join("other.key");
+    keygen(&other_key);
+    let key_flag = format!("--network-key={}", key.display());
+    let solo = ["--cluster-size-min", "1"];
+
+    let a = start(
+        "c0",
+        &tmp.path().join("a"),
+        None,
+        &[&key_flag, solo[0], solo[1]],
+    );
+    assert_eq!(health(&a)["network_open"], false);
+    let boot = a.p2p.clone();
+    assert_eq!(put(&a, "secret", "s3cr3t").status, 201);
+
+    for (name, extra) in [
+        ("no-key", vec![]),
+        (
+            "other-key",
+            vec![format!("--network-key={}", other_key.display())],
+        ),
+    ] {
+        let dir = tmp.path().join(name);
+        let mut args = vec![
+            "run".to_string(),
+            "--cid".into(),
+            "evil".into(),
+            "--bootstrap".into(),
+            boot.clone(),
+            "--listen".into(),
+            "/ip4/127.0.0.1/tcp/0".into(),
+            "--http".into(),
+            "127.0.0.1:0".into(),
+            "--bootstrap-timeout-ms".into(),
+            "3000".into(),
+            "--data-dir".into(),
+            dir.to_str().unwrap().into(),
+        ];
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err, took) = run_to_exit(&args, Duration::from_secs(20));
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.contains("cannot join the network"), "{name}: {err}");
+        assert!(took < Duration::from_secs(10), "{name} took {took:?}");
+        assert!(
+            !dir.join("replicator.redb").exists(),
+            "{name} created a database"
+        );
+    }
+    let peers = http("GET", &a.http, "/peers", b"", &[]).json();
+    assert_eq!(
+        peers["peers"],
+        serde_json::json!([]),
+        "no stranger is a member"
+    );
+
+    let b = start(
+        "c0",
+        &tmp.path().join("b"),
+        Some(&boot),
+        &[&key_flag, solo[0], solo[1]],
+    );
+    wait_until(Duration::from_secs(20), "b joined and copied", || {
+        get(&b, "secret").text() == "s3cr3t"
+    });
+
+    // A node without a key says loudly that its network is open.
+    let open = start("c0", &tmp.path().join("open"), None, &solo);
+    assert_eq!(health(&open)["network_open"], true);
+    assert!(log_of(&open).contains("NETWORK OPEN"), "{}", log_of(&open));
+}
+
+/// With --api-token-file, DELETE /peers always needs the token, PUT with --api-token-writes:
+/// 401 without it, 403 with a wrong one, as JSON; reads and /health stay open. The CLI sends
+/// the token of --token-file.
+#[test]
+fn api_token_guards_operator_calls_and_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = tmp.path().join("api.token");
+    std::fs::write(&token, "t0ps3cret-token\n").unwrap();
+    let token_flag = format!("--api-token-file={}", token.display());
+    let a = start(
+        "c0",
+        &tmp.path().join("a"),
+        None,
+        &[&token_flag, "--api-token-writes", "--cluster-size-min", "1"],
+    );
+    let good = [("Authorization", "Bearer t0ps3cret-token")];
+    let bad = [("Authorization", "Bearer nope")];
+
+    let r = http("DELETE", &a.http, "/peers/12D3KooWxyz?force=true", b"", &[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["error"], "unauthorized");
+    let r = http(
+        "DELETE",
+        &a.http,
+        "/peers/12D3KooWxyz?force=true",
+        b"",
+        &bad,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "forbidden");
+    let r = http("DELETE", &a.http, "/peers/12D3KooWxyz", b"", &good);
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    let r = http("PUT", &a.http, "/store/k", b"v", &[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = http("PUT", &a.http, "/store/k", b"v", &bad);
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = http("PUT", &a.http, "/store/k", b"v", &good);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(get(&a, "k").text(), "v", "reads need no token here");
+    assert_eq!(health(&a)["api_open"], false);
+
+    let node = a.http.as_str();
+    let (code, err, _) = run_to_exit(
+        &["remove", "12D3KooWxyz", "--node", node],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("unauthorized"), "{err}");
+    let t = token.to_str().unwrap();
+    let (code, err, _) = run_to_exit(
+        &["remove", "12D3KooWxyz", "--node", node, "--token-file", t],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(4), "not a member: {err}");
+    let (code, err, _) = run_to_exit(
+        &["put", "k2", "v2", "--node", node, "--token-file", t],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// 300 idle sockets, a half-sent head and a body sent at 1 byte/s: a normal GET is still
+/// answered at once; the slow ones are closed after their timeouts (the body with 408).
+#[test]
+fn slow_and_idle_clients_never_hold_the_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start(
+        "c0",
+        &tmp.path().join("a"),
+        None,
+        &[
+            "--cluster-size-min",
+            "1",
+            "--http-header-timeout-ms",
+            "1500",
+            "--http-body-timeout-ms",
+            "1500",
+            "--http-idle-timeout-ms",
+            "3000",
+            "--http-connections-max",
+            "200",
+        ],
+    );
+    let addr = a.http.trim_start_matches("http://").to_string();
+    let mut idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    let mut slow_head = TcpStream::connect(&addr).unwrap();
+    slow_head
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut slow_body = TcpStream::connect(&addr).unwrap();
+    slow_body
+        .write_all(b"PUT /store/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        .unwrap();
+    let body_writer = {
+        let mut s = slow_body.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..10 {
+                if s.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let r = http("GET", &a.http, "/health", b"", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // The 1 byte/s body: 408 after the body timeout, connection closed.
+    slow_body
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = slow_body.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    body_writer.join().unwrap();
+
+    // The half-sent head: closed after the header timeout.
+    slow_head
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let t = Instant::now();
+    assert!(matches!(slow_head.read(&mut buf), Ok(0) | Err(_)));
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+
+    // Every idle socket is closed after the idle timeout (or was evicted to make room).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for s in idle.iter_mut() {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(10));
+        s.set_read_timeout(Some(left)).unwrap();
+        assert!(
+            matches!(s.read(&mut buf), Ok(0) | Err(_)),
+            "an idle socket is still open"
+        );
+    }
+    assert!(Instant::now() < deadline, "idle sockets held too long");
+    let r = http("GET", &a.http, "/health", b"", &[]);
+    assert_eq!(r.status, 200);
+}
+
+/// A member down: /health says not writable and names it, `replicator status` exits 5;
+/// reads stay ready.
+#[test]
+fn health_names_silent_members_and_status_exits_degraded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start("c0", &tmp.path().join("a"), None, &[]);
+    let b = start("c0", &tmp.path().join("b"), Some(&a.p2p), &[]);
+    let mut c = start("c0", &tmp.path().join("c"), Some(&a.p2p), &[]);
+    wait_converged(&[&a, &b, &c], 3, Duration::from_secs(30));
+    let (code, err, _) = run_to_exit(&["status", "--node", &a.http], Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{err}");
+
+    let silent = c.peer.clone();
+    kill9(&mut c);
+    wait_until(Duration::from_secs(15), "a reports c silent", || {
+        let h = health(&a);
+        h["writable"] == false
+            && h["silent_nodes"] == serde_json::json!([silent])
+            && h["not_writable"] == serde_json::json!(["silent_members"])
+    });
+    let h = health(&a);
+    assert_eq!(h["status"], "degraded");
+    assert_eq!(h["ready"], true, "reads are still served");
+    let (code, err, _) = run_to_exit(&["status", "--node", &a.http], Duration::from_secs(20));
+    assert_eq!(code, Some(5), "{err}");
+}
+
+/// The database records its node's peer id: a missing, empty or foreign identity.key is
+/// refused with a clear message, and the right one starts. The banner's next-node hint takes
+/// a free HTTP port.
+#[test]
+fn identity_is_bound_to_the_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let other = tmp.path().join("other");
+    let (a_peer, other_peer) = {
+        let a = start("c0", &dir, None, &["--cluster-size-min", "1"]);
+        let o = start("c0", &other, None, &[]);
+        assert_eq!(put(&a, "k", "v").status, 201);
+        (a.peer.clone(), o.peer.clone())
+    };
+    let id = dir.join("identity.key");
+    let saved = std::fs::read(&id).unwrap();
+    let run = |d: &PathBuf| {
+        run_to_exit(
+            &[
+                "run",
+                "--cid",
+                "c0",
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+                d.to_str().unwrap(),
+            ],
+            Duration::from_secs(20),
+        )
+    };
+
+    std::fs::remove_file(&id).unwrap();
+    let (code, err, _) = run(&dir);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("identity.key is missing"), "{err}");
+    assert!(!id.exists(), "no new identity was made");
+
+    std::fs::write(&id, b"").unwrap();
+    let (code, err, _) = run(&dir);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is empty"), "{err}");
+    assert!(!err.contains("feature"), "{err}");
+
+    std::fs::copy(other.join("identity.key"), &id).unwrap();
+    let (code, err, _) = run(&dir);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("belongs to peer {a_peer}")) && err.contains(&other_peer),
+        "{err}"
+    );
+
+    std::fs::write(&id, &saved).unwrap();
+    let a = start("c0", &dir, None, &["--cluster-size-min", "1"]);
+    assert_eq!(a.peer, a_peer);
+    assert_eq!(get(&a, "k").text(), "v");
+}
+
+/// Flips `bit` of every copy of `needle` in the file.
+fn flip_all(path: &Path, needle: &[u8]) -> usize {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut n = 0;
+    let mut i = 0;
+    while let Some(at) = bytes[i..].windows(needle.len()).position(|w| w == needle) {
+        let at = i + at;
+        bytes[at + needle.len() / 2] ^= 0x04;
+        n += 1;
+        i = at + needle.len();
+    }
+    std::fs::write(path, bytes).unwrap();
+    n
+}
+
+/// A node stopped, a bit flipped in a value of its database, restarted: it never serves the
+/// damaged value, copies the key again from a member and serves it right. 64 bytes flipped in
+/// the middle of the file: no panic (a clear error and exit 65, or a repaired node).
+#[test]
+fn corrupt_database_is_repaired_never_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start("c0", &tmp.path().join("a"), None, &[]);
+    let b = start("c0", &tmp.path().join("b"), Some(&a.p2p), &[]);
+    // A clean stop without goodbye: the leave cannot complete in 1 ms, so the node stops as
+    // if it died, but its database is closed properly.
+    let quick_stop = ["--leave-timeout-ms", "1"];
+    let mut c = start("c0", &tmp.path().join("c"), Some(&a.p2p), &quick_stop);
+    wait_converged(&[&a, &b, &c], 3, Duration::from_secs(30));
+    let value = |i: usize| format!("value-with-a-unique-marker-{i:04}-end");
+    for i in 0..20 {
+        assert_eq!(put(&a, &format!("key{i}"), &value(i)).status, 201);
+    }
+    wait_until(Duration::from_secs(10), "c holds every key", || {
+        (0..20).all(|i| get(&c, &format!("key{i}")).text() == value(i))
+    });
+
+    let stop = |c: &mut NodeProc| {
+        let pid = c.child.id();
+        unsafe_sigterm(pid);
+        let t = Instant::now();
+        while c.child.try_wait().unwrap().is_none() {
+            assert!(t.elapsed() < Duration::from_secs(15), "c did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    stop(&mut c);
+    let db = tmp.path().join("c").join("replicator.redb");
+    assert!(
+        flip_all(&db, value(7).as_bytes()) >= 1,
+        "the value is in the file"
+    );
+
+    let c2 = start("c0", &tmp.path().join("c"), Some(&a.p2p), &quick_stop);
+    let bad = {
+        let mut v = value(7).into_bytes();
+        let mid = v.len() / 2;
+        v[mid] ^= 0x04;
+        v
+    };
+    wait_until(Duration::from_secs(30), "c serves key7 again", || {
+        let r = get(&c2, "key7");
+        assert_ne!(r.body, bad, "the damaged value was served");
+        assert!(
+            r.status == 200 || r.status == 503,
+            "{} {}",
+            r.status,
+            r.text()
+        );
+        r.status == 200
+    });
+    assert_eq!(get(&c2, "key7").text(), value(7));
+    assert!(
+        log_of(&c2).contains("failed their checksum"),
+        "{}",
+        log_of(&c2)
+    );
+    let mut c2 = c2;
+    stop(&mut c2);
+
+    // 64 bytes flipped in the middle of the file.
+    let mut bytes = std::fs::read(&db).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&db, bytes).unwrap();
+    let mut starting = start_node_with("c0", &tmp.path().join("c"), Some(&a.p2p), &quick_stop);
+    // It either refuses to start (exit 65, clearly) or starts and serves only right values.
+    let t = Instant::now();
+    loop {
+        if let Some(code) = starting_exit(&mut starting) {
+            assert_eq!(
+                code,
+                Some(65),
+                "{}",
+                common::tail(&tmp.path().join("c.log"))
+            );
+            let log = std::fs::read_to_string(tmp.path().join("c.log")).unwrap();
+            assert!(log.contains("is corrupt"), "{log}");
+            return;
+        }
+        if t.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let c3 = starting.wait();
+    wait_until(Duration::from_secs(30), "c serves every key right", || {
+        (0..20).all(|i| {
+            let r = get(&c3, &format!("key{i}"));
+            assert!(
+                r.status == 503 || (r.status == 200 && r.text() == value(i)),
+                "key{i}: {} {}",
+                r.status,
+                r.text()
+            );
+            r.status == 200
+        })
+    });
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+/// Whether a node being started already exited (and its code).
+fn starting_exit(starting: &mut Starting) -> Option<Option<i32>> {
+    starting.try_exit()
+}
+
+/// The data dir on a small tmpfs that is filled up: the node stays up, refuses writes at once,
+/// serves what it holds, says so in /health, and resumes by itself once space is back; the
+/// write that was stuck then commits.
+#[test]
+fn disk_full_is_a_degraded_mode_not_an_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let a = start("c0", &mnt.join("a"), None, &["--cluster-size-min", "1"]);
+    assert_eq!(put(&a, "before", "still-here").status, 201);
+    // Fill the disk.
+    let filler = mnt.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Writes fail now: the first one waits (its outcome is unknown), the next are refused at
+    // once, and the node stays up.
+    let big = "x".repeat(60 * 1024);
+    let mut stuck = None;
+    for i in 0..40 {
+        let r = put(&a, &format!("full{i}"), &big);
+        match r.status {
+            201 => continue,
+            503 => {
+                stuck = Some(i);
+                break;
+            }
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    }
+    let stuck = stuck.expect("the disk filled up");
+    wait_until(
+        Duration::from_secs(15),
+        "health reports the storage",
+        || {
+            let h = health(&a);
+            h["writable"] == false
+                && h["not_writable"] == serde_json::json!(["storage_unavailable"])
+        },
+    );
+    let t = Instant::now();
+    let r = put(&a, "refused", "v");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "storage_unavailable");
+    assert!(t.elapsed() < Duration::from_secs(1), "refused at once");
+    assert_eq!(get(&a, "before").text(), "still-here", "reads keep working");
+    assert!(a.child.id() > 0);
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(Duration::from_secs(15), "the node resumes", || {
+        health(&a)["writable"] == true
+    });
+    let r = get(&a, &format!("full{stuck}"));
+    assert_eq!(
+        r.status, 200,
+        "the stuck write committed once space was back"
+    );
+    assert_eq!(put(&a, "after", "v").status, 201);
+}
+
+/// X-Request-Id as documented (1 to 128 visible ASCII characters), and the banner's hint for
+/// the next node takes a free HTTP port.
+#[test]
+fn request_ids_and_hints_match_the_docs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start(
+        "c0",
+        &tmp.path().join("a"),
+        None,
+        &["--cluster-size-min", "1"],
+    );
+    let put_with = |key: &str, id: &str| {
+        http(
+            "PUT",
+            &a.http,
+            &format!("/store/{key}"),
+            b"v",
+            &[("X-Request-Id", id)],
+        )
+    };
+    assert_eq!(put_with("k1", "a b c").status, 400);
+    assert_eq!(put_with("k2", "").status, 400);
+    assert_eq!(put_with("k3", &"r".repeat(129)).status, 400);
+    assert_eq!(put_with("k4", &"r".repeat(128)).status, 201);
+    assert_eq!(put_with("k5", "ok-id_1").status, 201);
+}
