@@ -952,9 +952,12 @@ impl Run {
         if let Some(m) = self.quiescing() {
             return Some(m);
         }
-        if let Some(ix) = (0..self.world.node_count())
-            .find(|ix| self.world.is_leaving(*ix) && !self.world.is_departed(*ix))
-        {
+        // A leaving node that an operator removed meanwhile never says goodbye: it is gone.
+        if let Some(ix) = (0..self.world.node_count()).find(|ix| {
+            self.world.is_leaving(*ix)
+                && !self.world.is_departed(*ix)
+                && !self.world.node(*ix).is_some_and(|n| n.is_removed())
+        }) {
             let stats = self.world.node(ix).map(|n| n.stats());
             return Some(format!(
                 "{} has not finished leaving: {stats:?}",
