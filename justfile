@@ -34,6 +34,11 @@ bench-etcd *ARGS:
 e2e:
     cargo test -p replicator-node --test network --test membership -- --nocapture
 
+# schemathesis (pinned, installed into target/) against a 1 x 3 demo: the API matches openapi.json.
+api-fuzz:
+    cargo build -p replicator-node
+    bash node/scripts/api_fuzz.sh target/debug/replicator
+
 # What CI runs: the test suite and a commit-derived simulator seed range.
 ci:
     bash .ci/run

@@ -250,11 +250,13 @@ fn silence_message(s: &Silence) -> String {
 }
 
 fn invalid(i: &Invalid) -> Response {
-    let status = match i {
-        Invalid::ValueTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        _ => StatusCode::BAD_REQUEST,
+    let (status, code) = match i {
+        Invalid::ValueTooLong { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "invalid"),
+        // Not a malformed request: it conflicts with what this id was first used for.
+        Invalid::RequestIdReused => (StatusCode::CONFLICT, "request_id_reused"),
+        _ => (StatusCode::BAD_REQUEST, "invalid"),
     };
-    error(status, "invalid", i.to_string())
+    error(status, code, i.to_string())
 }
 
 /// What a node that an operator removed answers to every read and write (410 Gone: for good).
