@@ -722,16 +722,22 @@ impl Node {
             }
             Some(DurableKey::Reserved { .. }) | None => {}
         }
+        let changed = digest != self.membership.digest();
+        if changed {
+            // The coordinator's view or this node's lacks a discovery, a goodbye or a
+            // removal: exchange views so that the next attempt finds them equal. Whatever
+            // this node answers: a leaving node that missed a removal would otherwise wait
+            // forever for the removed node's clearance, refusing every write meanwhile (found
+            // by sim seed 9, `--joins 1 --leaves 1 --faults remove,crash,pause,isolate-node`).
+            self.send_view(&p.coordinator.clone());
+        }
         let reason = if self.removed {
             Some(DenyReason::Departed)
         } else if self.leaving {
             Some(DenyReason::Leaving)
         } else if !self.ready {
             Some(DenyReason::NotReady)
-        } else if digest != self.membership.digest() {
-            // The coordinator's view or this node's lacks a discovery, a goodbye or a
-            // removal: exchange views so that the next attempt finds them equal.
-            self.send_view(&p.coordinator.clone());
+        } else if changed {
             Some(DenyReason::MembershipChanged)
         } else if self.now < self.settled_at {
             Some(DenyReason::Settling)

@@ -2,6 +2,7 @@
 
 use replicator_core::InjectedBug;
 use sim_tests::{Shape, bug_shape_targeted, check_seed};
+use transport_sim::FaultKind;
 
 fn must_pass(seed: u64, shape: Shape) {
     if let Err(report) = check_seed(seed, &shape) {
@@ -100,6 +101,28 @@ fn a_removed_node_that_says_so_is_taken_at_its_word() {
         Shape {
             joins: Some(2),
             leaves: Some(1),
+            ..Shape::default()
+        },
+    );
+}
+
+/// A core bug: n00.2 was leaving and down when n00.0 was removed, so it never heard of it; a
+/// leaving node refused every Reserve with Leaving before comparing views, so no view exchange
+/// told it either, and it waited forever for the removed node's clearance, refusing every write
+/// meanwhile. A Reserve whose view differs now starts a view exchange whatever the answer.
+#[test]
+fn a_leaving_node_learns_a_removal_it_missed() {
+    must_pass(
+        9,
+        Shape {
+            joins: Some(1),
+            leaves: Some(1),
+            faults: Some(vec![
+                FaultKind::Remove,
+                FaultKind::Crash,
+                FaultKind::Pause,
+                FaultKind::IsolateNode,
+            ]),
             ..Shape::default()
         },
     );
