@@ -283,7 +283,10 @@ pub fn init_logging(log: &LogArgs) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log that cannot be written (its disk is full) must not stop the node: by default
+        // tracing-subscriber reports that with eprintln!, which panics when stderr fails too.
+        .log_internal_errors(false);
     match log.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

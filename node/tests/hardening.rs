@@ -506,12 +506,7 @@ fn disk_full_is_a_degraded_mode_not_an_exit() {
     assert_eq!(put(&a, "before", "still-here").status, 201);
     // Fill the disk.
     let filler = mnt.join("filler");
-    {
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
+    fill(&filler);
     // Writes fail now: the first one waits (its outcome is unknown), the next are refused at
     // once, and the node stays up.
     let big = "x".repeat(60 * 1024);
@@ -555,6 +550,33 @@ fn disk_full_is_a_degraded_mode_not_an_exit() {
         "the stuck write committed once space was back"
     );
     assert_eq!(put(&a, "after", "v").status, 201);
+
+    // Killed and restarted on a disk that is still full: it starts, serves what it holds,
+    // refuses writes, and resumes once space is back.
+    fill(&filler);
+    let mut a = a;
+    kill9(&mut a);
+    let dir = mnt.join("a");
+    let mut starting = start_node_with("c0", &dir, None, &["--cluster-size-min", "1"]);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        assert_eq!(starting.try_exit(), None, "the node exited on a full disk");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(&filler).unwrap();
+    let a = starting.wait();
+    assert_eq!(get(&a, "before").text(), "still-here");
+    wait_until(Duration::from_secs(15), "the node is writable", || {
+        health(&a)["writable"] == true
+    });
+    assert_eq!(put(&a, "after-restart", "v").status, 201);
+}
+
+fn fill(filler: &Path) {
+    let mut f = std::fs::File::create(filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
 }
 
 /// X-Request-Id as documented (1 to 128 visible ASCII characters), and the banner's hint for
