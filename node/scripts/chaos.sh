@@ -8,12 +8,31 @@
 set -euo pipefail
 B=${1:-target/release/replicator}
 D=$(mktemp -d /tmp/replicator-chaos.XXXXXX)
-PORT=18380
+# The demo's nodes take PORT..PORT+8: look for nine free ports in a row (any other process
+# could hold a fixed one).
+PORT=$(python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    base = random.randint(20000, 60000)
+    socks = []
+    try:
+        for p in range(base, base + 9):
+            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
+        print(base); break
+    except OSError:
+        pass
+    finally:
+        for s in socks: s.close()
+PY
+)
 PIDS=()
+KEEP=${KEEP:-0}
 cleanup() {
   kill -TERM "${PIDS[@]}" 2>/dev/null || true
   sleep 8
   kill -KILL "${PIDS[@]}" 2>/dev/null || true
+  # Logs stay only when asked (KEEP=1) or on failure.
+  if [ "$KEEP" = 1 ] || [ "${OK:-0}" != 1 ]; then echo "data and logs kept in $D"; else rm -rf "$D"; fi
 }
 trap cleanup EXIT
 "$B" demo --data-dir "$D" --http-port $PORT > "$D/demo.out" 2>&1 &
@@ -35,6 +54,7 @@ restart() { # node index (1-based), cluster, seconds down
   kill -9 "$pid"
   sleep "$3"
   "$B" run --cid "$2" --http 127.0.0.1:$port --listen /ip4/127.0.0.1/tcp/0 --data-dir "$D/node-$1" \
+    --network-key "$D/network.key" --api-token-file "$D/api.token" \
     --bootstrap "$BOOT" > /dev/null 2>> "$D/node-$1.log" &
   PIDS+=($!)
 }
@@ -52,4 +72,5 @@ done
 echo "keys_stored/reservations_open on every node: $(echo "$states" | tr '\n' ' ')"
 if grep -h " ERROR " "$D"/*.log; then echo "FAIL: errors logged"; exit 1; fi
 [ $ok = 1 ] || { echo "FAIL: nodes disagree or reservations remain"; exit 1; }
-echo "OK: all nodes agree ($D)"
+OK=1
+echo "OK: all nodes agree"
