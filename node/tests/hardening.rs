@@ -605,3 +605,134 @@ fn request_ids_and_hints_match_the_docs() {
     assert_eq!(put_with("k4", &"r".repeat(128)).status, 201);
     assert_eq!(put_with("k5", "ok-id_1").status, 201);
 }
+
+/// With 1,024 open files (soft and hard), 1,100 idle sockets do not stop the API: beyond
+/// --http-connections-max (512) a new connection replaces the one idle the longest.
+#[test]
+fn an_idle_flood_beyond_the_open_files_limit_does_not_stop_the_api() {
+    raise_own_open_files_limit(4096);
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start_node_wrapped(
+        &["prlimit", "--nofile=1024:1024"],
+        "c0",
+        &tmp.path().join("a"),
+        None,
+        &["--cluster-size-min", "1"],
+    )
+    .wait();
+    let addr = a.http.trim_start_matches("http://").to_string();
+    let idle: Vec<TcpStream> = (0..1100)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
+    assert!(idle.len() > 1024, "the flood connected ({})", idle.len());
+    let started = Instant::now();
+    let r = http("GET", &a.http, "/health", b"", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(put(&a, "k", "v").status, 201);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}
+
+/// The node's default libp2p listen address is loopback; the banner's next-node hint takes a
+/// free HTTP port (not this one plus one); the demo's hints name the node they mean.
+#[test]
+fn defaults_and_hints_do_not_expose_or_collide() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "--cid", "c0", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("a"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let banner = read_lines_until(child.stdout.take().unwrap(), "--data-dir");
+    let _ = child.kill();
+    let _ = child.wait();
+    let listens: Vec<&str> = banner
+        .iter()
+        .filter_map(|l| l.strip_prefix("listening on: "))
+        .collect();
+    assert!(!listens.is_empty(), "{banner:?}");
+    assert!(
+        listens.iter().all(|a| a.starts_with("/ip4/127.0.0.1/")),
+        "{banner:?}"
+    );
+    let hint = banner
+        .iter()
+        .find(|l| l.contains("replicator run"))
+        .unwrap();
+    assert!(hint.contains("--http 127.0.0.1:0 "), "{hint}");
+
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut demo = std::process::Command::new(BIN)
+        .args(["demo", "--clusters", "1", "--nodes-per-cluster", "1"])
+        .args(["--http-port", &port.to_string(), "--data-dir"])
+        .arg(tmp.path().join("demo"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let summary = read_lines_until(demo.stdout.take().unwrap(), "Ctrl-C stops");
+    unsafe_sigterm(demo.id());
+    let t = Instant::now();
+    while demo.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = demo.kill();
+    let _ = demo.wait();
+    let node = format!("--node http://127.0.0.1:{port}");
+    let cli: Vec<&String> = summary
+        .iter()
+        .filter(|l| l.contains("replicator put") || l.contains("replicator bench"))
+        .collect();
+    assert!(!cli.is_empty(), "{summary:?}");
+    assert!(cli.iter().all(|l| l.contains(&node)), "{cli:?}");
+    assert!(tmp.path().join("demo/network.key").exists());
+}
+
+/// Reads `stdout` line by line until one contains `until` (bounded: 60 s).
+fn read_lines_until(stdout: std::process::ChildStdout, until: &str) -> Vec<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let done = line.contains(until);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+    panic!("no line with {until:?}: {lines:?}");
+}
+
+fn raise_own_open_files_limit(want: u64) {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < want {
+            l.rlim_cur = want.min(l.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}

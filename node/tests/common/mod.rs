@@ -62,6 +62,17 @@ pub fn start_node_with(
     bootstrap: Option<&str>,
     extra: &[&str],
 ) -> Starting {
+    start_node_wrapped(&[], cluster, dir, bootstrap, extra)
+}
+
+/// Like [`start_node_with`], run through `wrapper` (e.g. `["prlimit", "--nofile=1024"]`).
+pub fn start_node_wrapped(
+    wrapper: &[&str],
+    cluster: &str,
+    dir: &Path,
+    bootstrap: Option<&str>,
+    extra: &[&str],
+) -> Starting {
     std::fs::create_dir_all(dir).unwrap();
     let log = dir.with_extension("log");
     let log_file = std::fs::OpenOptions::new()
@@ -69,7 +80,14 @@ pub fn start_node_with(
         .append(true)
         .open(&log)
         .unwrap();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
     cmd.arg("run")
         .args(["--cid", cluster])
         .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0"])
