@@ -180,16 +180,15 @@ pub fn bug_shape(bug: InjectedBug) -> Shape {
 
 /// Like [`bug_shape`], with the fault mix that shows the bug soonest: a lost unsynced write
 /// needs a crash; a Status that reaches a node before the Reserve it should have fenced needs
-/// a slow (paused) node; a node that forgets its membership on restart founds a network of
+/// a slow (paused) node (pauses alone: 6 of the first 100 seeds, crashes and pauses: 1); a node that forgets its membership on restart founds a network of
 /// its own only if it restarts where it cannot reach the rest (a cluster, or a side of
 /// clusters, restarted during a partition); a read without a lease is stale only at a node
 /// removed while it could not hear of it (cut off), which needs a removal that succeeds: one in
 /// a lull of the workload (no open reservation may name the node).
 pub fn bug_shape_targeted(bug: InjectedBug) -> Shape {
     let faults = match bug {
-        InjectedBug::VoteBeforeDurable | InjectedBug::StatusWithoutFence => {
-            Some(vec![FaultKind::Crash, FaultKind::Pause])
-        }
+        InjectedBug::VoteBeforeDurable => Some(vec![FaultKind::Crash, FaultKind::Pause]),
+        InjectedBug::StatusWithoutFence => Some(vec![FaultKind::Pause]),
         InjectedBug::ForgetMembershipOnRestart => {
             Some(vec![FaultKind::RestartCluster, FaultKind::RestartSplit])
         }

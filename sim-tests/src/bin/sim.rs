@@ -313,6 +313,7 @@ fn main() -> ExitCode {
                     nodes: shape.nodes,
                     clients: shape.clients,
                     faults: shape.faults.clone().or(base.faults.clone()),
+                    lulls: shape.lulls.or(base.lulls),
                     ..base
                 };
                 let began = Instant::now();
