@@ -1,0 +1,130 @@
+//! Frames per second and CPU time for many small frames between two nodes on loopback.
+//!
+//! ```text
+//! cargo run --release -p transport-libp2p --example throughput -- [frames] [frame_bytes]
+//! ```
+//!
+//! Two nodes run in this process on a 2-thread tokio runtime (like the node binary on a
+//! 2-core machine). The sender sends `frames` frames of `frame_bytes` bytes to the receiver
+//! the way the node does (node/src/net.rs); the receiver counts them. Then `rtt` sequential
+//! round trips (a frame there, a frame back) measure latency. CPU time is the process's user +
+//! system time from /proc/self/stat, so it covers both nodes.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use transport_libp2p::libp2p::identity::Keypair;
+use transport_libp2p::{NetConfig, NetEvent, start};
+
+const RTT_ROUNDS: usize = 2_000;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let frames: usize = args.next().map_or(100_000, |a| a.parse().expect("frames"));
+    let frame_bytes: usize = args.next().map_or(64, |a| a.parse().expect("frame_bytes"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(frames, frame_bytes));
+}
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields[11].parse().expect("utime");
+    let stime: u64 = fields[12].parse().expect("stime");
+    // Clock ticks are 100 Hz on Linux for /proc.
+    Duration::from_millis((utime + stime) * 10)
+}
+
+async fn run(frames: usize, frame_bytes: usize) {
+    let mut cfg = NetConfig::new(Keypair::generate_ed25519(), "bench");
+    cfg.network = Some("bench".into());
+    cfg.protocol_id = "bench".into();
+    let (receiver, mut receiver_events, receiver_loop) = start(cfg).await.expect("receiver");
+    tokio::spawn(receiver_loop.run());
+    let mut cfg = NetConfig::new(Keypair::generate_ed25519(), "bench");
+    cfg.bootstrap = Some(receiver.listen_addrs().await[0].clone());
+    cfg.protocol_id = "bench".into();
+    let (sender, mut sender_events, sender_loop) = start(cfg).await.expect("sender");
+    tokio::spawn(sender_loop.run());
+    let to = receiver.local_peer_id();
+    let back_to = sender.local_peer_id();
+
+    // Warm up: the connection exists (start waited for the Hello); one frame each way.
+    sender.send(to, vec![0; frame_bytes]).await.expect("warm up");
+    wait_message(&mut receiver_events).await;
+
+    // Throughput: the node's way of sending (net.rs), a task per frame; at most 2048 in
+    // flight so that none is refused (the transport's default bound is 4096).
+    let in_flight = std::sync::Arc::new(Semaphore::new(2048));
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let sending = {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            for i in 0..frames {
+                let permit = in_flight.clone().acquire_owned().await.expect("semaphore");
+                let sender = sender.clone();
+                let mut frame = vec![0; frame_bytes];
+                frame[..8.min(frame_bytes)]
+                    .copy_from_slice(&(i as u64).to_be_bytes()[..8.min(frame_bytes)]);
+                tokio::spawn(async move {
+                    let _ = sender.send(to, frame).await;
+                    drop(permit);
+                });
+            }
+        })
+    };
+    let mut received = 0;
+    while received < frames {
+        wait_message(&mut receiver_events).await;
+        received += 1;
+    }
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time() - cpu0;
+    sending.await.expect("sender task");
+    println!(
+        "throughput: {frames} frames of {frame_bytes} B in {:.3} s: {:.0} frames/s; CPU {:.2} s ({:.1} us/frame, both nodes)",
+        elapsed.as_secs_f64(),
+        frames as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / frames as f64,
+    );
+
+    // Latency: sequential round trips.
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    for _ in 0..RTT_ROUNDS {
+        sender.send(to, vec![1; frame_bytes]).await.expect("there");
+        wait_message(&mut receiver_events).await;
+        receiver.send(back_to, vec![2; frame_bytes]).await.expect("back");
+        wait_message(&mut sender_events).await;
+    }
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time() - cpu0;
+    println!(
+        "round trips: {RTT_ROUNDS} in {:.3} s: {:.0} us each; CPU {:.1} us per round trip",
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e6 / RTT_ROUNDS as f64,
+        cpu.as_secs_f64() * 1e6 / RTT_ROUNDS as f64,
+    );
+    sender.shutdown().await;
+    receiver.shutdown().await;
+}
+
+async fn wait_message(events: &mut tokio::sync::mpsc::Receiver<NetEvent>) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+            Ok(Some(NetEvent::Message { .. })) => return,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("event channel closed"),
+            Err(_) => panic!("no frame for 30 s"),
+        }
+    }
+}
