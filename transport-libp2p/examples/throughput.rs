@@ -6,17 +6,19 @@
 //!
 //! Two nodes run in this process on a 2-thread tokio runtime (like the node binary on a
 //! 2-core machine). The sender sends `frames` frames of `frame_bytes` bytes to the receiver
-//! the way the node does (node/src/net.rs); the receiver counts them. Then `rtt` sequential
-//! round trips (a frame there, a frame back) measure latency. CPU time is the process's user +
-//! system time from /proc/self/stat, so it covers both nodes.
+//! the way the node does (node/src/net.rs: `Client::send` from the driver's task, in turns of
+//! 100 frames); the receiver counts them. Then 2000 sequential round trips (a frame there, a
+//! frame back) measure latency. CPU time is the process's user + system time from
+//! /proc/self/stat, so it covers both nodes.
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use transport_libp2p::libp2p::identity::Keypair;
-use transport_libp2p::{NetConfig, NetEvent, start};
+use transport_libp2p::{NetConfig, NetError, NetEvent, start};
 
 const RTT_ROUNDS: usize = 2_000;
+/// Frames the sender queues before it lets the other tasks run, like one driver turn.
+const FRAMES_PER_TURN: usize = 100;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -57,28 +59,37 @@ async fn run(frames: usize, frame_bytes: usize) {
     let back_to = sender.local_peer_id();
 
     // Warm up: the connection exists (start waited for the Hello); one frame each way.
-    sender.send(to, vec![0; frame_bytes]).await.expect("warm up");
+    sender.send(to, vec![0; frame_bytes]).expect("warm up");
     wait_message(&mut receiver_events).await;
 
-    // Throughput: the node's way of sending (net.rs), a task per frame; at most 2048 in
-    // flight so that none is refused (the transport's default bound is 4096).
-    let in_flight = std::sync::Arc::new(Semaphore::new(2048));
+    // Throughput: the node's way of sending (net.rs): queue and go on. When the peer's queue
+    // is full (the node would drop the frame), the benchmark waits a little and queues the
+    // frame again, so that every frame is counted.
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let sending = {
         let sender = sender.clone();
         tokio::spawn(async move {
+            let mut full = 0u64;
             for i in 0..frames {
-                let permit = in_flight.clone().acquire_owned().await.expect("semaphore");
-                let sender = sender.clone();
                 let mut frame = vec![0; frame_bytes];
                 frame[..8.min(frame_bytes)]
                     .copy_from_slice(&(i as u64).to_be_bytes()[..8.min(frame_bytes)]);
-                tokio::spawn(async move {
-                    let _ = sender.send(to, frame).await;
-                    drop(permit);
-                });
+                loop {
+                    match sender.send(to, frame.clone()) {
+                        Ok(()) => break,
+                        Err(NetError::QueueFull { .. }) => {
+                            full += 1;
+                            tokio::time::sleep(Duration::from_micros(100)).await;
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                if i % FRAMES_PER_TURN == FRAMES_PER_TURN - 1 {
+                    tokio::task::yield_now().await;
+                }
             }
+            full
         })
     };
     let mut received = 0;
@@ -88,7 +99,8 @@ async fn run(frames: usize, frame_bytes: usize) {
     }
     let elapsed = t0.elapsed();
     let cpu = cpu_time() - cpu0;
-    sending.await.expect("sender task");
+    let full = sending.await.expect("sender task");
+    let stats = sender.stats();
     println!(
         "throughput: {frames} frames of {frame_bytes} B in {:.3} s: {:.0} frames/s; CPU {:.2} s ({:.1} us/frame, both nodes)",
         elapsed.as_secs_f64(),
@@ -96,14 +108,20 @@ async fn run(frames: usize, frame_bytes: usize) {
         cpu.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / frames as f64,
     );
+    println!(
+        "  {} writes ({:.1} frames per write), {} streams opened; queue full {full} times",
+        stats.total.writes,
+        stats.total.frames_sent as f64 / stats.total.writes.max(1) as f64,
+        stats.total.streams_opened,
+    );
 
     // Latency: sequential round trips.
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     for _ in 0..RTT_ROUNDS {
-        sender.send(to, vec![1; frame_bytes]).await.expect("there");
+        sender.send(to, vec![1; frame_bytes]).expect("there");
         wait_message(&mut receiver_events).await;
-        receiver.send(back_to, vec![2; frame_bytes]).await.expect("back");
+        receiver.send(back_to, vec![2; frame_bytes]).expect("back");
         wait_message(&mut sender_events).await;
     }
     let elapsed = t0.elapsed();

@@ -1,0 +1,646 @@
+//! Frame streams: the node's frames to a peer travel on one long-lived stream per peer, in
+//! order, as many per write as are queued when the writer runs.
+//!
+//! # Wire format
+//! On the protocol `/replicator/<protocol_id>/frames/1.0.0` (negotiated once per stream):
+//! ```text
+//! opener   -> acceptor: version:u8 (= 1)
+//! acceptor -> opener:   version:u8 (= 1)        only if it speaks that version; else it resets
+//! opener   -> acceptor: (len:u32 big-endian, len bytes)*
+//! ```
+//! After its version byte the acceptor writes nothing; the opener reads nothing but the end of
+//! the stream. Frames go one way: each side opens its own stream to send.
+//!
+//! # Tasks
+//! - one *writer* per peer sent to (spawned by the first [`Links::send`] to it): it waits for
+//!   frames, opens the stream when it has none (dialing if needed), writes everything queued
+//!   in one go (length-prefixed, in chunks of [`CHUNK_BYTES`]) and flushes once;
+//! - one *acceptor* ([`accept_streams`]) that takes inbound streams and runs one *reader* per
+//!   peer (the newest stream of a peer replaces its older one: a sender only opens a new
+//!   stream when its old one broke).
+//!
+//! No task, timer, stream or allocation per frame beyond the frame itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::io::BufReader;
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::{PeerId, Stream};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{debug, warn};
+
+use crate::codec::read_frame;
+use crate::streams::Opener;
+use crate::{FrameCounts, NetError, NetEvent, NetStats, PeerStats};
+
+/// The version of the frame stream protocol this node speaks.
+pub(crate) const VERSION: u8 = 1;
+/// Frames are copied into a buffer of about this size before a write; larger frames are
+/// written straight from their own buffer.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// The read buffer of an inbound stream.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// How long an acceptor waits for the opener's version byte.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff between two failed attempts to open a stream to a peer (cut short when a
+/// connection to the peer comes up).
+const OPEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const OPEN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// The bounds of the send side, from [`crate::NetConfig`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) frame_max_bytes: usize,
+    pub(crate) peer_frames_max: usize,
+    pub(crate) peer_bytes_max: usize,
+    pub(crate) total_frames_max: usize,
+    pub(crate) total_bytes_max: usize,
+    /// Peers with a queue, a writer or a reader.
+    pub(crate) peers_max: usize,
+    /// Opening a stream: dial, negotiation and version exchange.
+    pub(crate) open_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    writes: AtomicU64,
+    frames_received: AtomicU64,
+    bytes_received: AtomicU64,
+    frames_dropped: AtomicU64,
+    frames_failed: AtomicU64,
+    streams_opened: AtomicU64,
+    streams_refused: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> FrameCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        FrameCounts {
+            frames_sent: get(&self.frames_sent),
+            bytes_sent: get(&self.bytes_sent),
+            writes: get(&self.writes),
+            frames_received: get(&self.frames_received),
+            bytes_received: get(&self.bytes_received),
+            frames_dropped: get(&self.frames_dropped),
+            frames_failed: get(&self.frames_failed),
+            streams_opened: get(&self.streams_opened),
+            streams_refused: get(&self.streams_refused),
+        }
+    }
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The frames waiting for a peer's writer.
+#[derive(Debug, Default)]
+struct OutQueue {
+    frames: VecDeque<Vec<u8>>,
+    bytes: usize,
+    /// The writer task, once spawned.
+    writer: Option<AbortHandle>,
+    /// Forgotten or stopped: nothing is queued any more.
+    closed: bool,
+}
+
+/// One peer: its send queue and counters.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    id: PeerId,
+    counters: Counters,
+    out: Mutex<OutQueue>,
+    /// Frames were queued (the queue went from empty to not empty).
+    queued: Notify,
+    /// A connection to the peer came up: a writer waiting out a backoff tries again.
+    connected: Notify,
+}
+
+impl Peer {
+    fn new(id: PeerId) -> Self {
+        Self {
+            id,
+            counters: Counters::default(),
+            out: Mutex::new(OutQueue::default()),
+            queued: Notify::new(),
+            connected: Notify::new(),
+        }
+    }
+
+    fn out(&self) -> MutexGuard<'_, OutQueue> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The send queues, writers and counters of every peer; shared by the [`crate::Client`]s
+/// (which queue frames), the writers, the readers and the event loop (which tells about
+/// connections, forgets peers and stops everything).
+pub(crate) struct Links {
+    limits: Limits,
+    /// Bounded by [`Limits::peers_max`].
+    peers: Mutex<HashMap<PeerId, Arc<Peer>>>,
+    totals: Counters,
+    queued_frames: AtomicUsize,
+    queued_bytes: AtomicUsize,
+    /// Leaving or stopped: new frames are refused.
+    refusing: AtomicBool,
+    opener: Opener,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Links {
+    /// Must be called inside a tokio runtime (writers are spawned on it).
+    pub(crate) fn new(limits: Limits, opener: Opener) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            peers: Mutex::new(HashMap::new()),
+            totals: Counters::default(),
+            queued_frames: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            refusing: AtomicBool::new(false),
+            opener,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    fn peers(&self) -> MutexGuard<'_, HashMap<PeerId, Arc<Peer>>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The entry of `id`, created if there is room.
+    fn peer(&self, id: PeerId) -> Option<Arc<Peer>> {
+        let mut peers = self.peers();
+        if let Some(peer) = peers.get(&id) {
+            return Some(peer.clone());
+        }
+        if peers.len() >= self.limits.peers_max {
+            return None;
+        }
+        let peer = Arc::new(Peer::new(id));
+        peers.insert(id, peer.clone());
+        Some(peer)
+    }
+
+    /// Queues `frame` for `to` and returns at once; the peer's writer sends it with whatever
+    /// else is queued when it runs.
+    pub(crate) fn send(self: &Arc<Self>, to: PeerId, frame: Vec<u8>) -> Result<(), NetError> {
+        let len = frame.len();
+        if len > self.limits.frame_max_bytes {
+            return Err(NetError::FrameTooLarge {
+                len,
+                max: self.limits.frame_max_bytes,
+            });
+        }
+        if self.refusing() {
+            return Err(NetError::Stopped);
+        }
+        let Some(peer) = self.peer(to) else {
+            add(&self.totals.frames_dropped, 1);
+            return Err(NetError::QueueFull { peer: to });
+        };
+        let mut out = peer.out();
+        if out.closed {
+            // Forgotten (or stopped) while this call looked it up: like a frame sent just
+            // before the forget.
+            add(&self.totals.frames_dropped, 1);
+            add(&peer.counters.frames_dropped, 1);
+            return Ok(());
+        }
+        if out.frames.len() >= self.limits.peer_frames_max
+            || out.bytes + len > self.limits.peer_bytes_max
+            || !self.reserve_total(len)
+        {
+            drop(out);
+            add(&self.totals.frames_dropped, 1);
+            add(&peer.counters.frames_dropped, 1);
+            return Err(NetError::QueueFull { peer: to });
+        }
+        let was_empty = out.frames.is_empty();
+        out.frames.push_back(frame);
+        out.bytes += len;
+        if out.writer.is_none() {
+            let task = run_writer(self.clone(), peer.clone());
+            out.writer = Some(self.runtime.spawn(task).abort_handle());
+        }
+        drop(out);
+        if was_empty {
+            peer.queued.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Counts a frame to this node itself that could not be queued.
+    pub(crate) fn count_dropped(&self) {
+        add(&self.totals.frames_dropped, 1);
+    }
+
+    fn reserve_total(&self, len: usize) -> bool {
+        let frames = self.queued_frames.fetch_add(1, Ordering::AcqRel) + 1;
+        let bytes = self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
+        if frames > self.limits.total_frames_max || bytes > self.limits.total_bytes_max {
+            self.release_total(1, len);
+            return false;
+        }
+        true
+    }
+
+    fn release_total(&self, frames: usize, bytes: usize) {
+        self.queued_frames.fetch_sub(frames, Ordering::AcqRel);
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Everything queued for `peer`, oldest first.
+    fn take_queued(&self, peer: &Peer) -> VecDeque<Vec<u8>> {
+        let mut out = peer.out();
+        let frames = std::mem::take(&mut out.frames);
+        let bytes = std::mem::take(&mut out.bytes);
+        drop(out);
+        self.release_total(frames.len(), bytes);
+        frames
+    }
+
+    /// A connection to `peer` came up: its writer, if it waits out a backoff, tries now.
+    pub(crate) fn connected(&self, peer: &PeerId) {
+        if let Some(peer) = self.peers().get(peer) {
+            peer.connected.notify_one();
+        }
+    }
+
+    /// The peer left or was forgotten: its writer stops and what is queued is dropped. A
+    /// later send to it starts afresh.
+    pub(crate) fn forget(&self, id: &PeerId) {
+        let peer = self.peers().remove(id);
+        if let Some(peer) = peer {
+            self.close(&peer);
+        }
+    }
+
+    fn close(&self, peer: &Peer) {
+        let mut out = peer.out();
+        out.closed = true;
+        if let Some(writer) = out.writer.take() {
+            writer.abort();
+        }
+        let frames = std::mem::take(&mut out.frames);
+        let bytes = std::mem::take(&mut out.bytes);
+        drop(out);
+        self.release_total(frames.len(), bytes);
+        let n = frames.len() as u64;
+        add(&self.totals.frames_failed, n);
+        add(&peer.counters.frames_failed, n);
+    }
+
+    /// From now on sends fail with [`NetError::Stopped`]; what is queued is still written.
+    pub(crate) fn refuse_new(&self) {
+        self.refusing.store(true, Ordering::Release);
+    }
+
+    /// Whether new frames are refused (leaving or stopped).
+    pub(crate) fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Acquire)
+    }
+
+    /// Refuses new frames and stops every writer.
+    pub(crate) fn stop(&self) {
+        self.refuse_new();
+        let peers: Vec<Arc<Peer>> = self.peers().drain().map(|(_, p)| p).collect();
+        for peer in peers {
+            self.close(&peer);
+        }
+    }
+
+    /// Drops the entries that no task uses any more (readers of streams that ended); the
+    /// entries of peers with a writer stay until forgotten.
+    pub(crate) fn collect_garbage(&self) {
+        self.peers().retain(|_, peer| Arc::strong_count(peer) > 1);
+    }
+
+    pub(crate) fn stats(&self) -> NetStats {
+        let mut peers: Vec<PeerStats> = self
+            .peers()
+            .values()
+            .map(|peer| {
+                let out = peer.out();
+                PeerStats {
+                    peer: peer.id,
+                    counts: peer.counters.snapshot(),
+                    frames_queued: out.frames.len(),
+                    bytes_queued: out.bytes,
+                }
+            })
+            .collect();
+        peers.sort_by_key(|p| p.peer);
+        NetStats {
+            total: self.totals.snapshot(),
+            frames_queued: self.queued_frames.load(Ordering::Acquire),
+            bytes_queued: self.queued_bytes.load(Ordering::Acquire),
+            peers,
+        }
+    }
+}
+
+/// Sends the frames queued for `peer`, forever (aborted when the peer is forgotten or the
+/// network stops).
+async fn run_writer(links: Arc<Links>, peer: Arc<Peer>) {
+    let mut stream: Option<Stream> = None;
+    let mut backoff = OPEN_BACKOFF_MIN;
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
+    // A batch of which no byte reached a stream that turned out to be broken: sent once more
+    // on a new stream.
+    let mut retry: Option<VecDeque<Vec<u8>>> = None;
+    loop {
+        let (batch, retried) = match retry.take() {
+            Some(batch) => (batch, true),
+            None => {
+                let batch = links.take_queued(&peer);
+                if batch.is_empty() {
+                    wait_for_frames(&peer, &mut stream).await;
+                    continue;
+                }
+                (batch, false)
+            }
+        };
+        let open = match stream.as_mut() {
+            Some(open) => open,
+            None => match open_stream(&links, peer.id).await {
+                Ok(opened) => {
+                    backoff = OPEN_BACKOFF_MIN;
+                    add(&links.totals.streams_opened, 1);
+                    add(&peer.counters.streams_opened, 1);
+                    stream.insert(opened)
+                }
+                Err(reason) => {
+                    let n = batch.len() as u64;
+                    add(&links.totals.frames_failed, n);
+                    add(&peer.counters.frames_failed, n);
+                    debug!(peer = %peer.id, frames = n, %reason, retry_in = ?backoff, "cannot open a frame stream; frames dropped");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = peer.connected.notified() => {}
+                    }
+                    backoff = (backoff * 2).min(OPEN_BACKOFF_MAX);
+                    continue;
+                }
+            },
+        };
+        match write_batch(open, &batch, &mut buf).await {
+            Ok(bytes) => {
+                let n = batch.len() as u64;
+                for counters in [&links.totals, &peer.counters] {
+                    add(&counters.frames_sent, n);
+                    add(&counters.bytes_sent, bytes);
+                    add(&counters.writes, 1);
+                }
+            }
+            Err((written, e)) => {
+                stream = None;
+                if !written && !retried {
+                    debug!(peer = %peer.id, error = %e, "frame stream broken; sending the batch on a new one");
+                    retry = Some(batch);
+                } else {
+                    let n = batch.len() as u64;
+                    add(&links.totals.frames_failed, n);
+                    add(&peer.counters.frames_failed, n);
+                    debug!(peer = %peer.id, error = %e, frames = n, "frame stream broken while writing; frames lost");
+                }
+            }
+        }
+        if buf.capacity() > 4 * CHUNK_BYTES {
+            buf = Vec::with_capacity(CHUNK_BYTES);
+        }
+    }
+}
+
+/// Waits until frames are queued for `peer`. Meanwhile notices the end of its stream (the
+/// acceptor writes nothing after its version byte: any read that completes means the stream
+/// is over), so that the next frames go on a new one.
+async fn wait_for_frames(peer: &Peer, stream: &mut Option<Stream>) {
+    let Some(open) = stream.as_mut() else {
+        peer.queued.notified().await;
+        return;
+    };
+    let mut probe = [0u8; 1];
+    tokio::select! {
+        () = peer.queued.notified() => {}
+        read = open.read(&mut probe) => {
+            debug!(peer = %peer.id, ?read, "frame stream closed by the peer");
+            *stream = None;
+        }
+    }
+}
+
+/// Opens a frame stream to `peer` (dialing it if not connected) and exchanges versions.
+async fn open_stream(links: &Links, peer: PeerId) -> Result<Stream, String> {
+    let open = async {
+        let mut stream = links.opener.open(peer).await?;
+        let io_error = |e: io::Error| format!("version exchange: {e}");
+        stream.write_all(&[VERSION]).await.map_err(io_error)?;
+        stream.flush().await.map_err(io_error)?;
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer).await.map_err(io_error)?;
+        if answer[0] != VERSION {
+            return Err(format!(
+                "the peer answered frame stream version {}, this node speaks {VERSION}",
+                answer[0]
+            ));
+        }
+        Ok(stream)
+    };
+    tokio::time::timeout(links.limits.open_timeout, open)
+        .await
+        .unwrap_or_else(|_| Err(format!("timed out after {:?}", links.limits.open_timeout)))
+}
+
+/// Writes `frames`, each as a big-endian `u32` length and its bytes, then flushes once. On
+/// error, tells whether any byte of the batch was accepted by the stream.
+async fn write_batch(
+    stream: &mut Stream,
+    frames: &VecDeque<Vec<u8>>,
+    buf: &mut Vec<u8>,
+) -> Result<u64, (bool, io::Error)> {
+    let mut written = false;
+    let mut total = 0u64;
+    buf.clear();
+    for frame in frames {
+        let header = u32::try_from(frame.len())
+            .expect("frame_max_bytes fits in u32")
+            .to_be_bytes();
+        if frame.len() >= CHUNK_BYTES {
+            buf.extend_from_slice(&header);
+            write_counted(stream, buf, &mut written).await?;
+            buf.clear();
+            write_counted(stream, frame, &mut written).await?;
+        } else {
+            if buf.len() + header.len() + frame.len() > CHUNK_BYTES {
+                write_counted(stream, buf, &mut written).await?;
+                buf.clear();
+            }
+            buf.extend_from_slice(&header);
+            buf.extend_from_slice(frame);
+        }
+        total += (header.len() + frame.len()) as u64;
+    }
+    if !buf.is_empty() {
+        write_counted(stream, buf, &mut written).await?;
+        buf.clear();
+    }
+    stream.flush().await.map_err(|e| (written, e))?;
+    Ok(total)
+}
+
+async fn write_counted(
+    stream: &mut Stream,
+    mut bytes: &[u8],
+    written: &mut bool,
+) -> Result<(), (bool, io::Error)> {
+    while !bytes.is_empty() {
+        match stream.write(bytes).await {
+            Ok(0) => return Err((*written, io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                *written = true;
+                bytes = &bytes[n..];
+            }
+            Err(e) => return Err((*written, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Takes inbound frame streams and runs a reader for each, one per peer. Runs until aborted
+/// (when the event loop stops; its readers are aborted with it).
+pub(crate) async fn accept_streams(
+    links: Arc<Links>,
+    mut incoming: mpsc::Receiver<(PeerId, Stream)>,
+    events: mpsc::Sender<NetEvent>,
+) {
+    let mut readers: JoinSet<()> = JoinSet::new();
+    // The reader of each peer, and the peer of each reader.
+    let mut current: HashMap<PeerId, AbortHandle> = HashMap::new();
+    let mut owner: HashMap<tokio::task::Id, PeerId> = HashMap::new();
+    loop {
+        tokio::select! {
+            next = incoming.recv() => {
+                let Some((from, stream)) = next else { return };
+                if let Some(old) = current.remove(&from) {
+                    debug!(peer = %from, "new frame stream replaces the older one");
+                    old.abort();
+                    owner.remove(&old.id());
+                }
+                let Some(peer) = links.peer(from) else {
+                    debug!(peer = %from, "too many peers; frame stream refused");
+                    add(&links.totals.streams_refused, 1);
+                    continue;
+                };
+                let reader = run_reader(links.clone(), peer, stream, events.clone());
+                let handle = readers.spawn(reader);
+                owner.insert(handle.id(), from);
+                current.insert(from, handle);
+            }
+            Some(done) = readers.join_next_with_id() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                if let Some(from) = owner.remove(&id)
+                    && current.get(&from).is_some_and(|h| h.id() == id)
+                {
+                    current.remove(&from);
+                }
+            }
+        }
+    }
+}
+
+/// Why a reader stopped.
+#[derive(Debug)]
+enum ReadEnd {
+    /// The stream ended or broke, or the node dropped its event receiver.
+    Closed(io::Error),
+    /// The peer broke the protocol: its stream is reset.
+    Refused(String),
+}
+
+async fn run_reader(
+    links: Arc<Links>,
+    peer: Arc<Peer>,
+    stream: Stream,
+    events: mpsc::Sender<NetEvent>,
+) {
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+    match read_stream(&links, &peer, &mut reader, &events).await {
+        ReadEnd::Closed(e) => debug!(peer = %peer.id, error = %e, "frame stream ended"),
+        ReadEnd::Refused(reason) => {
+            warn!(peer = %peer.id, %reason, "frame stream refused");
+            add(&links.totals.streams_refused, 1);
+            add(&peer.counters.streams_refused, 1);
+        }
+    }
+    // Dropping a stream that is still open resets it.
+    drop(reader);
+}
+
+async fn read_stream(
+    links: &Links,
+    peer: &Peer,
+    reader: &mut BufReader<Stream>,
+    events: &mpsc::Sender<NetEvent>,
+) -> ReadEnd {
+    let mut version = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_exact(&mut version)).await {
+        Err(_) => return ReadEnd::Refused("no version byte in time".into()),
+        Ok(Err(e)) => return ReadEnd::Closed(e),
+        Ok(Ok(())) => {}
+    }
+    if version[0] != VERSION {
+        return ReadEnd::Refused(format!(
+            "frame stream version {} (this node speaks {VERSION})",
+            version[0]
+        ));
+    }
+    let answer = async {
+        let stream = reader.get_mut();
+        stream.write_all(&[VERSION]).await?;
+        stream.flush().await
+    };
+    if let Err(e) = answer.await {
+        return ReadEnd::Closed(e);
+    }
+    loop {
+        let frame = match read_frame(reader, links.limits.frame_max_bytes).await {
+            Ok(frame) => frame,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return ReadEnd::Refused(e.to_string());
+            }
+            Err(e) => return ReadEnd::Closed(e),
+        };
+        let bytes = frame.len() as u64;
+        for counters in [&links.totals, &peer.counters] {
+            add(&counters.frames_received, 1);
+            add(&counters.bytes_received, bytes);
+        }
+        // Waits while the node's event queue is full: this stream is then not read, and flow
+        // control holds the sender back.
+        let message = NetEvent::Message {
+            from: peer.id,
+            frame,
+        };
+        if events.send(message).await.is_err() {
+            return ReadEnd::Closed(io::Error::other("the node dropped its event receiver"));
+        }
+    }
+}
