@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! cargo run --release -p transport-libp2p --example throughput -- [frames] [frame_bytes]
+//! # alone in a network namespace, so that the TCP segment counts are this run's only:
+//! unshare -n sh -c 'ip link set lo up && target/release/examples/throughput 1000000 64'
 //! ```
 //!
 //! Two nodes run in this process on a 2-thread tokio runtime (like the node binary on a
@@ -30,6 +32,22 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(run(frames, frame_bytes));
+}
+
+/// TCP segments sent in this network namespace so far (`OutSegs` of /proc/net/snmp). Run the
+/// benchmark alone in a namespace (`unshare -n`) for it to count only this process's.
+fn tcp_segments_sent() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "OutSegs")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
 }
 
 /// User + system CPU time of this process.
@@ -65,6 +83,7 @@ async fn run(frames: usize, frame_bytes: usize) {
     // Throughput: the node's way of sending (net.rs): queue and go on. When the peer's queue
     // is full (the node would drop the frame), the benchmark waits a little and queues the
     // frame again, so that every frame is counted.
+    let segments0 = tcp_segments_sent();
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let sending = {
@@ -99,6 +118,7 @@ async fn run(frames: usize, frame_bytes: usize) {
     }
     let elapsed = t0.elapsed();
     let cpu = cpu_time() - cpu0;
+    let segments = tcp_segments_sent() - segments0;
     let full = sending.await.expect("sender task");
     let stats = sender.stats();
     println!(
@@ -109,6 +129,10 @@ async fn run(frames: usize, frame_bytes: usize) {
         cpu.as_secs_f64() * 1e6 / frames as f64,
     );
     println!(
+        "  {segments} TCP segments sent ({:.3} per frame, both directions)",
+        segments as f64 / frames as f64
+    );
+    println!(
         "  {} writes ({:.1} frames per write), {} streams opened; queue full {full} times",
         stats.total.writes,
         stats.total.frames_sent as f64 / stats.total.writes.max(1) as f64,
@@ -116,6 +140,7 @@ async fn run(frames: usize, frame_bytes: usize) {
     );
 
     // Latency: sequential round trips.
+    let segments0 = tcp_segments_sent();
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     for _ in 0..RTT_ROUNDS {
@@ -126,11 +151,16 @@ async fn run(frames: usize, frame_bytes: usize) {
     }
     let elapsed = t0.elapsed();
     let cpu = cpu_time() - cpu0;
+    let segments = tcp_segments_sent() - segments0;
     println!(
         "round trips: {RTT_ROUNDS} in {:.3} s: {:.0} us each; CPU {:.1} us per round trip",
         elapsed.as_secs_f64(),
         elapsed.as_secs_f64() * 1e6 / RTT_ROUNDS as f64,
         cpu.as_secs_f64() * 1e6 / RTT_ROUNDS as f64,
+    );
+    println!(
+        "  {segments} TCP segments sent ({:.1} per round trip of 2 frames)",
+        segments as f64 / RTT_ROUNDS as f64
     );
     sender.shutdown().await;
     receiver.shutdown().await;
