@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::io::BufReader;
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{PeerId, Stream};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
@@ -264,14 +264,15 @@ impl Links {
         self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    /// Everything queued for `peer`, oldest first.
-    fn take_queued(&self, peer: &Peer) -> VecDeque<Vec<u8>> {
+    /// Moves everything queued for `peer`, oldest first, into `batch` (empty), which gives its
+    /// room to the queue in exchange.
+    fn take_queued(&self, peer: &Peer, batch: &mut VecDeque<Vec<u8>>) {
+        debug_assert!(batch.is_empty());
         let mut out = peer.out();
-        let frames = std::mem::take(&mut out.frames);
+        std::mem::swap(&mut out.frames, batch);
         let bytes = std::mem::take(&mut out.bytes);
         drop(out);
-        self.release_total(frames.len(), bytes);
-        frames
+        self.release_total(batch.len(), bytes);
     }
 
     /// A connection to `peer` came up: its writer, if it waits out a backoff, tries now.
@@ -360,21 +361,23 @@ async fn run_writer(links: Arc<Links>, peer: Arc<Peer>) {
     let mut stream: Option<Stream> = None;
     let mut backoff = OPEN_BACKOFF_MIN;
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
-    // A batch of which no byte reached a stream that turned out to be broken: sent once more
-    // on a new stream.
-    let mut retry: Option<VecDeque<Vec<u8>>> = None;
+    let mut batch: VecDeque<Vec<u8>> = VecDeque::new();
+    // Whether `batch` is one of which no byte reached a stream that turned out to be broken:
+    // it is sent once more, on a new stream, before anything else.
+    let mut retry = false;
     loop {
-        let (batch, retried) = match retry.take() {
-            Some(batch) => (batch, true),
-            None => {
-                let batch = links.take_queued(&peer);
-                if batch.is_empty() {
-                    wait_for_frames(&peer, &mut stream).await;
-                    continue;
-                }
-                (batch, false)
+        let retried = std::mem::take(&mut retry);
+        if !retried {
+            batch.clear();
+            if batch.capacity() > 1024 {
+                batch = VecDeque::new();
             }
-        };
+            links.take_queued(&peer, &mut batch);
+            if batch.is_empty() {
+                wait_for_frames(&peer, &mut stream).await;
+                continue;
+            }
+        }
         let open = match stream.as_mut() {
             Some(open) => open,
             None => match open_stream(&links, peer.id).await {
@@ -411,7 +414,7 @@ async fn run_writer(links: Arc<Links>, peer: Arc<Peer>) {
                 stream = None;
                 if !written && !retried {
                     debug!(peer = %peer.id, error = %e, "frame stream broken; sending the batch on a new one");
-                    retry = Some(batch);
+                    retry = true;
                 } else {
                     let n = batch.len() as u64;
                     add(&links.totals.frames_failed, n);
@@ -468,8 +471,8 @@ async fn open_stream(links: &Links, peer: PeerId) -> Result<Stream, String> {
 
 /// Writes `frames`, each as a big-endian `u32` length and its bytes, then flushes once. On
 /// error, tells whether any byte of the batch was accepted by the stream.
-async fn write_batch(
-    stream: &mut Stream,
+async fn write_batch<W: AsyncWrite + Unpin>(
+    stream: &mut W,
     frames: &VecDeque<Vec<u8>>,
     buf: &mut Vec<u8>,
 ) -> Result<u64, (bool, io::Error)> {
@@ -503,8 +506,8 @@ async fn write_batch(
     Ok(total)
 }
 
-async fn write_counted(
-    stream: &mut Stream,
+async fn write_counted<W: AsyncWrite + Unpin>(
+    stream: &mut W,
     mut bytes: &[u8],
     written: &mut bool,
 ) -> Result<(), (bool, io::Error)> {
@@ -641,6 +644,82 @@ async fn read_stream(
         };
         if events.send(message).await.is_err() {
             return ReadEnd::Closed(io::Error::other("the node dropped its event receiver"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+
+    use super::*;
+
+    fn frames(lens: &[usize]) -> VecDeque<Vec<u8>> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, len)| vec![i as u8; *len])
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_length_prefixed_frames_in_order() {
+        // Small frames share chunks; a frame of a chunk or more is written on its own.
+        let batch = frames(&[0, 3, CHUNK_BYTES - 10, 20, CHUNK_BYTES + 1, 5]);
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        let bytes =
+            block_on(write_batch(&mut Cursor::new(&mut out), &batch, &mut buf)).expect("written");
+        let expected: usize = batch.iter().map(|f| 4 + f.len()).sum();
+        assert_eq!(bytes, expected as u64);
+        assert_eq!(out.len(), expected);
+        let mut reader = Cursor::new(out);
+        for frame in &batch {
+            let back = block_on(read_frame(&mut reader, 1 << 20)).expect("a frame");
+            assert_eq!(&back, frame);
+        }
+        let end = block_on(read_frame(&mut reader, 1 << 20)).expect_err("nothing more");
+        assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// Accepts `room` bytes, then fails.
+    struct Breaking {
+        room: usize,
+    }
+
+    impl AsyncWrite for Breaking {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.room == 0 {
+                return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_failed_write_tells_whether_any_byte_went_out() {
+        let batch = frames(&[10, CHUNK_BYTES, 10]);
+        let mut buf = Vec::new();
+        for (room, written) in [(0, false), (1, true), (CHUNK_BYTES + 20, true)] {
+            let result = block_on(write_batch(&mut Breaking { room }, &batch, &mut buf));
+            let (went_out, e) = result.expect_err("broken");
+            assert_eq!(went_out, written, "room {room}");
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
         }
     }
 }
