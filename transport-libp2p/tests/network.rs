@@ -265,15 +265,35 @@ async fn frame_arrives_with_its_sender() {
 async fn ten_thousand_small_frames_arrive_in_order_in_few_writes() {
     init_tracing();
     let test = "batch";
-    let mut nodes = spawn_group(test, "alpha", &["beta"]).await;
+    const N: u64 = 10_000;
+    // Room for every frame even while the stream is being opened: this test is about order
+    // and batching, not bounds.
+    let with_room = |mut cfg: NetConfig| {
+        cfg.send_queue_frames_max = N as usize;
+        cfg
+    };
+    let a = spawn(with_room(config(
+        Keypair::generate_ed25519(),
+        "alpha",
+        None,
+        test,
+    )))
+    .await;
+    let bootstrap = a.bootstrap_addr().await;
+    let b = spawn(with_room(config(
+        Keypair::generate_ed25519(),
+        "beta",
+        Some(bootstrap),
+        test,
+    )))
+    .await;
+    let mut nodes = [a, b];
     let clusters = clusters_of(&nodes, &["alpha", "beta"]);
     wait_full_discovery(&mut nodes, &clusters).await;
-    let [a, b] = &mut nodes[..] else {
-        unreachable!()
-    };
-    const N: u64 = 10_000;
+    let [a, b] = &mut nodes;
     let started = Instant::now();
-    // Both directions at once, as a node answers while it sends.
+    // Both directions at once, as a node answers while it sends; in turns of 100 frames, as
+    // a driver queues a turn's frames and lets the other tasks run.
     for i in 0..N {
         a.client
             .send(b.peer(), i.to_be_bytes().to_vec())
@@ -281,6 +301,9 @@ async fn ten_thousand_small_frames_arrive_in_order_in_few_writes() {
         b.client
             .send(a.peer(), i.to_be_bytes().to_vec())
             .expect("b to a");
+        if i % 100 == 99 {
+            tokio::task::yield_now().await;
+        }
     }
     let receive = |node: &mut TestNode, from: PeerId| {
         let mut events = std::mem::replace(&mut node.events, mpsc::channel(1).1);
