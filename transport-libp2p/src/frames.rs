@@ -711,6 +711,83 @@ mod tests {
         }
     }
 
+    fn peer() -> PeerId {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    /// On a current-thread runtime the writers do not run while the test does not yield, so
+    /// the queues hold exactly what was sent.
+    #[tokio::test]
+    async fn send_queues_are_bounded_per_peer_and_in_total_and_drops_are_counted() {
+        let protocol = libp2p::StreamProtocol::new("/test/frames/1.0.0");
+        let (_behaviour, opener, _inbound) = crate::streams::new(protocol, Duration::from_secs(5));
+        let links = Links::new(
+            Limits {
+                frame_max_bytes: 100,
+                peer_frames_max: 4,
+                peer_bytes_max: 250,
+                total_frames_max: 7,
+                total_bytes_max: 10_000,
+                peers_max: 3,
+                open_timeout: Duration::from_secs(5),
+            },
+            opener,
+        );
+        let [a, b, c, d] = [peer(), peer(), peer(), peer()];
+        let full = |peer| Err(NetError::QueueFull { peer });
+        assert_eq!(
+            links.send(a, vec![0; 101]),
+            Err(NetError::FrameTooLarge { len: 101, max: 100 })
+        );
+        // Frames per peer.
+        for _ in 0..4 {
+            assert_eq!(links.send(a, vec![0; 10]), Ok(()));
+        }
+        assert_eq!(links.send(a, vec![0; 10]), full(a));
+        // Bytes per peer.
+        assert_eq!(links.send(b, vec![0; 100]), Ok(()));
+        assert_eq!(links.send(b, vec![0; 100]), Ok(()));
+        assert_eq!(links.send(b, vec![0; 100]), full(b));
+        assert_eq!(links.send(b, vec![0; 50]), Ok(()));
+        // Frames in total (7 queued), then peers (a, b, c have entries).
+        assert_eq!(links.send(c, vec![0; 1]), full(c));
+        assert_eq!(links.send(d, vec![0; 1]), full(d));
+
+        let stats = links.stats();
+        assert_eq!(stats.total.frames_dropped, 4);
+        assert_eq!((stats.frames_queued, stats.bytes_queued), (7, 290));
+        let of = |p: PeerId| stats.peers.iter().find(|s| s.peer == p).cloned();
+        let (sa, sb, sc) = (of(a).expect("a"), of(b).expect("b"), of(c).expect("c"));
+        assert_eq!(
+            (sa.frames_queued, sa.bytes_queued, sa.counts.frames_dropped),
+            (4, 40, 1)
+        );
+        assert_eq!(
+            (sb.frames_queued, sb.bytes_queued, sb.counts.frames_dropped),
+            (3, 250, 1)
+        );
+        assert_eq!((sc.frames_queued, sc.counts.frames_dropped), (0, 1));
+        assert!(of(d).is_none());
+
+        // Forgetting a peer drops its frames (counted failed) and makes room.
+        links.forget(&a);
+        let stats = links.stats();
+        assert_eq!(stats.total.frames_failed, 4);
+        assert_eq!((stats.frames_queued, stats.bytes_queued), (3, 250));
+        assert_eq!(links.send(c, vec![0; 1]), Ok(()));
+        assert_eq!(links.send(d, vec![0; 1]), Ok(()));
+
+        // Stopped: everything queued fails, new frames are refused.
+        links.stop();
+        assert_eq!(links.send(b, vec![0; 1]), Err(NetError::Stopped));
+        let stats = links.stats();
+        assert_eq!(stats.total.frames_failed, 4 + 3 + 1 + 1);
+        assert_eq!((stats.frames_queued, stats.bytes_queued), (0, 0));
+        assert!(stats.peers.is_empty());
+    }
+
     #[test]
     fn a_failed_write_tells_whether_any_byte_went_out() {
         let batch = frames(&[10, CHUNK_BYTES, 10]);

@@ -82,6 +82,14 @@
 //!   `/replicator/<protocol_id>/frame/1.0.0`) and of this one do not exchange frames: upgrade
 //!   every node of a network together.
 //!
+//! What it costs, measured with `examples/throughput.rs` (two nodes in one process on
+//! loopback, 2 tokio threads, 64-byte frames, in a network namespace of its own; both nodes'
+//! CPU): about 400,000 frames/s at 1.0 to 1.3 µs of CPU per frame when the sender floods,
+//! 0.006 TCP segments per frame; a frame there and one back, one at a time, 2 TCP segments
+//! and 35 to 100 µs of CPU per round trip. The request-response transport before it: about
+//! 13,000 frames/s at 82 to 95 µs per frame and 5 to 7 segments per frame; 24 segments and
+//! 270 to 450 µs per round trip.
+//!
 //! # Discovery and membership
 //! A node started without [`NetConfig::bootstrap`] is the bootstrap peer of the DHT. Every other
 //! node dials the bootstrap address first and Hellos it; [`start`] returns only once the
@@ -116,7 +124,7 @@
 //!   joiner learns the id, but makes nobody a member.
 //!
 //! Membership never shrinks on suspicion: a member with no successful contact (connection,
-//! ping, frame, Hello) for [`NetConfig::down_after`] is reported [`NetEvent::PeerDown`] and stays
+//! ping, Hello) for [`NetConfig::down_after`] is reported [`NetEvent::PeerDown`] and stays
 //! a member; the event loop keeps redialing it (backoff 250 ms doubling to 5 s) and reports
 //! [`NetEvent::PeerUp`] when contact is back. A member leaves only when it says goodbye
 //! ([`Client::goodbye`], seen by the others as [`NetEvent::PeerLeft`]) or when the operator

@@ -1157,6 +1157,28 @@ async fn network_ids_are_validated_at_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_queue_bounds_are_validated_at_start() {
+    init_tracing();
+    let invalid: [fn(&mut NetConfig); 5] = [
+        |c| c.send_queue_frames_max = 0,
+        |c| c.send_queue_total_frames_max = c.send_queue_frames_max - 1,
+        |c| c.send_queue_bytes_max = c.frame_max_bytes - 1,
+        |c| c.send_queue_total_bytes_max = c.send_queue_bytes_max - 1,
+        |c| c.event_queue_len = 0,
+    ];
+    for (i, change) in invalid.iter().enumerate() {
+        let mut cfg = config(Keypair::generate_ed25519(), "alpha", None, "bounds");
+        change(&mut cfg);
+        let result = start(cfg).await;
+        assert!(
+            matches!(result, Err(NetError::InvalidConfig(_))),
+            "case {i}: {:?}",
+            result.err()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joiner_adopts_the_network_id_of_its_bootstrap_peer() {
     init_tracing();
     let test = "adopt";
