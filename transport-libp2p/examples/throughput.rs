@@ -10,7 +10,8 @@
 //! 2-core machine). The sender sends `frames` frames of `frame_bytes` bytes to the receiver
 //! the way the node does (node/src/net.rs: `Client::send` from the driver's task, in turns of
 //! 100 frames); the receiver counts them. Then 2000 sequential round trips (a frame there, a
-//! frame back) measure latency. CPU time is the process's user + system time from
+//! frame back) measure latency, and 2000 turns of 5 frames and an answer show how frames
+//! that are not flooded share writes. CPU time is the process's user + system time from
 //! /proc/self/stat, so it covers both nodes.
 
 use std::time::{Duration, Instant};
@@ -21,6 +22,9 @@ use transport_libp2p::{NetConfig, NetError, NetEvent, start};
 const RTT_ROUNDS: usize = 2_000;
 /// Frames the sender queues before it lets the other tasks run, like one driver turn.
 const FRAMES_PER_TURN: usize = 100;
+/// The last phase: turns of a few frames, each answered.
+const TURNS: usize = 2_000;
+const FRAMES_PER_SMALL_TURN: usize = 5;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -161,6 +165,40 @@ async fn run(frames: usize, frame_bytes: usize) {
     println!(
         "  {segments} TCP segments sent ({:.1} per round trip of 2 frames)",
         segments as f64 / RTT_ROUNDS as f64
+    );
+
+    // Turns: like a driver turn that sends a few messages to a peer, then waits for the
+    // answers. How many frames share a write when nothing floods?
+    let writes0 = sender.stats().total.writes;
+    let segments0 = tcp_segments_sent();
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    for _ in 0..TURNS {
+        for _ in 0..FRAMES_PER_SMALL_TURN {
+            sender.send(to, vec![3; frame_bytes]).expect("turn");
+        }
+        for _ in 0..FRAMES_PER_SMALL_TURN {
+            wait_message(&mut receiver_events).await;
+        }
+        receiver
+            .send(back_to, vec![4; frame_bytes])
+            .expect("answer");
+        wait_message(&mut sender_events).await;
+    }
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time() - cpu0;
+    let segments = tcp_segments_sent() - segments0;
+    let writes = sender.stats().total.writes - writes0;
+    println!(
+        "turns: {TURNS} turns of {FRAMES_PER_SMALL_TURN} frames and an answer in {:.3} s: {:.0} us each; CPU {:.1} us per turn",
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e6 / TURNS as f64,
+        cpu.as_secs_f64() * 1e6 / TURNS as f64,
+    );
+    println!(
+        "  {:.2} writes per turn of {FRAMES_PER_SMALL_TURN} frames; {:.1} TCP segments per turn",
+        writes as f64 / TURNS as f64,
+        segments as f64 / TURNS as f64
     );
     sender.shutdown().await;
     receiver.shutdown().await;
