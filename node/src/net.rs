@@ -1,6 +1,7 @@
 //! The libp2p transport behind the driver's [`Transport`] seam.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use replicator_core::{ClusterId, NetworkId, NodeId};
 use tokio::sync::mpsc;
@@ -13,44 +14,70 @@ use crate::metrics::Metrics;
 
 /// Transport events waiting for the driver.
 const EVENTS_QUEUE_LEN: usize = 1024;
+/// Ids kept in each direction's cache (members and a little more); a full cache is emptied.
+const ID_CACHE_MAX: usize = 4096;
 
 pub struct Libp2pTransport {
     client: Client,
     metrics: Arc<Metrics>,
+    /// The peer id of each node id sent to, parsed once.
+    peers: Mutex<HashMap<NodeId, PeerId>>,
 }
 
 impl Libp2pTransport {
     pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
-        Libp2pTransport { client, metrics }
+        Libp2pTransport {
+            client,
+            metrics,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn peer_id(&self, node: &NodeId) -> Option<PeerId> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(peer) = peers.get(node) {
+            return Some(*peer);
+        }
+        match node.as_str().parse::<PeerId>() {
+            Ok(peer) => {
+                if peers.len() >= ID_CACHE_MAX {
+                    peers.clear();
+                }
+                peers.insert(node.clone(), peer);
+                Some(peer)
+            }
+            Err(e) => {
+                warn!(peer = %node, error = %e, "not a libp2p peer id: frame dropped");
+                None
+            }
+        }
     }
 }
 
 impl Transport for Libp2pTransport {
     fn send(&self, to: &NodeId, frame: Vec<u8>) {
-        let peer: PeerId = match to.as_str().parse() {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(peer = %to, error = %e, "not a libp2p peer id: frame dropped");
-                return;
-            }
+        let Some(peer) = self.peer_id(to) else {
+            self.metrics.inc(&self.metrics.frames_send_failed);
+            return;
         };
-        // Client::send waits for the peer's acknowledgement; the driver must not. The number
-        // of these tasks is bounded by the transport's sends_in_flight_max (beyond it, send
-        // fails at once).
-        let client = self.client.clone();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = client.send(peer, frame).await {
-                metrics.inc(&metrics.frames_send_failed);
-                debug!(peer = %peer, error = %e, "frame not delivered");
-            }
-        });
+        // Queues the frame and returns at once: no task, no acknowledgement. The peer's
+        // writer sends it with whatever else this driver turn queued for that peer. Frames
+        // lost later (no stream could be opened, broken connection) are counted in
+        // `Client::stats`, not here.
+        if let Err(e) = self.client.send(peer, frame) {
+            self.metrics.inc(&self.metrics.frames_send_failed);
+            debug!(peer = %peer, error = %e, "frame not sent");
+        }
     }
 
     fn forget(&self, node: &NodeId) {
-        let Ok(peer) = node.as_str().parse::<PeerId>() else {
+        let Some(peer) = self.peer_id(node) else {
             return;
         };
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
         let client = self.client.clone();
         tokio::spawn(async move { client.forget_peer(peer).await });
     }
@@ -60,12 +87,20 @@ impl Transport for Libp2pTransport {
 pub fn pump_events(mut net: mpsc::Receiver<NetEvent>) -> mpsc::Receiver<TransportEvent> {
     let (tx, rx) = mpsc::channel(EVENTS_QUEUE_LEN);
     tokio::spawn(async move {
+        // The node id of each peer, made once rather than per message.
+        let mut ids: HashMap<PeerId, NodeId> = HashMap::new();
         while let Some(ev) = net.recv().await {
             let ev = match ev {
-                NetEvent::Message { from, frame } => TransportEvent::Message {
-                    from: NodeId::new(from.to_string()),
-                    frame,
-                },
+                NetEvent::Message { from, frame } => {
+                    if ids.len() >= ID_CACHE_MAX && !ids.contains_key(&from) {
+                        ids.clear();
+                    }
+                    let from = ids
+                        .entry(from)
+                        .or_insert_with(|| NodeId::new(from.to_string()))
+                        .clone();
+                    TransportEvent::Message { from, frame }
+                }
                 // The transport makes no member of another network, but the core decides:
                 // it is told the network the member announced.
                 NetEvent::MemberDiscovered(m) => TransportEvent::Discovered {

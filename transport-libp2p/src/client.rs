@@ -1,9 +1,12 @@
 //! The handle the node uses to drive the network layer.
 
+use std::sync::Arc;
+
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Member, NetError};
+use crate::frames::Links;
+use crate::{Member, NetError, NetStats};
 
 /// A command from a [`Client`] to the [`crate::EventLoop`]; each one that has an answer carries
 /// the oneshot the answer goes to.
@@ -12,10 +15,9 @@ pub(crate) enum Command {
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
-    Send {
-        to: PeerId,
+    /// A frame to this node itself.
+    Local {
         frame: Vec<u8>,
-        reply: oneshot::Sender<Result<(), NetError>>,
     },
     Members {
         reply: oneshot::Sender<Vec<Member>>,
@@ -42,6 +44,7 @@ pub struct Client {
     network: String,
     frame_max_bytes: usize,
     commands: mpsc::Sender<Command>,
+    links: Arc<Links>,
 }
 
 impl Client {
@@ -50,12 +53,14 @@ impl Client {
         network: String,
         frame_max_bytes: usize,
         commands: mpsc::Sender<Command>,
+        links: Arc<Links>,
     ) -> Self {
         Self {
             local_peer_id,
             network,
             frame_max_bytes,
             commands,
+            links,
         }
     }
 
@@ -80,28 +85,49 @@ impl Client {
             .unwrap_or_default()
     }
 
-    /// Sends `frame` to `to`, dialing it if needed, and waits until the peer's network layer
-    /// acknowledges it: it is then queued as a [`crate::NetEvent::Message`] at the peer
-    /// (the peer's node may still lose it if it crashes before reading it). Best effort: there
-    /// is no retry; a failure is returned and the caller decides. To not wait, spawn it:
-    /// `tokio::spawn(async move { client.send(to, frame).await })`.
+    /// Queues `frame` for `to` and returns at once: it neither waits nor spawns anything. The
+    /// peer's writer task writes everything queued for the peer in one go, on one long-lived
+    /// stream (opened when needed, dialing the peer if it is not connected), so frames sent
+    /// in a burst share writes and TCP segments. Frames to one peer arrive in the order they
+    /// were queued; delivery is best effort, like packets: a frame may be lost with a broken
+    /// connection, or dropped when no stream can be opened in time, and nobody is told
+    /// ([`Client::stats`] counts them).
     ///
     /// Sending to [`Client::local_peer_id`] delivers the frame to this node's own event
     /// receiver, as a `Message` from itself.
     ///
     /// # Errors
-    /// [`NetError::FrameTooLarge`] (at once, nothing sent), [`NetError::TooManyInFlight`],
-    /// [`NetError::SendFailed`], [`NetError::PeerBusy`], [`NetError::Stopped`].
-    pub async fn send(&self, to: PeerId, frame: Vec<u8>) -> Result<(), NetError> {
+    /// At once, nothing queued: [`NetError::FrameTooLarge`], [`NetError::QueueFull`] (the
+    /// queue for this peer, or of all peers, is full: the frame is dropped and counted),
+    /// [`NetError::Stopped`] (also while saying goodbye).
+    pub fn send(&self, to: PeerId, frame: Vec<u8>) -> Result<(), NetError> {
+        if to != self.local_peer_id {
+            return self.links.send(to, frame);
+        }
         if frame.len() > self.frame_max_bytes {
             return Err(NetError::FrameTooLarge {
                 len: frame.len(),
                 max: self.frame_max_bytes,
             });
         }
-        self.ask(|reply| Command::Send { to, frame, reply })
-            .await
-            .unwrap_or(Err(NetError::Stopped))
+        if self.links.refusing() {
+            return Err(NetError::Stopped);
+        }
+        match self.commands.try_send(Command::Local { frame }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.links.count_dropped();
+                Err(NetError::QueueFull { peer: to })
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(NetError::Stopped),
+        }
+    }
+
+    /// A snapshot of the frame counters: frames and bytes sent and received, per peer and in
+    /// total, frames dropped and failed, what is queued. Cheap: one lock and a few atomic loads
+    /// per peer; callable from any thread, also once the event loop has stopped.
+    pub fn stats(&self) -> NetStats {
+        self.links.stats()
     }
 
     /// The current members (every peer discovered and not left or forgotten; not this node),

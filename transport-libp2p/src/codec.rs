@@ -1,13 +1,18 @@
-//! The wire framing of both request-response protocols: a big-endian `u32` length, then that
-//! many bytes. The reader refuses a length above its limit before reading the body, and grows
-//! its buffer only as bytes actually arrive, so a peer can never make it allocate more than the
-//! limit (nor the limit itself by announcing a large frame and sending nothing).
+//! The wire framing of frames, on the frame streams and in the control request-response
+//! protocol: a big-endian `u32` length, then that many bytes. The reader refuses a length above
+//! its limit before reading the body, and allocates at most 64 KiB ahead of the bytes that
+//! actually arrived, so a peer can never make it allocate more than the limit (nor the limit
+//! itself by announcing a large frame and sending nothing).
 
 use std::io;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
+
+/// A frame up to this long is read into a buffer allocated at once; a longer one into a buffer
+/// that grows as its bytes arrive.
+const PREALLOCATED_BYTES_MAX: usize = 64 * 1024;
 
 /// Length-prefixed byte frames with separate limits for requests and responses.
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +56,18 @@ where
             },
         ));
     }
-    let mut frame = Vec::new();
+    if len <= PREALLOCATED_BYTES_MAX as u64 {
+        let mut frame = vec![0; len as usize];
+        io.read_exact(&mut frame).await.map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(e.kind(), format!("frame truncated: fewer than {len} bytes"))
+            } else {
+                e
+            }
+        })?;
+        return Ok(frame);
+    }
+    let mut frame = Vec::with_capacity(PREALLOCATED_BYTES_MAX);
     let read = io.take(len).read_to_end(&mut frame).await?;
     if read as u64 != len {
         return Err(io::Error::new(
@@ -146,6 +162,18 @@ mod tests {
             let back = block_on(read_frame(&mut Cursor::new(bytes), 1024)).expect("read");
             assert_eq!(back, frame);
         }
+    }
+
+    #[test]
+    fn frames_above_the_preallocation_round_trip_and_truncations_are_errors() {
+        let frame = vec![9u8; PREALLOCATED_BYTES_MAX + 5];
+        let mut bytes = Vec::new();
+        block_on(write_frame(&mut Cursor::new(&mut bytes), &frame, 1 << 20)).expect("write");
+        let back = block_on(read_frame(&mut Cursor::new(bytes.clone()), 1 << 20)).expect("read");
+        assert_eq!(back, frame);
+        bytes.truncate(bytes.len() - 1);
+        let err = block_on(read_frame(&mut Cursor::new(bytes), 1 << 20)).expect_err("short");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

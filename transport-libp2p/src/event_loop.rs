@@ -2,6 +2,7 @@
 //! into [`NetEvent`]s and runs discovery and liveness. No protocol logic lives here.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,28 +21,27 @@ use tracing::{Instrument, debug, error, info, warn};
 use crate::client::{Client, Command};
 use crate::codec::FrameCodec;
 use crate::control::{Control, GossipMember, Hello, valid_network_id};
+use crate::frames::{Limits, Links, accept_streams};
+use crate::streams;
 use crate::{
     CLUSTER_ID_BYTES_MAX, CONTROL_FRAME_BYTES_MAX, MEMBER_ADDRS_MAX, MEMBERS_MAX, Member,
     NETWORK_ID_BYTES_MAX, NetConfig, NetError, NetEvent,
 };
 
-/// Acknowledgement of a frame: queued for the node.
-const FRAME_ACK_DELIVERED: u8 = 0;
-/// Acknowledgement of a frame: dropped, the receiver's event queue is full.
-const FRAME_ACK_BUSY: u8 = 1;
-/// Frame acknowledgements are one byte; allow a little room for later versions.
-const FRAME_ACK_BYTES_MAX: usize = 16;
-/// Streams per connection and protocol (libp2p's request-response bound, inbound and outbound
+/// Control streams per connection (libp2p's request-response bound, inbound and outbound
 /// together; beyond it libp2p drops streams).
 const STREAMS_PER_CONNECTION_MAX: usize = 256;
-/// Frames in flight to one peer; more wait in that peer's queue. Twice this stays within
-/// [`STREAMS_PER_CONNECTION_MAX`], so two peers flooding each other never hit libp2p's bound.
-const FRAMES_IN_FLIGHT_PER_PEER_MAX: usize = 64;
+/// Commands from [`Client`]s waiting for the loop (frames to other peers do not go through
+/// it; frames to this node itself do, and are dropped when it is full).
+const COMMANDS_QUEUE_LEN: usize = 1024;
 /// Connections: a full mesh of [`MEMBERS_MAX`] members, with room for simultaneous dials and
 /// short-lived connections of candidates.
 const CONNECTIONS_MAX: u32 = 2 * MEMBERS_MAX as u32;
 const CONNECTIONS_PER_PEER_MAX: u32 = 4;
 const PENDING_INCOMING_MAX: u32 = 128;
+/// Peers with a frame queue, writer or reader: every member, plus room for peers that are not
+/// (yet) members.
+const PEERS_WITH_FRAMES_MAX: usize = 2 * MEMBERS_MAX;
 /// Peers learned from the DHT or gossip but not yet Helloed.
 const CANDIDATES_MAX: usize = MEMBERS_MAX;
 /// Peers that said goodbye or were forgotten, remembered so that gossip and stale DHT records
@@ -95,8 +95,9 @@ struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    /// Carries the node's frames; answered with a one-byte acknowledgement.
-    frames: rr::Behaviour<FrameCodec>,
+    /// Carries the node's frames: one long-lived stream per peer and direction (see
+    /// `frames.rs`).
+    streams: streams::Behaviour,
     /// Carries [`Control`] messages.
     control: rr::Behaviour<FrameCodec>,
 }
@@ -130,7 +131,7 @@ impl Protocols {
         Ok(Self {
             id: protocol_id.to_owned(),
             kad: name("kad")?,
-            frames: name("frame")?,
+            frames: name("frames")?,
             control: name("member")?,
             identify_version: format!("/replicator/{protocol_id}/1.0.0"),
         })
@@ -159,21 +160,25 @@ struct Candidate {
     backoff: Duration,
 }
 
-type SendReply = oneshot::Sender<Result<(), NetError>>;
-
-/// The frames of one destination.
-#[derive(Debug, Default)]
-struct SendQueue {
-    in_flight: usize,
-    waiting: VecDeque<(Vec<u8>, SendReply)>,
-}
-
 /// A graceful leave in progress.
 struct Leaving {
     /// Whom to tell once the loop has stopped (every caller of goodbye).
     replies: Vec<oneshot::Sender<()>>,
     waiting: HashSet<OutboundRequestId>,
     deadline: Instant,
+}
+
+/// The frame streams' tasks, stopped when the event loop is dropped.
+struct FrameTasks {
+    links: Arc<Links>,
+    acceptor: tokio::task::AbortHandle,
+}
+
+impl Drop for FrameTasks {
+    fn drop(&mut self) {
+        self.links.stop();
+        self.acceptor.abort();
+    }
 }
 
 /// Owns the libp2p swarm. Spawn [`EventLoop::run`]; it is the only thing that makes the network
@@ -189,9 +194,7 @@ pub struct EventLoop {
     identify_version: String,
     kad_protocol: StreamProtocol,
     down_after: Duration,
-    frame_max_bytes: usize,
     event_queue_len: usize,
-    sends_in_flight_max: usize,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
     /// Events not yet taken by the node's receiver (bounded: see `accepts_frame` and
@@ -213,14 +216,10 @@ pub struct EventLoop {
     /// Whether each connected peer's connection is over loopback (then its loopback addresses
     /// are usable). One entry per connected peer.
     connected_over_loopback: HashMap<PeerId, bool>,
-    /// Frames sent and not yet acknowledged, at most [`FRAMES_IN_FLIGHT_PER_PEER_MAX`] per
-    /// peer.
-    pending_sends: HashMap<OutboundRequestId, (PeerId, SendReply)>,
-    /// Per peer: frames in flight, and frames waiting for a slot. Frames in flight plus
-    /// frames queued stay within [`crate::NetConfig::sends_in_flight_max`].
-    send_queues: HashMap<PeerId, SendQueue>,
-    /// Frames in flight or queued, over all peers.
-    sends_total: usize,
+    /// The frame streams' queues, writers and counters.
+    links: Arc<Links>,
+    /// Stops the frame streams when the loop is dropped (also if it never ran).
+    _frame_tasks: FrameTasks,
     /// Bounded by [`CONTROL_IN_FLIGHT_MAX`].
     pending_control: HashMap<OutboundRequestId, PeerId>,
     discovery_at: Instant,
@@ -238,7 +237,8 @@ pub(crate) async fn start(
     let local_peer_id = cfg.keypair.public().to_peer_id();
     let bootstrap = cfg.bootstrap.as_ref().map(split_p2p).transpose()?;
     let protocols = Protocols::new(&cfg.protocol_id)?;
-    let mut swarm = build_swarm(&cfg, &protocols)?;
+    let (streams, opener, incoming) = streams::new(protocols.frames.clone(), cfg.request_timeout);
+    let mut swarm = build_swarm(&cfg, &protocols, streams)?;
     let mut listeners = Vec::with_capacity(cfg.listen.len());
     for addr in &cfg.listen {
         let listener = swarm
@@ -247,8 +247,23 @@ pub(crate) async fn start(
         listeners.push(listener);
     }
 
-    let (command_tx, command_rx) = mpsc::channel(cfg.sends_in_flight_max);
+    let (command_tx, command_rx) = mpsc::channel(COMMANDS_QUEUE_LEN);
     let (event_tx, event_rx) = mpsc::channel(cfg.event_queue_len);
+    let limits = Limits {
+        frame_max_bytes: cfg.frame_max_bytes,
+        peer_frames_max: cfg.send_queue_frames_max,
+        peer_bytes_max: cfg.send_queue_bytes_max,
+        total_frames_max: cfg.send_queue_total_frames_max,
+        total_bytes_max: cfg.send_queue_total_bytes_max,
+        peers_max: PEERS_WITH_FRAMES_MAX,
+        open_timeout: cfg.request_timeout,
+    };
+    let links = Links::new(limits, opener);
+    let acceptor = tokio::spawn(accept_streams(links.clone(), incoming, event_tx.clone()));
+    let frame_tasks = FrameTasks {
+        links: links.clone(),
+        acceptor: acceptor.abort_handle(),
+    };
     let now = Instant::now();
     let mut event_loop = EventLoop {
         swarm,
@@ -260,9 +275,7 @@ pub(crate) async fn start(
         identify_version: protocols.identify_version,
         kad_protocol: protocols.kad,
         down_after: cfg.down_after,
-        frame_max_bytes: cfg.frame_max_bytes,
         event_queue_len: cfg.event_queue_len,
-        sends_in_flight_max: cfg.sends_in_flight_max,
         commands: command_rx,
         events: event_tx,
         outbox: VecDeque::new(),
@@ -275,9 +288,8 @@ pub(crate) async fn start(
         foreign: HashSet::new(),
         foreign_order: VecDeque::new(),
         connected_over_loopback: HashMap::new(),
-        pending_sends: HashMap::new(),
-        send_queues: HashMap::new(),
-        sends_total: 0,
+        links: links.clone(),
+        _frame_tasks: frame_tasks,
         pending_control: HashMap::new(),
         discovery_at: now,
         discovery_interval: DISCOVERY_INTERVAL_MIN,
@@ -305,6 +317,7 @@ pub(crate) async fn start(
         event_loop.network.clone(),
         cfg.frame_max_bytes,
         command_tx,
+        links,
     );
     Ok((client, event_rx, event_loop))
 }
@@ -344,8 +357,22 @@ fn validate(cfg: &NetConfig) -> Result<(), NetError> {
             cfg.frame_max_bytes
         ));
     }
-    if cfg.event_queue_len == 0 || cfg.sends_in_flight_max == 0 {
-        return invalid("event_queue_len and sends_in_flight_max must be positive".into());
+    if cfg.event_queue_len == 0
+        || cfg.send_queue_frames_max == 0
+        || cfg.send_queue_total_frames_max < cfg.send_queue_frames_max
+    {
+        return invalid(format!(
+            "event_queue_len and send_queue_frames_max must be positive, and send_queue_total_frames_max at least send_queue_frames_max; got {}, {} and {}",
+            cfg.event_queue_len, cfg.send_queue_frames_max, cfg.send_queue_total_frames_max
+        ));
+    }
+    if cfg.send_queue_bytes_max < cfg.frame_max_bytes
+        || cfg.send_queue_total_bytes_max < cfg.send_queue_bytes_max
+    {
+        return invalid(format!(
+            "send_queue_bytes_max must be at least frame_max_bytes, and send_queue_total_bytes_max at least send_queue_bytes_max; got {}, {} and {}",
+            cfg.send_queue_bytes_max, cfg.frame_max_bytes, cfg.send_queue_total_bytes_max
+        ));
     }
     if cfg.down_after.is_zero() || cfg.request_timeout.is_zero() {
         return invalid("down_after and request_timeout must be positive".into());
@@ -364,7 +391,11 @@ fn split_p2p(addr: &Multiaddr) -> Result<(PeerId, Multiaddr), NetError> {
     }
 }
 
-fn build_swarm(cfg: &NetConfig, protocols: &Protocols) -> Result<Swarm<Behaviour>, NetError> {
+fn build_swarm(
+    cfg: &NetConfig,
+    protocols: &Protocols,
+    streams: streams::Behaviour,
+) -> Result<Swarm<Behaviour>, NetError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| NetError::Setup(format!("{what}: {e}"));
     let local_peer_id = cfg.keypair.public().to_peer_id();
     let ping_interval =
@@ -404,11 +435,6 @@ fn build_swarm(cfg: &NetConfig, protocols: &Protocols) -> Result<Swarm<Behaviour
     let rr_config = rr::Config::default()
         .with_request_timeout(cfg.request_timeout)
         .with_max_concurrent_streams(STREAMS_PER_CONNECTION_MAX);
-    let frames = rr::Behaviour::with_codec(
-        FrameCodec::new(cfg.frame_max_bytes, FRAME_ACK_BYTES_MAX),
-        [(protocols.frames.clone(), ProtocolSupport::Full)],
-        rr_config.clone(),
-    );
     let control = rr::Behaviour::with_codec(
         FrameCodec::new(CONTROL_FRAME_BYTES_MAX, CONTROL_FRAME_BYTES_MAX),
         [(protocols.control.clone(), ProtocolSupport::Full)],
@@ -425,7 +451,7 @@ fn build_swarm(cfg: &NetConfig, protocols: &Protocols) -> Result<Swarm<Behaviour
         kad,
         identify,
         ping,
-        frames,
+        streams,
         control,
     };
 
@@ -483,8 +509,8 @@ impl EventLoop {
             self.flush_outbox();
         }
         let replies = self.stop.take().unwrap_or_default();
-        let Self { swarm, .. } = self;
-        drop(swarm);
+        // Closes the connections, stops the frame writers and readers.
+        drop(self);
         info!("network stopped");
         for reply in replies {
             let _ = reply.send(());
@@ -798,10 +824,12 @@ impl EventLoop {
                     .collect();
                 let _ = reply.send(addrs);
             }
-            Command::Send { to, frame, reply } => {
-                let result = self.send_frame(to, frame, reply);
-                if let Err((reply, error)) = result {
-                    let _ = reply.send(Err(error));
+            Command::Local { frame } => {
+                if self.leaving.is_none() && self.accepts_frame() {
+                    let from = self.local_peer_id;
+                    self.outbox.push_back(NetEvent::Message { from, frame });
+                } else {
+                    self.links.count_dropped();
                 }
             }
             Command::Members { reply } => {
@@ -825,6 +853,7 @@ impl EventLoop {
                 }
                 self.candidates.remove(&peer);
                 self.remember_departed(peer);
+                self.links.forget(&peer);
                 self.swarm.behaviour_mut().kad.remove_peer(&peer);
                 let _ = self.swarm.disconnect_peer_id(peer);
                 let _ = reply.send(());
@@ -837,97 +866,6 @@ impl EventLoop {
         }
     }
 
-    fn send_frame(
-        &mut self,
-        to: PeerId,
-        frame: Vec<u8>,
-        reply: oneshot::Sender<Result<(), NetError>>,
-    ) -> Result<(), (oneshot::Sender<Result<(), NetError>>, NetError)> {
-        if frame.len() > self.frame_max_bytes {
-            let error = NetError::FrameTooLarge {
-                len: frame.len(),
-                max: self.frame_max_bytes,
-            };
-            return Err((reply, error));
-        }
-        if self.leaving.is_some() {
-            return Err((reply, NetError::Stopped));
-        }
-        if to == self.local_peer_id {
-            if !self.accepts_frame() {
-                return Err((reply, NetError::PeerBusy { peer: to }));
-            }
-            self.outbox.push_back(NetEvent::Message { from: to, frame });
-            let _ = reply.send(Ok(()));
-            return Ok(());
-        }
-        if self.sends_total >= self.sends_in_flight_max {
-            let error = NetError::TooManyInFlight {
-                max: self.sends_in_flight_max,
-            };
-            return Err((reply, error));
-        }
-        self.sends_total += 1;
-        let queue = self.send_queues.entry(to).or_default();
-        if queue.in_flight < FRAMES_IN_FLIGHT_PER_PEER_MAX {
-            queue.in_flight += 1;
-            self.start_send(to, frame, reply);
-        } else {
-            queue.waiting.push_back((frame, reply));
-        }
-        Ok(())
-    }
-
-    fn start_send(&mut self, to: PeerId, frame: Vec<u8>, reply: SendReply) {
-        let addrs = self.known_addrs(&to);
-        let request_id = self
-            .swarm
-            .behaviour_mut()
-            .frames
-            .send_request_with_addresses(&to, frame, addrs);
-        self.pending_sends.insert(request_id, (to, reply));
-    }
-
-    /// A frame to `peer` is acknowledged or failed: answer its sender and start the next one.
-    /// After a dial failure the frames waiting for that peer fail at once: they would only
-    /// dial again and fail the same way.
-    fn send_done(
-        &mut self,
-        request_id: OutboundRequestId,
-        result: Result<(), NetError>,
-        dial_failed: bool,
-    ) {
-        let Some((peer, reply)) = self.pending_sends.remove(&request_id) else {
-            return;
-        };
-        let _ = reply.send(result.clone());
-        assert!(self.sends_total > 0, "send accounting");
-        self.sends_total -= 1;
-        let Some(queue) = self.send_queues.get_mut(&peer) else {
-            panic!("a frame in flight has a queue");
-        };
-        assert!(queue.in_flight > 0, "send accounting");
-        queue.in_flight -= 1;
-        if dial_failed {
-            let waiting = std::mem::take(&mut queue.waiting);
-            self.sends_total -= waiting.len();
-            for (_, reply) in waiting {
-                let _ = reply.send(result.clone());
-            }
-        } else if let Some((frame, reply)) = queue.waiting.pop_front() {
-            queue.in_flight += 1;
-            self.start_send(peer, frame, reply);
-            return;
-        }
-        if self
-            .send_queues
-            .get(&peer)
-            .is_some_and(|q| q.in_flight == 0 && q.waiting.is_empty())
-        {
-            self.send_queues.remove(&peer);
-        }
-    }
-
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
@@ -936,7 +874,7 @@ impl EventLoop {
                 Ok(_) => self.contact(event.peer),
                 Err(e) => debug!(peer = %event.peer, error = %e, "ping failed"),
             },
-            SwarmEvent::Behaviour(BehaviourEvent::Frames(event)) => self.on_frames(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Streams(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Control(event)) => self.on_control(event),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -951,6 +889,7 @@ impl EventLoop {
                     .entry(peer_id)
                     .or_insert(loopback) |= loopback;
                 self.contact(peer_id);
+                self.links.connected(&peer_id);
                 if num_established.get() == 1 {
                     self.send_hello(peer_id);
                 }
@@ -1067,79 +1006,6 @@ impl EventLoop {
         let loopback = self.over_loopback(&peer_id);
         for addr in usable_addrs(info.listen_addrs, loopback) {
             self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-        }
-    }
-
-    fn on_frames(&mut self, event: rr::Event<Vec<u8>, Vec<u8>>) {
-        match event {
-            rr::Event::Message {
-                peer,
-                message:
-                    rr::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                self.contact(peer);
-                let ack = if self.accepts_frame() {
-                    self.outbox.push_back(NetEvent::Message {
-                        from: peer,
-                        frame: request,
-                    });
-                    FRAME_ACK_DELIVERED
-                } else {
-                    warn!(%peer, "event queue full: dropping frame");
-                    FRAME_ACK_BUSY
-                };
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .frames
-                    .send_response(channel, vec![ack])
-                    .is_err()
-                {
-                    debug!(%peer, "frame acknowledgement not sent: stream closed");
-                }
-            }
-            rr::Event::Message {
-                peer,
-                message:
-                    rr::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                self.contact(peer);
-                let result = match response.as_slice() {
-                    [FRAME_ACK_DELIVERED] => Ok(()),
-                    [FRAME_ACK_BUSY] => Err(NetError::PeerBusy { peer }),
-                    _ => Err(NetError::SendFailed {
-                        peer,
-                        reason: "malformed acknowledgement".into(),
-                    }),
-                };
-                self.send_done(request_id, result, false);
-            }
-            rr::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                debug!(%peer, error = %error, "frame not delivered");
-                let dial_failed = matches!(error, rr::OutboundFailure::DialFailure);
-                let reason = error.to_string();
-                let result = Err(NetError::SendFailed { peer, reason });
-                self.send_done(request_id, result, dial_failed);
-            }
-            rr::Event::InboundFailure { peer, error, .. } => {
-                // Frames that fail to decode (oversized, truncated) are refused inside libp2p's
-                // handler, which logs them at debug level and drops the stream; the
-                // connection stays up. What reaches here is a timeout or a closed connection.
-                debug!(%peer, error = %error, "inbound frame failed");
-            }
-            rr::Event::ResponseSent { .. } => {}
         }
     }
 
@@ -1351,10 +1217,12 @@ impl EventLoop {
         }
         self.candidates.remove(&peer);
         self.remember_departed(peer);
+        self.links.forget(&peer);
         self.swarm.behaviour_mut().kad.remove_peer(&peer);
     }
 
     fn on_tick(&mut self, now: Instant) {
+        self.links.collect_garbage();
         // Liveness: report silent members down, redial the disconnected ones, and drop the
         // connections of down members (a connection that carries no ping answer for
         // `down_after` is not worth keeping: a fresh dial tells more).
@@ -1548,6 +1416,8 @@ impl EventLoop {
             return;
         }
         info!(members = self.members.len(), "saying goodbye");
+        // Frames already queued are still written; new ones are refused.
+        self.links.refuse_new();
         let rendezvous = self.rendezvous.clone();
         self.swarm.behaviour_mut().kad.stop_providing(&rendezvous);
         let goodbye = Control::Goodbye.encode();
@@ -1674,14 +1544,6 @@ impl EventLoop {
     }
 
     // ---- helpers ------------------------------------------------------------------------
-
-    fn known_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
-        self.members
-            .get(peer)
-            .map(|m| m.addrs.clone())
-            .or_else(|| self.candidates.get(peer).map(|c| c.addrs.clone()))
-            .unwrap_or_default()
-    }
 
     fn over_loopback(&self, peer: &PeerId) -> bool {
         self.connected_over_loopback

@@ -47,6 +47,23 @@ impl TestNode {
     }
 }
 
+impl TestNode {
+    /// The next `Message` (bounded), skipping membership events.
+    async fn next_message(&mut self) -> NetEvent {
+        self.wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
+            .await
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds (bounded by [`EVENT_TIMEOUT`]).
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Drop for TestNode {
     fn drop(&mut self) {
         self.task.abort();
@@ -183,11 +200,8 @@ async fn frame_arrives_with_its_sender() {
     nodes[1]
         .client
         .send(b, b"reserve k=v".to_vec())
-        .await
-        .expect("frame delivered");
-    let event = nodes[2]
-        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
-        .await;
+        .expect("frame queued");
+    let event = nodes[2].next_message().await;
     assert_eq!(
         event,
         NetEvent::Message {
@@ -197,14 +211,8 @@ async fn frame_arrives_with_its_sender() {
     );
 
     // An empty frame and a frame to oneself are delivered too.
-    nodes[2]
-        .client
-        .send(a, Vec::new())
-        .await
-        .expect("empty frame");
-    let event = nodes[1]
-        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
-        .await;
+    nodes[2].client.send(a, Vec::new()).expect("empty frame");
+    let event = nodes[1].next_message().await;
     assert_eq!(
         event,
         NetEvent::Message {
@@ -212,14 +220,8 @@ async fn frame_arrives_with_its_sender() {
             frame: Vec::new()
         }
     );
-    nodes[1]
-        .client
-        .send(a, b"self".to_vec())
-        .await
-        .expect("self");
-    let event = nodes[1]
-        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
-        .await;
+    nodes[1].client.send(a, b"self".to_vec()).expect("self");
+    let event = nodes[1].next_message().await;
     assert_eq!(
         event,
         NetEvent::Message {
@@ -228,32 +230,132 @@ async fn frame_arrives_with_its_sender() {
         }
     );
 
-    // Many concurrent frames all arrive (more than libp2p's streams per connection).
-    let sends = (0u32..300).map(|i| {
+    // Frames sent from several tasks at once all arrive, each task's in its order.
+    let sends = (0u32..4).map(|task| {
         let client = nodes[0].client.clone();
-        tokio::spawn(async move { client.send(b, i.to_be_bytes().to_vec()).await })
+        tokio::spawn(async move {
+            for i in 0u32..300 {
+                client
+                    .send(b, [task.to_be_bytes(), i.to_be_bytes()].concat())
+                    .expect("queued");
+                if i.is_multiple_of(50) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
     });
     for send in sends.collect::<Vec<_>>() {
-        send.await.expect("task").expect("frame delivered");
+        send.await.expect("task");
     }
-    let mut received = Vec::new();
-    while received.len() < 300 {
-        if let NetEvent::Message { from, frame } = nodes[2]
-            .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
-            .await
-        {
-            assert_eq!(from, nodes[0].peer());
-            received.push(frame);
-        }
+    let mut next = [0u32; 4];
+    for _ in 0..4 * 300 {
+        let NetEvent::Message { from, frame } = nodes[2].next_message().await else {
+            unreachable!()
+        };
+        assert_eq!(from, nodes[0].peer());
+        let task = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+        let i = u32::from_be_bytes(frame[4..].try_into().expect("4 bytes"));
+        assert_eq!(i, next[task], "frames of task {task} in order");
+        next[task] += 1;
     }
-    received.sort();
-    let mut expected: Vec<Vec<u8>> = (0u32..300).map(|i| i.to_be_bytes().to_vec()).collect();
-    expected.sort();
-    assert_eq!(received, expected);
+    assert_eq!(next, [300; 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_frames_are_refused_and_the_connection_keeps_working() {
+async fn ten_thousand_small_frames_arrive_in_order_in_few_writes() {
+    init_tracing();
+    let test = "batch";
+    const N: u64 = 10_000;
+    // Room for every frame even while the stream is being opened: this test is about order
+    // and batching, not bounds.
+    let with_room = |mut cfg: NetConfig| {
+        cfg.send_queue_frames_max = N as usize;
+        cfg
+    };
+    let a = spawn(with_room(config(
+        Keypair::generate_ed25519(),
+        "alpha",
+        None,
+        test,
+    )))
+    .await;
+    let bootstrap = a.bootstrap_addr().await;
+    let b = spawn(with_room(config(
+        Keypair::generate_ed25519(),
+        "beta",
+        Some(bootstrap),
+        test,
+    )))
+    .await;
+    let mut nodes = [a, b];
+    let clusters = clusters_of(&nodes, &["alpha", "beta"]);
+    wait_full_discovery(&mut nodes, &clusters).await;
+    let [a, b] = &mut nodes;
+    let started = Instant::now();
+    // Both directions at once, as a node answers while it sends; in turns of 100 frames, as
+    // a driver queues a turn's frames and lets the other tasks run.
+    for i in 0..N {
+        a.client
+            .send(b.peer(), i.to_be_bytes().to_vec())
+            .expect("a to b");
+        b.client
+            .send(a.peer(), i.to_be_bytes().to_vec())
+            .expect("b to a");
+        if i % 100 == 99 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let receive = |node: &mut TestNode, from: PeerId| {
+        let mut events = std::mem::replace(&mut node.events, mpsc::channel(1).1);
+        async move {
+            for expected in 0..N {
+                let event = bounded(EVENT_TIMEOUT, "a frame", events.recv()).await;
+                match event.expect("open") {
+                    NetEvent::Message { from: f, frame } => {
+                        assert_eq!(f, from);
+                        assert_eq!(frame, expected.to_be_bytes(), "in order");
+                    }
+                    _ => continue,
+                }
+            }
+            events
+        }
+    };
+    let (a_peer, b_peer) = (a.peer(), b.peer());
+    let (events_b, events_a) = tokio::join!(receive(b, a_peer), receive(a, b_peer));
+    b.events = events_b;
+    a.events = events_a;
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+
+    for (node, other) in [(&*a, b_peer), (&*b, a_peer)] {
+        let stats = node.client.stats();
+        assert_eq!(stats.total.frames_sent, N, "{stats:?}");
+        assert_eq!(stats.total.bytes_sent, N * (4 + 8));
+        assert_eq!(stats.total.frames_received, N);
+        assert_eq!(stats.total.bytes_received, N * 8);
+        assert_eq!(stats.total.frames_dropped, 0);
+        assert_eq!(stats.total.frames_failed, 0);
+        assert_eq!(stats.total.streams_opened, 1, "one stream per peer");
+        assert_eq!(stats.frames_queued, 0);
+        // Frames queued in a burst share writes.
+        assert!(
+            stats.total.writes * 10 <= N,
+            "{} writes for {N} frames",
+            stats.total.writes
+        );
+        let peer = stats
+            .peers
+            .iter()
+            .find(|p| p.peer == other)
+            .expect("per-peer counters");
+        assert_eq!(peer.counts.frames_sent, N);
+        assert_eq!(peer.counts.frames_received, N);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_are_refused_and_the_peers_keep_talking() {
     init_tracing();
     let test = "oversized";
     let mut receiver_cfg = config(Keypair::generate_ed25519(), "alpha", None, test);
@@ -275,11 +377,10 @@ async fn oversized_frames_are_refused_and_the_connection_keeps_working() {
     wait_full_discovery(&mut pair, &clusters).await;
     let [mut receiver, mut sender] = pair;
 
-    // Above the sender's own limit: refused at once, nothing sent.
+    // Above the sender's own limit: refused at once, nothing queued.
     let err = sender
         .client
         .send(receiver.peer(), vec![0; 64 * 1024 + 1])
-        .await
         .expect_err("too large for the sender");
     assert_eq!(
         err,
@@ -288,47 +389,141 @@ async fn oversized_frames_are_refused_and_the_connection_keeps_working() {
             max: 64 * 1024
         }
     );
+    assert_eq!(sender.client.stats().frames_queued, 0);
 
-    // Above the receiver's limit: the receiver refuses it before reading it.
-    let err = sender
-        .client
-        .send(receiver.peer(), vec![0; 2048])
-        .await
-        .expect_err("too large for the receiver");
-    assert!(
-        matches!(err, NetError::SendFailed { peer, .. } if peer == receiver.peer()),
-        "{err:?}"
-    );
-
-    // The connection still carries frames, both ways.
+    // A frame at the receiver's limit arrives; one above it makes the receiver reset the
+    // stream before reading the frame.
     sender
         .client
         .send(receiver.peer(), vec![7; 1024])
-        .await
-        .expect("a frame at the limit is delivered");
-    let event = receiver
-        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
-        .await;
+        .expect("queued");
     assert_eq!(
-        event,
+        receiver.next_message().await,
         NetEvent::Message {
             from: sender.peer(),
             frame: vec![7; 1024]
         }
     );
+    sender
+        .client
+        .send(receiver.peer(), vec![0; 1025])
+        .expect("the sender's limit allows it");
+    wait_until("the receiver refuses the stream", || {
+        receiver.client.stats().total.streams_refused == 1
+    })
+    .await;
+    // The reset reaches the sender, whose next frames go on a new stream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0u8..3 {
+        sender
+            .client
+            .send(receiver.peer(), vec![i; 1024])
+            .expect("queued");
+    }
+    for i in 0u8..3 {
+        assert_eq!(
+            receiver.next_message().await,
+            NetEvent::Message {
+                from: sender.peer(),
+                frame: vec![i; 1024]
+            }
+        );
+    }
+    let stats = sender.client.stats();
+    assert_eq!(stats.total.streams_opened, 2, "{stats:?}");
     receiver
         .client
         .send(sender.peer(), b"still there".to_vec())
-        .await
         .expect("reverse direction");
-    sender
-        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
-        .await;
+    sender.next_message().await;
     let members = receiver.client.members().await;
     assert!(
         members.iter().all(|m| m.up),
         "nobody went down: {members:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queues_drop_new_frames_and_count_them() {
+    init_tracing();
+    let test = "queue-full";
+    // A receiver that does not read its events: its frame stream stops being read, flow
+    // control stops the sender's writer, and the sender's queue fills.
+    let mut receiver_cfg = config(Keypair::generate_ed25519(), "alpha", None, test);
+    receiver_cfg.event_queue_len = 1;
+    let mut receiver = spawn(receiver_cfg).await;
+    let mut sender_cfg = config(
+        Keypair::generate_ed25519(),
+        "alpha",
+        Some(receiver.bootstrap_addr().await),
+        test,
+    );
+    sender_cfg.frame_max_bytes = 4096;
+    sender_cfg.send_queue_frames_max = 16;
+    sender_cfg.send_queue_bytes_max = 8 * 1024;
+    let sender = spawn(sender_cfg).await;
+    let to = receiver.peer();
+    receiver
+        .wait_for(
+            "MemberDiscovered",
+            |e| matches!(e, NetEvent::MemberDiscovered(m) if m.peer == sender.peer()),
+        )
+        .await;
+
+    // 1 KiB frames: the byte bound (8 frames) binds first; then 16-byte frames: the frame
+    // bound (16 frames).
+    const N: u32 = 4000;
+    let mut refused = 0u64;
+    let mut sent = 0u32;
+    let mut max_queued = (0, 0);
+    for (size, count) in [(1024, N), (16, N)] {
+        for _ in 0..count {
+            let mut frame = vec![0; size];
+            frame[..4].copy_from_slice(&sent.to_be_bytes());
+            sent += 1;
+            match sender.client.send(to, frame) {
+                Ok(()) => {}
+                Err(NetError::QueueFull { peer }) => {
+                    assert_eq!(peer, to);
+                    refused += 1;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+            let stats = sender.client.stats();
+            max_queued.0 = max_queued.0.max(stats.frames_queued);
+            max_queued.1 = max_queued.1.max(stats.bytes_queued);
+            if sent.is_multiple_of(256) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    let stats = sender.client.stats();
+    assert!(refused > 0, "{stats:?}");
+    assert_eq!(stats.total.frames_dropped, refused);
+    assert!(
+        max_queued.0 <= 16 && max_queued.1 <= 8 * 1024,
+        "{max_queued:?}"
+    );
+    let peer = &stats.peers[0];
+    assert_eq!(peer.peer, to);
+    assert_eq!(peer.counts.frames_dropped, refused);
+
+    // Once the receiver reads again, everything not dropped arrives, in order.
+    let accepted = u64::from(2 * N) - refused;
+    let mut last = None;
+    for _ in 0..accepted {
+        let NetEvent::Message { frame, .. } = receiver.next_message().await else {
+            unreachable!()
+        };
+        let i = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes"));
+        assert!(last.is_none_or(|l| i > l), "{i} after {last:?}");
+        last = Some(i);
+    }
+    let stats = sender.client.stats();
+    assert_eq!(stats.total.frames_sent, accepted, "{stats:?}");
+    assert_eq!(stats.total.frames_failed, 0);
+    assert_eq!(stats.frames_queued, 0);
+    assert_eq!(receiver.client.stats().total.frames_received, accepted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,7 +586,7 @@ async fn goodbye_is_peer_left_and_a_killed_node_is_down() {
     bounded(Duration::from_secs(5), "goodbye", leaving.client.goodbye()).await;
     assert!(leaving.client.members().await.is_empty(), "loop stopped");
     assert_eq!(
-        leaving.client.send(killed_peer, vec![1]).await,
+        leaving.client.send(killed_peer, vec![1]),
         Err(NetError::Stopped)
     );
     for node in nodes.iter_mut().chain([&mut killed]) {
@@ -420,15 +615,14 @@ async fn goodbye_is_peer_left_and_a_killed_node_is_down() {
         assert!(!member.up);
     }
 
-    // Sending to it fails (bounded), it does not hang.
-    let err = bounded(
-        Duration::from_secs(8),
-        "send to a dead peer",
-        nodes[0].client.send(killed_peer, vec![1]),
-    )
-    .await
-    .expect_err("dead peer");
-    assert!(matches!(err, NetError::SendFailed { .. }), "{err:?}");
+    // Frames to it are queued, then dropped when no stream can be opened (bounded), and
+    // counted.
+    nodes[0].client.send(killed_peer, vec![1]).expect("queued");
+    wait_until("the frame to a dead peer fails", || {
+        nodes[0].client.stats().total.frames_failed == 1
+    })
+    .await;
+    assert_eq!(nodes[0].client.stats().frames_queued, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,7 +652,7 @@ async fn restarted_node_is_up_again() {
         .await;
 
     // Same identity, new port: the bootstrap node learns the new address from its Hello.
-    let _node = spawn(config(keypair, "beta", Some(bootstrap), test)).await;
+    let mut node = spawn(config(keypair, "beta", Some(bootstrap), test)).await;
     let event = first
         .wait_for("PeerUp", |e| {
             matches!(e, NetEvent::PeerUp(_) | NetEvent::MemberDiscovered(_))
@@ -471,8 +665,76 @@ async fn restarted_node_is_up_again() {
     first
         .client
         .send(restarted_peer, b"welcome back".to_vec())
-        .await
-        .expect("delivered to the restarted node");
+        .expect("queued");
+    assert_eq!(
+        node.next_message().await,
+        NetEvent::Message {
+            from: first.peer(),
+            frame: b"welcome back".to_vec()
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_flow_again_in_order_after_the_peer_restarts() {
+    init_tracing();
+    let test = "reconnect";
+    let keypair = Keypair::generate_ed25519();
+    let mut first = spawn(config(Keypair::generate_ed25519(), "alpha", None, test)).await;
+    let bootstrap = first.bootstrap_addr().await;
+    let restarted_peer = keypair.public().to_peer_id();
+    let mut node = spawn(config(
+        keypair.clone(),
+        "beta",
+        Some(bootstrap.clone()),
+        test,
+    ))
+    .await;
+    first
+        .wait_for(
+            "MemberDiscovered",
+            |e| matches!(e, NetEvent::MemberDiscovered(m) if m.peer == restarted_peer),
+        )
+        .await;
+    // Streams both ways are open.
+    first.client.send(restarted_peer, vec![0]).expect("queued");
+    node.next_message().await;
+    node.client.send(first.peer(), vec![0]).expect("queued");
+    first.next_message().await;
+
+    // The peer crashes and comes back with the same identity on another port; its frames and
+    // the first node's go on new streams over the new connection.
+    drop(node);
+    first
+        .wait_for("PeerDown", |e| *e == NetEvent::PeerDown(restarted_peer))
+        .await;
+    let mut node = spawn(config(keypair, "beta", Some(bootstrap), test)).await;
+    first
+        .wait_for("PeerUp", |e| *e == NetEvent::PeerUp(restarted_peer))
+        .await;
+    for i in 0u32..1000 {
+        first
+            .client
+            .send(restarted_peer, i.to_be_bytes().to_vec())
+            .expect("queued");
+        node.client
+            .send(first.peer(), i.to_be_bytes().to_vec())
+            .expect("queued");
+    }
+    for i in 0u32..1000 {
+        for (receiver, from) in [(&mut node, first.peer()), (&mut first, restarted_peer)] {
+            assert_eq!(
+                receiver.next_message().await,
+                NetEvent::Message {
+                    from,
+                    frame: i.to_be_bytes().to_vec()
+                }
+            );
+        }
+    }
+    let stats = first.client.stats();
+    assert_eq!(stats.total.streams_opened, 2, "{stats:?}");
+    assert_eq!(stats.total.frames_failed, 0, "{stats:?}");
 }
 
 /// A peer that speaks the node's protocols with a raw codec, to send it arbitrary bytes.
@@ -600,35 +862,51 @@ async fn garbage_from_a_peer_is_dropped_and_the_node_keeps_working() {
     cfg.frame_max_bytes = 1024;
     let mut node = spawn(cfg).await;
     let addr = node.bootstrap_addr().await;
-    let frames = format!("/replicator/test-{test}/frame/1.0.0");
+    let frames = format!("/replicator/test-{test}/frames/1.0.0");
     let control = format!("/replicator/test-{test}/member/1.0.0");
 
-    // The wire format of a frame: a big-endian u32 length, the bytes; a one-byte ack (0).
-    let (rogue, answer) = rogue::request(
-        &frames,
-        node.peer(),
-        addr.clone(),
-        vec![0, 0, 0, 2, 0xab, 0xcd],
-    )
-    .await;
-    assert_eq!(answer, Ok(vec![0, 0, 0, 1, 0]));
-    let event = node
-        .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
+    // The wire format of a frame stream: the opener's version byte (1), answered with the
+    // same byte; then frames, each a big-endian u32 length and the bytes.
+    let mut rogue = rogue_stream::connect(addr.clone()).await;
+    let (answer, end) = rogue
+        .exchange(&frames, vec![1, 0, 0, 0, 2, 0xab, 0xcd], false)
         .await;
+    assert_eq!((answer, end), (vec![1], rogue_stream::End::Open));
     assert_eq!(
-        event,
+        node.next_message().await,
         NetEvent::Message {
-            from: rogue,
+            from: rogue.peer,
             frame: vec![0xab, 0xcd]
         }
     );
 
-    // A length far above the limit, truncated frames, malformed control messages: refused
-    // without an answer.
+    // An unknown version, a length of 4 GiB, a length one above the limit: the stream is
+    // reset (after the version answer if the version was right), nothing is allocated for the
+    // announced length, nothing is delivered.
+    let refused = [
+        (vec![2, 0, 0, 0, 1, 7], vec![]),
+        (vec![0xff], vec![]),
+        (vec![1, 0xff, 0xff, 0xff, 0xff, 1, 2, 3], vec![1]),
+        (vec![1, 0, 0, 4, 1, 1, 2, 3], vec![1]),
+    ];
+    for (bytes, expected) in refused {
+        let (answer, end) = rogue.exchange(&frames, bytes.clone(), false).await;
+        assert_eq!(
+            (answer, end),
+            (expected, rogue_stream::End::Closed),
+            "{bytes:?}"
+        );
+    }
+    assert_eq!(node.client.stats().total.streams_refused, 4);
+    // A truncated frame (or length), then the rogue closes its side: the stream just ends.
+    for bytes in [vec![1, 0, 0, 0, 9, 1], vec![1, 0, 0], vec![]] {
+        let (_, end) = rogue.exchange(&frames, bytes.clone(), true).await;
+        assert_eq!(end, rogue_stream::End::Closed, "{bytes:?}");
+    }
+    assert_eq!(node.client.stats().total.streams_refused, 4);
+
+    // Malformed control messages: refused without an answer.
     let garbage = [
-        (&frames, vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
-        (&frames, vec![0, 0, 0, 9, 1]),
-        (&frames, vec![0, 0]),
         (&control, vec![0, 0, 0, 5, 1, 1, 0xff, 0xff, 0xff]),
         (&control, vec![0, 0, 0, 6, 2, 1, 0, 0xff, 0xff, 0xff]),
         (&control, vec![0, 0, 0, 3, 2, 1, 0xff]),
@@ -655,8 +933,7 @@ async fn garbage_from_a_peer_is_dropped_and_the_node_keeps_working() {
     .await;
     good.client
         .send(node.peer(), b"ok".to_vec())
-        .await
-        .expect("delivered");
+        .expect("queued");
     let event = node
         .wait_for("Message", |e| matches!(e, NetEvent::Message { .. }))
         .await;
@@ -669,6 +946,124 @@ async fn garbage_from_a_peer_is_dropped_and_the_node_keeps_working() {
     );
     let members = node.client.members().await;
     assert_eq!(members.len(), 1, "{members:?}");
+}
+
+/// A peer that opens frame streams and writes arbitrary bytes on them.
+mod rogue_stream {
+    use std::time::Duration;
+
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    use tokio::task::JoinHandle;
+    use transport_libp2p::libp2p::multiaddr::Protocol;
+    use transport_libp2p::libp2p::swarm::SwarmEvent;
+    use transport_libp2p::libp2p::{
+        Multiaddr, PeerId, StreamProtocol, SwarmBuilder, noise, tcp, yamux,
+    };
+
+    /// How a stream ended, seen from the rogue.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum End {
+        /// Closed or reset by the node.
+        Closed,
+        /// Still open after a while.
+        Open,
+    }
+
+    pub struct Rogue {
+        pub peer: PeerId,
+        node: PeerId,
+        control: libp2p_stream::Control,
+        task: JoinHandle<()>,
+    }
+
+    impl Drop for Rogue {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Connects to the node at `addr` (ending with `/p2p/<node>`).
+    pub async fn connect(addr: Multiaddr) -> Rogue {
+        let Some(Protocol::P2p(node)) = addr.iter().last() else {
+            panic!("{addr} ends with /p2p");
+        };
+        let mut swarm = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .expect("transport")
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .expect("behaviour")
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+            .build();
+        let peer = *swarm.local_peer_id();
+        let control = swarm.behaviour().new_control();
+        swarm.dial(addr).expect("dial");
+        let connected = async {
+            loop {
+                if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), connected)
+            .await
+            .expect("rogue connects");
+        let task = tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+        Rogue {
+            peer,
+            node,
+            control,
+            task,
+        }
+    }
+
+    impl Rogue {
+        /// Opens a stream on `protocol`, writes `bytes` (then closes its side if `close`),
+        /// and reads what the node writes until it closes or resets the stream (`Closed`) or
+        /// a second passes (`Open`).
+        pub async fn exchange(
+            &mut self,
+            protocol: &str,
+            bytes: Vec<u8>,
+            close: bool,
+        ) -> (Vec<u8>, End) {
+            let protocol = StreamProtocol::try_from_owned(protocol.to_owned()).expect("protocol");
+            let mut stream = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.control.open_stream(self.node, protocol),
+            )
+            .await
+            .expect("stream opened in time")
+            .expect("stream opened");
+            stream.write_all(&bytes).await.expect("written");
+            stream.flush().await.expect("flushed");
+            if close {
+                stream.close().await.expect("closed");
+            }
+            let mut answer = Vec::new();
+            let read = async {
+                let mut buf = [0u8; 64];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return End::Closed,
+                        Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    }
+                }
+            };
+            let end = tokio::time::timeout(Duration::from_secs(1), read)
+                .await
+                .unwrap_or(End::Open);
+            (answer, end)
+        }
+    }
 }
 
 // ---- network ids ------------------------------------------------------------------------
@@ -758,6 +1153,28 @@ async fn network_ids_are_validated_at_start() {
             .await
             .expect("a valid network id");
         assert_eq!(client.network(), network);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_queue_bounds_are_validated_at_start() {
+    init_tracing();
+    let invalid: [fn(&mut NetConfig); 5] = [
+        |c| c.send_queue_frames_max = 0,
+        |c| c.send_queue_total_frames_max = c.send_queue_frames_max - 1,
+        |c| c.send_queue_bytes_max = c.frame_max_bytes - 1,
+        |c| c.send_queue_total_bytes_max = c.send_queue_bytes_max - 1,
+        |c| c.event_queue_len = 0,
+    ];
+    for (i, change) in invalid.iter().enumerate() {
+        let mut cfg = config(Keypair::generate_ed25519(), "alpha", None, "bounds");
+        change(&mut cfg);
+        let result = start(cfg).await;
+        assert!(
+            matches!(result, Err(NetError::InvalidConfig(_))),
+            "case {i}: {:?}",
+            result.err()
+        );
     }
 }
 
