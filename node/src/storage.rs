@@ -532,7 +532,11 @@ fn is_transient(e: &anyhow::Error) -> bool {
 /// Runs a redb operation, turning a panic (redb panics on some corrupt files) into an
 /// [`Unusable`] error.
 fn without_panics<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    quiet_panics_hook();
+    QUIET_PANICS.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(false));
+    match result {
         Ok(r) => r,
         Err(panic) => {
             let what = panic
@@ -547,6 +551,26 @@ fn without_panics<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
             .into())
         }
     }
+}
+
+thread_local! {
+    /// Set while redb runs inside [`without_panics`]: its panics are caught and reported as
+    /// an error, so the default hook's message and backtrace would only alarm.
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs (once) a panic hook that stays silent on threads inside [`without_panics`] and
+/// reports every other panic as before.
+fn quiet_panics_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                default(info);
+            }
+        }));
+    });
 }
 
 /// A record as stored: a CRC-32 of `key` and `bytes` (4 bytes, little endian), then `bytes`.
