@@ -12,6 +12,7 @@
 # examples per operation (ST_MAX_EXAMPLES, default 25), a time limit on each run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
 B=${1:-target/debug/replicator}
 ST_VERSION=4.32.5
 VENV=target/schemathesis-venv
@@ -37,12 +38,13 @@ trap cleanup EXIT
 fuzz() { # base URL, extra st flags...
   local url=$1
   shift
-  timeout 300 "$VENV/bin/st" --config-file node/scripts/schemathesis.toml run "$url/openapi.json" \
+  # From the temp dir: schemathesis keeps its state (.schemathesis/) in the working directory.
+  (cd "$D" && timeout 300 "$ROOT/$VENV/bin/st" --config-file "$ROOT/node/scripts/schemathesis.toml" run "$url/openapi.json" \
     --checks all \
     --max-examples "${ST_MAX_EXAMPLES:-25}" \
     --request-timeout 15 \
     --suppress-health-check all \
-    --no-color "$@"
+    --no-color "$@")
 }
 
 echo "== a 1 x 3 demo network, the fuzzer without the token"
