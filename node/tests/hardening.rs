@@ -736,3 +736,80 @@ fn raise_own_open_files_limit(want: u64) {
         }
     }
 }
+
+/// What schemathesis found, as plain requests: every answer below is a status that
+/// /openapi.json documents for that operation, with a JSON error body that has the fields its
+/// Error schema requires (the full fuzzing runs in node/scripts/api_fuzz.sh).
+#[test]
+fn answers_to_odd_requests_are_documented() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = tmp.path().join("api.token");
+    std::fs::write(&token, "tok\n").unwrap();
+    let a = start(
+        "c0",
+        &tmp.path().join("a"),
+        None,
+        &[
+            "--cluster-size-min",
+            "1",
+            &format!("--api-token-file={}", token.display()),
+        ],
+    );
+    let doc = http("GET", &a.http, "/openapi.json", b"", &[]).json();
+    let auth = [("Authorization", "Bearer tok")];
+    let cases: Vec<(&str, &str, &str, Vec<(&str, &str)>, u16)> = vec![
+        (
+            "GET",
+            "/store/{key}",
+            "/store/k?verify=null&verify=null",
+            vec![],
+            400,
+        ),
+        (
+            "DELETE",
+            "/peers/{peer}",
+            "/peers/p?force=null&force=null",
+            auth.to_vec(),
+            400,
+        ),
+        (
+            "DELETE",
+            "/peers/{peer}",
+            "/peers/nobody",
+            auth.to_vec(),
+            404,
+        ),
+        ("DELETE", "/peers/{peer}", "/peers/nobody", vec![], 401),
+        (
+            "DELETE",
+            "/peers/{peer}",
+            "/peers/nobody",
+            vec![("Authorization", "Bearer x")],
+            403,
+        ),
+        (
+            "PUT",
+            "/store/{key}",
+            "/store/k",
+            vec![("X-Request-Id", "")],
+            400,
+        ),
+    ];
+    for (method, op, path, headers, status) in cases {
+        let r = http(method, &a.http, path, b"", &headers);
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        let documented = &doc["paths"][op][method.to_lowercase()]["responses"][status.to_string()];
+        assert!(
+            documented.is_object(),
+            "{method} {op} does not document {status}"
+        );
+        let body = r.json();
+        let errors = doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+            .as_array()
+            .unwrap();
+        assert!(
+            body["message"].is_string() && errors.contains(&body["error"]),
+            "{method} {path}: {body}"
+        );
+    }
+}
