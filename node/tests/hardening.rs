@@ -757,7 +757,9 @@ fn answers_to_odd_requests_are_documented() {
     );
     let doc = http("GET", &a.http, "/openapi.json", b"", &[]).json();
     let auth = [("Authorization", "Bearer tok")];
-    let cases: Vec<(&str, &str, &str, Vec<(&str, &str)>, u16)> = vec![
+    /// method, operation, path, headers, expected status
+    type Case<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a str)>, u16);
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/store/{key}",
