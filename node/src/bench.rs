@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 64)]
     pub value_bytes: usize,
+    /// The nodes' API token, for nodes started with --api-token-writes.
+    #[arg(long, env = "REPLICATOR_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -51,6 +54,15 @@ pub async fn main(args: BenchArgs) -> ExitCode {
         (Some(_), _) => None,
         (None, d) => Some(Duration::from_secs(d.unwrap_or(10))),
     };
+    // One client (one connection pool) per worker, each with the token if there is one.
+    let node_arg = crate::NodeArg {
+        node: String::new(),
+        token_file: args.token_file.clone(),
+    };
+    if let Err(e) = HttpClient::for_node(&node_arg) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);
     let run = u64::from_le_bytes(seed) % 1_000_000_000;
@@ -63,12 +75,16 @@ pub async fn main(args: BenchArgs) -> ExitCode {
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
         let node = args.nodes[w % args.nodes.len()].clone();
-        let (issued, done, results, value) =
-            (issued.clone(), done.clone(), results.clone(), value.clone());
+        let (issued, done, results, value, client) = (
+            issued.clone(),
+            done.clone(),
+            results.clone(),
+            value.clone(),
+            HttpClient::for_node(&node_arg).expect("checked above"),
+        );
         let count = args.count;
         let share = args.conflict_share;
         workers.push(tokio::spawn(async move {
-            let client = HttpClient::default();
             let mut rng =
                 (u64::from_le_bytes(seed) ^ (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
             loop {
