@@ -244,6 +244,8 @@ struct Run {
     probe: Option<usize>,
     probe_attempts: u32,
     probe_retry_at: Time,
+    /// When the last probe PUT was sent.
+    probe_sent_at: Time,
     /// Departed nodes the liveness phase asked an operator to remove, and when.
     operator_removals: BTreeMap<NodeIx, Time>,
     /// When each node was last nudged with a read.
@@ -308,6 +310,7 @@ pub fn run(spec: &RunSpec) -> Outcome {
         probe: None,
         probe_attempts: 0,
         probe_retry_at: Time::ZERO,
+        probe_sent_at: Time::ZERO,
         operator_removals: BTreeMap::new(),
         nudged: BTreeMap::new(),
         final_ops: Vec::new(),
@@ -816,6 +819,18 @@ impl Run {
         }
         if self.stage == Stage::Converge {
             match self.unconverged() {
+                Some(m) if m.contains("membership differs") => {
+                    // Views heal through the refusals of a write: keep writing now and then
+                    // (a removed node that came back may have taught a later joiner its name).
+                    let idle = now.since(self.probe_sent_at).as_micros() >= u128::from(NUDGE_US);
+                    let done = self
+                        .probe
+                        .is_none_or(|op| self.history[op].returned.is_some());
+                    if idle && done {
+                        self.send_probe();
+                    }
+                    self.liveness_missing = m;
+                }
                 Some(m) => self.liveness_missing = m,
                 None => {
                     self.send_final_reads();
@@ -1099,6 +1114,7 @@ impl Run {
         }
         let node = ready[self.rng.random_range(0..ready.len())];
         self.probe_attempts += 1;
+        self.probe_sent_at = self.world.now();
         let value = Value::new(format!("probe-{}", self.probe_attempts));
         let kind = OpKind::Put {
             value,

@@ -1765,7 +1765,10 @@ impl World {
                 self.now,
                 &self.nodes,
                 to,
-                format_args!("{what} from {} (already known)", self.nodes[from].id),
+                format_args!(
+                    "{what} from {} (a member already, or seen leaving)",
+                    self.nodes[from].id
+                ),
             );
         }
         if !answer && self.nodes[to].node.is_some() {
