@@ -36,7 +36,7 @@ pub struct Workload {
     pub safety_us: u64,
     /// Bound on the liveness phase, in simulated time.
     pub liveness_us: u64,
-    /// Lulls `(period, length)`: in the last `length` (40-70 %) of every `period` of the safety phase no
+    /// Lulls `(period, length)`: in the last `length` (50-85 %) of every `period` of the safety phase no
     /// client starts anything. An operator can remove a node that stopped answering only when
     /// no reservation names it, which a steady stream of writes never allows.
     pub lulls: Option<(u64, u64)>,
@@ -275,7 +275,7 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
     };
     if shape.lulls.unwrap_or_else(|| more.random_bool(0.25)) {
         let period = more.random_range(2_500_000..=5_000_000);
-        let length = period * more.random_range(40..=70) / 100;
+        let length = period * more.random_range(50..=85) / 100;
         workload.lulls = Some((period, length));
     }
     if crash_heavy {
