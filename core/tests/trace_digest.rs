@@ -1,0 +1,746 @@
+//! A digest of everything the core does in seeded random runs: every input, every output in
+//! order, the next timeout and the stats after every input. A refactor that must not change
+//! behaviour (issue 10) proves it by comparing the digests of a few hundred seeds before and
+//! after:
+//!
+//! ```text
+//! TRACE_DIGEST_BASELINE=/tmp/digests cargo test -p replicator-core --test trace_digest -- --nocapture
+//! ```
+//!
+//! The first run writes the file; later runs compare against it and name the seeds that
+//! differ. `TRACE_DIGEST_SEEDS` sets how many seeds (default 300). Run it with and without
+//! `--features bug-injection` (the bug build also runs the broken variants, one per seed).
+//!
+//! The world is small and harsh on purpose: a few clusters of three or four nodes, a network
+//! that delivers in random order, drops and duplicates, slow disks, crashes and restarts,
+//! joins, leaves, operator removals, request-id retries, verify reads, forged and stale peer
+//! messages, and tiny limits so that every bound (refusal folding, request expiry, overload)
+//! is reached.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use replicator_core::*;
+
+const STEPS: usize = 2500;
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn write(&mut self, text: &str) {
+        for b in text.as_bytes().iter().chain([&b'\n']) {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+struct Slot {
+    cluster: ClusterId,
+    node: Option<Node>,
+    disk: Recovered,
+    /// A slow disk: writes wait until the world flushes it (and are lost in a crash).
+    lazy: bool,
+    unflushed: Vec<(WriteId, Vec<WriteOp>)>,
+    left: bool,
+}
+
+struct Packet {
+    from: NodeId,
+    to: NodeId,
+    msg: Message,
+}
+
+struct World {
+    rng: ChaCha8Rng,
+    now: Time,
+    config: Config,
+    slots: BTreeMap<NodeId, Slot>,
+    net: VecDeque<Packet>,
+    digest: Fnv,
+    next_call: u64,
+    next_seed: u64,
+    joins: u32,
+    proposals_seen: Vec<ProposalId>,
+    summary: bool,
+    counts: BTreeMap<String, u64>,
+}
+
+fn ms(x: u64) -> Duration {
+    Duration::from_millis(x)
+}
+
+fn net_id() -> NetworkId {
+    NetworkId::from("net")
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        #[allow(unused_mut)]
+        let mut config = Config {
+            vote_timeout: ms(rng.random_range(100..400)),
+            representative_timeout: ms(150),
+            relay_timeout: ms(100),
+            lease: ms(rng.random_range(300..900)),
+            resolve_backoff_min: ms(20),
+            resolve_backoff_max: ms(rng.random_range(100..500)),
+            busy_retries_max: rng.random_range(0..4),
+            busy_backoff_min: ms(5),
+            busy_backoff_max: ms(rng.random_range(5..80)),
+            put_timeout: ms(rng.random_range(500..2500)),
+            read_wait: ms(60),
+            read_timeout: ms(rng.random_range(300..1500)),
+            verify_timeout: ms(400),
+            sync_timeout: ms(300),
+            sync_page_keys: rng.random_range(1..4),
+            read_lease: ms(rng.random_range(200..700)),
+            refusals_max: rng.random_range(3..30),
+            requests_max: rng.random_range(2..12),
+            request_ttl: ms(rng.random_range(500..5000)),
+            proposals_max: rng.random_range(1..6),
+            reads_waiting_max: rng.random_range(1..6),
+            verifies_max: rng.random_range(1..3),
+            relays_max: rng.random_range(1..20),
+            reservations_max: rng.random_range(1..10),
+            resolutions_max: rng.random_range(1..10),
+            counter_block: rng.random_range(1..8),
+            ..Config::default()
+        };
+        #[cfg(feature = "bug-injection")]
+        {
+            let bugs = [
+                None,
+                Some(InjectedBug::GrantWhenReserved),
+                Some(InjectedBug::CommitOnPartialVote),
+                Some(InjectedBug::ReadReservedAsUnknown),
+                Some(InjectedBug::ForgetFenceOnAbort),
+                Some(InjectedBug::VoteBeforeDurable),
+                Some(InjectedBug::StatusWithoutFence),
+                Some(InjectedBug::ForgetMembershipOnRestart),
+                Some(InjectedBug::ReadWithoutLease),
+            ];
+            config.bug = bugs[(seed % bugs.len() as u64) as usize];
+        }
+        let clusters = rng.random_range(1..4u8);
+        let mut pairs = Vec::new();
+        for c in 0..clusters {
+            let cname = ((b'a' + c) as char).to_string();
+            for i in 1..=rng.random_range(3..5) {
+                pairs.push((
+                    ClusterId::from(cname.as_str()),
+                    NodeId::from(format!("{cname}{i}")),
+                ));
+            }
+        }
+        let founded = Recovered::founder(net_id()).with_members(pairs.clone());
+        let mut world = World {
+            rng,
+            now: Time::from_millis(1),
+            config,
+            slots: BTreeMap::new(),
+            net: VecDeque::new(),
+            digest: Fnv(0xcbf2_9ce4_8422_2325),
+            next_call: 0,
+            next_seed: seed.wrapping_mul(1000),
+            joins: 0,
+            proposals_seen: Vec::new(),
+            summary: std::env::var("TRACE_DIGEST_SUMMARY").is_ok(),
+            counts: BTreeMap::new(),
+        };
+        for (cluster, id) in pairs {
+            let lazy = world.rng.random_bool(0.3);
+            let node = world.start(&id, &cluster, founded.clone());
+            world.slots.insert(
+                id,
+                Slot {
+                    cluster,
+                    node: Some(node),
+                    disk: founded.clone(),
+                    lazy,
+                    unflushed: Vec::new(),
+                    left: false,
+                },
+            );
+        }
+        world
+    }
+
+    fn start(&mut self, id: &NodeId, cluster: &ClusterId, disk: Recovered) -> Node {
+        self.next_seed += 1;
+        Node::new(
+            self.config.clone(),
+            id.clone(),
+            cluster.clone(),
+            disk,
+            self.now,
+            self.next_seed,
+        )
+        .expect("valid config")
+    }
+
+    fn tally(&mut self, out: &Output) {
+        if !self.summary {
+            return;
+        }
+        let short = |x: String| -> String { x.chars().take(60).collect() };
+        let label = match out {
+            Output::Send { msg, .. } => match msg {
+                Message::Response(Response::Vote { vote, .. }) => format!("vote {vote:?}"),
+                Message::Request(r) | Message::Relay { request: r, .. } => {
+                    let kind = format!("{r:?}");
+                    let relay = matches!(msg, Message::Relay { .. });
+                    format!(
+                        "{} {}",
+                        if relay { "relay" } else { "request" },
+                        short(kind.split(' ').next().unwrap_or("").to_string())
+                    )
+                }
+                other => short(
+                    format!("{other:?}")
+                        .split([' ', '('])
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
+                ),
+            },
+            Output::Persist { ops, .. } => {
+                for op in ops {
+                    let name = format!("{op:?}");
+                    let name = name.split([' ', '(']).next().unwrap_or("").to_string();
+                    *self.counts.entry(format!("op {name}")).or_default() += 1;
+                }
+                "persist".into()
+            }
+            Output::Reply { reply, .. } => short(format!("reply {reply:?}")),
+            Output::Note(Note::PeerInputRejected { reason, .. }) => {
+                short(format!("rejected {reason}"))
+            }
+            Output::Note(n) => short(format!("note {n:?}")),
+        };
+        let label: String = label.chars().filter(|c| !c.is_ascii_digit()).collect();
+        *self.counts.entry(label).or_default() += 1;
+    }
+
+    fn record(&mut self, line: impl Debug) {
+        let text = format!("{line:?}");
+        self.digest.write(&text);
+    }
+
+    fn up(&self) -> Vec<NodeId> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.node.is_some() && !s.left)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn pick<T: Clone>(&mut self, items: &[T]) -> Option<T> {
+        if items.is_empty() {
+            return None;
+        }
+        Some(items[self.rng.random_range(0..items.len())].clone())
+    }
+
+    fn input(&mut self, id: &NodeId, input: Input) {
+        let now = self.now;
+        let Some(node) = self.slots.get_mut(id).and_then(|s| s.node.as_mut()) else {
+            return;
+        };
+        let line = format!("{now:?} in {id} {input:?}");
+        node.handle(now, input);
+        self.digest.write(&line);
+        self.drain(id);
+    }
+
+    fn drain(&mut self, id: &NodeId) {
+        loop {
+            let now = self.now;
+            let mut persisted = None;
+            let mut lines = Vec::new();
+            let mut leave_complete = false;
+            let mut tallied = Vec::new();
+            {
+                let slot = self.slots.get_mut(id).expect("slot");
+                let Some(node) = slot.node.as_mut() else {
+                    return;
+                };
+                while let Some(out) = node.poll_output() {
+                    lines.push(format!("{id} {out:?}"));
+                    tallied.push(out.clone());
+                    match out {
+                        Output::Send { to, msg } => {
+                            if let Message::Request(Request::Reserve { p, .. }) = &msg {
+                                self.proposals_seen.push(p.clone());
+                            }
+                            self.net.push_back(Packet {
+                                from: id.clone(),
+                                to,
+                                msg,
+                            })
+                        }
+                        Output::Persist { write, ops } => {
+                            if slot.lazy {
+                                slot.unflushed.push((write, ops));
+                            } else {
+                                slot.disk.apply_all(&ops);
+                                persisted = Some(write);
+                            }
+                        }
+                        Output::Reply { .. } => {}
+                        Output::Note(note) => {
+                            if note == Note::LeaveComplete {
+                                leave_complete = true;
+                            }
+                        }
+                    }
+                }
+                lines.push(format!(
+                    "{id} next {:?} {:?}",
+                    node.poll_timeout(),
+                    node.stats()
+                ));
+            }
+            for line in lines {
+                self.digest.write(&line);
+            }
+            for out in &tallied {
+                self.tally(out);
+            }
+            if leave_complete {
+                self.say_goodbye(id);
+                return;
+            }
+            match persisted {
+                Some(upto) => {
+                    let node = self.slots.get_mut(id).and_then(|s| s.node.as_mut());
+                    if let Some(node) = node {
+                        node.handle(now, Input::Persisted { upto });
+                    }
+                    self.digest
+                        .write(&format!("{now:?} in {id} persisted {upto:?}"));
+                }
+                None => return,
+            }
+        }
+    }
+
+    fn say_goodbye(&mut self, id: &NodeId) {
+        if let Some(slot) = self.slots.get_mut(id) {
+            slot.left = true;
+            slot.node = None;
+        }
+        self.net.retain(|p| p.to != *id);
+        for other in self.up() {
+            self.input(
+                &other,
+                Input::NodeRemoved {
+                    node: id.clone(),
+                    goodbye: true,
+                },
+            );
+        }
+    }
+
+    fn call(&mut self) -> CallId {
+        self.next_call += 1;
+        CallId(self.next_call)
+    }
+
+    fn client(&mut self, cmd: Command) {
+        let Some(at) = self.pick(&self.up()) else {
+            return;
+        };
+        let call = self.call();
+        self.input(&at, Input::Client { call, cmd });
+    }
+
+    fn deliver_one(&mut self) {
+        if self.net.is_empty() {
+            return;
+        }
+        // Mostly in order, sometimes overtaken.
+        let i = self.rng.random_range(0..self.net.len().min(4));
+        let roll = self.rng.random_range(0..100);
+        let packet = if roll < 4 {
+            // Duplicated: deliver a copy, keep the original in flight.
+            let p = &self.net[i];
+            Packet {
+                from: p.from.clone(),
+                to: p.to.clone(),
+                msg: p.msg.clone(),
+            }
+        } else {
+            self.net.remove(i).expect("in range")
+        };
+        if roll >= 97 {
+            self.record(format!("drop {} -> {}", packet.from, packet.to));
+            return;
+        }
+        // Every message crosses the wire as bytes, as in the real node.
+        let msg = wire::decode(&wire::encode(&packet.msg)).expect("own encoding decodes");
+        self.input(
+            &packet.to,
+            Input::Message {
+                from: packet.from,
+                msg,
+            },
+        );
+    }
+
+    fn advance(&mut self) {
+        let end = self.now + ms(self.rng.random_range(0..60));
+        for _ in 0..10_000 {
+            let next = self
+                .slots
+                .values()
+                .filter_map(|s| s.node.as_ref().and_then(|n| n.poll_timeout()))
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    for id in self.up() {
+                        let due = self.slots[&id].node.as_ref().and_then(|n| n.poll_timeout());
+                        if due.is_some_and(|t| t <= self.now) {
+                            self.input(&id, Input::Timeout);
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.now = self.now.max(end);
+    }
+
+    fn key(&mut self) -> Key {
+        Key::from(format!("k{}", self.rng.random_range(0..10)))
+    }
+
+    fn value(&mut self) -> Value {
+        Value::from(format!("v{}", self.rng.random_range(0..3)).as_str())
+    }
+
+    fn put(&mut self) {
+        let key = self.key();
+        let value = self.value();
+        let request = self
+            .rng
+            .random_bool(0.4)
+            .then(|| RequestId::from(format!("r{}", self.rng.random_range(0..5))));
+        self.client(Command::Put {
+            key,
+            value,
+            request,
+        });
+    }
+
+    fn crash(&mut self) {
+        let Some(id) = self.pick(&self.up()) else {
+            return;
+        };
+        self.record(format!("crash {id}"));
+        let slot = self.slots.get_mut(&id).expect("slot");
+        slot.node = None;
+        slot.unflushed.clear();
+        self.net.retain(|p| p.to != id);
+    }
+
+    fn restart(&mut self) {
+        let down: Vec<NodeId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.node.is_none() && !s.left)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let Some(id) = self.pick(&down) else { return };
+        self.record(format!("restart {id}"));
+        let (cluster, disk) = {
+            let slot = &self.slots[&id];
+            (slot.cluster.clone(), slot.disk.clone())
+        };
+        let node = self.start(&id, &cluster, disk);
+        self.slots.get_mut(&id).expect("slot").node = Some(node);
+        self.drain(&id);
+    }
+
+    fn flush_disk(&mut self) {
+        let lazy: Vec<NodeId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.unflushed.is_empty() && s.node.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let Some(id) = self.pick(&lazy) else { return };
+        let slot = self.slots.get_mut(&id).expect("slot");
+        // Flush a prefix: writes become durable in order.
+        let n = self.rng.random_range(1..=slot.unflushed.len());
+        let done: Vec<_> = slot.unflushed.drain(..n).collect();
+        for (_, ops) in &done {
+            slot.disk.apply_all(ops);
+        }
+        let upto = done.last().expect("non-empty").0;
+        self.input(&id, Input::Persisted { upto });
+    }
+
+    fn join(&mut self) {
+        if self.joins >= 2 {
+            return;
+        }
+        self.joins += 1;
+        let clusters: Vec<ClusterId> = self.slots.values().map(|s| s.cluster.clone()).collect();
+        let cluster = self.pick(&clusters).expect("a cluster");
+        let id = NodeId::from(format!("j{}", self.joins));
+        self.record(format!("join {id} in {cluster}"));
+        for other in self.up() {
+            self.input(
+                &other,
+                Input::NodeDiscovered {
+                    cluster: cluster.clone(),
+                    node: id.clone(),
+                    network: net_id(),
+                },
+            );
+        }
+        let others: Vec<(ClusterId, NodeId)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.left)
+            .map(|(id, s)| (s.cluster.clone(), id.clone()))
+            .collect();
+        let node = self.start(&id, &cluster, Recovered::joiner(net_id()));
+        let lazy = self.rng.random_bool(0.3);
+        self.slots.insert(
+            id.clone(),
+            Slot {
+                cluster,
+                node: Some(node),
+                disk: Recovered::joiner(net_id()),
+                lazy,
+                unflushed: Vec::new(),
+                left: false,
+            },
+        );
+        self.drain(&id);
+        for (cluster, node) in others {
+            self.input(
+                &id,
+                Input::NodeDiscovered {
+                    cluster,
+                    node,
+                    network: net_id(),
+                },
+            );
+        }
+    }
+
+    fn leave(&mut self) {
+        if self.slots.values().any(|s| s.left) {
+            return;
+        }
+        if let Some(id) = self.pick(&self.up()) {
+            self.input(&id, Input::Leave);
+        }
+    }
+
+    fn remove_node(&mut self) {
+        let down: Vec<NodeId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.node.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let all: Vec<NodeId> = self.slots.keys().cloned().collect();
+        let pool = if down.is_empty() || self.rng.random_bool(0.3) {
+            all
+        } else {
+            down
+        };
+        let Some(node) = self.pick(&pool) else { return };
+        let force = self.rng.random_bool(0.2);
+        self.client(Command::RemoveNode { node, force });
+    }
+
+    /// A message no honest node would send now: stale, forged or malformed.
+    fn forge(&mut self) {
+        let all: Vec<NodeId> = self.slots.keys().cloned().collect();
+        let (Some(from), Some(to)) = (self.pick(&all), self.pick(&self.up())) else {
+            return;
+        };
+        let key = self.key();
+        let p = match self.pick(&self.proposals_seen.clone()) {
+            Some(p) if self.rng.random_bool(0.7) => p,
+            _ => ProposalId {
+                coordinator: from.clone(),
+                counter: self.rng.random_range(0..20),
+            },
+        };
+        let msg = match self.rng.random_range(0..9) {
+            0 => Message::Request(Request::Commit { p, key }),
+            1 => Message::Request(Request::Abort { p, key }),
+            2 => Message::Request(Request::Status { p, key }),
+            3 => Message::Response(Response::Vote {
+                p,
+                key,
+                node: from.clone(),
+                vote: Vote::Granted,
+            }),
+            4 => Message::SyncPage {
+                entries: vec![
+                    (
+                        Key::from("k9"),
+                        DurableKey::Stored {
+                            p: p.clone(),
+                            value: "x".into(),
+                        },
+                    ),
+                    (
+                        Key::from("k1"),
+                        DurableKey::Stored {
+                            p,
+                            value: "x".into(),
+                        },
+                    ),
+                ],
+                done: true,
+            },
+            5 => Message::SyncRequest { after: None },
+            6 => Message::Probe { sent: self.now },
+            7 => Message::LeaveCheck,
+            _ => Message::Response(Response::Read {
+                key,
+                tag: self.rng.random_range(0..5),
+                node: from.clone(),
+                state: ReadState::Free,
+            }),
+        };
+        self.input(&to, Input::Message { from, msg });
+    }
+
+    fn foreign(&mut self) {
+        let Some(at) = self.pick(&self.up()) else {
+            return;
+        };
+        self.input(
+            &at,
+            Input::NodeDiscovered {
+                cluster: "a".into(),
+                node: "stranger".into(),
+                network: "other-net".into(),
+            },
+        );
+    }
+
+    fn step(&mut self) {
+        match self.rng.random_range(0..1000) {
+            0..=99 => self.advance(),
+            100..=199 => self.put(),
+            200..=249 => {
+                let key = self.key();
+                self.client(Command::Get { key });
+            }
+            250..=259 => {
+                let key = self.key();
+                self.client(Command::Verify { key });
+            }
+            260..=319 => self.flush_disk(),
+            320..=327 => self.crash(),
+            328..=357 => self.restart(),
+            358..=362 => self.join(),
+            363..=365 => self.leave(),
+            366..=368 => self.remove_node(),
+            369..=388 => self.forge(),
+            389..=390 => self.foreign(),
+            _ => {
+                for _ in 0..3 {
+                    self.deliver_one();
+                }
+            }
+        }
+    }
+}
+
+fn digest(seed: u64) -> u64 {
+    run(seed).digest.0
+}
+
+fn run(seed: u64) -> World {
+    let mut world = World::new(seed);
+    for _ in 0..STEPS {
+        world.step();
+    }
+    // Heal: deliver everything and let the timers run.
+    for _ in 0..200 {
+        while !world.net.is_empty() {
+            world.deliver_one();
+        }
+        world.advance();
+    }
+    world
+}
+
+/// `TRACE_DIGEST_SUMMARY=1 cargo test -p replicator-core --test trace_digest summary -- --nocapture`
+/// prints how often each kind of output occurs, to see what the random runs reach.
+#[test]
+fn summary() {
+    if std::env::var("TRACE_DIGEST_SUMMARY").is_err() {
+        return;
+    }
+    let mut total: BTreeMap<String, u64> = BTreeMap::new();
+    for seed in 0..40 {
+        for (label, n) in run(seed).counts {
+            *total.entry(label).or_default() += n;
+        }
+    }
+    for (label, n) in total {
+        eprintln!("{n:>8} {label}");
+    }
+}
+
+#[test]
+fn same_seed_same_digest() {
+    for seed in [1, 2, 3] {
+        assert_eq!(digest(seed), digest(seed), "seed {seed}");
+    }
+}
+
+/// See the module's documentation: writes or compares the digests of many seeds.
+#[test]
+fn digests_match_the_baseline() {
+    let Ok(path) = std::env::var("TRACE_DIGEST_BASELINE") else {
+        return;
+    };
+    let seeds: u64 = std::env::var("TRACE_DIGEST_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let lines: Vec<String> = (0..seeds)
+        .map(|seed| format!("{seed} {:016x}", digest(seed)))
+        .collect();
+    match std::fs::read_to_string(&path) {
+        Err(_) => {
+            std::fs::write(&path, lines.join("\n") + "\n").expect("write the baseline");
+            eprintln!("wrote {} digests to {path}", lines.len());
+        }
+        Ok(baseline) => {
+            let baseline: Vec<&str> = baseline.lines().collect();
+            let differ: Vec<&String> = lines
+                .iter()
+                .zip(&baseline)
+                .filter(|(a, b)| a.as_str() != **b)
+                .map(|(a, _)| a)
+                .collect();
+            assert_eq!(lines.len(), baseline.len(), "another number of seeds");
+            assert!(
+                differ.is_empty(),
+                "{} of {} seeds differ from {path}, first: {:?}",
+                differ.len(),
+                lines.len(),
+                differ.iter().take(5).collect::<Vec<_>>()
+            );
+            eprintln!("{} digests match {path}", lines.len());
+        }
+    }
+}
