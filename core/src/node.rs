@@ -1,8 +1,9 @@
 //! The protocol state machine of one node.
 
 mod members;
+mod outbox;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +18,10 @@ use crate::config::{Config, ConfigError};
 use crate::membership::Membership;
 use crate::storage::{DurableKey, Recovered, RefusalWhy, RequestOutcome, RequestRecord, WriteOp};
 use crate::timers::{RelayKey, Timer, Timers};
-use crate::types::{
-    CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Time, Value, WriteId,
-};
+use crate::types::{CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Time, Value};
 use crate::wire::{DenyReason, Message, ReadState, Request, Response, SyncRefusal, Vote};
+
+use outbox::Outbox;
 
 /// One node of the write-once replication protocol, as a pure state machine.
 ///
@@ -92,13 +93,7 @@ pub struct Node {
     next_tag: u64,
 
     timers: Timers,
-
-    pending_ops: Vec<WriteOp>,
-    last_issued: u64,
-    durable_upto: u64,
-    held: VecDeque<(u64, Deferred)>,
-    inbox: VecDeque<Message>,
-    outputs: VecDeque<Output>,
+    out: Outbox,
 }
 
 /// A client PUT this node coordinates, across its Busy retries.
@@ -204,12 +199,6 @@ struct SyncState {
     copied: bool,
 }
 
-enum Deferred {
-    Send(NodeId, Message),
-    Local(Message),
-    Reply(CallId, Reply),
-}
-
 /// Deliberately broken behaviour, for showing that the simulator catches it. Selectable
 /// through `Config::bug` only when the `bug-injection` feature is on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -273,6 +262,7 @@ impl Node {
             now + config.read_lease.saturating_mul(2)
         };
         let removed = departed.contains(&id);
+        let out = Outbox::new(id.clone(), bug_in(&config, InjectedBug::VoteBeforeDurable));
         let mut node = Node {
             config,
             id,
@@ -312,12 +302,7 @@ impl Node {
             relays: BTreeMap::new(),
             next_tag: 0,
             timers: Timers::default(),
-            pending_ops: Vec::new(),
-            last_issued: 0,
-            durable_upto: 0,
-            held: VecDeque::new(),
-            inbox: VecDeque::new(),
-            outputs: VecDeque::new(),
+            out,
         };
         for (id, record) in requests {
             node.request_seq = node.request_seq.max(record.seq + 1);
@@ -401,7 +386,7 @@ impl Node {
             reads_waiting: self.reads.len(),
             relays: self.relays.len(),
             timers: self.timers.len(),
-            held_messages: self.held.len(),
+            held_messages: self.out.held_len(),
         }
     }
 
@@ -413,7 +398,7 @@ impl Node {
         match input {
             Input::Message { from, msg } => self.on_message(from, msg),
             Input::Client { call, cmd } => self.on_command(call, cmd),
-            Input::Persisted { upto } => self.on_persisted(upto),
+            Input::Persisted { upto } => self.out.on_persisted(upto),
             Input::Timeout => {
                 while let Some(timer) = self.timers.pop_due(self.now) {
                     self.on_timer(timer);
@@ -433,7 +418,7 @@ impl Node {
             // answer), check here once rather than on every path.
             self.check_leave_complete();
         }
-        self.flush();
+        self.out.flush();
     }
 
     // ---------------------------------------------------------------- outputs
@@ -441,7 +426,7 @@ impl Node {
     /// The next thing to do, if any.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.out.poll()
     }
 
     /// When [`Input::Timeout`] is next due.
@@ -454,14 +439,14 @@ impl Node {
 
     fn on_message(&mut self, from: NodeId, msg: Message) {
         if let Err(reason) = self.check_message(&msg) {
-            self.note(Note::PeerInputRejected { from, reason });
+            self.out.note(Note::PeerInputRejected { from, reason });
             return;
         }
         self.tell_departed_sender(&from);
         match msg {
             Message::Request(req) => {
                 if let Some(resp) = self.on_request(&from, req) {
-                    self.send(from, Message::Response(resp));
+                    self.out.send(from, Message::Response(resp));
                 }
             }
             Message::Response(resp) => self.on_response(&from, resp),
@@ -645,7 +630,7 @@ impl Node {
                 _ => false,
             };
         if !authorised {
-            self.note(Note::PeerInputRejected {
+            self.out.note(Note::PeerInputRejected {
                 from: from.clone(),
                 reason: "request from a node outside the membership".into(),
             });
@@ -762,7 +747,7 @@ impl Node {
         };
         self.keys.insert(key.clone(), state.clone());
         self.reservations.insert(p.clone(), key.clone());
-        self.persist(WriteOp::PutKey {
+        self.out.persist(WriteOp::PutKey {
             key: key.clone(),
             state,
         });
@@ -799,11 +784,11 @@ impl Node {
                 self.keys.insert(key.clone(), state.clone());
                 self.reservations.remove(p);
                 self.timers.cancel(&Timer::Lease(p.clone()));
-                self.persist(WriteOp::PutKey {
+                self.out.persist(WriteOp::PutKey {
                     key: key.clone(),
                     state,
                 });
-                self.note(Note::Committed {
+                self.out.note(Note::Committed {
                     p: p.clone(),
                     key: key.clone(),
                 });
@@ -822,7 +807,7 @@ impl Node {
                 } else {
                     ""
                 };
-                self.note(Note::Violation {
+                self.out.note(Note::Violation {
                     reason: format!(
                         "Commit({p}) for key {key:?} from {from} reached {} holding {held}{refused}",
                         self.id
@@ -838,7 +823,7 @@ impl Node {
                 self.keys.remove(key);
                 self.reservations.remove(p);
                 self.timers.cancel(&Timer::Lease(p.clone()));
-                self.persist(WriteOp::RemoveKey { key: key.clone() });
+                self.out.persist(WriteOp::RemoveKey { key: key.clone() });
                 if !self.bug_is(InjectedBug::ForgetFenceOnAbort) {
                     self.record_refusal(p, RefusalWhy::Aborted);
                 }
@@ -846,7 +831,7 @@ impl Node {
                 self.key_changed(p);
             }
             Some(DurableKey::Stored { p: q, .. }) if q == p => {
-                self.note(Note::Violation {
+                self.out.note(Note::Violation {
                     reason: format!("Abort({p}) reached {} which stores {key:?} for it", self.id),
                 });
             }
@@ -898,7 +883,7 @@ impl Node {
             return;
         }
         self.refusals.insert(p.clone(), why);
-        self.persist(WriteOp::PutRefusal { p: p.clone(), why });
+        self.out.persist(WriteOp::PutRefusal { p: p.clone(), why });
         // A joining node keeps its refusals one by one until it is ready: the join-time copy
         // must tell a proposal it saw aborted (never adopt it again) from one a watermark
         // merely over-approximates (adopt it, or a committed key would be missed). Found by
@@ -935,13 +920,13 @@ impl Node {
             };
             let w = self.watermarks.entry(coordinator.clone()).or_insert(0);
             *w = (*w).max(top);
-            self.persist(WriteOp::Watermark {
+            self.out.persist(WriteOp::Watermark {
                 coordinator,
                 counter: top,
             });
             for p in folded {
                 self.refusals.remove(&p);
-                self.persist(WriteOp::RemoveRefusal { p });
+                self.out.persist(WriteOp::RemoveRefusal { p });
             }
         }
     }
@@ -1100,7 +1085,7 @@ impl Node {
         };
         let key = d.key.clone();
         let participants = d.participants.clone();
-        self.note(Note::Decided {
+        self.out.note(Note::Decided {
             p: p.clone(),
             key: key.clone(),
             committed,
@@ -1130,7 +1115,7 @@ impl Node {
         self.send_to_participants(p, participants, &request, None);
         if !participants.contains(&self.id) && self.holds(p, key) {
             // A copied reservation (joining node): apply the outcome here too.
-            self.send(self.id.clone(), Message::Request(request));
+            self.out.send(self.id.clone(), Message::Request(request));
         }
     }
 
@@ -1214,7 +1199,7 @@ impl Node {
             }
             if *cluster == self.cluster {
                 for n in targets {
-                    self.send(n, Message::Request(request.clone()));
+                    self.out.send(n, Message::Request(request.clone()));
                 }
             } else {
                 let index = self
@@ -1224,7 +1209,7 @@ impl Node {
                     .map_or(0, |r| r.index);
                 let rep = pick_representative(nodes, &self.departed, index, p);
                 let Some(rep) = rep else { continue };
-                self.send(
+                self.out.send(
                     rep,
                     Message::Relay {
                         cluster: cluster.clone(),
@@ -1351,7 +1336,7 @@ impl Node {
             None
         };
         if let Some(reason) = refusal {
-            return self.note(Note::PeerInputRejected {
+            return self.out.note(Note::PeerInputRejected {
                 from: origin,
                 reason,
             });
@@ -1363,7 +1348,7 @@ impl Node {
         let (relay_key, fanned) = match &request {
             Request::Commit { .. } | Request::Abort { .. } => {
                 for n in targets {
-                    self.send(n, Message::Request(request.clone()));
+                    self.out.send(n, Message::Request(request.clone()));
                 }
                 return;
             }
@@ -1415,7 +1400,7 @@ impl Node {
             self.now + self.config.relay_timeout,
         );
         for n in targets {
-            self.send(n, Message::Request(fanned.clone()));
+            self.out.send(n, Message::Request(fanned.clone()));
         }
     }
 
@@ -1470,7 +1455,7 @@ impl Node {
             return;
         }
         for origin in relay.origins {
-            self.send(
+            self.out.send(
                 origin,
                 Message::RelayReply {
                     cluster: self.cluster.clone(),
@@ -1492,7 +1477,7 @@ impl Node {
                 }
                 Command::RemoveNode { .. } => Reply::Remove(RemoveOutcome::Unknown),
             };
-            return self.reply(call, reply);
+            return self.out.reply(call, reply);
         }
         match cmd {
             Command::Put {
@@ -1508,19 +1493,21 @@ impl Node {
 
     fn on_put(&mut self, call: CallId, key: Key, value: Value, request: Option<RequestId>) {
         if let Err(invalid) = validate_put(&self.config, &key, &value, request.as_ref()) {
-            return self.reply(call, Reply::Put(PutOutcome::Invalid(invalid)));
+            return self
+                .out
+                .reply(call, Reply::Put(PutOutcome::Invalid(invalid)));
         }
         if let Some(id) = &request {
             self.expire_requests();
             if let Some(record) = self.requests.get(id) {
                 if record.key != key || record.value_fingerprint != fingerprint(&value) {
-                    return self.reply(
+                    return self.out.reply(
                         call,
                         Reply::Put(PutOutcome::Invalid(Invalid::RequestIdReused)),
                     );
                 }
                 if let Some(outcome) = record.outcome.clone() {
-                    return self.reply(call, Reply::Put(outcome_reply(outcome)));
+                    return self.out.reply(call, Reply::Put(outcome_reply(outcome)));
                 }
                 if let Some((_, op)) = self
                     .ops
@@ -1535,7 +1522,7 @@ impl Node {
             }
         }
         if let Some(refusal) = self.write_refusal() {
-            return self.reply(call, Reply::Put(refusal));
+            return self.out.reply(call, Reply::Put(refusal));
         }
         if let Some(DurableKey::Stored { value: stored, .. }) = self.keys.get(&key) {
             // Committed here, so committed: no need to ask anyone.
@@ -1550,7 +1537,9 @@ impl Node {
                     Some(RequestOutcome::Exists(stored.clone())),
                 );
             }
-            return self.reply(call, Reply::Put(PutOutcome::Exists { value: stored }));
+            return self
+                .out
+                .reply(call, Reply::Put(PutOutcome::Exists { value: stored }));
         }
         let op_id = self.next_op;
         self.next_op += 1;
@@ -1693,13 +1682,13 @@ impl Node {
         {
             record.outcome = Some(outcome);
             self.requests.insert(id.clone(), record.clone());
-            self.persist(WriteOp::PutRequest {
+            self.out.persist(WriteOp::PutRequest {
                 id: id.clone(),
                 record,
             });
         }
         for call in op.calls {
-            self.reply(call, Reply::Put(reply.clone()));
+            self.out.reply(call, Reply::Put(reply.clone()));
         }
     }
 
@@ -1764,7 +1753,8 @@ impl Node {
     fn next_proposal(&mut self) -> ProposalId {
         if self.next_counter >= self.counter_ceiling {
             self.counter_ceiling = self.next_counter + self.config.counter_block;
-            self.persist(WriteOp::CounterCeiling(self.counter_ceiling));
+            self.out
+                .persist(WriteOp::CounterCeiling(self.counter_ceiling));
         }
         let p = ProposalId {
             coordinator: self.id.clone(),
@@ -1799,7 +1789,7 @@ impl Node {
             outcome,
         };
         self.requests.insert(id.clone(), record.clone());
-        self.persist(WriteOp::PutRequest { id, record });
+        self.out.persist(WriteOp::PutRequest { id, record });
         self.expire_requests();
     }
 
@@ -1814,16 +1804,20 @@ impl Node {
             let id = id.clone();
             self.request_order.remove(&seq);
             self.requests.remove(&id);
-            self.persist(WriteOp::RemoveRequest { id });
+            self.out.persist(WriteOp::RemoveRequest { id });
         }
     }
 
     fn on_get(&mut self, call: CallId, key: Key) {
         if let Err(invalid) = validate_key(&self.config, &key) {
-            return self.reply(call, Reply::Get(GetOutcome::Invalid(invalid)));
+            return self
+                .out
+                .reply(call, Reply::Get(GetOutcome::Invalid(invalid)));
         }
         if !self.ready {
-            return self.reply(call, Reply::Get(GetOutcome::NotReady(NotReady::Joining)));
+            return self
+                .out
+                .reply(call, Reply::Get(GetOutcome::NotReady(NotReady::Joining)));
         }
         self.read_now(call, key);
     }
@@ -1835,18 +1829,18 @@ impl Node {
             Some(DurableKey::Stored { value, .. }) => {
                 let value = value.clone();
                 self.timers.cancel(&Timer::ReadDeadline(call));
-                self.reply(call, Reply::Get(GetOutcome::Value(value)))
+                self.out.reply(call, Reply::Get(GetOutcome::Value(value)))
             }
             None => self.answer_free(call, key),
             Some(DurableKey::Reserved { .. })
                 if self.bug_is(InjectedBug::ReadReservedAsUnknown) =>
             {
-                self.reply(call, Reply::Get(GetOutcome::Unknown))
+                self.out.reply(call, Reply::Get(GetOutcome::Unknown))
             }
             Some(DurableKey::Reserved { p, .. }) => {
                 if self.reads.len() >= self.config.reads_waiting_max {
                     self.timers.cancel(&Timer::ReadDeadline(call));
-                    return self.reply(call, Reply::Get(GetOutcome::Overloaded));
+                    return self.out.reply(call, Reply::Get(GetOutcome::Overloaded));
                 }
                 let p = p.clone();
                 if self.timers.get(&Timer::ReadDeadline(call)).is_none() {
@@ -1889,10 +1883,12 @@ impl Node {
 
     fn on_verify(&mut self, call: CallId, key: Key) {
         if let Err(invalid) = validate_key(&self.config, &key) {
-            return self.reply(call, Reply::Get(GetOutcome::Invalid(invalid)));
+            return self
+                .out
+                .reply(call, Reply::Get(GetOutcome::Invalid(invalid)));
         }
         if self.verifies.len() >= self.config.verifies_max {
-            return self.reply(call, Reply::Get(GetOutcome::Overloaded));
+            return self.out.reply(call, Reply::Get(GetOutcome::Overloaded));
         }
         let tag = self.next_tag;
         self.next_tag += 1;
@@ -1912,7 +1908,7 @@ impl Node {
         for (cluster, nodes) in participants.clusters() {
             if *cluster == self.cluster {
                 for n in nodes {
-                    self.send(n.clone(), Message::Request(request.clone()));
+                    self.out.send(n.clone(), Message::Request(request.clone()));
                 }
             } else if let Some(rep) = pick_representative(
                 nodes,
@@ -1928,7 +1924,7 @@ impl Node {
                     targets: nodes.to_vec(),
                     request: request.clone(),
                 };
-                self.send(rep, msg);
+                self.out.send(rep, msg);
             }
         }
     }
@@ -1966,7 +1962,7 @@ impl Node {
             silent: silence,
             agree,
         };
-        self.reply(v.call, Reply::Verify(report));
+        self.out.reply(v.call, Reply::Verify(report));
     }
 
     // ================================================================ timers
@@ -2050,7 +2046,8 @@ impl Node {
                     }
                 }
                 let silence = self.silence(&read.p);
-                self.reply(call, Reply::Get(GetOutcome::Unavailable(silence)));
+                self.out
+                    .reply(call, Reply::Get(GetOutcome::Unavailable(silence)));
             }
             Timer::Verify(tag) => self.finish_verify(tag),
             Timer::BusyRetry(op) => {
@@ -2114,7 +2111,7 @@ impl Node {
         let Some(next) = pick_representative(nodes, &self.departed, rep.index, &p) else {
             return;
         };
-        self.send(
+        self.out.send(
             next,
             Message::Relay {
                 cluster: cluster.clone(),
@@ -2139,7 +2136,7 @@ impl Node {
             None
         };
         if let Some(reason) = refusal {
-            return self.send(from, Message::SyncRefused { reason });
+            return self.out.send(from, Message::SyncRefused { reason });
         }
         let range = match &after {
             Some(k) => self
@@ -2158,7 +2155,7 @@ impl Node {
             bytes += key.as_str().len() + state.value().len();
             entries.push((key.clone(), state.clone()));
         }
-        self.send(from, Message::SyncPage { entries, done });
+        self.out.send(from, Message::SyncPage { entries, done });
     }
 
     fn on_sync_page(&mut self, from: NodeId, entries: Vec<(Key, DurableKey)>, done: bool) {
@@ -2170,7 +2167,7 @@ impl Node {
         for (key, state) in entries {
             if after.as_ref().is_some_and(|a| key <= *a) {
                 let reason = "sync page out of key order".to_string();
-                return self.note(Note::PeerInputRejected { from, reason });
+                return self.out.note(Note::PeerInputRejected { from, reason });
             }
             after = Some(key.clone());
             match (&state, self.keys.get(&key)) {
@@ -2182,7 +2179,7 @@ impl Node {
                         self.timers.cancel(&Timer::Lease(p));
                     }
                     self.keys.insert(key.clone(), state.clone());
-                    self.persist(WriteOp::PutKey { key, state });
+                    self.out.persist(WriteOp::PutKey { key, state });
                 }
                 (
                     DurableKey::Reserved {
@@ -2202,7 +2199,7 @@ impl Node {
                     let p = p.clone();
                     self.keys.insert(key.clone(), state.clone());
                     self.reservations.insert(p.clone(), key.clone());
-                    self.persist(WriteOp::PutKey { key, state });
+                    self.out.persist(WriteOp::PutKey { key, state });
                     // Resolve it at once: the node is not ready until it is decided.
                     self.timers.set(Timer::Lease(p), self.now);
                 }
@@ -2217,7 +2214,7 @@ impl Node {
             self.timers.cancel(&Timer::Sync);
             self.check_ready();
         } else {
-            self.send(from, Message::SyncRequest { after });
+            self.out.send(from, Message::SyncRequest { after });
             self.timers
                 .set(Timer::Sync, self.now + self.config.sync_timeout);
         }
@@ -2251,7 +2248,7 @@ impl Node {
         let source = sources[sync.source_index % sources.len()].clone();
         sync.awaiting = Some(source.clone());
         let after = sync.after.clone();
-        self.send(source, Message::SyncRequest { after });
+        self.out.send(source, Message::SyncRequest { after });
         self.timers.set(Timer::Sync, retry_at);
     }
 
@@ -2273,99 +2270,15 @@ impl Node {
             self.fold_refusals();
         }
         self.timers.cancel(&Timer::Sync);
-        self.persist(WriteOp::Ready(true));
-        self.note(Note::Ready);
-    }
-
-    // ================================================================ durability barrier
-
-    fn persist(&mut self, op: WriteOp) {
-        self.pending_ops.push(op);
-    }
-
-    /// The write that anything emitted now depends on.
-    fn barrier(&self) -> u64 {
-        if self.bug_is(InjectedBug::VoteBeforeDurable) {
-            return 0;
-        }
-        if self.pending_ops.is_empty() {
-            self.last_issued
-        } else {
-            self.last_issued + 1
-        }
-    }
-
-    fn send(&mut self, to: NodeId, msg: Message) {
-        let deferred = if to == self.id {
-            Deferred::Local(msg)
-        } else {
-            Deferred::Send(to, msg)
-        };
-        self.defer(deferred);
-    }
-
-    fn reply(&mut self, call: CallId, reply: Reply) {
-        self.defer(Deferred::Reply(call, reply));
-    }
-
-    fn note(&mut self, note: Note) {
-        self.outputs.push_back(Output::Note(note));
-    }
-
-    fn defer(&mut self, deferred: Deferred) {
-        let needs = self.barrier();
-        if needs <= self.durable_upto && self.held.is_empty() {
-            self.release(deferred);
-        } else {
-            self.held.push_back((needs, deferred));
-        }
-    }
-
-    fn release(&mut self, deferred: Deferred) {
-        match deferred {
-            Deferred::Send(to, msg) => self.outputs.push_back(Output::Send { to, msg }),
-            Deferred::Local(msg) => self.inbox.push_back(msg),
-            Deferred::Reply(call, reply) => self.outputs.push_back(Output::Reply { call, reply }),
-        }
-    }
-
-    fn on_persisted(&mut self, upto: WriteId) {
-        if upto.0 > self.last_issued {
-            self.note(Note::Violation {
-                reason: format!(
-                    "driver reported write {} durable but only {} were issued",
-                    upto.0, self.last_issued
-                ),
-            });
-            return;
-        }
-        self.durable_upto = self.durable_upto.max(upto.0);
-        while let Some((needs, _)) = self.held.front() {
-            if *needs > self.durable_upto {
-                break;
-            }
-            let (_, deferred) = self.held.pop_front().expect("front exists");
-            self.release(deferred);
-        }
+        self.out.persist(WriteOp::Ready(true));
+        self.out.note(Note::Ready);
     }
 
     fn drain_inbox(&mut self) {
-        while let Some(msg) = self.inbox.pop_front() {
+        while let Some(msg) = self.out.next_local() {
             let me = self.id.clone();
             self.on_message(me, msg);
         }
-    }
-
-    fn flush(&mut self) {
-        if self.pending_ops.is_empty() {
-            return;
-        }
-        self.last_issued += 1;
-        let ops = std::mem::take(&mut self.pending_ops);
-        self.outputs.push_back(Output::Persist {
-            write: WriteId(self.last_issued),
-            ops,
-        });
     }
 
     #[inline(always)]

@@ -21,7 +21,7 @@ impl Node {
     pub(super) fn on_discovered(&mut self, cluster: ClusterId, node: NodeId, network: NetworkId) {
         if network != self.network {
             let ours = self.network.clone();
-            return self.note(Note::ForeignNetwork {
+            return self.out.note(Note::ForeignNetwork {
                 node,
                 network,
                 ours,
@@ -41,24 +41,30 @@ impl Node {
             Some(c) if *c == cluster => return,
             Some(c) => {
                 let reason = format!("{node} is known in cluster {c}, not {cluster}");
-                return self.note(Note::PeerInputRejected { from: node, reason });
+                return self
+                    .out
+                    .note(Note::PeerInputRejected { from: node, reason });
             }
             None => {}
         }
         if self.departed.contains(&node) {
             let reason =
                 "a node that left or was removed must come back with a new identity".to_string();
-            return self.note(Note::PeerInputRejected { from: node, reason });
+            return self
+                .out
+                .note(Note::PeerInputRejected { from: node, reason });
         }
         let grown = self.membership.with_node(cluster.clone(), node.clone());
         if grown.cluster_count() > self.config.clusters_max
             || grown.nodes_of(&cluster).len() > self.config.cluster_nodes_max
         {
             let reason = "membership would exceed the configured limits".to_string();
-            return self.note(Note::PeerInputRejected { from: node, reason });
+            return self
+                .out
+                .note(Note::PeerInputRejected { from: node, reason });
         }
         self.membership = Arc::new(grown);
-        self.persist(WriteOp::AddMember { cluster, node });
+        self.out.persist(WriteOp::AddMember { cluster, node });
     }
 
     // ---------------------------------------------------------------- shrinking
@@ -72,14 +78,14 @@ impl Node {
         }
         self.membership = Arc::new(self.membership.without_node(&node));
         self.departed.insert(node.clone());
-        self.persist(WriteOp::Departed(node.clone()));
+        self.out.persist(WriteOp::Departed(node.clone()));
         if !goodbye {
             self.settled_at = self
                 .settled_at
                 .max(self.now + self.config.read_lease.saturating_mul(2));
         }
         self.view_sent.remove(&node);
-        self.note(Note::NodeRemoved { node: node.clone() });
+        self.out.note(Note::NodeRemoved { node: node.clone() });
         let affected: Vec<ProposalId> = self
             .deciders
             .iter()
@@ -100,13 +106,14 @@ impl Node {
         }
         self.removed = true;
         self.departed.insert(self.id.clone());
-        self.persist(WriteOp::Departed(self.id.clone()));
-        self.note(Note::SelfRemoved { by });
+        self.out.persist(WriteOp::Departed(self.id.clone()));
+        self.out.note(Note::SelfRemoved { by });
         let waiting: Vec<CallId> = self.lease_reads.keys().copied().collect();
         for call in waiting {
             self.lease_reads.remove(&call);
             self.timers.cancel(&Timer::ReadDeadline(call));
-            self.reply(call, Reply::Get(GetOutcome::NotReady(NotReady::Removed)));
+            self.out
+                .reply(call, Reply::Get(GetOutcome::NotReady(NotReady::Removed)));
         }
     }
 
@@ -114,7 +121,8 @@ impl Node {
     /// that was partitioned or down when it was removed stops serving.
     pub(super) fn tell_departed_sender(&mut self, from: &NodeId) {
         if *from != self.id && self.departed.contains(from) && !self.removed {
-            self.send(from.clone(), Message::Removed { node: from.clone() });
+            self.out
+                .send(from.clone(), Message::Removed { node: from.clone() });
         }
     }
 
@@ -141,7 +149,8 @@ impl Node {
             .cloned()
             .collect();
         let members = (*self.membership).clone();
-        self.send(to.clone(), Message::View { members, departed });
+        self.out
+            .send(to.clone(), Message::View { members, departed });
     }
 
     pub(super) fn departed_listed_max(&self) -> usize {
@@ -192,11 +201,11 @@ impl Node {
     pub(super) fn answer_free(&mut self, call: CallId, key: Key) {
         if self.lease_valid() {
             self.timers.cancel(&Timer::ReadDeadline(call));
-            return self.reply(call, Reply::Get(GetOutcome::Unknown));
+            return self.out.reply(call, Reply::Get(GetOutcome::Unknown));
         }
         if self.lease_reads.len() >= self.config.reads_waiting_max {
             self.timers.cancel(&Timer::ReadDeadline(call));
-            return self.reply(call, Reply::Get(GetOutcome::Overloaded));
+            return self.out.reply(call, Reply::Get(GetOutcome::Overloaded));
         }
         self.lease_reads.insert(call, key);
         if self.timers.get(&Timer::ReadDeadline(call)).is_none() {
@@ -225,13 +234,13 @@ impl Node {
             .cloned()
             .collect();
         for n in others {
-            self.send(n, Message::Probe { sent: self.now });
+            self.out.send(n, Message::Probe { sent: self.now });
         }
     }
 
     pub(super) fn on_probe(&mut self, from: NodeId, sent: Time) {
         if self.membership.contains(&from) && !self.removed {
-            self.send(from, Message::ProbeReply { sent });
+            self.out.send(from, Message::ProbeReply { sent });
         }
     }
 
@@ -268,7 +277,8 @@ impl Node {
             nodes,
             clusters: Vec::new(),
         };
-        self.reply(call, Reply::Get(GetOutcome::Unavailable(silence)));
+        self.out
+            .reply(call, Reply::Get(GetOutcome::Unavailable(silence)));
         true
     }
 
@@ -281,21 +291,25 @@ impl Node {
     /// reached everyone yet.
     pub(super) fn on_remove_command(&mut self, call: CallId, node: NodeId, force: bool) {
         if self.removed {
-            return self.reply(call, Reply::Remove(RemoveOutcome::Unknown));
+            return self.out.reply(call, Reply::Remove(RemoveOutcome::Unknown));
         }
         if node == self.id || !self.membership.contains(&node) {
-            return self.reply(call, Reply::Remove(RemoveOutcome::Unknown));
+            return self.out.reply(call, Reply::Remove(RemoveOutcome::Unknown));
         }
         if force {
             self.remove_everywhere(node);
-            return self.reply(call, Reply::Remove(RemoveOutcome::Removed));
+            return self.out.reply(call, Reply::Remove(RemoveOutcome::Removed));
         }
         if self.removal.is_some() {
-            return self.reply(call, Reply::Remove(RemoveOutcome::InProgress));
+            return self
+                .out
+                .reply(call, Reply::Remove(RemoveOutcome::InProgress));
         }
         let open = self.open_naming(&node, true);
         if !open.is_empty() {
-            return self.reply(call, Reply::Remove(RemoveOutcome::Refused { open }));
+            return self
+                .out
+                .reply(call, Reply::Remove(RemoveOutcome::Refused { open }));
         }
         let waiting: BTreeSet<NodeId> = self
             .membership
@@ -305,7 +319,8 @@ impl Node {
             .collect();
         // The node itself is asked too: if it answers, it is alive.
         for n in waiting.iter().chain(std::iter::once(&node)) {
-            self.send(n.clone(), Message::RemoveCheck { node: node.clone() });
+            self.out
+                .send(n.clone(), Message::RemoveCheck { node: node.clone() });
         }
         self.removal = Some(PendingRemoval {
             call,
@@ -327,7 +342,8 @@ impl Node {
         } else {
             self.open_naming(&node, true)
         };
-        self.send(from, Message::RemoveCheckReply { node, open });
+        self.out
+            .send(from, Message::RemoveCheckReply { node, open });
     }
 
     pub(super) fn on_remove_check_reply(
@@ -343,7 +359,7 @@ impl Node {
         if from == node {
             let r = self.removal.take().expect("checked above");
             self.timers.cancel(&Timer::RemoveCheck);
-            return self.reply(r.call, Reply::Remove(RemoveOutcome::Alive));
+            return self.out.reply(r.call, Reply::Remove(RemoveOutcome::Alive));
         }
         if !r.waiting.remove(&from) {
             return;
@@ -353,7 +369,7 @@ impl Node {
         if !r.open.is_empty() {
             let r = self.removal.take().expect("checked above");
             self.timers.cancel(&Timer::RemoveCheck);
-            self.reply(
+            self.out.reply(
                 r.call,
                 Reply::Remove(RemoveOutcome::Refused { open: r.open }),
             );
@@ -366,16 +382,19 @@ impl Node {
         let Some(r) = self.removal.take() else { return };
         if !r.waiting.is_empty() {
             let silent = r.waiting.into_iter().collect();
-            return self.reply(r.call, Reply::Remove(RemoveOutcome::Unconfirmed { silent }));
+            return self
+                .out
+                .reply(r.call, Reply::Remove(RemoveOutcome::Unconfirmed { silent }));
         }
         if !r.open.is_empty() {
-            return self.reply(
+            return self.out.reply(
                 r.call,
                 Reply::Remove(RemoveOutcome::Refused { open: r.open }),
             );
         }
         self.remove_everywhere(r.node);
-        self.reply(r.call, Reply::Remove(RemoveOutcome::Removed));
+        self.out
+            .reply(r.call, Reply::Remove(RemoveOutcome::Removed));
     }
 
     fn remove_everywhere(&mut self, node: NodeId) {
@@ -388,7 +407,7 @@ impl Node {
             .collect();
         // The removed node is told too: if it is in fact alive, it stops serving.
         for n in others.into_iter().chain(std::iter::once(node.clone())) {
-            self.send(n, Message::Removed { node: node.clone() });
+            self.out.send(n, Message::Removed { node: node.clone() });
         }
     }
 
@@ -464,7 +483,7 @@ impl Node {
             .cloned()
             .collect();
         for n in pending {
-            self.send(n, Message::LeaveCheck);
+            self.out.send(n, Message::LeaveCheck);
         }
         let again = self.now + self.config.resolve_backoff_max;
         self.timers.set(Timer::LeaveCheck, again);
@@ -472,10 +491,10 @@ impl Node {
 
     pub(super) fn on_leave_check(&mut self, from: NodeId) {
         if !self.membership.contains(&from) {
-            return self.send(from, Message::LeaveClear { clear: true });
+            return self.out.send(from, Message::LeaveClear { clear: true });
         }
         let clear = self.open_naming(&from, true).is_empty();
-        self.send(from, Message::LeaveClear { clear });
+        self.out.send(from, Message::LeaveClear { clear });
     }
 
     pub(super) fn check_leave_complete(&mut self) {
@@ -492,7 +511,7 @@ impl Node {
         {
             self.leave_complete = true;
             self.timers.cancel(&Timer::LeaveCheck);
-            self.note(Note::LeaveComplete);
+            self.out.note(Note::LeaveComplete);
         }
     }
 }

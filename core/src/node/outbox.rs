@@ -1,0 +1,301 @@
+//! Everything a node emits, and the durability barrier between its writes and whatever
+//! depends on them (core/PROTOCOL.md, "Durability: the barrier").
+//!
+//! Writes asked for during one input are batched into one [`Output::Persist`] at the end of it
+//! ([`Outbox::flush`]). A message or reply produced after a write was asked for is held until
+//! the driver reports that write durable; everything held leaves in the order it was produced,
+//! so a message never overtakes an earlier one. Messages to the node itself take the same path
+//! and come back through [`Outbox::next_local`]. Notes are facts about the past: they leave at
+//! once.
+
+use std::collections::VecDeque;
+
+use crate::api::{Note, Output, Reply};
+use crate::storage::WriteOp;
+use crate::types::{CallId, NodeId, WriteId};
+use crate::wire::Message;
+
+pub(crate) struct Outbox {
+    me: NodeId,
+    /// Release messages without waiting for their writes: `InjectedBug::VoteBeforeDurable`.
+    skip_barrier: bool,
+    /// Writes asked for during the current input: the next write, once flushed.
+    pending: Vec<WriteOp>,
+    /// The last write handed to the driver.
+    last_issued: u64,
+    /// Every write up to this one is durable.
+    durable_upto: u64,
+    /// Messages and replies waiting for a write, with the write each needs, in the order
+    /// they were produced. The writes they need never decrease along the queue.
+    held: VecDeque<(u64, Deferred)>,
+    /// Released messages to this node itself, to handle before the input ends.
+    inbox: VecDeque<Message>,
+    outputs: VecDeque<Output>,
+}
+
+enum Deferred {
+    Send(NodeId, Message),
+    Local(Message),
+    Reply(CallId, Reply),
+}
+
+impl Outbox {
+    pub fn new(me: NodeId, skip_barrier: bool) -> Outbox {
+        Outbox {
+            me,
+            skip_barrier,
+            pending: Vec::new(),
+            last_issued: 0,
+            durable_upto: 0,
+            held: VecDeque::new(),
+            inbox: VecDeque::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// Messages and replies held for a write.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
+    // ---------------------------------------------------------------- producing
+
+    /// Asks for `op` to be made durable, in the next write.
+    pub fn persist(&mut self, op: WriteOp) {
+        self.pending.push(op);
+    }
+
+    /// Sends `msg` to `to` (to this node itself: through the inbox) once every write asked
+    /// for so far is durable.
+    pub fn send(&mut self, to: NodeId, msg: Message) {
+        let deferred = if to == self.me {
+            Deferred::Local(msg)
+        } else {
+            Deferred::Send(to, msg)
+        };
+        self.defer(deferred);
+    }
+
+    /// Answers a client call once every write asked for so far is durable.
+    pub fn reply(&mut self, call: CallId, reply: Reply) {
+        self.defer(Deferred::Reply(call, reply));
+    }
+
+    pub fn note(&mut self, note: Note) {
+        self.outputs.push_back(Output::Note(note));
+    }
+
+    /// The write that anything produced now depends on.
+    fn barrier(&self) -> u64 {
+        if self.skip_barrier {
+            return 0;
+        }
+        if self.pending.is_empty() {
+            self.last_issued
+        } else {
+            self.last_issued + 1
+        }
+    }
+
+    fn defer(&mut self, deferred: Deferred) {
+        let needs = self.barrier();
+        if needs <= self.durable_upto && self.held.is_empty() {
+            self.release(deferred);
+        } else {
+            if let Some((before, _)) = self.held.back() {
+                assert!(
+                    *before <= needs,
+                    "held messages out of write order: {before} then {needs}"
+                );
+            }
+            self.held.push_back((needs, deferred));
+        }
+    }
+
+    fn release(&mut self, deferred: Deferred) {
+        match deferred {
+            Deferred::Send(to, msg) => self.outputs.push_back(Output::Send { to, msg }),
+            Deferred::Local(msg) => self.inbox.push_back(msg),
+            Deferred::Reply(call, reply) => self.outputs.push_back(Output::Reply { call, reply }),
+        }
+    }
+
+    // ---------------------------------------------------------------- the driver's side
+
+    /// The driver made every write up to `upto` durable: release what waited for them.
+    pub fn on_persisted(&mut self, upto: WriteId) {
+        if upto.0 > self.last_issued {
+            self.note(Note::Violation {
+                reason: format!(
+                    "driver reported write {} durable but only {} were issued",
+                    upto.0, self.last_issued
+                ),
+            });
+            return;
+        }
+        self.durable_upto = self.durable_upto.max(upto.0);
+        assert!(self.durable_upto <= self.last_issued);
+        while let Some((needs, _)) = self.held.front() {
+            if *needs > self.durable_upto {
+                break;
+            }
+            let (_, deferred) = self.held.pop_front().expect("front exists");
+            self.release(deferred);
+        }
+    }
+
+    /// The next released message to this node itself.
+    pub fn next_local(&mut self) -> Option<Message> {
+        self.inbox.pop_front()
+    }
+
+    /// Ends an input: the writes asked for during it become one write, after every earlier
+    /// output.
+    pub fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            self.last_issued += 1;
+            let ops = std::mem::take(&mut self.pending);
+            self.outputs.push_back(Output::Persist {
+                write: WriteId(self.last_issued),
+                ops,
+            });
+        }
+        assert!(self.inbox.is_empty(), "a local message was left unhandled");
+        assert!(
+            self.held
+                .back()
+                .is_none_or(|(needs, _)| *needs <= self.last_issued),
+            "a message waits for a write that was never issued"
+        );
+    }
+
+    pub fn poll(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::PutOutcome;
+
+    fn outbox() -> Outbox {
+        Outbox::new(NodeId::from("me"), false)
+    }
+
+    fn drain(o: &mut Outbox) -> Vec<Output> {
+        std::iter::from_fn(|| o.poll()).collect()
+    }
+
+    fn probe(sent: u64) -> Message {
+        Message::Probe {
+            sent: crate::types::Time::from_micros(sent),
+        }
+    }
+
+    fn sent(to: &str, msg: Message) -> String {
+        format!("{:?}", Output::Send { to: to.into(), msg })
+    }
+
+    fn texts(outputs: &[Output]) -> Vec<String> {
+        outputs.iter().map(|o| format!("{o:?}")).collect()
+    }
+
+    #[test]
+    fn without_writes_messages_leave_at_once() {
+        let mut o = outbox();
+        o.send("a".into(), probe(1));
+        o.reply(CallId(1), Reply::Put(PutOutcome::Busy));
+        o.flush();
+        let out = drain(&mut o);
+        assert_eq!(out.len(), 2);
+        assert_eq!(texts(&out)[0], sent("a", probe(1)));
+        assert!(matches!(
+            out[1],
+            Output::Reply {
+                call: CallId(1),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_message_after_a_write_waits_until_it_is_durable() {
+        let mut o = outbox();
+        o.send("a".into(), probe(1));
+        o.persist(WriteOp::Ready(true));
+        o.send("b".into(), probe(2));
+        o.flush();
+        let out = texts(&drain(&mut o));
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0], sent("a", probe(1)));
+        assert!(out[1].starts_with("Persist { write: WriteId(1)"), "{out:?}");
+        assert_eq!(o.held_len(), 1);
+        o.on_persisted(WriteId(1));
+        assert_eq!(texts(&drain(&mut o)), vec![sent("b", probe(2))]);
+        assert_eq!(o.held_len(), 0);
+    }
+
+    #[test]
+    fn nothing_overtakes_a_held_message() {
+        let mut o = outbox();
+        o.persist(WriteOp::Ready(true));
+        o.send("a".into(), probe(1));
+        o.flush();
+        drain(&mut o);
+        // Needs no new write, but an earlier message is still held.
+        o.send("b".into(), probe(2));
+        o.flush();
+        assert!(drain(&mut o).is_empty());
+        o.on_persisted(WriteId(1));
+        assert_eq!(
+            texts(&drain(&mut o)),
+            vec![sent("a", probe(1)), sent("b", probe(2))]
+        );
+    }
+
+    #[test]
+    fn messages_to_itself_come_back_through_the_inbox() {
+        let mut o = outbox();
+        o.send("me".into(), probe(1));
+        assert_eq!(o.next_local(), Some(probe(1)));
+        assert_eq!(o.next_local(), None);
+        o.flush();
+        assert!(drain(&mut o).is_empty());
+    }
+
+    #[test]
+    fn notes_do_not_wait() {
+        let mut o = outbox();
+        o.persist(WriteOp::Ready(true));
+        o.note(Note::Ready);
+        o.flush();
+        let out = drain(&mut o);
+        assert!(matches!(out[0], Output::Note(Note::Ready)));
+        assert!(matches!(out[1], Output::Persist { .. }));
+    }
+
+    #[test]
+    fn a_report_of_a_write_never_issued_is_a_violation_and_releases_nothing() {
+        let mut o = outbox();
+        o.persist(WriteOp::Ready(true));
+        o.send("a".into(), probe(1));
+        o.flush();
+        drain(&mut o);
+        o.on_persisted(WriteId(2));
+        let out = drain(&mut o);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0], Output::Note(Note::Violation { .. })));
+        assert_eq!(o.held_len(), 1);
+    }
+
+    #[test]
+    fn the_barrier_can_be_skipped_only_on_purpose() {
+        let mut o = Outbox::new("me".into(), true);
+        o.persist(WriteOp::Ready(true));
+        o.send("a".into(), probe(1));
+        o.flush();
+        let out = texts(&drain(&mut o));
+        assert_eq!(out[0], sent("a", probe(1)));
+    }
+}
