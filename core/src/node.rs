@@ -1,5 +1,6 @@
 //! The protocol state machine of one node.
 
+mod ledger;
 mod members;
 mod outbox;
 
@@ -21,6 +22,7 @@ use crate::timers::{RelayKey, Timer, Timers};
 use crate::types::{CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Time, Value};
 use crate::wire::{DenyReason, Message, ReadState, Request, Response, SyncRefusal, Vote};
 
+use ledger::Ledger;
 use outbox::Outbox;
 
 /// One node of the write-once replication protocol, as a pure state machine.
@@ -61,11 +63,7 @@ pub struct Node {
     rng: ChaCha8Rng,
     now: Time,
 
-    keys: BTreeMap<Key, DurableKey>,
-    /// The key of every reservation this node holds, by proposal.
-    reservations: BTreeMap<ProposalId, Key>,
-    refusals: BTreeMap<ProposalId, RefusalWhy>,
-    watermarks: BTreeMap<NodeId, u64>,
+    ledger: Ledger,
     next_counter: u64,
     counter_ceiling: u64,
 
@@ -262,6 +260,7 @@ impl Node {
             now + config.read_lease.saturating_mul(2)
         };
         let removed = departed.contains(&id);
+        let ledger = Ledger::new(keys, refusals, watermarks, config.refusals_max, ready);
         let out = Outbox::new(id.clone(), bug_in(&config, InjectedBug::VoteBeforeDurable));
         let mut node = Node {
             config,
@@ -278,10 +277,7 @@ impl Node {
             view_sent: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             now,
-            keys,
-            reservations: BTreeMap::new(),
-            refusals,
-            watermarks,
+            ledger,
             next_counter: counter_ceiling,
             counter_ceiling,
             ready,
@@ -311,16 +307,15 @@ impl Node {
         }
         // Every reservation found on disk is resolved soon after the restart; the jitter keeps
         // a whole cluster that restarts at once from resolving in lockstep.
-        let open: Vec<(Key, ProposalId)> = node
-            .keys
-            .iter()
+        let open: Vec<ProposalId> = node
+            .ledger
+            .keys()
             .filter(|(_, s)| !s.is_stored())
-            .map(|(k, s)| (k.clone(), s.proposal().clone()))
+            .map(|(_, s)| s.proposal().clone())
             .collect();
-        for (key, p) in open {
+        for p in open {
             let delay = node.jitter(node.config.resolve_backoff_min);
-            node.timers.set(Timer::Lease(p.clone()), now + delay);
-            node.reservations.insert(p, key);
+            node.timers.set(Timer::Lease(p), now + delay);
         }
         if !node.ready {
             node.sync = Some(SyncState {
@@ -365,22 +360,22 @@ impl Node {
     }
     /// The node's current state of a key (`None`: free).
     pub fn key_state(&self, key: &Key) -> Option<&DurableKey> {
-        self.keys.get(key)
+        self.ledger.get(key)
     }
     /// Every key this node stores or has reserved, in key order.
     pub fn keys(&self) -> impl Iterator<Item = (&Key, &DurableKey)> {
-        self.keys.iter()
+        self.ledger.keys()
     }
     /// Whether this node refuses proposal `p` (it refused it, fenced it, saw it aborted, or it
     /// is under its coordinator's watermark and not held here).
     pub fn refuses(&self, p: &ProposalId, key: &Key) -> bool {
-        self.refused(p, key)
+        self.ledger.refused(p, key)
     }
     pub fn stats(&self) -> Stats {
         Stats {
-            keys_stored: self.keys.len() - self.reservations.len(),
-            reservations_open: self.reservations.len(),
-            refusals: self.refusals.len(),
+            keys_stored: self.ledger.keys_stored(),
+            reservations_open: self.ledger.reservation_count(),
+            refusals: self.ledger.refusal_count(),
             proposals_in_flight: self.ops.len(),
             resolutions: self.deciders.len(),
             reads_waiting: self.reads.len(),
@@ -619,14 +614,10 @@ impl Node {
         let authorised = *from == self.id
             || self.membership.contains(from)
             || match &req {
-                Request::Commit { p, key } | Request::Abort { p, key } => {
-                    match self.keys.get(key) {
-                        Some(DurableKey::Reserved {
-                            p: q, participants, ..
-                        }) => q == p && participants.contains(from),
-                        _ => false,
-                    }
-                }
+                Request::Commit { p, key } | Request::Abort { p, key } => self
+                    .ledger
+                    .reservation(p, key)
+                    .is_some_and(|participants| participants.contains(from)),
                 _ => false,
             };
         if !authorised {
@@ -643,6 +634,17 @@ impl Node {
                 value,
                 digest,
             } => {
+                if let Some(other) = self.ledger.reserved_key(&p)
+                    && *other != key
+                {
+                    // No honest coordinator reuses a proposal for another key.
+                    let reason = format!("Reserve({p}) of {key:?}, which reserves {other:?} here");
+                    self.out.note(Note::PeerInputRejected {
+                        from: from.clone(),
+                        reason,
+                    });
+                    return None;
+                }
                 let vote = self.on_reserve(&p, &key, value, digest);
                 Some(Response::Vote {
                     p,
@@ -672,7 +674,7 @@ impl Node {
                 let state = if !self.ready || self.removed {
                     ReadState::NotReady
                 } else {
-                    match self.keys.get(&key) {
+                    match self.ledger.get(&key) {
                         Some(DurableKey::Stored { value, .. }) => ReadState::Stored(value.clone()),
                         Some(DurableKey::Reserved { .. }) => ReadState::Reserved,
                         None => ReadState::Free,
@@ -695,10 +697,10 @@ impl Node {
         value: Value,
         digest: crate::membership::Digest,
     ) -> Vote {
-        if self.refused(p, key) {
+        if self.ledger.refused(p, key) {
             return self.denied(DenyReason::Fenced, p, key);
         }
-        match self.keys.get(key) {
+        match self.ledger.get(key) {
             Some(DurableKey::Stored { p: q, .. }) if q == p => return Vote::Committed,
             Some(DurableKey::Reserved { p: q, .. }) if q == p => return Vote::Granted,
             Some(DurableKey::Stored { .. }) => return self.refuse(p, key, DenyReason::Exists),
@@ -726,7 +728,7 @@ impl Node {
             Some(DenyReason::MembershipChanged)
         } else if self.now < self.settled_at {
             Some(DenyReason::Settling)
-        } else if self.reservations.len() >= self.config.reservations_max {
+        } else if self.ledger.reservation_count() >= self.config.reservations_max {
             Some(DenyReason::Overloaded)
         } else {
             None
@@ -734,33 +736,24 @@ impl Node {
         if let Some(reason) = reason {
             return self.refuse(p, key, reason);
         }
-        if let Some(DurableKey::Reserved { p: old, .. }) = self.keys.get(key) {
+        let participants = self.membership.clone();
+        if let Some(old) = self
+            .ledger
+            .grant(p, key, value, participants, &mut self.out)
+        {
             // Only reachable with the GrantWhenReserved bug: the old reservation is overwritten.
-            let old = old.clone();
-            self.reservations.remove(&old);
             self.timers.cancel(&Timer::Lease(old));
         }
-        let state = DurableKey::Reserved {
-            p: p.clone(),
-            value,
-            participants: self.membership.clone(),
-        };
-        self.keys.insert(key.clone(), state.clone());
-        self.reservations.insert(p.clone(), key.clone());
-        self.out.persist(WriteOp::PutKey {
-            key: key.clone(),
-            state,
-        });
         self.timers
             .set(Timer::Lease(p.clone()), self.now + self.config.lease);
         Vote::Granted
     }
 
     fn on_status(&mut self, p: &ProposalId, key: &Key) -> Vote {
-        if self.refused(p, key) {
+        if self.ledger.refused(p, key) {
             return self.denied(DenyReason::Fenced, p, key);
         }
-        match self.keys.get(key) {
+        match self.ledger.get(key) {
             Some(DurableKey::Stored { p: q, .. }) if q == p => Vote::Committed,
             Some(DurableKey::Reserved { p: q, .. }) if q == p => Vote::Granted,
             _ if self.bug_is(InjectedBug::StatusWithoutFence) => Vote::Denied {
@@ -768,26 +761,18 @@ impl Node {
                 stored: None,
             },
             _ => {
-                self.record_refusal(p, RefusalWhy::Fenced);
+                self.ledger
+                    .record_refusal(p, RefusalWhy::Fenced, &mut self.out);
                 self.denied(DenyReason::Fenced, p, key)
             }
         }
     }
 
     fn on_commit(&mut self, from: &NodeId, p: &ProposalId, key: &Key) {
-        match self.keys.get(key) {
-            Some(DurableKey::Reserved { p: q, value, .. }) if q == p => {
-                let state = DurableKey::Stored {
-                    p: p.clone(),
-                    value: value.clone(),
-                };
-                self.keys.insert(key.clone(), state.clone());
-                self.reservations.remove(p);
+        match self.ledger.get(key) {
+            Some(DurableKey::Reserved { p: q, .. }) if q == p => {
+                self.ledger.commit(p, key, &mut self.out);
                 self.timers.cancel(&Timer::Lease(p.clone()));
-                self.out.persist(WriteOp::PutKey {
-                    key: key.clone(),
-                    state,
-                });
                 self.out.note(Note::Committed {
                     p: p.clone(),
                     key: key.clone(),
@@ -802,7 +787,7 @@ impl Node {
                     Some(DurableKey::Reserved { p: q, .. }) => format!("a reservation of {q}"),
                     Some(DurableKey::Stored { p: q, .. }) => format!("a value stored by {q}"),
                 };
-                let refused = if self.refusals.contains_key(p) {
+                let refused = if self.ledger.refusal(p).is_some() {
                     " and a refusal of it"
                 } else {
                     ""
@@ -818,14 +803,13 @@ impl Node {
     }
 
     fn on_abort(&mut self, p: &ProposalId, key: &Key) {
-        match self.keys.get(key) {
+        match self.ledger.get(key) {
             Some(DurableKey::Reserved { p: q, .. }) if q == p => {
-                self.keys.remove(key);
-                self.reservations.remove(p);
+                self.ledger.abort(p, key, &mut self.out);
                 self.timers.cancel(&Timer::Lease(p.clone()));
-                self.out.persist(WriteOp::RemoveKey { key: key.clone() });
                 if !self.bug_is(InjectedBug::ForgetFenceOnAbort) {
-                    self.record_refusal(p, RefusalWhy::Aborted);
+                    self.ledger
+                        .record_refusal(p, RefusalWhy::Aborted, &mut self.out);
                 }
                 self.learned(p, false);
                 self.key_changed(p);
@@ -836,99 +820,33 @@ impl Node {
                 });
             }
             _ => {
-                if !self.refusals.contains_key(p) && !self.bug_is(InjectedBug::ForgetFenceOnAbort) {
-                    self.record_refusal(p, RefusalWhy::Aborted);
+                if self.ledger.refusal(p).is_none() && !self.bug_is(InjectedBug::ForgetFenceOnAbort)
+                {
+                    self.ledger
+                        .record_refusal(p, RefusalWhy::Aborted, &mut self.out);
                 }
                 self.learned(p, false);
             }
         }
     }
 
-    /// Whether `p` is refused here: refused before, or under its coordinator's watermark and
-    /// not held.
-    fn refused(&self, p: &ProposalId, key: &Key) -> bool {
-        if self.refusals.contains_key(p) {
-            return true;
-        }
-        match self.watermarks.get(&p.coordinator) {
-            Some(w) if p.counter <= *w => !self.holds(p, key),
-            _ => false,
-        }
-    }
-
-    fn holds(&self, p: &ProposalId, key: &Key) -> bool {
-        self.keys.get(key).is_some_and(|s| s.proposal() == p)
-    }
-
     fn refuse(&mut self, p: &ProposalId, key: &Key, reason: DenyReason) -> Vote {
-        self.record_refusal(p, RefusalWhy::Denied(reason));
+        self.ledger
+            .record_refusal(p, RefusalWhy::Denied(reason), &mut self.out);
         self.denied(reason, p, key)
     }
 
     fn denied(&self, reason: DenyReason, p: &ProposalId, key: &Key) -> Vote {
-        let reason = match (reason, self.refusals.get(p)) {
+        let reason = match (reason, self.ledger.refusal(p)) {
             (DenyReason::Fenced, Some(RefusalWhy::Aborted)) => DenyReason::Aborted,
-            (DenyReason::Fenced, Some(RefusalWhy::Denied(r))) => *r,
+            (DenyReason::Fenced, Some(RefusalWhy::Denied(r))) => r,
             (r, _) => r,
         };
-        let stored = match self.keys.get(key) {
+        let stored = match self.ledger.get(key) {
             Some(DurableKey::Stored { p: q, value }) if q != p => Some(value.clone()),
             _ => None,
         };
         Vote::Denied { reason, stored }
-    }
-
-    fn record_refusal(&mut self, p: &ProposalId, why: RefusalWhy) {
-        if self.refusals.contains_key(p) {
-            return;
-        }
-        self.refusals.insert(p.clone(), why);
-        self.out.persist(WriteOp::PutRefusal { p: p.clone(), why });
-        // A joining node keeps its refusals one by one until it is ready: the join-time copy
-        // must tell a proposal it saw aborted (never adopt it again) from one a watermark
-        // merely over-approximates (adopt it, or a committed key would be missed). Found by
-        // CI seed 242718901. The table is bounded again from the moment the node is ready.
-        if self.refusals.len() > self.config.refusals_max && self.ready {
-            self.fold_refusals();
-        }
-    }
-
-    /// Folds refusals into per-coordinator watermarks until a quarter of the room is free.
-    /// Refusing more is always safe; forgetting a refusal never is.
-    fn fold_refusals(&mut self) {
-        let target = self.config.refusals_max - self.config.refusals_max / 4;
-        while self.refusals.len() > target {
-            let Some((first, _)) = self.refusals.first_key_value() else {
-                break;
-            };
-            let coordinator = first.coordinator.clone();
-            let folded: Vec<ProposalId> = self
-                .refusals
-                .range(
-                    ProposalId {
-                        coordinator: coordinator.clone(),
-                        counter: 0,
-                    }..=ProposalId {
-                        coordinator: coordinator.clone(),
-                        counter: u64::MAX,
-                    },
-                )
-                .map(|(p, _)| p.clone())
-                .collect();
-            let Some(top) = folded.last().map(|p| p.counter) else {
-                break;
-            };
-            let w = self.watermarks.entry(coordinator.clone()).or_insert(0);
-            *w = (*w).max(top);
-            self.out.persist(WriteOp::Watermark {
-                coordinator,
-                counter: top,
-            });
-            for p in folded {
-                self.refusals.remove(&p);
-                self.out.persist(WriteOp::RemoveRefusal { p });
-            }
-        }
     }
 
     // ---------------------------------------------------------------- votes and decisions
@@ -1113,7 +1031,7 @@ impl Node {
             }
         };
         self.send_to_participants(p, participants, &request, None);
-        if !participants.contains(&self.id) && self.holds(p, key) {
+        if !participants.contains(&self.id) && self.ledger.holds(p, key) {
             // A copied reservation (joining node): apply the outcome here too.
             self.out.send(self.id.clone(), Message::Request(request));
         }
@@ -1524,7 +1442,7 @@ impl Node {
         if let Some(refusal) = self.write_refusal() {
             return self.out.reply(call, Reply::Put(refusal));
         }
-        if let Some(DurableKey::Stored { value: stored, .. }) = self.keys.get(&key) {
+        if let Some(DurableKey::Stored { value: stored, .. }) = self.ledger.get(&key) {
             // Committed here, so committed: no need to ask anyone.
             let stored = stored.clone();
             if let Some(id) = request {
@@ -1702,15 +1620,16 @@ impl Node {
         value: Value,
         p: ProposalId,
     ) {
-        let state = self.keys.get(&key).cloned();
+        let state = self.ledger.get(&key).cloned();
         let outcome = match &state {
             Some(DurableKey::Stored { p: q, .. }) if *q == p => Some(RequestOutcome::Stored),
             Some(DurableKey::Reserved { p: q, .. }) if *q == p => None,
             _ => {
                 // Not held here, and this node is the proposal's coordinator and a participant:
                 // fencing it here makes sure it never commits.
-                if !self.refused(&p, &key) {
-                    self.record_refusal(&p, RefusalWhy::Fenced);
+                if !self.ledger.refused(&p, &key) {
+                    self.ledger
+                        .record_refusal(&p, RefusalWhy::Fenced, &mut self.out);
                 }
                 Some(match &state {
                     Some(DurableKey::Stored { value, .. }) => RequestOutcome::Exists(value.clone()),
@@ -1825,7 +1744,7 @@ impl Node {
     /// Answers a read from the key's state here: its value, "unknown" (under the read lease),
     /// or a wait for the outcome of the proposal that reserved it.
     fn read_now(&mut self, call: CallId, key: Key) {
-        match self.keys.get(&key) {
+        match self.ledger.get(&key) {
             Some(DurableKey::Stored { value, .. }) => {
                 let value = value.clone();
                 self.timers.cancel(&Timer::ReadDeadline(call));
@@ -1871,7 +1790,7 @@ impl Node {
                 continue;
             };
             self.timers.cancel(&Timer::ReadWait(call));
-            match self.keys.get(&read.key) {
+            match self.ledger.get(&read.key) {
                 Some(DurableKey::Reserved { p: q, .. }) => {
                     let q = q.clone();
                     self.wait_read(call, read.key, q);
@@ -1991,7 +1910,7 @@ impl Node {
                 // to go on (the key was decided through another path).
                 let needed = d.op.is_some()
                     || d.confirm
-                    || self.reservations.contains_key(&p)
+                    || self.ledger.reserved_key(&p).is_some()
                     || self.readers.contains_key(&p);
                 if !needed {
                     self.drop_decider(&p);
@@ -2001,13 +1920,12 @@ impl Node {
                 self.resolve_round(&p);
             }
             Timer::Lease(p) => {
-                let Some(key) = self.reservations.get(&p).cloned() else {
+                let Some(key) = self.ledger.reserved_key(&p).cloned() else {
                     return;
                 };
-                let Some(DurableKey::Reserved { participants, .. }) = self.keys.get(&key) else {
+                let Some(participants) = self.ledger.reservation(&p, &key).cloned() else {
                     return;
                 };
-                let participants = participants.clone();
                 if !self.resolve(&p, &key, participants) {
                     let later = self.now + self.config.resolve_backoff_max;
                     self.timers.set(Timer::Lease(p), later);
@@ -2019,11 +1937,7 @@ impl Node {
                     return;
                 };
                 let (key, p) = (read.key.clone(), read.p.clone());
-                if let Some(DurableKey::Reserved {
-                    p: q, participants, ..
-                }) = self.keys.get(&key)
-                    && *q == p
-                {
+                if let Some(participants) = self.ledger.reservation(&p, &key) {
                     let participants = participants.clone();
                     if !self.resolve(&p, &key, participants) {
                         self.timers
@@ -2138,12 +2052,7 @@ impl Node {
         if let Some(reason) = refusal {
             return self.out.send(from, Message::SyncRefused { reason });
         }
-        let range = match &after {
-            Some(k) => self
-                .keys
-                .range::<Key, _>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
-            None => self.keys.range::<Key, _>(..),
-        };
+        let range = self.ledger.keys_after(after.as_ref());
         let mut entries = Vec::new();
         let mut bytes = 0usize;
         let mut done = true;
@@ -2170,16 +2079,12 @@ impl Node {
                 return self.out.note(Note::PeerInputRejected { from, reason });
             }
             after = Some(key.clone());
-            match (&state, self.keys.get(&key)) {
+            match (&state, self.ledger.get(&key)) {
                 (_, Some(DurableKey::Stored { .. })) => {}
                 (DurableKey::Stored { .. }, _) => {
-                    if let Some(DurableKey::Reserved { p, .. }) = self.keys.get(&key) {
-                        let p = p.clone();
-                        self.reservations.remove(&p);
-                        self.timers.cancel(&Timer::Lease(p));
+                    if let Some(old) = self.ledger.copy_stored(&key, state, &mut self.out) {
+                        self.timers.cancel(&Timer::Lease(old));
                     }
-                    self.keys.insert(key.clone(), state.clone());
-                    self.out.persist(WriteOp::PutKey { key, state });
                 }
                 (
                     DurableKey::Reserved {
@@ -2193,13 +2098,16 @@ impl Node {
                     // was explicitly refused (seen aborted): a watermark over-approximates
                     // refusals, and skipping a proposal that committed would leave this node
                     // without the key forever (found by seed 3186).
-                    if participants.contains(&self.id) || self.refusals.contains_key(p) {
+                    if participants.contains(&self.id) || self.ledger.refusal(p).is_some() {
                         continue;
                     }
+                    if self.ledger.reserved_key(p).is_some() {
+                        // No honest member holds one proposal on two keys.
+                        let reason = format!("sync page reserves {key:?} for {p}, held here");
+                        return self.out.note(Note::PeerInputRejected { from, reason });
+                    }
                     let p = p.clone();
-                    self.keys.insert(key.clone(), state.clone());
-                    self.reservations.insert(p.clone(), key.clone());
-                    self.out.persist(WriteOp::PutKey { key, state });
+                    self.ledger.adopt(&key, state, &mut self.out);
                     // Resolve it at once: the node is not ready until it is decided.
                     self.timers.set(Timer::Lease(p), self.now);
                 }
@@ -2256,7 +2164,7 @@ impl Node {
     /// is decided.
     fn check_ready(&mut self) {
         let copied = self.sync.as_ref().is_some_and(|s| s.copied);
-        if !copied || !self.reservations.is_empty() {
+        if !copied || self.ledger.reservation_count() > 0 {
             if copied {
                 // Check again later: copied reservations are being resolved.
                 self.timers
@@ -2266,9 +2174,7 @@ impl Node {
         }
         self.sync = None;
         self.ready = true;
-        if self.refusals.len() > self.config.refusals_max {
-            self.fold_refusals();
-        }
+        self.ledger.start_folding(&mut self.out);
         self.timers.cancel(&Timer::Sync);
         self.out.persist(WriteOp::Ready(true));
         self.out.note(Note::Ready);

@@ -700,6 +700,13 @@ fn summary() {
 }
 
 #[test]
+fn one_seed() {
+    if let Ok(seed) = std::env::var("TRACE_DIGEST_SEED") {
+        eprintln!("{:016x}", digest(seed.parse().unwrap()));
+    }
+}
+
+#[test]
 fn same_seed_same_digest() {
     for seed in [1, 2, 3] {
         assert_eq!(digest(seed), digest(seed), "seed {seed}");

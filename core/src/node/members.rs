@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::api::{GetOutcome, NotReady, Note, RemoveOutcome, Reply, Silence};
 use crate::membership::Membership;
-use crate::storage::{DurableKey, WriteOp};
+use crate::storage::WriteOp;
 use crate::timers::Timer;
 use crate::types::{CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, Time};
 use crate::wire::Message;
@@ -415,10 +415,10 @@ impl Node {
     /// `OPEN_LISTED_MAX`); with `resolve`, starts resolving every one of them.
     pub(super) fn open_naming(&mut self, node: &NodeId, resolve: bool) -> Vec<ProposalId> {
         let naming: Vec<(ProposalId, Key, Arc<Membership>)> = self
-            .reservations
-            .iter()
-            .filter_map(|(p, key)| match self.keys.get(key) {
-                Some(DurableKey::Reserved { participants, .. }) if participants.contains(node) => {
+            .ledger
+            .reservations()
+            .filter_map(|(p, key)| match self.ledger.reservation(p, key) {
+                Some(participants) if participants.contains(node) => {
                     Some((p.clone(), key.clone(), participants.clone()))
                 }
                 _ => None,
@@ -451,12 +451,12 @@ impl Node {
             d.confirm = true;
         }
         let open: Vec<(ProposalId, Key)> = self
-            .reservations
-            .iter()
+            .ledger
+            .reservations()
             .map(|(p, k)| (p.clone(), k.clone()))
             .collect();
         for (p, key) in open {
-            if let Some(DurableKey::Reserved { participants, .. }) = self.keys.get(&key) {
+            if let Some(participants) = self.ledger.reservation(&p, &key) {
                 let participants = participants.clone();
                 if !self.resolve(&p, &key, participants) {
                     self.timers
@@ -505,7 +505,7 @@ impl Node {
         };
         if self.leaving
             && !self.leave_complete
-            && self.reservations.is_empty()
+            && self.ledger.reservation_count() == 0
             && self.deciders.is_empty()
             && everyone_clear()
         {
