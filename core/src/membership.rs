@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{ClusterId, NodeId};
+use crate::types::{ClusterId, FNV1A_OFFSET, NodeId, fnv1a_extend};
 
 /// A digest of the sorted (cluster, node) pairs: equal on two nodes exactly when (barring a
 /// 64-bit collision) their memberships are equal. FNV-1a, so it is the same on every platform
@@ -116,15 +116,11 @@ impl Membership {
 }
 
 fn digest_of(clusters: &BTreeMap<ClusterId, Vec<NodeId>>) -> Digest {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
+    let mut h = FNV1A_OFFSET;
     let mut eat = |bytes: &[u8]| {
         // Length-prefixed, so ("ab","c") and ("a","bc") differ.
-        for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(PRIME);
-        }
+        h = fnv1a_extend(h, &(bytes.len() as u64).to_le_bytes());
+        h = fnv1a_extend(h, bytes);
     };
     for (c, nodes) in clusters {
         for n in nodes {
@@ -158,6 +154,16 @@ mod tests {
             m(&[("x", "1"), ("y", "2"), ("y", "3")]).digest()
         );
         assert_ne!(m(&[("ab", "c")]).digest(), m(&[("a", "bc")]).digest());
+    }
+
+    #[test]
+    fn the_digest_is_stable_across_versions() {
+        // Digests travel in every Reserve: a change here splits a network of mixed versions.
+        assert_eq!(m(&[]).digest(), Digest(FNV1A_OFFSET));
+        assert_eq!(
+            m(&[("x", "1"), ("y", "2")]).digest(),
+            Digest(0xf7fc_b903_e671_c13d)
+        );
     }
 
     #[test]

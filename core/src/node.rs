@@ -1,8 +1,10 @@
 //! The protocol state machine of one node.
 
+mod coordinator;
 mod ledger;
 mod members;
 mod outbox;
+mod requests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -17,13 +19,15 @@ use crate::api::{
 };
 use crate::config::{Config, ConfigError};
 use crate::membership::Membership;
-use crate::storage::{DurableKey, Recovered, RefusalWhy, RequestOutcome, RequestRecord, WriteOp};
+use crate::storage::{DurableKey, Recovered, RefusalWhy, RequestOutcome, WriteOp};
 use crate::timers::{RelayKey, Timer, Timers};
 use crate::types::{CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Time, Value};
 use crate::wire::{DenyReason, Message, ReadState, Request, Response, SyncRefusal, Vote};
 
+use coordinator::ProposalIds;
 use ledger::Ledger;
 use outbox::Outbox;
+use requests::{RequestTable, fingerprint};
 
 /// One node of the write-once replication protocol, as a pure state machine.
 ///
@@ -64,8 +68,7 @@ pub struct Node {
     now: Time,
 
     ledger: Ledger,
-    next_counter: u64,
-    counter_ceiling: u64,
+    proposal_ids: ProposalIds,
 
     ready: bool,
     sync: Option<SyncState>,
@@ -76,10 +79,7 @@ pub struct Node {
     /// An operator's removal being checked with every member.
     removal: Option<PendingRemoval>,
 
-    requests: BTreeMap<RequestId, RequestRecord>,
-    /// Request ids by arrival, with the time this node learned of them, for expiry.
-    request_order: BTreeMap<u64, (RequestId, Time)>,
-    request_seq: u64,
+    requests: RequestTable,
 
     ops: BTreeMap<u64, PutOp>,
     next_op: u64,
@@ -260,6 +260,8 @@ impl Node {
             now + config.read_lease.saturating_mul(2)
         };
         let removed = departed.contains(&id);
+        let proposal_ids = ProposalIds::new(counter_ceiling, config.counter_block);
+        let requests = RequestTable::new(requests, now, config.requests_max, config.request_ttl);
         let ledger = Ledger::new(keys, refusals, watermarks, config.refusals_max, ready);
         let out = Outbox::new(id.clone(), bug_in(&config, InjectedBug::VoteBeforeDurable));
         let mut node = Node {
@@ -278,17 +280,14 @@ impl Node {
             rng: ChaCha8Rng::seed_from_u64(seed),
             now,
             ledger,
-            next_counter: counter_ceiling,
-            counter_ceiling,
+            proposal_ids,
             ready,
             sync: None,
             leaving: false,
             leave_complete: false,
             leave_clear: BTreeSet::new(),
             removal: None,
-            requests: BTreeMap::new(),
-            request_order: BTreeMap::new(),
-            request_seq: 0,
+            requests,
             ops: BTreeMap::new(),
             next_op: 0,
             deciders: BTreeMap::new(),
@@ -300,11 +299,6 @@ impl Node {
             timers: Timers::default(),
             out,
         };
-        for (id, record) in requests {
-            node.request_seq = node.request_seq.max(record.seq + 1);
-            node.request_order.insert(record.seq, (id.clone(), now));
-            node.requests.insert(id, record);
-        }
         // Every reservation found on disk is resolved soon after the restart; the jitter keeps
         // a whole cluster that restarts at once from resolving in lockstep.
         let open: Vec<ProposalId> = node
@@ -1595,15 +1589,8 @@ impl Node {
         {
             d.op = None;
         }
-        if let (Some(id), Some(outcome)) = (&op.request, outcome)
-            && let Some(mut record) = self.requests.get(id).cloned()
-        {
-            record.outcome = Some(outcome);
-            self.requests.insert(id.clone(), record.clone());
-            self.out.persist(WriteOp::PutRequest {
-                id: id.clone(),
-                record,
-            });
+        if let (Some(id), Some(outcome)) = (&op.request, outcome) {
+            self.requests.set_outcome(id, outcome, &mut self.out);
         }
         for call in op.calls {
             self.out.reply(call, Reply::Put(reply.clone()));
@@ -1670,17 +1657,7 @@ impl Node {
     }
 
     fn next_proposal(&mut self) -> ProposalId {
-        if self.next_counter >= self.counter_ceiling {
-            self.counter_ceiling = self.next_counter + self.config.counter_block;
-            self.out
-                .persist(WriteOp::CounterCeiling(self.counter_ceiling));
-        }
-        let p = ProposalId {
-            coordinator: self.id.clone(),
-            counter: self.next_counter,
-        };
-        self.next_counter += 1;
-        p
+        self.proposal_ids.next(&self.id, &mut self.out)
     }
 
     fn remember_request(
@@ -1691,40 +1668,16 @@ impl Node {
         p: ProposalId,
         outcome: Option<RequestOutcome>,
     ) {
-        let seq = match self.requests.get(&id) {
-            Some(r) => r.seq,
-            None => {
-                let seq = self.request_seq;
-                self.request_seq += 1;
-                self.request_order.insert(seq, (id.clone(), self.now));
-                seq
-            }
-        };
-        let record = RequestRecord {
-            seq,
-            key: key.clone(),
-            value_fingerprint: fingerprint(value),
-            proposal: p,
-            outcome,
-        };
-        self.requests.insert(id.clone(), record.clone());
-        self.out.persist(WriteOp::PutRequest { id, record });
-        self.expire_requests();
+        let ops = &self.ops;
+        let running = |id: &RequestId| ops.values().any(|op| op.request.as_ref() == Some(id));
+        self.requests
+            .remember(id, key, value, p, outcome, self.now, running, &mut self.out);
     }
 
     fn expire_requests(&mut self) {
-        while let Some((&seq, (id, at))) = self.request_order.first_key_value() {
-            let too_many = self.requests.len() > self.config.requests_max;
-            let too_old = self.now.since(*at) > self.config.request_ttl;
-            let running = self.ops.values().any(|op| op.request.as_ref() == Some(id));
-            if !(too_many || too_old) || running {
-                break;
-            }
-            let id = id.clone();
-            self.request_order.remove(&seq);
-            self.requests.remove(&id);
-            self.out.persist(WriteOp::RemoveRequest { id });
-        }
+        let ops = &self.ops;
+        let running = |id: &RequestId| ops.values().any(|op| op.request.as_ref() == Some(id));
+        self.requests.expire(self.now, running, &mut self.out);
     }
 
     fn on_get(&mut self, call: CallId, key: Key) {
@@ -2299,14 +2252,4 @@ pub fn validate_put(
         }
     }
     Ok(())
-}
-
-/// FNV-1a of a value: stable across processes, enough to tell a reused request id.
-fn fingerprint(value: &Value) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in value.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
