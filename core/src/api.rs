@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::membership::Membership;
 use crate::storage::WriteOp;
 use crate::types::{
     CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Value, WriteId,
@@ -147,6 +148,22 @@ pub struct Silence {
     pub nodes: Vec<NodeId>,
     /// Clusters none of whose nodes answered.
     pub clusters: Vec<ClusterId>,
+}
+
+impl Silence {
+    /// Who of `asked` did not answer: every silent node, and every cluster none of whose nodes
+    /// answered.
+    pub(crate) fn among(asked: &Membership, answered: impl Fn(&NodeId) -> bool) -> Silence {
+        let mut silence = Silence::default();
+        for (cluster, nodes) in asked.clusters() {
+            let silent: Vec<&NodeId> = nodes.iter().filter(|n| !answered(n)).collect();
+            if silent.len() == nodes.len() {
+                silence.clusters.push(cluster.clone());
+            }
+            silence.nodes.extend(silent.into_iter().cloned());
+        }
+        silence
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

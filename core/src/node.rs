@@ -1,6 +1,7 @@
 //! The protocol state machine of one node.
 
 mod coordinator;
+mod decider;
 mod ledger;
 mod members;
 mod outbox;
@@ -25,6 +26,7 @@ use crate::types::{CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, Reques
 use crate::wire::{DenyReason, Message, ReadState, Request, Response, SyncRefusal, Vote};
 
 use coordinator::ProposalIds;
+use decider::{Decider, Phase, Rule};
 use ledger::Ledger;
 use outbox::Outbox;
 use requests::{RequestTable, fingerprint};
@@ -103,71 +105,6 @@ struct PutOp {
     current: Option<ProposalId>,
     retries_left: u32,
     attempt: u32,
-}
-
-/// A vote collection for one proposal: the coordinator's, or any node's Resolve.
-struct Decider {
-    key: Key,
-    participants: Arc<Membership>,
-    votes: Votes,
-    phase: Phase,
-    /// For each remote cluster: which of its nodes is the representative, and whether it
-    /// answered this round.
-    reps: BTreeMap<ClusterId, Rep>,
-    op: Option<u64>,
-    /// Set while leaving: keep asking until every participant reflects the decision.
-    confirm: bool,
-}
-
-/// The votes heard for one proposal, with running counts so the decision rule is O(1).
-#[derive(Default)]
-struct Votes {
-    map: BTreeMap<NodeId, Vote>,
-    granted: usize,
-    committed: usize,
-    denied: usize,
-}
-
-impl Votes {
-    fn insert(&mut self, node: NodeId, vote: Vote) {
-        self.count(&vote, 1);
-        if let Some(old) = self.map.insert(node, vote) {
-            self.count(&old, -1);
-        }
-    }
-
-    fn retain(&mut self, keep: impl Fn(&Vote) -> bool) {
-        self.map.retain(|_, v| keep(v));
-        let votes = std::mem::take(&mut self.map);
-        *self = Votes::default();
-        for (n, v) in votes {
-            self.insert(n, v);
-        }
-    }
-
-    fn count(&mut self, vote: &Vote, delta: isize) {
-        let slot = match vote {
-            Vote::Granted => &mut self.granted,
-            Vote::Committed => &mut self.committed,
-            Vote::Denied { .. } => &mut self.denied,
-        };
-        *slot = slot
-            .checked_add_signed(delta)
-            .expect("vote counts never go negative");
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Phase {
-    Reserving,
-    Resolving { attempt: u32 },
-    Confirming { committed: bool, attempt: u32 },
-}
-
-#[derive(Clone, Copy, Default)]
-struct Rep {
-    index: usize,
-    answered: bool,
 }
 
 struct ReadWait {
@@ -923,17 +860,12 @@ impl Node {
         if !d.participants.contains(&node) {
             return;
         }
-        if let Phase::Confirming { committed, .. } = d.phase {
+        if let Phase::Confirming { committed, .. } = d.phase
+            && !decider::reflects(&vote, committed)
+        {
             // Only an answer that reflects the decision confirms it; anything else (a Granted
             // from a node the decision has not reached yet) is asked again next round.
-            let reflects = match vote {
-                Vote::Committed => committed,
-                Vote::Denied { .. } => !committed,
-                Vote::Granted => false,
-            };
-            if !reflects {
-                return;
-            }
+            return;
         }
         d.votes.insert(node, vote);
         self.evaluate(p);
@@ -945,46 +877,18 @@ impl Node {
             return;
         };
         if let Phase::Confirming { committed, .. } = d.phase {
-            let confirmed = d.participants.nodes().all(|n| {
-                self.departed.contains(n)
-                    || match d.votes.map.get(n) {
-                        Some(Vote::Committed) => committed,
-                        Some(Vote::Denied { .. }) => !committed,
-                        _ => false,
-                    }
-            });
-            if confirmed {
+            if decider::confirmed(&d.participants, &self.departed, &d.votes, committed) {
                 self.drop_decider(p);
                 self.check_leave_complete();
             }
             return;
         }
-        // O(1) per vote (counters), so that a proposal over hundreds of participants stays
-        // linear in their number; departed nodes are few, so scanning them is cheap.
-        let missing = d.participants.len() - d.votes.granted;
-        // A departed participant counts as fenced, but only once every live participant has
-        // answered: one of them may know the proposal committed (say the departed node was
-        // removed by an operator while a Commit it had granted was still on its way).
-        let departed_silent = || {
-            let departed_missing = self
-                .departed
-                .iter()
-                .filter(|n| d.participants.contains(n) && !d.votes.map.contains_key(*n))
-                .count();
-            let silent = d.participants.len() - d.votes.map.len();
-            departed_missing > 0 && silent == departed_missing
-        };
-        let decision = if d.votes.committed > 0 {
-            Some(true)
-        } else if d.votes.denied > 0 || departed_silent() {
-            Some(false)
+        let rule = if self.bug_is(InjectedBug::CommitOnPartialVote) {
+            Rule::AllButOne
         } else {
-            match missing {
-                0 => Some(true),
-                1 if self.bug_is(InjectedBug::CommitOnPartialVote) => Some(true),
-                _ => None,
-            }
+            Rule::EveryParticipant
         };
+        let decision = decider::decision(&d.participants, &self.departed, &d.votes, rule);
         if let Some(committed) = decision {
             self.decide(p, committed);
         }
@@ -1042,24 +946,11 @@ impl Node {
                 committed,
                 attempt: 0,
             };
-            d.votes.retain(|v| match v {
-                Vote::Committed => committed,
-                Vote::Denied { .. } => !committed,
-                Vote::Granted => false,
-            });
+            d.votes.keep_reflecting(committed);
             let until = self.now + self.config.resolve_backoff_min;
             self.timers.set(Timer::Resolve(p.clone()), until);
         }
-        let denial = {
-            let d = &self.deciders[p];
-            d.votes.map.values().find_map(|v| match v {
-                Vote::Denied {
-                    stored: Some(value),
-                    ..
-                } => Some(value.clone()),
-                _ => None,
-            })
-        };
+        let denial = self.deciders[p].votes.stored_elsewhere();
         if !self.deciders[p].confirm {
             self.drop_decider(p);
         }
@@ -1097,9 +988,9 @@ impl Node {
         p: &ProposalId,
         participants: &Arc<Membership>,
         request: &Request,
-        only: Option<&BTreeMap<NodeId, Vote>>,
+        only: Option<&BTreeSet<NodeId>>,
     ) {
-        let wanted = |n: &NodeId| only.is_none_or(|votes| !votes.contains_key(n));
+        let wanted = |n: &NodeId| only.is_none_or(|voted| !voted.contains(n));
         for (cluster, nodes) in participants.clusters() {
             let targets: Vec<NodeId> = nodes
                 .iter()
@@ -1146,19 +1037,16 @@ impl Node {
         if self.deciders.len() >= self.config.resolutions_max + self.ops.len() {
             return false;
         }
-        let reps = remote_reps(&participants, &self.cluster);
-        self.deciders.insert(
-            p.clone(),
-            Decider {
-                key: key.clone(),
-                participants,
-                votes: Votes::default(),
-                phase: Phase::Resolving { attempt: 0 },
-                reps,
-                op: None,
-                confirm: self.leaving,
-            },
+        let phase = Phase::Resolving { attempt: 0 };
+        let d = Decider::new(
+            key.clone(),
+            participants,
+            &self.cluster,
+            phase,
+            None,
+            self.leaving,
         );
+        self.deciders.insert(p.clone(), d);
         self.resolve_round(p);
         true
     }
@@ -1179,13 +1067,13 @@ impl Node {
         }
         let key = d.key.clone();
         let participants = d.participants.clone();
-        let votes = d.votes.map.clone();
+        let voted: BTreeSet<NodeId> = d.votes.voters().cloned().collect();
         let clusters: Vec<ClusterId> = d.reps.keys().cloned().collect();
         if let Some(committed) = confirming {
             self.broadcast_decision(p, &key, &participants, committed);
         }
         let status = Request::Status { p: p.clone(), key };
-        self.send_to_participants(p, &participants, &status, Some(&votes));
+        self.send_to_participants(p, &participants, &status, Some(&voted));
         for c in clusters {
             self.timers.set(
                 Timer::Representative(p.clone(), c),
@@ -1197,11 +1085,14 @@ impl Node {
             .set(Timer::Resolve(p.clone()), self.now + backoff);
     }
 
+    /// The wait before round `attempt + 1` of a resolution: exponential, plus up to half
+    /// again of jitter, so that concurrent resolvers drift apart.
     fn backoff(&mut self, attempt: u32) -> Duration {
-        let min = self.config.resolve_backoff_min;
-        let base = min
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.config.resolve_backoff_max);
+        let (min, max) = (
+            self.config.resolve_backoff_min,
+            self.config.resolve_backoff_max,
+        );
+        let base = exponential(min, max, attempt, 16);
         base + self.jitter(base / 2)
     }
 
@@ -1211,21 +1102,9 @@ impl Node {
     }
 
     fn silence(&self, p: &ProposalId) -> Silence {
-        let Some(d) = self.deciders.get(p) else {
-            return Silence::default();
-        };
-        let mut silence = Silence::default();
-        for (cluster, nodes) in d.participants.clusters() {
-            let silent: Vec<&NodeId> = nodes
-                .iter()
-                .filter(|n| !d.votes.map.contains_key(*n))
-                .collect();
-            if silent.len() == nodes.len() {
-                silence.clusters.push(cluster.clone());
-            }
-            silence.nodes.extend(silent.into_iter().cloned());
-        }
-        silence
+        self.deciders
+            .get(p)
+            .map_or_else(Silence::default, Decider::silence)
     }
 
     // ---------------------------------------------------------------- as a representative
@@ -1508,20 +1387,16 @@ impl Node {
             self.remember_request(id, &key, &value, p.clone(), None);
         }
         let participants = self.membership.clone();
-        let reps = remote_reps(&participants, &self.cluster);
-        let clusters: Vec<ClusterId> = reps.keys().cloned().collect();
-        self.deciders.insert(
-            p.clone(),
-            Decider {
-                key: key.clone(),
-                participants: participants.clone(),
-                votes: Votes::default(),
-                phase: Phase::Reserving,
-                reps,
-                op: Some(op_id),
-                confirm: false,
-            },
+        let d = Decider::new(
+            key.clone(),
+            participants.clone(),
+            &self.cluster,
+            Phase::Reserving,
+            Some(op_id),
+            false,
         );
+        let clusters: Vec<ClusterId> = d.reps.keys().cloned().collect();
+        self.deciders.insert(p.clone(), d);
         let reserve = Request::Reserve {
             p: p.clone(),
             key,
@@ -1552,11 +1427,9 @@ impl Node {
             op.current = None;
             if op.retries_left > 0 {
                 op.retries_left -= 1;
-                let attempt = op.attempt;
-                let min = self.config.busy_backoff_min;
-                let base = min
-                    .saturating_mul(1u32 << attempt.min(10))
-                    .min(self.config.busy_backoff_max);
+                let (min, max) = (self.config.busy_backoff_min, self.config.busy_backoff_max);
+                let base = exponential(min, max, op.attempt, 10);
+                // Full jitter: two coordinators that met on a key must not meet again.
                 let delay = self.jitter(base);
                 self.timers.set(Timer::BusyRetry(op_id), self.now + delay);
                 return;
@@ -1806,17 +1679,7 @@ impl Node {
         let Some(v) = self.verifies.remove(&tag) else {
             return;
         };
-        let mut silence = Silence::default();
-        for (cluster, nodes) in v.participants.clusters() {
-            let silent: Vec<&NodeId> = nodes
-                .iter()
-                .filter(|n| !v.answers.contains_key(*n))
-                .collect();
-            if silent.len() == nodes.len() {
-                silence.clusters.push(cluster.clone());
-            }
-            silence.nodes.extend(silent.into_iter().cloned());
-        }
+        let silence = Silence::among(&v.participants, |n| v.answers.contains_key(n));
         let mut committed = v.answers.values().filter_map(|s| match s {
             ReadState::Stored(value) => Some(value),
             _ => None,
@@ -1952,7 +1815,7 @@ impl Node {
         let nodes = d.participants.nodes_of(&cluster);
         let targets: Vec<NodeId> = nodes
             .iter()
-            .filter(|n| !d.votes.map.contains_key(*n) && !self.departed.contains(*n))
+            .filter(|n| !d.votes.contains(n) && !self.departed.contains(*n))
             .cloned()
             .collect();
         if targets.is_empty() {
@@ -2146,6 +2009,13 @@ impl Node {
     }
 }
 
+/// `min` doubled `attempt` times (at most `doublings_max` times), never more than `max`: the
+/// base of every backoff (Resolve rounds, Busy retries), before its jitter.
+fn exponential(min: Duration, max: Duration, attempt: u32, doublings_max: u32) -> Duration {
+    min.saturating_mul(1u32 << attempt.min(doublings_max))
+        .min(max)
+}
+
 #[cfg(feature = "bug-injection")]
 fn bug_in(config: &Config, check: InjectedBug) -> bool {
     config.bug == Some(check)
@@ -2179,14 +2049,6 @@ pub struct Stats {
     pub relays: usize,
     pub timers: usize,
     pub held_messages: usize,
-}
-
-fn remote_reps(participants: &Membership, own: &ClusterId) -> BTreeMap<ClusterId, Rep> {
-    participants
-        .clusters()
-        .filter(|(c, _)| *c != own)
-        .map(|(c, _)| (c.clone(), Rep::default()))
-        .collect()
 }
 
 /// The representative of a cluster for a proposal: spread over the cluster by proposal, the
