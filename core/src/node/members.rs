@@ -1,23 +1,123 @@
-//! Membership as protocol state: discovery (own network only), goodbyes and operator removals,
-//! the views members exchange so that a missed goodbye or removal still converges, the read
-//! lease that keeps a removed node from answering "unknown key", graceful leave.
-//! (core/PROTOCOL.md, "Membership" and "Durable membership and the network identity".)
+//! Membership as protocol state (core/PROTOCOL.md, "Membership", "Durable membership", "The
+//! network identity", "Views"): discovery (own network only), goodbyes and removals as they
+//! land here, the settling a removal starts, and the views members exchange so that a missed
+//! goodbye or removal still converges. Removal checks, leaving and the read lease have their
+//! own files.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::api::{GetOutcome, NotReady, Note, RemoveOutcome, Reply, Silence};
+use crate::api::Note;
 use crate::membership::Membership;
 use crate::storage::WriteOp;
-use crate::timers::Timer;
-use crate::types::{CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, Time};
+use crate::types::{ClusterId, NetworkId, NodeId, ProposalId};
 use crate::wire::Message;
 
-use super::{InjectedBug, Node, OPEN_LISTED_MAX, PendingRemoval};
+use super::Node;
+
+/// The membership as this node knows it: the members, which grow on discovery and shrink
+/// only on a goodbye or a removal, and the departed nodes, which only grow. A node that
+/// departed is never a member again (it must come back with a new identity). This node stays
+/// in its own membership even once removed: it then serves nothing.
+pub(crate) struct Members {
+    me: NodeId,
+    current: Arc<Membership>,
+    departed: BTreeSet<NodeId>,
+}
+
+impl Members {
+    /// The membership of a node (re)started with these members and departed nodes recorded.
+    pub fn new(
+        me: NodeId,
+        cluster: ClusterId,
+        recorded: impl IntoIterator<Item = (ClusterId, NodeId)>,
+        departed: BTreeSet<NodeId>,
+    ) -> Members {
+        let current = Arc::new(Membership::from_pairs(recorded).with_node(cluster, me.clone()));
+        Members {
+            me,
+            current,
+            departed,
+        }
+    }
+
+    /// The current membership, as proposals keep it.
+    pub fn current(&self) -> &Arc<Membership> {
+        &self.current
+    }
+
+    pub fn contains(&self, node: &NodeId) -> bool {
+        self.current.contains(node)
+    }
+
+    pub fn departed(&self) -> &BTreeSet<NodeId> {
+        &self.departed
+    }
+
+    pub fn has_departed(&self, node: &NodeId) -> bool {
+        self.departed.contains(node)
+    }
+
+    /// Whether an operator removed this node.
+    pub fn this_node_removed(&self) -> bool {
+        self.departed.contains(&self.me)
+    }
+
+    /// Adds `node` of `cluster`: `Ok(true)` if it is new, `Ok(false)` if there is nothing to
+    /// add (it is this node, or known already), `Err` naming the rule the claim breaks.
+    pub fn add(
+        &mut self,
+        cluster: ClusterId,
+        node: NodeId,
+        clusters_max: usize,
+        cluster_nodes_max: usize,
+    ) -> Result<bool, String> {
+        if node == self.me {
+            return Ok(false);
+        }
+        match self.current.cluster_of(&node) {
+            Some(c) if *c == cluster => return Ok(false),
+            Some(c) => return Err(format!("{node} is known in cluster {c}, not {cluster}")),
+            None => {}
+        }
+        if self.departed.contains(&node) {
+            return Err(
+                "a node that left or was removed must come back with a new identity".into(),
+            );
+        }
+        let grown = self.current.with_node(cluster.clone(), node.clone());
+        if grown.cluster_count() > clusters_max
+            || grown.nodes_of(&cluster).len() > cluster_nodes_max
+        {
+            return Err("membership would exceed the configured limits".into());
+        }
+        self.current = Arc::new(grown);
+        assert!(self.current.contains(&node) && !self.departed.contains(&node));
+        Ok(true)
+    }
+
+    /// `node` left (its goodbye, or a removal). False if that was known already, or if it is
+    /// this node (see `remove_this_node`).
+    pub fn depart(&mut self, node: &NodeId) -> bool {
+        if *node == self.me || self.departed.contains(node) {
+            return false;
+        }
+        self.current = Arc::new(self.current.without_node(node));
+        self.departed.insert(node.clone());
+        assert!(!self.current.contains(node));
+        true
+    }
+
+    /// An operator removed this node. False if that was known already.
+    pub fn remove_this_node(&mut self) -> bool {
+        self.departed.insert(self.me.clone())
+    }
+}
 
 impl Node {
     // ---------------------------------------------------------------- growing
 
+    /// Discovery found a node: only one of this node's own network is added.
     pub(super) fn on_discovered(&mut self, cluster: ClusterId, node: NodeId, network: NetworkId) {
         if network != self.network {
             let ours = self.network.clone();
@@ -34,37 +134,17 @@ impl Node {
     /// records it durably: everything that depends on the grown membership (a proposal carrying
     /// its digest, a grant matching it) leaves only after the write, behind the barrier.
     fn add_member(&mut self, cluster: ClusterId, node: NodeId) {
-        if node == self.id {
-            return;
-        }
-        match self.membership.cluster_of(&node) {
-            Some(c) if *c == cluster => return,
-            Some(c) => {
-                let reason = format!("{node} is known in cluster {c}, not {cluster}");
-                return self
-                    .out
-                    .note(Note::PeerInputRejected { from: node, reason });
-            }
-            None => {}
-        }
-        if self.departed.contains(&node) {
-            let reason =
-                "a node that left or was removed must come back with a new identity".to_string();
-            return self
-                .out
-                .note(Note::PeerInputRejected { from: node, reason });
-        }
-        let grown = self.membership.with_node(cluster.clone(), node.clone());
-        if grown.cluster_count() > self.config.clusters_max
-            || grown.nodes_of(&cluster).len() > self.config.cluster_nodes_max
+        let (clusters_max, nodes_max) = (self.config.clusters_max, self.config.cluster_nodes_max);
+        match self
+            .members
+            .add(cluster.clone(), node.clone(), clusters_max, nodes_max)
         {
-            let reason = "membership would exceed the configured limits".to_string();
-            return self
+            Ok(true) => self.out.persist(WriteOp::AddMember { cluster, node }),
+            Ok(false) => {}
+            Err(reason) => self
                 .out
-                .note(Note::PeerInputRejected { from: node, reason });
+                .note(Note::PeerInputRejected { from: node, reason }),
         }
-        self.membership = Arc::new(grown);
-        self.out.persist(WriteOp::AddMember { cluster, node });
     }
 
     // ---------------------------------------------------------------- shrinking
@@ -73,11 +153,9 @@ impl Node {
     /// at another member. A removal makes this node grant nothing for twice the read lease: the
     /// removed node may be alive and answering reads until its lease runs out.
     pub(super) fn on_removed(&mut self, node: NodeId, goodbye: bool) {
-        if node == self.id || self.departed.contains(&node) {
+        if !self.members.depart(&node) {
             return;
         }
-        self.membership = Arc::new(self.membership.without_node(&node));
-        self.departed.insert(node.clone());
         self.out.persist(WriteOp::Departed(node.clone()));
         if !goodbye {
             self.settled_at = self
@@ -97,30 +175,46 @@ impl Node {
         }
     }
 
+    /// A member voted `Denied(Departed)`: an operator removed it. It says the truth (it
+    /// believes so only once a member that recorded the removal told it): take the removal here
+    /// too. Otherwise, when the remover's messages were lost and the remover left, the removed
+    /// node refuses every proposal forever and nobody else learns why (found by sim seed 357,
+    /// `--joins 2 --leaves 1`).
+    pub(super) fn on_departed_vote(&mut self, node: &NodeId) {
+        if *node != self.id && self.members.contains(node) {
+            self.on_removed(node.clone(), false);
+        }
+    }
+
+    /// A member says an operator removed `node` (maybe this node itself).
+    pub(super) fn on_removed_message(&mut self, from: NodeId, node: NodeId) {
+        if !self.members.contains(&from) || from == self.id {
+            return;
+        }
+        if node == self.id {
+            self.on_self_removed(from);
+        } else {
+            self.on_removed(node, false);
+        }
+    }
+
     /// A member told this node that an operator removed it. From now on it serves nothing
     /// (core/PROTOCOL.md: a removed node no longer receives commits, so its reads would go
     /// stale), and it never rejoins under this identity.
-    pub(super) fn on_self_removed(&mut self, by: NodeId) {
-        if self.removed {
+    fn on_self_removed(&mut self, by: NodeId) {
+        if !self.members.remove_this_node() {
             return;
         }
-        self.removed = true;
-        self.departed.insert(self.id.clone());
         self.out.persist(WriteOp::Departed(self.id.clone()));
         self.out.note(Note::SelfRemoved { by });
-        let waiting: Vec<CallId> = self.lease_reads.keys().copied().collect();
-        for call in waiting {
-            self.lease_reads.remove(&call);
-            self.timers.cancel(&Timer::ReadDeadline(call));
-            self.out
-                .reply(call, Reply::Get(GetOutcome::NotReady(NotReady::Removed)));
-        }
+        self.fail_lease_reads();
     }
 
     /// A message came from a node that left or was removed: tell it, so that a removed node
     /// that was partitioned or down when it was removed stops serving.
     pub(super) fn tell_departed_sender(&mut self, from: &NodeId) {
-        if *from != self.id && self.departed.contains(from) && !self.removed {
+        if *from != self.id && self.members.has_departed(from) && !self.members.this_node_removed()
+        {
             self.out
                 .send(from.clone(), Message::Removed { node: from.clone() });
         }
@@ -130,7 +224,7 @@ impl Node {
 
     /// Sends this node's view to `to`, at most once per `resolve_backoff_min` per peer.
     pub(super) fn send_view(&mut self, to: &NodeId) {
-        if *to == self.id || self.removed {
+        if *to == self.id || self.members.this_node_removed() {
             return;
         }
         if let Some(at) = self.view_sent.get(to)
@@ -138,21 +232,23 @@ impl Node {
         {
             return;
         }
-        if !self.membership.contains(to) {
+        if !self.members.contains(to) {
             return;
         }
         self.view_sent.insert(to.clone(), self.now);
         let departed = self
-            .departed
+            .members
+            .departed()
             .iter()
             .take(self.departed_listed_max())
             .cloned()
             .collect();
-        let members = (*self.membership).clone();
+        let members = (**self.members.current()).clone();
         self.out
             .send(to.clone(), Message::View { members, departed });
     }
 
+    /// Departed nodes listed in a view, at most.
     pub(super) fn departed_listed_max(&self) -> usize {
         self.config
             .clusters_max
@@ -162,7 +258,7 @@ impl Node {
     /// Merges a member's view: its departures and its members (both only ever grow), then
     /// answers with this node's own view if the sender lacks part of it.
     pub(super) fn on_view(&mut self, from: NodeId, members: Membership, departed: Vec<NodeId>) {
-        if !self.membership.contains(&from) || self.removed {
+        if !self.members.contains(&from) || self.members.this_node_removed() {
             return;
         }
         for node in &departed {
@@ -173,345 +269,71 @@ impl Node {
         }
         for (cluster, nodes) in members.clusters() {
             for node in nodes {
-                if !self.departed.contains(node) {
+                if !self.members.has_departed(node) {
                     self.add_member(cluster.clone(), node.clone());
                 }
             }
         }
         let theirs: BTreeSet<&NodeId> = departed.iter().collect();
-        let they_lack = self.departed.iter().any(|d| !theirs.contains(d))
-            || self.membership.nodes().any(|n| !members.contains(n));
+        let they_lack = self.members.departed().iter().any(|d| !theirs.contains(d))
+            || self.members.current().nodes().any(|n| !members.contains(n));
         if they_lack {
             self.send_view(&from);
         }
     }
+}
 
-    // ---------------------------------------------------------------- the read lease
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Whether this node may answer "unknown key": a member confirmed, within the read lease,
-    /// that it still counts this node as a member (or there is nobody who could remove it).
-    pub(super) fn lease_valid(&self) -> bool {
-        self.bug_is(InjectedBug::ReadWithoutLease)
-            || self.membership.len() <= 1
-            || self.now < self.read_lease_until
+    fn members() -> Members {
+        let recorded = [("a", "a2"), ("b", "b1")].map(|(c, n)| (ClusterId::from(c), n.into()));
+        Members::new("a1".into(), "a".into(), recorded, BTreeSet::new())
     }
 
-    /// Answers a read of `key`, found free here: "unknown" under a valid lease, otherwise once
-    /// a member renewed it (or Unavailable at the read's deadline).
-    pub(super) fn answer_free(&mut self, call: CallId, key: Key) {
-        if self.lease_valid() {
-            self.timers.cancel(&Timer::ReadDeadline(call));
-            return self.out.reply(call, Reply::Get(GetOutcome::Unknown));
-        }
-        if self.lease_reads.len() >= self.config.reads_waiting_max {
-            self.timers.cancel(&Timer::ReadDeadline(call));
-            return self.out.reply(call, Reply::Get(GetOutcome::Overloaded));
-        }
-        self.lease_reads.insert(call, key);
-        if self.timers.get(&Timer::ReadDeadline(call)).is_none() {
-            self.timers.set(
-                Timer::ReadDeadline(call),
-                self.now + self.config.read_timeout,
-            );
-        }
-        self.send_probes();
+    #[test]
+    fn grows_only_with_consistent_new_nodes() {
+        let mut m = members();
+        assert_eq!(m.current().len(), 3);
+        assert_eq!(m.add("b".into(), "b2".into(), 8, 8), Ok(true));
+        assert_eq!(m.add("b".into(), "b2".into(), 8, 8), Ok(false));
+        assert_eq!(m.add("a".into(), "a1".into(), 8, 8), Ok(false));
+        assert!(
+            m.add("c".into(), "b2".into(), 8, 8).is_err(),
+            "another cluster"
+        );
+        assert!(
+            m.add("c".into(), "c1".into(), 2, 8).is_err(),
+            "too many clusters"
+        );
+        assert!(
+            m.add("b".into(), "b3".into(), 8, 2).is_err(),
+            "too many nodes"
+        );
+        assert_eq!(m.current().len(), 4);
     }
 
-    /// Asks every other member whether it still counts this node, at most once per
-    /// `read_wait`.
-    fn send_probes(&mut self) {
-        if self
-            .probe_sent
-            .is_some_and(|at| self.now.since(at) < self.config.read_wait)
-        {
-            return;
-        }
-        self.probe_sent = Some(self.now);
-        let others: Vec<NodeId> = self
-            .membership
-            .nodes()
-            .filter(|n| **n != self.id)
-            .cloned()
-            .collect();
-        for n in others {
-            self.out.send(n, Message::Probe { sent: self.now });
-        }
+    #[test]
+    fn a_departed_node_is_never_a_member_again() {
+        let mut m = members();
+        let digest = m.current().digest();
+        assert!(m.depart(&"b1".into()));
+        assert!(!m.depart(&"b1".into()));
+        assert!(!m.contains(&"b1".into()));
+        assert!(m.has_departed(&"b1".into()));
+        assert_ne!(m.current().digest(), digest);
+        assert!(m.add("b".into(), "b1".into(), 8, 8).is_err());
     }
 
-    pub(super) fn on_probe(&mut self, from: NodeId, sent: Time) {
-        if self.membership.contains(&from) && !self.removed {
-            self.out.send(from, Message::ProbeReply { sent });
-        }
-    }
-
-    /// A member counted this node at some time after `sent` (this node's clock): the lease
-    /// runs from `sent`, never from when the answer arrived (it may have been delayed).
-    pub(super) fn on_probe_reply(&mut self, from: NodeId, sent: Time) {
-        if !self.membership.contains(&from) || self.removed {
-            return;
-        }
-        let sent = sent.min(self.now);
-        self.read_lease_until = self.read_lease_until.max(sent + self.config.read_lease);
-        if !self.lease_valid() {
-            return;
-        }
-        let waiting: Vec<(CallId, Key)> =
-            std::mem::take(&mut self.lease_reads).into_iter().collect();
-        for (call, key) in waiting {
-            self.read_now(call, key);
-        }
-    }
-
-    /// Answers the lease reads still waiting when the read's deadline fires.
-    pub(super) fn lease_read_deadline(&mut self, call: CallId) -> bool {
-        if self.lease_reads.remove(&call).is_none() {
-            return false;
-        }
-        let nodes = self
-            .membership
-            .nodes()
-            .filter(|n| **n != self.id)
-            .cloned()
-            .collect();
-        let silence = Silence {
-            nodes,
-            clusters: Vec::new(),
-        };
-        self.out
-            .reply(call, Reply::Get(GetOutcome::Unavailable(silence)));
-        true
-    }
-
-    // ---------------------------------------------------------------- operator removal
-
-    /// An operator removes `node`. Unless forced: only a node that does not answer is removed
-    /// (a live one would serve stale reads), and every member is asked first whether a
-    /// reservation it holds names the node: removing it makes Resolve count it fenced, which
-    /// would abort a proposal the node granted and that committed while the commit has not
-    /// reached everyone yet.
-    pub(super) fn on_remove_command(&mut self, call: CallId, node: NodeId, force: bool) {
-        if self.removed {
-            return self.out.reply(call, Reply::Remove(RemoveOutcome::Unknown));
-        }
-        if node == self.id || !self.membership.contains(&node) {
-            return self.out.reply(call, Reply::Remove(RemoveOutcome::Unknown));
-        }
-        if force {
-            self.remove_everywhere(node);
-            return self.out.reply(call, Reply::Remove(RemoveOutcome::Removed));
-        }
-        if self.removal.is_some() {
-            return self
-                .out
-                .reply(call, Reply::Remove(RemoveOutcome::InProgress));
-        }
-        let open = self.open_naming(&node, true);
-        if !open.is_empty() {
-            return self
-                .out
-                .reply(call, Reply::Remove(RemoveOutcome::Refused { open }));
-        }
-        let waiting: BTreeSet<NodeId> = self
-            .membership
-            .nodes()
-            .filter(|n| **n != self.id && **n != node)
-            .cloned()
-            .collect();
-        // The node itself is asked too: if it answers, it is alive.
-        for n in waiting.iter().chain(std::iter::once(&node)) {
-            self.out
-                .send(n.clone(), Message::RemoveCheck { node: node.clone() });
-        }
-        self.removal = Some(PendingRemoval {
-            call,
-            node,
-            waiting,
-            open: Vec::new(),
-        });
-        self.timers
-            .set(Timer::RemoveCheck, self.now + self.config.verify_timeout);
-    }
-
-    pub(super) fn on_remove_check(&mut self, from: NodeId, node: NodeId) {
-        if !self.membership.contains(&from) || self.removed {
-            return;
-        }
-        // Asked about itself: answering is the point (it is alive); it holds nothing to settle.
-        let open = if node == self.id {
-            Vec::new()
-        } else {
-            self.open_naming(&node, true)
-        };
-        self.out
-            .send(from, Message::RemoveCheckReply { node, open });
-    }
-
-    pub(super) fn on_remove_check_reply(
-        &mut self,
-        from: NodeId,
-        node: NodeId,
-        open: Vec<ProposalId>,
-    ) {
-        let Some(r) = &mut self.removal else { return };
-        if r.node != node {
-            return;
-        }
-        if from == node {
-            let r = self.removal.take().expect("checked above");
-            self.timers.cancel(&Timer::RemoveCheck);
-            return self.out.reply(r.call, Reply::Remove(RemoveOutcome::Alive));
-        }
-        if !r.waiting.remove(&from) {
-            return;
-        }
-        r.open.extend(open);
-        r.open.truncate(OPEN_LISTED_MAX);
-        if !r.open.is_empty() {
-            let r = self.removal.take().expect("checked above");
-            self.timers.cancel(&Timer::RemoveCheck);
-            self.out.reply(
-                r.call,
-                Reply::Remove(RemoveOutcome::Refused { open: r.open }),
-            );
-        }
-    }
-
-    /// The check's time is up: the node did not answer. Remove it if every other member
-    /// answered and none holds a reservation naming it.
-    pub(super) fn on_remove_check_timer(&mut self) {
-        let Some(r) = self.removal.take() else { return };
-        if !r.waiting.is_empty() {
-            let silent = r.waiting.into_iter().collect();
-            return self
-                .out
-                .reply(r.call, Reply::Remove(RemoveOutcome::Unconfirmed { silent }));
-        }
-        if !r.open.is_empty() {
-            return self.out.reply(
-                r.call,
-                Reply::Remove(RemoveOutcome::Refused { open: r.open }),
-            );
-        }
-        self.remove_everywhere(r.node);
-        self.out
-            .reply(r.call, Reply::Remove(RemoveOutcome::Removed));
-    }
-
-    fn remove_everywhere(&mut self, node: NodeId) {
-        self.on_removed(node.clone(), false);
-        let others: Vec<NodeId> = self
-            .membership
-            .nodes()
-            .filter(|n| **n != self.id)
-            .cloned()
-            .collect();
-        // The removed node is told too: if it is in fact alive, it stops serving.
-        for n in others.into_iter().chain(std::iter::once(node.clone())) {
-            self.out.send(n, Message::Removed { node: node.clone() });
-        }
-    }
-
-    /// The open proposals held here that name `node` as a participant (at most
-    /// `OPEN_LISTED_MAX`); with `resolve`, starts resolving every one of them.
-    pub(super) fn open_naming(&mut self, node: &NodeId, resolve: bool) -> Vec<ProposalId> {
-        let naming: Vec<(ProposalId, Key, Arc<Membership>)> = self
-            .ledger
-            .reservations()
-            .filter_map(|(p, key)| match self.ledger.reservation(p, key) {
-                Some(participants) if participants.contains(node) => {
-                    Some((p.clone(), key.clone(), participants.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        let listed = naming
-            .iter()
-            .take(OPEN_LISTED_MAX)
-            .map(|(p, _, _)| p.clone())
-            .collect();
-        if resolve {
-            for (p, key, participants) in naming {
-                if !self.resolve(&p, &key, participants) {
-                    self.timers
-                        .set(Timer::Lease(p), self.now + self.config.resolve_backoff_min);
-                }
-            }
-        }
-        listed
-    }
-
-    // ---------------------------------------------------------------- leaving
-
-    pub(super) fn on_leave(&mut self) {
-        if self.leaving {
-            return;
-        }
-        self.leaving = true;
-        for d in self.deciders.values_mut() {
-            d.confirm = true;
-        }
-        let open: Vec<(ProposalId, Key)> = self
-            .ledger
-            .reservations()
-            .map(|(p, k)| (p.clone(), k.clone()))
-            .collect();
-        for (p, key) in open {
-            if let Some(participants) = self.ledger.reservation(&p, &key) {
-                let participants = participants.clone();
-                if !self.resolve(&p, &key, participants) {
-                    self.timers
-                        .set(Timer::Lease(p), self.now + self.config.resolve_backoff_min);
-                }
-            }
-        }
-        self.send_leave_checks();
-        self.check_leave_complete();
-    }
-
-    /// Asks every member that is not clear yet to settle the reservations that name this node.
-    /// A proposal this node granted may be open elsewhere even if it is settled here (say this
-    /// node stored it but the others' Commits were lost); once this node is gone, Resolve
-    /// counts it Fenced, so every such proposal must be settled everywhere first.
-    pub(super) fn send_leave_checks(&mut self) {
-        if !self.leaving || self.leave_complete {
-            return;
-        }
-        let pending: Vec<NodeId> = self
-            .membership
-            .nodes()
-            .filter(|n| **n != self.id && !self.leave_clear.contains(*n))
-            .cloned()
-            .collect();
-        for n in pending {
-            self.out.send(n, Message::LeaveCheck);
-        }
-        let again = self.now + self.config.resolve_backoff_max;
-        self.timers.set(Timer::LeaveCheck, again);
-    }
-
-    pub(super) fn on_leave_check(&mut self, from: NodeId) {
-        if !self.membership.contains(&from) {
-            return self.out.send(from, Message::LeaveClear { clear: true });
-        }
-        let clear = self.open_naming(&from, true).is_empty();
-        self.out.send(from, Message::LeaveClear { clear });
-    }
-
-    pub(super) fn check_leave_complete(&mut self) {
-        let everyone_clear = || {
-            self.membership
-                .nodes()
-                .all(|n| *n == self.id || self.leave_clear.contains(n))
-        };
-        if self.leaving
-            && !self.leave_complete
-            && self.ledger.reservation_count() == 0
-            && self.deciders.is_empty()
-            && everyone_clear()
-        {
-            self.leave_complete = true;
-            self.timers.cancel(&Timer::LeaveCheck);
-            self.out.note(Note::LeaveComplete);
-        }
+    #[test]
+    fn this_node_is_removed_but_stays_in_its_own_membership() {
+        let mut m = members();
+        assert!(!m.depart(&"a1".into()));
+        assert!(!m.this_node_removed());
+        assert!(m.remove_this_node());
+        assert!(!m.remove_this_node());
+        assert!(m.this_node_removed());
+        assert!(m.contains(&"a1".into()));
     }
 }
