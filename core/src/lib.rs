@@ -9,6 +9,31 @@
 //! A driver feeds [`Input`]s with [`Node::handle`], drains [`Output`]s with
 //! [`Node::poll_output`], and wakes the node at [`Node::poll_timeout`]. See [`Node`] for the
 //! contract.
+//!
+//! ## Where each rule of core/PROTOCOL.md lives
+//!
+//! | PROTOCOL.md | file (in `src/`) |
+//! |---|---|
+//! | State per key; refusals and watermarks | `node/ledger.rs` |
+//! | Durability: the barrier | `node/outbox.rs` |
+//! | Writing a key: steps 1 (start), 5 (Busy retries), 6 (timeouts) | `node/coordinator.rs` |
+//! | Writing a key: steps 2 (Reserve), 4 (Commit, Abort); the lease | `node/participant.rs` |
+//! | Writing a key: step 3, the decision rule | `node/decider.rs` (`decision`) |
+//! | Collecting votes, deciding, telling the participants; Resolve(P) | `node/resolve.rs` |
+//! | Terms: representative (choice, failover, relaying) | `node/representative.rs` |
+//! | Reading a key (GET), verify reads | `node/reads.rs` |
+//! | The read lease (probes; settling is in `members.rs`) | `node/lease.rs` |
+//! | At-most-once requests | `node/requests.rs` (the table), `node/coordinator.rs` (retries) |
+//! | Membership, durable membership, network identity, views | `node/members.rs`, `membership.rs` |
+//! | Joining | `node/sync.rs` |
+//! | Leaving safely | `node/leave.rs` |
+//! | Operator removal | `node/removal.rs` |
+//! | Bounds | `config.rs` (the limits), `node/bounds.rs` (checks of peer and client input) |
+//!
+//! The rest: `node.rs` holds the state of a [`Node`] and routes every input to the file above
+//! that handles it; `api.rs` is the seam (inputs, outputs, replies, notes); `wire.rs` the wire
+//! format; `storage.rs` the durable writes and the recovered image; `timers.rs` the timer
+//! table; `types.rs` the ids, values, time and the one FNV-1a.
 
 mod api;
 mod config;
