@@ -53,14 +53,17 @@ pub(crate) struct Timers {
 impl Timers {
     pub fn set(&mut self, timer: Timer, when: Time) {
         if let Some(old) = self.at.insert(timer.clone(), when) {
-            self.by_time.remove(&(old, timer.clone()));
+            let moved = self.by_time.remove(&(old, timer.clone()));
+            assert!(moved, "timer {timer:?} was set without its deadline");
         }
         self.by_time.insert((when, timer));
+        assert_eq!(self.by_time.len(), self.at.len(), "one deadline per timer");
     }
 
     pub fn cancel(&mut self, timer: &Timer) {
         if let Some(old) = self.at.remove(timer) {
-            self.by_time.remove(&(old, timer.clone()));
+            let removed = self.by_time.remove(&(old, timer.clone()));
+            assert!(removed, "timer {timer:?} was set without its deadline");
         }
     }
 

@@ -132,6 +132,12 @@ impl Node {
         let Some(d) = self.deciders.get_mut(p) else {
             return;
         };
+        // Every path here (a decision, a Commit or Abort learned) skips a confirming decider:
+        // an outcome is reached once.
+        assert!(
+            !matches!(d.phase, Phase::Confirming { .. }),
+            "{p} decided twice"
+        );
         let op = d.op.take();
         if d.confirm {
             d.phase = Phase::Confirming {

@@ -183,6 +183,7 @@ impl Node {
             }
             return;
         }
+        assert!(!self.ready, "a ready node was still copying");
         self.sync = None;
         self.ready = true;
         self.ledger.start_folding(&mut self.out);
