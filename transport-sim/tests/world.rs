@@ -23,7 +23,7 @@ fn spec(clusters: Vec<usize>, trace: TraceMode) -> WorldSpec {
         net: NetSpec::default(),
         disk: DiskSpec::default(),
         faults: FaultSpec::default(),
-        discovery_us_max: 100_000,
+        hello_interval_us: 100_000,
         trace,
     }
 }
@@ -150,7 +150,7 @@ fn joined_node_copies_keys_and_becomes_ready() {
     let mut world = World::new(spec(vec![3, 3], TraceMode::Off), 5);
     world.submit(0, put("a", "1"));
     run_until(&mut world, Time::from_millis(1_000));
-    let joined = world.join(1);
+    let joined = world.join(1).expect("a live node to join through");
     run_until(&mut world, Time::from_millis(5_000));
     let node = world.node(joined).expect("up");
     assert!(node.is_ready());
