@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use replicator_core::{Command, Config, GetOutcome, Key, PutOutcome, Reply, Time, Value};
+use replicator_core::{
+    Command, Config, GetOutcome, Key, NotReady, PutOutcome, RemoveOutcome, Reply, Time, Value,
+};
 use transport_sim::{DiskSpec, FaultSpec, NetSpec, NodeIx, Obs, TraceMode, World, WorldSpec};
 
 fn spec(clusters: Vec<usize>, trace: TraceMode) -> WorldSpec {
@@ -170,4 +172,139 @@ fn clogged_link_delivers_after_release() {
     let replies = run_until(&mut world, Time::from_millis(2_000));
     assert_eq!(replies[0].2, Reply::Put(PutOutcome::Stored));
     assert!(replies[0].0 >= Time::from_millis(500));
+}
+
+/// Runs until `until`, returning the answers to operators' removals.
+fn removals_until(world: &mut World, until: Time) -> Vec<(RemoveOutcome, bool)> {
+    let mut out = Vec::new();
+    while world.next_event_at().is_some_and(|t| t <= until) {
+        world.step();
+        for obs in world.drain_observations() {
+            if let Obs::Removal { outcome, clean, .. } = obs {
+                out.push((outcome, clean));
+            }
+        }
+    }
+    out
+}
+
+fn members(world: &World, ix: NodeIx) -> Vec<String> {
+    world
+        .node(ix)
+        .expect("up")
+        .membership()
+        .nodes()
+        .map(|n| n.as_str().to_string())
+        .collect()
+}
+
+#[test]
+fn cut_off_joiner_discovers_only_its_side_until_the_partition_heals() {
+    let mut world = World::new(spec(vec![3, 3], TraceMode::Keep), 7);
+    // Cluster 0 on one side; cluster 1 and the joiner (index 6) on the other.
+    let side = (0..6).map(|ix| ix < 3).collect();
+    world.partition(side, false, Time::from_millis(1_500));
+    let joined = world.join(1).expect("a live node to join through");
+    run_until(&mut world, Time::from_millis(1_000));
+    let seen = members(&world, joined);
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen.iter().all(|n| n.starts_with("n01")), "{seen:?}");
+    run_until(&mut world, Time::from_millis(3_000));
+    assert_eq!(members(&world, joined).len(), 7);
+    assert!(
+        world
+            .trace_lines()
+            .iter()
+            .any(|l| l.contains("discovered in c00"))
+    );
+}
+
+#[test]
+fn node_restarted_while_cut_off_keeps_its_recorded_membership() {
+    let mut world = World::new(spec(vec![3, 3], TraceMode::Off), 8);
+    world.crash(0);
+    let side = (0..6).map(|ix| ix == 0).collect();
+    world.partition(side, false, Time::from_millis(2_000));
+    world.restart(0);
+    run_until(&mut world, Time::from_millis(500));
+    assert_eq!(members(&world, 0).len(), 6);
+}
+
+#[test]
+fn goodbye_misses_a_node_that_is_cut_off() {
+    let mut world = World::new(spec(vec![4], TraceMode::Keep), 9);
+    world.leave(3);
+    // The leave completes once every member cleared it; node 0 is cut off right then, as the
+    // goodbye leaves.
+    let mut complete = false;
+    while !complete && world.next_event_at().is_some() {
+        world.step();
+        complete = world.drain_observations().any(|o| {
+            matches!(
+                o,
+                Obs::Note {
+                    node: 3,
+                    note: replicator_core::Note::LeaveComplete
+                }
+            )
+        });
+    }
+    assert!(complete);
+    let side = (0..4).map(|ix| ix == 0).collect();
+    let until = world.now() + Duration::from_millis(1_000);
+    world.partition(side, false, until);
+    let later = world.now() + Duration::from_millis(500);
+    run_until(&mut world, later);
+    assert!(world.is_departed(3));
+    assert_eq!(members(&world, 1).len(), 3);
+    // Node 0 was cut off when node 3 said goodbye: it still counts it (the view exchange of a
+    // later write heals it).
+    assert_eq!(members(&world, 0).len(), 4);
+    assert!(
+        world
+            .trace_lines()
+            .iter()
+            .any(|l| l.contains("goodbye from n00.3 lost: partition"))
+    );
+}
+
+#[test]
+fn removal_of_a_live_reachable_node_is_refused() {
+    let mut world = World::new(spec(vec![3, 3], TraceMode::Off), 10);
+    world.remove_node(0, 4, false);
+    let out = removals_until(&mut world, Time::from_millis(3_000));
+    assert_eq!(out, vec![(RemoveOutcome::Alive, true)]);
+}
+
+#[test]
+fn node_removed_while_cut_off_learns_it_when_back_and_serves_nothing() {
+    let mut world = World::new(spec(vec![3, 3], TraceMode::Off), 11);
+    let side = (0..6).map(|ix| ix == 4).collect();
+    world.partition(side, false, Time::from_millis(3_000));
+    world.remove_node(0, 4, false);
+    let out = removals_until(&mut world, Time::from_millis(2_500));
+    assert_eq!(out, vec![(RemoveOutcome::Removed, false)]);
+    assert!(world.is_removed(4));
+    assert!(
+        !world.node(4).expect("up").is_removed(),
+        "it could not hear of it"
+    );
+    run_until(&mut world, Time::from_millis(4_000));
+    // Its read lease ran out: it asks the members before it answers, and they tell it.
+    world.submit(
+        4,
+        Command::Get {
+            key: Key::new("fresh"),
+        },
+    );
+    let replies = run_until(&mut world, Time::from_millis(6_000));
+    assert_eq!(
+        replies,
+        vec![(
+            replies[0].0,
+            4,
+            Reply::Get(GetOutcome::NotReady(NotReady::Removed))
+        )]
+    );
+    assert!(world.node(4).expect("up").is_removed());
 }
