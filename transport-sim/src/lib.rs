@@ -1654,12 +1654,12 @@ impl World {
             if !lacking[a] {
                 continue;
             }
-            for b in 0..n {
+            for (b, &b_lacks) in lacking.iter().enumerate() {
                 // A pair of two lacking nodes is looked at once, from its lower index.
-                if a == b || (lacking[b] && b < a) {
+                if a == b || (b_lacks && b < a) {
                     continue;
                 }
-                let (ab, ba) = (self.lacks(a, b), lacking[b] && self.lacks(b, a));
+                let (ab, ba) = (self.lacks(a, b), b_lacks && self.lacks(b, a));
                 if !ab && !ba {
                     continue;
                 }
