@@ -10,22 +10,6 @@ use std::time::Duration;
 use harness::*;
 use replicator_core::*;
 
-fn put_reply(h: &Harness, call: CallId) -> Option<PutOutcome> {
-    match h.reply(call) {
-        Some(Reply::Put(p)) => Some(p.clone()),
-        None => None,
-        other => panic!("not a put reply: {other:?}"),
-    }
-}
-
-fn get_reply(h: &Harness, call: CallId) -> Option<GetOutcome> {
-    match h.reply(call) {
-        Some(Reply::Get(g)) => Some(g.clone()),
-        None => None,
-        other => panic!("not a get reply: {other:?}"),
-    }
-}
-
 fn ms(x: u64) -> Duration {
     Duration::from_millis(x)
 }

@@ -8,22 +8,6 @@ use std::time::Duration;
 use harness::*;
 use replicator_core::*;
 
-fn put_reply(h: &Harness, call: CallId) -> Option<PutOutcome> {
-    match h.reply(call) {
-        Some(Reply::Put(p)) => Some(p.clone()),
-        None => None,
-        other => panic!("not a put reply: {other:?}"),
-    }
-}
-
-fn get_reply(h: &Harness, call: CallId) -> Option<GetOutcome> {
-    match h.reply(call) {
-        Some(Reply::Get(g)) => Some(g.clone()),
-        None => None,
-        other => panic!("not a get reply: {other:?}"),
-    }
-}
-
 /// A recovered state where `key` is stored by a proposal of `coordinator`.
 fn stored_by(coordinator: &str, key: &str, value: &str) -> WriteOp {
     WriteOp::PutKey {

@@ -63,6 +63,24 @@ pub fn founded_disk(h: &Harness) -> Recovered {
     h.founded.clone()
 }
 
+/// The PUT outcome a call was answered with, if any.
+pub fn put_reply(h: &Harness, call: CallId) -> Option<PutOutcome> {
+    match h.reply(call) {
+        Some(Reply::Put(p)) => Some(p.clone()),
+        None => None,
+        other => panic!("not a put reply: {other:?}"),
+    }
+}
+
+/// The GET outcome a call was answered with, if any.
+pub fn get_reply(h: &Harness, call: CallId) -> Option<GetOutcome> {
+    match h.reply(call) {
+        Some(Reply::Get(g)) => Some(g.clone()),
+        None => None,
+        other => panic!("not a get reply: {other:?}"),
+    }
+}
+
 pub fn n(s: &str) -> NodeId {
     NodeId::from(s)
 }
