@@ -160,6 +160,16 @@ pub struct Stats {
 }
 
 impl Node {
+    /// Every member but this node, in id order.
+    fn other_members(&self) -> Vec<NodeId> {
+        self.members
+            .current()
+            .nodes()
+            .filter(|n| **n != self.id)
+            .cloned()
+            .collect()
+    }
+
     /// Starts a node from its durable state only: its keys, refusals, network and the whole
     /// membership it recorded (whatever it rediscovers later can only add to it). `seed` seeds
     /// the jitter of backoffs.

@@ -50,13 +50,7 @@ impl Node {
             return;
         }
         self.probe_sent = Some(self.now);
-        let others: Vec<NodeId> = self
-            .members
-            .current()
-            .nodes()
-            .filter(|n| **n != self.id)
-            .cloned()
-            .collect();
+        let others: Vec<NodeId> = self.other_members();
         for n in others {
             self.out.send(n, Message::Probe { sent: self.now });
         }
@@ -92,13 +86,7 @@ impl Node {
         if self.lease_reads.remove(&call).is_none() {
             return false;
         }
-        let nodes = self
-            .members
-            .current()
-            .nodes()
-            .filter(|n| **n != self.id)
-            .cloned()
-            .collect();
+        let nodes = self.other_members();
         let silence = Silence {
             nodes,
             clusters: Vec::new(),

@@ -146,13 +146,7 @@ impl Node {
     /// Removes `node` here and tells every member, and the node itself.
     fn remove_everywhere(&mut self, node: NodeId) {
         self.on_removed(node.clone(), false);
-        let others: Vec<NodeId> = self
-            .members
-            .current()
-            .nodes()
-            .filter(|n| **n != self.id)
-            .cloned()
-            .collect();
+        let others: Vec<NodeId> = self.other_members();
         // The removed node is told too: if it is in fact alive, it stops serving.
         for n in others.into_iter().chain(std::iter::once(node.clone())) {
             self.out.send(n, Message::Removed { node: node.clone() });
