@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -21,10 +20,26 @@ use replicator_core::{
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, trace, warn};
 
 use crate::metrics::Metrics;
-use crate::storage::{Durable, PersistJob, Storage};
+use crate::storage::{Durable, PersistJob, Storage, StorageWorker};
+
+/// `tokio::select!`, fair as usual in a real node. Under madsim the branches are polled in
+/// their written order (`biased`): tokio draws its branch order from a generator seeded by a
+/// process-wide counter, so a seed would replay differently depending on what ran before it.
+macro_rules! driver_select {
+    ($($branches:tt)*) => {{
+        #[cfg(madsim)]
+        {
+            tokio::select! { biased; $($branches)* }
+        }
+        #[cfg(not(madsim))]
+        {
+            tokio::select! { $($branches)* }
+        }
+    }};
+}
 
 /// Client calls waiting for the driver; more are answered Overloaded at once.
 pub const REQUEST_QUEUE_LEN: usize = 1024;
@@ -207,7 +222,7 @@ pub struct Driver<T: Transport> {
     requests: mpsc::Receiver<Request>,
     /// Unbounded on purpose: the core's outputs must never be dropped or block the loop, and
     /// what it asks to persist is bounded by its own limits (proposals, reservations, relays).
-    persist: std_mpsc::Sender<PersistJob>,
+    persist: mpsc::UnboundedSender<PersistJob>,
     durable: watch::Receiver<Durable>,
     calls: HashMap<CallId, oneshot::Sender<Reply>>,
     next_call: u64,
@@ -220,9 +235,24 @@ pub struct Driver<T: Transport> {
     /// Whether the own cluster was last seen with at least `cluster_size_min` members.
     cluster_big_enough: bool,
     metrics: Arc<Metrics>,
-    storage_thread: Option<std::thread::JoinHandle<()>>,
+    storage_worker: StorageWorker,
+    /// A deliberately broken behaviour: always `None` unless sim-tests' node_sim set it
+    /// through [`Driver::with_bug`] (feature `bug-injection`).
+    bug: Option<DriverBug>,
     /// Shared with the handles: why storage writes are stalled.
     storage_stalled: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// Driver bugs that sim-tests' node_sim must catch. Only [`Driver::with_bug`] (feature
+/// `bug-injection`, never in a real node) selects one: each undoes a safety rule of the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverBug {
+    /// The node starts from an empty membership instead of the one its disk recorded (the
+    /// bug of issue 8): it only knows whom discovery finds.
+    ForgetMembership,
+    /// A write is reported durable to the core as soon as it is queued, so the messages and
+    /// replies behind it leave before the storage made it durable.
+    ReleaseBeforeDurable,
 }
 
 /// Everything needed to start a driver.
@@ -240,11 +270,25 @@ pub struct Parts<T: Transport> {
 impl<T: Transport> Driver<T> {
     /// Builds the node, starts the storage thread; spawn [`Driver::run`] next.
     pub fn new(parts: Parts<T>) -> Result<(Driver<T>, Handle)> {
+        Self::build(parts, None)
+    }
+
+    /// [`Driver::new`] with a deliberately broken behaviour.
+    #[cfg(feature = "bug-injection")]
+    pub fn with_bug(parts: Parts<T>, bug: Option<DriverBug>) -> Result<(Driver<T>, Handle)> {
+        Self::build(parts, bug)
+    }
+
+    fn has_bug(&self, bug: DriverBug) -> bool {
+        self.bug == Some(bug)
+    }
+
+    fn build(parts: Parts<T>, bug: Option<DriverBug>) -> Result<(Driver<T>, Handle)> {
         let Parts {
             config,
             id,
             cluster,
-            recovered,
+            mut recovered,
             storage,
             transport,
             events,
@@ -263,6 +307,9 @@ impl<T: Transport> Driver<T> {
             refusals = recovered.refusals.len(),
             "starting the protocol core"
         );
+        if bug == Some(DriverBug::ForgetMembership) {
+            recovered.members.clear();
+        }
         let origin = Instant::now();
         // The node starts from the membership its disk recorded, never from what the
         // transport happens to reach: rediscovery can only add to it.
@@ -275,11 +322,7 @@ impl<T: Transport> Driver<T> {
                 "an operator removed this node from the network: it serves nothing; wipe its data dir to bring this machine back as a new node"
             );
         }
-        let (persist, jobs) = std_mpsc::channel();
-        let (durable_tx, durable) = watch::channel(Durable::Upto(replicator_core::WriteId(0)));
-        let storage_thread = std::thread::Builder::new()
-            .name("storage".into())
-            .spawn(move || storage.run(jobs, durable_tx))?;
+        let storage = storage.start()?;
         let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE_LEN);
         let storage_stalled = Arc::new(std::sync::Mutex::new(None));
         let driver = Driver {
@@ -288,8 +331,8 @@ impl<T: Transport> Driver<T> {
             origin,
             events,
             requests,
-            persist,
-            durable,
+            persist: storage.jobs,
+            durable: storage.durable,
             calls: HashMap::new(),
             next_call: 0,
             peers: BTreeMap::new(),
@@ -298,7 +341,8 @@ impl<T: Transport> Driver<T> {
             left: false,
             cluster_big_enough: false,
             metrics,
-            storage_thread: Some(storage_thread),
+            storage_worker: storage.worker,
+            bug,
             storage_stalled: storage_stalled.clone(),
         };
         Ok((
@@ -319,16 +363,14 @@ impl<T: Transport> Driver<T> {
     /// Fails if the storage fails (the node must stop: it cannot keep its promises).
     pub async fn run(mut self) -> Result<()> {
         let result = self.run_loop().await;
-        // Let the storage thread commit what is queued and close the database.
+        // Let the storage commit what is queued and close the database.
         let Driver {
             persist,
-            storage_thread,
+            storage_worker,
             ..
         } = self;
         drop(persist);
-        if let Some(t) = storage_thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
+        storage_worker.join().await;
         result
     }
 
@@ -343,7 +385,7 @@ impl<T: Transport> Driver<T> {
                 .poll_timeout()
                 .map(|t| self.origin + Duration::from_micros(t.as_micros()));
             let leave_deadline = self.leave.as_ref().map(|(d, _)| *d);
-            tokio::select! {
+            driver_select! {
                 ev = self.events.recv(), if events_open => match ev {
                     Some(ev) => self.on_transport(ev),
                     None => events_open = false,
@@ -418,7 +460,10 @@ impl<T: Transport> Driver<T> {
                 self.metrics.inc(&self.metrics.frames_dropped_stalled);
             }
             TransportEvent::Message { from, frame } => match wire::decode(&frame) {
-                Ok(msg) => self.node.handle(now, Input::Message { from, msg }),
+                Ok(msg) => {
+                    trace!(peer = %from, ?msg, "received");
+                    self.node.handle(now, Input::Message { from, msg })
+                }
                 Err(e) => {
                     self.metrics.inc(&self.metrics.frames_rejected);
                     warn!(peer = %from, error = %e, "dropping an undecodable frame");
@@ -520,12 +565,17 @@ impl<T: Transport> Driver<T> {
         while let Some(out) = self.node.poll_output() {
             match out {
                 Output::Send { to, msg } => {
+                    trace!(peer = %to, ?msg, "send");
                     self.transport.send(&to, wire::encode(&msg));
                 }
                 Output::Persist { write, ops } => {
                     if self.persist.send(PersistJob { write, ops }).is_err() {
                         // The storage thread is gone; `run` stops on its Failed report.
                         error!("the storage thread stopped: a write is lost");
+                    }
+                    if self.has_bug(DriverBug::ReleaseBeforeDurable) {
+                        let now = self.now();
+                        self.node.handle(now, Input::Persisted { upto: write });
                     }
                 }
                 Output::Reply { call, reply } => {
@@ -669,7 +719,14 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// The jitter seed, from the OS (from the simulator's seeded randomness under madsim).
+#[cfg(madsim)]
+fn os_seed() -> Result<u64> {
+    Ok(madsim::rand::random())
+}
+
 /// The jitter seed, from the OS.
+#[cfg(not(madsim))]
 fn os_seed() -> Result<u64> {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("the OS gave no randomness: {e}"))?;

@@ -7,13 +7,11 @@
 mod bench;
 mod client;
 mod demo;
-mod driver;
-mod http;
-mod metrics;
 mod net;
 mod run;
 mod serve;
-mod storage;
+
+use replicator_node::{driver, http, metrics, storage};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -26,16 +26,21 @@
 //! it serves reads or votes (see [`Loaded::damaged_keys`]). A damaged refusal cannot be
 //! recovered from anyone (it is this node's own promise): the database is refused. redb panics on
 //! some corrupt files; opening and loading are wrapped so that this is an error, not a crash.
+//!
+//! Under `--cfg madsim` there are no OS threads: the same group commit runs as a task of the
+//! simulated node, over a [`SimDisk`], and reports a commit only after the simulated fsync
+//! delay, so a kill before that loses the commit (see `simdisk.rs`).
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
 
 use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use replicator_core::wire::{decode_record, encode_record};
 use replicator_core::{ClusterId, NetworkId, NodeId, ProposalId, Recovered, WriteId, WriteOp};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
+
+use crate::simdisk::SimDisk;
 
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
 const REFUSALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refusals");
@@ -114,6 +119,59 @@ pub struct PersistJob {
 pub struct Storage {
     db: Database,
     path: PathBuf,
+    /// The simulated disk under `db`, if it is one: a commit is durable only once its fsync
+    /// completes there.
+    disk: Option<SimDisk>,
+}
+
+/// The storage's side of the driver: where `Persist` outputs go, and what is durable.
+pub struct StorageHandle {
+    /// Unbounded on purpose: the core's outputs must never be dropped or block the loop, and
+    /// what it asks to persist is bounded by its own limits (proposals, reservations, relays).
+    pub jobs: mpsc::UnboundedSender<PersistJob>,
+    pub durable: watch::Receiver<Durable>,
+    pub worker: StorageWorker,
+}
+
+/// The group commit loop: an OS thread in a real node, a task of the node under madsim.
+pub enum StorageWorker {
+    #[cfg(not(madsim))]
+    Thread(std::thread::JoinHandle<()>),
+    #[cfg(madsim)]
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl StorageWorker {
+    /// Waits until the loop has committed what was queued and closed the database (close the
+    /// job queue first).
+    pub async fn join(self) {
+        match self {
+            #[cfg(not(madsim))]
+            StorageWorker::Thread(t) => {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+            #[cfg(madsim)]
+            StorageWorker::Task(t) => {
+                let _ = t.await;
+            }
+        }
+    }
+}
+
+/// Where a database lives, to open it again after a failed write.
+#[derive(Clone)]
+struct Location {
+    path: PathBuf,
+    disk: Option<SimDisk>,
+}
+
+impl Location {
+    fn reopen(&self) -> Result<Storage> {
+        match &self.disk {
+            None => Storage::reopen(&self.path),
+            Some(disk) => Storage::reopen_sim(disk),
+        }
+    }
 }
 
 impl Storage {
@@ -129,10 +187,43 @@ impl Storage {
     fn open_inner(path: &Path, fresh: Option<&Recovered>) -> Result<Storage> {
         let db = Database::create(path)
             .with_context(|| format!("cannot open the database {}", path.display()))?;
-        let storage = Storage {
+        Storage::init(
+            Storage {
+                db,
+                path: path.to_path_buf(),
+                disk: None,
+            },
+            fresh,
+        )
+    }
+
+    /// Opens (or creates) the database on a simulated disk, as [`Storage::open`] does on a
+    /// file. Its commits are durable only once [`Storage::start`]'s loop completes their fsync.
+    pub fn open_sim(disk: &SimDisk, fresh: Option<&Recovered>) -> Result<Storage> {
+        let path = PathBuf::from(SIM_PATH);
+        let storage = without_panics(&path, || {
+            let storage = Storage::reopen_sim(disk)?;
+            Storage::init(storage, fresh)
+        })?;
+        // Setting a database up is part of starting the node: it is durable before the node
+        // runs (as `open` on a real disk returns after its fsync).
+        disk.complete_sync();
+        Ok(storage)
+    }
+
+    fn reopen_sim(disk: &SimDisk) -> Result<Storage> {
+        let db = Database::builder()
+            .create_with_backend(disk.backend())
+            .context("cannot open the database on the simulated disk")?;
+        Ok(Storage {
             db,
-            path: path.to_path_buf(),
-        };
+            path: PathBuf::from(SIM_PATH),
+            disk: Some(disk.clone()),
+        })
+    }
+
+    fn init(storage: Storage, fresh: Option<&Recovered>) -> Result<Storage> {
+        let path = storage.path.clone();
         let txn = storage.db.begin_write()?;
         let format = {
             let meta = txn.open_table(META)?;
@@ -199,6 +290,7 @@ impl Storage {
             Ok(Storage {
                 db,
                 path: path.to_path_buf(),
+                disk: None,
             })
         })
     }
@@ -414,85 +506,208 @@ impl Storage {
         Ok(())
     }
 
+    /// Starts the group commit loop: on its own OS thread, or under madsim as a task of the
+    /// current node (a kill of the node stops it wherever it is, like a crash).
+    pub fn start(self) -> Result<StorageHandle> {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let (durable_tx, durable) = watch::channel(Durable::Upto(WriteId(0)));
+        #[cfg(not(madsim))]
+        let worker = StorageWorker::Thread(
+            std::thread::Builder::new()
+                .name("storage".into())
+                .spawn(move || self.run(queue, durable_tx))?,
+        );
+        #[cfg(madsim)]
+        let worker = StorageWorker::Task(tokio::spawn(self.run_task(queue, durable_tx)));
+        Ok(StorageHandle {
+            jobs,
+            durable,
+            worker,
+        })
+    }
+
     /// Runs the group-commit loop on the current (dedicated) thread until `jobs` closes.
-    pub fn run(self, jobs: std_mpsc::Receiver<PersistJob>, durable: watch::Sender<Durable>) {
+    pub fn run(
+        self,
+        mut jobs: mpsc::UnboundedReceiver<PersistJob>,
+        durable: watch::Sender<Durable>,
+    ) {
+        let location = self.location();
         let mut storage = Some(self);
         let mut batch: Vec<PersistJob> = Vec::new();
-        while let Ok(first) = jobs.recv() {
+        while let Some(first) = jobs.blocking_recv() {
             batch.push(first);
-            while batch.len() < GROUP_PERSISTS_MAX {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            let upto = batch
-                .last()
-                .map(|j| j.write)
-                .expect("the batch is not empty");
+            take_queued(&mut jobs, &mut batch);
             let started = std::time::Instant::now();
-            if let Err(e) = commit_until_done(&mut storage, &batch, &durable) {
-                error!(error = %e, "storage is unusable: the node stops");
-                let _ = durable.send(Durable::Failed(e));
+            let mut stalled = false;
+            let committed = loop {
+                match commit_once(&mut storage, &location, &batch) {
+                    Ok(()) => break Ok(()),
+                    Err(e) => {
+                        if let Err(fatal) = failed(e, &mut stalled, &durable) {
+                            break Err(fatal);
+                        }
+                    }
+                }
+                std::thread::sleep(RETRY_INTERVAL);
+            };
+            let Some(upto) = committed_group(committed, stalled, &batch, started, &durable) else {
                 return;
+            };
+            if let Some(disk) = &location.disk {
+                disk.complete_sync();
             }
-            debug!(
-                persists = batch.len(),
-                upto = upto.0,
-                commit_us = started.elapsed().as_micros() as u64,
-                "group commit"
-            );
             batch.clear();
             if durable.send(Durable::Upto(upto)).is_err() {
                 break;
             }
         }
-        info!("storage thread stops");
+        close(storage, &location);
+    }
+
+    /// The same loop as [`Storage::run`], as a task: a group is reported durable only after
+    /// its simulated fsync has completed; meanwhile the next group queues up.
+    pub async fn run_task(
+        self,
+        mut jobs: mpsc::UnboundedReceiver<PersistJob>,
+        durable: watch::Sender<Durable>,
+    ) {
+        let location = self.location();
+        let mut storage = Some(self);
+        let mut batch: Vec<PersistJob> = Vec::new();
+        while let Some(first) = jobs.recv().await {
+            batch.push(first);
+            take_queued(&mut jobs, &mut batch);
+            let started = std::time::Instant::now();
+            let mut stalled = false;
+            let committed = loop {
+                match commit_once(&mut storage, &location, &batch) {
+                    Ok(()) => break Ok(()),
+                    Err(e) => {
+                        if let Err(fatal) = failed(e, &mut stalled, &durable) {
+                            break Err(fatal);
+                        }
+                    }
+                }
+                tokio::time::sleep(RETRY_INTERVAL).await;
+            };
+            let Some(upto) = committed_group(committed, stalled, &batch, started, &durable) else {
+                return;
+            };
+            if let Some(disk) = &location.disk {
+                tokio::time::sleep(disk.fsync_delay()).await;
+                disk.complete_sync();
+            }
+            batch.clear();
+            if durable.send(Durable::Upto(upto)).is_err() {
+                break;
+            }
+        }
+        close(storage, &location);
+    }
+
+    fn location(&self) -> Location {
+        Location {
+            path: self.path.clone(),
+            disk: self.disk.clone(),
+        }
     }
 }
 
-/// Commits `batch`, retrying (on a reopened database) as long as the failure is one that can
-/// pass (no space, I/O). `Err` only when the database is corrupt or the write can never succeed.
-fn commit_until_done(
+/// The path reported for a database on a simulated disk.
+const SIM_PATH: &str = "<simulated disk>";
+
+/// Adds every job already queued to `batch`, up to the group limit.
+fn take_queued(jobs: &mut mpsc::UnboundedReceiver<PersistJob>, batch: &mut Vec<PersistJob>) {
+    while batch.len() < GROUP_PERSISTS_MAX {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+/// One attempt to commit `batch` in one transaction, on the database opened again if the last
+/// attempt failed (redb refuses every write after an I/O error until it is reopened).
+fn commit_once(
     storage: &mut Option<Storage>,
+    location: &Location,
     batch: &[PersistJob],
+) -> Result<()> {
+    let path = &location.path;
+    let result = match storage.as_ref() {
+        Some(s) => without_panics(path, || s.apply(batch)),
+        None => location.reopen().and_then(|s| {
+            let r = without_panics(path, || s.apply(batch));
+            *storage = Some(s);
+            r
+        }),
+    };
+    if result.is_err() {
+        *storage = None;
+    }
+    result
+}
+
+/// A commit failed: `Err` if the database is corrupt or the write can never succeed (the node
+/// stops); otherwise the failure can pass (no space, I/O), so the group is retried after
+/// [`RETRY_INTERVAL`], and the driver is told writes are stalled.
+fn failed(
+    e: anyhow::Error,
+    stalled: &mut bool,
     durable: &watch::Sender<Durable>,
 ) -> std::result::Result<(), String> {
-    let path = storage.as_ref().map(|s| s.path.clone()).expect("opened");
-    let mut stalled = false;
-    loop {
-        let result = match storage.as_ref() {
-            Some(s) => without_panics(&path, || s.apply(batch)),
-            None => Storage::reopen(&path).and_then(|s| {
-                let r = without_panics(&path, || s.apply(batch));
-                *storage = Some(s);
-                r
-            }),
-        };
-        let e = match result {
-            Ok(()) => {
-                if stalled {
-                    info!("storage writes succeed again: the node resumes");
-                }
-                return Ok(());
-            }
-            Err(e) => e,
-        };
-        if !is_transient(&e) {
-            return Err(format!("{e:#}"));
-        }
-        if !stalled {
-            stalled = true;
-            error!(
-                error = %format!("{e:#}"),
-                "storage write failed (disk full?): nothing of it is applied; writes are refused and the write is retried every {RETRY_INTERVAL:?} until it succeeds"
-            );
-            let _ = durable.send(Durable::Stalled(format!("{e:#}")));
-        }
-        // redb refuses every write after an I/O error until the database is reopened.
-        *storage = None;
-        std::thread::sleep(RETRY_INTERVAL);
+    if !is_transient(&e) {
+        return Err(format!("{e:#}"));
     }
+    if !*stalled {
+        *stalled = true;
+        error!(
+            error = %format!("{e:#}"),
+            "storage write failed (disk full?): nothing of it is applied; writes are refused and the write is retried every {RETRY_INTERVAL:?} until it succeeds"
+        );
+        let _ = durable.send(Durable::Stalled(format!("{e:#}")));
+    }
+    Ok(())
+}
+
+/// After the commit loop of one group: its highest write, or `None` after reporting that the
+/// storage is unusable (the loop stops: nothing later may be made durable).
+fn committed_group(
+    committed: std::result::Result<(), String>,
+    stalled: bool,
+    batch: &[PersistJob],
+    started: std::time::Instant,
+    durable: &watch::Sender<Durable>,
+) -> Option<WriteId> {
+    if let Err(e) = committed {
+        error!(error = %e, "storage is unusable: the node stops");
+        let _ = durable.send(Durable::Failed(e));
+        return None;
+    }
+    if stalled {
+        info!("storage writes succeed again: the node resumes");
+    }
+    let upto = batch
+        .last()
+        .map(|j| j.write)
+        .expect("the batch is not empty");
+    debug!(
+        persists = batch.len(),
+        upto = upto.0,
+        commit_us = started.elapsed().as_micros() as u64,
+        "group commit"
+    );
+    Some(upto)
+}
+
+/// Closes the database; on a simulated disk, what closing wrote is durable too.
+fn close(storage: Option<Storage>, location: &Location) {
+    drop(storage);
+    if let Some(disk) = &location.disk {
+        disk.complete_sync();
+    }
+    info!("storage stops");
 }
 
 /// Whether a failed write may succeed later: an I/O error (no space, quota, a disk that
@@ -821,7 +1036,7 @@ mod tests {
     fn group_commit_reports_the_highest_write() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), Some(&Recovered::joiner(net()))).unwrap();
-        let (tx, rx) = std_mpsc::channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         let (durable_tx, durable) = watch::channel(Durable::Upto(WriteId(0)));
         for w in 1..=50u64 {
             tx.send(PersistJob {

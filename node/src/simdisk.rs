@@ -1,0 +1,300 @@
+//! A simulated disk under the real redb: the disk model of transport-sim, for the node.
+//!
+//! redb reads and writes through a [`redb::StorageBackend`]. [`SimDisk`] is one: every write
+//! lands in the disk's volatile image at once (reads see it), and becomes durable only when an
+//! fsync that redb asked for completes ([`SimDisk::complete_sync`], which the storage's group
+//! commit calls after the simulated fsync delay). [`SimDisk::crash`] drops every write that was
+//! not durable, as a power cut does, and cuts off the backends of the killed process: a
+//! database still held by the dead node's tasks can no longer touch the disk.
+//!
+//! So under madsim the node runs its real storage code (the same `open`, `apply`, `load` and
+//! group commit over the same redb) and a kill loses exactly what a real crash may lose.
+//! Nothing here depends on madsim; the normal build tests it against redb.
+
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// A disk that outlives the node process using it (the simulator keeps one per node).
+#[derive(Clone)]
+pub struct SimDisk {
+    inner: Arc<Mutex<Disk>>,
+    /// How long an fsync takes (drawn per group commit under madsim).
+    fsync: Range<Duration>,
+}
+
+#[derive(Default)]
+struct Disk {
+    /// What survives a crash.
+    durable: Vec<u8>,
+    /// What the running process reads: `durable` plus every pending change.
+    current: Vec<u8>,
+    /// Changes since the last completed fsync, in order.
+    pending: Vec<Change>,
+    /// `pending[..requested]` were written before the last fsync redb asked for.
+    requested: usize,
+    /// Bumped by every crash: backends of an older generation belong to a dead process.
+    generation: u64,
+    stats: DiskStats,
+}
+
+enum Change {
+    Write { offset: u64, data: Vec<u8> },
+    SetLen(u64),
+}
+
+/// What happened to a disk, for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    pub fsyncs_completed: u64,
+    pub crashes: u64,
+    /// Writes (redb page writes and resizes) that a crash dropped because no fsync covered them.
+    pub changes_lost: u64,
+}
+
+impl SimDisk {
+    /// An empty disk whose fsyncs take between `fsync.start` and `fsync.end`.
+    pub fn new(fsync: Range<Duration>) -> SimDisk {
+        assert!(fsync.start <= fsync.end, "fsync latency range is reversed");
+        SimDisk {
+            inner: Arc::new(Mutex::new(Disk::default())),
+            fsync,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Disk> {
+        // A panic while holding the lock leaves the disk as consistent as a crash would.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A backend for a database opened by the current process (until the next crash).
+    pub fn backend(&self) -> SimBackend {
+        SimBackend {
+            disk: self.inner.clone(),
+            generation: self.lock().generation,
+        }
+    }
+
+    /// How long the next fsync takes: drawn from the simulator's seeded randomness under
+    /// madsim, the shortest latency otherwise.
+    pub fn fsync_delay(&self) -> Duration {
+        #[cfg(madsim)]
+        {
+            if self.fsync.start < self.fsync.end {
+                use madsim::rand::Rng;
+                return madsim::rand::thread_rng().gen_range(self.fsync.clone());
+            }
+        }
+        self.fsync.start
+    }
+
+    /// The fsync redb asked for last has completed: everything written before it is durable.
+    pub fn complete_sync(&self) {
+        let mut disk = self.lock();
+        let requested = disk.requested;
+        let done: Vec<Change> = disk.pending.drain(..requested).collect();
+        for change in &done {
+            change.apply(&mut disk.durable);
+        }
+        disk.requested = 0;
+        disk.stats.fsyncs_completed += 1;
+    }
+
+    /// Power cut: every write no completed fsync covers is lost, and the backends handed out so
+    /// far stop working (the process that held them is dead).
+    pub fn crash(&self) {
+        let mut disk = self.lock();
+        let lost = disk.pending.len() as u64;
+        disk.pending.clear();
+        disk.requested = 0;
+        disk.current = disk.durable.clone();
+        disk.generation += 1;
+        disk.stats.crashes += 1;
+        disk.stats.changes_lost += lost;
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        self.lock().stats
+    }
+
+    /// Whether a write is waiting for an fsync (a crash now would lose something).
+    pub fn has_unsynced(&self) -> bool {
+        !self.lock().pending.is_empty()
+    }
+}
+
+impl fmt::Debug for SimDisk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let disk = self.lock();
+        f.debug_struct("SimDisk")
+            .field("durable_bytes", &disk.durable.len())
+            .field("current_bytes", &disk.current.len())
+            .field("pending", &disk.pending.len())
+            .field("generation", &disk.generation)
+            .finish()
+    }
+}
+
+impl Change {
+    fn apply(&self, image: &mut Vec<u8>) {
+        match self {
+            Change::Write { offset, data } => {
+                let start = *offset as usize;
+                let end = start + data.len();
+                if image.len() < end {
+                    image.resize(end, 0);
+                }
+                image[start..end].copy_from_slice(data);
+            }
+            Change::SetLen(len) => image.resize(*len as usize, 0),
+        }
+    }
+}
+
+/// The process's view of a [`SimDisk`], handed to redb.
+pub struct SimBackend {
+    disk: Arc<Mutex<Disk>>,
+    generation: u64,
+}
+
+impl SimBackend {
+    fn lock(&self) -> io::Result<MutexGuard<'_, Disk>> {
+        let disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+        if disk.generation != self.generation {
+            return Err(io::Error::other("the process using this disk was killed"));
+        }
+        Ok(disk)
+    }
+}
+
+impl fmt::Debug for SimBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimBackend")
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl redb::StorageBackend for SimBackend {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.lock()?.current.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let disk = self.lock()?;
+        let start = offset as usize;
+        let end = start
+            .checked_add(out.len())
+            .filter(|end| *end <= disk.current.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "read past the end"))?;
+        out.copy_from_slice(&disk.current[start..end]);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut disk = self.lock()?;
+        let change = Change::SetLen(len);
+        change.apply(&mut disk.current);
+        disk.pending.push(change);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        // The fsync starts here; it completes (and the writes become durable) only when the
+        // storage's group commit calls `complete_sync` after the simulated latency.
+        let mut disk = self.lock()?;
+        disk.requested = disk.pending.len();
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut disk = self.lock()?;
+        let change = Change::Write {
+            offset,
+            data: data.to_vec(),
+        };
+        change.apply(&mut disk.current);
+        disk.pending.push(change);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::{Database, ReadableDatabase, TableDefinition};
+
+    use super::*;
+
+    const T: TableDefinition<u64, u64> = TableDefinition::new("t");
+
+    fn put(db: &Database, k: u64, v: u64) {
+        let txn = db.begin_write().unwrap();
+        txn.open_table(T).unwrap().insert(k, v).unwrap();
+        txn.commit().unwrap();
+    }
+
+    fn get(db: &Database, k: u64) -> Option<u64> {
+        let txn = db.begin_read().unwrap();
+        let Ok(table) = txn.open_table(T) else {
+            return None;
+        };
+        table.get(k).unwrap().map(|v| v.value())
+    }
+
+    fn open(disk: &SimDisk) -> Database {
+        Database::builder()
+            .create_with_backend(disk.backend())
+            .unwrap()
+    }
+
+    /// A commit whose fsync completed survives a crash; one whose fsync did not is lost, and
+    /// redb opens the surviving image at the last durable commit.
+    #[test]
+    fn a_crash_loses_exactly_the_commits_no_completed_fsync_covers() {
+        let disk = SimDisk::new(Duration::ZERO..Duration::ZERO);
+        let db = open(&disk);
+        put(&db, 1, 10);
+        disk.complete_sync();
+        put(&db, 2, 20);
+        assert!(disk.has_unsynced());
+        assert_eq!(get(&db, 2), Some(20), "the process reads its own writes");
+        disk.crash();
+        drop(db); // the dead process's database can no longer write
+        let db = open(&disk);
+        assert_eq!(get(&db, 1), Some(10));
+        assert_eq!(get(&db, 2), None, "the unsynced commit is gone");
+        put(&db, 3, 30);
+        disk.complete_sync();
+        drop(db);
+        let db = open(&disk);
+        assert_eq!((get(&db, 1), get(&db, 3)), (Some(10), Some(30)));
+        let stats = disk.stats();
+        assert_eq!(stats.crashes, 1);
+        assert!(stats.changes_lost > 0);
+    }
+
+    /// Crashes at every point of a series of commits always leave a database redb opens, with
+    /// a prefix of the commits whose fsync completed.
+    #[test]
+    fn every_crash_point_leaves_a_durable_prefix() {
+        for crash_after in 0..6u64 {
+            let disk = SimDisk::new(Duration::ZERO..Duration::ZERO);
+            let db = open(&disk);
+            for k in 0..6u64 {
+                put(&db, k, k + 100);
+                if k < crash_after {
+                    disk.complete_sync();
+                }
+            }
+            disk.crash();
+            drop(db);
+            let db = open(&disk);
+            for k in 0..6u64 {
+                let expected = (k < crash_after).then_some(k + 100);
+                assert_eq!(get(&db, k), expected, "crash after {crash_after}, key {k}");
+            }
+        }
+    }
+}
