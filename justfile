@@ -39,7 +39,19 @@ api-fuzz:
     cargo build -p replicator-node
     bash node/scripts/api_fuzz.sh target/debug/replicator
 
-# What CI runs: the test suite and a commit-derived simulator seed range.
+# The real node under madsim: the fixed batch, determinism and the two driver bugs
+# (`just node-sim`), or one seed replayed with the driver logs (`just node-sim 17`).
+node-sim SEED="":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/madsim
+    if [ -z "{{SEED}}" ]; then
+        cargo test -p sim-tests --test node_sim -- --nocapture
+    else
+        MADSIM_TEST_SEED={{SEED}} cargo test -p sim-tests --test node_sim replay -- --nocapture
+    fi
+
+# What CI runs: the test suite, a commit-derived simulator seed range and node_sim range.
 ci:
     bash .ci/run
 

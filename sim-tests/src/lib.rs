@@ -3,6 +3,9 @@
 
 pub mod checker;
 pub mod linearizability;
+/// The real node (driver, storage, HTTP router) under madsim; `--cfg madsim` only.
+#[cfg(madsim)]
+pub mod node_sim;
 pub mod run;
 pub mod swarm;
 
