@@ -37,6 +37,8 @@ struct Disk {
     requested: usize,
     /// Bumped by every crash: backends of an older generation belong to a dead process.
     generation: u64,
+    /// Every write and fsync fails (a full or failing disk); reads still work.
+    failing: bool,
     stats: DiskStats,
 }
 
@@ -50,6 +52,8 @@ enum Change {
 pub struct DiskStats {
     pub fsyncs_completed: u64,
     pub crashes: u64,
+    /// Writes and fsyncs refused while the disk was failing.
+    pub writes_refused: u64,
     /// Writes (redb page writes and resizes) that a crash dropped because no fsync covered them.
     pub changes_lost: u64,
 }
@@ -115,6 +119,16 @@ impl SimDisk {
         disk.stats.changes_lost += lost;
     }
 
+    /// From now on every write and fsync fails (`true`: a full or failing disk), or succeeds
+    /// again (`false`).
+    pub fn set_failing(&self, failing: bool) {
+        self.lock().failing = failing;
+    }
+
+    pub fn is_failing(&self) -> bool {
+        self.lock().failing
+    }
+
     pub fn stats(&self) -> DiskStats {
         self.lock().stats
     }
@@ -167,6 +181,19 @@ impl SimBackend {
         }
         Ok(disk)
     }
+
+    /// The disk for a write or an fsync: refused while it is failing.
+    fn lock_for_write(&self) -> io::Result<MutexGuard<'_, Disk>> {
+        let mut disk = self.lock()?;
+        if disk.failing {
+            disk.stats.writes_refused += 1;
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left on device (simulated)",
+            ));
+        }
+        Ok(disk)
+    }
 }
 
 impl fmt::Debug for SimBackend {
@@ -194,7 +221,7 @@ impl redb::StorageBackend for SimBackend {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        let mut disk = self.lock()?;
+        let mut disk = self.lock_for_write()?;
         let change = Change::SetLen(len);
         change.apply(&mut disk.current);
         disk.pending.push(change);
@@ -204,13 +231,13 @@ impl redb::StorageBackend for SimBackend {
     fn sync_data(&self) -> io::Result<()> {
         // The fsync starts here; it completes (and the writes become durable) only when the
         // storage's group commit calls `complete_sync` after the simulated latency.
-        let mut disk = self.lock()?;
+        let mut disk = self.lock_for_write()?;
         disk.requested = disk.pending.len();
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let mut disk = self.lock()?;
+        let mut disk = self.lock_for_write()?;
         let change = Change::Write {
             offset,
             data: data.to_vec(),
@@ -273,6 +300,31 @@ mod tests {
         let stats = disk.stats();
         assert_eq!(stats.crashes, 1);
         assert!(stats.changes_lost > 0);
+    }
+
+    /// A failing disk refuses commits and keeps what was durable; once it works again, redb
+    /// (reopened, as the storage does after an I/O error) commits on top of it.
+    #[test]
+    fn a_failing_disk_refuses_writes_and_recovers() {
+        let disk = SimDisk::new(Duration::ZERO..Duration::ZERO);
+        let db = open(&disk);
+        put(&db, 1, 10);
+        disk.complete_sync();
+        disk.set_failing(true);
+        let txn = db.begin_write().unwrap();
+        txn.open_table(T).unwrap().insert(2, 20).unwrap();
+        assert!(txn.commit().is_err(), "a commit on a failing disk fails");
+        drop(db);
+        disk.set_failing(false);
+        let db = open(&disk);
+        assert_eq!((get(&db, 1), get(&db, 2)), (Some(10), None));
+        put(&db, 3, 30);
+        disk.complete_sync();
+        disk.crash();
+        drop(db);
+        let db = open(&disk);
+        assert_eq!((get(&db, 1), get(&db, 3)), (Some(10), Some(30)));
+        assert!(disk.stats().writes_refused > 0);
     }
 
     /// Crashes at every point of a series of commits always leave a database redb opens, with

@@ -114,9 +114,12 @@ pub enum FaultKind {
     Clog,
     /// Stop running a node's tasks for a while.
     Pause,
+    /// Every write to a node's disk fails for a while (full or failing): its storage stalls
+    /// and retries, it refuses writes and serves committed values only.
+    DiskFull,
 }
 
-pub const FAULT_KINDS: [FaultKind; 7] = [
+pub const FAULT_KINDS: [FaultKind; 8] = [
     FaultKind::Kill,
     FaultKind::RestartClusterPartitioned,
     FaultKind::IsolateNode,
@@ -124,6 +127,7 @@ pub const FAULT_KINDS: [FaultKind; 7] = [
     FaultKind::Split,
     FaultKind::Clog,
     FaultKind::Pause,
+    FaultKind::DiskFull,
 ];
 
 impl NodeSimSpec {
@@ -205,6 +209,8 @@ pub struct NodeSimStats {
     pub sim_ms: u64,
     pub messages: u64,
     pub writes_lost: u64,
+    /// Disk writes refused while a disk was failing.
+    pub writes_refused: u64,
     /// A hash of everything the run observed (history, fault log, final disks): the same seed
     /// gives the same hash.
     pub hash: u64,
@@ -614,17 +620,20 @@ async fn node_process(machine: Arc<Machine>, world_addrs: Vec<SocketAddr>, bug: 
             .unwrap()
             .push(format!("incarnation {incarnation}: {what}"));
     };
-    let storage = match Storage::open_sim(&machine.disk, Some(&machine.fresh)) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("cannot open the storage: {e:#}")),
-    };
-    // As `replicator run`: the database belongs to this identity, then what it recorded.
-    if let Err(e) = storage.bind_identity(machine.id.as_str()) {
-        return fail(format!("cannot bind the storage to the node: {e:#}"));
-    }
-    let (network, recovered) = match (storage.network(), storage.load()) {
-        (Ok(n), Ok(l)) => (n, l.recovered),
-        (Err(e), _) | (_, Err(e)) => return fail(format!("cannot load the storage: {e:#}")),
+    // As `replicator run`: open, bind the database to this identity, load what it recorded.
+    // A node whose disk fails cannot start; its supervisor starts it again a moment later.
+    let (storage, network, recovered) = loop {
+        let opened = Storage::open_sim(&machine.disk, Some(&machine.fresh)).and_then(|storage| {
+            storage.bind_identity(machine.id.as_str())?;
+            let network = storage.network()?;
+            let loaded = storage.load()?;
+            Ok((storage, network, loaded.recovered))
+        });
+        match opened {
+            Ok(started) => break started,
+            Err(_) if machine.disk.is_failing() => sleep(Duration::from_millis(500)).await,
+            Err(e) => return fail(format!("cannot open the storage: {e:#}")),
+        }
     };
     let ep = match Endpoint::bind(SocketAddr::new(machine.ip, PORT)).await {
         Ok(ep) => ep,
@@ -765,6 +774,9 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
     // Liveness phase: heal everything.
     world.log("heal: no more loss, every link unclogged, every node resumed and restarted");
     NetSim::current().update_config(|c| c.packet_loss_rate = 0.0);
+    for m in &machines {
+        m.disk.set_failing(false);
+    }
     let links: Vec<(usize, usize)> = world.clogged.lock().unwrap().keys().copied().collect();
     for (a, b) in links {
         NetSim::current().unclog_link(world.sim_node(a).id(), world.sim_node(b).id());
@@ -847,6 +859,7 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
         return Err(NodeSimFailure { reason, log, hash });
     }
     let writes_lost = machines.iter().map(|m| m.disk.stats().changes_lost).sum();
+    let writes_refused = machines.iter().map(|m| m.disk.stats().writes_refused).sum();
     Ok(NodeSimStats {
         ops: history.len(),
         stored: world.acknowledged.lock().unwrap().len(),
@@ -855,6 +868,7 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
         sim_ms: world.micros() / 1000,
         messages: NetSim::current().stat().msg_count,
         writes_lost,
+        writes_refused,
         hash,
     })
 }
@@ -1153,6 +1167,20 @@ async fn fault_injector(world: Arc<World>, stop: Arc<std::sync::atomic::AtomicBo
                     sleep(hold).await;
                     w.log(format!("unclog {} -> {}", w.machines[a].id, w.machines[b].id));
                     w.unclog(a, b);
+                });
+            }
+            FaultKind::DiskFull => {
+                let ix = thread_rng().gen_range(0..n);
+                let disk = w.machines[ix].disk.clone();
+                if disk.is_failing() {
+                    continue;
+                }
+                w.log(format!("the disk of {} fails", w.machines[ix].id));
+                disk.set_failing(true);
+                tokio::spawn(async move {
+                    sleep(hold).await;
+                    w.log(format!("the disk of {} works again", w.machines[ix].id));
+                    disk.set_failing(false);
                 });
             }
             FaultKind::Pause => {

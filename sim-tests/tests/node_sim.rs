@@ -40,7 +40,7 @@ fn seed_batch() {
     let range = seeds();
     let started = Instant::now();
     let mut failures = Vec::new();
-    let (mut ops, mut kills, mut sim_ms) = (0, 0, 0);
+    let (mut ops, mut kills, mut sim_ms, mut lost, mut refused) = (0, 0, 0, 0, 0);
     for seed in range.clone() {
         let spec = NodeSimSpec::draw(seed, None);
         match check_seed(&spec) {
@@ -48,6 +48,8 @@ fn seed_batch() {
                 ops += stats.ops;
                 kills += stats.kills;
                 sim_ms += stats.sim_ms;
+                lost += stats.writes_lost;
+                refused += stats.writes_refused;
             }
             Err(report) => {
                 eprintln!("{report}");
@@ -57,7 +59,7 @@ fn seed_batch() {
     }
     let wall = started.elapsed();
     println!(
-        "node_sim: seeds {}..{}: {} failed; {ops} client ops, {kills} kills, {:.1} s simulated in {:.1} s",
+        "node_sim: seeds {}..{}: {} failed; {ops} client ops, {kills} kills, {lost} unsynced disk writes lost, {refused} refused by failing disks, {:.1} s simulated in {:.1} s",
         range.start,
         range.end,
         failures.len(),
@@ -122,6 +124,27 @@ fn seeds_to_catch(bug: DriverBug) -> Option<u64> {
         }
     }
     None
+}
+
+/// How often each driver bug is caught over a range of seeds (`NODE_SIM_SEEDS`, default 100):
+/// `cargo test ... --test node_sim bug_catch_rates -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn bug_catch_rates() {
+    let count = env_u64("NODE_SIM_SEEDS").unwrap_or(100);
+    for bug in [DriverBug::ForgetMembership, DriverBug::ReleaseBeforeDurable] {
+        let started = Instant::now();
+        let caught: Vec<u64> = (0..count)
+            .filter(|&seed| run_seed(&NodeSimSpec::draw(seed, Some(bug))).is_err())
+            .collect();
+        println!(
+            "node_sim: {} caught by {} of {count} seeds (first {:?}) in {:.1} s",
+            bug_name(bug),
+            caught.len(),
+            caught.first(),
+            started.elapsed().as_secs_f64()
+        );
+    }
 }
 
 #[test]
