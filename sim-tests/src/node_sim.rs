@@ -101,6 +101,9 @@ pub struct NodeSimSpec {
 pub enum FaultKind {
     /// Kill a node (its unsynced writes are lost) and restart it from its disk later.
     Kill,
+    /// Power loss of a whole cluster (a data centre): every node of it killed at once, while
+    /// writes wait for their fsync, and restarted a moment later.
+    CrashCluster,
     /// Partition a whole cluster from the rest, kill every node of it, restart them all while
     /// the partition holds, heal later.
     RestartClusterPartitioned,
@@ -119,8 +122,9 @@ pub enum FaultKind {
     DiskFull,
 }
 
-pub const FAULT_KINDS: [FaultKind; 8] = [
+pub const FAULT_KINDS: [FaultKind; 9] = [
     FaultKind::Kill,
+    FaultKind::CrashCluster,
     FaultKind::RestartClusterPartitioned,
     FaultKind::IsolateNode,
     FaultKind::IsolateCluster,
@@ -159,7 +163,16 @@ impl NodeSimSpec {
                 rng.random_range(0.0..0.03)
             },
             latency_ms: (1, rng.random_range(2..=30)),
-            fsync_us: (50, rng.random_range(200..=20_000)),
+            // Fast, ordinary and slow disks (an fsync slower than a round trip keeps a whole
+            // proposal's writes in one window that a crash can lose).
+            fsync_us: (
+                50,
+                match rng.random_range(0..3) {
+                    0 => rng.random_range(200..=2_000),
+                    1 => rng.random_range(2_000..=20_000),
+                    _ => rng.random_range(20_000..=60_000),
+                },
+            ),
             faults,
             fault_gap_ms: (gap_min, gap_min + rng.random_range(100..1500)),
             safety_ms: rng.random_range(3000..=6000),
@@ -1093,6 +1106,16 @@ async fn fault_injector(world: Arc<World>, stop: Arc<std::sync::atomic::AtomicBo
         match kind {
             FaultKind::Kill => {
                 let ix = thread_rng().gen_range(0..n);
+                // Most kills strike while a write of the node waits for its fsync (where
+                // durability bugs live): wait up to 50 ms for one.
+                if thread_rng().gen_bool(0.8) {
+                    for _ in 0..50 {
+                        if w.machines[ix].disk.has_unsynced() {
+                            break;
+                        }
+                        sleep(Duration::from_millis(1)).await;
+                    }
+                }
                 if w.is_down(ix) {
                     continue;
                 }
@@ -1101,6 +1124,29 @@ async fn fault_injector(world: Arc<World>, stop: Arc<std::sync::atomic::AtomicBo
                 tokio::spawn(async move {
                     sleep(down_for).await;
                     w.restart(ix);
+                });
+            }
+            FaultKind::CrashCluster => {
+                let c = thread_rng().gen_range(0..spec.clusters);
+                let side = w.nodes_of_cluster(c);
+                for _ in 0..50 {
+                    if side.iter().any(|&ix| w.machines[ix].disk.has_unsynced()) {
+                        break;
+                    }
+                    sleep(Duration::from_millis(1)).await;
+                }
+                w.log(format!("power loss of cluster c{c}"));
+                for &ix in &side {
+                    if !w.is_down(ix) {
+                        w.kill(ix);
+                    }
+                }
+                let down_for = Duration::from_millis(thread_rng().gen_range(50..1000));
+                tokio::spawn(async move {
+                    sleep(down_for).await;
+                    for &ix in &side {
+                        w.restart(ix);
+                    }
                 });
             }
             FaultKind::RestartClusterPartitioned => {
