@@ -4,13 +4,13 @@
 # while any failure stays replayable from the CI log. The fixed checks run too: determinism of a
 # seed, and both reintroduced driver bugs caught within their bound.
 #
-#   sim-tests/ci-node-sim.sh        # NODE_SIM_CI_SEEDS (default 200) seeds from the derived start
+#   sim-tests/ci-node-sim.sh        # NODE_SIM_CI_SEEDS (default 400) seeds from the derived start
 #
 # A failing seed prints its configuration and the exact command that replays it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 commit=$(git rev-parse HEAD 2>/dev/null || echo 0000000000000000)
-count=${NODE_SIM_CI_SEEDS:-200}
+count=${NODE_SIM_CI_SEEDS:-400}
 # Far above the fixed batch (seeds 0..), one slot of `count` seeds per commit prefix.
 start=$(( 1000000 + (16#${commit:0:7} % 100000) * count ))
 export RUSTFLAGS="--cfg madsim"

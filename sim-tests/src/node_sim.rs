@@ -297,7 +297,11 @@ pub fn report_with(spec: &NodeSimSpec, failure: &NodeSimFailure, lines: usize) -
         let _ = writeln!(r, "  {line}");
     }
     let _ = writeln!(r, "why: {}", failure.reason);
-    let _ = writeln!(r, "NODE SIMULATION FAILED: seed {}; replay: {replay}", spec.seed);
+    let _ = writeln!(
+        r,
+        "NODE SIMULATION FAILED: seed {}; replay: {replay}",
+        spec.seed
+    );
     r
 }
 
@@ -530,10 +534,12 @@ impl World {
 
     fn log(&self, line: impl AsRef<str>) {
         let t = self.micros();
-        self.log
-            .lock()
-            .unwrap()
-            .push(format!("{:>6}.{:03}ms {}", t / 1000, t % 1000, line.as_ref()));
+        self.log.lock().unwrap().push(format!(
+            "{:>6}.{:03}ms {}",
+            t / 1000,
+            t % 1000,
+            line.as_ref()
+        ));
     }
 
     fn running(&self, ix: usize) -> Option<Running> {
@@ -744,7 +750,10 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
             })
         })
         .collect();
-    let addrs: Vec<SocketAddr> = machines.iter().map(|m| SocketAddr::new(m.ip, PORT)).collect();
+    let addrs: Vec<SocketAddr> = machines
+        .iter()
+        .map(|m| SocketAddr::new(m.ip, PORT))
+        .collect();
     let world = Arc::new(World {
         spec: spec.clone(),
         machines: machines.clone(),
@@ -845,11 +854,11 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
     failures.extend(check_disks(&world, &disks));
     for m in &machines {
         let v = *m.violations.lock().unwrap()
-            + m.running
-                .lock()
-                .unwrap()
-                .as_ref()
-                .map_or(0, |r| r.metrics.violations.load(std::sync::atomic::Ordering::Relaxed));
+            + m.running.lock().unwrap().as_ref().map_or(0, |r| {
+                r.metrics
+                    .violations
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            });
         if v > 0 {
             failures.push(format!("{} reported {v} protocol violations", m.id));
         }
@@ -1027,7 +1036,11 @@ async fn log_statuses(world: &World) {
                 s.removed,
                 s.membership.len(),
                 s.membership.digest(),
-                s.peers.iter().filter(|p| p.up).map(|p| p.peer.as_str()).collect::<Vec<_>>(),
+                s.peers
+                    .iter()
+                    .filter(|p| p.up)
+                    .map(|p| p.peer.as_str())
+                    .collect::<Vec<_>>(),
                 s.stats
             )),
             _ => world.log(format!("status {}: no answer", world.machines[ix].id)),
@@ -1152,7 +1165,9 @@ async fn fault_injector(world: Arc<World>, stop: Arc<std::sync::atomic::AtomicBo
             FaultKind::RestartClusterPartitioned => {
                 let c = thread_rng().gen_range(0..spec.clusters);
                 let side = w.nodes_of_cluster(c);
-                w.log(format!("partition cluster c{c} from the rest; restart all of it"));
+                w.log(format!(
+                    "partition cluster c{c} from the rest; restart all of it"
+                ));
                 let links = w.partition(&side);
                 for &ix in &side {
                     if !w.is_down(ix) {
@@ -1195,7 +1210,8 @@ async fn fault_injector(world: Arc<World>, stop: Arc<std::sync::atomic::AtomicBo
                 if side.is_empty() || side.len() == n {
                     continue;
                 }
-                let names: Vec<String> = side.iter().map(|&i| w.machines[i].id.to_string()).collect();
+                let names: Vec<String> =
+                    side.iter().map(|&i| w.machines[i].id.to_string()).collect();
                 w.log(format!("split {names:?} from the rest"));
                 let links = w.partition(&side);
                 tokio::spawn(async move {
@@ -1211,7 +1227,10 @@ async fn fault_injector(world: Arc<World>, stop: Arc<std::sync::atomic::AtomicBo
                 w.clog(a, b);
                 tokio::spawn(async move {
                     sleep(hold).await;
-                    w.log(format!("unclog {} -> {}", w.machines[a].id, w.machines[b].id));
+                    w.log(format!(
+                        "unclog {} -> {}",
+                        w.machines[a].id, w.machines[b].id
+                    ));
                     w.unclog(a, b);
                 });
             }
@@ -1282,17 +1301,26 @@ async fn client(world: Arc<World>, c: usize, stop: Arc<std::sync::atomic::Atomic
         };
         if thread_rng().gen_bool(spec.read_share) {
             let invoked = world.micros();
-            let answer = call(&world, ix, &running, via_http, CallKind::Get { key: key.clone() }).await;
+            let answer = call(
+                &world,
+                ix,
+                &running,
+                via_http,
+                CallKind::Get { key: key.clone() },
+            )
+            .await;
             let returned = world.micros();
             let result = match answer {
                 Some(Answer::Get(r)) => r,
                 _ => GetResult::Unavailable,
             };
-            world
-                .history
-                .lock()
-                .unwrap()
-                .push(Op::get(c as u64, key, invoked, Some(returned), result));
+            world.history.lock().unwrap().push(Op::get(
+                c as u64,
+                key,
+                invoked,
+                Some(returned),
+                result,
+            ));
             continue;
         }
         let value = format!("v-{c}-{seq}");
@@ -1347,7 +1375,11 @@ async fn client(world: Arc<World>, c: usize, stop: Arc<std::sync::atomic::Atomic
                 break;
             }
         }
-        let returned = if result == PutResult::Pending { None } else { returned };
+        let returned = if result == PutResult::Pending {
+            None
+        } else {
+            returned
+        };
         if result == PutResult::Stored {
             world
                 .acknowledged
@@ -1379,10 +1411,20 @@ enum CallKind {
 
 /// One call to node `ix`: through its driver handle, or through its HTTP router run as a task
 /// of the node (a kill of the node cuts it, as it cuts a connection). `None`: no answer.
-async fn call(world: &World, ix: usize, running: &Running, via_http: bool, kind: CallKind) -> Option<Answer> {
+async fn call(
+    world: &World,
+    ix: usize,
+    running: &Running,
+    via_http: bool,
+    kind: CallKind,
+) -> Option<Answer> {
     if via_http {
         let request = match &kind {
-            CallKind::Put { key, value, request } => {
+            CallKind::Put {
+                key,
+                value,
+                request,
+            } => {
                 let mut b = axum::http::Request::builder()
                     .method("PUT")
                     .uri(format!("/store/{key}"));
@@ -1411,7 +1453,10 @@ async fn call(world: &World, ix: usize, running: &Running, via_http: bool, kind:
                 .to_bytes();
             Some((status, body.to_vec()))
         });
-        let (status, body) = tokio::time::timeout(CALL_TIMEOUT, task).await.ok()?.ok()??;
+        let (status, body) = tokio::time::timeout(CALL_TIMEOUT, task)
+            .await
+            .ok()?
+            .ok()??;
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let error = json.get("error").and_then(|e| e.as_str()).unwrap_or("");
         return Some(match kind {
@@ -1442,13 +1487,19 @@ async fn call(world: &World, ix: usize, running: &Running, via_http: bool, kind:
         });
     }
     match kind {
-        CallKind::Put { key, value, request } => {
+        CallKind::Put {
+            key,
+            value,
+            request,
+        } => {
             let cmd = Command::Put {
                 key: Key::new(key),
                 value: Value::from(value.as_str()),
                 request: request.map(RequestId::new),
             };
-            let reply = tokio::time::timeout(CALL_TIMEOUT, running.handle.call(cmd)).await.ok()?;
+            let reply = tokio::time::timeout(CALL_TIMEOUT, running.handle.call(cmd))
+                .await
+                .ok()?;
             Some(Answer::Put(match reply {
                 Ok(Reply::Put(o)) => match o {
                     PutOutcome::Stored => PutResult::Stored,

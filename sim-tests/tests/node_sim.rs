@@ -67,7 +67,10 @@ fn seed_batch() {
         wall.as_secs_f64()
     );
     for seed in &failures {
-        println!("node_sim: failed seed {seed}: {}", replay_command(*seed, None));
+        println!(
+            "node_sim: failed seed {seed}: {}",
+            replay_command(*seed, None)
+        );
     }
     assert!(failures.is_empty(), "node_sim: failing seeds {failures:?}");
 }
