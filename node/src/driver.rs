@@ -9,7 +9,10 @@
 //! Generic over [`Transport`] so that a simulated network can drive the very same loop.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -25,20 +28,18 @@ use tracing::{debug, error, info, trace, warn};
 use crate::metrics::Metrics;
 use crate::storage::{Durable, PersistJob, Storage, StorageWorker};
 
-/// `tokio::select!`, fair as usual in a real node. Under madsim the branches are polled in
-/// their written order (`biased`): tokio draws its branch order from a generator seeded by a
-/// process-wide counter, so a seed would replay differently depending on what ran before it.
-macro_rules! driver_select {
-    ($($branches:tt)*) => {{
-        #[cfg(madsim)]
-        {
-            tokio::select! { biased; $($branches)* }
-        }
-        #[cfg(not(madsim))]
-        {
-            tokio::select! { $($branches)* }
-        }
-    }};
+/// What the driver loop waits on, tried in turn: see [`Wake`].
+const WAKE_SOURCES: usize = 6;
+
+/// What woke the driver loop.
+enum Wake {
+    Event(Option<TransportEvent>),
+    Request(Option<Request>),
+    /// The storage reported (false: it stopped).
+    Durable(bool),
+    Timer,
+    LeaveTimer,
+    WaitLog,
 }
 
 /// Client calls waiting for the driver; more are answered Overloaded at once.
@@ -236,6 +237,8 @@ pub struct Driver<T: Transport> {
     cluster_big_enough: bool,
     metrics: Arc<Metrics>,
     storage_worker: StorageWorker,
+    /// Which source of work the loop tries first next time (round robin).
+    turn: usize,
     /// A deliberately broken behaviour: always `None` unless sim-tests' node_sim set it
     /// through [`Driver::with_bug`] (feature `bug-injection`).
     bug: Option<DriverBug>,
@@ -342,6 +345,7 @@ impl<T: Transport> Driver<T> {
             cluster_big_enough: false,
             metrics,
             storage_worker: storage.worker,
+            turn: 0,
             bug,
             storage_stalled: storage_stalled.clone(),
         };
@@ -385,17 +389,47 @@ impl<T: Transport> Driver<T> {
                 .poll_timeout()
                 .map(|t| self.origin + Duration::from_micros(t.as_micros()));
             let leave_deadline = self.leave.as_ref().map(|(d, _)| *d);
-            driver_select! {
-                ev = self.events.recv(), if events_open => match ev {
-                    Some(ev) => self.on_transport(ev),
-                    None => events_open = false,
-                },
-                req = self.requests.recv(), if requests_open => match req {
-                    Some(req) => self.on_request(req),
-                    None => requests_open = false,
-                },
-                changed = self.durable.changed() => {
-                    if changed.is_err() {
+            // Every source of work in turn, starting from a different one each time (round
+            // robin): none can starve another, and the order is the same in every run (a
+            // simulated run replays exactly, which tokio::select!'s random order would not).
+            self.turn = self.turn.wrapping_add(1);
+            let first = self.turn;
+            let wake = {
+                let events = &mut self.events;
+                let requests = &mut self.requests;
+                let mut durable = pin!(self.durable.changed());
+                let mut timer = pin!(sleep_until_opt(deadline));
+                let mut leave_timer = pin!(sleep_until_opt(leave_deadline));
+                let wait_log = &mut wait_log;
+                poll_fn(|cx| {
+                    for i in 0..WAKE_SOURCES {
+                        let ready = match (first + i) % WAKE_SOURCES {
+                            0 if events_open => events.poll_recv(cx).map(Wake::Event),
+                            1 if requests_open => requests.poll_recv(cx).map(Wake::Request),
+                            2 => durable
+                                .as_mut()
+                                .poll(cx)
+                                .map(|changed| Wake::Durable(changed.is_ok())),
+                            3 => timer.as_mut().poll(cx).map(|()| Wake::Timer),
+                            4 => leave_timer.as_mut().poll(cx).map(|()| Wake::LeaveTimer),
+                            5 => wait_log.poll_tick(cx).map(|_| Wake::WaitLog),
+                            _ => Poll::Pending,
+                        };
+                        if ready.is_ready() {
+                            return ready;
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            match wake {
+                Wake::Event(Some(ev)) => self.on_transport(ev),
+                Wake::Event(None) => events_open = false,
+                Wake::Request(Some(req)) => self.on_request(req),
+                Wake::Request(None) => requests_open = false,
+                Wake::Durable(changed) => {
+                    if !changed {
                         bail!("the storage thread stopped");
                     }
                     let state = self.durable.borrow_and_update().clone();
@@ -409,18 +443,18 @@ impl<T: Transport> Driver<T> {
                         Durable::Failed(e) => bail!("storage failed: {e}"),
                     }
                 }
-                () = sleep_until_opt(deadline) => {
+                Wake::Timer => {
                     let now = self.now();
                     self.node.handle(now, Input::Timeout);
                 }
-                () = sleep_until_opt(leave_deadline) => {
+                Wake::LeaveTimer => {
                     warn!("leave did not complete in time");
                     for done in self.leave.take().map(|(_, w)| w).unwrap_or_default() {
                         let _ = done.send(false);
                     }
                     self.left = true;
                 }
-                _ = wait_log.tick() => self.log_cluster_size(),
+                Wake::WaitLog => self.log_cluster_size(),
             }
             self.drain();
         }
