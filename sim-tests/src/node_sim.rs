@@ -67,6 +67,9 @@ const HELLO_INTERVAL: Duration = Duration::from_millis(300);
 const DOWN_AFTER: Duration = Duration::from_millis(1500);
 /// Transport events waiting for the driver (as the libp2p pump's queue).
 const EVENTS_QUEUE_LEN: usize = 1024;
+/// The most frames the network task takes from the driver's queue at once before it looks at
+/// incoming packets and hellos again (the libp2p transport's per-peer send queue bound).
+const SEND_BATCH_FRAMES_MAX: usize = 8192;
 /// A request-id PUT is retried (with the same id) at most this often while indeterminate.
 const ATTEMPTS_MAX: u32 = 4;
 /// A client gives up on one call after this long (the node's own timers answer far sooner).
@@ -325,9 +328,11 @@ enum Packet {
         /// An answer to a hello (not answered again).
         answer: bool,
     },
-    Frame {
+    /// Every frame the sender had queued for this peer, in order (as the libp2p transport's
+    /// writer sends everything queued for a peer in one write).
+    Frames {
         from: NodeId,
-        frame: Vec<u8>,
+        frames: Vec<Vec<u8>>,
     },
 }
 
@@ -414,7 +419,7 @@ async fn network_task(
             NetWake::Hello => {
                 for addr in &world {
                     if *addr != own {
-                        let _ = ep.send_to_raw(*addr, TAG, Box::new(hello_of(false))).await;
+                        send_packet(&ep, *addr, hello_of(false));
                     }
                 }
                 let now = Instant::now();
@@ -428,18 +433,37 @@ async fn network_task(
                 }
             }
             NetWake::Out(None) | NetWake::In(None) => return,
-            NetWake::Out(Some(Outgoing::Frame(to, frame))) => {
-                // A peer never heard from has no known address: like a failed dial.
-                if let Some(peer) = peers.get(&to) {
-                    let packet = Packet::Frame {
-                        from: id.clone(),
-                        frame,
+            NetWake::Out(Some(first)) => {
+                // As the libp2p transport's writer: everything queued for a peer leaves in one
+                // write, so a burst of frames costs one packet per peer, not one each.
+                let mut batches: BTreeMap<NodeId, Vec<Vec<u8>>> = BTreeMap::new();
+                let mut queued = 0;
+                let mut next = Some(first);
+                while let Some(outgoing) = next {
+                    match outgoing {
+                        Outgoing::Frame(to, frame) => {
+                            batches.entry(to).or_default().push(frame);
+                            queued += 1;
+                        }
+                        Outgoing::Forget(node) => {
+                            // Frames queued before the forget are dropped with its queue.
+                            peers.remove(&node);
+                            batches.remove(&node);
+                        }
+                    }
+                    next = if queued < SEND_BATCH_FRAMES_MAX {
+                        out.try_recv().ok()
+                    } else {
+                        None
                     };
-                    let _ = ep.send_to_raw(peer.addr, TAG, Box::new(packet)).await;
                 }
-            }
-            NetWake::Out(Some(Outgoing::Forget(node))) => {
-                peers.remove(&node);
+                for (to, frames) in batches {
+                    // A peer never heard from has no known address: like a failed dial.
+                    if let Some(peer) = peers.get(&to) {
+                        let from = id.clone();
+                        send_packet(&ep, peer.addr, Packet::Frames { from, frames });
+                    }
+                }
             }
             NetWake::In(Some((packet, from))) => {
                 let now = Instant::now();
@@ -451,7 +475,7 @@ async fn network_task(
                         answer,
                     } => {
                         if !answer {
-                            let _ = ep.send_to_raw(from, TAG, Box::new(hello_of(true))).await;
+                            send_packet(&ep, from, hello_of(true));
                         }
                         if theirs != network {
                             if foreign.insert(node.clone()) {
@@ -483,7 +507,10 @@ async fn network_task(
                             }
                         }
                     }
-                    Packet::Frame { from: node, frame } => {
+                    Packet::Frames {
+                        from: node,
+                        frames,
+                    } => {
                         let peer = peers.entry(node.clone()).or_insert(Peer {
                             addr: from,
                             last_heard: now,
@@ -498,7 +525,10 @@ async fn network_task(
                                 evs.push(TransportEvent::Up(node.clone()));
                             }
                         }
-                        evs.push(TransportEvent::Message { from: node, frame });
+                        evs.extend(frames.into_iter().map(|frame| TransportEvent::Message {
+                            from: node.clone(),
+                            frame,
+                        }));
                     }
                 }
             }
@@ -509,6 +539,17 @@ async fn network_task(
             }
         }
     }
+}
+
+/// Sends `packet` without waiting for it: madsim holds every send (and every receive) for at
+/// least a simulated millisecond, so a task that awaited each send in turn would be a network
+/// card of 1,000 packets a second with an unbounded queue in front of it, far below what the
+/// real transport does. Packets on one link may be reordered, as madsim's latency already does.
+fn send_packet(ep: &Endpoint, to: SocketAddr, packet: Packet) {
+    let ep = ep.clone();
+    tokio::spawn(async move {
+        let _ = ep.send_to_raw(to, TAG, Box::new(packet)).await;
+    });
 }
 
 /// What woke a node's network task.
