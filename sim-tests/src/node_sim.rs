@@ -235,6 +235,9 @@ pub struct NodeSimStats {
     pub writes_lost: u64,
     /// Disk writes refused while a disk was failing.
     pub writes_refused: u64,
+    /// Simulated time from healing until every client call was answered, a probe PUT stored
+    /// through every cluster and every view settled (the liveness bound is 60 s).
+    pub settle_ms: u64,
     /// A hash of everything the run observed (history, fault log, final disks): the same seed
     /// gives the same hash.
     pub hash: u64,
@@ -963,6 +966,7 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
     }
     // The disks must show it too: every acknowledged key stored everywhere once settled.
     let settled = liveness_failures.is_empty();
+    let settle_ms = Instant::now().duration_since(healed).as_millis() as u64;
 
     // The end: every node crashes; every disk is loaded by the real storage code.
     sleep(Duration::from_millis(200)).await;
@@ -1027,6 +1031,7 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
         messages: NetSim::current().stat().msg_count,
         writes_lost,
         writes_refused,
+        settle_ms,
         hash,
     })
 }

@@ -42,6 +42,8 @@ fn seed_batch() {
     let started = Instant::now();
     let mut failures = Vec::new();
     let (mut ops, mut kills, mut sim_ms, mut lost, mut refused) = (0, 0, 0, 0, 0);
+    // The slowest seed to settle after healing: (ms, seed).
+    let mut slowest_settle = (0, 0);
     for seed in range.clone() {
         let spec = NodeSimSpec::draw(seed, None);
         match check_seed(&spec) {
@@ -51,6 +53,7 @@ fn seed_batch() {
                 sim_ms += stats.sim_ms;
                 lost += stats.writes_lost;
                 refused += stats.writes_refused;
+                slowest_settle = slowest_settle.max((stats.settle_ms, seed));
             }
             Err(report) => {
                 eprintln!("{report}");
@@ -60,10 +63,12 @@ fn seed_batch() {
     }
     let wall = started.elapsed();
     println!(
-        "node_sim: seeds {}..{}: {} failed; {ops} client ops, {kills} kills, {lost} unsynced disk writes lost, {refused} refused by failing disks, {:.1} s simulated in {:.1} s",
+        "node_sim: seeds {}..{}: {} failed; {ops} client ops, {kills} kills, {lost} unsynced disk writes lost, {refused} refused by failing disks, slowest to settle after healing: {:.1} s (seed {}), {:.1} s simulated in {:.1} s",
         range.start,
         range.end,
         failures.len(),
+        slowest_settle.0 as f64 / 1000.0,
+        slowest_settle.1,
         sim_ms as f64 / 1000.0,
         wall.as_secs_f64()
     );
