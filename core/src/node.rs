@@ -4,6 +4,7 @@
 //! state it needs.
 
 mod bounds;
+mod contention;
 mod coordinator;
 mod decider;
 mod lease;

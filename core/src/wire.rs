@@ -14,7 +14,7 @@ use crate::storage::DurableKey;
 use crate::types::{ClusterId, Key, NodeId, ProposalId, Time, Value};
 
 /// The version byte every frame starts with. Bump it on any incompatible change.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// No frame is ever longer than this; decoding never allocates past it.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 
@@ -142,9 +142,13 @@ pub enum Vote {
     Committed,
     /// The proposal can never commit. `stored` is the value the node stores for the key under
     /// another proposal, if any: that is what lets a coordinator answer Exists, not Busy.
+    /// `holder` is the other proposal that holds the key reserved, if any: that is what lets two
+    /// coordinators racing on one key agree which of them tries again first (core/PROTOCOL.md,
+    /// "Writing a key", step 5).
     Denied {
         reason: DenyReason,
         stored: Option<Value>,
+        holder: Option<ProposalId>,
     },
 }
 

@@ -20,12 +20,15 @@ fn arb_vote() -> impl Strategy<Value = Vote> {
     prop_oneof![
         Just(Vote::Granted),
         Just(Vote::Committed),
-        (proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64))).prop_map(|stored| {
-            Vote::Denied {
+        (
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            proptest::option::of(arb_proposal()),
+        )
+            .prop_map(|(stored, holder)| Vote::Denied {
                 reason: DenyReason::Busy,
                 stored: stored.map(Value::from),
-            }
-        }),
+                holder,
+            }),
     ]
 }
 

@@ -114,7 +114,8 @@ fn reserve_of_a_reserved_key_is_denied_busy_and_the_refusal_is_durable_first() {
             &NodeId::from("n2"),
             &Vote::Denied {
                 reason: DenyReason::Busy,
-                stored: None
+                stored: None,
+                holder: Some(p(1)),
             }
         ))
     );
@@ -159,7 +160,8 @@ fn abort_drops_the_reservation_and_fences_a_late_reserve() {
         votes.last().map(|(_, v)| (*v).clone()),
         Some(Vote::Denied {
             reason: DenyReason::Aborted,
-            stored: None
+            stored: None,
+            holder: None,
         })
     );
     assert_eq!(n.key_state(&"k".into()), None);
@@ -199,7 +201,8 @@ fn status_of_an_unknown_proposal_fences_it_durably() {
             &NodeId::from("n3"),
             &Vote::Denied {
                 reason: DenyReason::Fenced,
-                stored: None
+                stored: None,
+                holder: None,
             }
         ))
     );
@@ -659,7 +662,7 @@ fn a_leaving_node_asks_every_member_grants_nothing_and_completes_once_all_are_cl
     );
     assert_eq!(
         step(&mut n, ms(2), persisted(1)),
-        ["send c2 Vote(c2#1 c1 Denied { reason: Leaving, stored: None })"]
+        ["send c2 Vote(c2#1 c1 Denied { reason: Leaving, stored: None, holder: None })"]
     );
     let clear = |clear| Message::LeaveClear { clear };
     assert_eq!(step(&mut n, ms(3), from("c2", clear(true))), NOTHING);
@@ -717,6 +720,7 @@ fn votes_missing_at_vote_timeout_start_a_resolve_of_the_silent_participants() {
     let fenced = Vote::Denied {
         reason: DenyReason::Fenced,
         stored: None,
+        holder: None,
     };
     let denied = Message::Response(vote(&p, "c3", fenced));
     assert_eq!(

@@ -6,6 +6,7 @@ pub mod linearizability;
 /// The real node (driver, storage, HTTP router) under madsim; `--cfg madsim` only.
 #[cfg(madsim)]
 pub mod node_sim;
+pub mod races;
 pub mod run;
 pub mod swarm;
 

@@ -5,10 +5,11 @@
 use crate::api::{Invalid, NotReady, PutOutcome, Reply};
 use crate::storage::{DurableKey, RefusalWhy, RequestOutcome, WriteOp};
 use crate::timers::Timer;
-use crate::types::{CallId, ClusterId, Key, NodeId, ProposalId, RequestId, Value};
+use crate::types::{CallId, ClusterId, Key, NodeId, ProposalId, RequestId, Time, Value};
 use crate::wire::Request;
 
 use super::bounds::validate_put;
+use super::contention::{self, Met};
 use super::decider::{Decider, Phase};
 use super::outbox::Outbox;
 use super::requests::fingerprint;
@@ -23,6 +24,9 @@ pub(super) struct PutOp {
     current: Option<ProposalId>,
     retries_left: u32,
     attempt: u32,
+    /// When the current (or last) attempt started: its length is the round trip the race
+    /// rule of `contention.rs` scales its waits by.
+    attempt_started: Time,
 }
 
 /// Proposal counters of this node: they never repeat, across restarts too, because the
@@ -133,6 +137,7 @@ impl Node {
                 current: None,
                 retries_left: self.config.busy_retries_max,
                 attempt: 0,
+                attempt_started: self.now,
             },
         );
         self.timers.set(
@@ -171,6 +176,7 @@ impl Node {
         };
         op.current = Some(p.clone());
         op.attempt += 1;
+        op.attempt_started = self.now;
         let (key, value, request) = (op.key.clone(), op.value.clone(), op.request.clone());
         if let Some(id) = request {
             self.remember_request(id, &key, &value, p.clone(), None);
@@ -203,8 +209,15 @@ impl Node {
         }
     }
 
-    /// One proposal of a PUT ended; answer the client or try again.
-    pub(super) fn finish_attempt(&mut self, op_id: u64, committed: bool, stored: Option<Value>) {
+    /// One proposal of a PUT ended; answer the client or try again (after a wait that depends
+    /// on whom the proposal `met` on its key: `contention.rs`).
+    pub(super) fn finish_attempt(
+        &mut self,
+        op_id: u64,
+        committed: bool,
+        stored: Option<Value>,
+        met: Met,
+    ) {
         let outcome = if committed {
             RequestOutcome::Stored
         } else if let Some(value) = stored {
@@ -215,11 +228,19 @@ impl Node {
             };
             op.current = None;
             if op.retries_left > 0 {
-                op.retries_left -= 1;
+                // Yielding to a proposal that goes first is not a failed try: it costs no retry
+                // (the PUT's deadline still bounds the waiting).
+                if met != Met::Behind {
+                    op.retries_left -= 1;
+                }
                 let (min, max) = (self.config.busy_backoff_min, self.config.busy_backoff_max);
-                let base = exponential(min, max, op.attempt, 10);
-                // Full jitter: two coordinators that met on a key must not meet again.
-                let delay = self.jitter(base);
+                let backoff = exponential(min, max, op.attempt, 10);
+                // A round trip stretched by a timeout says nothing about the race: capped.
+                let round_trip = self
+                    .now
+                    .since(op.attempt_started)
+                    .min(self.config.put_timeout / 8);
+                let delay = contention::retry_delay(met, round_trip, backoff, |d| self.jitter(d));
                 self.timers.set(Timer::BusyRetry(op_id), self.now + delay);
                 return;
             }
@@ -317,6 +338,7 @@ impl Node {
                 current: Some(p.clone()),
                 retries_left: 0,
                 attempt: 1,
+                attempt_started: self.now,
             },
         );
         if let Some(outcome) = outcome {

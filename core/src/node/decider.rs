@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::api::Silence;
 use crate::membership::Membership;
-use crate::types::{ClusterId, Key, NodeId, Value};
+use crate::types::{ClusterId, Key, NodeId, ProposalId, Value};
 use crate::wire::Vote;
 
 /// What the decision rule requires to commit.
@@ -214,6 +214,16 @@ impl Votes {
         })
     }
 
+    /// The other proposals that denials named as holding the key reserved.
+    pub fn holders(&self) -> impl Iterator<Item = &ProposalId> {
+        self.map.values().filter_map(|v| match v {
+            Vote::Denied {
+                holder: Some(q), ..
+            } => Some(q),
+            _ => None,
+        })
+    }
+
     fn count(&mut self, vote: &Vote, delta: isize) {
         let slot = match vote {
             Vote::Granted => &mut self.granted,
@@ -251,6 +261,7 @@ mod tests {
         Vote::Denied {
             reason: DenyReason::Busy,
             stored: None,
+            holder: None,
         }
     }
 
@@ -340,6 +351,7 @@ mod tests {
         let stored = Vote::Denied {
             reason: DenyReason::Exists,
             stored: Some("x".into()),
+            holder: None,
         };
         let v = votes(&[("a1", Granted), ("b1", stored)]);
         assert_eq!(v.stored_elsewhere(), Some(Value::from("x")));

@@ -158,6 +158,7 @@ impl Node {
             _ if self.bug_is(InjectedBug::StatusWithoutFence) => Vote::Denied {
                 reason: DenyReason::Fenced,
                 stored: None,
+                holder: None,
             },
             _ => {
                 self.ledger
@@ -240,18 +241,24 @@ impl Node {
 
     /// The denial to answer for `p`: a fenced proposal reports the reason it was first
     /// refused for, and a denial carries the value this node stores for the key, if another
-    /// proposal stored one (so that the client hears Exists, not Busy).
+    /// proposal stored one (so that the client hears Exists, not Busy), or the proposal that
+    /// holds it reserved (so that racing coordinators know which of them goes first).
     fn denied(&self, reason: DenyReason, p: &ProposalId, key: &Key) -> Vote {
         let reason = match (reason, self.ledger.refusal(p)) {
             (DenyReason::Fenced, Some(RefusalWhy::Aborted)) => DenyReason::Aborted,
             (DenyReason::Fenced, Some(RefusalWhy::Denied(r))) => r,
             (r, _) => r,
         };
-        let stored = match self.ledger.get(key) {
-            Some(DurableKey::Stored { p: q, value }) if q != p => Some(value.clone()),
-            _ => None,
+        let (stored, holder) = match self.ledger.get(key) {
+            Some(DurableKey::Stored { p: q, value }) if q != p => (Some(value.clone()), None),
+            Some(DurableKey::Reserved { p: q, .. }) if q != p => (None, Some(q.clone())),
+            _ => (None, None),
         };
-        Vote::Denied { reason, stored }
+        Vote::Denied {
+            reason,
+            stored,
+            holder,
+        }
     }
 
     /// A reservation's lease ran out without a Commit or an Abort: its holder resolves it

@@ -13,6 +13,7 @@ use crate::timers::Timer;
 use crate::types::{ClusterId, Key, NodeId, ProposalId};
 use crate::wire::{DenyReason, Message, Request, Vote};
 
+use super::contention;
 use super::decider::{self, Decider, Phase, Rule};
 use super::{InjectedBug, Node, exponential};
 
@@ -148,12 +149,14 @@ impl Node {
             let until = self.now + self.config.resolve_backoff_min;
             self.timers.set(Timer::Resolve(p.clone()), until);
         }
-        let denial = self.deciders[p].votes.stored_elsewhere();
+        let votes = &self.deciders[p].votes;
+        let denial = votes.stored_elsewhere();
+        let met = contention::met(&self.deciders[p].key, p, votes.holders());
         if !self.deciders[p].confirm {
             self.drop_decider(p);
         }
         if let Some(op) = op {
-            self.finish_attempt(op, committed, denial);
+            self.finish_attempt(op, committed, denial, met);
         }
     }
 

@@ -21,7 +21,7 @@ use transport_sim::{FaultKind, TraceMode};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: sim [sweep|bench|scale|bugs|trace] [--start N] [--seeds M] [--clusters C] [--nodes K] \
+        "usage: sim [sweep|bench|scale|bugs|trace|races] [--start N] [--seeds M] [--clusters C] [--nodes K] \
          [--clients L] [--ops O] [--faults LIST|none] [--lose-unsynced] [--bug NAME] [--targeted]"
     );
     ExitCode::from(2)
@@ -198,7 +198,7 @@ fn main() -> ExitCode {
         let value = args.get(i + 1).cloned().unwrap_or_default();
         let num = || value.parse::<u64>().ok();
         match args[i].as_str() {
-            "sweep" | "bench" | "scale" | "bugs" | "trace" => {
+            "sweep" | "bench" | "scale" | "bugs" | "trace" | "races" => {
                 mode = args[i].clone();
                 i += 1;
                 continue;
@@ -268,6 +268,24 @@ fn main() -> ExitCode {
                     path.display()
                 ),
                 (_, Err(e)) => eprintln!("could not write {}: {e}", path.display()),
+            }
+            ExitCode::SUCCESS
+        }
+        "races" => {
+            // Same-instant races on a healthy network, production timeouts: one seed per shape.
+            for (clusters, nodes, racers) in [(1, 3, 2), (3, 3, 2), (3, 3, 3)] {
+                let spec = sim_tests::races::RaceSpec {
+                    clusters: shape.clusters.unwrap_or(clusters),
+                    nodes: shape.nodes.unwrap_or(nodes),
+                    racers,
+                    races: seeds.unwrap_or(1000) as usize,
+                };
+                let tally =
+                    sim_tests::races::run_races(start, spec, replicator_core::Config::default());
+                println!(
+                    "{}x{}, {} racers, seed {start}: {tally}",
+                    spec.clusters, spec.nodes, spec.racers
+                );
             }
             ExitCode::SUCCESS
         }
