@@ -17,6 +17,7 @@
 //! | State per key; refusals and watermarks | `node/ledger.rs` |
 //! | Durability: the barrier | `node/outbox.rs` |
 //! | Writing a key: steps 1 (start), 5 (Busy retries), 6 (timeouts) | `node/coordinator.rs` |
+//! | Writing a key: step 5, the race rule (who retries first) | `node/contention.rs` |
 //! | Writing a key: steps 2 (Reserve), 4 (Commit, Abort); the lease | `node/participant.rs` |
 //! | Writing a key: step 3, the decision rule | `node/decider.rs` (`decision`) |
 //! | Collecting votes, deciding, telling the participants; Resolve(P) | `node/resolve.rs` |
