@@ -61,6 +61,19 @@ pub enum Command {
     },
 }
 
+/// Whether a write holds anything back (core/PROTOCOL.md, "Durability: the barrier").
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Urgency {
+    /// A message or reply waits until this write is durable: the driver syncs it now (one
+    /// group commit may carry many).
+    Barrier,
+    /// Nothing waits for it: the driver may keep it until the next barrier write (or a short
+    /// delay) and sync them together. A crash before then loses it, and every later lazy write
+    /// with it; the protocol is safe either way (the one kind of lazy write is `Stored` after
+    /// a commit: the durable grant resolves to the same outcome).
+    Lazy,
+}
+
 /// What the core asks the world to do. Drain with [`Node::poll_output`](crate::Node::poll_output)
 /// after every input.
 #[derive(Clone, Debug)]
@@ -68,8 +81,15 @@ pub enum Output {
     /// Send `msg` to `to` (never to this node itself: the core delivers those internally).
     Send { to: NodeId, msg: Message },
     /// Make these changes durable, atomically, after every earlier write; then report
-    /// [`Input::Persisted`]. Messages and replies that depend on it are held back until then.
-    Persist { write: WriteId, ops: Vec<WriteOp> },
+    /// [`Input::Persisted`]. A [`Urgency::Barrier`] write has messages or replies held back
+    /// until it is durable: sync it now. A [`Urgency::Lazy`] one has none: fold it into the next
+    /// sync. Durability is always a prefix of the writes: reporting `upto` says every write up
+    /// to it, lazy or not, is durable.
+    Persist {
+        write: WriteId,
+        ops: Vec<WriteOp>,
+        urgency: Urgency,
+    },
     /// The answer to a client's command.
     Reply { call: CallId, reply: Reply },
     /// Something worth logging, counting or checking.

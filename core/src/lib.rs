@@ -47,7 +47,7 @@ pub mod wire;
 
 pub use api::{
     Command, GetOutcome, Input, Invalid, NotReady, Note, Output, PutOutcome, RemoveOutcome, Reply,
-    Silence, VerifyReport,
+    Silence, Urgency, VerifyReport,
 };
 pub use config::{Config, ConfigError};
 pub use membership::{Digest, Membership};

@@ -144,6 +144,13 @@ pub enum InjectedBug {
     /// Answer "unknown key" without a read lease: a removed node that does not know it yet
     /// serves stale reads.
     ReadWithoutLease,
+    /// Persist a grant as a lazy write, like `Stored`: the vote leaves before the reservation
+    /// it reports is durable.
+    LazyGrant,
+    /// Answer a leave or removal check before the lazy writes so far are durable: "clear"
+    /// vouches for a commit that a crash may still undo into a reservation naming a node that
+    /// is about to be gone.
+    ClearBeforeLazyDurable,
 }
 
 /// Counts worth exporting as metrics.

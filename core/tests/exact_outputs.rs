@@ -63,7 +63,7 @@ fn grant_is_persisted_before_the_vote_leaves() {
     reserve(&mut n, p(1), "k");
     let out = drain(&mut n);
     assert_eq!(out.len(), 1, "{out:?}");
-    let Output::Persist { write, ops } = &out[0] else {
+    let Output::Persist { write, ops, .. } = &out[0] else {
         panic!("{out:?}")
     };
     assert_eq!(*write, WriteId(1));
@@ -392,9 +392,17 @@ fn show_op(op: &WriteOp) -> String {
 fn show(o: &Output) -> String {
     match o {
         Output::Send { to, msg } => format!("send {to} {}", show_message(msg)),
-        Output::Persist { write, ops } => {
+        Output::Persist {
+            write,
+            ops,
+            urgency,
+        } => {
             let ops: Vec<String> = ops.iter().map(show_op).collect();
-            format!("persist #{} {}", write.0, ops.join(", "))
+            let lazy = match urgency {
+                replicator_core::Urgency::Barrier => "",
+                replicator_core::Urgency::Lazy => " (lazy)",
+            };
+            format!("persist #{}{lazy} {}", write.0, ops.join(", "))
         }
         Output::Reply { call, reply } => format!("reply {} {reply:?}", call.0),
         Output::Note(note) => format!("note {note:?}"),
@@ -507,7 +515,7 @@ fn a_silent_representative_is_replaced_by_the_next_node_of_its_cluster() {
             r#"send c3 Commit(c1#0 k)"#,
             r#"reply 1 Put(Stored)"#,
             r#"note Committed { p: c1#0, key: k }"#,
-            r#"persist #3 PutKey(k Stored(c1#0 "v"))"#,
+            r#"persist #3 (lazy) PutKey(k Stored(c1#0 "v"))"#,
         ]
     );
 }

@@ -282,7 +282,7 @@ impl World {
                                 msg,
                             })
                         }
-                        Output::Persist { write, ops } => {
+                        Output::Persist { write, ops, .. } => {
                             if slot.lazy {
                                 slot.unflushed.push((write, ops));
                             } else {

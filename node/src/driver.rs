@@ -325,7 +325,7 @@ impl<T: Transport> Driver<T> {
                 "an operator removed this node from the network: it serves nothing; wipe its data dir to bring this machine back as a new node"
             );
         }
-        let storage = storage.start()?;
+        let storage = storage.start(metrics.disk.clone())?;
         let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE_LEN);
         let storage_stalled = Arc::new(std::sync::Mutex::new(None));
         let driver = Driver {
@@ -602,8 +602,17 @@ impl<T: Transport> Driver<T> {
                     trace!(peer = %to, ?msg, "send");
                     self.transport.send(&to, wire::encode(&msg));
                 }
-                Output::Persist { write, ops } => {
-                    if self.persist.send(PersistJob { write, ops }).is_err() {
+                Output::Persist {
+                    write,
+                    ops,
+                    urgency,
+                } => {
+                    let job = PersistJob {
+                        write,
+                        ops,
+                        urgency,
+                    };
+                    if self.persist.send(job).is_err() {
                         // The storage thread is gone; `run` stops on its Failed report.
                         error!("the storage thread stopped: a write is lost");
                     }

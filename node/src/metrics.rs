@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::driver::Status;
@@ -52,6 +53,144 @@ pub struct Metrics {
     pub http_connections_refused: AtomicU64,
     /// Peer frames dropped while storage writes were stalled.
     pub frames_dropped_stalled: AtomicU64,
+
+    // ---- Disk and transport cost per create (issue 11): a block of its own. ----
+    /// The storage loop's group commits.
+    pub disk: Arc<CommitCounters>,
+    /// Frames and bytes per peer, read from the transport when /metrics is rendered (unset
+    /// under madsim, which has no libp2p transport).
+    pub peer_traffic: OnceLock<PeerTrafficSource>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disk and transport cost per create (issue 11). Kept apart from the counters above.
+
+/// Reads the transport's per-peer frame counters.
+pub type PeerTrafficSource = Box<dyn Fn() -> Vec<PeerTraffic> + Send + Sync>;
+
+/// One peer's frame counters, since the transport started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    pub peer: String,
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+}
+
+/// Upper bounds of the histogram of `Persist` outputs (the core's writes) per group commit.
+const COMMIT_SIZE_BUCKETS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024];
+
+/// What the storage loop committed: each commit is one fsync.
+#[derive(Default)]
+pub struct CommitCounters {
+    /// Group commits made durable (one fsync each).
+    pub commits: AtomicU64,
+    /// The core's writes (`Persist` outputs) in them, and of those the lazy ones.
+    pub writes: AtomicU64,
+    pub lazy_writes: AtomicU64,
+    /// The write ops in them.
+    pub ops: AtomicU64,
+    /// Time spent applying and committing, fsync included.
+    pub commit_us: AtomicU64,
+    size_buckets: [AtomicU64; COMMIT_SIZE_BUCKETS.len()],
+}
+
+impl CommitCounters {
+    /// Counts one durable group commit of `batch`, which took `took`.
+    pub fn committed(&self, batch: &[crate::storage::PersistJob], took: Duration) {
+        let add = |c: &AtomicU64, n: u64| {
+            c.fetch_add(n, Ordering::Relaxed);
+        };
+        let writes = batch.len() as u64;
+        let lazy = batch
+            .iter()
+            .filter(|j| j.urgency == replicator_core::Urgency::Lazy)
+            .count() as u64;
+        add(&self.commits, 1);
+        add(&self.writes, writes);
+        add(&self.lazy_writes, lazy);
+        add(&self.ops, batch.iter().map(|j| j.ops.len() as u64).sum());
+        add(&self.commit_us, took.as_micros() as u64);
+        for (i, b) in COMMIT_SIZE_BUCKETS.iter().enumerate() {
+            if writes <= *b {
+                add(&self.size_buckets[i], 1);
+            }
+        }
+    }
+
+    fn render(&self, s: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let commits = get(&self.commits);
+        let _ = writeln!(
+            s,
+            "# HELP replicator_storage_fsyncs_total Durable group commits of the storage (one fsync each).\n# TYPE replicator_storage_fsyncs_total counter\nreplicator_storage_fsyncs_total {commits}"
+        );
+        let _ = writeln!(
+            s,
+            "# HELP replicator_storage_writes_total Writes of the core committed, by urgency (lazy: nothing waited for it).\n# TYPE replicator_storage_writes_total counter\nreplicator_storage_writes_total{{urgency=\"barrier\"}} {}\nreplicator_storage_writes_total{{urgency=\"lazy\"}} {}",
+            get(&self.writes) - get(&self.lazy_writes),
+            get(&self.lazy_writes)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP replicator_storage_ops_total Write ops committed.\n# TYPE replicator_storage_ops_total counter\nreplicator_storage_ops_total {}",
+            get(&self.ops)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP replicator_storage_commit_seconds_total Time spent in group commits, fsync included.\n# TYPE replicator_storage_commit_seconds_total counter\nreplicator_storage_commit_seconds_total {}",
+            get(&self.commit_us) as f64 / 1e6
+        );
+        let _ = writeln!(
+            s,
+            "# HELP replicator_storage_commit_writes Writes of the core per group commit.\n# TYPE replicator_storage_commit_writes histogram"
+        );
+        for (i, b) in COMMIT_SIZE_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "replicator_storage_commit_writes_bucket{{le=\"{b}\"}} {}",
+                get(&self.size_buckets[i])
+            );
+        }
+        let _ = writeln!(
+            s,
+            "replicator_storage_commit_writes_bucket{{le=\"+Inf\"}} {commits}\nreplicator_storage_commit_writes_sum {}\nreplicator_storage_commit_writes_count {commits}",
+            get(&self.writes)
+        );
+    }
+}
+
+/// Renders the per-peer frame counters.
+fn render_peer_traffic(peers: &[PeerTraffic], s: &mut String) {
+    let families: [(&str, &str, fn(&PeerTraffic) -> u64); 4] = [
+        (
+            "replicator_peer_frames_sent_total",
+            "Frames written to a peer.",
+            |p| p.frames_sent,
+        ),
+        (
+            "replicator_peer_bytes_sent_total",
+            "Bytes of the frames written to a peer, with length prefixes.",
+            |p| p.bytes_sent,
+        ),
+        (
+            "replicator_peer_frames_received_total",
+            "Frames read from a peer.",
+            |p| p.frames_received,
+        ),
+        (
+            "replicator_peer_bytes_received_total",
+            "Bytes of the frames read from a peer.",
+            |p| p.bytes_received,
+        ),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+        for p in peers {
+            let _ = writeln!(s, "{name}{{peer=\"{}\"}} {}", p.peer, value(p));
+        }
+    }
 }
 
 impl Metrics {
@@ -156,6 +295,10 @@ impl Metrics {
         for (name, v) in counters {
             let _ = writeln!(s, "{name} {v}");
         }
+        self.disk.render(&mut s);
+        if let Some(source) = self.peer_traffic.get() {
+            render_peer_traffic(&source(), &mut s);
+        }
         if let Some(st) = status {
             let up = st.peers.iter().filter(|p| p.up).count();
             let gauges = [
@@ -186,5 +329,61 @@ impl Metrics {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::PersistJob;
+    use replicator_core::{Urgency, WriteId, WriteOp};
+
+    fn job(write: u64, urgency: Urgency) -> PersistJob {
+        PersistJob {
+            write: WriteId(write),
+            ops: vec![WriteOp::Ready(true), WriteOp::CounterCeiling(write)],
+            urgency,
+        }
+    }
+
+    #[test]
+    fn group_commits_and_peer_traffic_are_rendered() {
+        let m = Metrics::default();
+        m.disk.committed(
+            &[job(1, Urgency::Lazy), job(2, Urgency::Barrier)],
+            Duration::from_millis(2),
+        );
+        m.disk
+            .committed(&[job(3, Urgency::Barrier)], Duration::from_millis(1));
+        let _ = m.peer_traffic.set(Box::new(|| {
+            vec![PeerTraffic {
+                peer: "12D3Koo".into(),
+                frames_sent: 7,
+                bytes_sent: 700,
+                frames_received: 5,
+                bytes_received: 500,
+            }]
+        }));
+        let text = m.render(None);
+        for line in [
+            "replicator_storage_fsyncs_total 2",
+            "replicator_storage_writes_total{urgency=\"barrier\"} 2",
+            "replicator_storage_writes_total{urgency=\"lazy\"} 1",
+            "replicator_storage_ops_total 6",
+            "replicator_storage_commit_writes_bucket{le=\"1\"} 1",
+            "replicator_storage_commit_writes_bucket{le=\"2\"} 2",
+            "replicator_storage_commit_writes_sum 3",
+            "replicator_storage_commit_writes_count 2",
+            "replicator_storage_commit_seconds_total 0.003",
+            "replicator_peer_frames_sent_total{peer=\"12D3Koo\"} 7",
+            "replicator_peer_bytes_sent_total{peer=\"12D3Koo\"} 700",
+            "replicator_peer_frames_received_total{peer=\"12D3Koo\"} 5",
+            "replicator_peer_bytes_received_total{peer=\"12D3Koo\"} 500",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
     }
 }

@@ -171,6 +171,21 @@ async fn run(args: RunArgs) -> Result<()> {
     );
 
     let metrics = Arc::new(Metrics::default());
+    let traffic_client = client.clone();
+    let _ = metrics.peer_traffic.set(Box::new(move || {
+        traffic_client
+            .stats()
+            .peers
+            .iter()
+            .map(|p| crate::metrics::PeerTraffic {
+                peer: p.peer.to_string(),
+                frames_sent: p.counts.frames_sent,
+                bytes_sent: p.counts.bytes_sent,
+                frames_received: p.counts.frames_received,
+                bytes_received: p.counts.bytes_received,
+            })
+            .collect()
+    }));
     let value_bytes_max = config.value_bytes_max;
     let (driver, handle) = Driver::new(Parts {
         config,

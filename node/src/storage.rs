@@ -13,7 +13,12 @@
 //!
 //! The storage runs on its own OS thread (redb is blocking): it drains every queued `Persist`,
 //! applies them in order in one transaction, commits once, and reports the highest `WriteId`
-//! through a `watch` channel.
+//! through a `watch` channel. A group is committed as soon as it holds a barrier write
+//! ([`Urgency::Barrier`]: something waits for it). Lazy writes (the `Stored` record after a
+//! commit: nothing waits for it) wait up to [`LAZY_SYNC_AFTER`] for a barrier write to ride
+//! along with, so under load a create costs one fsync per node on its critical path and the
+//! commits fold into the grants of later creates. Durability stays a prefix: a group is every
+//! job queued before it, in order.
 //!
 //! A commit that fails for want of space or on another I/O error is not fatal: the batch stays
 //! queued, nothing of it counts as durable (so the core releases nothing that depends on it), the
@@ -32,14 +37,18 @@
 //! delay, so a kill before that loses the commit (see `simdisk.rs`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use replicator_core::wire::{decode_record, encode_record};
-use replicator_core::{ClusterId, NetworkId, NodeId, ProposalId, Recovered, WriteId, WriteOp};
+use replicator_core::{
+    ClusterId, NetworkId, NodeId, ProposalId, Recovered, Urgency, WriteId, WriteOp,
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::metrics::CommitCounters;
 use crate::simdisk::SimDisk;
 
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
@@ -70,6 +79,12 @@ pub const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 
 /// The most `Persist` outputs folded into one transaction (bounds one group commit).
 const GROUP_PERSISTS_MAX: usize = 4096;
+
+/// How long a lazy write waits for a barrier write to share its commit before it is committed
+/// on its own. Bounds what a crash can lose of the lazy writes (they are safe to lose, but a
+/// restart then resolves their reservations again) and how long a held answer that needs them
+/// waits if the core did not ask for a sync.
+pub const LAZY_SYNC_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The database file inside `--data-dir`.
 pub fn db_path(data_dir: &Path) -> PathBuf {
@@ -114,6 +129,7 @@ pub struct Loaded {
 pub struct PersistJob {
     pub write: WriteId,
     pub ops: Vec<WriteOp>,
+    pub urgency: Urgency,
 }
 
 pub struct Storage {
@@ -276,6 +292,7 @@ impl Storage {
             storage.apply(&[PersistJob {
                 write: WriteId(0),
                 ops: fresh_ops(fresh),
+                urgency: Urgency::Barrier,
             }])?;
         }
         Ok(storage)
@@ -508,17 +525,17 @@ impl Storage {
 
     /// Starts the group commit loop: on its own OS thread, or under madsim as a task of the
     /// current node (a kill of the node stops it wherever it is, like a crash).
-    pub fn start(self) -> Result<StorageHandle> {
+    pub fn start(self, counters: Arc<CommitCounters>) -> Result<StorageHandle> {
         let (jobs, queue) = mpsc::unbounded_channel();
         let (durable_tx, durable) = watch::channel(Durable::Upto(WriteId(0)));
         #[cfg(not(madsim))]
         let worker = StorageWorker::Thread(
             std::thread::Builder::new()
                 .name("storage".into())
-                .spawn(move || self.run(queue, durable_tx))?,
+                .spawn(move || self.run(queue, durable_tx, &counters))?,
         );
         #[cfg(madsim)]
-        let worker = StorageWorker::Task(tokio::spawn(self.run_task(queue, durable_tx)));
+        let worker = StorageWorker::Task(tokio::spawn(self.run_task(queue, durable_tx, counters)));
         Ok(StorageHandle {
             jobs,
             durable,
@@ -527,17 +544,28 @@ impl Storage {
     }
 
     /// Runs the group-commit loop on the current (dedicated) thread until `jobs` closes.
+    #[cfg(not(madsim))]
     pub fn run(
         self,
         mut jobs: mpsc::UnboundedReceiver<PersistJob>,
         durable: watch::Sender<Durable>,
+        counters: &CommitCounters,
     ) {
         let location = self.location();
         let mut storage = Some(self);
         let mut batch: Vec<PersistJob> = Vec::new();
-        while let Some(first) = jobs.blocking_recv() {
-            batch.push(first);
-            take_queued(&mut jobs, &mut batch);
+        // Only to wait for the queue with a deadline (a lazy write's); nothing else runs on it.
+        let waiter = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = durable.send(Durable::Failed(format!("storage thread timer: {e}")));
+                return;
+            }
+        };
+        while waiter.block_on(next_group(&mut jobs, &mut batch)) {
             let started = std::time::Instant::now();
             let mut stalled = false;
             let committed = loop {
@@ -554,6 +582,7 @@ impl Storage {
             let Some(upto) = committed_group(committed, stalled, &batch, started, &durable) else {
                 return;
             };
+            counters.committed(&batch, started.elapsed());
             if let Some(disk) = &location.disk {
                 disk.complete_sync();
             }
@@ -571,13 +600,12 @@ impl Storage {
         self,
         mut jobs: mpsc::UnboundedReceiver<PersistJob>,
         durable: watch::Sender<Durable>,
+        counters: Arc<CommitCounters>,
     ) {
         let location = self.location();
         let mut storage = Some(self);
         let mut batch: Vec<PersistJob> = Vec::new();
-        while let Some(first) = jobs.recv().await {
-            batch.push(first);
-            take_queued(&mut jobs, &mut batch);
+        while next_group(&mut jobs, &mut batch).await {
             let started = std::time::Instant::now();
             let mut stalled = false;
             let committed = loop {
@@ -594,6 +622,7 @@ impl Storage {
             let Some(upto) = committed_group(committed, stalled, &batch, started, &durable) else {
                 return;
             };
+            counters.committed(&batch, started.elapsed());
             if let Some(disk) = &location.disk {
                 tokio::time::sleep(disk.fsync_delay()).await;
                 disk.complete_sync();
@@ -616,6 +645,39 @@ impl Storage {
 
 /// The path reported for a database on a simulated disk.
 const SIM_PATH: &str = "<simulated disk>";
+
+/// Gathers the next group to commit into `batch` (empty on entry): at least one job, and every
+/// job queued behind it, until one of them is a barrier write, the group is full, the first
+/// lazy job has waited [`LAZY_SYNC_AFTER`], or the queue closed. `false` once the queue closed
+/// with nothing left to commit.
+async fn next_group(
+    jobs: &mut mpsc::UnboundedReceiver<PersistJob>,
+    batch: &mut Vec<PersistJob>,
+) -> bool {
+    debug_assert!(batch.is_empty());
+    let Some(first) = jobs.recv().await else {
+        return false;
+    };
+    let lazy_deadline = tokio::time::Instant::now() + LAZY_SYNC_AFTER;
+    batch.push(first);
+    take_queued(jobs, batch);
+    while !group_ready(batch) {
+        match tokio::time::timeout_at(lazy_deadline, jobs.recv()).await {
+            Ok(Some(job)) => {
+                batch.push(job);
+                take_queued(jobs, batch);
+            }
+            // Closed (commit what is left before closing) or waited long enough.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    true
+}
+
+/// Whether a group must be committed now: it holds a barrier write, or it is full.
+fn group_ready(batch: &[PersistJob]) -> bool {
+    batch.len() >= GROUP_PERSISTS_MAX || batch.iter().any(|j| j.urgency == Urgency::Barrier)
+}
 
 /// Adds every job already queued to `batch`, up to the group limit.
 fn take_queued(jobs: &mut mpsc::UnboundedReceiver<PersistJob>, batch: &mut Vec<PersistJob>) {
@@ -929,6 +991,7 @@ mod tests {
         s.apply(&[PersistJob {
             write: WriteId(1),
             ops,
+            urgency: Urgency::Barrier,
         }])
         .unwrap();
         drop(s);
@@ -960,6 +1023,7 @@ mod tests {
             s.apply(&[PersistJob {
                 write: WriteId(w as u64 + 1),
                 ops,
+                urgency: Urgency::Barrier,
             }])
             .unwrap();
         }
@@ -1033,6 +1097,62 @@ mod tests {
     }
 
     #[test]
+    fn lazy_writes_ride_with_the_next_barrier_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), Some(&Recovered::joiner(net()))).unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (durable_tx, durable) = watch::channel(Durable::Upto(WriteId(0)));
+        let job = |w: u64, urgency| PersistJob {
+            write: WriteId(w),
+            ops: vec![WriteOp::CounterCeiling(w * 10)],
+            urgency,
+        };
+        tx.send(job(1, Urgency::Lazy)).unwrap();
+        tx.send(job(2, Urgency::Lazy)).unwrap();
+        tx.send(job(3, Urgency::Barrier)).unwrap();
+        drop(tx);
+        let counters = CommitCounters::default();
+        s.run(rx, durable_tx, &counters);
+        assert_eq!(*durable.borrow(), Durable::Upto(WriteId(3)));
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(get(&counters.commits), 1, "one fsync for the three writes");
+        assert_eq!(get(&counters.lazy_writes), 2);
+    }
+
+    #[test]
+    fn a_lazy_write_alone_is_synced_after_a_short_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), Some(&Recovered::joiner(net()))).unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (durable_tx, durable) = watch::channel(Durable::Upto(WriteId(0)));
+        let counters = Arc::new(CommitCounters::default());
+        let worker = {
+            let counters = counters.clone();
+            std::thread::spawn(move || s.run(rx, durable_tx, &counters))
+        };
+        let sent = std::time::Instant::now();
+        tx.send(PersistJob {
+            write: WriteId(1),
+            ops: vec![WriteOp::CounterCeiling(10)],
+            urgency: Urgency::Lazy,
+        })
+        .unwrap();
+        // The queue stays open: only the delay can commit it.
+        while *durable.borrow() != Durable::Upto(WriteId(1)) {
+            assert!(
+                sent.elapsed() < std::time::Duration::from_secs(10),
+                "never synced"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(sent.elapsed() >= LAZY_SYNC_AFTER, "synced before its delay");
+        drop(tx);
+        worker.join().unwrap();
+        let commits = counters.commits.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(commits, 1);
+    }
+
+    #[test]
     fn group_commit_reports_the_highest_write() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), Some(&Recovered::joiner(net()))).unwrap();
@@ -1042,11 +1162,12 @@ mod tests {
             tx.send(PersistJob {
                 write: WriteId(w),
                 ops: vec![WriteOp::CounterCeiling(w * 10)],
+                urgency: Urgency::Barrier,
             })
             .unwrap();
         }
         drop(tx);
-        s.run(rx, durable_tx);
+        s.run(rx, durable_tx, &CommitCounters::default());
         assert_eq!(*durable.borrow(), Durable::Upto(WriteId(50)));
         let rec = Storage::open(dir.path(), None)
             .unwrap()

@@ -37,6 +37,23 @@ fn three_clusters_scenarios() {
     let r = get(&nodes[8], "alpha");
     assert_eq!((r.status, r.text().as_str()), (200, "one"));
 
+    // The cost counters of a create move: its coordinator fsynced (the grant a barrier write,
+    // the Stored record lazy, folded into a later commit or synced after a short delay) and
+    // exchanged frames with its peers.
+    wait_until(
+        Duration::from_secs(10),
+        "fsyncs, lazy writes and frames counted",
+        || {
+            let text = http("GET", &nodes[1].http, "/metrics", b"", &[]).text();
+            let fsyncs = metric_sum(&text, "replicator_storage_fsyncs_total");
+            let lazy = metric_sum(&text, "replicator_storage_writes_total{urgency=\"lazy\"}");
+            let per_commit = metric_sum(&text, "replicator_storage_commit_writes_count");
+            let sent = metric_sum(&text, "replicator_peer_frames_sent_total{");
+            let received = metric_sum(&text, "replicator_peer_bytes_received_total{");
+            fsyncs > 0 && lazy > 0 && per_commit == fsyncs && sent > 0 && received > 0
+        },
+    );
+
     // (c) unknown key 404, conflict 409 with the stored value.
     let r = get(&nodes[4], "no-such-key");
     assert_eq!(r.status, 404);
@@ -379,6 +396,14 @@ fn three_clusters_scenarios() {
 
 /// Every node answers a verify read of every key, they agree, and every acknowledged write is
 /// stored with its value everywhere.
+/// The sum of every sample in a Prometheus text whose name (with labels) starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 fn check_agreement(node: &NodeProc, writes: &[(String, String, u16, serde_json::Value)]) {
     for (key, value, status, _) in writes {
         // A verify read waits a bounded time for every node; on a loaded machine one may be

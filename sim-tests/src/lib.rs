@@ -161,7 +161,7 @@ pub fn percentile(sorted: &[u64], q: u64) -> u64 {
 }
 
 /// Every deliberately broken variant of the core the simulator must catch.
-pub const BUGS: [InjectedBug; 8] = [
+pub const BUGS: [InjectedBug; 10] = [
     InjectedBug::GrantWhenReserved,
     InjectedBug::CommitOnPartialVote,
     InjectedBug::ReadReservedAsUnknown,
@@ -170,6 +170,8 @@ pub const BUGS: [InjectedBug; 8] = [
     InjectedBug::StatusWithoutFence,
     InjectedBug::ForgetMembershipOnRestart,
     InjectedBug::ReadWithoutLease,
+    InjectedBug::LazyGrant,
+    InjectedBug::ClearBeforeLazyDurable,
 ];
 
 /// The swarm shape that hunts `bug`: the default draw, with crashes that lose unsynced writes
@@ -177,7 +179,10 @@ pub const BUGS: [InjectedBug; 8] = [
 pub fn bug_shape(bug: InjectedBug) -> Shape {
     Shape {
         bug: Some(bug),
-        lose_unsynced: (bug == InjectedBug::VoteBeforeDurable).then_some(true),
+        lose_unsynced: matches!(bug, InjectedBug::VoteBeforeDurable | InjectedBug::LazyGrant)
+            .then_some(true),
+        // A check answer that outruns a lazy commit needs a leave to be checked.
+        leaves: (bug == InjectedBug::ClearBeforeLazyDurable).then_some(2),
         ..Shape::default()
     }
 }
@@ -191,7 +196,9 @@ pub fn bug_shape(bug: InjectedBug) -> Shape {
 /// a lull of the workload (no open reservation may name the node).
 pub fn bug_shape_targeted(bug: InjectedBug) -> Shape {
     let faults = match bug {
-        InjectedBug::VoteBeforeDurable => Some(vec![FaultKind::Crash, FaultKind::Pause]),
+        InjectedBug::VoteBeforeDurable | InjectedBug::LazyGrant => {
+            Some(vec![FaultKind::Crash, FaultKind::Pause])
+        }
         InjectedBug::StatusWithoutFence => Some(vec![FaultKind::Pause]),
         InjectedBug::ForgetMembershipOnRestart => {
             Some(vec![FaultKind::RestartCluster, FaultKind::RestartSplit])

@@ -293,6 +293,7 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
             net,
             disk: DiskSpec {
                 fsync_us: (50, rng.random_range(500..=5_000)),
+                lazy_sync_us: DiskSpec::default().lazy_sync_us,
             },
             faults,
             hello_interval_us,

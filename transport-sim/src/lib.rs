@@ -21,8 +21,11 @@
 //! [`World::step`]. Every message goes through [`replicator_core::wire::encode`] and is decoded at
 //! delivery, so the codec is exercised on every hop.
 //!
-//! It also checks one rule of the protocol that only the world can see: a node's own vote
-//! leaves it only once the state the vote reports reached its disk ([`Obs::Undurable`]).
+//! It also checks two rules of the protocol that only the world can see: a node's own vote
+//! leaves it only once the state the vote reports reached its disk, and a node clears a
+//! leaving or removed node only once no reservation on its disk names it
+//! ([`Obs::Undurable`]). The disk loses, in a crash with `lose_unsynced`, any suffix of the
+//! writes not yet synced, lazy writes included: durability is always a prefix.
 //!
 //! Events are ordered by `(time, seq)`, where `seq` is the order in which they were scheduled, so
 //! ties break the same way in every run. Everything random comes from one seeded generator,
@@ -39,8 +42,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replicator_core::wire::{self, Message, Response, Vote};
 use replicator_core::{
-    CallId, ClusterId, Command, Config, Input, NetworkId, Node, NodeId, Note, Output, ProposalId,
-    Recovered, RemoveOutcome, Reply, Time, WriteId, WriteOp,
+    CallId, ClusterId, Command, Config, DurableKey, Input, NetworkId, Node, NodeId, Note, Output,
+    ProposalId, Recovered, RemoveOutcome, Reply, Time, Urgency, WriteId, WriteOp,
 };
 
 /// A node's index in the world (stable for the whole run, joined nodes get the next ones).
@@ -81,16 +84,22 @@ impl Default for NetSpec {
     }
 }
 
-/// The simulated disk: each write completes after an fsync latency, in order.
+/// The simulated disk: each write completes after an fsync latency, in order. Durability is a
+/// prefix: a write that completes makes every earlier write durable with it.
 #[derive(Clone, Debug)]
 pub struct DiskSpec {
     pub fsync_us: (Micros, Micros),
+    /// A lazy write ([`Urgency::Lazy`]) has no sync of its own right away: like the real
+    /// node's storage, the driver syncs it with the next barrier write, or after this delay
+    /// if none comes. Until then a crash (with `lose_unsynced`) may lose it.
+    pub lazy_sync_us: (Micros, Micros),
 }
 
 impl Default for DiskSpec {
     fn default() -> Self {
         DiskSpec {
             fsync_us: (100, 3_000),
+            lazy_sync_us: (1_000, 20_000),
         }
     }
 }
@@ -291,6 +300,9 @@ pub struct WorldStats {
     pub bytes_sent: u64,
     pub writes: u64,
     pub writes_lost: u64,
+    /// Lazy `Stored` records (a commit) among the writes lost in crashes: the node restarted
+    /// with the reservation of that proposal and had to resolve it again.
+    pub commits_lost: u64,
     pub crashes: u64,
     pub restarts: u64,
     pub pauses: u64,
@@ -839,6 +851,11 @@ impl World {
             inflight.len()
         };
         let writes_lost = inflight.len() - keep;
+        let commits_lost = inflight[keep..]
+            .iter()
+            .flat_map(|(_, ops)| ops)
+            .filter(|op| matches!(op, WriteOp::PutKey { state, .. } if state.is_stored()))
+            .count();
         for (_, ops) in inflight.iter().take(keep) {
             self.nodes[ix].apply_durable(ops);
             self.obs.push(Obs::Durable {
@@ -854,6 +871,7 @@ impl World {
         }
         self.stats.crashes += 1;
         self.stats.writes_lost += writes_lost as u64;
+        self.stats.commits_lost += commits_lost as u64;
         self.tr.fault(
             self.now,
             &self.nodes,
@@ -1307,7 +1325,11 @@ impl World {
         for out in outputs {
             match out {
                 Output::Send { to, msg } => self.send(ix, &to, &msg),
-                Output::Persist { write, ops } => self.persist(ix, write, ops),
+                Output::Persist {
+                    write,
+                    ops,
+                    urgency,
+                } => self.persist(ix, write, ops, urgency),
                 Output::Reply { call, reply } => {
                     self.nodes[ix].calls.remove(&call);
                     self.tr.node(
@@ -1376,14 +1398,14 @@ impl World {
         );
     }
 
-    fn persist(&mut self, ix: NodeIx, write: WriteId, ops: Vec<WriteOp>) {
+    fn persist(&mut self, ix: NodeIx, write: WriteId, ops: Vec<WriteOp>, urgency: Urgency) {
         self.stats.writes += 1;
         if self.spec.trace != TraceMode::Off {
             self.tr.node(
                 self.now,
                 &self.nodes,
                 ix,
-                format_args!("persist w{} {ops:?}", write.0),
+                format_args!("persist w{} {urgency:?} {ops:?}", write.0),
             );
         }
         self.obs.push(Obs::Write {
@@ -1391,9 +1413,21 @@ impl World {
             ops: ops.clone(),
         });
         let latency = draw(&mut self.rng_disk, self.spec.disk.fsync_us);
+        let done = match urgency {
+            Urgency::Barrier => {
+                let n = &mut self.nodes[ix];
+                let done = (self.now + micros(latency)).max(n.disk_busy_until);
+                n.disk_busy_until = done;
+                done
+            }
+            // Synced after a delay unless a barrier write covers it first; it does not hold
+            // up the barrier writes behind it.
+            Urgency::Lazy => {
+                let wait = draw(&mut self.rng_disk, self.spec.disk.lazy_sync_us);
+                (self.now + micros(wait + latency)).max(self.nodes[ix].disk_busy_until)
+            }
+        };
         let n = &mut self.nodes[ix];
-        let done = (self.now + micros(latency)).max(n.disk_busy_until);
-        n.disk_busy_until = done;
         n.inflight.push_back((write, ops));
         let incarnation = n.incarnation;
         self.push(
@@ -1434,6 +1468,7 @@ impl World {
 
     fn send(&mut self, from: NodeIx, to: &NodeId, msg: &Message) {
         self.check_durable_vote(from, msg);
+        self.check_durable_clearance(from, to, msg);
         let mut frame = wire::encode(msg);
         self.stats.messages_sent += 1;
         self.stats.bytes_sent += frame.len() as u64;
@@ -1506,10 +1541,12 @@ impl World {
             if *node != me.id {
                 continue;
             }
+            // A Committed vote needs only the grant on disk: `Stored` is a lazy write
+            // (PROTOCOL.md, "Lazy writes"), and a commit it reports is stable because every
+            // participant's grant is durable.
             let ever = me.durable_ever.get(p);
             let durable = match vote {
-                Vote::Granted => ever.is_some(),
-                Vote::Committed => ever == Some(&true),
+                Vote::Granted | Vote::Committed => ever.is_some(),
                 Vote::Denied { .. } => true,
             };
             if !durable {
@@ -1524,6 +1561,37 @@ impl World {
                     what,
                 });
             }
+        }
+    }
+
+    /// An answer that a leave or removal may proceed ("clear", or no open reservation) vouches
+    /// for the sender's disk: once the node is gone, a reservation naming it that a crash
+    /// brings back (a commit still lazy) would be resolved with it counted fenced. So when it
+    /// leaves, no reservation on the sender's disk may name that node (PROTOCOL.md, "Lazy
+    /// writes").
+    fn check_durable_clearance(&mut self, from: NodeIx, to: &NodeId, msg: &Message) {
+        let named = match msg {
+            Message::LeaveClear { clear: true } => to,
+            Message::RemoveCheckReply { node, open } if open.is_empty() => node,
+            _ => return,
+        };
+        let me = &self.nodes[from];
+        if *named == me.id || !me.disk.members.contains_key(named) {
+            return;
+        }
+        let open = me.disk.keys.iter().find(|(_, state)| {
+            matches!(state, DurableKey::Reserved { participants, .. } if participants.contains(named))
+        });
+        if let Some((key, state)) = open {
+            let what = format!(
+                "{} cleared {named} to go ({msg:?}) while its disk holds {state:?}, which names it",
+                me.id
+            );
+            self.obs.push(Obs::Undurable {
+                node: from,
+                key: key.clone(),
+                what,
+            });
         }
     }
 

@@ -59,13 +59,26 @@ impl Node {
     }
 
     /// A leaving member asks: does a reservation here name it? This node resolves every one
-    /// that does, and answers clear once there is none.
+    /// that does, and answers clear once there is none. The answer waits for every write so
+    /// far, lazy ones included: "clear" vouches for this node's disk. A reservation turned
+    /// `Stored` in memory only would come back after a crash, naming a node that is gone, and
+    /// with it gone a resolver counts it fenced (core/PROTOCOL.md, "Lazy writes").
     pub(super) fn on_leave_check(&mut self, from: NodeId) {
         if !self.members.contains(&from) {
-            return self.out.send(from, Message::LeaveClear { clear: true });
+            return self.send_check_answer(from, Message::LeaveClear { clear: true });
         }
         let clear = self.open_naming(&from, true).is_empty();
-        self.out.send(from, Message::LeaveClear { clear });
+        self.send_check_answer(from, Message::LeaveClear { clear });
+    }
+
+    /// Sends the answer to a leave or removal check once every write so far is durable, lazy
+    /// ones included (but not with the `ClearBeforeLazyDurable` bug).
+    pub(super) fn send_check_answer(&mut self, to: NodeId, msg: Message) {
+        if self.bug_is(crate::InjectedBug::ClearBeforeLazyDurable) {
+            self.out.send(to, msg);
+        } else {
+            self.out.send_after_all(to, msg);
+        }
     }
 
     /// A member answered a leave check.

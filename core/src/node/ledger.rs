@@ -133,14 +133,16 @@ impl Ledger {
 
     // ---------------------------------------------------------------- keys
 
-    /// Grants `p` on `key`. Returns the reservation it overwrote: only ever one with the
-    /// `GrantWhenReserved` bug, which grants over another proposal's reservation.
+    /// Grants `p` on `key`, durably before anything produced from now on leaves (but with
+    /// `lazy_grant`, the `LazyGrant` bug). Returns the reservation it overwrote: only ever one
+    /// with the `GrantWhenReserved` bug, which grants over another proposal's reservation.
     pub fn grant(
         &mut self,
         p: &ProposalId,
         key: &Key,
         value: Value,
         participants: Arc<Membership>,
+        lazy_grant: bool,
         out: &mut Outbox,
     ) -> Option<ProposalId> {
         assert!(!self.refused(p, key), "granting {p}, which is refused here");
@@ -162,15 +164,26 @@ impl Ledger {
             participants,
         };
         self.keys.insert(key.clone(), state.clone());
-        out.persist(WriteOp::PutKey {
+        let op = WriteOp::PutKey {
             key: key.clone(),
             state,
-        });
+        };
+        if lazy_grant {
+            out.persist_lazy(op);
+        } else {
+            out.persist(op);
+        }
         replaced
     }
 
     /// Commits `p` on `key`, which `p` must hold reserved here: `Reserved(P)` becomes
     /// `Stored(P)`, nothing else.
+    ///
+    /// The only lazy write of the protocol (core/PROTOCOL.md, "Lazy writes"): nothing waits for
+    /// `Stored(P)` to be durable. A crash that loses it leaves the durable `Reserved(P)`, whose
+    /// resolution can only commit `p` again: every participant's grant is durable, so none can
+    /// deny it, and no participant can depart while it is open anywhere (a leave or removal
+    /// check answer waits for every write, lazy ones included).
     pub fn commit(&mut self, p: &ProposalId, key: &Key, out: &mut Outbox) {
         let value = match self.keys.get(key) {
             Some(DurableKey::Reserved { p: q, value, .. }) if q == p => value.clone(),
@@ -182,7 +195,7 @@ impl Ledger {
             value,
         };
         self.keys.insert(key.clone(), state.clone());
-        out.persist(WriteOp::PutKey {
+        out.persist_lazy(WriteOp::PutKey {
             key: key.clone(),
             state,
         });
@@ -377,7 +390,7 @@ mod tests {
         let (mut l, mut out) = (ledger(10), outbox());
         let k = Key::from("k");
         assert_eq!(
-            l.grant(&p("a", 1), &k, "v".into(), participants(), &mut out),
+            l.grant(&p("a", 1), &k, "v".into(), participants(), false, &mut out),
             None
         );
         assert_eq!(l.reserved_key(&p("a", 1)), Some(&k));
@@ -409,7 +422,7 @@ mod tests {
     fn abort_frees_the_key() {
         let (mut l, mut out) = (ledger(10), outbox());
         let k = Key::from("k");
-        l.grant(&p("a", 1), &k, "v".into(), participants(), &mut out);
+        l.grant(&p("a", 1), &k, "v".into(), participants(), false, &mut out);
         l.abort(&p("a", 1), &k, &mut out);
         assert_eq!(l.get(&k), None);
         assert_eq!(l.reservation_count(), 0);
@@ -421,7 +434,7 @@ mod tests {
     fn commit_of_another_proposal_is_a_bug() {
         let (mut l, mut out) = (ledger(10), outbox());
         let k = Key::from("k");
-        l.grant(&p("a", 1), &k, "v".into(), participants(), &mut out);
+        l.grant(&p("a", 1), &k, "v".into(), participants(), false, &mut out);
         l.commit(&p("a", 2), &k, &mut out);
     }
 
@@ -430,9 +443,9 @@ mod tests {
     fn a_stored_key_is_never_granted_again() {
         let (mut l, mut out) = (ledger(10), outbox());
         let k = Key::from("k");
-        l.grant(&p("a", 1), &k, "v".into(), participants(), &mut out);
+        l.grant(&p("a", 1), &k, "v".into(), participants(), false, &mut out);
         l.commit(&p("a", 1), &k, &mut out);
-        l.grant(&p("a", 2), &k, "w".into(), participants(), &mut out);
+        l.grant(&p("a", 2), &k, "w".into(), participants(), false, &mut out);
     }
 
     #[test]
@@ -444,6 +457,7 @@ mod tests {
             &"k".into(),
             "v".into(),
             participants(),
+            false,
             &mut out,
         );
         l.grant(
@@ -451,6 +465,7 @@ mod tests {
             &"j".into(),
             "v".into(),
             participants(),
+            false,
             &mut out,
         );
     }
@@ -512,7 +527,7 @@ mod tests {
     fn a_watermark_does_not_refuse_what_this_node_holds() {
         let (mut l, mut out) = (ledger(1), outbox());
         let k = Key::from("k");
-        l.grant(&p("a", 1), &k, "v".into(), participants(), &mut out);
+        l.grant(&p("a", 1), &k, "v".into(), participants(), false, &mut out);
         l.record_refusal(&p("a", 2), RefusalWhy::Fenced, &mut out);
         l.record_refusal(&p("a", 3), RefusalWhy::Fenced, &mut out);
         assert_eq!(l.refusal_count(), 0);

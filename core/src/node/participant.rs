@@ -134,9 +134,10 @@ impl Node {
             return self.refuse(p, key, reason);
         }
         let participants = self.members.current().clone();
+        let lazy_grant = self.bug_is(InjectedBug::LazyGrant);
         if let Some(old) = self
             .ledger
-            .grant(p, key, value, participants, &mut self.out)
+            .grant(p, key, value, participants, lazy_grant, &mut self.out)
         {
             // Only reachable with the GrantWhenReserved bug: the old reservation is overwritten.
             self.timers.cancel(&Timer::Lease(old));

@@ -86,8 +86,9 @@ impl Node {
         } else {
             self.open_naming(&node, true)
         };
-        self.out
-            .send(from, Message::RemoveCheckReply { node, open });
+        // After every write, lazy ones included: an empty `open` vouches for this node's
+        // disk, as a leave check's answer does (core/PROTOCOL.md, "Lazy writes").
+        self.send_check_answer(from, Message::RemoveCheckReply { node, open });
     }
 
     /// A member's answer to this node's removal check. The node itself answering means it is

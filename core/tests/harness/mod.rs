@@ -180,7 +180,7 @@ impl Harness {
                         msg,
                     });
                 }
-                Some(Output::Persist { write, ops }) => {
+                Some(Output::Persist { write, ops, .. }) => {
                     trace(now, &format!("persist at {id} {write:?}: {ops:?}"));
                     if self.lazy_disk.contains(id) {
                         self.pending_writes
