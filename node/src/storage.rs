@@ -658,11 +658,13 @@ async fn next_group(
     let Some(first) = jobs.recv().await else {
         return false;
     };
-    let lazy_deadline = tokio::time::Instant::now() + LAZY_SYNC_AFTER;
+    // Simulated time under madsim, which has no `timeout_at`.
+    let first_queued = tokio::time::Instant::now();
     batch.push(first);
     take_queued(jobs, batch);
     while !group_ready(batch) {
-        match tokio::time::timeout_at(lazy_deadline, jobs.recv()).await {
+        let wait = LAZY_SYNC_AFTER.saturating_sub(first_queued.elapsed());
+        match tokio::time::timeout(wait, jobs.recv()).await {
             Ok(Some(job)) => {
                 batch.push(job);
                 take_queued(jobs, batch);
