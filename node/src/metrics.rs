@@ -161,9 +161,12 @@ impl CommitCounters {
     }
 }
 
+/// One per-peer metric family: its name, its help text, and the counter it shows.
+type PeerFamily = (&'static str, &'static str, fn(&PeerTraffic) -> u64);
+
 /// Renders the per-peer frame counters.
 fn render_peer_traffic(peers: &[PeerTraffic], s: &mut String) {
-    let families: [(&str, &str, fn(&PeerTraffic) -> u64); 4] = [
+    let families: [PeerFamily; 4] = [
         (
             "replicator_peer_frames_sent_total",
             "Frames written to a peer.",
