@@ -332,12 +332,13 @@ fn node_removed_while_proposal_waits_on_it_aborts_then_retry_stores_once_settled
 /// An operator removes a dead node through a member that holds no reservation naming it (a
 /// node that joined after the proposal and copied its committed value), while every other
 /// live member still holds a reservation of a committed proposal that the dead node granted.
-/// core/PROTOCOL.md: the tool "should refuse while any reservation names that node unless forced";
-/// the check only looks at the entry node, and `Message::Removed` is applied everywhere
-/// unconditionally, so the resolvers then count the dead node Fenced and abort a proposal
-/// whose client was told Stored.
+/// core/PROTOCOL.md: the tool refuses while any reservation names that node unless forced.
+/// Once, the check looked only at the entry node and the resolvers then counted the dead node
+/// Fenced and aborted a proposal whose client was told Stored; the removal now asks every
+/// member (`RemoveCheck`), so the committed proposal is never aborted and the key stays
+/// readable.
 #[test]
-fn operator_removal_through_a_node_without_reservations_aborts_a_committed_proposal() {
+fn operator_removal_through_a_node_without_reservations_never_aborts_a_committed_proposal() {
     let mut h = Harness::new(2, 3);
     let call = h.put("a1", "k", "v");
     h.deliver_all_dropping(is_commit);
