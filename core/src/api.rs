@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::faults::{PeerFault, Violation};
 use crate::membership::Membership;
 use crate::storage::WriteOp;
 use crate::types::{
@@ -281,8 +282,8 @@ pub enum Note {
     /// An operator removed this node (`by` told it): from now on it serves nothing.
     SelfRemoved { by: NodeId },
     /// A peer sent something that breaks the rules; it was dropped and changed nothing.
-    PeerInputRejected { from: NodeId, reason: String },
+    PeerInputRejected { from: NodeId, reason: PeerFault },
     /// An invariant of the protocol broke (a bug somewhere, or a peer that lies). Nothing was
     /// changed. The simulator fails the run on this.
-    Violation { reason: String },
+    Violation { reason: Violation },
 }

@@ -38,6 +38,7 @@
 
 mod api;
 mod config;
+mod faults;
 mod membership;
 mod node;
 mod storage;
@@ -50,10 +51,12 @@ pub use api::{
     Silence, Urgency, VerifyReport,
 };
 pub use config::{Config, ConfigError};
+pub use faults::{Held, PeerFault, PeerFaultKind, Violation, ViolationKind};
 pub use membership::{Digest, Membership};
 pub use node::{InjectedBug, Node, Stats, validate_key, validate_put};
 pub use storage::{DurableKey, Recovered, RefusalWhy, RequestOutcome, RequestRecord, WriteOp};
 pub use types::{
-    CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Time, Value, WriteId,
+    CallId, ClusterId, FNV1A_OFFSET, Key, NetworkId, NodeId, ProposalId, RequestId, Time, Value,
+    WriteId, fnv1a, fnv1a_extend,
 };
 pub use wire::{DenyReason, Message, ReadState, Request, Response, Vote};

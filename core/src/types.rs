@@ -14,13 +14,14 @@ use serde::{Deserialize, Serialize};
 /// FNV-1a (64-bit) of `bytes`: the one hash of the core that must be the same on every
 /// platform and in every process (unlike `std`'s randomly keyed hasher). It orders the id
 /// types (the precomputed prefix of their ordering, so that most comparisons are one integer
-/// compare rather than a `memcmp`), fingerprints request values and digests memberships.
-pub(crate) const fn fnv1a(bytes: &[u8]) -> u64 {
+/// compare rather than a `memcmp`), fingerprints request values and digests memberships. It is
+/// the one FNV-1a of the workspace: the simulator and the trace digests hash with it too.
+pub const fn fnv1a(bytes: &[u8]) -> u64 {
     fnv1a_extend(FNV1A_OFFSET, bytes)
 }
 
 /// The FNV-1a hash `h` continued over `bytes`: `fnv1a(a ++ b) == fnv1a_extend(fnv1a(a), b)`.
-pub(crate) const fn fnv1a_extend(mut h: u64, bytes: &[u8]) -> u64 {
+pub const fn fnv1a_extend(mut h: u64, bytes: &[u8]) -> u64 {
     let mut i = 0;
     while i < bytes.len() {
         h ^= bytes[i] as u64;
@@ -31,7 +32,7 @@ pub(crate) const fn fnv1a_extend(mut h: u64, bytes: &[u8]) -> u64 {
 }
 
 /// The FNV-1a hash of nothing.
-pub(crate) const FNV1A_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV1A_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 macro_rules! shared_str_id {
     ($(#[$doc:meta])* $name:ident) => {

@@ -27,14 +27,12 @@ use replicator_core::*;
 
 const STEPS: usize = 2500;
 
+/// The running FNV-1a of every line written (each followed by a newline).
 struct Fnv(u64);
 
 impl Fnv {
     fn write(&mut self, text: &str) {
-        for b in text.as_bytes().iter().chain([&b'\n']) {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
+        self.0 = fnv1a_extend(fnv1a_extend(self.0, text.as_bytes()), b"\n");
     }
 }
 
@@ -143,7 +141,7 @@ impl World {
             config,
             slots: BTreeMap::new(),
             net: VecDeque::new(),
-            digest: Fnv(0xcbf2_9ce4_8422_2325),
+            digest: Fnv(FNV1A_OFFSET),
             next_call: 0,
             next_seed: seed.wrapping_mul(1000),
             joins: 0,
@@ -217,7 +215,7 @@ impl World {
             }
             Output::Reply { reply, .. } => short(format!("reply {reply:?}")),
             Output::Note(Note::PeerInputRejected { reason, .. }) => {
-                short(format!("rejected {reason}"))
+                format!("rejected {}", reason.kind())
             }
             Output::Note(n) => short(format!("note {n:?}")),
         };

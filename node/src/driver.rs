@@ -664,12 +664,14 @@ impl<T: Transport> Driver<T> {
                 );
             }
             Note::PeerInputRejected { from, reason } => {
+                let kind = reason.kind();
                 self.metrics.inc(&self.metrics.frames_rejected);
-                warn!(peer = %from, reason, "peer input rejected");
+                self.metrics.inc(&self.metrics.peer_faults[kind.index()]);
+                warn!(peer = %from, %kind, %reason, "peer input rejected");
             }
             Note::Violation { reason } => {
                 self.metrics.inc(&self.metrics.violations);
-                error!(reason, "protocol invariant violated");
+                error!(kind = reason.kind().name(), %reason, "protocol invariant violated");
             }
         }
     }

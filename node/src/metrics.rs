@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use replicator_core::PeerFaultKind;
+
 use crate::driver::Status;
 
 /// Upper bounds of the PUT latency histogram, in seconds.
@@ -45,6 +47,8 @@ pub struct Metrics {
     pub decided_committed: AtomicU64,
     pub decided_aborted: AtomicU64,
     pub frames_rejected: AtomicU64,
+    /// Peer input the core dropped, by [`PeerFaultKind::index`].
+    pub peer_faults: [AtomicU64; PeerFaultKind::ALL.len()],
     pub frames_send_failed: AtomicU64,
     pub violations: AtomicU64,
     /// Peers of another network that announced themselves (each counted once).
@@ -264,6 +268,17 @@ impl Metrics {
             "replicator_put_latency_seconds_bucket{{le=\"+Inf\"}} {count}\nreplicator_put_latency_seconds_sum {}\nreplicator_put_latency_seconds_count {count}",
             get(&self.put_latency_sum_us) as f64 / 1e6
         );
+        let _ = writeln!(
+            s,
+            "# HELP replicator_peer_faults_total Peer input the core dropped, by kind.\n# TYPE replicator_peer_faults_total counter"
+        );
+        for kind in PeerFaultKind::ALL {
+            let _ = writeln!(
+                s,
+                "replicator_peer_faults_total{{kind=\"{kind}\"}} {}",
+                get(&self.peer_faults[kind.index()])
+            );
+        }
         let counters = [
             (
                 "replicator_proposals_decided_total{outcome=\"committed\"}",

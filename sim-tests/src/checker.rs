@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use replicator_core::{DurableKey, Key, NodeId, Note, ProposalId, Time, Value, WriteOp};
+use replicator_core::{
+    DurableKey, Key, NodeId, Note, PeerFaultKind, ProposalId, Time, Value, WriteOp,
+};
 use transport_sim::{IdMap, IdSet, NodeIx, Obs};
 
 /// One node as the checker sees it: what it stores, holds and released.
@@ -48,19 +50,9 @@ pub struct Checker {
     first_seen: IdMap<ProposalId, Time>,
     now: Time,
     pub decisions: u64,
-    /// Inputs a node refused from a peer, by reason (every peer is honest here, so each is
+    /// Inputs a node refused from a peer, by kind (every peer is honest here, so each is
     /// worth a look).
-    pub rejected: BTreeMap<String, u64>,
-}
-
-/// The key a core message names (`... key k ...`), to summarise its history.
-pub(crate) fn key_in(reason: &str) -> Option<Key> {
-    let start = reason.find("key ")? + 4;
-    let rest = reason[start..].trim_start_matches('"');
-    let len = rest
-        .find(|c: char| c.is_whitespace() || matches!(c, '"' | ',' | ')' | '}'))
-        .unwrap_or(rest.len());
-    (len > 0).then(|| Key::new(&rest[..len]))
+    pub rejected: BTreeMap<PeerFaultKind, u64>,
 }
 
 fn broken(invariant: &'static str, key: Option<&Key>, detail: String) -> Broken {
@@ -148,16 +140,11 @@ impl Checker {
         match note {
             Note::Violation { reason } => Err(broken(
                 "commit lands only where it may (core Violation)",
-                key_in(reason).as_ref(),
+                reason.key(),
                 format!("{node_name}: {reason}"),
             )),
             Note::PeerInputRejected { reason, .. } => {
-                let kind: String = reason
-                    .split(|c: char| c.is_ascii_digit())
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                *self.rejected.entry(kind).or_default() += 1;
+                *self.rejected.entry(reason.kind()).or_default() += 1;
                 Ok(())
             }
             Note::Decided { p, key, committed } => {

@@ -197,7 +197,7 @@ pub struct RunStats {
     pub commit_latencies_us: Vec<u64>,
     pub ops: usize,
     pub trace_hash: u64,
-    pub rejected: BTreeMap<String, u64>,
+    pub rejected: BTreeMap<replicator_core::PeerFaultKind, u64>,
     /// Operators' removals, by outcome.
     pub removals: BTreeMap<&'static str, u64>,
     /// Retries with a request id that took the recovery path and were told Exists with another
@@ -848,7 +848,7 @@ impl Run {
             );
             let key = match (self.stage, self.probe) {
                 (Stage::Probe, Some(probe)) => Some(self.history[probe].key.clone()),
-                _ => crate::checker::key_in(&self.liveness_missing),
+                _ => key_in(&self.liveness_missing),
             };
             return Err(Broken {
                 invariant: "liveness",
@@ -1367,4 +1367,15 @@ pub fn with_trace(spec: &RunSpec, mode: TraceMode) -> RunSpec {
     let mut spec = spec.clone();
     spec.world.trace = mode;
     spec
+}
+
+/// The key this harness's own liveness message names (`... key k ...`), to summarise its
+/// history. (The core's violations carry their key as a field.)
+fn key_in(message: &str) -> Option<Key> {
+    let start = message.find("key ")? + 4;
+    let rest = message[start..].trim_start_matches('"');
+    let len = rest
+        .find(|c: char| c.is_whitespace() || matches!(c, '"' | ',' | ')' | '}'))
+        .unwrap_or(rest.len());
+    (len > 0).then(|| Key::new(&rest[..len]))
 }

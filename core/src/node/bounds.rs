@@ -4,6 +4,7 @@
 
 use crate::api::Invalid;
 use crate::config::Config;
+use crate::faults::PeerFault;
 use crate::membership::Membership;
 use crate::storage::DurableKey;
 use crate::types::{Key, RequestId, Value};
@@ -14,7 +15,7 @@ use super::removal::OPEN_LISTED_MAX;
 
 impl Node {
     /// Bounds and shapes a peer cannot get past. Deeper checks happen where a message is used.
-    pub(super) fn check_message(&self, msg: &Message) -> Result<(), String> {
+    pub(super) fn check_message(&self, msg: &Message) -> Result<(), PeerFault> {
         let nodes_max = self.config.cluster_nodes_max;
         match msg {
             Message::Request(req) => self.check_request(req),
@@ -23,23 +24,27 @@ impl Node {
                 targets, request, ..
             } => {
                 if targets.len() > nodes_max {
-                    return Err(format!(
-                        "relay to {} targets, limit {nodes_max}",
-                        targets.len()
-                    ));
+                    return Err(PeerFault::RelayTooManyTargets {
+                        targets: targets.len(),
+                        max: nodes_max,
+                    });
                 }
                 self.check_request(request)
             }
             Message::RelayReply { responses, .. } => {
                 if responses.len() > nodes_max {
-                    return Err(format!("relay reply with {} responses", responses.len()));
+                    return Err(PeerFault::RelayReplyTooManyResponses {
+                        responses: responses.len(),
+                    });
                 }
                 responses.iter().try_for_each(|r| self.check_response(r))
             }
             Message::SyncRequest { after } => after.as_ref().map_or(Ok(()), |k| self.check_key(k)),
             Message::SyncPage { entries, .. } => {
                 if entries.len() > self.config.sync_page_keys {
-                    return Err(format!("sync page of {} keys", entries.len()));
+                    return Err(PeerFault::SyncPageTooLong {
+                        keys: entries.len(),
+                    });
                 }
                 for (key, state) in entries {
                     self.check_key(key)?;
@@ -57,13 +62,15 @@ impl Node {
             | Message::RemoveCheck { .. } => Ok(()),
             Message::RemoveCheckReply { open, .. } => {
                 if open.len() > OPEN_LISTED_MAX {
-                    return Err(format!("remove check reply lists {} proposals", open.len()));
+                    return Err(PeerFault::RemoveCheckReplyTooLong { open: open.len() });
                 }
                 Ok(())
             }
             Message::View { members, departed } => {
                 if departed.len() > self.departed_listed_max() {
-                    return Err(format!("view lists {} departed nodes", departed.len()));
+                    return Err(PeerFault::ViewTooManyDeparted {
+                        departed: departed.len(),
+                    });
                 }
                 self.check_membership(members)
             }
@@ -72,7 +79,7 @@ impl Node {
     }
 
     /// The key and value a request carries.
-    fn check_request(&self, req: &Request) -> Result<(), String> {
+    fn check_request(&self, req: &Request) -> Result<(), PeerFault> {
         match req {
             Request::Reserve { key, value, .. } => {
                 self.check_key(key)?;
@@ -86,7 +93,7 @@ impl Node {
     }
 
     /// The key and value a response carries.
-    fn check_response(&self, resp: &Response) -> Result<(), String> {
+    fn check_response(&self, resp: &Response) -> Result<(), PeerFault> {
         match resp {
             Response::Vote { key, vote, .. } => {
                 self.check_key(key)?;
@@ -108,29 +115,28 @@ impl Node {
     }
 
     /// A key within the configured size.
-    fn check_key(&self, key: &Key) -> Result<(), String> {
-        validate_key(&self.config, key).map_err(|e| e.to_string())
+    fn check_key(&self, key: &Key) -> Result<(), PeerFault> {
+        validate_key(&self.config, key).map_err(PeerFault::Invalid)
     }
 
     /// A value within the configured size.
-    fn check_value(&self, value: &Value) -> Result<(), String> {
+    fn check_value(&self, value: &Value) -> Result<(), PeerFault> {
         if value.len() > self.config.value_bytes_max {
-            return Err(Invalid::ValueTooLong {
+            return Err(PeerFault::Invalid(Invalid::ValueTooLong {
                 bytes: value.len(),
                 max: self.config.value_bytes_max,
-            }
-            .to_string());
+            }));
         }
         Ok(())
     }
 
     /// A membership within the configured clusters and nodes per cluster.
-    fn check_membership(&self, m: &Membership) -> Result<(), String> {
+    fn check_membership(&self, m: &Membership) -> Result<(), PeerFault> {
         if m.cluster_count() > self.config.clusters_max
             || m.clusters()
                 .any(|(_, n)| n.len() > self.config.cluster_nodes_max)
         {
-            return Err("membership over the configured limits".into());
+            return Err(PeerFault::MembershipOverLimits);
         }
         Ok(())
     }

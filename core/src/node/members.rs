@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::api::Note;
+use crate::faults::PeerFault;
 use crate::membership::Membership;
 use crate::storage::WriteOp;
 use crate::types::{ClusterId, NetworkId, NodeId, ProposalId};
@@ -71,25 +72,29 @@ impl Members {
         node: NodeId,
         clusters_max: usize,
         cluster_nodes_max: usize,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, PeerFault> {
         if node == self.me {
             return Ok(false);
         }
         match self.current.cluster_of(&node) {
             Some(c) if *c == cluster => return Ok(false),
-            Some(c) => return Err(format!("{node} is known in cluster {c}, not {cluster}")),
+            Some(c) => {
+                return Err(PeerFault::MemberOfAnotherCluster {
+                    node,
+                    known: c.clone(),
+                    claimed: cluster,
+                });
+            }
             None => {}
         }
         if self.departed.contains(&node) {
-            return Err(
-                "a node that left or was removed must come back with a new identity".into(),
-            );
+            return Err(PeerFault::DepartedNodeReturned);
         }
         let grown = self.current.with_node(cluster.clone(), node.clone());
         if grown.cluster_count() > clusters_max
             || grown.nodes_of(&cluster).len() > cluster_nodes_max
         {
-            return Err("membership would exceed the configured limits".into());
+            return Err(PeerFault::MembershipWouldExceedLimits);
         }
         self.current = Arc::new(grown);
         assert!(self.current.contains(&node) && !self.departed.contains(&node));

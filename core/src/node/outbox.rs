@@ -18,6 +18,7 @@
 use std::collections::VecDeque;
 
 use crate::api::{Note, Output, Reply, Urgency};
+use crate::faults::Violation;
 use crate::storage::WriteOp;
 use crate::types::{CallId, NodeId, WriteId};
 use crate::wire::Message;
@@ -178,10 +179,10 @@ impl Outbox {
     pub fn on_persisted(&mut self, upto: WriteId) {
         if upto.0 > self.last_issued {
             self.note(Note::Violation {
-                reason: format!(
-                    "driver reported write {} durable but only {} were issued",
-                    upto.0, self.last_issued
-                ),
+                reason: Violation::PersistedBeyondIssued {
+                    upto: upto.0,
+                    issued: self.last_issued,
+                },
             });
             return;
         }

@@ -3,6 +3,7 @@
 //! and the lease of each reservation it granted.
 
 use crate::api::Note;
+use crate::faults::{Held, PeerFault, Violation};
 use crate::storage::{DurableKey, RefusalWhy};
 use crate::timers::Timer;
 use crate::types::{Key, NodeId, ProposalId, Value};
@@ -26,7 +27,7 @@ impl Node {
         if !authorised {
             self.out.note(Note::PeerInputRejected {
                 from: from.clone(),
-                reason: "request from a node outside the membership".into(),
+                reason: PeerFault::RequestFromNonMember,
             });
             return None;
         }
@@ -41,7 +42,11 @@ impl Node {
                     && *other != key
                 {
                     // No honest coordinator reuses a proposal for another key.
-                    let reason = format!("Reserve({p}) of {key:?}, which reserves {other:?} here");
+                    let reason = PeerFault::ReserveOfAnotherKey {
+                        p,
+                        key,
+                        other: other.clone(),
+                    };
                     self.out.note(Note::PeerInputRejected {
                         from: from.clone(),
                         reason,
@@ -185,21 +190,19 @@ impl Node {
             Some(DurableKey::Stored { p: q, .. }) if q == p => {}
             other => {
                 let held = match other {
-                    None => "nothing".to_string(),
-                    Some(DurableKey::Reserved { p: q, .. }) => format!("a reservation of {q}"),
-                    Some(DurableKey::Stored { p: q, .. }) => format!("a value stored by {q}"),
+                    None => Held::Nothing,
+                    Some(DurableKey::Reserved { p: q, .. }) => Held::ReservationOf(q.clone()),
+                    Some(DurableKey::Stored { p: q, .. }) => Held::ValueStoredBy(q.clone()),
                 };
-                let refused = if self.ledger.refusal(p).is_some() {
-                    " and a refusal of it"
-                } else {
-                    ""
+                let reason = Violation::CommitWithoutReservation {
+                    p: p.clone(),
+                    key: key.clone(),
+                    from: from.clone(),
+                    at: self.id.clone(),
+                    held,
+                    refused: self.ledger.refusal(p).is_some(),
                 };
-                self.out.note(Note::Violation {
-                    reason: format!(
-                        "Commit({p}) for key {key:?} from {from} reached {} holding {held}{refused}",
-                        self.id
-                    ),
-                });
+                self.out.note(Note::Violation { reason });
             }
         }
     }
@@ -218,9 +221,12 @@ impl Node {
                 self.key_changed(p);
             }
             Some(DurableKey::Stored { p: q, .. }) if q == p => {
-                self.out.note(Note::Violation {
-                    reason: format!("Abort({p}) reached {} which stores {key:?} for it", self.id),
-                });
+                let reason = Violation::AbortOfStored {
+                    p: p.clone(),
+                    key: key.clone(),
+                    at: self.id.clone(),
+                };
+                self.out.note(Note::Violation { reason });
             }
             _ => {
                 if self.ledger.refusal(p).is_none() && !self.bug_is(InjectedBug::ForgetFenceOnAbort)

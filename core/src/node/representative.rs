@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::api::Note;
+use crate::faults::PeerFault;
 use crate::membership::Membership;
 use crate::timers::{RelayKey, Timer};
 use crate::types::{ClusterId, NodeId, ProposalId};
@@ -179,12 +180,13 @@ impl Node {
         request: Request,
     ) {
         let refusal = if cluster != self.cluster {
-            Some(format!(
-                "relay for cluster {cluster} reached {} of {}",
-                self.id, self.cluster
-            ))
+            Some(PeerFault::RelayForAnotherCluster {
+                cluster,
+                at: self.id.clone(),
+                ours: self.cluster.clone(),
+            })
         } else if !self.members.contains(&origin) {
-            Some("relay from a node outside the membership".to_string())
+            Some(PeerFault::RelayFromNonMember)
         } else {
             None
         };

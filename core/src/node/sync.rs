@@ -3,6 +3,7 @@
 //! only then becomes ready; and the member's side, which serves the pages.
 
 use crate::api::Note;
+use crate::faults::PeerFault;
 use crate::storage::{DurableKey, WriteOp};
 use crate::timers::Timer;
 use crate::types::{Key, NodeId};
@@ -104,7 +105,7 @@ impl Node {
         let mut after = sync.after.clone();
         for (key, state) in entries {
             if after.as_ref().is_some_and(|a| key <= *a) {
-                let reason = "sync page out of key order".to_string();
+                let reason = PeerFault::SyncPageOutOfOrder;
                 return self.out.note(Note::PeerInputRejected { from, reason });
             }
             after = Some(key.clone());
@@ -132,7 +133,7 @@ impl Node {
                     }
                     if self.ledger.reserved_key(p).is_some() {
                         // No honest member holds one proposal on two keys.
-                        let reason = format!("sync page reserves {key:?} for {p}, held here");
+                        let reason = PeerFault::SyncPageReservesHeldProposal { key, p: p.clone() };
                         return self.out.note(Note::PeerInputRejected { from, reason });
                     }
                     let p = p.clone();

@@ -45,7 +45,7 @@ struct Totals {
     bytes: u64,
     outcomes: BTreeMap<&'static str, u64>,
     latencies: Vec<u64>,
-    rejected: BTreeMap<String, u64>,
+    rejected: BTreeMap<replicator_core::PeerFaultKind, u64>,
     removals: BTreeMap<&'static str, u64>,
     recoveries: u64,
     recover_exists: u64,
@@ -71,7 +71,7 @@ impl Totals {
         }
         self.latencies.extend(&s.commit_latencies_us);
         for (k, v) in &s.rejected {
-            *self.rejected.entry(k.clone()).or_default() += v;
+            *self.rejected.entry(*k).or_default() += v;
         }
         for (k, v) in &s.removals {
             *self.removals.entry(k).or_default() += v;
@@ -140,8 +140,8 @@ impl Totals {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         eprintln!("operations by outcome: {}", outcomes.join(", "));
-        for (reason, n) in &self.rejected {
-            eprintln!("peer input rejected {n}x: {reason}");
+        for (kind, n) in &self.rejected {
+            eprintln!("peer input rejected {n}x: {kind}");
         }
         eprintln!(
             "commit latency (simulated, {} PUTs stored): p50 {:.1}ms p90 {:.1}ms p99 {:.1}ms max {:.1}ms",
