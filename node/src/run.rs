@@ -1,6 +1,7 @@
 //! `replicator run`: one node. Identity and data in `--data-dir`, libp2p for the network,
 //! the driver for the protocol, axum for the API; Ctrl-C / SIGTERM leave gracefully.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,9 +12,9 @@ use replicator_core::{ClusterId, Config, NetworkId, NodeId, Recovered};
 use tracing::{error, info, warn};
 use transport_libp2p::libp2p::identity::Keypair;
 use transport_libp2p::libp2p::{Multiaddr, PeerId};
-use transport_libp2p::{NetConfig, NetError};
+use transport_libp2p::{Client, NetConfig, NetError};
 
-use crate::driver::{Driver, Parts};
+use crate::driver::{Driver, Handle, Parts};
 use crate::metrics::Metrics;
 use crate::net::{Libp2pTransport, pump_events};
 use crate::storage::{Storage, db_path};
@@ -41,36 +42,14 @@ pub async fn main(args: RunArgs) -> ExitCode {
     }
 }
 
+/// The node's life: read the flags, start the network, open the database, run the driver
+/// and the HTTP API until the driver stops or a signal asks the node to leave.
 async fn run(args: RunArgs) -> Result<()> {
-    let data_dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => {
-            let d = std::env::temp_dir().join(format!("replicator-{}", std::process::id()));
-            warn!(data_dir = %d.display(), "no --data-dir: using a temporary one");
-            d
-        }
-    };
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    let data_dir = data_dir(&args)?;
     let has_database = db_path(&data_dir).exists();
     let keypair = load_or_create_identity(&data_dir, has_database)?;
     let peer_id = keypair.public().to_peer_id();
-
-    let mut bootstraps: Vec<Multiaddr> = Vec::new();
-    for a in args.bootstrap.iter().chain(args.peers.iter()) {
-        bootstraps.push(
-            a.parse()
-                .with_context(|| format!("--bootstrap/--peer {a:?} is not a multiaddr"))?,
-        );
-    }
-    let listen = args
-        .listen
-        .iter()
-        .map(|a| {
-            a.parse()
-                .with_context(|| format!("--listen {a:?} is not a multiaddr"))
-        })
-        .collect::<Result<Vec<Multiaddr>>>()?;
+    let (bootstraps, listen) = addresses(&args)?;
 
     let admission = Admission::from_args(&args)?;
     if let Some(limit) = serve::raise_open_files_limit() {
@@ -81,18 +60,7 @@ async fn run(args: RunArgs) -> Result<()> {
         );
     }
     let auth = api_auth(&args)?;
-
-    let mut config = Config {
-        cluster_size_min: args.cluster_size_min,
-        ..Config::default()
-    };
-    if let Some(ms) = args.put_timeout_ms {
-        config.put_timeout = Duration::from_millis(ms);
-    }
-    if let Some(ms) = args.lease_ms {
-        config.lease = Duration::from_millis(ms);
-    }
-    config.validate().map_err(|e| anyhow!("{e}"))?;
+    let config = core_config(&args)?;
 
     // A node with a database belongs to the network it recorded, whatever the flags say: it
     // never founds another one, and it joins only a bootstrap peer of that network. Only an
@@ -130,37 +98,14 @@ async fn run(args: RunArgs) -> Result<()> {
     let listen_addrs = client.listen_addrs().await;
     let network = NetworkId::from(client.network());
 
-    let storage = match existing {
-        Some((storage, recorded)) => {
-            if recorded != network {
-                client.shutdown().await;
-                anyhow::bail!(
-                    "the transport runs network {network}, the database records {recorded}"
-                );
-            }
-            storage
-        }
-        // A joiner records the adopted id before it copies anything.
-        None => {
-            let fresh = match role {
-                Role::Founder => Recovered::founder(network.clone()),
-                _ => Recovered::joiner(network.clone()),
-            };
-            Storage::open(&data_dir, Some(&fresh))?
-        }
-    };
-    if let Err(e) = storage.bind_identity(&peer_id.to_string()) {
-        client.shutdown().await;
-        return Err(e);
-    }
-    let loaded = match storage.load() {
-        Ok(l) => l,
+    let opened = open_storage(existing, role, &network, &data_dir, &peer_id);
+    let (storage, recovered) = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             client.shutdown().await;
             return Err(e);
         }
     };
-    let recovered = loaded.recovered;
     info!(
         role = role.name(),
         network = %network,
@@ -200,33 +145,14 @@ async fn run(args: RunArgs) -> Result<()> {
     let span = tracing::info_span!("node", peer = %peer_id, cluster = %args.cid);
     let mut driver_task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
 
-    let listener = tokio::net::TcpListener::bind(&args.http)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", args.http))?;
-    let http_addr = listener.local_addr()?;
-    let metrics_for_http = metrics.clone();
-    let app = http::router(http::Api {
+    let api = http::Api {
         driver: handle.clone(),
         metrics,
         value_bytes_max,
         network_open: admission.psk.is_none(),
         auth: Arc::new(auth),
-    });
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let limits = serve::Limits {
-        header: Duration::from_millis(args.http_limits.http_header_timeout_ms),
-        body: Duration::from_millis(args.http_limits.http_body_timeout_ms),
-        idle: Duration::from_millis(args.http_limits.http_idle_timeout_ms),
-        connections_max: args.http_limits.http_connections_max.max(1),
-        body_bytes_max: value_bytes_max + http::BODY_SLACK_BYTES,
     };
-    let server = tokio::spawn(serve::serve(
-        listener,
-        app,
-        limits,
-        metrics_for_http,
-        http_stopped,
-    ));
+    let (http_addr, stop_http, server) = start_http(&args, api).await?;
 
     print_banner(
         &args,
@@ -247,20 +173,7 @@ async fn run(args: RunArgs) -> Result<()> {
         Some(Ok(Err(e))) => Err(e),
         Some(Err(e)) => Err(anyhow!("the driver panicked: {e}")),
         None => {
-            info!("shutting down: leaving the network");
-            let within = Duration::from_millis(args.leave_timeout_ms);
-            if handle.leave(within).await {
-                client.goodbye().await;
-                info!("goodbye said");
-            } else {
-                // Saying goodbye with a grant still open could let a resolver count this node
-                // as fenced and abort a committed proposal. Stop without goodbye instead: the
-                // others see this node down, and it stays a member until it comes back.
-                warn!(
-                    "leave did not complete in time: stopping WITHOUT goodbye (this node stays a member; restart it with its data dir to resolve what it holds)"
-                );
-                client.shutdown().await;
-            }
+            leave_the_network(&args, &handle, &client).await;
             Ok(())
         }
     };
@@ -271,6 +184,139 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), event_loop).await;
     result
+}
+
+/// The data dir of the flags (created if missing), or a temporary one.
+fn data_dir(args: &RunArgs) -> Result<PathBuf> {
+    let data_dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            let d = std::env::temp_dir().join(format!("replicator-{}", std::process::id()));
+            warn!(data_dir = %d.display(), "no --data-dir: using a temporary one");
+            d
+        }
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    Ok(data_dir)
+}
+
+/// The bootstrap peers (--bootstrap and --peer) and the listen addresses of the flags.
+fn addresses(args: &RunArgs) -> Result<(Vec<Multiaddr>, Vec<Multiaddr>)> {
+    let bootstraps = args
+        .bootstrap
+        .iter()
+        .chain(args.peers.iter())
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("--bootstrap/--peer {a:?} is not a multiaddr"))
+        })
+        .collect::<Result<Vec<Multiaddr>>>()?;
+    let listen = args
+        .listen
+        .iter()
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("--listen {a:?} is not a multiaddr"))
+        })
+        .collect::<Result<Vec<Multiaddr>>>()?;
+    Ok((bootstraps, listen))
+}
+
+/// The core's config: its defaults, with the flags that override them.
+fn core_config(args: &RunArgs) -> Result<Config> {
+    let mut config = Config {
+        cluster_size_min: args.cluster_size_min,
+        ..Config::default()
+    };
+    if let Some(ms) = args.put_timeout_ms {
+        config.put_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.lease_ms {
+        config.lease = Duration::from_millis(ms);
+    }
+    config.validate().map_err(|e| anyhow!("{e}"))?;
+    Ok(config)
+}
+
+/// The database, checked against the network the transport runs, and what it recovers. A
+/// new one (a founder or a joiner) records the network id before anything else: a joiner,
+/// the adopted one, before it copies anything.
+fn open_storage(
+    existing: Option<(Storage, NetworkId)>,
+    role: Role,
+    network: &NetworkId,
+    data_dir: &Path,
+    peer_id: &PeerId,
+) -> Result<(Storage, Recovered)> {
+    let storage = match existing {
+        Some((storage, recorded)) => {
+            if recorded != *network {
+                anyhow::bail!(
+                    "the transport runs network {network}, the database records {recorded}"
+                );
+            }
+            storage
+        }
+        None => {
+            let fresh = match role {
+                Role::Founder => Recovered::founder(network.clone()),
+                _ => Recovered::joiner(network.clone()),
+            };
+            Storage::open(data_dir, Some(&fresh))?
+        }
+    };
+    storage.bind_identity(&peer_id.to_string())?;
+    let recovered = storage.load()?.recovered;
+    Ok((storage, recovered))
+}
+
+/// Binds the HTTP API's listener and serves it until the returned sender fires (or is
+/// dropped).
+async fn start_http(
+    args: &RunArgs,
+    api: http::Api,
+) -> Result<(
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let listener = tokio::net::TcpListener::bind(&args.http)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", args.http))?;
+    let http_addr = listener.local_addr()?;
+    let metrics = api.metrics.clone();
+    let body_bytes_max = api.value_bytes_max + http::BODY_SLACK_BYTES;
+    let app = http::router(api);
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = serve::Limits {
+        header: Duration::from_millis(args.http_limits.http_header_timeout_ms),
+        body: Duration::from_millis(args.http_limits.http_body_timeout_ms),
+        idle: Duration::from_millis(args.http_limits.http_idle_timeout_ms),
+        connections_max: args.http_limits.http_connections_max.max(1),
+        body_bytes_max,
+    };
+    let server = tokio::spawn(serve::serve(listener, app, limits, metrics, http_stopped));
+    Ok((http_addr, stop_http, server))
+}
+
+/// A signal asked the node to stop: leave gracefully, then say goodbye; if the leave does
+/// not complete in time, stop without goodbye.
+async fn leave_the_network(args: &RunArgs, handle: &Handle, client: &Client) {
+    info!("shutting down: leaving the network");
+    let within = Duration::from_millis(args.leave_timeout_ms);
+    if handle.leave(within).await {
+        client.goodbye().await;
+        info!("goodbye said");
+    } else {
+        // Saying goodbye with a grant still open could let a resolver count this node
+        // as fenced and abort a committed proposal. Stop without goodbye instead: the
+        // others see this node down, and it stays a member until it comes back.
+        warn!(
+            "leave did not complete in time: stopping WITHOUT goodbye (this node stays a member; restart it with its data dir to resolve what it holds)"
+        );
+        client.shutdown().await;
+    }
 }
 
 /// How this node starts, from its data dir and flags.
