@@ -1,11 +1,13 @@
 //! End-to-end tests: real `replicator` processes, real libp2p on 127.0.0.1.
 //!
 //! One network of 3 clusters x 3 nodes is shared by the scenarios that need one (starting it
-//! is the slow part); they run in sequence in `three_clusters_scenarios`.
+//! is the slow part); they run in sequence in `three_clusters_scenarios`, one named step
+//! function each.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,12 +18,32 @@ use common::*;
 #[test]
 fn three_clusters_scenarios() {
     let tmp = tempfile::tempdir().unwrap();
-    let boot = start_node("c1", &tmp.path().join("n0"), None).wait();
+    let mut nodes = start_three_clusters(tmp.path());
+    a_put_is_read_in_another_cluster(&nodes);
+    a_create_moves_the_cost_counters(&nodes);
+    unknown_key_is_404_and_a_conflict_409(&nodes);
+    the_cli_exit_codes(&nodes);
+    concurrent_puts_from_two_clusters_one_wins(&nodes);
+    malformed_requests_get_a_clear_4xx(&nodes);
+    a_retry_with_the_same_request_id_gets_the_first_outcome(&nodes);
+    the_load_generator_reports(&nodes);
+    a_late_joiner_copies_the_existing_keys(&mut nodes, tmp.path());
+    a_kill_during_writes_loses_nothing_acknowledged(&mut nodes);
+    a_killed_coordinators_writes_resolve_one_way(&mut nodes);
+    sigterm_leaves_gracefully(&mut nodes);
+    an_operator_removes_a_dead_node(&mut nodes);
+    no_node_logged_an_error(tmp.path());
+}
+
+/// Starts one network of 3 clusters x 3 nodes under `dir` and waits until every node knows
+/// every other.
+fn start_three_clusters(dir: &Path) -> Vec<NodeProc> {
+    let boot = start_node("c1", &dir.join("n0"), None).wait();
     let starting: Vec<Starting> = (1..9)
         .map(|i| {
             start_node(
                 &format!("c{}", i / 3 + 1),
-                &tmp.path().join(format!("n{i}")),
+                &dir.join(format!("n{i}")),
                 Some(&boot.p2p),
             )
         })
@@ -30,16 +52,21 @@ fn three_clusters_scenarios() {
     nodes.extend(starting.into_iter().map(Starting::wait));
     let all: Vec<&NodeProc> = nodes.iter().collect();
     wait_converged(&all, 9, Duration::from_secs(60));
+    nodes
+}
 
-    // (a) a PUT at a node of one cluster is read at a node of another.
+/// A PUT at a node of one cluster is read at a node of another.
+fn a_put_is_read_in_another_cluster(nodes: &[NodeProc]) {
     let r = put(&nodes[1], "alpha", "one");
     assert_eq!(r.status, 201, "{}", r.text());
     let r = get(&nodes[8], "alpha");
     assert_eq!((r.status, r.text().as_str()), (200, "one"));
+}
 
-    // The cost counters of a create move: its coordinator fsynced (the grant a barrier write,
-    // the Stored record lazy, folded into a later commit or synced after a short delay) and
-    // exchanged frames with its peers.
+/// The cost counters of a create move: its coordinator fsynced (the grant a barrier write,
+/// the Stored record lazy, folded into a later commit or synced after a short delay) and
+/// exchanged frames with its peers.
+fn a_create_moves_the_cost_counters(nodes: &[NodeProc]) {
     wait_until(
         Duration::from_secs(10),
         "fsyncs, lazy writes and frames counted",
@@ -53,8 +80,10 @@ fn three_clusters_scenarios() {
             fsyncs > 0 && lazy > 0 && per_commit == fsyncs && sent > 0 && received > 0
         },
     );
+}
 
-    // (c) unknown key 404, conflict 409 with the stored value.
+/// Unknown key 404, conflict 409 with the stored value.
+fn unknown_key_is_404_and_a_conflict_409(nodes: &[NodeProc]) {
     let r = get(&nodes[4], "no-such-key");
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"], "unknown_key");
@@ -62,8 +91,10 @@ fn three_clusters_scenarios() {
     assert_eq!(r.status, 409, "{}", r.text());
     assert_eq!(r.json()["error"], "exists");
     assert_eq!(r.json()["value"], "one");
+}
 
-    // The CLI client and its exit codes.
+/// The CLI client and its exit codes.
+fn the_cli_exit_codes(nodes: &[NodeProc]) {
     let cli = |args: &[&str]| {
         Command::new(BIN)
             .args(args)
@@ -79,9 +110,11 @@ fn three_clusters_scenarios() {
     assert_eq!(cli(&["get", "cli-missing"]).status.code(), Some(4));
     assert_eq!(cli(&["status"]).status.code(), Some(0));
     assert_eq!(cli(&["put"]).status.code(), Some(2));
+}
 
-    // (b) two concurrent PUTs of one key from two clusters: exactly one 201, and the other
-    // learns Exists (a Busy client retries, as the API advises).
+/// Two concurrent PUTs of one key from two clusters: exactly one 201, and the other
+/// learns Exists (a Busy client retries, as the API advises).
+fn concurrent_puts_from_two_clusters_one_wins(nodes: &[NodeProc]) {
     for k in 0..3 {
         let key = format!("race-{k}");
         let (a, b) = (&nodes[0], &nodes[3]);
@@ -105,8 +138,10 @@ fn three_clusters_scenarios() {
             assert_eq!((r.status, r.text().as_str()), (200, winner));
         }
     }
+}
 
-    // (g) malformed requests get a clear 4xx and the node keeps serving.
+/// Malformed requests get a clear 4xx and the node keeps serving.
+fn malformed_requests_get_a_clear_4xx(nodes: &[NodeProc]) {
     let n = &nodes[7];
     let big = vec![b'x'; 100 * 1024];
     let r = http("PUT", &n.http, "/store/big", &big, &[]);
@@ -132,8 +167,10 @@ fn three_clusters_scenarios() {
     assert_eq!(r.status, 400, "{}", r.text());
     let r = get(n, "alpha");
     assert_eq!((r.status, r.text().as_str()), (200, "one"));
+}
 
-    // At-most-once: a retry with the same request id returns the first outcome.
+/// At-most-once: a retry with the same request id returns the first outcome.
+fn a_retry_with_the_same_request_id_gets_the_first_outcome(nodes: &[NodeProc]) {
     let h = [("X-Request-Id", "req-1")];
     let r = http("PUT", &nodes[6].http, "/store/once", b"v1", &h);
     assert_eq!(r.status, 201, "{}", r.text());
@@ -142,8 +179,10 @@ fn three_clusters_scenarios() {
         r.status, 201,
         "the retry is answered from the first attempt"
     );
+}
 
-    // The load generator runs and reports.
+/// The load generator runs and reports.
+fn the_load_generator_reports(nodes: &[NodeProc]) {
     let out = Command::new(BIN)
         .args(["bench", "--node", &nodes[0].http, "--node", &nodes[4].http])
         .args([
@@ -162,13 +201,15 @@ fn three_clusters_scenarios() {
         report.contains("20 requests") && report.contains("p99"),
         "{report}"
     );
+}
 
-    // (e) a tenth node joining late copies the existing keys and serves them.
-    // It is given a bootstrap peer that does not answer, and a live one with --peer.
+/// A tenth node joining late copies the existing keys and serves them.
+/// It is given a bootstrap peer that does not answer, and a live one with --peer.
+fn a_late_joiner_copies_the_existing_keys(nodes: &mut Vec<NodeProc>, dir: &Path) {
     let dead = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", free_port(), nodes[1].peer);
     let late = start_node_with(
         "c2",
-        &tmp.path().join("n9"),
+        &dir.join("n9"),
         Some(&dead),
         &["--peer", &nodes[0].p2p],
     )
@@ -180,10 +221,12 @@ fn three_clusters_scenarios() {
     assert_eq!((r.status, r.text().as_str()), (200, "one"));
     let r = get(&nodes[9], "cli-key");
     assert_eq!((r.status, r.text().as_str()), (200, "cli-value"));
+}
 
-    // (d) kill -9 of a node during writes: every write ends with a definite answer or 503;
-    // after a restart with its data dir nothing acknowledged is lost, every node agrees on
-    // every key, and no reservation remains.
+/// A kill -9 of a node during writes: every write ends with a definite answer or 503;
+/// after a restart with its data dir nothing acknowledged is lost, every node agrees on
+/// every key, and no reservation remains.
+fn a_kill_during_writes_loses_nothing_acknowledged(nodes: &mut [NodeProc]) {
     let victim = 5;
     let stop = Arc::new(AtomicBool::new(false));
     let results = std::thread::scope(|s| {
@@ -265,9 +308,11 @@ fn three_clusters_scenarios() {
     let acked = results.iter().rfind(|r| r.2 == 201).unwrap();
     let r = get(&nodes[victim], &acked.0);
     assert_eq!((r.status, r.text()), (200, acked.1.clone()));
+}
 
-    // kill -9 of a coordinator during its writes: what it acknowledged survives, and what
-    // was in flight is resolved one way everywhere.
+/// A kill -9 of a coordinator during its writes: what it acknowledged survives, and what
+/// was in flight is resolved one way everywhere.
+fn a_killed_coordinators_writes_resolve_one_way(nodes: &mut [NodeProc]) {
     let coord = 2;
     let base = nodes[coord].http.clone();
     let writer = std::thread::spawn(move || {
@@ -308,8 +353,10 @@ fn three_clusters_scenarios() {
         nodes.iter().all(|n| health(n)["reservations_open"] == 0)
     });
     check_agreement(&nodes[0], &written);
+}
 
-    // Graceful leave: SIGTERM makes a node leave and exit 0; the others drop it.
+/// Graceful leave: SIGTERM makes a node leave and exit 0; the others drop it.
+fn sigterm_leaves_gracefully(nodes: &mut Vec<NodeProc>) {
     let leaver = nodes.pop().unwrap();
     let pid = leaver.child.id();
     assert!(
@@ -333,9 +380,11 @@ fn three_clusters_scenarios() {
     wait_converged(&all, 9, Duration::from_secs(30));
     let r = put(&nodes[3], "after-leave", "ok");
     assert_eq!(r.status, 201, "{}", r.text());
+}
 
-    // An operator removes a dead node: it is dropped on every member (through the one node
-    // asked), and writes coordinated in the other clusters go on without it.
+/// An operator removes a dead node: it is dropped on every member (through the one node
+/// asked), and writes coordinated in the other clusters go on without it.
+fn an_operator_removes_a_dead_node(nodes: &mut Vec<NodeProc>) {
     wait_until(Duration::from_secs(30), "no reservation left", || {
         nodes.iter().all(|n| health(n)["reservations_open"] == 0)
     });
@@ -375,9 +424,11 @@ fn three_clusters_scenarios() {
         );
         r.status == 201
     });
+}
 
-    // No node logged an error (a protocol violation is logged as one).
-    for entry in std::fs::read_dir(tmp.path()).unwrap() {
+/// No node logged an error (a protocol violation is logged as one).
+fn no_node_logged_an_error(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "log") {
             let log = std::fs::read_to_string(&path).unwrap();
@@ -394,8 +445,6 @@ fn three_clusters_scenarios() {
     }
 }
 
-/// Every node answers a verify read of every key, they agree, and every acknowledged write is
-/// stored with its value everywhere.
 /// The sum of every sample in a Prometheus text whose name (with labels) starts with `prefix`.
 fn metric_sum(text: &str, prefix: &str) -> u64 {
     text.lines()
@@ -404,6 +453,8 @@ fn metric_sum(text: &str, prefix: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Every node answers a verify read of every key, they agree, and every acknowledged write is
+/// stored with its value everywhere.
 fn check_agreement(node: &NodeProc, writes: &[(String, String, u16, serde_json::Value)]) {
     for (key, value, status, _) in writes {
         // A verify read waits a bounded time for every node; on a loaded machine one may be
@@ -444,7 +495,7 @@ fn put_retrying_busy(node: &NodeProc, key: &str, value: &str) -> (u16, String) {
     (409, "busy".into())
 }
 
-/// (f) a bootstrap address that does not answer: the node exits non-zero with a clear error
+/// A bootstrap address that does not answer: the node exits non-zero with a clear error
 /// within a few seconds.
 #[test]
 fn unreachable_bootstrap_exits_nonzero() {
