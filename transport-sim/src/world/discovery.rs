@@ -40,8 +40,7 @@ impl World {
                 continue;
             }
             self.stats.goodbyes_sent += 1;
-            let net = &self.spec.net;
-            if net.loss > 0.0 && self.rng_net.random_bool(net.loss) {
+            if self.lost_in_transit() {
                 self.stats.goodbyes_lost += 1;
                 self.tr.node(
                     self.now,
@@ -143,8 +142,7 @@ impl World {
         };
         self.stats.hellos_sent += 1;
         let what = if answer { "hello answer" } else { "hello" };
-        let net = &self.spec.net;
-        if net.loss > 0.0 && self.rng_net.random_bool(net.loss) {
+        if self.lost_in_transit() {
             self.stats.hellos_lost += 1;
             self.tr.node(
                 self.now,
@@ -184,14 +182,7 @@ impl World {
         answer: bool,
     ) {
         let what = if answer { "hello answer" } else { "hello" };
-        let why_lost = if self.nodes[to].node.is_none() {
-            Some("node down")
-        } else if self.blocked(from, to) {
-            Some("partition")
-        } else {
-            None
-        };
-        if let Some(why) = why_lost {
+        if let Some(why) = self.unreachable(from, to) {
             self.stats.hellos_lost += 1;
             self.tr.node(
                 self.now,
@@ -236,13 +227,7 @@ impl World {
 
     /// `from`'s goodbye reaches `to`, unless `to` is down or cut from it.
     pub(super) fn goodbye_arrived(&mut self, from: NodeIx, to: NodeIx) {
-        let why_lost = if self.nodes[to].node.is_none() {
-            Some("node down")
-        } else if self.blocked(from, to) {
-            Some("partition")
-        } else {
-            None
-        };
+        let why_lost = self.unreachable(from, to);
         let id = self.nodes[from].id.clone();
         if let Some(why) = why_lost {
             self.stats.goodbyes_lost += 1;

@@ -35,8 +35,7 @@ impl World {
             );
             return;
         };
-        let net = &self.spec.net;
-        if net.loss > 0.0 && self.rng_net.random_bool(net.loss) {
+        if self.lost_in_transit() {
             self.stats.messages_lost += 1;
             if self.spec.trace != TraceMode::Off {
                 self.tr.node(
@@ -48,6 +47,7 @@ impl World {
             }
             return;
         }
+        let net = &self.spec.net;
         let copies = if net.dup > 0.0 && self.rng_net.random_bool(net.dup) {
             self.stats.messages_duplicated += 1;
             2
@@ -188,24 +188,33 @@ impl World {
         })
     }
 
-    pub(super) fn deliver(&mut self, from: NodeIx, to: NodeIx, frame: Vec<u8>) {
+    /// Whether the network loses the message about to be sent (drawn only when loss is on:
+    /// a reliable network draws nothing).
+    pub(super) fn lost_in_transit(&mut self) -> bool {
+        let loss = self.spec.net.loss;
+        loss > 0.0 && self.rng_net.random_bool(loss)
+    }
+
+    /// Why a message from `from` cannot reach `to` now, if it cannot: `to` is down, or a
+    /// partition cuts the link.
+    pub(super) fn unreachable(&self, from: NodeIx, to: NodeIx) -> Option<&'static str> {
         if self.nodes[to].node.is_none() {
-            self.stats.messages_blocked += 1;
-            self.tr.node(
-                self.now,
-                &self.nodes,
-                to,
-                format_args!("drop from {}: node down", self.nodes[from].id),
-            );
-            return;
+            Some("node down")
+        } else if self.blocked(from, to) {
+            Some("partition")
+        } else {
+            None
         }
-        if self.blocked(from, to) {
+    }
+
+    pub(super) fn deliver(&mut self, from: NodeIx, to: NodeIx, frame: Vec<u8>) {
+        if let Some(why) = self.unreachable(from, to) {
             self.stats.messages_blocked += 1;
             self.tr.node(
                 self.now,
                 &self.nodes,
                 to,
-                format_args!("drop from {}: partition", self.nodes[from].id),
+                format_args!("drop from {}: {why}", self.nodes[from].id),
             );
             return;
         }
