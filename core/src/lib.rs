@@ -32,9 +32,10 @@
 //! | Bounds | `config.rs` (the limits), `node/bounds.rs` (checks of peer and client input) |
 //!
 //! The rest: `node.rs` holds the state of a [`Node`] and routes every input to the file above
-//! that handles it; `api.rs` is the seam (inputs, outputs, replies, notes); `wire.rs` the wire
+//! that handles it; `api.rs` is the seam (inputs, outputs, replies, notes); `faults.rs` the
+//! typed peer faults and violations that notes carry; `wire.rs` the wire
 //! format; `storage.rs` the durable writes and the recovered image; `timers.rs` the timer
-//! table; `types.rs` the ids, values, time and the one FNV-1a.
+//! table; `types.rs` the ids, values, time and the one FNV-1a of the workspace.
 
 mod api;
 mod config;
