@@ -59,3 +59,8 @@ ci:
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Same-instant races on a real 3x3 demo network: how many keys end with one winner.
+race-bench *ARGS:
+    cargo build --release -p replicator-node
+    python3 node/scripts/race_bench.py {{ARGS}}
