@@ -30,6 +30,11 @@ use crate::storage::{Durable, PersistJob, Storage, StorageWorker};
 
 /// What the driver loop waits on, tried in turn: see [`Wake`].
 const WAKE_SOURCES: usize = 6;
+/// Peer frames or client calls already queued that one turn of the loop takes after the one
+/// that woke it, before it hands the core's outputs on. Under load this spreads the cost of a
+/// turn (its timers, its wake-ups, its flush of frames to each peer) over many inputs; the
+/// bound keeps the other sources from waiting long.
+const READY_PER_TURN_MAX: usize = 64;
 
 /// What woke the driver loop.
 enum Wake {
@@ -424,9 +429,25 @@ impl<T: Transport> Driver<T> {
                 .await
             };
             match wake {
-                Wake::Event(Some(ev)) => self.on_transport(ev),
+                Wake::Event(Some(ev)) => {
+                    self.on_transport(ev);
+                    for _ in 1..READY_PER_TURN_MAX {
+                        let Ok(ev) = self.events.try_recv() else {
+                            break;
+                        };
+                        self.on_transport(ev);
+                    }
+                }
                 Wake::Event(None) => events_open = false,
-                Wake::Request(Some(req)) => self.on_request(req),
+                Wake::Request(Some(req)) => {
+                    self.on_request(req);
+                    for _ in 1..READY_PER_TURN_MAX {
+                        let Ok(req) = self.requests.try_recv() else {
+                            break;
+                        };
+                        self.on_request(req);
+                    }
+                }
                 Wake::Request(None) => requests_open = false,
                 Wake::Durable(changed) => {
                     if !changed {
