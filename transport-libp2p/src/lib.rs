@@ -160,6 +160,11 @@
 //! Input from peers that breaks a bound or does not decode is dropped with a log line; it
 //! never panics.
 
+// Where things are: `client.rs` the handle and its commands; `event_loop.rs` the loop that owns
+// the swarm (its own map lists the files under `event_loop/`: setup, behaviours, bootstrap,
+// commands, connections and liveness, membership, leaving, discovery, the peer table, the event
+// outbox); `frames.rs` and `streams.rs` the per-peer frame streams; `control.rs` the Hello and
+// Goodbye messages; `codec.rs` their framing; `admission.rs` who may connect at all.
 mod admission;
 mod client;
 mod codec;
