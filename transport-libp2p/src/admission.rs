@@ -19,7 +19,9 @@ use std::task::{Context, Poll};
 
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::muxing::StreamMuxerBox;
-use libp2p::core::transport::{Boxed, DialOpts, ListenerId, TransportError, TransportEvent};
+use libp2p::core::transport::{
+    Boxed, DialOpts, ListenerId, PortUse, TransportError, TransportEvent,
+};
 use libp2p::core::upgrade::Version;
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::PnetConfig;
@@ -175,8 +177,13 @@ where
     fn dial(
         &mut self,
         addr: Multiaddr,
-        opts: DialOpts,
+        mut opts: DialOpts,
     ) -> Result<Self::Dial, TransportError<Self::Error>> {
+        // Outgoing connections take a fresh local port. libp2p dials from the listening port
+        // by default (for NAT hole punching, which we do not use); that fails with "Address
+        // already in use" whenever the same address pair is already connected or lingering,
+        // as happens when many nodes share one host.
+        opts.port_use = PortUse::New;
         self.inner.dial(addr, opts)
     }
 
