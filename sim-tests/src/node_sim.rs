@@ -1066,18 +1066,9 @@ async fn liveness(world: &Arc<World>, healed: Instant) -> Result<(), String> {
             let invoked = world.micros();
             let reply = tokio::time::timeout(CALL_TIMEOUT, running.handle.call(cmd)).await;
             let returned = world.micros();
-            let result = match &reply {
-                Ok(Ok(Reply::Put(PutOutcome::Stored))) => PutResult::Stored,
-                Ok(Ok(Reply::Put(PutOutcome::Exists { value }))) => PutResult::Exists {
-                    value: value.as_bytes().to_vec(),
-                },
-                Ok(Ok(Reply::Put(PutOutcome::Busy))) => PutResult::Busy,
-                Ok(Ok(Reply::Put(
-                    PutOutcome::Invalid(_) | PutOutcome::Overloaded | PutOutcome::NotReady(_),
-                )))
-                | Ok(Err(CallError::Overloaded)) => PutResult::NoEffect,
-                _ => PutResult::Unavailable,
-            };
+            let result = reply
+                .as_ref()
+                .map_or(PutResult::Unavailable, |r| put_result(r.clone()));
             world.history.lock().unwrap().push(Op::put(
                 1_000 + c as u64,
                 key.clone(),
@@ -1645,18 +1636,7 @@ async fn burst(world: &Arc<World>, c: usize, seq: u64, ix: usize, running: &Runn
                 request: None,
             };
             let reply = tokio::time::timeout(CALL_TIMEOUT, handle.call(cmd)).await;
-            let result = match reply {
-                Ok(Ok(Reply::Put(PutOutcome::Stored))) => PutResult::Stored,
-                Ok(Ok(Reply::Put(PutOutcome::Exists { value }))) => PutResult::Exists {
-                    value: value.as_bytes().to_vec(),
-                },
-                Ok(Ok(Reply::Put(PutOutcome::Busy))) => PutResult::Busy,
-                Ok(Ok(Reply::Put(
-                    PutOutcome::Invalid(_) | PutOutcome::Overloaded | PutOutcome::NotReady(_),
-                )))
-                | Ok(Err(CallError::Overloaded)) => PutResult::NoEffect,
-                _ => PutResult::Unavailable,
-            };
+            let result = reply.map_or(PutResult::Unavailable, put_result);
             if result == PutResult::Stored {
                 w.acknowledged
                     .lock()
@@ -1781,23 +1761,7 @@ async fn call(
             let reply = tokio::time::timeout(CALL_TIMEOUT, running.handle.call(cmd))
                 .await
                 .ok()?;
-            Some(Answer::Put(match reply {
-                Ok(Reply::Put(o)) => match o {
-                    PutOutcome::Stored => PutResult::Stored,
-                    PutOutcome::Exists { value } => PutResult::Exists {
-                        value: value.as_bytes().to_vec(),
-                    },
-                    PutOutcome::Busy => PutResult::Busy,
-                    PutOutcome::Unavailable(_) => PutResult::Unavailable,
-                    PutOutcome::Invalid(_) | PutOutcome::Overloaded | PutOutcome::NotReady(_) => {
-                        PutResult::NoEffect
-                    }
-                },
-                // Nothing was queued: no effect.
-                Err(CallError::Overloaded) => PutResult::NoEffect,
-                // Taken, then no answer (the driver stopped, or stalled): unknown.
-                _ => PutResult::Unavailable,
-            }))
+            Some(Answer::Put(put_result(reply)))
         }
         CallKind::Get { key } => {
             let reply = tokio::time::timeout(
@@ -1812,5 +1776,26 @@ async fn call(
                 _ => GetResult::Unavailable,
             }))
         }
+    }
+}
+
+/// What a PUT call's answer tells the linearizability checker (one mapping for every client).
+fn put_result(reply: Result<Reply, CallError>) -> PutResult {
+    match reply {
+        Ok(Reply::Put(o)) => match o {
+            PutOutcome::Stored => PutResult::Stored,
+            PutOutcome::Exists { value } => PutResult::Exists {
+                value: value.as_bytes().to_vec(),
+            },
+            PutOutcome::Busy => PutResult::Busy,
+            PutOutcome::Unavailable(_) => PutResult::Unavailable,
+            PutOutcome::Invalid(_) | PutOutcome::Overloaded | PutOutcome::NotReady(_) => {
+                PutResult::NoEffect
+            }
+        },
+        // Nothing was queued: no effect.
+        Err(CallError::Overloaded) => PutResult::NoEffect,
+        // Taken, then no answer (the driver stopped, or stalled): unknown.
+        _ => PutResult::Unavailable,
     }
 }
