@@ -1,9 +1,12 @@
 //! The wire format: every message nodes exchange, and its one encoding.
 //!
-//! A frame is one version byte followed by the bincode (2.0.1, standard config) encoding of a
-//! [`Message`]. Decoding is bounded: bincode refuses any length prefix that would read or
-//! allocate past [`FRAME_BYTES_MAX`], trailing bytes are an error, and nothing here panics on
-//! any input. Semantic limits (key and value sizes, list lengths) are checked by the node
+//! A frame is one version byte followed by the bincode (2.0.1, standard config) encodings of
+//! one or more [`Message`]s, back to back, to be handled in that order: a [`Batch`] packs what
+//! one driver turn sends to one peer (many votes and decisions under load) into few frames, so
+//! a frame's fixed cost (allocation, queueing, wake-ups, a read) is paid per batch, not per
+//! message. Decoding is bounded: bincode refuses any length prefix that would read or
+//! allocate past [`FRAME_BYTES_MAX`], a frame holds at most [`MESSAGES_PER_FRAME_MAX`]
+//! messages, and nothing here panics on any input. Semantic limits (key and value sizes, list lengths) are checked by the node
 //! against its [`Config`](crate::Config) when the message is handled.
 
 use serde::{Deserialize, Serialize};
@@ -14,9 +17,16 @@ use crate::storage::DurableKey;
 use crate::types::{ClusterId, Key, NodeId, ProposalId, Time, Value};
 
 /// The version byte every frame starts with. Bump it on any incompatible change.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 /// No frame is ever longer than this; decoding never allocates past it.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// A frame holds at most this many messages: what a decoded frame holds in memory stays
+/// bounded by it, whatever the frame's bytes.
+pub const MESSAGES_PER_FRAME_MAX: usize = 1024;
+/// A [`Batch`] adds a message to its current frame only while the frame is shorter than this;
+/// then it starts another. So a frame is at most this plus one message long, well below
+/// [`FRAME_BYTES_MAX`] (the largest message, a sync page, is at most half of it).
+pub const BATCH_FRAME_BYTES: usize = 64 * 1024;
 
 /// A message between two nodes. The sender is known from the transport (an authenticated
 /// libp2p peer id, or the simulator's link), not from the message.
@@ -206,6 +216,10 @@ pub enum WireError {
     Malformed(String),
     #[error("{0} trailing bytes after the message")]
     Trailing(usize),
+    #[error("more than {MESSAGES_PER_FRAME_MAX} messages in one frame")]
+    TooManyMessages,
+    #[error("{0} messages where one was expected")]
+    Messages(usize),
 }
 
 fn config() -> impl bincode::config::Config {
@@ -214,30 +228,82 @@ fn config() -> impl bincode::config::Config {
 
 /// Encodes a message into one frame.
 pub fn encode(msg: &Message) -> Vec<u8> {
-    let mut out = vec![WIRE_VERSION];
+    let mut frame = vec![WIRE_VERSION];
+    append(&mut frame, msg);
+    frame
+}
+
+fn append(frame: &mut Vec<u8>, msg: &Message) {
     // Encoding to a Vec of our own serde types cannot fail but for exceeding the limit,
     // which messages built by the core never do (pages are bounded by the config).
-    match bincode::serde::encode_into_std_write(msg, &mut out, config()) {
-        Ok(_) => out,
-        Err(e) => panic!("encoding a message failed: {e}"),
+    if let Err(e) = bincode::serde::encode_into_std_write(msg, frame, config()) {
+        panic!("encoding a message failed: {e}");
     }
 }
 
-/// Decodes one frame. Never panics, never allocates more than the frame allows.
-pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
-    let (&version, body) = frame.split_first().ok_or(WireError::Empty)?;
+/// The messages one driver turn sends to one peer, packed into as few frames as the bounds
+/// allow, in the order they were added.
+#[derive(Debug, Default)]
+pub struct Batch {
+    frames: Vec<Vec<u8>>,
+    /// Messages in the last frame.
+    in_last: usize,
+}
+
+impl Batch {
+    pub fn push(&mut self, msg: &Message) {
+        let room = self
+            .frames
+            .last()
+            .is_some_and(|f| f.len() < BATCH_FRAME_BYTES && self.in_last < MESSAGES_PER_FRAME_MAX);
+        if !room {
+            self.frames.push(vec![WIRE_VERSION]);
+            self.in_last = 0;
+        }
+        let frame = self.frames.last_mut().expect("pushed above");
+        append(frame, msg);
+        self.in_last += 1;
+    }
+
+    /// The frames, to send in this order.
+    pub fn into_frames(self) -> Vec<Vec<u8>> {
+        self.frames
+    }
+}
+
+/// Decodes one frame into its messages, all or nothing: a frame with any bad part is an error
+/// and yields no message. Never panics; holds at most [`MESSAGES_PER_FRAME_MAX`] messages.
+pub fn decode_frame(frame: &[u8]) -> Result<Vec<Message>, WireError> {
+    let (&version, mut body) = frame.split_first().ok_or(WireError::Empty)?;
     if frame.len() > FRAME_BYTES_MAX {
         return Err(WireError::TooLarge(frame.len()));
     }
     if version != WIRE_VERSION {
         return Err(WireError::Version(version));
     }
-    let (msg, used) = bincode::serde::decode_from_slice::<Message, _>(body, config())
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if used != body.len() {
-        return Err(WireError::Trailing(body.len() - used));
+    if body.is_empty() {
+        return Err(WireError::Empty);
     }
-    Ok(msg)
+    let mut msgs = Vec::new();
+    while !body.is_empty() {
+        if msgs.len() == MESSAGES_PER_FRAME_MAX {
+            return Err(WireError::TooManyMessages);
+        }
+        let (msg, used) = bincode::serde::decode_from_slice::<Message, _>(body, config())
+            .map_err(|e| WireError::Malformed(e.to_string()))?;
+        msgs.push(msg);
+        body = &body[used..];
+    }
+    Ok(msgs)
+}
+
+/// Decodes a frame that must hold exactly one message (what [`encode`] makes).
+pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
+    let mut msgs = decode_frame(frame)?;
+    match msgs.len() {
+        1 => Ok(msgs.pop().expect("one message")),
+        n => Err(WireError::Messages(n)),
+    }
 }
 
 /// Encodes any serde value with the same bounded configuration (for storage records).

@@ -534,11 +534,12 @@ fn garbage_bytes_on_the_wire_are_an_error_not_a_panic() {
             after: Some(k("a"))
         })
     );
+    // A byte after a message starts another one, which is cut short here.
     let mut trailing = ok.clone();
     trailing.push(0);
     assert!(matches!(
         wire::decode(&trailing),
-        Err(wire::WireError::Trailing(1))
+        Err(wire::WireError::Malformed(_))
     ));
 }
 

@@ -514,10 +514,20 @@ impl<T: Transport> Driver<T> {
             TransportEvent::Message { .. } if self.is_storage_stalled() => {
                 self.metrics.inc(&self.metrics.frames_dropped_stalled);
             }
-            TransportEvent::Message { from, frame } => match wire::decode(&frame) {
-                Ok(msg) => {
-                    trace!(peer = %from, ?msg, "received");
-                    self.node.handle(now, Input::Message { from, msg })
+            TransportEvent::Message { from, frame } => match wire::decode_frame(&frame) {
+                Ok(msgs) => {
+                    self.metrics
+                        .add(&self.metrics.messages_received, msgs.len() as u64);
+                    for msg in msgs {
+                        trace!(peer = %from, ?msg, "received");
+                        self.node.handle(
+                            now,
+                            Input::Message {
+                                from: from.clone(),
+                                msg,
+                            },
+                        );
+                    }
                 }
                 Err(e) => {
                     self.metrics.inc(&self.metrics.frames_rejected);
@@ -615,13 +625,17 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// Executes every output the core has.
+    /// Executes every output the core has. The messages for one peer leave together, packed
+    /// into as few frames as the wire allows, in the order the core sent them (a peer handles
+    /// a frame's messages in order, as it would separate frames on one stream).
     fn drain(&mut self) {
+        let mut batches: BTreeMap<NodeId, wire::Batch> = BTreeMap::new();
         while let Some(out) = self.node.poll_output() {
             match out {
                 Output::Send { to, msg } => {
                     trace!(peer = %to, ?msg, "send");
-                    self.transport.send(&to, wire::encode(&msg));
+                    self.metrics.inc(&self.metrics.messages_sent);
+                    batches.entry(to).or_default().push(&msg);
                 }
                 Output::Persist {
                     write,
@@ -648,6 +662,11 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 Output::Note(note) => self.on_note(note),
+            }
+        }
+        for (to, batch) in batches {
+            for frame in batch.into_frames() {
+                self.transport.send(&to, frame);
             }
         }
     }

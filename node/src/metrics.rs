@@ -47,6 +47,9 @@ pub struct Metrics {
     pub decided_committed: AtomicU64,
     pub decided_aborted: AtomicU64,
     pub frames_rejected: AtomicU64,
+    /// Protocol messages sent and received; a frame carries one or more of them.
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
     /// Peer input the core dropped, by [`PeerFaultKind::index`].
     pub peer_faults: [AtomicU64; PeerFaultKind::ALL.len()],
     pub frames_send_failed: AtomicU64,
@@ -202,7 +205,11 @@ fn render_peer_traffic(peers: &[PeerTraffic], s: &mut String) {
 
 impl Metrics {
     pub fn inc(&self, c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
+        self.add(c, 1);
+    }
+
+    pub fn add(&self, c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn put_done(&self, outcome: &str, took: Duration) {
@@ -291,6 +298,11 @@ impl Metrics {
             (
                 "replicator_frames_rejected_total",
                 get(&self.frames_rejected),
+            ),
+            ("replicator_messages_sent_total", get(&self.messages_sent)),
+            (
+                "replicator_messages_received_total",
+                get(&self.messages_received),
             ),
             (
                 "replicator_frames_send_failed_total",
