@@ -5,11 +5,16 @@ Starts a 3-member etcd (Debian's `etcd-server`) and replicator networks (`replic
 1x3 and 3x3 by default) on 127.0.0.1, then drives each with `wrk` (one fresh key per request:
 a create-if-absent) at 1, 16 and 64 connections, interleaving the systems run by run, and
 prints the median of every figure over the repetitions: creates/s, p50, p99, errors and server
-CPU-ms per create (user+system time of the server processes, from /proc). Installs nothing:
-it says what is missing. Every process it starts is stopped at the end.
+CPU-ms per create (user+system time of the server processes, from /proc). Before the measured
+runs every system takes the same unmeasured warm-up load (`--warmup` seconds at 64
+connections): a replicator network reports itself writable as soon as its own cluster is
+complete, while the other clusters are still being discovered, and the first writes then
+race with that (aborted proposals, a few Busy answers). Installs nothing: it says what is
+missing. Every process it starts is stopped at the end.
 
     python3 node/scripts/bench_vs_etcd.py [--duration 15] [--reps 3] [--clients 1,16,64]
         [--systems etcd,replicator-1x3,replicator-3x3] [--replicator target/release/replicator]
+        [--warmup 5]
 """
 
 import argparse
@@ -197,7 +202,8 @@ def start_replicator(exe, workdir, clusters, http_port):
                 health = json.load(r)
         except Exception:
             return False
-        return health.get("writable") is True and all(http_ok(n + "/health") for n in nodes)
+        return (health.get("writable") is True and health.get("members") == len(nodes)
+                and all(http_ok(n + "/health") for n in nodes))
     wait_until(writable, 180, f"replicator {clusters}x3 to accept writes")
     return System(f"replicator-{clusters}x3", nodes[0], LUA_REPLICATOR, [demo])
 
@@ -233,6 +239,8 @@ def main():
     ap.add_argument("--systems", default="etcd,replicator-1x3,replicator-3x3")
     ap.add_argument("--replicator", default="target/release/replicator")
     ap.add_argument("--json", help="also write every run to this file")
+    ap.add_argument("--warmup", type=int, default=5,
+                    help="seconds of unmeasured load per system before the measured runs")
     args = ap.parse_args()
     systems = args.systems.split(",")
     clients = [int(c) for c in args.clients.split(",")]
@@ -261,6 +269,10 @@ def main():
             with open(path, "w") as f:
                 f.write(s.lua)
             lua[s.name] = path
+        if args.warmup > 0:
+            for s in running:
+                run_wrk(s, 64, args.warmup, lua[s.name], f"{os.getpid()}warmup")
+                print(f"warmed up {s.name} ({args.warmup} s at 64 clients)", flush=True)
         results = {}
         for rep in range(args.reps):
             for c in clients:

@@ -866,7 +866,7 @@ mod tests {
                 }
             }
             let fresh = Recovered::founder(NetworkId::new("net"));
-            let storage = Storage::open(dirs[i].path(), Some(&fresh)).unwrap();
+            let mut storage = Storage::open(dirs[i].path(), Some(&fresh)).unwrap();
             let recovered = storage.load().unwrap().recovered;
             let (driver, handle) = Driver::new(Parts {
                 config: replicator_core::Config::default(),

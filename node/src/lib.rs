@@ -6,8 +6,10 @@
 //! madsim's simulated ones: sim-tests' `node_sim` runs these very drivers over a simulated
 //! network, with the storage on a [`simdisk::SimDisk`] that loses unsynced writes on a kill.
 
+pub mod crc;
 pub mod driver;
 pub mod http;
 pub mod metrics;
 pub mod simdisk;
 pub mod storage;
+pub mod wal;

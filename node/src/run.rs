@@ -249,7 +249,7 @@ fn open_storage(
     data_dir: &Path,
     peer_id: &PeerId,
 ) -> Result<(Storage, Recovered)> {
-    let storage = match existing {
+    let mut storage = match existing {
         Some((storage, recorded)) => {
             if recorded != *network {
                 anyhow::bail!(

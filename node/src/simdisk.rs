@@ -1,9 +1,11 @@
 //! A simulated disk under the real redb: the disk model of transport-sim, for the node.
 //!
-//! redb reads and writes through a [`redb::StorageBackend`]. [`SimDisk`] is one: every write
-//! lands in the disk's volatile image at once (reads see it), and becomes durable only when an
-//! fsync that redb asked for completes ([`SimDisk::complete_sync`], which the storage's group
-//! commit calls after the simulated fsync delay). [`SimDisk::crash`] drops every write that was
+//! redb reads and writes through a [`redb::StorageBackend`], and so does the storage's
+//! write-ahead log. A [`SimDisk`] holds two files, the database ([`SimDisk::backend`]) and the
+//! log ([`SimDisk::log_backend`]): every write lands in its file's volatile image at once
+//! (reads see it), and becomes durable only when an fsync asked for on that file completes
+//! ([`SimDisk::complete_sync`], which the storage's group commit calls after the simulated
+//! fsync delay). [`SimDisk::crash`] drops every write that was
 //! not durable, as a power cut does, and cuts off the backends of the killed process: a
 //! database still held by the dead node's tasks can no longer touch the disk.
 //!
@@ -25,21 +27,33 @@ pub struct SimDisk {
     fsync: Range<Duration>,
 }
 
+/// The files of a disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileName {
+    Database = 0,
+    Log = 1,
+}
+
 #[derive(Default)]
 struct Disk {
+    files: [Image; 2],
+    /// Bumped by every crash: backends of an older generation belong to a dead process.
+    generation: u64,
+    /// Every write and fsync fails (a full or failing disk); reads still work.
+    failing: bool,
+    stats: DiskStats,
+}
+
+#[derive(Default)]
+struct Image {
     /// What survives a crash.
     durable: Vec<u8>,
     /// What the running process reads: `durable` plus every pending change.
     current: Vec<u8>,
     /// Changes since the last completed fsync, in order.
     pending: Vec<Change>,
-    /// `pending[..requested]` were written before the last fsync redb asked for.
+    /// `pending[..requested]` were written before the last fsync asked for on this file.
     requested: usize,
-    /// Bumped by every crash: backends of an older generation belong to a dead process.
-    generation: u64,
-    /// Every write and fsync fails (a full or failing disk); reads still work.
-    failing: bool,
-    stats: DiskStats,
 }
 
 enum Change {
@@ -75,8 +89,18 @@ impl SimDisk {
 
     /// A backend for a database opened by the current process (until the next crash).
     pub fn backend(&self) -> SimBackend {
+        self.file(FileName::Database)
+    }
+
+    /// A backend for the write-ahead log of that database, in a file of its own.
+    pub fn log_backend(&self) -> SimBackend {
+        self.file(FileName::Log)
+    }
+
+    fn file(&self, file: FileName) -> SimBackend {
         SimBackend {
             disk: self.inner.clone(),
+            file,
             generation: self.lock().generation,
         }
     }
@@ -94,15 +118,17 @@ impl SimDisk {
         self.fsync.start
     }
 
-    /// The fsync redb asked for last has completed: everything written before it is durable.
+    /// The fsyncs asked for last (one per file) have completed: everything written to a file
+    /// before its fsync is durable.
     pub fn complete_sync(&self) {
         let mut disk = self.lock();
-        let requested = disk.requested;
-        let done: Vec<Change> = disk.pending.drain(..requested).collect();
-        for change in &done {
-            change.apply(&mut disk.durable);
+        for image in &mut disk.files {
+            let done: Vec<Change> = image.pending.drain(..image.requested).collect();
+            for change in &done {
+                change.apply(&mut image.durable);
+            }
+            image.requested = 0;
         }
-        disk.requested = 0;
         disk.stats.fsyncs_completed += 1;
     }
 
@@ -110,10 +136,13 @@ impl SimDisk {
     /// far stop working (the process that held them is dead).
     pub fn crash(&self) {
         let mut disk = self.lock();
-        let lost = disk.pending.len() as u64;
-        disk.pending.clear();
-        disk.requested = 0;
-        disk.current = disk.durable.clone();
+        let mut lost = 0;
+        for image in &mut disk.files {
+            lost += image.pending.len() as u64;
+            image.pending.clear();
+            image.requested = 0;
+            image.current = image.durable.clone();
+        }
         disk.generation += 1;
         disk.stats.crashes += 1;
         disk.stats.changes_lost += lost;
@@ -135,17 +164,21 @@ impl SimDisk {
 
     /// Whether a write is waiting for an fsync (a crash now would lose something).
     pub fn has_unsynced(&self) -> bool {
-        !self.lock().pending.is_empty()
+        self.lock().files.iter().any(|f| !f.pending.is_empty())
     }
 }
 
 impl fmt::Debug for SimDisk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let disk = self.lock();
+        let db = &disk.files[FileName::Database as usize];
+        let log = &disk.files[FileName::Log as usize];
         f.debug_struct("SimDisk")
-            .field("durable_bytes", &disk.durable.len())
-            .field("current_bytes", &disk.current.len())
-            .field("pending", &disk.pending.len())
+            .field("durable_bytes", &db.durable.len())
+            .field("current_bytes", &db.current.len())
+            .field("pending", &db.pending.len())
+            .field("log_durable_bytes", &log.durable.len())
+            .field("log_pending", &log.pending.len())
             .field("generation", &disk.generation)
             .finish()
     }
@@ -167,9 +200,10 @@ impl Change {
     }
 }
 
-/// The process's view of a [`SimDisk`], handed to redb.
+/// The process's view of one file of a [`SimDisk`], handed to redb (or the log).
 pub struct SimBackend {
     disk: Arc<Mutex<Disk>>,
+    file: FileName,
     generation: u64,
 }
 
@@ -194,11 +228,16 @@ impl SimBackend {
         }
         Ok(disk)
     }
+
+    fn image(disk: &mut Disk, file: FileName) -> &mut Image {
+        &mut disk.files[file as usize]
+    }
 }
 
 impl fmt::Debug for SimBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimBackend")
+            .field("file", &self.file)
             .field("generation", &self.generation)
             .finish()
     }
@@ -206,25 +245,28 @@ impl fmt::Debug for SimBackend {
 
 impl redb::StorageBackend for SimBackend {
     fn len(&self) -> io::Result<u64> {
-        Ok(self.lock()?.current.len() as u64)
+        let mut disk = self.lock()?;
+        Ok(Self::image(&mut disk, self.file).current.len() as u64)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        let disk = self.lock()?;
+        let mut disk = self.lock()?;
+        let image = Self::image(&mut disk, self.file);
         let start = offset as usize;
         let end = start
             .checked_add(out.len())
-            .filter(|end| *end <= disk.current.len())
+            .filter(|end| *end <= image.current.len())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "read past the end"))?;
-        out.copy_from_slice(&disk.current[start..end]);
+        out.copy_from_slice(&image.current[start..end]);
         Ok(())
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut disk = self.lock_for_write()?;
+        let image = Self::image(&mut disk, self.file);
         let change = Change::SetLen(len);
-        change.apply(&mut disk.current);
-        disk.pending.push(change);
+        change.apply(&mut image.current);
+        image.pending.push(change);
         Ok(())
     }
 
@@ -232,18 +274,20 @@ impl redb::StorageBackend for SimBackend {
         // The fsync starts here; it completes (and the writes become durable) only when the
         // storage's group commit calls `complete_sync` after the simulated latency.
         let mut disk = self.lock_for_write()?;
-        disk.requested = disk.pending.len();
+        let image = Self::image(&mut disk, self.file);
+        image.requested = image.pending.len();
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut disk = self.lock_for_write()?;
+        let image = Self::image(&mut disk, self.file);
         let change = Change::Write {
             offset,
             data: data.to_vec(),
         };
-        change.apply(&mut disk.current);
-        disk.pending.push(change);
+        change.apply(&mut image.current);
+        image.pending.push(change);
         Ok(())
     }
 }

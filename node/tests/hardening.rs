@@ -464,6 +464,72 @@ fn corrupt_database_is_repaired_never_served() {
     });
 }
 
+/// A node killed with writes only in its write-ahead log: a tail cut short (as a crash
+/// mid-append leaves it) is dropped and every earlier write served; a flipped byte in an early
+/// record, with good records after it, is refused clearly (exit 65), never half-loaded.
+#[test]
+fn write_ahead_log_torn_tail_is_dropped_and_damage_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let mut a = start("c0", &dir, None, &["--cluster-size-min", "1"]);
+    for i in 0..20 {
+        assert_eq!(put(&a, &format!("key{i}"), &format!("v{i}")).status, 201);
+    }
+    // Let the last lazy write reach the log, then die without a checkpoint.
+    std::thread::sleep(Duration::from_millis(100));
+    kill9(&mut a);
+    let wal = dir.join("replicator.wal");
+    let logged = std::fs::read(&wal).unwrap();
+    assert!(
+        logged.len() > 1000,
+        "the writes are in the log ({} bytes)",
+        logged.len()
+    );
+
+    // A torn tail: the last 3 bytes never reached the disk.
+    std::fs::write(&wal, &logged[..logged.len() - 3]).unwrap();
+    let mut a = start("c0", &dir, None, &["--cluster-size-min", "1"]);
+    for i in 0..19 {
+        assert_eq!(
+            get(&a, &format!("key{i}")).text(),
+            format!("v{i}"),
+            "key{i}"
+        );
+    }
+    assert!(
+        log_of(&a).contains("cut short by a crash"),
+        "{}",
+        log_of(&a)
+    );
+    // Starting applied the log to the database and emptied it; these go to the log again.
+    for i in 20..40 {
+        assert_eq!(put(&a, &format!("key{i}"), &format!("v{i}")).status, 201);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    kill9(&mut a);
+
+    // Damage inside the first record, good records after it.
+    let mut damaged = std::fs::read(&wal).unwrap();
+    assert!(damaged.len() > 1000, "the log holds the later writes");
+    damaged[9] ^= 0x10;
+    std::fs::write(&wal, &damaged).unwrap();
+    let mut starting = start_node_with("c0", &dir, None, &["--cluster-size-min", "1"]);
+    let t = Instant::now();
+    let code = loop {
+        if let Some(code) = starting_exit(&mut starting) {
+            break code;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "a node with a damaged log started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = common::tail(&dir.with_extension("log"));
+    assert_eq!(code, Some(65), "{log}");
+    assert!(log.contains("write-ahead log is damaged"), "{log}");
+}
+
 fn unsafe_sigterm(pid: u32) {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -560,7 +626,12 @@ fn disk_full_is_a_degraded_mode_not_an_exit() {
     let mut starting = start_node_with("c0", &dir, None, &["--cluster-size-min", "1"]);
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(3) {
-        assert_eq!(starting.try_exit(), None, "the node exited on a full disk");
+        assert_eq!(
+            starting.try_exit(),
+            None,
+            "the node exited on a full disk; log:\n{}",
+            common::tail(&dir.with_extension("log"))
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::fs::remove_file(&filler).unwrap();

@@ -778,12 +778,13 @@ async fn node_process(machine: Arc<Machine>, world_addrs: Vec<SocketAddr>, bug: 
     // As `replicator run`: open, bind the database to this identity, load what it recorded.
     // A node whose disk fails cannot start; its supervisor starts it again a moment later.
     let (storage, network, recovered) = loop {
-        let opened = Storage::open_sim(&machine.disk, Some(&machine.fresh)).and_then(|storage| {
-            storage.bind_identity(machine.id.as_str())?;
-            let network = storage.network()?;
-            let loaded = storage.load()?;
-            Ok((storage, network, loaded.recovered))
-        });
+        let opened =
+            Storage::open_sim(&machine.disk, Some(&machine.fresh)).and_then(|mut storage| {
+                storage.bind_identity(machine.id.as_str())?;
+                let network = storage.network()?;
+                let loaded = storage.load()?;
+                Ok((storage, network, loaded.recovered))
+            });
         match opened {
             Ok(started) => break started,
             Err(_) if machine.disk.is_failing() => sleep(Duration::from_millis(500)).await,
@@ -978,7 +979,7 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
     let mut failures: Vec<String> = Vec::new();
     let mut disks = Vec::new();
     for m in &machines {
-        match Storage::open_sim(&m.disk, None).and_then(|s| s.load()) {
+        match Storage::open_sim(&m.disk, None).and_then(|mut s| s.load()) {
             Ok(l) => disks.push(l.recovered),
             Err(e) => {
                 failures.push(format!("the disk of {} does not load: {e:#}", m.id));
