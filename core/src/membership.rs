@@ -17,8 +17,8 @@ use crate::types::{ClusterId, FNV1A_OFFSET, NodeId, fnv1a_extend};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct Digest(pub u64);
 
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(from = "MembershipWire", into = "MembershipWire")]
+#[derive(Clone, PartialEq, Eq, Debug, Deserialize)]
+#[serde(from = "MembershipWire")]
 pub struct Membership {
     clusters: BTreeMap<ClusterId, Vec<NodeId>>,
     cluster_of: BTreeMap<NodeId, ClusterId>,
@@ -26,8 +26,25 @@ pub struct Membership {
 }
 
 /// What goes on the wire and on disk: the pairs only; the index and digest are derived.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct MembershipWire(Vec<(ClusterId, Vec<NodeId>)>);
+
+/// Encoded as [`MembershipWire`] is (a newtype is transparent, so: the sequence of (cluster,
+/// nodes) pairs), straight from the map: serde's `into` would clone the whole membership for
+/// every reservation written to disk.
+impl Serialize for Membership {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_newtype_struct("MembershipWire", &Pairs(&self.clusters))
+    }
+}
+
+struct Pairs<'a>(&'a BTreeMap<ClusterId, Vec<NodeId>>);
+
+impl Serialize for Pairs<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter())
+    }
+}
 
 impl From<MembershipWire> for Membership {
     fn from(w: MembershipWire) -> Self {
@@ -35,11 +52,6 @@ impl From<MembershipWire> for Membership {
             w.0.into_iter()
                 .flat_map(|(c, nodes)| nodes.into_iter().map(move |n| (c.clone(), n))),
         )
-    }
-}
-impl From<Membership> for MembershipWire {
-    fn from(m: Membership) -> Self {
-        MembershipWire(m.clusters.into_iter().collect())
     }
 }
 
@@ -141,6 +153,25 @@ mod tests {
                 .iter()
                 .map(|(c, n)| (ClusterId::from(*c), NodeId::from(*n))),
         )
+    }
+
+    /// Reservations on disk hold their participants: the encoding must stay the pairs list
+    /// it always was, and round-trip.
+    #[test]
+    fn encodes_as_the_pairs_list_and_round_trips() {
+        let members = m(&[("x", "1"), ("y", "3"), ("x", "2")]);
+        // What the derived `into = "MembershipWire"` encoded: the map's pairs, in its order.
+        let pairs: Vec<(ClusterId, Vec<NodeId>)> = members
+            .clusters
+            .iter()
+            .map(|(c, n)| (c.clone(), n.clone()))
+            .collect();
+        assert_eq!(pairs.len(), 2);
+        let bytes = crate::wire::encode_record(&members).unwrap();
+        assert_eq!(bytes, crate::wire::encode_record(&pairs).unwrap());
+        let back: Membership = crate::wire::decode_record(&bytes).unwrap();
+        assert_eq!(back, members);
+        assert_eq!(back.digest(), members.digest());
     }
 
     #[test]
