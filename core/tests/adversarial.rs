@@ -302,8 +302,8 @@ fn reserve_reaching_a_leaving_node_is_refused_and_leave_completes() {
 
 /// An operator removes a node that never answered, while a proposal waits on it: the
 /// proposal aborts (the removed node counts as fenced); nothing is granted while the removal
-/// settles (the removed node's read lease may still run), then a retry under the new
-/// membership stores the value.
+/// settles (the removed node's read lease may still run), and the PUT, refused only by the
+/// settling, keeps trying (no Busy retry spent) and stores the value under the new membership.
 #[test]
 fn node_removed_while_proposal_waits_on_it_aborts_then_retry_stores_once_settled() {
     let mut h = Harness::new(2, 3);
@@ -315,13 +315,15 @@ fn node_removed_while_proposal_waits_on_it_aborts_then_retry_stores_once_settled
         .proposal_at("a1", "k")
         .expect("a1 granted its own proposal");
     h.remove("b3", false);
-    h.run_for(Duration::from_secs(2));
-    assert_eq!(put_reply(&h, c), Some(PutOutcome::Busy));
-    assert!(h.states("k").values().all(Option::is_none));
     let settle = h.config.read_lease * 2;
-    h.run_for(settle);
-    let c = h.put("a1", "k", "v");
-    h.run_for(Duration::from_secs(1));
+    h.run_for(settle - ms(100));
+    assert_eq!(
+        put_reply(&h, c),
+        None,
+        "still trying while the removal settles"
+    );
+    assert!(h.states("k").values().all(Option::is_none));
+    h.run_for(ms(800));
     assert_eq!(put_reply(&h, c), Some(PutOutcome::Stored));
     assert!(h.stored_everywhere("k", "v"), "{:?}", h.states("k"));
     assert!(h.decisions(&p1).iter().all(|(_, c)| !c));
@@ -403,7 +405,9 @@ fn removal_heard_late_by_one_node_pauses_writes_safely() {
     }
     let c = h.put("a1", "k", "v");
     h.run_for(Duration::from_secs(1));
-    assert!(matches!(put_reply(&h, c), Some(PutOutcome::Busy)));
+    // Refused by a2's digest on every attempt (a refusal that ends by itself: the PUT keeps
+    // trying until its deadline), and nothing is stored meanwhile.
+    assert!(matches!(put_reply(&h, c), None | Some(PutOutcome::Busy)));
     assert!(h.states("k").values().all(Option::is_none));
     h.input(
         &n("a2"),
@@ -412,11 +416,21 @@ fn removal_heard_late_by_one_node_pauses_writes_safely() {
             goodbye: false,
         },
     );
-    let c = h.put("a1", "k", "v");
+    // a2 now settles too, which ends about when the first PUT's deadline does: it stores if
+    // an attempt fits in before, else answers Busy (every attempt was refused). A fresh PUT
+    // after that stores.
+    h.run_for(h.config.read_lease * 2 + ms(200));
+    let first = put_reply(&h, c);
+    match first {
+        Some(PutOutcome::Stored) => assert!(h.stored_everywhere("k", "v")),
+        Some(PutOutcome::Busy) => assert!(h.states("k").values().all(Option::is_none)),
+        other => panic!("{other:?}"),
+    }
+    let c = h.put("a1", "k2", "v");
     h.run_for(Duration::from_secs(1));
     assert_eq!(put_reply(&h, c), Some(PutOutcome::Stored));
-    assert!(h.stored_everywhere("k", "v"));
-    assert_agreement(&h, &["k"]);
+    assert!(h.stored_everywhere("k2", "v"));
+    assert_agreement(&h, &["k", "k2"]);
 }
 
 // ==================================================================== join-time copy
@@ -1661,4 +1675,24 @@ fn debug_one_seed() {
             tight_config(),
         ),
     }
+}
+
+/// Right after an operator removal every member refuses grants for `2 x read_lease`
+/// (`Denied(Settling)`), and right after a discovery the views differ (`MembershipChanged`):
+/// refusals that end by themselves. A PUT meeting only those keeps trying until its deadline
+/// instead of spending its Busy retries on them and answering Busy although no write competed.
+#[test]
+fn refusals_that_end_by_themselves_spend_no_busy_retry() {
+    let mut h = Harness::new(2, 4);
+    h.remove("b4", false);
+    let c = h.put("a1", "k", "v");
+    h.run_for(ms(1900));
+    assert_eq!(
+        put_reply(&h, c),
+        Some(PutOutcome::Stored),
+        "{:?}",
+        h.states("k")
+    );
+    assert!(h.stored_everywhere("k", "v"), "{:?}", h.states("k"));
+    assert_agreement(&h, &["k"]);
 }

@@ -210,13 +210,15 @@ impl Node {
     }
 
     /// One proposal of a PUT ended; answer the client or try again (after a wait that depends
-    /// on whom the proposal `met` on its key: `contention.rs`).
+    /// on whom the proposal `met` on its key: `contention.rs`). `passing`: it was refused only
+    /// for reasons that end by themselves (`Votes::only_passing_refusals`).
     pub(super) fn finish_attempt(
         &mut self,
         op_id: u64,
         committed: bool,
         stored: Option<Value>,
         met: Met,
+        passing: bool,
     ) {
         let outcome = if committed {
             RequestOutcome::Stored
@@ -228,9 +230,12 @@ impl Node {
             };
             op.current = None;
             if op.retries_left > 0 {
-                // Yielding to a proposal that goes first is not a failed try: it costs no retry
-                // (the PUT's deadline still bounds the waiting).
-                if met != Met::Behind {
+                // Yielding to a proposal that goes first is not a failed try, nor is a refusal
+                // that ends by itself (a removal settling, views converging, this node's own
+                // stale attempt): they cost no retry. The PUT's deadline still bounds the
+                // waiting, and the backoff still grows with every attempt.
+                let met = if passing { Met::Nobody } else { met };
+                if met != Met::Behind && !passing {
                     op.retries_left -= 1;
                 }
                 let (min, max) = (self.config.busy_backoff_min, self.config.busy_backoff_max);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::api::Silence;
 use crate::membership::Membership;
 use crate::types::{ClusterId, Key, NodeId, ProposalId, Value};
-use crate::wire::Vote;
+use crate::wire::{DenyReason, Vote};
 
 /// What the decision rule requires to commit.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -215,6 +215,27 @@ impl Votes {
     }
 
     /// The other proposals that denials named as holding the key reserved.
+    /// Whether the proposal was refused only "for now": every denial is one that ends by itself
+    /// (a removal settling, views converging, a joiner still copying) or names a holder that `stale` says is finished
+    /// (the coordinator's own earlier attempt, whose abort is on its way).
+    pub fn only_passing_refusals(&self, stale: impl Fn(&ProposalId) -> bool) -> bool {
+        self.denied > 0
+            && self.map.values().all(|v| match v {
+                Vote::Denied {
+                    reason:
+                        DenyReason::MembershipChanged | DenyReason::Settling | DenyReason::NotReady,
+                    ..
+                } => true,
+                Vote::Denied {
+                    reason: DenyReason::Busy,
+                    holder: Some(q),
+                    ..
+                } => stale(q),
+                Vote::Denied { .. } => false,
+                Vote::Granted | Vote::Committed => true,
+            })
+    }
+
     pub fn holders(&self) -> impl Iterator<Item = &ProposalId> {
         self.map.values().filter_map(|v| match v {
             Vote::Denied {
@@ -240,7 +261,6 @@ impl Votes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::DenyReason;
 
     fn members(nodes: &[&str]) -> Membership {
         Membership::from_pairs(nodes.iter().map(|n| {
@@ -263,6 +283,34 @@ mod tests {
             stored: None,
             holder: None,
         }
+    }
+
+    #[test]
+    fn passing_refusals_are_those_that_end_by_themselves() {
+        let deny = |reason, holder: Option<&str>| Vote::Denied {
+            reason,
+            stored: None,
+            holder: holder.map(|h| ProposalId {
+                coordinator: NodeId::from(h),
+                counter: 1,
+            }),
+        };
+        let stale = |q: &ProposalId| q.coordinator.as_str() == "me";
+        let passing = |list: &[(&str, Vote)]| votes(list).only_passing_refusals(stale);
+        assert!(passing(&[
+            ("a", Vote::Granted),
+            ("b", deny(DenyReason::Settling, None)),
+            ("c", deny(DenyReason::MembershipChanged, None)),
+            ("d", deny(DenyReason::Busy, Some("me"))),
+            ("e", deny(DenyReason::NotReady, None)),
+        ]));
+        assert!(!passing(&[("a", Vote::Granted)]), "nothing was refused");
+        assert!(!passing(&[("b", deny(DenyReason::Busy, Some("other")))]));
+        assert!(!passing(&[("b", deny(DenyReason::Busy, None))]));
+        assert!(!passing(&[
+            ("b", deny(DenyReason::Settling, None)),
+            ("c", deny(DenyReason::Overloaded, None)),
+        ]));
     }
 
     fn departed(nodes: &[&str]) -> BTreeSet<NodeId> {

@@ -152,11 +152,14 @@ impl Node {
         let votes = &self.deciders[p].votes;
         let denial = votes.stored_elsewhere();
         let met = contention::met(&self.deciders[p].key, p, votes.holders());
+        let passing = votes.only_passing_refusals(|q| {
+            q.coordinator == self.id && q != p && !self.deciders.contains_key(q)
+        });
         if !self.deciders[p].confirm {
             self.drop_decider(p);
         }
         if let Some(op) = op {
-            self.finish_attempt(op, committed, denial, met);
+            self.finish_attempt(op, committed, denial, met, passing);
         }
     }
 
