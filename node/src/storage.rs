@@ -372,25 +372,7 @@ impl Storage {
                     return Err(e);
                 }
                 warn!(error = %format!("{e:#}"), "cannot apply the write-ahead log to the database yet: kept in the log");
-                // redb refuses everything after an I/O error until it is opened again.
-                let Storage {
-                    db,
-                    path,
-                    disk,
-                    log,
-                    unapplied,
-                    torn_at_open,
-                } = storage;
-                drop(db);
-                let db = open_database(&path, disk.as_ref())?;
-                storage = Storage {
-                    db,
-                    path,
-                    disk,
-                    log,
-                    unapplied,
-                    torn_at_open,
-                };
+                storage = storage.with_database_reopened()?;
             }
         }
         if let (None, Some(fresh)) = (format, fresh) {
@@ -404,6 +386,28 @@ impl Storage {
             }])?;
         }
         Ok(storage)
+    }
+
+    /// The same storage on the database opened anew: redb refuses everything after an I/O
+    /// error until it is (the log and the writes it holds stay as they are).
+    fn with_database_reopened(self) -> Result<Storage> {
+        let Storage {
+            db,
+            path,
+            disk,
+            log,
+            unapplied,
+            torn_at_open,
+        } = self;
+        drop(db); // its file lock first
+        Ok(Storage {
+            db: open_database(&path, disk.as_ref())?,
+            path,
+            disk,
+            log,
+            unapplied,
+            torn_at_open,
+        })
     }
 
     /// Opens the database and its log (again after a failed write: redb refuses every write
