@@ -214,10 +214,10 @@ impl Votes {
         })
     }
 
-    /// The other proposals that denials named as holding the key reserved.
     /// Whether the proposal was refused only "for now": every denial is one that ends by itself
-    /// (a removal settling, views converging, a joiner still copying) or names a holder that `stale` says is finished
-    /// (the coordinator's own earlier attempt, whose abort is on its way).
+    /// (a removal settling, views converging, a joiner still copying) or names a holder that
+    /// `stale` says is finished (the coordinator's own earlier attempt, whose abort is on its
+    /// way).
     pub fn only_passing_refusals(&self, stale: impl Fn(&ProposalId) -> bool) -> bool {
         self.denied > 0
             && self.map.values().all(|v| match v {
@@ -236,6 +236,7 @@ impl Votes {
             })
     }
 
+    /// The other proposals that denials named as holding the key reserved.
     pub fn holders(&self) -> impl Iterator<Item = &ProposalId> {
         self.map.values().filter_map(|v| match v {
             Vote::Denied {
