@@ -661,20 +661,9 @@ impl<T: Transport> Driver<T> {
                         let _ = tx.send(reply);
                     }
                 }
-                Output::Note(note) => {
-                    if matches!(note, Note::NodeRemoved { .. }) {
-                        // It makes the transport forget a peer: what the core sent before
-                        // (a `Removed` telling that very node) leaves first, as it did.
-                        self.send_batches(std::mem::take(&mut batches));
-                    }
-                    self.on_note(note)
-                }
+                Output::Note(note) => self.on_note(note),
             }
         }
-        self.send_batches(batches);
-    }
-
-    fn send_batches(&self, batches: BTreeMap<NodeId, wire::Batch>) {
         for (to, batch) in batches {
             for frame in batch.into_frames() {
                 self.transport.send(&to, frame);

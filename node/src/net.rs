@@ -14,6 +14,8 @@ use crate::metrics::Metrics;
 
 /// Transport events waiting for the driver.
 const EVENTS_QUEUE_LEN: usize = 1024;
+/// How long a removed peer's queued frames get to leave before the transport forgets it.
+const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Ids kept in each direction's cache (members and a little more); a full cache is emptied.
 const ID_CACHE_MAX: usize = 4096;
 
@@ -78,8 +80,14 @@ impl Transport for Libp2pTransport {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(node);
+        // Not at once: forgetting drops what is queued for the peer, and the core has just
+        // queued the `Removed` message that tells a removed node so (it would otherwise learn
+        // only from a later probe).
         let client = self.client.clone();
-        tokio::spawn(async move { client.forget_peer(peer).await });
+        tokio::spawn(async move {
+            tokio::time::sleep(FORGET_AFTER).await;
+            client.forget_peer(peer).await
+        });
     }
 }
 
