@@ -371,3 +371,23 @@ fn a_verify_read_says_when_nodes_disagree() {
             .any(|(id, s)| *id == n("a3") && *s == ReadState::Reserved)
     );
 }
+
+/// A node still joining refuses an unforced removal: its view may lack members, and a member
+/// the check misses may hold a reservation naming the removed node (sim seed 315417595: a
+/// joiner that knew one member of its cluster removed a node whose grant was still open, and
+/// a resolver then aborted a committed proposal). A ready member does the same removal.
+#[test]
+fn a_joining_node_refuses_an_unforced_removal() {
+    let mut h = Harness::new(1, 4);
+    h.crash("a3");
+    h.join("a", "a5");
+    assert!(!h.node("a5").is_ready(), "the copy has not run yet");
+    let call = remove(&mut h, "a5", "a3", false);
+    assert_eq!(remove_reply(&h, call), Some(RemoveOutcome::NotReady));
+    assert!(h.node("a5").membership().contains(&n("a3")));
+    h.run_for(Duration::from_secs(2));
+    assert!(h.node("a5").is_ready());
+    let call = remove(&mut h, "a5", "a3", false);
+    h.run_for(Duration::from_secs(2));
+    assert_eq!(remove_reply(&h, call), Some(RemoveOutcome::Removed));
+}

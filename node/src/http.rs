@@ -705,6 +705,12 @@ async fn remove_peer(
             ),
             json!({"silent_nodes": silent.iter().map(|n| n.to_string()).collect::<Vec<_>>()}),
         ),
+        Ok(Reply::Remove(RemoveOutcome::NotReady)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "this node is still joining and may not know every member yet, so it cannot check \
+             that none holds a reservation naming the node; ask a ready member",
+        ),
         Ok(Reply::Remove(RemoveOutcome::InProgress)) => error(
             StatusCode::CONFLICT,
             "in_progress",

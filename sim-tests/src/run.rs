@@ -491,6 +491,7 @@ impl Run {
             RemoveOutcome::Unconfirmed { .. } => "unconfirmed (members silent)",
             RemoveOutcome::InProgress => "in progress",
             RemoveOutcome::Alive => "alive",
+            RemoveOutcome::NotReady => "not ready (this node is still joining)",
         };
         *self.removals.entry(name).or_default() += 1;
         if clean && *outcome == RemoveOutcome::Removed {

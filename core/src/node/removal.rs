@@ -41,6 +41,13 @@ impl Node {
             self.remove_everywhere(node);
             return self.out.reply(call, Reply::Remove(RemoveOutcome::Removed));
         }
+        if !self.ready {
+            // A joiner may not know every member yet: a check that misses one could let a
+            // reservation naming the node outlive its removal, and a resolver would then count
+            // the node fenced and abort a proposal that committed (found by sim seed
+            // 315417595: a removal asked at a joiner that knew one member of its cluster).
+            return self.out.reply(call, Reply::Remove(RemoveOutcome::NotReady));
+        }
         if self.removal.is_some() {
             return self
                 .out
