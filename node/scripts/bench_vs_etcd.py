@@ -8,8 +8,8 @@ prints the median of every figure over the repetitions: creates/s, p50, p99, err
 CPU-ms per create (user+system time of the server processes, from /proc). Before the measured
 runs every system takes the same unmeasured warm-up load (`--warmup` seconds at 64
 connections): a replicator network reports itself writable as soon as its own cluster is
-complete, while the other clusters are still being discovered, and the first writes then
-race with that (aborted proposals, a few Busy answers). Installs nothing: it says what is
+complete, while the other clusters are still being discovered and joining, and its first
+writes wait for that (slower, not failing: core/PROTOCOL.md, step 5). Installs nothing: it says what is
 missing. Every process it starts is stopped at the end.
 
     python3 node/scripts/bench_vs_etcd.py [--duration 15] [--reps 3] [--clients 1,16,64]
