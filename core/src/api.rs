@@ -6,7 +6,7 @@ use crate::faults::{PeerFault, Violation};
 use crate::membership::Membership;
 use crate::storage::WriteOp;
 use crate::types::{
-    CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Value, WriteId,
+    Ballot, CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Value, WriteId,
 };
 use crate::wire::{Message, ReadState};
 
@@ -32,7 +32,8 @@ pub enum Input {
     },
     /// A node left the membership: it said goodbye (`goodbye`), or an operator removed it.
     NodeRemoved { node: NodeId, goodbye: bool },
-    /// Leave the network gracefully: stop granting, resolve every reservation held, then emit
+    /// Leave the network gracefully: promise and accept nothing new, decide every value
+    /// accepted here, let this cluster pull every decision this node knows, then emit
     /// [`Note::LeaveComplete`]; the driver then says goodbye.
     Leave,
 }
@@ -53,9 +54,9 @@ pub enum Command {
         key: Key,
     },
     /// An operator removes a dead node from the membership, here and (through this node) on
-    /// every member. Refused while a reservation held here names it, unless `force`: a node
-    /// that died holding grants may leave those proposals unresolvable, or resolved as aborted
-    /// although they committed.
+    /// every member. Unless `force`: only a node that does not answer, and only from a cluster
+    /// with an odd number of members whose other members agree on them (core/PROTOCOL.md,
+    /// "Operator removal").
     RemoveNode {
         node: NodeId,
         force: bool,
@@ -71,7 +72,7 @@ pub enum Urgency {
     /// Nothing waits for it: the driver may keep it until the next barrier write (or a short
     /// delay) and sync them together. A crash before then loses it, and every later lazy write
     /// with it; the protocol is safe either way (the one kind of lazy write is `Stored` after
-    /// a commit: the durable grant resolves to the same outcome).
+    /// a decision: the durable accepted value recovers to the same decision).
     Lazy,
 }
 
@@ -112,12 +113,16 @@ pub enum RemoveOutcome {
     Removed,
     /// Not a member.
     Unknown,
-    /// Reservations held here name the node (at most the first 100 are listed); nothing was
-    /// removed. Resolve them first, or force the removal.
-    Refused { open: Vec<ProposalId> },
-    /// Some members did not say whether reservations there name the node; nothing was
-    /// removed. Retry, or force the removal.
-    Unconfirmed { silent: Vec<NodeId> },
+    /// The node's cluster has an even number of members (`members`): without the node, a
+    /// majority of the rest might miss a value a majority of the whole cluster accepted.
+    /// Nothing was removed. Add a node to the cluster first, or force the removal.
+    EvenCluster { members: usize },
+    /// Some members of the node's cluster did not answer (`silent`), or know its members
+    /// otherwise (`disagree`: views are still converging); nothing was removed. Retry, or force.
+    Unconfirmed {
+        silent: Vec<NodeId>,
+        disagree: Vec<NodeId>,
+    },
     /// Another removal is being checked at this node; nothing was removed.
     InProgress,
     /// The node answered: it is alive, and only a dead node is removed (a live one that is
@@ -133,11 +138,12 @@ pub enum RemoveOutcome {
 pub enum PutOutcome {
     /// The key now holds this value everywhere it will ever be read.
     Stored,
-    /// Another value was committed for this key (it is `value`): choose another key.
+    /// Another value was chosen for this key (it is `value`): choose another key.
     Exists { value: Value },
-    /// A concurrent proposal held the key; this one was aborted and had no effect.
+    /// The PUT had no effect: no Accept carrying its value ever left (concurrent ballots, or
+    /// refusals that end by themselves, outlasted its deadline). Retry.
     Busy,
-    /// Some participants did not answer; the proposal may still commit later.
+    /// Not decided in time; the value may still be chosen (the silent nodes are named).
     Unavailable(Silence),
     /// Bad key, value or request id; nothing happened.
     Invalid(Invalid),
@@ -157,9 +163,11 @@ impl PutOutcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GetOutcome {
     Value(Value),
-    /// No value is committed for this key (as of this read's linearization point).
+    /// No value is chosen for this key (as of this read's linearization point): a majority
+    /// of this node's cluster showed nothing.
     Unknown,
-    /// The key is reserved by a proposal whose outcome could not be learned in time.
+    /// Not enough of this node's cluster answered, or a value accepted there could not be
+    /// decided in time (the silent nodes are named).
     Unavailable(Silence),
     Invalid(Invalid),
     Overloaded,
@@ -254,24 +262,24 @@ pub struct VerifyReport {
     pub key: Key,
     pub answers: Vec<(NodeId, ReadState)>,
     pub silent: Silence,
-    /// Every node that answered holds the same committed value, or every one holds none.
+    /// Every node that answered stores the same value, or every one holds none.
     pub agree: bool,
 }
 
 /// Things worth logging, counting or checking. None of them needs an action.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Note {
-    /// This node decided the outcome of `p` (as coordinator or resolver).
+    /// This node's ballot `ballot` chose `chosen` for `key`: a quorum accepted it (every
+    /// participant at ballot 0, a majority of every cluster at a classic ballot).
     Decided {
-        p: ProposalId,
         key: Key,
-        committed: bool,
+        chosen: ProposalId,
+        ballot: Ballot,
     },
-    /// This node stored `key` for `p` (the commit is durable once the write carrying it is).
-    Committed { p: ProposalId, key: Key },
     /// This node finished its join-time copy and now votes and serves reads.
     Ready,
-    /// Every reservation this node held is resolved and acknowledged: it may say goodbye.
+    /// Every value this node accepted is decided, and its cluster pulled its decisions: it may
+    /// say goodbye.
     LeaveComplete,
     /// A node left the membership here (its goodbye, or an operator's removal): the driver
     /// forgets it too.

@@ -16,19 +16,21 @@ pub struct Config {
     pub request_id_bytes_max: usize,
     /// Client PUTs in flight at this node (as coordinator); more are answered Overloaded.
     pub proposals_max: usize,
-    /// Reads waiting on a reserved key; more are answered Overloaded.
+    /// Keys this node runs ballots for without a client waiting (recovering an accepted value
+    /// nobody decided, or a read's question), at once; more wait for their next lease.
+    pub recoveries_max: usize,
+    /// Reads waiting for a majority's answers or a decision; more are answered Overloaded.
     pub reads_waiting_max: usize,
     /// Verify reads in flight.
     pub verifies_max: usize,
     /// Fan-outs this node runs as a representative at once; more are dropped (the origin
     /// fails over to another representative).
     pub relays_max: usize,
-    /// Open reservations this node holds; more Reserves are refused (Overloaded).
-    pub reservations_max: usize,
-    /// Resolutions (vote collections) running at once, beyond the ones that client calls need.
-    pub resolutions_max: usize,
-    /// Refusals kept one by one; beyond this they are folded into per-coordinator watermarks.
-    pub refusals_max: usize,
+    /// Undecided keys this node holds a record of (a promise or an accepted value). Beyond
+    /// it, records of promises only are folded into the ballot floor, and the fast round of a
+    /// key it holds nothing for is refused (Overloaded) while records of accepted values alone
+    /// fill it (classic ballots, bounded by their proposers, always get their record).
+    pub open_keys_max: usize,
     /// Request ids remembered for at-most-once retries (oldest forgotten first).
     pub requests_max: usize,
     /// How long a request id is remembered.
@@ -39,42 +41,45 @@ pub struct Config {
     /// A node accepts writes only while its own cluster has at least this many members.
     pub cluster_size_min: usize,
 
-    /// The coordinator waits this long for votes before it runs Resolve.
+    /// How long a ballot's phase waits for its quorum before the proposer tries a higher one.
     pub vote_timeout: Duration,
+    /// Once a majority of every cluster accepted the fast round, the coordinator waits for the
+    /// rest at least this long, or as long again as that majority took, whichever is longer;
+    /// then it counts the silent ones as suspect and runs a classic ballot.
+    pub fast_grace_min: Duration,
+    /// A node suspected to be down or slow (it missed a fast round, or a representative did
+    /// not answer) is skipped by the fast round and as a representative for this long, or
+    /// until it is heard from.
+    pub suspect_for: Duration,
     /// The coordinator waits this long for a representative's answer before it fails over to
     /// the next node of that cluster.
     pub representative_timeout: Duration,
-    /// A representative waits this long for its cluster before it answers with what it has.
+    /// A representative forwards what it gathered at the latest after this long.
     pub relay_timeout: Duration,
-    /// A reservation not committed or aborted within its lease is resolved by its holder.
+    /// An accepted value not decided within this long is recovered by the node that holds it.
     pub lease: Duration,
-    /// Resolve retries with exponential backoff between these bounds, plus jitter.
-    pub resolve_backoff_min: Duration,
-    pub resolve_backoff_max: Duration,
-    /// A PUT that met a concurrent proposal retries this many times with a fresh proposal
-    /// before it answers Busy, after a jittered backoff between these bounds.
-    pub busy_retries_max: u32,
-    pub busy_backoff_min: Duration,
-    pub busy_backoff_max: Duration,
-    /// A PUT still undecided after this long is answered Unavailable (it may still commit).
+    /// A proposer whose ballot failed waits between these bounds (exponential, jittered)
+    /// before the next one.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// A PUT undecided after this long is answered Unavailable (it may still be chosen), or
+    /// Busy if no Accept carrying its value ever left.
     pub put_timeout: Duration,
-    /// A read of a reserved key waits this long for the outcome before it runs Resolve...
+    /// A read that found an accepted value but no decision waits this long for one before it
+    /// recovers the key itself...
     pub read_wait: Duration,
-    /// ...and answers Unavailable if the outcome is still unknown after this long.
+    /// ...and answers Unavailable if it knows nothing definite after this long.
     pub read_timeout: Duration,
     pub verify_timeout: Duration,
-    /// A joining node waits this long for a page of the copy before it asks another peer.
+    /// A joining node waits this long for a page of its copy before it asks another member.
     pub sync_timeout: Duration,
-    /// A page of the join-time copy holds at most this many keys and about this many bytes.
+    /// A page of the join-time copy or of a catch-up holds at most this many keys and about
+    /// this many bytes.
     pub sync_page_keys: usize,
     pub sync_page_bytes: usize,
-    /// A node answers "unknown key" only while a member confirmed, within this long, that it
-    /// still counts it as a member (a removed node would otherwise miss every later commit
-    /// and serve stale reads). A node whose membership shrank (or that restarts with departed
-    /// nodes on record) grants nothing for twice this long, so that the removed node's lease
-    /// has run out before anything commits without it. Clocks may drift by far less than 2x.
-    pub read_lease: Duration,
-    /// Proposal counters are made durable this many at a time.
+    /// Every node pulls the decisions of the other members of its cluster this often.
+    pub catch_up_interval: Duration,
+    /// Proposal counters and ballot rounds are made durable this many at a time.
     pub counter_block: u64,
 
     /// Deliberately broken behaviour, to show that the simulator catches it. Never set in
@@ -90,26 +95,24 @@ impl Default for Config {
             value_bytes_max: 64 * 1024,
             request_id_bytes_max: 128,
             proposals_max: 4096,
+            recoveries_max: 4096,
             reads_waiting_max: 4096,
             verifies_max: 256,
             relays_max: 8192,
-            reservations_max: 65_536,
-            resolutions_max: 8192,
-            refusals_max: 100_000,
+            open_keys_max: 100_000,
             requests_max: 100_000,
             request_ttl: Duration::from_secs(3600),
             clusters_max: 256,
             cluster_nodes_max: 64,
             cluster_size_min: 3,
-            vote_timeout: Duration::from_millis(1500),
+            vote_timeout: Duration::from_millis(1000),
+            fast_grace_min: Duration::from_millis(5),
+            suspect_for: Duration::from_secs(2),
             representative_timeout: Duration::from_millis(700),
             relay_timeout: Duration::from_millis(500),
             lease: Duration::from_secs(3),
-            resolve_backoff_min: Duration::from_millis(100),
-            resolve_backoff_max: Duration::from_secs(2),
-            busy_retries_max: 4,
-            busy_backoff_min: Duration::from_millis(10),
-            busy_backoff_max: Duration::from_millis(200),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(500),
             put_timeout: Duration::from_secs(5),
             read_wait: Duration::from_millis(300),
             read_timeout: Duration::from_secs(3),
@@ -117,7 +120,7 @@ impl Default for Config {
             sync_timeout: Duration::from_secs(2),
             sync_page_keys: 1024,
             sync_page_bytes: 1024 * 1024,
-            read_lease: Duration::from_secs(2),
+            catch_up_interval: Duration::from_secs(1),
             counter_block: 1024,
             #[cfg(feature = "bug-injection")]
             bug: None,
@@ -143,9 +146,8 @@ impl Config {
             ("reads_waiting_max", self.reads_waiting_max),
             ("verifies_max", self.verifies_max),
             ("relays_max", self.relays_max),
-            ("reservations_max", self.reservations_max),
-            ("resolutions_max", self.resolutions_max),
-            ("refusals_max", self.refusals_max),
+            ("recoveries_max", self.recoveries_max),
+            ("open_keys_max", self.open_keys_max),
             ("requests_max", self.requests_max),
             ("clusters_max", self.clusters_max),
             ("cluster_nodes_max", self.cluster_nodes_max),
@@ -158,11 +160,9 @@ impl Config {
                 return Err(ConfigError::Zero(name));
             }
         }
-        if self.resolve_backoff_min > self.resolve_backoff_max
-            || self.busy_backoff_min > self.busy_backoff_max
-        {
+        if self.backoff_min > self.backoff_max {
             return Err(ConfigError::Inconsistent(
-                "a backoff minimum exceeds its maximum",
+                "backoff_min exceeds backoff_max",
             ));
         }
         if self.relay_timeout >= self.representative_timeout {

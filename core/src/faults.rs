@@ -9,7 +9,11 @@
 use std::fmt;
 
 use crate::api::Invalid;
-use crate::types::{ClusterId, Key, NodeId, ProposalId};
+use crate::types::{Ballot, ClusterId, Key, NodeId, ProposalId};
+
+/// The highest ballot round a peer may name: far beyond what a node ever uses (one per ballot
+/// it runs), low enough that adding to it never overflows.
+pub const ROUND_MAX: u64 = 1 << 48;
 
 /// Why an input from a peer was dropped (it changed nothing). The peer at fault is the
 /// `from` of the [`Note::PeerInputRejected`](crate::Note::PeerInputRejected) carrying it.
@@ -23,13 +27,15 @@ pub enum PeerFault {
     RelayReplyTooManyResponses { responses: usize },
     /// A sync page longer than the configured page.
     SyncPageTooLong { keys: usize },
-    /// A removal check's reply lists more proposals than one may.
-    RemoveCheckReplyTooLong { open: usize },
+    /// A removal check's reply lists more nodes than a cluster may hold.
+    RemoveCheckReplyTooLong { nodes: usize },
+    /// A catch-up page longer than the configured page.
+    CatchUpPageTooLong { keys: usize },
     /// A view lists more departed nodes than the limits allow.
     ViewTooManyDeparted { departed: usize },
     /// A membership a message carries is over the configured clusters or nodes per cluster.
     MembershipOverLimits,
-    /// A request (other than a participant's Commit or Abort) from a node that is not a member.
+    /// A request from a node that is not a member.
     RequestFromNonMember,
     /// A relay from a node that is not a member.
     RelayFromNonMember,
@@ -39,13 +45,13 @@ pub enum PeerFault {
         at: NodeId,
         ours: ClusterId,
     },
-    /// A Reserve of `p` for `key` while `p` reserves `other` here: no honest coordinator
-    /// reuses a proposal for another key.
-    ReserveOfAnotherKey { p: ProposalId, key: Key, other: Key },
+    /// A ballot whose round and node do not go together (round 0 has no node, any other
+    /// round has one), or whose round is beyond [`ROUND_MAX`].
+    MalformedBallot { ballot: Ballot },
     /// A sync page whose keys are not in ascending order after the last page.
     SyncPageOutOfOrder,
-    /// A sync page reserves `key` for `p`, which reserves another key here.
-    SyncPageReservesHeldProposal { key: Key, p: ProposalId },
+    /// A catch-up page whose numbers go backwards.
+    CatchUpPageOutOfOrder,
     /// A node claimed for `claimed` is known here in cluster `known`.
     MemberOfAnotherCluster {
         node: NodeId,
@@ -66,24 +72,22 @@ pub enum PeerFaultKind {
     MembershipOverLimits,
     NotAMember,
     RelayForAnotherCluster,
-    ReserveOfAnotherKey,
-    SyncPageOutOfOrder,
-    SyncPageReservesHeldProposal,
+    MalformedBallot,
+    PageOutOfOrder,
     MemberOfAnotherCluster,
     DepartedNodeReturned,
 }
 
 impl PeerFaultKind {
     /// Every kind, in a fixed order (a driver's counters are indexed by it).
-    pub const ALL: [PeerFaultKind; 10] = [
+    pub const ALL: [PeerFaultKind; 9] = [
         PeerFaultKind::Invalid,
         PeerFaultKind::TooLong,
         PeerFaultKind::MembershipOverLimits,
         PeerFaultKind::NotAMember,
         PeerFaultKind::RelayForAnotherCluster,
-        PeerFaultKind::ReserveOfAnotherKey,
-        PeerFaultKind::SyncPageOutOfOrder,
-        PeerFaultKind::SyncPageReservesHeldProposal,
+        PeerFaultKind::MalformedBallot,
+        PeerFaultKind::PageOutOfOrder,
         PeerFaultKind::MemberOfAnotherCluster,
         PeerFaultKind::DepartedNodeReturned,
     ];
@@ -101,9 +105,8 @@ impl PeerFaultKind {
             PeerFaultKind::MembershipOverLimits => "membership_over_limits",
             PeerFaultKind::NotAMember => "not_a_member",
             PeerFaultKind::RelayForAnotherCluster => "relay_for_another_cluster",
-            PeerFaultKind::ReserveOfAnotherKey => "reserve_of_another_key",
-            PeerFaultKind::SyncPageOutOfOrder => "sync_page_out_of_order",
-            PeerFaultKind::SyncPageReservesHeldProposal => "sync_page_reserves_held_proposal",
+            PeerFaultKind::MalformedBallot => "malformed_ballot",
+            PeerFaultKind::PageOutOfOrder => "page_out_of_order",
             PeerFaultKind::MemberOfAnotherCluster => "member_of_another_cluster",
             PeerFaultKind::DepartedNodeReturned => "departed_node_returned",
         }
@@ -124,6 +127,7 @@ impl PeerFault {
             | PeerFault::RelayReplyTooManyResponses { .. }
             | PeerFault::SyncPageTooLong { .. }
             | PeerFault::RemoveCheckReplyTooLong { .. }
+            | PeerFault::CatchUpPageTooLong { .. }
             | PeerFault::ViewTooManyDeparted { .. } => PeerFaultKind::TooLong,
             PeerFault::MembershipOverLimits | PeerFault::MembershipWouldExceedLimits => {
                 PeerFaultKind::MembershipOverLimits
@@ -132,10 +136,9 @@ impl PeerFault {
                 PeerFaultKind::NotAMember
             }
             PeerFault::RelayForAnotherCluster { .. } => PeerFaultKind::RelayForAnotherCluster,
-            PeerFault::ReserveOfAnotherKey { .. } => PeerFaultKind::ReserveOfAnotherKey,
-            PeerFault::SyncPageOutOfOrder => PeerFaultKind::SyncPageOutOfOrder,
-            PeerFault::SyncPageReservesHeldProposal { .. } => {
-                PeerFaultKind::SyncPageReservesHeldProposal
+            PeerFault::MalformedBallot { .. } => PeerFaultKind::MalformedBallot,
+            PeerFault::SyncPageOutOfOrder | PeerFault::CatchUpPageOutOfOrder => {
+                PeerFaultKind::PageOutOfOrder
             }
             PeerFault::MemberOfAnotherCluster { .. } => PeerFaultKind::MemberOfAnotherCluster,
             PeerFault::DepartedNodeReturned => PeerFaultKind::DepartedNodeReturned,
@@ -154,9 +157,10 @@ impl fmt::Display for PeerFault {
                 write!(f, "relay reply with {responses} responses")
             }
             PeerFault::SyncPageTooLong { keys } => write!(f, "sync page of {keys} keys"),
-            PeerFault::RemoveCheckReplyTooLong { open } => {
-                write!(f, "remove check reply lists {open} proposals")
+            PeerFault::RemoveCheckReplyTooLong { nodes } => {
+                write!(f, "remove check reply lists {nodes} nodes")
             }
+            PeerFault::CatchUpPageTooLong { keys } => write!(f, "catch-up page of {keys} keys"),
             PeerFault::ViewTooManyDeparted { departed } => {
                 write!(f, "view lists {departed} departed nodes")
             }
@@ -168,13 +172,9 @@ impl fmt::Display for PeerFault {
             PeerFault::RelayForAnotherCluster { cluster, at, ours } => {
                 write!(f, "relay for cluster {cluster} reached {at} of {ours}")
             }
-            PeerFault::ReserveOfAnotherKey { p, key, other } => {
-                write!(f, "Reserve({p}) of {key:?}, which reserves {other:?} here")
-            }
+            PeerFault::MalformedBallot { ballot } => write!(f, "malformed ballot {ballot}"),
             PeerFault::SyncPageOutOfOrder => write!(f, "sync page out of key order"),
-            PeerFault::SyncPageReservesHeldProposal { key, p } => {
-                write!(f, "sync page reserves {key:?} for {p}, held here")
-            }
+            PeerFault::CatchUpPageOutOfOrder => write!(f, "catch-up page out of order"),
             PeerFault::MemberOfAnotherCluster {
                 node,
                 known,
@@ -198,30 +198,19 @@ impl fmt::Debug for PeerFault {
     }
 }
 
-/// What a node held for a key when a Commit for it arrived that it could not apply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Held {
-    Nothing,
-    ReservationOf(ProposalId),
-    ValueStoredBy(ProposalId),
-}
-
 /// An invariant of the protocol that broke: a bug somewhere, or a peer that lies. Nothing
 /// was changed. The simulator fails the run on one.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Violation {
-    /// Commit(`p`) for `key` from `from` reached `at`, which neither reserves nor stores the
-    /// key for `p` (it holds `held`, and a refusal of `p` if `refused`).
-    CommitWithoutReservation {
-        p: ProposalId,
+    /// `from` told `at` that `key` was decided for `told`, but `at` stores it for `stored`:
+    /// two values chosen for one key.
+    TwoDecisions {
         key: Key,
+        stored: ProposalId,
+        told: ProposalId,
         from: NodeId,
         at: NodeId,
-        held: Held,
-        refused: bool,
     },
-    /// Abort(`p`) reached `at`, which stores `key` for `p`: `p` committed.
-    AbortOfStored { p: ProposalId, key: Key, at: NodeId },
     /// The driver reported write `upto` durable, but only `issued` writes were issued.
     PersistedBeyondIssued { upto: u64, issued: u64 },
 }
@@ -229,8 +218,7 @@ pub enum Violation {
 /// The kind of a [`Violation`], without its details.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ViolationKind {
-    CommitWithoutReservation,
-    AbortOfStored,
+    TwoDecisions,
     PersistedBeyondIssued,
 }
 
@@ -238,8 +226,7 @@ impl ViolationKind {
     /// A short snake_case name, for metric labels and summaries.
     pub fn name(self) -> &'static str {
         match self {
-            ViolationKind::CommitWithoutReservation => "commit_without_reservation",
-            ViolationKind::AbortOfStored => "abort_of_stored",
+            ViolationKind::TwoDecisions => "two_decisions",
             ViolationKind::PersistedBeyondIssued => "persisted_beyond_issued",
         }
     }
@@ -248,8 +235,7 @@ impl ViolationKind {
 impl Violation {
     pub fn kind(&self) -> ViolationKind {
         match self {
-            Violation::CommitWithoutReservation { .. } => ViolationKind::CommitWithoutReservation,
-            Violation::AbortOfStored { .. } => ViolationKind::AbortOfStored,
+            Violation::TwoDecisions { .. } => ViolationKind::TwoDecisions,
             Violation::PersistedBeyondIssued { .. } => ViolationKind::PersistedBeyondIssued,
         }
     }
@@ -257,9 +243,7 @@ impl Violation {
     /// The proposal it is about, if it is about one (a driver's bug is not).
     pub fn proposal(&self) -> Option<&ProposalId> {
         match self {
-            Violation::CommitWithoutReservation { p, .. } | Violation::AbortOfStored { p, .. } => {
-                Some(p)
-            }
+            Violation::TwoDecisions { told, .. } => Some(told),
             Violation::PersistedBeyondIssued { .. } => None,
         }
     }
@@ -267,8 +251,7 @@ impl Violation {
     /// The key it is about, if it is about one.
     pub fn key(&self) -> Option<&Key> {
         match self {
-            Violation::CommitWithoutReservation { key, .. }
-            | Violation::AbortOfStored { key, .. } => Some(key),
+            Violation::TwoDecisions { key, .. } => Some(key),
             Violation::PersistedBeyondIssued { .. } => None,
         }
     }
@@ -277,31 +260,16 @@ impl Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Violation::CommitWithoutReservation {
-                p,
+            Violation::TwoDecisions {
                 key,
+                stored,
+                told,
                 from,
                 at,
-                held,
-                refused,
-            } => {
-                write!(
-                    f,
-                    "Commit({p}) for key {key:?} from {from} reached {at} holding "
-                )?;
-                match held {
-                    Held::Nothing => write!(f, "nothing")?,
-                    Held::ReservationOf(q) => write!(f, "a reservation of {q}")?,
-                    Held::ValueStoredBy(q) => write!(f, "a value stored by {q}")?,
-                }
-                if *refused {
-                    write!(f, " and a refusal of it")?;
-                }
-                Ok(())
-            }
-            Violation::AbortOfStored { p, key, at } => {
-                write!(f, "Abort({p}) reached {at} which stores {key:?} for it")
-            }
+            } => write!(
+                f,
+                "{from} told {at} that {key:?} was decided for {told}, but {at} stores it for {stored}"
+            ),
             Violation::PersistedBeyondIssued { upto, issued } => write!(
                 f,
                 "driver reported write {upto} durable but only {issued} were issued"
@@ -322,20 +290,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debug_is_the_display_text_quoted_as_the_strings_were() {
-        let fault = PeerFault::ReserveOfAnotherKey {
-            p: ProposalId {
-                coordinator: NodeId::from("n2"),
-                counter: 1,
+    fn debug_is_the_display_text_quoted() {
+        let fault = PeerFault::MalformedBallot {
+            ballot: Ballot {
+                round: 0,
+                node: Some(NodeId::from("n2")),
             },
-            key: Key::new("other"),
-            other: Key::new("k"),
         };
         assert_eq!(
             format!("{fault:?}"),
-            format!("{:?}", "Reserve(n2#1) of other, which reserves k here")
+            format!("{:?}", "malformed ballot b0.n2")
         );
-        assert_eq!(fault.kind(), PeerFaultKind::ReserveOfAnotherKey);
+        assert_eq!(fault.kind(), PeerFaultKind::MalformedBallot);
     }
 
     #[test]
@@ -347,21 +313,23 @@ mod tests {
 
     #[test]
     fn a_violation_names_its_proposal_and_key() {
-        let p = ProposalId {
+        let p = |c: u64| ProposalId {
             coordinator: NodeId::from("n1"),
-            counter: 7,
+            counter: c,
         };
-        let v = Violation::AbortOfStored {
-            p: p.clone(),
+        let v = Violation::TwoDecisions {
             key: Key::new("k"),
+            stored: p(1),
+            told: p(7),
+            from: NodeId::from("n2"),
             at: NodeId::from("n3"),
         };
-        assert_eq!(v.proposal(), Some(&p));
+        assert_eq!(v.proposal(), Some(&p(7)));
         assert_eq!(v.key(), Some(&Key::new("k")));
-        assert_eq!(v.kind(), ViolationKind::AbortOfStored);
+        assert_eq!(v.kind(), ViolationKind::TwoDecisions);
         assert_eq!(
             v.to_string(),
-            "Abort(n1#7) reached n3 which stores k for it"
+            "n2 told n3 that k was decided for n1#7, but n3 stores it for n1#1"
         );
     }
 }

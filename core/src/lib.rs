@@ -42,6 +42,7 @@ mod config;
 mod faults;
 mod membership;
 mod node;
+pub mod quorum;
 mod storage;
 mod timers;
 mod types;
@@ -52,12 +53,12 @@ pub use api::{
     Silence, Urgency, VerifyReport,
 };
 pub use config::{Config, ConfigError};
-pub use faults::{Held, PeerFault, PeerFaultKind, Violation, ViolationKind};
+pub use faults::{PeerFault, PeerFaultKind, ROUND_MAX, Violation, ViolationKind};
 pub use membership::{Digest, Membership};
 pub use node::{InjectedBug, Node, Stats, validate_key, validate_put};
-pub use storage::{DurableKey, Recovered, RefusalWhy, RequestOutcome, RequestRecord, WriteOp};
+pub use storage::{DurableKey, Recovered, RequestOutcome, RequestRecord, WriteOp};
 pub use types::{
-    CallId, ClusterId, FNV1A_OFFSET, Key, NetworkId, NodeId, ProposalId, RequestId, Time, Value,
-    WriteId, fnv1a, fnv1a_extend,
+    Ballot, CallId, ClusterId, FNV1A_OFFSET, Key, NetworkId, NodeId, Proposal, ProposalId,
+    RequestId, Time, Value, WriteId, fnv1a, fnv1a_extend,
 };
-pub use wire::{DenyReason, Message, ReadState, Request, Response, Vote};
+pub use wire::{Answer, Message, QueryState, ReadState, RefuseReason, Request, Response};

@@ -1,51 +1,59 @@
-//! The protocol state machine of one node: its state, grouped by the part of the protocol that
-//! owns it, and the routing of every input to the role that handles it. The roles are in the
-//! submodules (see the map at the top of lib.rs); each is an `impl Node` block that touches the
-//! state it needs.
+//! The protocol state machine of one node: the roles it is made of and the routing of every
+//! input to the role that handles it. Each role owns its state and borrows the environment
+//! ([`Env`]: outbox, timers, clock, config, jitter) and, read-only, what it needs of the
+//! others; it returns what happened, and this file routes that on (see the map in lib.rs).
 
+mod acceptor;
 mod bounds;
 mod contention;
 mod coordinator;
-mod decider;
-mod lease;
+mod fanout;
+mod health;
+mod learner;
 mod leave;
-mod ledger;
 mod members;
 mod outbox;
-mod participant;
-mod reads;
+mod proposer;
+mod reader;
+mod relay;
 mod removal;
-mod representative;
 mod requests;
-mod resolve;
 mod sync;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::api::{
-    Command, GetOutcome, Input, NotReady, Note, Output, PutOutcome, RemoveOutcome, Reply,
+    Command, GetOutcome, Input, Invalid, NotReady, Note, Output, PutOutcome, RemoveOutcome,
+    Reply,
 };
 use crate::config::{Config, ConfigError};
-use crate::membership::Membership;
-use crate::storage::{DurableKey, Recovered};
+use crate::faults::{PeerFault, Violation};
+use crate::membership::{Digest, Membership};
+use crate::storage::{DurableKey, Recovered, RequestOutcome};
 use crate::timers::{RelayKey, Timer, Timers};
-use crate::types::{CallId, ClusterId, Key, NetworkId, NodeId, ProposalId, Time};
-use crate::wire::{Message, Response, Vote};
+use crate::types::{
+    Ballot, CallId, ClusterId, Key, NetworkId, NodeId, Proposal, RequestId, Time, Value,
+};
+use crate::wire::{Answer, Message, QueryState, ReadState, RefuseReason, Request, Response};
 
+use acceptor::{Acceptor, Learned};
 pub use bounds::{validate_key, validate_put};
-use coordinator::{ProposalIds, PutOp};
-use decider::Decider;
-use ledger::Ledger;
+use coordinator::{Coordinator, ProposalIds, outcome_reply};
+use fanout::Peers;
+use health::Health;
+use learner::Learner;
+use leave::Leaving;
 use members::Members;
 use outbox::Outbox;
-use reads::{ReadWait, Verify};
+use proposer::{Outcome, Proposer, Start};
+use reader::{ReadEvent, Reader};
+use relay::Relays;
 use removal::PendingRemoval;
-use representative::Relay;
-use requests::RequestTable;
+use requests::{RequestTable, fingerprint};
 use sync::SyncState;
 
 /// One node of the write-once replication protocol, as a pure state machine.
@@ -64,92 +72,96 @@ use sync::SyncState;
 /// The node never reads a clock, never draws randomness of its own (the caller gives the seed
 /// of its jitter), never does I/O and never iterates a map in an order that depends on a hash.
 pub struct Node {
-    config: Config,
-    id: NodeId,
-    cluster: ClusterId,
+    env: Env,
     network: NetworkId,
-    rng: ChaCha8Rng,
-    now: Time,
-    timers: Timers,
-    /// Writes, the durability barrier, everything emitted (outbox.rs).
-    out: Outbox,
 
-    /// Keys, reservations, refusals, watermarks (ledger.rs).
-    ledger: Ledger,
-    /// Whether the node votes and serves reads: its join-time copy is done (sync.rs).
-    ready: bool,
-    sync: Option<SyncState>,
+    /// Promises, accepted values, decisions (acceptor.rs).
+    acceptor: Acceptor,
+    /// Ballots this node runs for keys (proposer.rs).
+    proposer: Proposer,
+    /// Clients' PUTs (coordinator.rs).
+    coordinator: Coordinator,
+    /// Request ids for at-most-once retries (requests.rs).
+    requests: RequestTable,
+    /// Catch-up from this node's cluster (learner.rs).
+    learner: Learner,
+    /// Reads waiting for their cluster, verify reads (reader.rs).
+    reader: Reader,
+    /// Fan-outs this node runs as its cluster's representative (relay.rs).
+    relays: Relays,
+    /// Peers suspected down or slow (health.rs).
+    health: Health,
 
     /// Members and departed nodes (members.rs).
     members: Members,
-    /// No grant before this: the membership shrank by a removal, and the removed node may
-    /// still answer reads until its read lease runs out (members.rs).
-    settled_at: Time,
     /// When this node last sent its view to each peer (views are rate-limited).
-    view_sent: BTreeMap<NodeId, Time>,
-    /// This node answers "unknown key" only before this: a member counted it recently
-    /// (lease.rs).
-    read_lease_until: Time,
-    /// When the last round of membership probes left.
-    probe_sent: Option<Time>,
-    /// Reads of free keys waiting for the read lease to be renewed.
-    lease_reads: BTreeMap<CallId, Key>,
-    /// An operator's removal being checked with every member (removal.rs).
+    view_sent: std::collections::BTreeMap<NodeId, Time>,
+    /// Whether the node votes and serves reads: its join-time copy is done (sync.rs).
+    ready: bool,
+    sync: Option<SyncState>,
+    /// Leaving (leave.rs).
+    leaving: Option<Leaving>,
+    /// An operator's removal being checked (removal.rs).
     removal: Option<PendingRemoval>,
-    /// Leaving (leave.rs): stop granting, settle everything, then say so once.
-    leaving: bool,
-    leave_complete: bool,
-    /// While leaving: the members that hold no reservation naming this node.
-    leave_clear: BTreeSet<NodeId>,
+}
 
-    /// Client PUTs this node coordinates (coordinator.rs).
-    ops: BTreeMap<u64, PutOp>,
-    next_op: u64,
-    proposal_ids: ProposalIds,
-    /// Request ids for at-most-once retries (requests.rs).
-    requests: RequestTable,
-    /// Vote collections: the coordinator's, resolutions, a leaving node's confirmations
-    /// (decider.rs, resolve.rs).
-    deciders: BTreeMap<ProposalId, Decider>,
-    /// Reads waiting on a reserved key, and the reads waiting on each proposal (reads.rs).
-    reads: BTreeMap<CallId, ReadWait>,
-    readers: BTreeMap<ProposalId, BTreeSet<CallId>>,
-    verifies: BTreeMap<u64, Verify>,
-    /// Fan-outs this node runs as a representative (representative.rs).
-    relays: BTreeMap<RelayKey, Relay>,
-    /// Tags of verify reads and of relayed reads (one counter for both).
-    next_tag: u64,
+/// What every role borrows: the outbox (writes, the barrier, everything emitted), the timers,
+/// the clock, the config, this node's identity and the jitter.
+pub(crate) struct Env {
+    pub config: Config,
+    pub id: NodeId,
+    pub cluster: ClusterId,
+    pub now: Time,
+    pub timers: Timers,
+    pub out: Outbox,
+    rng: ChaCha8Rng,
+}
+
+impl Env {
+    /// A uniformly drawn wait of at most `max`, from the node's seeded generator.
+    pub fn jitter(&mut self, max: Duration) -> Duration {
+        let max_us = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+        Duration::from_micros(self.rng.random_range(0..=max_us))
+    }
+
+    #[inline(always)]
+    pub fn bug(&self, check: InjectedBug) -> bool {
+        bug_in(&self.config, check)
+    }
 }
 
 /// Deliberately broken behaviour, for showing that the simulator catches it. Selectable
 /// through `Config::bug` only when the `bug-injection` feature is on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum InjectedBug {
-    /// Grant a Reserve although the key is reserved by another proposal.
-    GrantWhenReserved,
-    /// Commit when all participants but one granted.
-    CommitOnPartialVote,
-    /// Answer a read of a reserved key "unknown" at once.
-    ReadReservedAsUnknown,
-    /// Drop a reservation on Abort without recording a refusal.
-    ForgetFenceOnAbort,
-    /// Send messages before the writes they depend on are durable.
+    /// Phase 2 counts a majority of the coordinator's own cluster only.
+    PhaseTwoOwnClusterOnly,
+    /// A proposer proposes its own value after phase 1, ignoring the accepted ones.
+    IgnoreAcceptedValues,
+    /// A promise is a lazy write: it may be lost in a crash after it was answered.
+    PromiseNotDurable,
+    /// An Accept below the promised ballot is accepted.
+    AcceptBelowPromise,
+    /// A read answers "unknown" from the node's own state, without asking its cluster.
+    UnknownFromLocalState,
+    /// A read answers a value accepted in its cluster before it is known to be chosen.
+    ReadAcceptedBeforeChosen,
+    /// A PUT is answered Busy at its deadline although an Accept carrying its value left.
+    BusyAfterAcceptLeft,
+    /// The ballot round ceiling is a lazy write: a restarted node may run a ballot again.
+    LazyRoundCeiling,
+    /// The proposal counter ceiling is a lazy write: a restarted node may reuse a proposal id.
+    LazyCounterCeiling,
+    /// The fast round chooses with every participant but one.
+    FastRoundAllButOne,
+    /// Messages leave before the writes they depend on are durable.
     VoteBeforeDurable,
-    /// Answer Status of a proposal this node does not hold without fencing it.
-    StatusWithoutFence,
     /// Start after a restart from the membership the driver happens to know (here: only this
     /// node), not the recorded one: the bug that let a cluster restarted during a partition
     /// found a network of its own.
     ForgetMembershipOnRestart,
-    /// Answer "unknown key" without a read lease: a removed node that does not know it yet
-    /// serves stale reads.
-    ReadWithoutLease,
-    /// Persist a grant as a lazy write, like `Stored`: the vote leaves before the reservation
-    /// it reports is durable.
-    LazyGrant,
-    /// Answer a leave or removal check before the lazy writes so far are durable: "clear"
-    /// vouches for a commit that a crash may still undo into a reservation naming a node that
-    /// is about to be gone.
+    /// Answer a leave check before the lazy writes so far are durable: "clear" vouches for
+    /// decisions pulled from the leaving node that a crash may still undo.
     ClearBeforeLazyDurable,
 }
 
@@ -157,28 +169,27 @@ pub enum InjectedBug {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub keys_stored: usize,
-    pub reservations_open: usize,
-    pub refusals: usize,
-    pub proposals_in_flight: usize,
-    pub resolutions: usize,
+    /// Keys with an accepted value here not known to be decided.
+    pub accepted_undecided: usize,
+    /// Keys with a promise only.
+    pub promises_only: usize,
+    /// Keys whose record was damaged on disk (this node abstains for them).
+    pub damaged_keys: usize,
+    pub puts_in_flight: usize,
+    /// Keys this node runs ballots for.
+    pub proposers: usize,
     pub reads_waiting: usize,
     pub relays: usize,
     pub timers: usize,
     pub held_messages: usize,
+    /// How many decisions of some member of this cluster this node has not pulled yet, at most.
+    pub behind: u64,
+    /// Peers suspected down or slow now.
+    pub suspects: usize,
 }
 
 impl Node {
-    /// Every member but this node, in id order.
-    fn other_members(&self) -> Vec<NodeId> {
-        self.members
-            .current()
-            .nodes()
-            .filter(|n| **n != self.id)
-            .cloned()
-            .collect()
-    }
-
-    /// Starts a node from its durable state only: its keys, refusals, network and the whole
+    /// Starts a node from its durable state only: its records, network and the whole
     /// membership it recorded (whatever it rediscovers later can only add to it). `seed` seeds
     /// the jitter of backoffs.
     pub fn new(
@@ -194,9 +205,11 @@ impl Node {
             network,
             members,
             keys,
-            refusals,
-            watermarks,
+            damaged,
+            floor,
             counter_ceiling,
+            round_ceiling,
+            caught_up,
             requests,
             ready,
             departed,
@@ -206,63 +219,49 @@ impl Node {
             .into_iter()
             .filter(|_| !forget)
             .map(|(node, cluster)| (cluster, node));
-        // A removal recorded before the restart may be moments old: settle as after one.
-        let settled_at = if departed.is_empty() {
-            now
-        } else {
-            now + config.read_lease.saturating_mul(2)
-        };
         let members = Members::new(id.clone(), cluster.clone(), recorded, departed);
-        let proposal_ids = ProposalIds::new(counter_ceiling, config.counter_block);
+        let ids = ProposalIds::new(counter_ceiling, config.counter_block);
         let requests = RequestTable::new(requests, now, config.requests_max, config.request_ttl);
-        let ledger = Ledger::new(keys, refusals, watermarks, config.refusals_max, ready);
         let out = Outbox::new(id.clone(), bug_in(&config, InjectedBug::VoteBeforeDurable));
+        let block = config.counter_block;
         let mut node = Node {
-            config,
-            id,
-            cluster,
+            env: Env {
+                config,
+                id,
+                cluster,
+                now,
+                timers: Timers::default(),
+                out,
+                rng: ChaCha8Rng::seed_from_u64(seed),
+            },
             network,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            now,
-            timers: Timers::default(),
-            out,
-            ledger,
+            acceptor: Acceptor::new(keys, damaged, floor),
+            proposer: Proposer::new(round_ceiling, block),
+            coordinator: Coordinator::new(ids),
+            requests,
+            learner: Learner::new(caught_up),
+            reader: Reader::default(),
+            relays: Relays::default(),
+            health: Health::default(),
+            members,
+            view_sent: std::collections::BTreeMap::new(),
             ready,
             sync: None,
-            members,
-            settled_at,
-            view_sent: BTreeMap::new(),
-            read_lease_until: Time::ZERO,
-            probe_sent: None,
-            lease_reads: BTreeMap::new(),
+            leaving: None,
             removal: None,
-            leaving: false,
-            leave_complete: false,
-            leave_clear: BTreeSet::new(),
-            ops: BTreeMap::new(),
-            next_op: 0,
-            proposal_ids,
-            requests,
-            deciders: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            readers: BTreeMap::new(),
-            verifies: BTreeMap::new(),
-            relays: BTreeMap::new(),
-            next_tag: 0,
         };
-        // Every reservation found on disk is resolved soon after the restart; the jitter keeps
-        // a whole cluster that restarts at once from resolving in lockstep.
-        let open: Vec<ProposalId> = node
-            .ledger
-            .keys()
-            .filter(|(_, s)| !s.is_stored())
-            .map(|(_, s)| s.proposal().clone())
-            .collect();
-        for p in open {
-            let delay = node.jitter(node.config.resolve_backoff_min);
-            node.timers.set(Timer::Lease(p), now + delay);
+        // Every value accepted and not decided is recovered soon after the restart; the jitter
+        // keeps a whole cluster that restarts at once from recovering in lockstep.
+        let open: Vec<Key> = node.acceptor.accepted_undecided().cloned().collect();
+        for key in open {
+            let delay = node.env.jitter(node.env.config.backoff_max);
+            node.env.timers.set(Timer::Lease(key), now + delay);
         }
-        if !node.ready {
+        if node.ready {
+            // Learn what was decided while this node was down.
+            let delay = node.env.jitter(node.env.config.backoff_min);
+            node.env.timers.set(Timer::CatchUp, now + delay);
+        } else {
             node.start_sync();
         }
         Ok(node)
@@ -271,12 +270,12 @@ impl Node {
     // ---------------------------------------------------------------- getters
 
     pub fn id(&self) -> &NodeId {
-        &self.id
+        &self.env.id
     }
     pub fn cluster(&self) -> &ClusterId {
-        &self.cluster
+        &self.env.cluster
     }
-    pub fn membership(&self) -> &Membership {
+    pub fn membership(&self) -> &Arc<Membership> {
         self.members.current()
     }
     /// The network this node belongs to.
@@ -288,39 +287,41 @@ impl Node {
         self.members.this_node_removed()
     }
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.env.config
     }
     /// Whether the node votes and serves reads (its join-time copy is done).
     pub fn is_ready(&self) -> bool {
         self.ready
     }
     pub fn is_leaving(&self) -> bool {
-        self.leaving
+        self.leaving.is_some()
     }
-    /// The node's current state of a key (`None`: free).
+    /// The node's record of a key (`None`: it knows nothing of it).
     pub fn key_state(&self, key: &Key) -> Option<&DurableKey> {
-        self.ledger.get(key)
+        self.acceptor.get(key)
     }
-    /// Every key this node stores or has reserved, in key order.
+    /// Every key this node holds a record of, in key order.
     pub fn keys(&self) -> impl Iterator<Item = (&Key, &DurableKey)> {
-        self.ledger.keys()
+        self.acceptor.keys()
     }
-    /// Whether this node refuses proposal `p` (it refused it, fenced it, saw it aborted, or it
-    /// is under its coordinator's watermark and not held here).
-    pub fn refuses(&self, p: &ProposalId, key: &Key) -> bool {
-        self.ledger.refused(p, key)
+    /// The nodes this node suspects to be down or slow now.
+    pub fn suspects(&self) -> impl Iterator<Item = &NodeId> {
+        self.health.suspects(self.env.now)
     }
     pub fn stats(&self) -> Stats {
         Stats {
-            keys_stored: self.ledger.keys_stored(),
-            reservations_open: self.ledger.reservation_count(),
-            refusals: self.ledger.refusal_count(),
-            proposals_in_flight: self.ops.len(),
-            resolutions: self.deciders.len(),
-            reads_waiting: self.reads.len(),
+            keys_stored: self.acceptor.keys_stored(),
+            accepted_undecided: self.acceptor.accepted_undecided_count(),
+            promises_only: self.acceptor.promised_only_count(),
+            damaged_keys: self.acceptor.damaged_count(),
+            puts_in_flight: self.coordinator.len(),
+            proposers: self.proposer.len(),
+            reads_waiting: self.reader.waiting(),
             relays: self.relays.len(),
-            timers: self.timers.len(),
-            held_messages: self.out.held_len(),
+            timers: self.env.timers.len(),
+            held_messages: self.env.out.held_len(),
+            behind: self.learner.behind(),
+            suspects: self.health.suspects(self.env.now).count(),
         }
     }
 
@@ -328,13 +329,13 @@ impl Node {
 
     /// Feeds one input. Then drain [`Node::poll_output`].
     pub fn handle(&mut self, now: Time, input: Input) {
-        self.now = self.now.max(now);
+        self.env.now = self.env.now.max(now);
         match input {
             Input::Message { from, msg } => self.on_message(from, msg),
             Input::Client { call, cmd } => self.on_command(call, cmd),
-            Input::Persisted { upto } => self.out.on_persisted(upto),
+            Input::Persisted { upto } => self.env.out.on_persisted(upto),
             Input::Timeout => {
-                while let Some(timer) = self.timers.pop_due(self.now) {
+                while let Some(timer) = self.env.timers.pop_due(self.env.now) {
                     self.on_timer(timer);
                 }
             }
@@ -347,12 +348,12 @@ impl Node {
             Input::Leave => self.on_leave(),
         }
         self.drain_inbox();
-        if self.leaving {
-            // Whatever settled the last open proposal (a Commit, an Abort, a vote, a clear
-            // answer), check here once rather than on every path.
+        if self.leaving.is_some() {
+            // Whatever settled the last open key (a decision, a clear answer), check here once
+            // rather than on every path.
             self.check_leave_complete();
         }
-        self.out.flush();
+        self.env.out.flush();
     }
 
     // ---------------------------------------------------------------- outputs
@@ -360,75 +361,260 @@ impl Node {
     /// The next thing to do, if any.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.poll()
+        self.env.out.poll()
     }
 
     /// When [`Input::Timeout`] is next due.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.timers.next()
+        self.env.timers.next()
     }
 
-    // ---------------------------------------------------------------- routing
+    // ---------------------------------------------------------------- routing: messages
 
     fn on_message(&mut self, from: NodeId, msg: Message) {
         if let Err(reason) = self.check_message(&msg) {
-            self.out.note(Note::PeerInputRejected { from, reason });
+            self.env.out.note(Note::PeerInputRejected { from, reason });
             return;
         }
         self.tell_departed_sender(&from);
+        self.health.heard(&from);
         match msg {
-            Message::Request(req) => {
-                if let Some(resp) = self.on_request(&from, req) {
-                    self.out.send(from, Message::Response(resp));
-                }
-            }
+            Message::Request(req) => self.on_request(from, req),
             Message::Response(resp) => self.on_response(&from, resp),
             Message::Relay {
                 cluster,
                 targets,
                 request,
-            } => self.on_relay(from, cluster, targets, request),
+            } => {
+                if !self.members.contains(&from) {
+                    let reason = PeerFault::RelayFromNonMember;
+                    return self.env.out.note(Note::PeerInputRejected { from, reason });
+                }
+                let nodes = self.members.current().nodes_of(&self.env.cluster).to_vec();
+                self.relays
+                    .on_relay(&mut self.env, from, cluster, &nodes, targets, request);
+            }
             Message::RelayReply { cluster, responses } => {
-                self.on_relay_reply(from, cluster, responses)
+                for resp in responses {
+                    if let Response::Ballot { key, .. } = &resp {
+                        self.proposer
+                            .representative_answered(&mut self.env, key, &cluster);
+                    }
+                    self.on_response(&from, resp);
+                }
             }
             Message::SyncRequest { after } => self.on_sync_request(from, after),
-            Message::SyncPage { entries, done } => self.on_sync_page(from, entries, done),
+            Message::SyncPage {
+                entries,
+                floor,
+                seq,
+                done,
+            } => self.on_sync_page(from, entries, floor, seq, done),
             Message::SyncRefused { reason } => self.on_sync_refused(from, reason),
-            Message::LeaveCheck => self.on_leave_check(from),
+            Message::CatchUp { after } => {
+                if self.members.current().cluster_of(&from) == Some(&self.env.cluster)
+                    && !self.members.this_node_removed()
+                {
+                    self.learner
+                        .serve(&mut self.env, &self.acceptor, from, after);
+                }
+            }
+            Message::CatchUpPage {
+                entries,
+                last,
+                latest,
+            } => {
+                let Some(entries) = self
+                    .learner
+                    .on_page(&mut self.env, &from, entries, last, latest)
+                else {
+                    return;
+                };
+                for (key, chosen) in entries {
+                    self.learn(&key, &chosen, &from);
+                }
+            }
+            Message::LeaveCheck { seq } => self.on_leave_check(from, seq),
             Message::LeaveClear { clear } => self.on_leave_clear(from, clear),
             Message::Removed { node } => self.on_removed_message(from, node),
             Message::RemoveCheck { node } => self.on_remove_check(from, node),
-            Message::RemoveCheckReply { node, open } => {
-                self.on_remove_check_reply(from, node, open)
+            Message::RemoveCheckReply { node, cluster } => {
+                self.on_remove_check_reply(from, node, cluster)
             }
             Message::View { members, departed } => self.on_view(from, members, departed),
-            Message::Probe { sent } => self.on_probe(from, sent),
-            Message::ProbeReply { sent } => self.on_probe_reply(from, sent),
+        }
+    }
+
+    /// Why this node takes no part in a ballot or a read's question now, if it does not: a
+    /// request of another membership also gets this node's view (views converge).
+    fn refusal(&mut self, from: &NodeId, digest: Digest, ballot_request: bool) -> Option<RefuseReason> {
+        let changed = digest != self.members.current().digest();
+        if changed {
+            // The requester's view or this node's lacks a discovery, a goodbye or a removal:
+            // exchange views so that the next attempt finds them equal, whatever this node
+            // answers (a leaving node that missed a removal would otherwise never learn it).
+            self.send_view(from);
+        }
+        if self.members.this_node_removed() {
+            Some(RefuseReason::Departed)
+        } else if !self.ready {
+            Some(RefuseReason::NotReady)
+        } else if ballot_request && self.leaving.is_some() && *from != self.env.id {
+            // A leaving node takes part in its own ballots only: they decide what it holds.
+            Some(RefuseReason::Leaving)
+        } else if changed {
+            Some(RefuseReason::MembershipChanged)
+        } else {
+            None
+        }
+    }
+
+    /// A request from a member (or from this node itself).
+    fn on_request(&mut self, from: NodeId, req: Request) {
+        if from != self.env.id && !self.members.contains(&from) {
+            let reason = PeerFault::RequestFromNonMember;
+            return self.env.out.note(Note::PeerInputRejected { from, reason });
+        }
+        let me = self.env.id.clone();
+        match req {
+            Request::Prepare {
+                key,
+                ballot,
+                digest,
+            } => {
+                let answer = match self.refusal(&from, digest, true) {
+                    Some(reason) => Answer::Refused { reason },
+                    None => self.acceptor.prepare(&mut self.env, &key, &ballot),
+                };
+                let resp = Response::Ballot {
+                    key,
+                    ballot,
+                    proposal: None,
+                    node: me,
+                    answer,
+                };
+                self.env.out.send(from, Message::Response(resp));
+            }
+            Request::Accept {
+                key,
+                ballot,
+                proposal,
+                digest,
+            } => {
+                let answer = match self.refusal(&from, digest, true) {
+                    Some(reason) => Answer::Refused { reason },
+                    None => self
+                        .acceptor
+                        .accept(&mut self.env, &key, &ballot, &proposal),
+                };
+                let resp = Response::Ballot {
+                    key,
+                    ballot,
+                    proposal: Some(proposal.p),
+                    node: me,
+                    answer,
+                };
+                self.env.out.send(from, Message::Response(resp));
+            }
+            Request::Decide { key, chosen } => {
+                if self.ready && !self.members.this_node_removed() {
+                    self.learn(&key, &chosen, &from);
+                }
+            }
+            Request::Query { key, tag, digest } => {
+                let state = match self.refusal(&from, digest, false) {
+                    Some(reason) => QueryState::Refused(reason),
+                    None => self.acceptor.query(&key),
+                };
+                let resp = Response::Query {
+                    key,
+                    tag,
+                    node: me,
+                    state,
+                };
+                self.env.out.send(from, Message::Response(resp));
+            }
+            Request::Read { key, tag } => {
+                let state = self.read_state(&key);
+                let resp = Response::Read {
+                    key,
+                    tag,
+                    node: me,
+                    state,
+                };
+                self.env.out.send(from, Message::Response(resp));
+            }
         }
     }
 
     /// A response goes to the fan-out this node relays as a representative, if it relays one
-    /// for it, and to the vote collection or verify read it answers.
+    /// for it, and to the proposer or read it answers.
     fn on_response(&mut self, from: &NodeId, resp: Response) {
         match resp {
-            Response::Vote { p, key, node, vote } => {
+            Response::Ballot {
+                key,
+                ballot,
+                proposal,
+                node,
+                answer,
+            } => {
                 if *from != node && !self.members.contains(from) {
                     return;
                 }
-                let relay_key = RelayKey::Votes(p.clone());
-                if self.relays.contains_key(&relay_key) {
-                    // Anything but a grant decides: it goes back at once.
-                    let decisive = !matches!(vote, Vote::Granted);
-                    let resp = Response::Vote {
-                        p: p.clone(),
-                        key,
-                        node: node.clone(),
-                        vote: vote.clone(),
-                    };
-                    self.relay_collect(&relay_key, &node, resp, decisive);
+                self.health.heard(&node);
+                if let Some(p) = &proposal {
+                    let relay_key = RelayKey::Ballot(key.clone(), ballot.clone(), p.clone());
+                    if self.relays.relays(&relay_key) {
+                        let resp = Response::Ballot {
+                            key: key.clone(),
+                            ballot: ballot.clone(),
+                            proposal: proposal.clone(),
+                            node: node.clone(),
+                            answer: answer.clone(),
+                        };
+                        self.relays.collect(&mut self.env, &relay_key, resp);
+                    }
                 }
-                self.on_vote_response(p, node, vote);
+                match &answer {
+                    Answer::Refused {
+                        reason: RefuseReason::MembershipChanged,
+                    } if self.proposer.is_running(&key) => self.send_view(&node),
+                    Answer::Refused {
+                        reason: RefuseReason::Departed,
+                    } => self.on_departed_vote(&node),
+                    _ => {}
+                }
+                let start = start_of(&self.members, &self.acceptor, &key);
+                let outcome = self.proposer.on_answer(
+                    &mut self.env,
+                    &start,
+                    &self.health,
+                    &key,
+                    &node,
+                    (&ballot, proposal.as_ref()),
+                    answer,
+                );
+                self.route(outcome);
+            }
+            Response::Query {
+                key,
+                tag,
+                node,
+                state,
+            } => {
+                if *from != node {
+                    return;
+                }
+                if state == QueryState::Refused(RefuseReason::MembershipChanged) {
+                    self.send_view(&node);
+                }
+                if let Some(ReadEvent::Learned { key: k, chosen }) =
+                    self.reader.on_answer(&mut self.env, tag, node.clone(), state)
+                {
+                    debug_assert_eq!(k, key);
+                    self.learn(&k, &chosen, &node);
+                }
             }
             Response::Read {
                 key,
@@ -437,19 +623,110 @@ impl Node {
                 state,
             } => {
                 let relay_key = RelayKey::Read(tag);
-                if self.relays.contains_key(&relay_key) {
+                if self.relays.relays(&relay_key) {
                     let resp = Response::Read {
                         key,
                         tag,
-                        node: node.clone(),
+                        node,
                         state,
                     };
-                    return self.relay_collect(&relay_key, &node, resp, false);
+                    return self.relays.collect(&mut self.env, &relay_key, resp);
                 }
-                self.on_verify_answer(key, tag, node, state);
+                self.reader
+                    .on_verify_answer(&mut self.env, key, tag, node, state);
             }
         }
     }
+
+    /// Routes what a proposer learned.
+    fn route(&mut self, outcome: Option<Outcome>) {
+        match outcome {
+            None => {}
+            Some(Outcome::Chosen {
+                key,
+                chosen,
+                ballot: _,
+                storing,
+                participants,
+            }) => {
+                self.tell_decision(&key, &chosen, &participants, &storing);
+                let me = self.env.id.clone();
+                self.learn(&key, &chosen, &me);
+            }
+            Some(Outcome::NothingChosen { key }) => {
+                self.reader.nothing_chosen(&mut self.env, &key);
+                self.keep_lease(&key);
+            }
+            Some(Outcome::GaveUp { key, left }) => {
+                if let Some(p) = left {
+                    self.coordinator.value_left(&key, &p);
+                }
+                self.keep_lease(&key);
+            }
+        }
+    }
+
+    /// A proposer of `key` stopped undecided: if a value is accepted here, it is recovered
+    /// again after a lease (every accepted value ends decided).
+    fn keep_lease(&mut self, key: &Key) {
+        if self.acceptor.get(key).is_some_and(|s| s.accepted().is_some()) {
+            let at = self.env.now + self.env.config.lease;
+            self.env.timers.set(Timer::Lease(key.clone()), at);
+        }
+    }
+
+    /// Sends Decide to every participant that is not known to store the key already (rule 4;
+    /// no acknowledgement: a node that misses it pulls it from its cluster).
+    fn tell_decision(
+        &mut self,
+        key: &Key,
+        chosen: &Proposal,
+        participants: &Arc<Membership>,
+        storing: &[NodeId],
+    ) {
+        let decide = Request::Decide {
+            key: key.clone(),
+            chosen: chosen.clone(),
+        };
+        let me = self.env.id.clone();
+        let peers = Peers {
+            departed: self.members.departed(),
+            health: &self.health,
+        };
+        fanout::send_to_participants(
+            &mut self.env,
+            &peers,
+            participants,
+            fanout::spread_of(key),
+            |_| 0,
+            &decide,
+            |n| *n != me && !storing.contains(n),
+        );
+    }
+
+    /// `chosen` is the decision of `key` (decided here, or told by `source`): the one place a
+    /// decision is stored, and whoever waits on the key is answered.
+    fn learn(&mut self, key: &Key, chosen: &Proposal, source: &NodeId) {
+        match self.acceptor.store(&mut self.env, key, chosen) {
+            Learned::New | Learned::Known => {}
+            Learned::Conflict(known) => {
+                let reason = Violation::TwoDecisions {
+                    key: key.clone(),
+                    stored: known.p,
+                    told: chosen.p.clone(),
+                    from: source.clone(),
+                    at: self.env.id.clone(),
+                };
+                return self.env.out.note(Note::Violation { reason });
+            }
+        }
+        self.proposer.stop(&mut self.env, key);
+        self.coordinator
+            .decided(&mut self.env, &mut self.requests, key, chosen);
+        self.reader.key_stored(&mut self.env, key, chosen);
+    }
+
+    // ---------------------------------------------------------------- routing: clients
 
     fn on_command(&mut self, call: CallId, cmd: Command) {
         if self.members.this_node_removed() {
@@ -461,7 +738,7 @@ impl Node {
                 }
                 Command::RemoveNode { .. } => Reply::Remove(RemoveOutcome::Unknown),
             };
-            return self.out.reply(call, reply);
+            return self.env.out.reply(call, reply);
         }
         match cmd {
             Command::Put {
@@ -470,53 +747,347 @@ impl Node {
                 request,
             } => self.on_put(call, key, value, request),
             Command::Get { key } => self.on_get(call, key),
-            Command::Verify { key } => self.on_verify(call, key),
+            Command::Verify { key } => {
+                if let Err(invalid) = validate_key(&self.env.config, &key) {
+                    return self
+                        .env
+                        .out
+                        .reply(call, Reply::Get(GetOutcome::Invalid(invalid)));
+                }
+                let peers = Peers {
+                    departed: self.members.departed(),
+                    health: &self.health,
+                };
+                let members = self.members.current().clone();
+                self.reader
+                    .start_verify(&mut self.env, &peers, call, key, &members);
+            }
             Command::RemoveNode { node, force } => self.on_remove_command(call, node, force),
         }
     }
 
-    fn on_timer(&mut self, timer: Timer) {
-        match timer {
-            Timer::Vote(p) => self.on_vote_timeout(&p),
-            Timer::Representative(p, cluster) => self.on_representative_timeout(p, cluster),
-            Timer::Resolve(p) => self.on_resolve_timer(&p),
-            Timer::Lease(p) => self.on_lease_timeout(p),
-            Timer::Relay(key) => self.relay_flush(&key),
-            Timer::ReadWait(call) => self.on_read_wait(call),
-            Timer::ReadDeadline(call) => self.on_read_deadline(call),
-            Timer::Verify(tag) => self.finish_verify(tag),
-            Timer::BusyRetry(op) => self.on_busy_retry(op),
-            Timer::PutDeadline(op) => self.on_put_deadline(op),
-            Timer::LeaveCheck => self.send_leave_checks(),
-            Timer::RemoveCheck => self.on_remove_check_timer(),
-            Timer::Sync => self.on_sync_timer(),
+    /// A client PUT: validated, answered from the request record or the key's decision when
+    /// it can be, otherwise proposed until the key is decided or `put_timeout` passes.
+    fn on_put(&mut self, call: CallId, key: Key, value: Value, request: Option<RequestId>) {
+        if let Err(invalid) = validate_put(&self.env.config, &key, &value, request.as_ref()) {
+            return self
+                .env
+                .out
+                .reply(call, Reply::Put(PutOutcome::Invalid(invalid)));
+        }
+        if let Some(id) = &request {
+            let coordinator = &self.coordinator;
+            let running = |id: &RequestId| coordinator.is_running(id);
+            self.requests.expire(self.env.now, running, &mut self.env.out);
+            if let Some(record) = self.requests.get(id).cloned() {
+                if record.key != key || record.value_fingerprint != fingerprint(&value) {
+                    let invalid = PutOutcome::Invalid(Invalid::RequestIdReused);
+                    return self.env.out.reply(call, Reply::Put(invalid));
+                }
+                if let Some(outcome) = record.outcome {
+                    return self.env.out.reply(call, Reply::Put(outcome_reply(outcome)));
+                }
+                if let Some(op) = self.coordinator.running_request(id) {
+                    return self.coordinator.join(op, call);
+                }
+                // Known, not running, no outcome (a restart, or an earlier Unavailable): run
+                // the same proposal again, with a classic ballot that learns the outcome. It
+                // never starts a second value: it is the same value, and a value found
+                // accepted is proposed before it.
+                let proposal = Proposal {
+                    p: record.proposal,
+                    request: request.clone(),
+                    value,
+                };
+                // Its first run may have sent the value: this one can end Unavailable, never
+                // Busy.
+                return self.propose(call, key, proposal, false, true);
+            }
+        }
+        if let Some(refusal) = self.write_refusal() {
+            return self.env.out.reply(call, Reply::Put(refusal));
+        }
+        if let Some(stored) = self.acceptor.stored(&key) {
+            // Decided here, so decided: no need to ask anyone.
+            let outcome = if request.is_some() && stored.request == request {
+                RequestOutcome::Stored
+            } else {
+                RequestOutcome::Exists(stored.value.clone())
+            };
+            if let Some(id) = request {
+                let p = self.next_proposal();
+                self.remember_request(id, &key, &value, p, Some(outcome.clone()));
+            }
+            return self.env.out.reply(call, Reply::Put(outcome_reply(outcome)));
+        }
+        let p = self.next_proposal();
+        if let Some(id) = &request {
+            self.remember_request(id.clone(), &key, &value, p.clone(), None);
+        }
+        let proposal = Proposal { p, request, value };
+        self.propose(call, key, proposal, true, false);
+    }
+
+    /// Runs a PUT of `proposal` for `key` (the fast round allowed if `fast`; `left`: an
+    /// Accept carrying it may have left before).
+    fn propose(&mut self, call: CallId, key: Key, proposal: Proposal, fast: bool, left: bool) {
+        if let Some(refusal) = self.write_refusal() {
+            // A retry whose first run may have sent the value cannot say "nothing happened".
+            let reply = if left {
+                PutOutcome::Unavailable(crate::api::Silence::default())
+            } else {
+                refusal
+            };
+            return self.env.out.reply(call, Reply::Put(reply));
+        }
+        let op = self
+            .coordinator
+            .add(&mut self.env, call, key.clone(), proposal.clone());
+        if left {
+            self.coordinator.value_left(&key, &proposal.p);
+        }
+        let _ = op;
+        if let Some(stored) = self.acceptor.stored(&key).cloned() {
+            return self
+                .coordinator
+                .decided(&mut self.env, &mut self.requests, &key, &stored);
+        }
+        let start = start_of(&self.members, &self.acceptor, &key);
+        self.proposer.start(
+            &mut self.env,
+            &start,
+            &self.health,
+            &key,
+            Some(proposal),
+            fast,
+        );
+    }
+
+    /// Why this node cannot start a write now, if it cannot.
+    fn write_refusal(&self) -> Option<PutOutcome> {
+        if !self.ready {
+            return Some(PutOutcome::NotReady(NotReady::Joining));
+        }
+        if self.leaving.is_some() {
+            return Some(PutOutcome::NotReady(NotReady::Leaving));
+        }
+        let members = self.members.current().nodes_of(&self.env.cluster).len();
+        if members < self.env.config.cluster_size_min {
+            return Some(PutOutcome::NotReady(NotReady::ClusterTooSmall {
+                members,
+                min: self.env.config.cluster_size_min,
+            }));
+        }
+        if self.coordinator.len() >= self.env.config.proposals_max {
+            return Some(PutOutcome::Overloaded);
+        }
+        None
+    }
+
+    /// A PUT's time is up: Unavailable if an Accept carrying its value left, else Busy, and
+    /// then its value must never leave.
+    fn on_put_deadline(&mut self, op_id: u64) {
+        let Some(op) = self.coordinator.op(op_id) else {
+            return;
+        };
+        let (key, p) = (op.key.clone(), op.proposal.p.clone());
+        let left = (op.left || self.proposer.left(&key, &p))
+            && !self.env.bug(InjectedBug::BusyAfterAcceptLeft);
+        if !left {
+            let never_left = self.proposer.withdraw(&key, &p);
+            assert!(
+                never_left || self.env.bug(InjectedBug::BusyAfterAcceptLeft),
+                "{p} answered Busy after its value left"
+            );
+        }
+        let silence = self.proposer.silence(&key);
+        self.coordinator
+            .deadline(&mut self.env, &mut self.requests, op_id, left, silence);
+    }
+
+    /// A client GET: a stored value at once, otherwise a question to this node's cluster.
+    fn on_get(&mut self, call: CallId, key: Key) {
+        if let Err(invalid) = validate_key(&self.env.config, &key) {
+            return self
+                .env
+                .out
+                .reply(call, Reply::Get(GetOutcome::Invalid(invalid)));
+        }
+        if !self.ready {
+            let reply = Reply::Get(GetOutcome::NotReady(NotReady::Joining));
+            return self.env.out.reply(call, reply);
+        }
+        if let Some(stored) = self.acceptor.stored(&key) {
+            let value = stored.value.clone();
+            return self.env.out.reply(call, Reply::Get(GetOutcome::Value(value)));
+        }
+        let members = self.members.current().clone();
+        self.reader.start(
+            &mut self.env,
+            call,
+            key,
+            &members,
+            self.members.departed(),
+        );
+    }
+
+    /// What this node holds for `key`, as a verify read asks it.
+    fn read_state(&self, key: &Key) -> ReadState {
+        if !self.ready || self.members.this_node_removed() {
+            return ReadState::NotReady;
+        }
+        match self.acceptor.get(key) {
+            Some(DurableKey::Stored { chosen, .. }) => ReadState::Stored(chosen.value.clone()),
+            Some(DurableKey::Open {
+                accepted: Some(_), ..
+            }) => ReadState::Undecided,
+            Some(DurableKey::Open { accepted: None, .. }) | None => ReadState::Free,
         }
     }
 
-    /// Handles the messages this node sent itself, as they are released.
-    fn drain_inbox(&mut self) {
-        while let Some(msg) = self.out.next_local() {
-            let me = self.id.clone();
-            self.on_message(me, msg);
+    // ---------------------------------------------------------------- routing: timers
+
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Phase(key) => self.on_phase_timer(&key),
+            Timer::Retry(key) => {
+                let start = start_of(&self.members, &self.acceptor, &key);
+                let outcome =
+                    self.proposer
+                        .on_retry_timer(&mut self.env, &start, &self.health, &key);
+                self.route(outcome);
+            }
+            Timer::Representative(key, cluster) => {
+                let departed = self.members.departed().clone();
+                self.proposer.on_representative_timer(
+                    &mut self.env,
+                    &departed,
+                    &mut self.health,
+                    &key,
+                    &cluster,
+                );
+            }
+            Timer::Lease(key) => self.recover(&key, Timer::Lease(key.clone())),
+            Timer::Relay(key) => self.relays.on_timeout(&mut self.env, &key),
+            Timer::ReadWait(call) => {
+                if let Some(ReadEvent::Recover { key }) = self.reader.on_wait_timer(call) {
+                    self.recover(&key, Timer::ReadWait(call));
+                }
+            }
+            Timer::ReadDeadline(call) => self.reader.on_deadline(&mut self.env, call),
+            Timer::Verify(tag) => self.reader.finish_verify(&mut self.env, tag),
+            Timer::PutDeadline(op) => self.on_put_deadline(op),
+            Timer::Sync => self.on_sync_timer(),
+            Timer::CatchUp => {
+                let others: Vec<NodeId> = self
+                    .members
+                    .current()
+                    .nodes_of(&self.env.cluster)
+                    .iter()
+                    .filter(|n| **n != self.env.id)
+                    .cloned()
+                    .collect();
+                self.health.prune(self.env.now, self.members.current());
+                self.learner.on_timer(&mut self.env, &others);
+            }
+            Timer::LeaveCheck => self.on_leave_timer(),
+            Timer::RemoveCheck => self.on_remove_check_timer(),
         }
+    }
+
+    fn on_phase_timer(&mut self, key: &Key) {
+        let start = start_of(&self.members, &self.acceptor, key);
+        let outcome =
+            self.proposer
+                .on_phase_timer(&mut self.env, &start, &mut self.health, key);
+        self.route(outcome);
+    }
+
+    /// Recovers `key` (rule 6): a value accepted here (or in this cluster, for a read) and not
+    /// known to be decided is driven to a decision by a classic ballot of this node, which
+    /// adopts the highest accepted value it finds. When too many keys are being recovered,
+    /// `retry` fires again later.
+    fn recover(&mut self, key: &Key, retry: Timer) {
+        if self.acceptor.stored(key).is_some() || !self.ready || self.members.this_node_removed() {
+            return;
+        }
+        if self.proposer.is_running(key) {
+            return;
+        }
+        let max = self.env.config.recoveries_max + self.env.config.proposals_max;
+        if self.proposer.len() >= max {
+            let again = self.env.now + self.env.config.backoff_max;
+            return self.env.timers.set(retry, again);
+        }
+        let start = start_of(&self.members, &self.acceptor, key);
+        self.proposer
+            .start(&mut self.env, &start, &self.health, key, None, false);
     }
 
     // ---------------------------------------------------------------- helpers
 
-    /// A uniformly drawn wait of at most `max`, from the node's seeded generator.
-    fn jitter(&mut self, max: Duration) -> Duration {
-        let max_us = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
-        Duration::from_micros(self.rng.random_range(0..=max_us))
+    /// Handles the messages this node sent itself, as they are released.
+    fn drain_inbox(&mut self) {
+        while let Some(msg) = self.env.out.next_local() {
+            let me = self.env.id.clone();
+            self.on_message(me, msg);
+        }
     }
 
-    #[inline(always)]
-    fn bug_is(&self, check: InjectedBug) -> bool {
-        bug_in(&self.config, check)
+    /// Every member but this node, in id order.
+    fn other_members(&self) -> Vec<NodeId> {
+        self.members
+            .current()
+            .nodes()
+            .filter(|n| **n != self.env.id)
+            .cloned()
+            .collect()
+    }
+
+    /// A fresh proposal id of this node.
+    fn next_proposal(&mut self) -> crate::types::ProposalId {
+        let lazy = self.env.bug(InjectedBug::LazyCounterCeiling);
+        self.coordinator
+            .ids
+            .next(&self.env.id, &mut self.env.out, lazy)
+    }
+
+    /// Records the request's proposal (and outcome, if definite).
+    fn remember_request(
+        &mut self,
+        id: RequestId,
+        key: &Key,
+        value: &Value,
+        p: crate::types::ProposalId,
+        outcome: Option<RequestOutcome>,
+    ) {
+        let coordinator = &self.coordinator;
+        let running = |id: &RequestId| coordinator.is_running(id);
+        self.requests.remember(
+            id,
+            key,
+            value,
+            p,
+            outcome,
+            self.env.now,
+            running,
+            &mut self.env.out,
+        );
+    }
+}
+
+/// What a proposer of `key` reads of the rest of the node.
+fn start_of<'a>(members: &'a Members, acceptor: &Acceptor, key: &Key) -> Start<'a> {
+    Start {
+        departed: members.departed(),
+        members: members.current(),
+        untouched: acceptor.untouched(key),
+        local_highest: acceptor.highest_ballot(key),
     }
 }
 
 /// `min` doubled `attempt` times (at most `doublings_max` times, below 32), never more than
-/// `max`: the base of every backoff (Resolve rounds, Busy retries), before its jitter.
+/// `max`: the base of every backoff, before its jitter.
 fn exponential(min: Duration, max: Duration, attempt: u32, doublings_max: u32) -> Duration {
     min.saturating_mul(1u32 << attempt.min(doublings_max))
         .min(max)

@@ -7,52 +7,54 @@
 //! and hands that image to [`Node::new`](crate::Node::new) after a restart.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::membership::Membership;
-use crate::types::{ClusterId, Key, NetworkId, NodeId, ProposalId, RequestId, Value};
+use crate::types::{Ballot, ClusterId, Key, NetworkId, NodeId, Proposal, RequestId, Value};
 
-/// The durable state of one key. `Free` keys are simply absent.
+/// The durable state of one key at one node (core/PROTOCOL.md, "State per key"). A key this
+/// node knows nothing of is absent.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum DurableKey {
-    /// This node granted `p`; `participants` is the membership `p` started with.
-    Reserved {
-        p: ProposalId,
-        value: Value,
-        participants: Arc<Membership>,
+    /// Not decided here yet: the highest ballot this node promised (`pb`), and the last
+    /// proposal it accepted with the ballot it accepted it at (`acc`).
+    Open {
+        promised: Ballot,
+        accepted: Option<(Ballot, Proposal)>,
     },
-    /// Committed. Permanent.
-    Stored { p: ProposalId, value: Value },
+    /// Decided: `chosen` is the key's value forever. `seq` numbers the decisions this node
+    /// learned, in the order it learned them (its own cluster catches up by it).
+    Stored { chosen: Proposal, seq: u64 },
 }
 
 impl DurableKey {
-    pub fn proposal(&self) -> &ProposalId {
-        match self {
-            DurableKey::Reserved { p, .. } | DurableKey::Stored { p, .. } => p,
-        }
-    }
-    pub fn value(&self) -> &Value {
-        match self {
-            DurableKey::Reserved { value, .. } | DurableKey::Stored { value, .. } => value,
-        }
-    }
     pub fn is_stored(&self) -> bool {
         matches!(self, DurableKey::Stored { .. })
     }
-}
 
-/// Why this node refused a proposal. Kept so that a late or duplicated Reserve of it is
-/// refused again, never granted.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub enum RefusalWhy {
-    /// Denied a Reserve (the reason the Reserve got).
-    Denied(crate::wire::DenyReason),
-    /// Fenced by a Status: the node held nothing for it.
-    Fenced,
-    /// Saw it aborted.
-    Aborted,
+    /// The decided proposal, if the key is stored.
+    pub fn stored(&self) -> Option<&Proposal> {
+        match self {
+            DurableKey::Stored { chosen, .. } => Some(chosen),
+            DurableKey::Open { .. } => None,
+        }
+    }
+
+    /// The accepted proposal and its ballot, if the key is open with one.
+    pub fn accepted(&self) -> Option<&(Ballot, Proposal)> {
+        match self {
+            DurableKey::Open { accepted, .. } => accepted.as_ref(),
+            DurableKey::Stored { .. } => None,
+        }
+    }
+
+    /// The value a record carries (stored or accepted), for size checks.
+    pub fn value(&self) -> Option<&Value> {
+        match self {
+            DurableKey::Stored { chosen, .. } => Some(&chosen.value),
+            DurableKey::Open { accepted, .. } => accepted.as_ref().map(|(_, a)| &a.value),
+        }
+    }
 }
 
 /// The definite outcome of a client request, remembered for retries with the same id.
@@ -71,8 +73,8 @@ pub struct RequestRecord {
     pub key: Key,
     /// A fingerprint of the value, to refuse a retry that reuses the id for another value.
     pub value_fingerprint: u64,
-    /// The latest proposal run for the request.
-    pub proposal: ProposalId,
+    /// The proposal id the request runs under (a retry runs the same one again).
+    pub proposal: crate::types::ProposalId,
     /// Known once the request reached a definite outcome.
     pub outcome: Option<RequestOutcome>,
 }
@@ -84,24 +86,22 @@ pub enum WriteOp {
         key: Key,
         state: DurableKey,
     },
+    /// A promise-only record folded into the ballot floor (core/PROTOCOL.md, "Forgetting").
     RemoveKey {
         key: Key,
     },
-    PutRefusal {
-        p: ProposalId,
-        why: RefusalWhy,
-    },
-    RemoveRefusal {
-        p: ProposalId,
-    },
-    /// Refuse every proposal of `coordinator` numbered at or below `counter` that this node
-    /// did not grant.
-    Watermark {
-        coordinator: NodeId,
-        counter: u64,
-    },
+    /// Every Prepare and Accept below this ballot is refused on a key this node holds nothing
+    /// for: the promises folded into it are kept that way.
+    BallotFloor(Ballot),
     /// Proposal counters below this may have been used; a restart starts here.
     CounterCeiling(u64),
+    /// Ballot rounds below this may have been used by this node; a restart starts here.
+    RoundCeiling(u64),
+    /// This node pulled every decision `peer` had numbered up to `seq` (catch-up).
+    CaughtUp {
+        peer: NodeId,
+        seq: u64,
+    },
     PutRequest {
         id: RequestId,
         record: RequestRecord,
@@ -117,9 +117,8 @@ pub enum WriteOp {
         cluster: ClusterId,
         node: NodeId,
     },
-    /// A node left the membership (its goodbye, or an operator's removal): counted as fenced
-    /// for any proposal from now on, and never a member again. When it is this node itself, the
-    /// node was removed: it serves nothing any more.
+    /// A node left the membership (its goodbye, or an operator's removal): never a member
+    /// again. When it is this node itself, the node was removed: it serves nothing any more.
     Departed(NodeId),
 }
 
@@ -132,9 +131,15 @@ pub struct Recovered {
     /// Every other member this node recorded, with its cluster. Never includes a departed node.
     pub members: BTreeMap<NodeId, ClusterId>,
     pub keys: BTreeMap<Key, DurableKey>,
-    pub refusals: BTreeMap<ProposalId, RefusalWhy>,
-    pub watermarks: BTreeMap<NodeId, u64>,
+    /// Keys whose record the driver found damaged: this node abstains for them (no promise, no
+    /// accept, no answer to a read's query) until it learns their decision. Not written by the
+    /// core: a driver fills it in when it loads a disk.
+    pub damaged: BTreeSet<Key>,
+    pub floor: Ballot,
     pub counter_ceiling: u64,
+    pub round_ceiling: u64,
+    /// For each member of this node's cluster: the last of its decisions pulled from it.
+    pub caught_up: BTreeMap<NodeId, u64>,
     pub requests: BTreeMap<RequestId, RequestRecord>,
     pub ready: bool,
     pub departed: BTreeSet<NodeId>,
@@ -151,15 +156,17 @@ impl Recovered {
     }
 
     /// The state of a brand-new node that joins the network `network` (learned from the peer
-    /// it joins through): it copies the keys from a member before it votes or serves reads.
+    /// it joins through): it copies the keys from its cluster before it votes or serves reads.
     pub fn joiner(network: NetworkId) -> Self {
         Recovered {
             network,
             members: BTreeMap::new(),
             keys: BTreeMap::new(),
-            refusals: BTreeMap::new(),
-            watermarks: BTreeMap::new(),
+            damaged: BTreeSet::new(),
+            floor: Ballot::FAST,
             counter_ceiling: 0,
+            round_ceiling: 0,
+            caught_up: BTreeMap::new(),
             requests: BTreeMap::new(),
             ready: false,
             departed: BTreeSet::new(),
@@ -174,29 +181,29 @@ impl Recovered {
         self
     }
 
-    /// Applies one durable change.
+    /// Applies one durable change. Every op sets a value or keeps a maximum, so applying a
+    /// sequence of writes again, in order, ends in the same state (a driver may replay a log
+    /// its database already took).
     pub fn apply(&mut self, op: &WriteOp) {
         match op {
             WriteOp::PutKey { key, state } => {
+                self.damaged.remove(key);
                 self.keys.insert(key.clone(), state.clone());
             }
             WriteOp::RemoveKey { key } => {
                 self.keys.remove(key);
             }
-            WriteOp::PutRefusal { p, why } => {
-                self.refusals.insert(p.clone(), *why);
-            }
-            WriteOp::RemoveRefusal { p } => {
-                self.refusals.remove(p);
-            }
-            WriteOp::Watermark {
-                coordinator,
-                counter,
-            } => {
-                let w = self.watermarks.entry(coordinator.clone()).or_insert(0);
-                *w = (*w).max(*counter);
+            WriteOp::BallotFloor(b) => {
+                if *b > self.floor {
+                    self.floor = b.clone();
+                }
             }
             WriteOp::CounterCeiling(c) => self.counter_ceiling = self.counter_ceiling.max(*c),
+            WriteOp::RoundCeiling(c) => self.round_ceiling = self.round_ceiling.max(*c),
+            WriteOp::CaughtUp { peer, seq } => {
+                let s = self.caught_up.entry(peer.clone()).or_insert(0);
+                *s = (*s).max(*seq);
+            }
             WriteOp::PutRequest { id, record } => {
                 self.requests.insert(id.clone(), record.clone());
             }
@@ -211,6 +218,7 @@ impl Recovered {
             }
             WriteOp::Departed(n) => {
                 self.members.remove(n);
+                self.caught_up.remove(n);
                 self.departed.insert(n.clone());
             }
         }

@@ -6,31 +6,31 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::types::{CallId, ClusterId, ProposalId, Time};
+use crate::types::{Ballot, CallId, ClusterId, Key, ProposalId, Time};
 
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) enum Timer {
-    /// The coordinator's wait for votes on a proposal.
-    Vote(ProposalId),
-    /// The wait for a representative of a cluster, for a proposal.
-    Representative(ProposalId, ClusterId),
-    /// The next round of a resolution.
-    Resolve(ProposalId),
-    /// A reservation's lease.
-    Lease(ProposalId),
+    /// A ballot's phase of a key waits for its quorum (or, in the fast round, for the rest).
+    Phase(Key),
+    /// A proposer of a key waits before its next ballot.
+    Retry(Key),
+    /// The wait for a representative of a cluster, for a ballot of a key.
+    Representative(Key, ClusterId),
+    /// An accepted value of a key not decided yet: time to recover it.
+    Lease(Key),
     /// A representative's wait for its own cluster.
     Relay(RelayKey),
-    /// A read of a reserved key: time to resolve.
+    /// A read that saw an accepted value: time to recover the key.
     ReadWait(CallId),
-    /// A read of a reserved key: time to give up.
+    /// A read: time to give up.
     ReadDeadline(CallId),
     Verify(u64),
-    /// A PUT that met a concurrent proposal: time to try again.
-    BusyRetry(u64),
-    /// A PUT that is still undecided: time to answer Unavailable.
+    /// A PUT that is still undecided: time to answer Unavailable (or Busy).
     PutDeadline(u64),
-    /// The join-time copy: ask (again, or another peer).
+    /// The join-time copy: ask (again, or another member).
     Sync,
+    /// Pull the decisions of this node's cluster.
+    CatchUp,
     /// Leaving: ask the members that are not clear yet again.
     LeaveCheck,
     /// An operator's removal: the members that did not answer are silent.
@@ -40,7 +40,8 @@ pub(crate) enum Timer {
 /// What a representative's fan-out is about.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) enum RelayKey {
-    Votes(ProposalId),
+    /// Answers to an Accept of a proposal, at a ballot.
+    Ballot(Key, Ballot, ProposalId),
     Read(u64),
 }
 

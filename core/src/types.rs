@@ -224,6 +224,81 @@ impl fmt::Display for ProposalId {
     }
 }
 
+/// A Paxos ballot of one key: its round, then the node that runs it. Round 0 is the fast
+/// round, which every coordinator shares (`node` is `None` there); a round of 1 or more belongs
+/// to one node (`Some`). Ordered by round, then node, so that two nodes never run the same
+/// ballot and every node orders ballots the same way.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Ballot {
+    pub round: u64,
+    pub node: Option<NodeId>,
+}
+
+impl Ballot {
+    /// The fast round, ballot 0.
+    pub const FAST: Ballot = Ballot {
+        round: 0,
+        node: None,
+    };
+
+    /// Ballot `round` (at least 1) of `node`.
+    pub fn classic(round: u64, node: NodeId) -> Ballot {
+        assert!(round > 0, "round 0 is the fast round");
+        Ballot {
+            round,
+            node: Some(node),
+        }
+    }
+
+    pub fn is_fast(&self) -> bool {
+        self.round == 0
+    }
+
+    /// Whether the ballot is well formed: round 0 has no node, any other round has one.
+    pub fn is_well_formed(&self) -> bool {
+        (self.round == 0) == self.node.is_none()
+    }
+}
+
+impl Default for Ballot {
+    fn default() -> Ballot {
+        Ballot::FAST
+    }
+}
+
+impl fmt::Debug for Ballot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.node {
+            None => write!(f, "b{}", self.round),
+            Some(n) => write!(f, "b{}.{n}", self.round),
+        }
+    }
+}
+impl fmt::Display for Ballot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What a ballot proposes for a key: a client's value, with the proposal that first carried
+/// it and the client's request id, if it gave one. Whoever learns that a proposal was chosen
+/// tells its client Stored by comparing proposal or request ids, never bytes: two clients may
+/// propose the same bytes.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Proposal {
+    pub p: ProposalId,
+    pub request: Option<RequestId>,
+    pub value: Value,
+}
+
+impl Proposal {
+    /// Whether this proposal is the one a client's PUT ran (`p`), or carries the same request
+    /// id (a retry of it at another node).
+    pub fn answers(&self, p: &ProposalId, request: Option<&RequestId>) -> bool {
+        self.p == *p || (request.is_some() && self.request.as_ref() == request)
+    }
+}
+
 /// Names one client call so that its reply can be matched; chosen by the driver, echoed back.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct CallId(pub u64);

@@ -14,10 +14,10 @@ use thiserror::Error;
 
 use crate::membership::{Digest, Membership};
 use crate::storage::DurableKey;
-use crate::types::{ClusterId, Key, NodeId, ProposalId, Time, Value};
+use crate::types::{Ballot, ClusterId, Key, NodeId, Proposal, ProposalId, Value};
 
 /// The version byte every frame starts with. Bump it on any incompatible change.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 /// No frame is ever longer than this; decoding never allocates past it.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// A frame holds at most this many messages: what a decoded frame holds in memory stays
@@ -32,37 +32,56 @@ pub const BATCH_FRAME_BYTES: usize = 64 * 1024;
 /// libp2p peer id, or the simulator's link), not from the message.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Message {
-    /// Asks the receiver itself; it answers the sender with a [`Response`].
+    /// Asks the receiver itself; it answers the sender with a [`Response`] (a Decide needs none).
     Request(Request),
     Response(Response),
     /// Asks the receiver to act as representative of its cluster: send `request` to each of
-    /// `targets` (nodes of its own cluster, itself included) and answer one [`Message::RelayReply`].
+    /// `targets` (nodes of its own cluster, itself included) and forward their answers in
+    /// [`Message::RelayReply`]s. It never answers for a node.
     Relay {
         cluster: ClusterId,
         targets: Vec<NodeId>,
         request: Request,
     },
-    /// A representative's aggregated answer: the responses it gathered (maybe not all of them).
+    /// Answers a representative gathered, each node's own (maybe not all of them yet).
     RelayReply {
         cluster: ClusterId,
         responses: Vec<Response>,
     },
-    /// A joining node asks for the committed keys and open reservations after `after`.
+    /// A joining node asks for the records (promises, accepted values, decisions) after
+    /// `after`.
     SyncRequest {
         after: Option<Key>,
     },
+    /// One page of a member's records, in key order. `floor`: the member's ballot floor.
+    /// `seq`: the member's last numbered decision when the page was cut (the joiner's catch-up
+    /// from this member starts at the first page's).
     SyncPage {
         entries: Vec<(Key, DurableKey)>,
+        floor: Ballot,
+        seq: u64,
         done: bool,
     },
     SyncRefused {
         reason: SyncRefusal,
     },
-    /// The sender is leaving: resolve every reservation you hold that names it as a
-    /// participant (while it still answers), then say whether you hold none.
-    LeaveCheck,
-    /// The answer to a [`Message::LeaveCheck`]: `clear` when no reservation here names the
-    /// leaving node.
+    /// Catch-up: the decisions the receiver numbered after `after`.
+    CatchUp {
+        after: u64,
+    },
+    /// The answer: decisions in the order the sender numbered them, `last` the number of the
+    /// last one (`after` if none), `latest` the sender's newest.
+    CatchUpPage {
+        entries: Vec<(Key, Proposal)>,
+        last: u64,
+        latest: u64,
+    },
+    /// The sender is leaving: it decided every value it had accepted; a member of its cluster
+    /// pulls its decisions up to `seq` (catch-up), then answers.
+    LeaveCheck {
+        seq: u64,
+    },
+    /// The answer to a [`Message::LeaveCheck`]: `clear` once the leaving node may go.
     LeaveClear {
         clear: bool,
     },
@@ -70,15 +89,15 @@ pub enum Message {
     Removed {
         node: NodeId,
     },
-    /// An operator asks to remove `node`: which reservations held here name it? The receiver
-    /// also starts resolving them.
+    /// An operator asks to remove `node`: do you agree on its cluster's members? (Asked of the
+    /// node itself too: if it answers, it is alive.)
     RemoveCheck {
         node: NodeId,
     },
-    /// The answer: the open proposals naming `node` here (at most 100).
+    /// The answer: the members of `node`'s cluster as the sender knows them.
     RemoveCheckReply {
         node: NodeId,
-        open: Vec<ProposalId>,
+        cluster: Vec<NodeId>,
     },
     /// The sender's membership and the nodes it knows departed (at most
     /// `clusters_max * cluster_nodes_max` of them): sent to a node whose view differs, so
@@ -87,54 +106,48 @@ pub enum Message {
         members: Membership,
         departed: Vec<NodeId>,
     },
-    /// Am I still a member? Answered with [`Message::ProbeReply`] echoing `sent` (the asker's
-    /// clock), or with [`Message::Removed`] naming the asker if it was removed.
-    Probe {
-        sent: Time,
-    },
-    ProbeReply {
-        sent: Time,
-    },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Request {
-    /// Reserve `key` for proposal `p` with `value`, if the proposal's membership `digest`
-    /// matches the receiver's.
-    Reserve {
-        p: ProposalId,
+    /// Phase 1: promise `ballot` (a classic one) for `key`.
+    Prepare {
         key: Key,
-        value: Value,
+        ballot: Ballot,
         digest: Digest,
     },
-    /// What do you know of `p`? A node that holds nothing for `p` fences it first.
-    Status {
-        p: ProposalId,
+    /// Phase 2 (a classic ballot) or the fast round (ballot 0): accept `proposal` for `key`.
+    Accept {
         key: Key,
+        ballot: Ballot,
+        proposal: Proposal,
+        digest: Digest,
     },
-    Commit {
-        p: ProposalId,
-        key: Key,
-    },
-    Abort {
-        p: ProposalId,
-        key: Key,
-    },
+    /// `chosen` is the value of `key`. Needs no answer.
+    Decide { key: Key, chosen: Proposal },
+    /// A read's question to a majority of the reader's cluster: what do you hold for `key`?
+    Query { key: Key, tag: u64, digest: Digest },
     /// A verify read: what do you hold for `key`? `tag` matches the answer to the question.
-    Read {
-        key: Key,
-        tag: u64,
-    },
+    Read { key: Key, tag: u64 },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Response {
-    /// `node`'s vote on `p`, answering a Reserve or a Status.
-    Vote {
-        p: ProposalId,
+    /// `node`'s answer to a Prepare (`proposal` is `None`) or to an Accept of `proposal`, of
+    /// `key` at `ballot`. Ballot 0 is shared by every coordinator: the proposal tells whose
+    /// Accept an answer is for.
+    Ballot {
         key: Key,
+        ballot: Ballot,
+        proposal: Option<ProposalId>,
         node: NodeId,
-        vote: Vote,
+        answer: Answer,
+    },
+    Query {
+        key: Key,
+        tag: u64,
+        node: NodeId,
+        state: QueryState,
     },
     Read {
         key: Key,
@@ -144,53 +157,60 @@ pub enum Response {
     },
 }
 
+/// An acceptor's answer to a Prepare or an Accept.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub enum Vote {
-    /// The node holds a reservation of the proposal.
-    Granted,
-    /// The node stores the key for this proposal: it is committed.
-    Committed,
-    /// The proposal can never commit. `stored` is the value the node stores for the key under
-    /// another proposal, if any: that is what lets a coordinator answer Exists, not Busy.
-    /// `holder` is the other proposal that holds the key reserved, if any: that is what lets two
-    /// coordinators racing on one key agree which of them tries again first (core/PROTOCOL.md,
-    /// "Writing a key", step 5).
-    Denied {
-        reason: DenyReason,
-        stored: Option<Value>,
+pub enum Answer {
+    /// To a Prepare: promised, with what this node last accepted for the key.
+    Promise {
+        accepted: Option<(Ballot, Proposal)>,
+    },
+    /// To an Accept: accepted (durably).
+    Accepted,
+    /// Refused for the ballot: this node promised `promised`, or (at ballot 0) accepted
+    /// another proposal, `holder`.
+    Nack {
+        promised: Ballot,
         holder: Option<ProposalId>,
     },
+    /// The key is decided here: `chosen` is its value.
+    Stored { chosen: Proposal },
+    /// This node takes no part now; it changed nothing.
+    Refused { reason: RefuseReason },
 }
 
+/// Why a node takes no part in a ballot or a read's question (it changed nothing).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
-pub enum DenyReason {
-    /// The key is stored by another proposal.
-    Exists,
-    /// The key is reserved by another proposal.
-    Busy,
-    /// The node had refused or fenced this proposal before (or it is under a watermark).
-    Fenced,
-    /// The node saw this proposal aborted.
-    Aborted,
-    /// The proposal's membership digest differs from the node's.
+pub enum RefuseReason {
+    /// The request's membership digest differs from the node's.
     MembershipChanged,
-    /// The node is still copying the keys it joined with.
+    /// The node is still copying the records it joined with.
     NotReady,
-    /// The node is leaving the network and grants nothing new.
+    /// The node is leaving the network and promises or accepts nothing new.
     Leaving,
-    /// The node holds as many reservations as it may.
-    Overloaded,
-    /// The node was removed from the network: it grants nothing any more.
+    /// The node was removed from the network.
     Departed,
-    /// The node's membership shrank moments ago: it grants nothing until a removed node that
-    /// might still be alive has stopped serving reads (its read lease ran out).
-    Settling,
+    /// The node holds as many undecided keys as it may.
+    Overloaded,
+    /// The node's record of the key was damaged: it abstains until it learns the decision.
+    Abstaining,
 }
 
+/// What a node holds for a key, as a read's question asks it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum QueryState {
+    Stored(Proposal),
+    /// Accepted, not known to be decided.
+    Accepted(Ballot, Proposal),
+    Nothing,
+    Refused(RefuseReason),
+}
+
+/// What a node holds for a key, as a verify read reports it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum ReadState {
     Stored(Value),
-    Reserved,
+    /// A value accepted here, not known to be decided.
+    Undecided,
     Free,
     NotReady,
 }

@@ -2,6 +2,7 @@
 //! swarm-drawn configurations and failure reports. See `../shared/design/SIMULATION.md`.
 
 pub mod checker;
+pub mod invariant;
 pub mod linearizability;
 /// The real node (driver, storage, HTTP router) under madsim; `--cfg madsim` only.
 #[cfg(madsim)]
@@ -161,16 +162,19 @@ pub fn percentile(sorted: &[u64], q: u64) -> u64 {
 }
 
 /// Every deliberately broken variant of the core the simulator must catch.
-pub const BUGS: [InjectedBug; 10] = [
-    InjectedBug::GrantWhenReserved,
-    InjectedBug::CommitOnPartialVote,
-    InjectedBug::ReadReservedAsUnknown,
-    InjectedBug::ForgetFenceOnAbort,
+pub const BUGS: [InjectedBug; 13] = [
+    InjectedBug::PhaseTwoOwnClusterOnly,
+    InjectedBug::IgnoreAcceptedValues,
+    InjectedBug::PromiseNotDurable,
+    InjectedBug::AcceptBelowPromise,
+    InjectedBug::UnknownFromLocalState,
+    InjectedBug::ReadAcceptedBeforeChosen,
+    InjectedBug::BusyAfterAcceptLeft,
+    InjectedBug::LazyRoundCeiling,
+    InjectedBug::LazyCounterCeiling,
+    InjectedBug::FastRoundAllButOne,
     InjectedBug::VoteBeforeDurable,
-    InjectedBug::StatusWithoutFence,
     InjectedBug::ForgetMembershipOnRestart,
-    InjectedBug::ReadWithoutLease,
-    InjectedBug::LazyGrant,
     InjectedBug::ClearBeforeLazyDurable,
 ];
 
@@ -179,47 +183,45 @@ pub const BUGS: [InjectedBug; 10] = [
 pub fn bug_shape(bug: InjectedBug) -> Shape {
     Shape {
         bug: Some(bug),
-        lose_unsynced: matches!(bug, InjectedBug::VoteBeforeDurable | InjectedBug::LazyGrant)
-            .then_some(true),
-        // A check answer that outruns a lazy commit needs a leave to be checked.
+        lose_unsynced: matches!(
+            bug,
+            InjectedBug::VoteBeforeDurable
+                | InjectedBug::PromiseNotDurable
+                | InjectedBug::LazyRoundCeiling
+                | InjectedBug::LazyCounterCeiling
+        )
+        .then_some(true),
+        // A check answer that outruns a lazy write needs a leave to be checked.
         leaves: (bug == InjectedBug::ClearBeforeLazyDurable).then_some(2),
         ..Shape::default()
     }
 }
 
 /// Like [`bug_shape`], with the fault mix that shows the bug soonest: a lost unsynced write
-/// needs a crash; a Status that reaches a node before the Reserve it should have fenced needs
-/// a slow (paused) node (pauses alone: 6 of the first 100 seeds, crashes and pauses: 1); a node that forgets its membership on restart founds a network of
-/// its own only if it restarts where it cannot reach the rest (a cluster, or a side of
-/// clusters, restarted during a partition); a read without a lease is stale only at a node
-/// removed while it could not hear of it (cut off), which needs a removal that succeeds: one in
-/// a lull of the workload (no open reservation may name the node).
+/// needs a crash; a node that forgets its membership on restart founds a network of its own
+/// only if it restarts where it cannot reach the rest (a cluster, or a side of clusters,
+/// restarted during a partition).
 pub fn bug_shape_targeted(bug: InjectedBug) -> Shape {
     let faults = match bug {
-        InjectedBug::VoteBeforeDurable | InjectedBug::LazyGrant => {
-            Some(vec![FaultKind::Crash, FaultKind::Pause])
-        }
-        InjectedBug::StatusWithoutFence => Some(vec![FaultKind::Pause]),
+        InjectedBug::VoteBeforeDurable
+        | InjectedBug::PromiseNotDurable
+        | InjectedBug::LazyRoundCeiling
+        | InjectedBug::LazyCounterCeiling => Some(vec![FaultKind::Crash, FaultKind::Pause]),
         InjectedBug::ForgetMembershipOnRestart => {
             Some(vec![FaultKind::RestartCluster, FaultKind::RestartSplit])
         }
-        InjectedBug::ReadWithoutLease => Some(vec![FaultKind::Remove]),
         _ => None,
     };
     Shape {
         faults,
-        lulls: (bug == InjectedBug::ReadWithoutLease).then_some(true),
         ..bug_shape(bug)
     }
 }
 
-/// Whether a bug must show as a broken safety rule (a liveness failure does not count): the
-/// membership bugs, whose whole danger is a split brain or a stale read.
+/// Whether a bug must show as a broken safety rule (a liveness failure does not count): every
+/// one of them, but the ones whose only symptom can be a run that does not converge.
 pub fn needs_safety_failure(bug: InjectedBug) -> bool {
-    matches!(
-        bug,
-        InjectedBug::ForgetMembershipOnRestart | InjectedBug::ReadWithoutLease
-    )
+    !matches!(bug, InjectedBug::ClearBeforeLazyDurable)
 }
 
 /// Runs seeds `start..start + limit` of `shape` (which sets the bug) until one fails (with
@@ -233,7 +235,7 @@ pub fn hunt(
 ) -> Option<(u64, u64, String)> {
     (start..start + limit).find_map(|seed| {
         let failure = run(&draw(seed, shape)).result.err()?;
-        if safety_only && failure.broken.invariant.starts_with("liveness") {
+        if safety_only && failure.broken.invariant.is_liveness() {
             return None;
         }
         let what = format!("{}: {}", failure.broken.invariant, failure.broken.detail);

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replicator_core::{
-    CallId, Command, GetOutcome, Key, NodeId, NotReady, ProposalId, PutOutcome, ReadState,
+    CallId, Command, GetOutcome, Key, NodeId, NotReady, PutOutcome, ReadState,
     RemoveOutcome, Reply, RequestId, Time, Value, VerifyReport,
 };
 use transport_sim::{NodeIx, Obs, TraceMode, World, WorldStats};
 
-use crate::checker::{Broken, Checker};
+use crate::checker::{Broken, Checker, Writer};
+use crate::invariant::Invariant;
 use crate::linearizability::{self, GetResult, Op, PutResult};
 use crate::swarm::RunSpec;
 
@@ -388,14 +389,14 @@ impl Run {
             events += 1;
             if events > EVENTS_MAX {
                 return Err(Broken {
-                    invariant: "bounded run",
+                    invariant: Invariant::BoundedRun,
                     detail: format!("more than {EVENTS_MAX} events"),
                     key: None,
                 });
             }
             if !self.world.step() {
                 return Err(Broken {
-                    invariant: "liveness",
+                    invariant: Invariant::LivenessAfterHealing,
                     detail: "the world ran out of events before the run ended".into(),
                     key: None,
                 });
@@ -403,20 +404,27 @@ impl Run {
             self.obs.extend(self.world.drain_observations());
             let batch = std::mem::take(&mut self.obs);
             for obs in &batch {
-                let name = match obs {
+                let writer = match obs {
                     Obs::Write { node, .. }
                     | Obs::Durable { node, .. }
                     | Obs::Note { node, .. }
-                    | Obs::Crashed { node, .. } => self.world.id(*node).to_string(),
-                    _ => String::new(),
+                    | Obs::Crashed { node, .. } => {
+                        let core = self.world.node(*node);
+                        Some(Writer {
+                            name: self.world.id(*node),
+                            members: core.map(|n| n.membership().clone()),
+                            ready: core.is_some_and(|n| n.is_ready()),
+                        })
+                    }
+                    _ => None,
                 };
-                self.checker.observe(obs, &name, self.world.now())?;
+                self.checker.observe(obs, writer, self.world.now())?;
                 match self.react(obs) {
                     Ok(true) => return self.final_checks(),
                     Ok(false) => {}
                     // A run that did not converge may have broken a safety rule on the way
                     // (say a side that founded a network of its own): that is the better report.
-                    Err(b) if b.invariant.starts_with("liveness") => {
+                    Err(b) if b.invariant.is_liveness() => {
                         self.final_checks()?;
                         return Err(b);
                     }
@@ -434,6 +442,9 @@ impl Run {
             Obs::Reply { call, reply, node } => {
                 if let Reply::Verify(report) = reply {
                     self.check_verify(*node, report)?;
+                }
+                if let (Reply::Get(outcome), Some(&op)) = (reply, self.calls.get(call)) {
+                    self.check_read(op, outcome)?;
                 }
                 self.answered(*call, Some(reply.clone()))
             }
@@ -487,8 +498,8 @@ impl Run {
         let name = match outcome {
             RemoveOutcome::Removed => "removed",
             RemoveOutcome::Unknown => "unknown",
-            RemoveOutcome::Refused { .. } => "refused (open reservations)",
-            RemoveOutcome::Unconfirmed { .. } => "unconfirmed (members silent)",
+            RemoveOutcome::EvenCluster { .. } => "refused (even cluster)",
+            RemoveOutcome::Unconfirmed { .. } => "unconfirmed (members silent or disagreeing)",
             RemoveOutcome::InProgress => "in progress",
             RemoveOutcome::Alive => "alive",
             RemoveOutcome::NotReady => "not ready (this node is still joining)",
@@ -496,7 +507,7 @@ impl Run {
         *self.removals.entry(name).or_default() += 1;
         if clean && *outcome == RemoveOutcome::Removed {
             return Err(Broken {
-                invariant: "only a dead node is removed",
+                invariant: Invariant::OnlyDeadRemoved,
                 detail: format!(
                     "{} removed {}, which was up and reachable both ways while the removal was checked (it must answer Alive)",
                     self.world.id(remover),
@@ -852,7 +863,7 @@ impl Run {
                 _ => key_in(&self.liveness_missing),
             };
             return Err(Broken {
-                invariant: "liveness",
+                invariant: Invariant::LivenessAfterHealing,
                 detail,
                 key,
             });
@@ -937,7 +948,7 @@ impl Run {
                 }
                 Some(other) => {
                     return Err(Broken {
-                        invariant: "liveness",
+                        invariant: Invariant::LivenessAfterHealing,
                         detail: format!("the fresh PUT after healing was answered {other:?}"),
                         key: Some(op.key.clone()),
                     });
@@ -1006,18 +1017,15 @@ impl Run {
                 missing.get_or_insert_with(|| format!("{name} is not ready (join-time copy)"));
                 continue;
             }
-            if let Some((key, state)) = node.keys().find(|(_, s)| !s.is_stored()) {
+            if let Some((key, state)) = node.keys().find(|(_, s)| s.accepted().is_some()) {
                 missing.get_or_insert_with(|| {
-                    format!(
-                        "{name} still holds a reservation of {key:?} by {}",
-                        state.proposal()
-                    )
+                    format!("{name} still holds an accepted value of key {key:?} not known to be decided: {state:?}")
                 });
                 continue;
             }
             for (key, (p, _)) in self.checker.committed() {
                 match node.key_state(key) {
-                    Some(s) if s.is_stored() && s.proposal() == p => {}
+                    Some(s) if s.stored().is_some_and(|c| c.p == *p) => {}
                     other => {
                         missing.get_or_insert_with(|| {
                             format!(
@@ -1049,7 +1057,8 @@ impl Run {
                     .iter()
                     .find(|(k, (p, _))| {
                         node.and_then(|n| n.key_state(k))
-                            .is_none_or(|s| !s.is_stored() || s.proposal() != p)
+                            .and_then(|s| s.stored())
+                            .is_none_or(|c| c.p != *p)
                     })
                     .map(|(k, _)| k.clone());
                 let key = lacking
@@ -1163,7 +1172,7 @@ impl Run {
         for &op in &self.final_ops {
             let o = &self.history[op];
             let wrong = |detail: String| Broken {
-                invariant: "liveness (final reads)",
+                invariant: Invariant::FinalReads,
                 detail,
                 key: Some(o.key.clone()),
             };
@@ -1203,6 +1212,35 @@ impl Run {
         Ok(true)
     }
 
+    /// A read answers a value only once it is chosen, and "unknown" only if nothing was chosen
+    /// before it started (PROTOCOL.md, invariant 7: a chosen value has a majority of every
+    /// cluster, which the read's majority meets).
+    fn check_read(&self, op: usize, outcome: &GetOutcome) -> Result<(), Broken> {
+        let o = &self.history[op];
+        let chosen = self.checker.chosen(&o.key);
+        let at = self.world.id(o.node);
+        let wrong = |detail: String| {
+            Err(Broken {
+                invariant: Invariant::QuorumDiscipline,
+                detail,
+                key: Some(o.key.clone()),
+            })
+        };
+        match (outcome, chosen) {
+            (GetOutcome::Unknown, Some((c, when))) if *when < o.invoked => wrong(format!(
+                "{at} answered a read of {:?} (invoked at {}) \"unknown\", but {} = {:?} was chosen at {when}",
+                o.key, o.invoked, c.p, c.value
+            )),
+            (GetOutcome::Value(v), Some((c, _))) if c.value == *v => Ok(()),
+            (GetOutcome::Value(v), other) => wrong(format!(
+                "{at} answered a read of {:?} with {v:?}, which is not the chosen value ({:?})",
+                o.key,
+                other.map(|(c, _)| &c.value)
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Every value a verify read reports is the key's committed value, and the report is
     /// consistent with its answers: `agree` exactly when every answer holds one committed
     /// value or every one holds none (so never when two answers differ), and no node both
@@ -1210,7 +1248,7 @@ impl Run {
     fn check_verify(&mut self, node: NodeIx, report: &VerifyReport) -> Result<(), Broken> {
         self.verifies_checked += 1;
         let inconsistent = |detail: String| Broken {
-            invariant: "verify report consistent with its answers",
+            invariant: Invariant::VerifyReport,
             detail,
             key: Some(report.key.clone()),
         };
@@ -1244,7 +1282,7 @@ impl Run {
                 && committed.is_none_or(|(_, c)| c != v)
             {
                 return Err(Broken {
-                    invariant: "agreement (verify read)",
+                    invariant: Invariant::VerifyReport,
                     detail: format!(
                         "a verify read at {} says {answered} stores {:?} = {v:?}, but the key committed {committed:?}",
                         self.world.id(node),
@@ -1267,7 +1305,7 @@ impl Run {
             .collect();
         if let Some(v) = linearizability::check_all(&history).into_iter().next() {
             return Err(Broken {
-                invariant: "linearizability",
+                invariant: Invariant::Linearizability,
                 detail: v.to_string(),
                 key: Some(Key::new(&v.key)),
             });
@@ -1284,7 +1322,7 @@ impl Run {
                         Some((_, v)) if v == w => {}
                         other => {
                             return Err(Broken {
-                                invariant: "honest conflicts",
+                                invariant: Invariant::HonestConflicts,
                                 detail: format!(
                                     "client {} was told Exists({w:?}) for {:?} by {coordinator}, but the key committed {other:?}",
                                     op.client, op.key
@@ -1304,7 +1342,8 @@ impl Run {
         Ok(())
     }
 
-    /// A client was told its PUT had no effect: none of its proposals may have committed.
+    /// A client was told its PUT had no effect (Busy), or that another value won (Exists):
+    /// none of its proposals may be the chosen one.
     fn told_aborted(
         &self,
         op: &ClientOp,
@@ -1312,20 +1351,20 @@ impl Run {
         value: &Value,
         told: &str,
     ) -> Result<(), Broken> {
-        let committed: Vec<ProposalId> = self
+        let Some((chosen, _)) = self.checker.chosen(&op.key) else {
+            return Ok(());
+        };
+        let own = self
             .checker
-            .proposals_of(coordinator, &op.key, value, op.since())
-            .into_iter()
-            .filter(|p| self.checker.is_committed(p))
-            .collect();
-        if committed.is_empty() {
+            .proposals_of(coordinator, &op.key, value, op.since());
+        if !own.contains(&chosen.p) {
             return Ok(());
         }
         Err(Broken {
-            invariant: "one outcome per proposal",
+            invariant: Invariant::OneOutcome,
             detail: format!(
-                "client {} was told {told} for {:?} = {value:?} by {coordinator}, but its proposal {:?} committed",
-                op.client, op.key, committed
+                "client {} was told {told} for {:?} = {value:?} by {coordinator}, but its proposal {} was chosen",
+                op.client, op.key, chosen.p
             ),
             key: Some(op.key.clone()),
         })

@@ -140,16 +140,15 @@ pub fn sim_config() -> Config {
         representative_timeout: Duration::from_millis(250),
         relay_timeout: Duration::from_millis(100),
         lease: Duration::from_millis(800),
-        resolve_backoff_min: Duration::from_millis(20),
-        resolve_backoff_max: Duration::from_millis(400),
-        busy_backoff_min: Duration::from_millis(5),
-        busy_backoff_max: Duration::from_millis(100),
+        backoff_min: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(200),
         put_timeout: Duration::from_secs(2),
         read_wait: Duration::from_millis(60),
         read_timeout: Duration::from_millis(1500),
         verify_timeout: Duration::from_secs(1),
         sync_timeout: Duration::from_millis(300),
-        read_lease: Duration::from_millis(500),
+        suspect_for: Duration::from_millis(600),
+        catch_up_interval: Duration::from_millis(300),
         ..Config::default()
     }
 }
@@ -176,8 +175,8 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
     let mut config = sim_config();
     let small_tables = rng.random_bool(0.3);
     if small_tables {
-        // Small tables: exercise watermark folding, request expiry and counter ceilings...
-        config.refusals_max = rng.random_range(8..=64);
+        // Small tables: exercise promise folding, request expiry and counter ceilings...
+        config.open_keys_max = rng.random_range(8..=64);
         config.requests_max = rng.random_range(4..=32);
         config.counter_block = rng.random_range(1..=8);
         // ...and a join-time copy of many pages.
@@ -323,7 +322,7 @@ impl RunSpec {
             "seed {}: clusters {:?} | clients {} x {} ops max, hot keys {} (share {}), reads {}, request ids {}, roam {}, joins {}, leaves {}, bursts {} | \
              net lan {:?}us wan {:?}us jitter {} loss {} dup {} reorder {} | fsync {:?}us | \
              lulls {:?} | faults [{}] every {:?}us lasting {:?}us, lose unsynced {}, down max {}, removals max {}{} | \
-             hellos every {}us | refusals_max {} requests_max {} counter_block {} sync page {} keys {} bytes | bug {:?}",
+             hellos every {}us | open_keys_max {} requests_max {} counter_block {} sync page {} keys {} bytes | bug {:?}",
             self.seed,
             w.clusters,
             self.workload.clients,
@@ -356,7 +355,7 @@ impl RunSpec {
                 ""
             },
             w.hello_interval_us,
-            w.config.refusals_max,
+            w.config.open_keys_max,
             w.config.requests_max,
             w.config.counter_block,
             w.config.sync_page_keys,

@@ -49,6 +49,13 @@ pub enum Obs {
         key: Key,
         what: String,
     },
+    /// A node sent a Prepare for a round it had used before (for another key, or before a
+    /// later round): ballots must never repeat, across restarts too.
+    BallotReused {
+        node: NodeIx,
+        key: Key,
+        what: String,
+    },
     /// The node said goodbye after a graceful leave: gone for good.
     Departed {
         node: NodeIx,

@@ -2,15 +2,16 @@
 //! through events; feeding a node an input and executing its outputs. The other jobs of the
 //! world live in the files below `world/`.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use replicator_core::wire::{self, Message, Response, Vote};
+use replicator_core::wire::{self, Answer, Message, Request, Response};
 use replicator_core::{
-    CallId, ClusterId, Command, DurableKey, FNV1A_OFFSET, Input, NetworkId, Node, NodeId, Note,
-    Output, ProposalId, Recovered, RemoveOutcome, Reply, Time, Urgency, WriteId, WriteOp,
+    CallId, ClusterId, Command, DurableKey, FNV1A_OFFSET, Input, Key, NetworkId, Node, NodeId,
+    Note,
+    Output, Recovered, RemoveOutcome, Reply, Time, Urgency, WriteId, WriteOp,
 };
 
 use crate::ids::IdMap;
@@ -51,9 +52,11 @@ struct SimNode {
     /// Some node recorded an operator's removal of this one (a [`Note::NodeRemoved`] for a node
     /// that did not say goodbye). For guards and reports only: nothing on the node path reads it.
     removed: bool,
-    /// Every proposal that ever reached this node's disk (true once stored): a vote may be
-    /// sent late (held behind a later write), but what it reports must have been durable.
-    durable_ever: IdMap<ProposalId, bool>,
+    /// For each leaving node: the highest of its decisions it asked this node to pull before
+    /// it may go (its LeaveChecks, as delivered here).
+    leave_asked: BTreeMap<NodeIx, u64>,
+    /// Every classic round this node sent a Prepare for, with its key, over its lifetime.
+    rounds_sent: BTreeMap<u64, Key>,
 }
 
 struct Partition {

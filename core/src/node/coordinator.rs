@@ -1,32 +1,35 @@
-//! The coordinator of a client's PUT (core/PROTOCOL.md, "Writing a key (PUT)", steps 1, 5 and
-//! 6, and "At-most-once requests"): it validates the PUT, runs one proposal after another
-//! until one is decided or the PUT's time is up, and answers the client.
+//! The coordinator of clients' PUTs (core/PROTOCOL.md, "Writing a key", rule 5 and
+//! "At-most-once requests"): what a PUT is answered, from the key's decision, the request
+//! record of a retry, or its deadline. It hands the proposing to the proposer
+//! (`proposer.rs`) and tells each client what the decision means for it: Stored if the chosen
+//! proposal is its own (by proposal or request id, never by bytes), Exists otherwise, and at
+//! its deadline Unavailable, or Busy if no Accept carrying its value ever left.
 
-use crate::api::{Invalid, NotReady, PutOutcome, Reply};
-use crate::storage::{DurableKey, RefusalWhy, RequestOutcome, WriteOp};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::{PutOutcome, Reply, Silence};
+use crate::storage::{RequestOutcome, WriteOp};
 use crate::timers::Timer;
-use crate::types::{CallId, ClusterId, Key, NodeId, ProposalId, RequestId, Time, Value};
-use crate::wire::Request;
+use crate::types::{CallId, Key, NodeId, Proposal, ProposalId, RequestId};
 
-use super::bounds::validate_put;
-use super::contention::{self, Met};
-use super::decider::{Decider, Phase};
+use super::Env;
 use super::outbox::Outbox;
-use super::requests::fingerprint;
-use super::{Node, exponential};
+use super::requests::RequestTable;
 
-/// A client PUT this node coordinates, across its Busy retries.
-pub(super) struct PutOp {
-    key: Key,
-    pub(super) value: Value,
-    pub(super) request: Option<RequestId>,
+pub(crate) struct Coordinator {
+    ops: BTreeMap<u64, PutOp>,
+    by_key: BTreeMap<Key, BTreeSet<u64>>,
+    next_op: u64,
+    pub ids: ProposalIds,
+}
+
+/// One client PUT (with the calls of its retries that joined it).
+pub(crate) struct PutOp {
+    pub key: Key,
+    pub proposal: Proposal,
+    /// Whether an Accept carrying its value left under a proposer that has stopped since.
+    pub left: bool,
     calls: Vec<CallId>,
-    current: Option<ProposalId>,
-    retries_left: u32,
-    attempt: u32,
-    /// When the current (or last) attempt started: its length is the round trip the race
-    /// rule of `contention.rs` scales its waits by.
-    attempt_started: Time,
 }
 
 /// Proposal counters of this node: they never repeat, across restarts too, because the
@@ -50,11 +53,16 @@ impl ProposalIds {
     }
 
     /// The next proposal id of `coordinator` (this node); a new ceiling is persisted first
-    /// when the block is used up.
-    pub fn next(&mut self, coordinator: &NodeId, out: &mut Outbox) -> ProposalId {
+    /// when the block is used up (lazily only with the `LazyCounterCeiling` bug).
+    pub fn next(&mut self, coordinator: &NodeId, out: &mut Outbox, lazy: bool) -> ProposalId {
         if self.next >= self.ceiling {
             self.ceiling = self.next + self.block;
-            out.persist(WriteOp::CounterCeiling(self.ceiling));
+            let op = WriteOp::CounterCeiling(self.ceiling);
+            if lazy {
+                out.persist_lazy(op);
+            } else {
+                out.persist(op);
+            }
         }
         assert!(self.next < self.ceiling);
         let p = ProposalId {
@@ -66,333 +74,150 @@ impl ProposalIds {
     }
 }
 
-impl Node {
-    /// A client PUT: validated, answered from the request record or the key when it can be,
-    /// otherwise run as proposals until one is decided or `put_timeout` passes.
-    pub(super) fn on_put(
-        &mut self,
-        call: CallId,
-        key: Key,
-        value: Value,
-        request: Option<RequestId>,
-    ) {
-        if let Err(invalid) = validate_put(&self.config, &key, &value, request.as_ref()) {
-            return self
-                .out
-                .reply(call, Reply::Put(PutOutcome::Invalid(invalid)));
+impl Coordinator {
+    pub fn new(ids: ProposalIds) -> Coordinator {
+        Coordinator {
+            ops: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            next_op: 0,
+            ids,
         }
-        if let Some(id) = &request {
-            self.expire_requests();
-            if let Some(record) = self.requests.get(id) {
-                if record.key != key || record.value_fingerprint != fingerprint(&value) {
-                    return self.out.reply(
-                        call,
-                        Reply::Put(PutOutcome::Invalid(Invalid::RequestIdReused)),
-                    );
-                }
-                if let Some(outcome) = record.outcome.clone() {
-                    return self.out.reply(call, Reply::Put(outcome_reply(outcome)));
-                }
-                if let Some((_, op)) = self
-                    .ops
-                    .iter_mut()
-                    .find(|(_, op)| op.request.as_ref() == Some(id))
-                {
-                    op.calls.push(call);
-                    return;
-                }
-                let p = record.proposal.clone();
-                return self.recover_request(call, id.clone(), key, value, p);
+    }
+
+    /// The proposer of `key` stopped after an Accept carrying `p` left: the PUT of `p` can no
+    /// longer be told Busy.
+    pub fn value_left(&mut self, key: &Key, p: &ProposalId) {
+        for op_id in self.by_key.get(key).into_iter().flatten() {
+            if let Some(op) = self.ops.get_mut(op_id)
+                && op.proposal.p == *p
+            {
+                op.left = true;
             }
         }
-        if let Some(refusal) = self.write_refusal() {
-            return self.out.reply(call, Reply::Put(refusal));
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The running PUT of request `id`, if any.
+    pub fn running_request(&self, id: &RequestId) -> Option<u64> {
+        self.ops
+            .iter()
+            .find(|(_, op)| op.proposal.request.as_ref() == Some(id))
+            .map(|(i, _)| *i)
+    }
+
+    pub fn op(&self, op: u64) -> Option<&PutOp> {
+        self.ops.get(&op)
+    }
+
+    /// Adds `call` to the running PUT `op` (a retry of the same request).
+    pub fn join(&mut self, op: u64, call: CallId) {
+        if let Some(op) = self.ops.get_mut(&op) {
+            op.calls.push(call);
         }
-        if let Some(DurableKey::Stored { value: stored, .. }) = self.ledger.get(&key) {
-            // Committed here, so committed: no need to ask anyone.
-            let stored = stored.clone();
-            if let Some(id) = request {
-                let p = self.next_proposal();
-                self.remember_request(
-                    id,
-                    &key,
-                    &value,
-                    p,
-                    Some(RequestOutcome::Exists(stored.clone())),
-                );
-            }
-            return self
-                .out
-                .reply(call, Reply::Put(PutOutcome::Exists { value: stored }));
-        }
+    }
+
+    /// A new PUT of `proposal` for `key`, answered at the latest at `put_timeout`.
+    pub fn add(&mut self, env: &mut Env, call: CallId, key: Key, proposal: Proposal) -> u64 {
         let op_id = self.next_op;
         self.next_op += 1;
+        self.by_key.entry(key.clone()).or_default().insert(op_id);
         self.ops.insert(
             op_id,
             PutOp {
                 key,
-                value,
-                request,
+                proposal,
+                left: false,
                 calls: vec![call],
-                current: None,
-                retries_left: self.config.busy_retries_max,
-                attempt: 0,
-                attempt_started: self.now,
             },
         );
-        self.timers.set(
+        env.timers.set(
             Timer::PutDeadline(op_id),
-            self.now + self.config.put_timeout,
+            env.now + env.config.put_timeout,
         );
-        self.start_attempt(op_id);
+        op_id
     }
 
-    /// Why this node cannot start a write now, if it cannot.
-    fn write_refusal(&self) -> Option<PutOutcome> {
-        if !self.ready {
-            return Some(PutOutcome::NotReady(NotReady::Joining));
-        }
-        if self.leaving {
-            return Some(PutOutcome::NotReady(NotReady::Leaving));
-        }
-        let members = self.members.current().nodes_of(&self.cluster).len();
-        if members < self.config.cluster_size_min {
-            return Some(PutOutcome::NotReady(NotReady::ClusterTooSmall {
-                members,
-                min: self.config.cluster_size_min,
-            }));
-        }
-        if self.ops.len() >= self.config.proposals_max {
-            return Some(PutOutcome::Overloaded);
-        }
-        None
-    }
-
-    /// Runs one proposal for a PUT: reserve everywhere, through representatives.
-    fn start_attempt(&mut self, op_id: u64) {
-        let p = self.next_proposal();
-        let Some(op) = self.ops.get_mut(&op_id) else {
+    /// `chosen` is the value of `key`: every PUT of it is answered, Stored if it is its own
+    /// proposal (or a retry of its request at another node), Exists otherwise.
+    pub fn decided(
+        &mut self,
+        env: &mut Env,
+        requests: &mut RequestTable,
+        key: &Key,
+        chosen: &Proposal,
+    ) {
+        let Some(ops) = self.by_key.remove(key) else {
             return;
         };
-        op.current = Some(p.clone());
-        op.attempt += 1;
-        op.attempt_started = self.now;
-        let (key, value, request) = (op.key.clone(), op.value.clone(), op.request.clone());
-        if let Some(id) = request {
-            self.remember_request(id, &key, &value, p.clone(), None);
-        }
-        let participants = self.members.current().clone();
-        let d = Decider::new(
-            key.clone(),
-            participants.clone(),
-            &self.cluster,
-            Phase::Reserving,
-            Some(op_id),
-            false,
-        );
-        let clusters: Vec<ClusterId> = d.reps.keys().cloned().collect();
-        self.deciders.insert(p.clone(), d);
-        let reserve = Request::Reserve {
-            p: p.clone(),
-            key,
-            value,
-            digest: participants.digest(),
-        };
-        self.send_to_participants(&p, &participants, &reserve, None);
-        self.timers
-            .set(Timer::Vote(p.clone()), self.now + self.config.vote_timeout);
-        for c in clusters {
-            self.timers.set(
-                Timer::Representative(p.clone(), c),
-                self.now + self.config.representative_timeout,
-            );
-        }
-    }
-
-    /// One proposal of a PUT ended; answer the client or try again (after a wait that depends
-    /// on whom the proposal `met` on its key: `contention.rs`). `passing`: it was refused only
-    /// for reasons that end by themselves (`Votes::only_passing_refusals`).
-    pub(super) fn finish_attempt(
-        &mut self,
-        op_id: u64,
-        committed: bool,
-        stored: Option<Value>,
-        met: Met,
-        passing: bool,
-    ) {
-        let outcome = if committed {
-            RequestOutcome::Stored
-        } else if let Some(value) = stored {
-            RequestOutcome::Exists(value)
-        } else {
-            let Some(op) = self.ops.get_mut(&op_id) else {
-                return;
+        for op_id in ops {
+            let Some(op) = self.ops.get(&op_id) else {
+                continue;
             };
-            op.current = None;
-            if op.retries_left > 0 {
-                // Yielding to a proposal that goes first is not a failed try, nor is a refusal
-                // that ends by itself (a removal settling, views converging, this node's own
-                // stale attempt): they cost no retry. The PUT's deadline still bounds the
-                // waiting, and the backoff still grows with every attempt.
-                let met = if passing { Met::Nobody } else { met };
-                if met != Met::Behind && !passing {
-                    op.retries_left -= 1;
-                }
-                let (min, max) = (self.config.busy_backoff_min, self.config.busy_backoff_max);
-                let backoff = exponential(min, max, op.attempt, 10);
-                // A round trip stretched by a timeout says nothing about the race: capped.
-                let round_trip = self
-                    .now
-                    .since(op.attempt_started)
-                    .min(self.config.put_timeout / 8);
-                let delay = contention::retry_delay(met, round_trip, backoff, |d| self.jitter(d));
-                self.timers.set(Timer::BusyRetry(op_id), self.now + delay);
-                return;
-            }
-            RequestOutcome::Busy
-        };
-        self.end_op(op_id, Some(outcome));
-    }
-
-    /// A PUT that met a concurrent proposal: time for a fresh attempt.
-    pub(super) fn on_busy_retry(&mut self, op: u64) {
-        if self.ops.contains_key(&op) {
-            // The node may have started leaving meanwhile: then the PUT stays Busy.
-            if self.leaving || !self.ready {
-                return self.end_op(op, Some(RequestOutcome::Busy));
-            }
-            self.start_attempt(op);
+            let outcome = if chosen.answers(&op.proposal.p, op.proposal.request.as_ref()) {
+                RequestOutcome::Stored
+            } else {
+                RequestOutcome::Exists(chosen.value.clone())
+            };
+            self.end(env, requests, op_id, Some(outcome), Silence::default());
         }
     }
 
-    /// The PUT's time is up: answer what is known.
-    pub(super) fn on_put_deadline(&mut self, op: u64) {
-        // Between two attempts every attempt so far was aborted: that is definite.
-        let between_attempts = self.ops.get(&op).is_some_and(|o| o.current.is_none());
-        let outcome = between_attempts.then_some(RequestOutcome::Busy);
-        self.end_op(op, outcome)
+    /// The PUT's time is up: Unavailable if an Accept carrying its value left (`left`; the
+    /// value may still be chosen), else Busy (it had no effect, and the caller made sure its
+    /// value never leaves now).
+    pub fn deadline(
+        &mut self,
+        env: &mut Env,
+        requests: &mut RequestTable,
+        op_id: u64,
+        left: bool,
+        silence: Silence,
+    ) {
+        let outcome = (!left).then_some(RequestOutcome::Busy);
+        self.end(env, requests, op_id, outcome, silence);
     }
 
-    /// Answers every call of a PUT and forgets it. `None`: the outcome is not known (Unavailable).
-    fn end_op(&mut self, op_id: u64, outcome: Option<RequestOutcome>) {
+    /// Answers every call of a PUT and forgets it. `None`: Unavailable.
+    fn end(
+        &mut self,
+        env: &mut Env,
+        requests: &mut RequestTable,
+        op_id: u64,
+        outcome: Option<RequestOutcome>,
+        silence: Silence,
+    ) {
         let Some(op) = self.ops.remove(&op_id) else {
             return;
         };
-        self.timers.cancel(&Timer::BusyRetry(op_id));
-        self.timers.cancel(&Timer::PutDeadline(op_id));
+        if let Some(ops) = self.by_key.get_mut(&op.key) {
+            ops.remove(&op_id);
+            if ops.is_empty() {
+                self.by_key.remove(&op.key);
+            }
+        }
+        env.timers.cancel(&Timer::PutDeadline(op_id));
         let reply = match &outcome {
             Some(o) => outcome_reply(o.clone()),
-            None => {
-                let silence = op
-                    .current
-                    .as_ref()
-                    .map(|p| self.silence(p))
-                    .unwrap_or_default();
-                PutOutcome::Unavailable(silence)
-            }
+            None => PutOutcome::Unavailable(silence),
         };
-        if let Some(p) = &op.current
-            && let Some(d) = self.deciders.get_mut(p)
-        {
-            d.op = None;
-        }
-        if let (Some(id), Some(outcome)) = (&op.request, outcome) {
-            self.requests.set_outcome(id, outcome, &mut self.out);
+        if let (Some(id), Some(outcome)) = (&op.proposal.request, outcome) {
+            requests.set_outcome(id, outcome, &mut env.out);
         }
         for call in op.calls {
-            self.out.reply(call, Reply::Put(reply.clone()));
+            env.out.reply(call, Reply::Put(reply.clone()));
         }
     }
 
-    /// A retried request id whose proposal is not running here (a restart, or an earlier
-    /// Unavailable): answer from what this node knows of the proposal, resolving it if needed.
-    fn recover_request(
-        &mut self,
-        call: CallId,
-        id: RequestId,
-        key: Key,
-        value: Value,
-        p: ProposalId,
-    ) {
-        let state = self.ledger.get(&key).cloned();
-        let outcome = match &state {
-            Some(DurableKey::Stored { p: q, .. }) if *q == p => Some(RequestOutcome::Stored),
-            Some(DurableKey::Reserved { p: q, .. }) if *q == p => None,
-            _ => {
-                // Not held here, and this node is the proposal's coordinator and a participant:
-                // fencing it here makes sure it never commits.
-                if !self.ledger.refused(&p, &key) {
-                    self.ledger
-                        .record_refusal(&p, RefusalWhy::Fenced, &mut self.out);
-                }
-                Some(match &state {
-                    Some(DurableKey::Stored { value, .. }) => RequestOutcome::Exists(value.clone()),
-                    _ => RequestOutcome::Busy,
-                })
-            }
-        };
-        let op_id = self.next_op;
-        self.next_op += 1;
-        self.ops.insert(
-            op_id,
-            PutOp {
-                key: key.clone(),
-                value,
-                request: Some(id),
-                calls: vec![call],
-                current: Some(p.clone()),
-                retries_left: 0,
-                attempt: 1,
-                attempt_started: self.now,
-            },
-        );
-        if let Some(outcome) = outcome {
-            return self.end_op(op_id, Some(outcome));
-        }
-        let Some(DurableKey::Reserved { participants, .. }) = state else {
-            return;
-        };
-        self.timers.set(
-            Timer::PutDeadline(op_id),
-            self.now + self.config.put_timeout,
-        );
-        if !self.resolve(&p, &key, participants) {
-            return self.end_op(op_id, None);
-        }
-        if let Some(d) = self.deciders.get_mut(&p) {
-            d.op = Some(op_id);
-        }
-    }
-
-    /// A fresh proposal id of this node.
-    fn next_proposal(&mut self) -> ProposalId {
-        self.proposal_ids.next(&self.id, &mut self.out)
-    }
-
-    /// Records the request's latest proposal (and outcome, if definite).
-    fn remember_request(
-        &mut self,
-        id: RequestId,
-        key: &Key,
-        value: &Value,
-        p: ProposalId,
-        outcome: Option<RequestOutcome>,
-    ) {
-        let ops = &self.ops;
-        let running = |id: &RequestId| ops.values().any(|op| op.request.as_ref() == Some(id));
-        self.requests
-            .remember(id, key, value, p, outcome, self.now, running, &mut self.out);
-    }
-
-    /// Forgets request records that are too old or too many (never one of a running PUT).
-    fn expire_requests(&mut self) {
-        let ops = &self.ops;
-        let running = |id: &RequestId| ops.values().any(|op| op.request.as_ref() == Some(id));
-        self.requests.expire(self.now, running, &mut self.out);
+    /// Whether request `id` has a PUT running here.
+    pub fn is_running(&self, id: &RequestId) -> bool {
+        self.running_request(id).is_some()
     }
 }
 
-fn outcome_reply(outcome: RequestOutcome) -> PutOutcome {
+pub(crate) fn outcome_reply(outcome: RequestOutcome) -> PutOutcome {
     match outcome {
         RequestOutcome::Stored => PutOutcome::Stored,
         RequestOutcome::Exists(value) => PutOutcome::Exists { value },
@@ -410,7 +235,9 @@ mod tests {
         let mut out = Outbox::new("me".into(), false);
         let mut ids = ProposalIds::new(10, 3);
         let me = NodeId::from("me");
-        let counters: Vec<u64> = (0..4).map(|_| ids.next(&me, &mut out).counter).collect();
+        let counters: Vec<u64> = (0..4)
+            .map(|_| ids.next(&me, &mut out, false).counter)
+            .collect();
         assert_eq!(counters, vec![10, 11, 12, 13]);
         out.flush();
         let Some(Output::Persist { ops, .. }) = out.poll() else {

@@ -1,112 +1,117 @@
-//! Leaving safely (core/PROTOCOL.md, "Leaving safely"): a leaving node grants nothing new,
-//! settles every reservation it holds and every reservation elsewhere that names it, and says
-//! so (`Note::LeaveComplete`); only then does its driver say goodbye.
+//! Leaving safely (core/PROTOCOL.md, "Leaving safely"): a leaving node promises and accepts
+//! nothing new, decides every value it accepted (recovering it), and waits until every other
+//! member of its cluster pulled its decisions; only then does it say so
+//! (`Note::LeaveComplete`) and its driver say goodbye. Every value chosen with this node among
+//! its cluster's holders is then stored by every other member of the cluster, so its absence
+//! takes nothing from any majority.
+
+use std::collections::BTreeSet;
 
 use crate::api::Note;
 use crate::timers::Timer;
-use crate::types::{Key, NodeId, ProposalId};
+use crate::types::{Key, NodeId};
 use crate::wire::Message;
 
 use super::Node;
 
+/// A leaving node's progress.
+#[derive(Default)]
+pub(super) struct Leaving {
+    /// The members that answered clear.
+    clear: BTreeSet<NodeId>,
+    complete: bool,
+}
+
 impl Node {
-    /// The driver asks this node to leave: grant nothing new, resolve what it holds (and keep
-    /// asking until every participant reflects each outcome), ask every member to settle what
-    /// names it.
+    /// The driver asks this node to leave: refuse new PUTs, promises and accepts, decide
+    /// every value accepted here, then ask every member to pull this node's decisions.
     pub(super) fn on_leave(&mut self) {
-        if self.leaving {
+        if self.leaving.is_some() {
             return;
         }
-        self.leaving = true;
-        for d in self.deciders.values_mut() {
-            d.confirm = true;
+        self.leaving = Some(Leaving::default());
+        self.on_leave_timer();
+    }
+
+    /// Recovers what is still undecided here; once nothing is, asks every member that is not
+    /// clear yet. Again every `backoff_max`.
+    pub(super) fn on_leave_timer(&mut self) {
+        let Some(leaving) = &self.leaving else { return };
+        if leaving.complete {
+            return;
         }
-        let open: Vec<(ProposalId, Key)> = self
-            .ledger
-            .reservations()
-            .map(|(p, k)| (p.clone(), k.clone()))
-            .collect();
-        for (p, key) in open {
-            if let Some(participants) = self.ledger.reservation(&p, &key) {
-                let participants = participants.clone();
-                self.resolve_or_retry(p, &key, participants, self.config.resolve_backoff_min);
+        let open: Vec<Key> = self.acceptor.accepted_undecided().cloned().collect();
+        for key in &open {
+            self.recover(key, Timer::LeaveCheck);
+        }
+        if open.is_empty() && self.proposer.len() == 0 {
+            let seq = self.acceptor.seq();
+            let pending: Vec<NodeId> = self
+                .other_members()
+                .into_iter()
+                .filter(|n| !self.leaving.as_ref().is_some_and(|l| l.clear.contains(n)))
+                .collect();
+            for n in pending {
+                self.env.out.send(n, Message::LeaveCheck { seq });
             }
         }
-        self.send_leave_checks();
+        let again = self.env.now + self.env.config.backoff_max;
+        self.env.timers.set(Timer::LeaveCheck, again);
         self.check_leave_complete();
     }
 
-    /// Asks every member that is not clear yet to settle the reservations that name this node.
-    /// A proposal this node granted may be open elsewhere even if it is settled here (say this
-    /// node stored it but the others' Commits were lost); once this node is gone, Resolve
-    /// counts it Fenced, so every such proposal must be settled everywhere first.
-    pub(super) fn send_leave_checks(&mut self) {
-        if !self.leaving || self.leave_complete {
-            return;
+    /// A leaving member asks whether it may go. A member of another cluster holds nothing
+    /// that depends on it; a member of its cluster answers clear once it pulled the leaving
+    /// node's decisions up to `seq` (it starts pulling now), and only after every write so
+    /// far, lazy ones included, is durable: "clear" vouches for this node's disk.
+    pub(super) fn on_leave_check(&mut self, from: NodeId, seq: u64) {
+        let same_cluster = self.members.current().cluster_of(&from) == Some(&self.env.cluster);
+        let clear = !self.members.contains(&from)
+            || !same_cluster
+            || self.learner.caught_up(&from) >= seq;
+        if !clear {
+            self.learner.ask(&mut self.env, &from, false);
         }
-        let pending: Vec<NodeId> = self
-            .members
-            .current()
-            .nodes()
-            .filter(|n| **n != self.id && !self.leave_clear.contains(*n))
-            .cloned()
-            .collect();
-        for n in pending {
-            self.out.send(n, Message::LeaveCheck);
-        }
-        let again = self.now + self.config.resolve_backoff_max;
-        self.timers.set(Timer::LeaveCheck, again);
-    }
-
-    /// A leaving member asks: does a reservation here name it? This node resolves every one
-    /// that does, and answers clear once there is none. The answer waits for every write so
-    /// far, lazy ones included: "clear" vouches for this node's disk. A reservation turned
-    /// `Stored` in memory only would come back after a crash, naming a node that is gone, and
-    /// with it gone a resolver counts it fenced (core/PROTOCOL.md, "Lazy writes").
-    pub(super) fn on_leave_check(&mut self, from: NodeId) {
-        if !self.members.contains(&from) {
-            return self.send_check_answer(from, Message::LeaveClear { clear: true });
-        }
-        let clear = self.open_naming(&from, true).is_empty();
         self.send_check_answer(from, Message::LeaveClear { clear });
     }
 
-    /// Sends the answer to a leave or removal check once every write so far is durable, lazy
-    /// ones included (but not with the `ClearBeforeLazyDurable` bug).
-    pub(super) fn send_check_answer(&mut self, to: NodeId, msg: Message) {
-        if self.bug_is(crate::InjectedBug::ClearBeforeLazyDurable) {
-            self.out.send(to, msg);
+    /// Sends the answer to a leave check once every write so far is durable, lazy ones
+    /// included (but not with the `ClearBeforeLazyDurable` bug).
+    fn send_check_answer(&mut self, to: NodeId, msg: Message) {
+        if self.env.bug(crate::InjectedBug::ClearBeforeLazyDurable) {
+            self.env.out.send(to, msg);
         } else {
-            self.out.send_after_all(to, msg);
+            self.env.out.send_after_all(to, msg);
         }
     }
 
     /// A member answered a leave check.
     pub(super) fn on_leave_clear(&mut self, from: NodeId, clear: bool) {
-        if clear && self.leaving && self.members.contains(&from) {
-            self.leave_clear.insert(from);
+        if clear && self.members.contains(&from) {
+            if let Some(leaving) = &mut self.leaving {
+                leaving.clear.insert(from);
+            }
             self.check_leave_complete();
         }
     }
 
-    /// A leaving node is done once it holds nothing, resolves nothing, and every member
-    /// answered clear.
+    /// A leaving node is done once nothing is undecided here, nothing is being proposed, and
+    /// every member answered clear.
     pub(super) fn check_leave_complete(&mut self) {
-        let everyone_clear = || {
-            self.members
-                .current()
-                .nodes()
-                .all(|n| *n == self.id || self.leave_clear.contains(n))
-        };
-        if self.leaving
-            && !self.leave_complete
-            && self.ledger.reservation_count() == 0
-            && self.deciders.is_empty()
-            && everyone_clear()
+        let Some(leaving) = &self.leaving else { return };
+        let everyone_clear = self
+            .members
+            .current()
+            .nodes()
+            .all(|n| *n == self.env.id || leaving.clear.contains(n));
+        if !leaving.complete
+            && self.acceptor.accepted_undecided_count() == 0
+            && self.proposer.len() == 0
+            && everyone_clear
         {
-            self.leave_complete = true;
-            self.timers.cancel(&Timer::LeaveCheck);
-            self.out.note(Note::LeaveComplete);
+            self.leaving.as_mut().expect("checked above").complete = true;
+            self.env.timers.cancel(&Timer::LeaveCheck);
+            self.env.out.note(Note::LeaveComplete);
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::api::Note;
 use crate::faults::PeerFault;
 use crate::membership::Membership;
 use crate::storage::WriteOp;
-use crate::types::{ClusterId, NetworkId, NodeId, ProposalId};
+use crate::types::{ClusterId, NetworkId, NodeId};
 use crate::wire::Message;
 
 use super::Node;
@@ -126,7 +126,7 @@ impl Node {
     pub(super) fn on_discovered(&mut self, cluster: ClusterId, node: NodeId, network: NetworkId) {
         if network != self.network {
             let ours = self.network.clone();
-            return self.out.note(Note::ForeignNetwork {
+            return self.env.out.note(Note::ForeignNetwork {
                 node,
                 network,
                 ours,
@@ -139,45 +139,32 @@ impl Node {
     /// records it durably: everything that depends on the grown membership (a proposal carrying
     /// its digest, a grant matching it) leaves only after the write, behind the barrier.
     fn add_member(&mut self, cluster: ClusterId, node: NodeId) {
-        let (clusters_max, nodes_max) = (self.config.clusters_max, self.config.cluster_nodes_max);
+        let (clusters_max, nodes_max) = (self.env.config.clusters_max, self.env.config.cluster_nodes_max);
         match self
             .members
             .add(cluster.clone(), node.clone(), clusters_max, nodes_max)
         {
-            Ok(true) => self.out.persist(WriteOp::AddMember { cluster, node }),
+            Ok(true) => self.env.out.persist(WriteOp::AddMember { cluster, node }),
             Ok(false) => {}
             Err(reason) => self
-                .out
+                .env.out
                 .note(Note::PeerInputRejected { from: node, reason }),
         }
     }
 
     // ---------------------------------------------------------------- shrinking
 
-    /// `node` left the membership: its goodbye (`goodbye`), or an operator's removal here or
-    /// at another member. A removal makes this node grant nothing for twice the read lease: the
-    /// removed node may be alive and answering reads until its lease runs out.
-    pub(super) fn on_removed(&mut self, node: NodeId, goodbye: bool) {
+    /// `node` left the membership: its goodbye, or an operator's removal here or at another
+    /// member. Nothing more is needed: quorums are counted in each request's membership, and
+    /// every request carries its digest, so a node still counting `node` is refused until its
+    /// view converges (core/PROTOCOL.md, "Membership").
+    pub(super) fn on_removed(&mut self, node: NodeId, _goodbye: bool) {
         if !self.members.depart(&node) {
             return;
         }
-        self.out.persist(WriteOp::Departed(node.clone()));
-        if !goodbye {
-            self.settled_at = self
-                .settled_at
-                .max(self.now + self.config.read_lease.saturating_mul(2));
-        }
+        self.env.out.persist(WriteOp::Departed(node.clone()));
         self.view_sent.remove(&node);
-        self.out.note(Note::NodeRemoved { node: node.clone() });
-        let affected: Vec<ProposalId> = self
-            .deciders
-            .iter()
-            .filter(|(_, d)| d.participants.contains(&node))
-            .map(|(p, _)| p.clone())
-            .collect();
-        for p in affected {
-            self.evaluate(&p);
-        }
+        self.env.out.note(Note::NodeRemoved { node: node.clone() });
     }
 
     /// A member voted `Denied(Departed)`: an operator removed it. It says the truth (it
@@ -186,17 +173,17 @@ impl Node {
     /// node refuses every proposal forever and nobody else learns why (found by sim seed 357,
     /// `--joins 2 --leaves 1`).
     pub(super) fn on_departed_vote(&mut self, node: &NodeId) {
-        if *node != self.id && self.members.contains(node) {
+        if *node != self.env.id && self.members.contains(node) {
             self.on_removed(node.clone(), false);
         }
     }
 
     /// A member says an operator removed `node` (maybe this node itself).
     pub(super) fn on_removed_message(&mut self, from: NodeId, node: NodeId) {
-        if !self.members.contains(&from) || from == self.id {
+        if !self.members.contains(&from) || from == self.env.id {
             return;
         }
-        if node == self.id {
+        if node == self.env.id {
             self.on_self_removed(from);
         } else {
             self.on_removed(node, false);
@@ -204,43 +191,42 @@ impl Node {
     }
 
     /// A member told this node that an operator removed it. From now on it serves nothing
-    /// (core/PROTOCOL.md: a removed node no longer receives commits, so its reads would go
-    /// stale), and it never rejoins under this identity.
+    /// (it no longer hears decisions, and no member answers its questions), and it never
+    /// rejoins under this identity.
     fn on_self_removed(&mut self, by: NodeId) {
         if !self.members.remove_this_node() {
             return;
         }
-        self.out.persist(WriteOp::Departed(self.id.clone()));
-        self.out.note(Note::SelfRemoved { by });
-        self.fail_lease_reads();
+        self.env.out.persist(WriteOp::Departed(self.env.id.clone()));
+        self.env.out.note(Note::SelfRemoved { by });
     }
 
     /// A message came from a node that left or was removed: tell it, so that a removed node
     /// that was partitioned or down when it was removed stops serving.
     pub(super) fn tell_departed_sender(&mut self, from: &NodeId) {
-        if *from != self.id && self.members.has_departed(from) && !self.members.this_node_removed()
+        if *from != self.env.id && self.members.has_departed(from) && !self.members.this_node_removed()
         {
-            self.out
+            self.env.out
                 .send(from.clone(), Message::Removed { node: from.clone() });
         }
     }
 
     // ---------------------------------------------------------------- views
 
-    /// Sends this node's view to `to`, at most once per `resolve_backoff_min` per peer.
+    /// Sends this node's view to `to`, at most once per `backoff_min` per peer.
     pub(super) fn send_view(&mut self, to: &NodeId) {
-        if *to == self.id || self.members.this_node_removed() {
+        if *to == self.env.id || self.members.this_node_removed() {
             return;
         }
         if let Some(at) = self.view_sent.get(to)
-            && self.now.since(*at) < self.config.resolve_backoff_min
+            && self.env.now.since(*at) < self.env.config.backoff_min
         {
             return;
         }
         if !self.members.contains(to) {
             return;
         }
-        self.view_sent.insert(to.clone(), self.now);
+        self.view_sent.insert(to.clone(), self.env.now);
         let departed = self
             .members
             .departed()
@@ -249,15 +235,15 @@ impl Node {
             .cloned()
             .collect();
         let members = (**self.members.current()).clone();
-        self.out
+        self.env.out
             .send(to.clone(), Message::View { members, departed });
     }
 
     /// Departed nodes listed in a view, at most.
     pub(super) fn departed_listed_max(&self) -> usize {
-        self.config
+        self.env.config
             .clusters_max
-            .saturating_mul(self.config.cluster_nodes_max)
+            .saturating_mul(self.env.config.cluster_nodes_max)
     }
 
     /// Merges a member's view: its departures and its members (both only ever grow), then
@@ -267,7 +253,7 @@ impl Node {
             return;
         }
         for node in &departed {
-            if *node == self.id {
+            if *node == self.env.id {
                 return self.on_self_removed(from);
             }
             self.on_removed(node.clone(), false);

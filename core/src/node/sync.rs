@@ -1,68 +1,105 @@
-//! The join-time copy (core/PROTOCOL.md, "Joining"): a new node copies the stored keys and
-//! open reservations from a member, page by page, resolves the reservations it adopted, and
-//! only then becomes ready; and the member's side, which serves the pages.
+//! The join-time copy (core/PROTOCOL.md, "Joining"): a new node copies the records of a
+//! majority of its cluster's other members (or, alone in its cluster, of a majority of
+//! another cluster), page by page, one member after the other, merging them (a decision is
+//! stored; otherwise the highest promise and the accepted value with the highest ballot are
+//! kept); only then does it promise, accept or serve reads. And the member's side, which
+//! serves the pages, only once it counts the joiner as a member.
+
+use std::collections::BTreeMap;
 
 use crate::api::Note;
-use crate::faults::PeerFault;
+use crate::faults::{PeerFault, Violation};
+use crate::quorum;
 use crate::storage::{DurableKey, WriteOp};
 use crate::timers::Timer;
-use crate::types::{Key, NodeId};
+use crate::types::{Ballot, Key, NodeId};
 use crate::wire::{Message, SyncRefusal};
 
 use super::Node;
 
 /// Where a joining node's copy stands.
+#[derive(Default)]
 pub(super) struct SyncState {
-    /// The last key copied.
+    /// Members whose whole copy arrived, with their decision number at its first page.
+    done: BTreeMap<NodeId, u64>,
+    /// The member being copied from.
+    current: Option<Copying>,
+    /// Which candidate to try next (counting through them).
+    next: usize,
+}
+
+struct Copying {
+    source: NodeId,
+    /// The last key copied from it.
     after: Option<Key>,
-    /// Which member to ask next (counting through the other members).
-    source_index: usize,
-    /// The member asked, whose page is awaited.
-    awaiting: Option<NodeId>,
-    /// Every page arrived; the node is ready once its adopted reservations are decided.
-    copied: bool,
+    /// Its decision number when it cut the first page.
+    seq: Option<u64>,
 }
 
 impl Node {
     /// A node that is not ready starts (or, after a restart, restarts) its copy at once.
     pub(super) fn start_sync(&mut self) {
-        self.sync = Some(SyncState {
-            after: None,
-            source_index: 0,
-            awaiting: None,
-            copied: false,
-        });
-        self.timers.set(Timer::Sync, self.now);
+        self.sync = Some(SyncState::default());
+        self.env.timers.set(Timer::Sync, self.env.now);
     }
 
-    /// Asks a member (the next one, if the last did not answer) for the next page.
-    pub(super) fn on_sync_timer(&mut self) {
-        let Some(sync) = &mut self.sync else { return };
-        if sync.copied {
-            return self.check_ready();
-        }
-        if sync.awaiting.take().is_some() {
-            sync.source_index += 1;
-        }
-        let sources: Vec<&NodeId> = self
-            .members
-            .current()
-            .nodes()
-            .filter(|n| **n != self.id)
+    /// The members to copy from, and how many of them: a majority of this cluster's other
+    /// members, or of another cluster if this node is alone in its own.
+    fn sync_sources(&self) -> (Vec<NodeId>, usize) {
+        let m = self.members.current();
+        let others: Vec<NodeId> = m
+            .nodes_of(&self.env.cluster)
+            .iter()
+            .filter(|n| **n != self.env.id)
+            .cloned()
             .collect();
-        let retry_at = self.now + self.config.sync_timeout;
-        if sources.is_empty() {
-            self.timers.set(Timer::Sync, retry_at);
+        if let Some(needed) = quorum::copy_sources(others.len()) {
+            return (others, needed);
+        }
+        match m.clusters().find(|(c, _)| **c != self.env.cluster) {
+            Some((_, nodes)) => (nodes.to_vec(), quorum::majority(nodes.len())),
+            None => (Vec::new(), 0),
+        }
+    }
+
+    /// Copies from the next member, or becomes ready once enough copies are complete.
+    pub(super) fn on_sync_timer(&mut self) {
+        let (candidates, needed) = self.sync_sources();
+        let Some(sync) = &mut self.sync else { return };
+        if sync.current.take().is_some() {
+            // The member did not answer in time: try another one.
+            sync.next += 1;
+        }
+        let done = candidates
+            .iter()
+            .filter(|n| sync.done.contains_key(*n))
+            .count();
+        if needed > 0 && done >= needed {
+            return self.become_ready();
+        }
+        let pending: Vec<&NodeId> = candidates
+            .iter()
+            .filter(|n| !sync.done.contains_key(*n))
+            .collect();
+        let retry_at = self.env.now + self.env.config.sync_timeout;
+        if pending.is_empty() || needed == 0 {
+            // Nobody to copy from yet (the members are still being discovered).
+            self.env.timers.set(Timer::Sync, retry_at);
             return;
         }
-        let source = sources[sync.source_index % sources.len()].clone();
-        sync.awaiting = Some(source.clone());
-        let after = sync.after.clone();
-        self.out.send(source, Message::SyncRequest { after });
-        self.timers.set(Timer::Sync, retry_at);
+        let source = pending[sync.next % pending.len()].clone();
+        sync.current = Some(Copying {
+            source: source.clone(),
+            after: None,
+            seq: None,
+        });
+        self.env
+            .out
+            .send(source, Message::SyncRequest { after: None });
+        self.env.timers.set(Timer::Sync, retry_at);
     }
 
-    /// A joining node asks this member for the keys after `after`: one page, bounded by
+    /// A joining node asks this member for its records after `after`: one page, bounded by
     /// `sync_page_keys` and about `sync_page_bytes`.
     pub(super) fn on_sync_request(&mut self, from: NodeId, after: Option<Key>) {
         let refusal = if !self.ready || self.members.this_node_removed() {
@@ -73,88 +110,75 @@ impl Node {
             None
         };
         if let Some(reason) = refusal {
-            return self.out.send(from, Message::SyncRefused { reason });
+            return self.env.out.send(from, Message::SyncRefused { reason });
         }
-        let range = self.ledger.keys_after(after.as_ref());
-        let mut entries = Vec::new();
-        let mut bytes = 0usize;
-        let mut done = true;
-        for (key, state) in range {
-            if entries.len() >= self.config.sync_page_keys || bytes >= self.config.sync_page_bytes {
-                done = false;
-                break;
-            }
-            bytes += key.as_str().len() + state.value().len();
-            entries.push((key.clone(), state.clone()));
-        }
-        self.out.send(from, Message::SyncPage { entries, done });
+        let (entries, done) = self.acceptor.records_after(
+            after.as_ref(),
+            self.env.config.sync_page_keys,
+            self.env.config.sync_page_bytes,
+        );
+        let page = Message::SyncPage {
+            entries,
+            floor: self.acceptor.floor().clone(),
+            seq: self.acceptor.seq(),
+            done,
+        };
+        self.env.out.send(from, page);
     }
 
-    /// A page of the copy: stored keys are copied; a reservation is adopted (and resolved at
-    /// once) unless it names this node as a participant or this node saw it aborted.
+    /// A page of the copy: merged record by record.
     pub(super) fn on_sync_page(
         &mut self,
         from: NodeId,
         entries: Vec<(Key, DurableKey)>,
+        floor: Ballot,
+        seq: u64,
         done: bool,
     ) {
-        let Some(sync) = &self.sync else { return };
-        if sync.awaiting.as_ref() != Some(&from) {
+        let Some(sync) = &mut self.sync else { return };
+        let Some(current) = &mut sync.current else {
+            return;
+        };
+        if current.source != from {
             return;
         }
-        let mut after = sync.after.clone();
-        for (key, state) in entries {
-            if after.as_ref().is_some_and(|a| key <= *a) {
+        let mut after = current.after.clone();
+        for (key, _) in &entries {
+            if after.as_ref().is_some_and(|a| key <= a) {
                 let reason = PeerFault::SyncPageOutOfOrder;
-                return self.out.note(Note::PeerInputRejected { from, reason });
+                return self.env.out.note(Note::PeerInputRejected { from, reason });
             }
             after = Some(key.clone());
-            match (&state, self.ledger.get(&key)) {
-                (_, Some(DurableKey::Stored { .. })) => {}
-                (DurableKey::Stored { .. }, _) => {
-                    if let Some(old) = self.ledger.copy_stored(&key, state, &mut self.out) {
-                        self.timers.cancel(&Timer::Lease(old));
-                    }
-                }
-                (
-                    DurableKey::Reserved {
-                        p, participants, ..
-                    },
-                    None,
-                ) => {
-                    // A proposal that counts this node as a participant needs this node's
-                    // own grant, which a joining node never gives: never adopt it (found by
-                    // seed 1079, `--leaves 1`). Any other proposal must be adopted unless it
-                    // was explicitly refused (seen aborted): a watermark over-approximates
-                    // refusals, and skipping a proposal that committed would leave this node
-                    // without the key forever (found by seed 3186).
-                    if participants.contains(&self.id) || self.ledger.refusal(p).is_some() {
-                        continue;
-                    }
-                    if self.ledger.reserved_key(p).is_some() {
-                        // No honest member holds one proposal on two keys.
-                        let reason = PeerFault::SyncPageReservesHeldProposal { key, p: p.clone() };
-                        return self.out.note(Note::PeerInputRejected { from, reason });
-                    }
-                    let p = p.clone();
-                    self.ledger.adopt(&key, state, &mut self.out);
-                    // Resolve it at once: the node is not ready until it is decided.
-                    self.timers.set(Timer::Lease(p), self.now);
-                }
-                (DurableKey::Reserved { .. }, Some(DurableKey::Reserved { .. })) => {}
+        }
+        current.after = after.clone();
+        let first_seq = *current.seq.get_or_insert(seq);
+        for (key, record) in &entries {
+            if let Some(known) = self.acceptor.merge_copy(&mut self.env, key, record) {
+                let told = record.stored().map(|c| c.p.clone());
+                let reason = Violation::TwoDecisions {
+                    key: key.clone(),
+                    stored: known.p,
+                    told: told.expect("only a decision conflicts"),
+                    from: from.clone(),
+                    at: self.env.id.clone(),
+                };
+                self.env.out.note(Note::Violation { reason });
             }
         }
+        self.acceptor.raise_floor(&mut self.env, &floor);
         let sync = self.sync.as_mut().expect("checked above");
-        sync.after = after.clone();
         if done {
-            sync.copied = true;
-            sync.awaiting = None;
-            self.timers.cancel(&Timer::Sync);
-            self.check_ready();
+            sync.current = None;
+            sync.done.insert(from.clone(), first_seq);
+            if self.members.current().cluster_of(&from) == Some(&self.env.cluster) {
+                self.learner.copied_from(&mut self.env, &from, first_seq);
+            }
+            self.env.timers.set(Timer::Sync, self.env.now);
         } else {
-            self.out.send(from, Message::SyncRequest { after });
-            self.timers
-                .set(Timer::Sync, self.now + self.config.sync_timeout);
+            self.env.out.send(from, Message::SyncRequest { after });
+            self.env
+                .timers
+                .set(Timer::Sync, self.env.now + self.env.config.sync_timeout);
         }
     }
 
@@ -163,33 +187,30 @@ impl Node {
     /// next member, a little later. The reason is for whoever reads the trace.
     pub(super) fn on_sync_refused(&mut self, from: NodeId, _reason: SyncRefusal) {
         let Some(sync) = &mut self.sync else { return };
-        if sync.awaiting.as_ref() != Some(&from) {
+        if sync.current.as_ref().is_none_or(|c| c.source != from) {
             return;
         }
-        sync.awaiting = None;
-        sync.source_index += 1;
-        self.timers
-            .set(Timer::Sync, self.now + self.config.sync_timeout / 4);
+        sync.current = None;
+        sync.next += 1;
+        self.env
+            .timers
+            .set(Timer::Sync, self.env.now + self.env.config.sync_timeout / 4);
     }
 
-    /// A joining node becomes ready once its copy is complete and every reservation it copied
-    /// is decided.
-    fn check_ready(&mut self) {
-        let copied = self.sync.as_ref().is_some_and(|s| s.copied);
-        if !copied || self.ledger.reservation_count() > 0 {
-            if copied {
-                // Check again later: copied reservations are being resolved.
-                self.timers
-                    .set(Timer::Sync, self.now + self.config.sync_timeout);
-            }
-            return;
-        }
+    /// Enough copies are complete: the node promises, accepts and serves reads from now on.
+    fn become_ready(&mut self) {
         assert!(!self.ready, "a ready node was still copying");
         self.sync = None;
         self.ready = true;
-        self.ledger.start_folding(&mut self.out);
-        self.timers.cancel(&Timer::Sync);
-        self.out.persist(WriteOp::Ready(true));
-        self.out.note(Note::Ready);
+        self.env.timers.cancel(&Timer::Sync);
+        self.env.out.persist(WriteOp::Ready(true));
+        self.env.out.note(Note::Ready);
+        self.env.timers.set(Timer::CatchUp, self.env.now);
+        // Values copied as accepted and not known to be decided are recovered in time.
+        let open: Vec<Key> = self.acceptor.accepted_undecided().cloned().collect();
+        for key in open {
+            let delay = self.env.jitter(self.env.config.lease);
+            self.env.timers.set(Timer::Lease(key), self.env.now + delay);
+        }
     }
 }

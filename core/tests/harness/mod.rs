@@ -13,12 +13,12 @@ pub fn config() -> Config {
         representative_timeout: Duration::from_millis(150),
         relay_timeout: Duration::from_millis(100),
         lease: Duration::from_millis(600),
-        resolve_backoff_min: Duration::from_millis(20),
-        resolve_backoff_max: Duration::from_millis(400),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(400),
         put_timeout: Duration::from_secs(2),
         read_wait: Duration::from_millis(60),
         read_timeout: Duration::from_millis(1500),
-        read_lease: Duration::from_millis(500),
+        catch_up_interval: Duration::from_millis(500),
         ..Config::default()
     }
 }
@@ -234,6 +234,17 @@ impl Harness {
                 cmd: Command::Get { key: k(key) },
             },
         );
+        call
+    }
+
+    /// An operator asks `at` to remove `node` (not forced).
+    pub fn input_remove(&mut self, at: &str, node: &str) -> CallId {
+        let call = self.call();
+        let cmd = Command::RemoveNode {
+            node: n(node),
+            force: false,
+        };
+        self.input(&n(at), Input::Client { call, cmd });
         call
     }
 
@@ -475,21 +486,28 @@ impl Harness {
         });
     }
 
-    /// The proposal that `id` holds (reserved or stored) for `key`, if any.
-    pub fn proposal_at(&self, id: &str, key: &str) -> Option<ProposalId> {
-        self.node(id)
-            .key_state(&k(key))
-            .map(|s| s.proposal().clone())
+    /// The proposal that `id` stores for `key`, if any.
+    pub fn stored_at(&self, id: &str, key: &str) -> Option<Proposal> {
+        self.node(id).key_state(&k(key)).and_then(|s| s.stored().cloned())
     }
 
-    /// Decisions noted anywhere for `p`: (node, committed).
-    pub fn decisions(&self, p: &ProposalId) -> Vec<(NodeId, bool)> {
+    /// The proposal `id` accepted for `key` and has not seen decided, with its ballot.
+    pub fn accepted_at(&self, id: &str, key: &str) -> Option<(Ballot, Proposal)> {
+        self.node(id)
+            .key_state(&k(key))
+            .and_then(|s| s.accepted().cloned())
+    }
+
+    /// Decisions noted anywhere for `key`: (node, chosen proposal, ballot).
+    pub fn decisions(&self, key: &str) -> Vec<(NodeId, ProposalId, Ballot)> {
         self.notes
             .iter()
             .filter_map(|(id, note)| match note {
                 Note::Decided {
-                    p: q, committed, ..
-                } if q == p => Some((id.clone(), *committed)),
+                    key: q,
+                    chosen,
+                    ballot,
+                } if *q == k(key) => Some((id.clone(), chosen.clone(), ballot.clone())),
                 _ => None,
             })
             .collect()
@@ -525,16 +543,25 @@ impl Harness {
     }
 
     pub fn stored_everywhere(&self, key: &str, value: &str) -> bool {
-        self.states(key)
-            .values()
-            .all(|s| matches!(s, Some(DurableKey::Stored { value: x, .. }) if *x == v(value)))
+        self.states(key).values().all(
+            |s| matches!(s, Some(DurableKey::Stored { chosen, .. }) if chosen.value == v(value)),
+        )
     }
 
-    pub fn reservations_left(&self) -> usize {
+    /// Live nodes that store `key`, with the value.
+    pub fn stored_count(&self, key: &str) -> usize {
+        self.states(key)
+            .values()
+            .filter(|s| s.as_ref().is_some_and(|s| s.is_stored()))
+            .count()
+    }
+
+    /// Accepted values not known to be decided, over every live node.
+    pub fn undecided_left(&self) -> usize {
         self.slots
             .values()
             .filter_map(|s| s.node.as_ref())
-            .map(|n| n.stats().reservations_open)
+            .map(|n| n.stats().accepted_undecided)
             .sum()
     }
 
@@ -560,8 +587,13 @@ pub fn is_request(m: &Message, pred: impl Fn(&Request) -> bool) -> bool {
     }
 }
 
-pub fn is_commit(m: &InFlight) -> bool {
-    is_request(&m.msg, |r| matches!(r, Request::Commit { .. }))
+pub fn is_decide(m: &InFlight) -> bool {
+    is_request(&m.msg, |r| matches!(r, Request::Decide { .. }))
+}
+
+/// Whether a message goes to or comes from `node` (a node that is down, or cut off).
+pub fn touches(m: &InFlight, node: &str) -> bool {
+    m.from == n(node) || m.to == n(node)
 }
 
 /// With `HARNESS_TRACE=<substring>`, prints every event whose text contains it.

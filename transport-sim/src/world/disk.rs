@@ -83,14 +83,5 @@ impl World {
 impl SimNode {
     pub(super) fn apply_durable(&mut self, ops: &[WriteOp]) {
         self.disk.apply_all(ops);
-        for op in ops {
-            if let WriteOp::PutKey { state, .. } = op {
-                let stored = self
-                    .durable_ever
-                    .entry(state.proposal().clone())
-                    .or_insert(false);
-                *stored |= state.is_stored();
-            }
-        }
     }
 }

@@ -243,7 +243,8 @@ impl World {
             departed: false,
             departed_seen: BTreeSet::new(),
             removed: false,
-            durable_ever: HashMap::default(),
+            leave_asked: BTreeMap::new(),
+            rounds_sent: BTreeMap::new(),
         });
         ix
     }

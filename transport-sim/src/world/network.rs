@@ -21,6 +21,7 @@ impl World {
     }
 
     pub(super) fn send(&mut self, from: NodeIx, to: &NodeId, msg: &Message) {
+        self.check_round_fresh(from, msg);
         self.check_durable_vote(from, msg);
         self.check_durable_clearance(from, to, msg);
         let mut frame = wire::encode(msg);
@@ -77,10 +78,12 @@ impl World {
         }
     }
 
-    /// A node's own vote may only leave it once the state it reports is on its disk
-    /// (PROTOCOL.md, Durability): a grant after its reservation, a commit vote after the key.
-    /// A vote may leave late (held behind later writes, or aggregated by a representative),
-    /// about a reservation aborted since, so "was durable" is what is checked.
+    /// A node's own answer may only leave it once the state it reports is on its disk
+    /// (PROTOCOL.md, Durability): a promise of ballot `b` once its record shows a promise of
+    /// `b` or more, an accept at `b` once it shows a value accepted at `b` or later (a
+    /// decision, on disk, covers both: the key is decided). An answer may leave late (held
+    /// behind a later write, or forwarded by a representative), so "at least" is what is
+    /// checked.
     pub(super) fn check_durable_vote(&mut self, from: NodeIx, msg: &Message) {
         let responses = match msg {
             Message::Response(r) => std::slice::from_ref(r),
@@ -89,25 +92,37 @@ impl World {
         };
         let me = &self.nodes[from];
         for r in responses {
-            let Response::Vote { p, key, node, vote } = r else {
+            let Response::Ballot {
+                key,
+                ballot,
+                node,
+                answer,
+                ..
+            } = r
+            else {
                 continue;
             };
             if *node != me.id {
                 continue;
             }
-            // A Committed vote needs only the grant on disk: `Stored` is a lazy write
-            // (PROTOCOL.md, "Lazy writes"), and a commit it reports is stable because every
-            // participant's grant is durable.
-            let ever = me.durable_ever.get(p);
-            let durable = match vote {
-                Vote::Granted | Vote::Committed => ever.is_some(),
-                Vote::Denied { .. } => true,
+            let on_disk = me.disk.keys.get(key);
+            let durable = match (answer, on_disk) {
+                (Answer::Promise { .. } | Answer::Accepted, Some(DurableKey::Stored { .. })) => {
+                    true
+                }
+                (Answer::Promise { .. }, Some(DurableKey::Open { promised, .. })) => {
+                    promised >= ballot
+                }
+                (Answer::Accepted, Some(DurableKey::Open { accepted, .. })) => {
+                    accepted.as_ref().is_some_and(|(b, _)| b >= ballot)
+                }
+                (Answer::Promise { .. } | Answer::Accepted, None) => false,
+                (Answer::Nack { .. } | Answer::Stored { .. } | Answer::Refused { .. }, _) => true,
             };
             if !durable {
                 let what = format!(
-                    "{} sent vote {vote:?} on {p} for {key:?}, which never reached its disk (it holds {:?})",
-                    me.id,
-                    me.disk.keys.get(key)
+                    "{} answered {answer:?} at {ballot} for {key:?}, which its disk does not show (it holds {on_disk:?})",
+                    me.id
                 );
                 self.obs.push(Obs::Undurable {
                     node: from,
@@ -118,32 +133,72 @@ impl World {
         }
     }
 
-    /// An answer that a leave or removal may proceed ("clear", or no open reservation) vouches
-    /// for the sender's disk: once the node is gone, a reservation naming it that a crash
-    /// brings back (a commit still lazy) would be resolved with it counted fenced. So when it
-    /// leaves, no reservation on the sender's disk may name that node (PROTOCOL.md, "Lazy
-    /// writes").
-    pub(super) fn check_durable_clearance(&mut self, from: NodeIx, to: &NodeId, msg: &Message) {
-        let named = match msg {
-            Message::LeaveClear { clear: true } => to,
-            Message::RemoveCheckReply { node, open } if open.is_empty() => node,
-            _ => return,
+    /// A node runs each of its ballot rounds once, for one key, and never goes back to an
+    /// older round, across restarts too (PROTOCOL.md: the round ceiling is durable before a
+    /// ballot under it leaves). Checked on the Prepares it sends (one per member of its
+    /// cluster, all for the same ballot).
+    pub(super) fn check_round_fresh(&mut self, from: NodeIx, msg: &Message) {
+        let Message::Request(Request::Prepare { key, ballot, .. }) = msg else {
+            return;
         };
-        let me = &self.nodes[from];
-        if *named == me.id || !me.disk.members.contains_key(named) {
+        let me = &mut self.nodes[from];
+        if ballot.node.as_ref() != Some(&me.id) {
             return;
         }
-        let open = me.disk.keys.iter().find(|(_, state)| {
-            matches!(state, DurableKey::Reserved { participants, .. } if participants.contains(named))
-        });
-        if let Some((key, state)) = open {
-            let what = format!(
-                "{} cleared {named} to go ({msg:?}) while its disk holds {state:?}, which names it",
+        let latest = me.rounds_sent.last_key_value().map(|(r, k)| (*r, k.clone()));
+        let what = match (me.rounds_sent.get(&ballot.round), latest) {
+            (Some(k), _) if k != key => Some(format!(
+                "{} sent Prepare({key:?}, {ballot}) after using round {} for {k:?}",
+                me.id, ballot.round
+            )),
+            (None, Some((r, k))) if r > ballot.round => Some(format!(
+                "{} sent Prepare({key:?}, {ballot}) after round {r} (of {k:?}): an older round",
                 me.id
-            );
-            self.obs.push(Obs::Undurable {
+            )),
+            _ => None,
+        };
+        me.rounds_sent.insert(ballot.round, key.clone());
+        if let Some(what) = what {
+            self.obs.push(Obs::BallotReused {
                 node: from,
                 key: key.clone(),
+                what,
+            });
+        }
+    }
+
+    /// A member that tells a leaving node of its cluster it may go vouches for its own disk:
+    /// once the leaving node is gone, a decision it held must be held by the rest. So when
+    /// "clear" leaves, every decision the leaving node asked it to pull (numbered up to the
+    /// seq of its LeaveCheck) must be on the sender's disk (PROTOCOL.md, "Leaving safely").
+    pub(super) fn check_durable_clearance(&mut self, from: NodeIx, to: &NodeId, msg: &Message) {
+        if !matches!(msg, Message::LeaveClear { clear: true }) {
+            return;
+        }
+        let Some(leaver) = self.ix_of(to) else { return };
+        if self.nodes[leaver].cluster != self.nodes[from].cluster {
+            return;
+        }
+        let Some(&asked) = self.nodes[from].leave_asked.get(&leaver) else {
+            return;
+        };
+        let Some(leaving) = self.nodes[leaver].node.as_ref() else {
+            return;
+        };
+        let me = &self.nodes[from];
+        let missing = leaving.keys().find(|(key, state)| {
+            matches!(state, DurableKey::Stored { seq, .. } if *seq <= asked)
+                && !me.disk.keys.get(*key).is_some_and(DurableKey::is_stored)
+        });
+        if let Some((key, state)) = missing {
+            let what = format!(
+                "{} cleared {to} to go ({msg:?}) while its disk lacks {key:?}, which {to} decided ({state:?})",
+                me.id
+            );
+            let key = key.clone();
+            self.obs.push(Obs::Undurable {
+                node: from,
+                key,
                 what,
             });
         }
@@ -230,6 +285,10 @@ impl World {
                 to,
                 format_args!("recv from {} {msg:?}", self.nodes[from].id),
             );
+        }
+        if let Message::LeaveCheck { seq } = &msg {
+            let asked = self.nodes[to].leave_asked.entry(from).or_insert(0);
+            *asked = (*asked).max(*seq);
         }
         let from = self.nodes[from].id.clone();
         self.handle(to, Input::Message { from, msg });

@@ -1,0 +1,443 @@
+//! The acceptor (core/PROTOCOL.md, "The acceptor"): every key's durable record at this node
+//! (the highest ballot promised, the last value accepted, or the decision), the node's ballot
+//! floor, and the numbering of the decisions it learns. It answers Prepare, Accept and a
+//! read's question, and stores decisions; every answer that reports a promise or an accept
+//! leaves behind the write that makes it durable (the outbox's barrier).
+//!
+//! It owns its records and borrows only the environment (outbox, timers, clock, config): it
+//! returns its answers instead of calling any other role.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::storage::{DurableKey, WriteOp};
+use crate::timers::Timer;
+use crate::types::{Ballot, Key, Proposal};
+use crate::wire::{Answer, QueryState, RefuseReason};
+
+use super::{Env, InjectedBug};
+
+pub(crate) struct Acceptor {
+    keys: BTreeMap<Key, DurableKey>,
+    /// Keys whose record was damaged on disk: no promise, no accept, no answer to a read's
+    /// question until the decision is learned.
+    damaged: BTreeSet<Key>,
+    /// Prepare and Accept below it are refused on a key with no record here.
+    floor: Ballot,
+    /// The number of the last decision learned here.
+    seq: u64,
+    by_seq: BTreeMap<u64, Key>,
+    /// Open records holding an accepted value, and open records holding a promise only.
+    accepted_open: BTreeSet<Key>,
+    promised_only: BTreeSet<Key>,
+}
+
+/// What storing a decision found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Learned {
+    /// Newly stored here.
+    New,
+    /// Stored here already, for the same proposal.
+    Known,
+    /// Stored here for another proposal: two values were chosen for one key.
+    Conflict(Proposal),
+}
+
+impl Acceptor {
+    pub fn new(keys: BTreeMap<Key, DurableKey>, damaged: BTreeSet<Key>, floor: Ballot) -> Acceptor {
+        let mut a = Acceptor {
+            keys: BTreeMap::new(),
+            damaged,
+            floor,
+            seq: 0,
+            by_seq: BTreeMap::new(),
+            accepted_open: BTreeSet::new(),
+            promised_only: BTreeSet::new(),
+        };
+        for (key, state) in keys {
+            a.index(&key, &state);
+            a.keys.insert(key, state);
+        }
+        a
+    }
+
+    // ---------------------------------------------------------------- getters
+
+    pub fn get(&self, key: &Key) -> Option<&DurableKey> {
+        self.keys.get(key)
+    }
+
+    pub fn stored(&self, key: &Key) -> Option<&Proposal> {
+        self.keys.get(key).and_then(DurableKey::stored)
+    }
+
+    pub fn is_damaged(&self, key: &Key) -> bool {
+        self.damaged.contains(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = (&Key, &DurableKey)> {
+        self.keys.iter()
+    }
+
+    pub fn floor(&self) -> &Ballot {
+        &self.floor
+    }
+
+    /// The number of the last decision learned here.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn keys_stored(&self) -> usize {
+        self.by_seq.len()
+    }
+
+    /// Keys with an accepted value not known to be decided, in key order.
+    pub fn accepted_undecided(&self) -> impl Iterator<Item = &Key> {
+        self.accepted_open.iter()
+    }
+
+    pub fn accepted_undecided_count(&self) -> usize {
+        self.accepted_open.len()
+    }
+
+    pub fn promised_only_count(&self) -> usize {
+        self.promised_only.len()
+    }
+
+    pub fn damaged_count(&self) -> usize {
+        self.damaged.len()
+    }
+
+    /// Whether this node's record of `key` shows nothing at all (no promise, no accepted value,
+    /// no decision, not damaged): the fast round may be worth trying.
+    pub fn untouched(&self, key: &Key) -> bool {
+        !self.keys.contains_key(key) && !self.damaged.contains(key) && self.floor.is_fast()
+    }
+
+    /// The highest ballot this node knows of for `key` (promised or accepted), at least its
+    /// floor.
+    pub fn highest_ballot(&self, key: &Key) -> Ballot {
+        match self.keys.get(key) {
+            Some(DurableKey::Open { promised, accepted }) => {
+                let acc = accepted.as_ref().map(|(b, _)| b);
+                promised.max(acc.unwrap_or(promised)).clone()
+            }
+            _ => self.floor.clone(),
+        }
+    }
+
+    /// The decisions numbered after `after`, in order: at most `keys_max` of them and about
+    /// `bytes_max` bytes, with the number of the last one listed (`after` if none).
+    pub fn decisions_after(
+        &self,
+        after: u64,
+        keys_max: usize,
+        bytes_max: usize,
+    ) -> (Vec<(Key, Proposal)>, u64) {
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        let mut last = after;
+        for (&seq, key) in self.by_seq.range(after.saturating_add(1)..) {
+            if entries.len() >= keys_max || bytes >= bytes_max {
+                break;
+            }
+            let chosen = self.stored(key).expect("numbered decisions are stored");
+            bytes += key.as_str().len() + chosen.value.len();
+            entries.push((key.clone(), chosen.clone()));
+            last = seq;
+        }
+        (entries, last)
+    }
+
+    /// The records after `after`, in key order: at most `keys_max` and about `bytes_max`
+    /// bytes, and whether they are the last ones. Damaged keys have no record to give.
+    pub fn records_after(
+        &self,
+        after: Option<&Key>,
+        keys_max: usize,
+        bytes_max: usize,
+    ) -> (Vec<(Key, DurableKey)>, bool) {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        for (key, state) in self.keys.range::<Key, _>((from, Bound::Unbounded)) {
+            if entries.len() >= keys_max || bytes >= bytes_max {
+                return (entries, false);
+            }
+            bytes += key.as_str().len() + state.value().map_or(0, |v| v.len());
+            entries.push((key.clone(), state.clone()));
+        }
+        (entries, true)
+    }
+
+    // ---------------------------------------------------------------- the handlers
+
+    /// Prepare(`key`, `ballot`), a classic ballot: promise it unless a higher one was promised
+    /// (answered `Nack`), or answer the decision if the key is stored.
+    pub fn prepare(&mut self, env: &mut Env, key: &Key, ballot: &Ballot) -> Answer {
+        assert!(!ballot.is_fast(), "Prepare of the fast round");
+        if self.damaged.contains(key) {
+            return refused(RefuseReason::Abstaining);
+        }
+        let (promised, accepted) = match self.keys.get(key) {
+            Some(DurableKey::Stored { chosen, .. }) => {
+                return Answer::Stored {
+                    chosen: chosen.clone(),
+                };
+            }
+            Some(DurableKey::Open { promised, accepted }) => (promised.clone(), accepted.clone()),
+            None => {
+                if let Some(refusal) = self.no_room(env, false) {
+                    return refusal;
+                }
+                (self.floor.clone(), None)
+            }
+        };
+        if *ballot < promised {
+            return nack(promised, accepted.as_ref());
+        }
+        if *ballot > promised || !self.keys.contains_key(key) {
+            let state = DurableKey::Open {
+                promised: ballot.clone(),
+                accepted: accepted.clone(),
+            };
+            let lazy = env.bug(InjectedBug::PromiseNotDurable);
+            self.put(env, key, state, lazy);
+        }
+        Answer::Promise { accepted }
+    }
+
+    /// Accept(`key`, `ballot`, `proposal`): at a classic ballot, accepted unless a higher one
+    /// was promised; at ballot 0 only by a node that promised nothing, accepted nothing and
+    /// stores nothing for the key (first value wins). Answered with the decision if the key
+    /// is stored.
+    pub fn accept(
+        &mut self,
+        env: &mut Env,
+        key: &Key,
+        ballot: &Ballot,
+        proposal: &Proposal,
+    ) -> Answer {
+        if self.damaged.contains(key) {
+            return refused(RefuseReason::Abstaining);
+        }
+        let (promised, accepted) = match self.keys.get(key) {
+            Some(DurableKey::Stored { chosen, .. }) => {
+                return Answer::Stored {
+                    chosen: chosen.clone(),
+                };
+            }
+            Some(DurableKey::Open { promised, accepted }) => (promised.clone(), accepted.clone()),
+            None => {
+                if let Some(refusal) = self.no_room(env, ballot.is_fast()) {
+                    return refusal;
+                }
+                (self.floor.clone(), None)
+            }
+        };
+        if accepted
+            .as_ref()
+            .is_some_and(|(b, a)| b == ballot && a.p == proposal.p)
+        {
+            // A duplicate: accepted already, durably.
+            return Answer::Accepted;
+        }
+        let below = *ballot < promised && !env.bug(InjectedBug::AcceptBelowPromise);
+        let fast_taken = ballot.is_fast() && (accepted.is_some() || !promised.is_fast());
+        if below || fast_taken {
+            return nack(promised, accepted.as_ref());
+        }
+        let state = DurableKey::Open {
+            promised: ballot.max(&promised).clone(),
+            accepted: Some((ballot.clone(), proposal.clone())),
+        };
+        self.put(env, key, state, false);
+        env.timers
+            .set(Timer::Lease(key.clone()), env.now + env.config.lease);
+        Answer::Accepted
+    }
+
+    /// What this node holds for `key`, as a read's question asks it.
+    pub fn query(&self, key: &Key) -> QueryState {
+        if self.damaged.contains(key) {
+            return QueryState::Refused(RefuseReason::Abstaining);
+        }
+        match self.keys.get(key) {
+            Some(DurableKey::Stored { chosen, .. }) => QueryState::Stored(chosen.clone()),
+            Some(DurableKey::Open {
+                accepted: Some((b, a)),
+                ..
+            }) => QueryState::Accepted(b.clone(), a.clone()),
+            Some(DurableKey::Open { accepted: None, .. }) | None => QueryState::Nothing,
+        }
+    }
+
+    /// Stores the decision of `key`: a lazy write (core/PROTOCOL.md, "Lazy writes"); the
+    /// record's promise and accepted value go with it (rule "Forgetting").
+    pub fn store(&mut self, env: &mut Env, key: &Key, chosen: &Proposal) -> Learned {
+        if let Some(DurableKey::Stored { chosen: known, .. }) = self.keys.get(key) {
+            return if known == chosen {
+                Learned::Known
+            } else {
+                Learned::Conflict(known.clone())
+            };
+        }
+        self.seq += 1;
+        let state = DurableKey::Stored {
+            chosen: chosen.clone(),
+            seq: self.seq,
+        };
+        self.damaged.remove(key);
+        env.timers.cancel(&Timer::Lease(key.clone()));
+        self.unindex(key);
+        self.index(key, &state);
+        self.keys.insert(key.clone(), state.clone());
+        env.out.persist_lazy(WriteOp::PutKey {
+            key: key.clone(),
+            state,
+        });
+        Learned::New
+    }
+
+    /// Merges a record copied from a member while joining: a decision is stored; otherwise
+    /// the highest promise and the accepted value with the highest ballot are kept, as if this
+    /// node had seen what the member saw. Returns a conflicting decision, if any.
+    pub fn merge_copy(&mut self, env: &mut Env, key: &Key, copied: &DurableKey) -> Option<Proposal> {
+        match copied {
+            DurableKey::Stored { chosen, .. } => match self.store(env, key, chosen) {
+                Learned::Conflict(known) => Some(known),
+                Learned::New | Learned::Known => None,
+            },
+            DurableKey::Open { promised, accepted } => {
+                let (mine_p, mine_a) = match self.keys.get(key) {
+                    Some(DurableKey::Stored { .. }) => return None,
+                    Some(DurableKey::Open { promised, accepted }) => {
+                        (promised.clone(), accepted.clone())
+                    }
+                    None => (Ballot::FAST, None),
+                };
+                let accepted = match (mine_a, accepted) {
+                    (Some(m), Some(c)) => Some(if c.0 > m.0 { c.clone() } else { m }),
+                    (m, c) => m.or_else(|| c.clone()),
+                };
+                let promised = mine_p
+                    .max(promised.clone())
+                    .max(accepted.as_ref().map_or(Ballot::FAST, |(b, _)| b.clone()));
+                let state = DurableKey::Open { promised, accepted };
+                if self.keys.get(key) != Some(&state) {
+                    self.put(env, key, state, false);
+                }
+                None
+            }
+        }
+    }
+
+    /// Raises the ballot floor to at least `floor` (a member's, copied while joining).
+    pub fn raise_floor(&mut self, env: &mut Env, floor: &Ballot) {
+        if *floor > self.floor {
+            self.floor = floor.clone();
+            env.out.persist(WriteOp::BallotFloor(floor.clone()));
+        }
+    }
+
+    // ---------------------------------------------------------------- bounds
+
+    /// Whether a key with no record here may get one: past `open_keys_max` open records the
+    /// promise-only ones are folded into the floor first (rule "Forgetting"); if accepted
+    /// values alone fill the room, the fast round (`fast`) is refused. A classic ballot always
+    /// gets its record: it is how undecided keys get decided (and records freed), and the
+    /// proposers that run them are bounded (`proposals_max`, `recoveries_max` per node); were
+    /// it refused, keys accepted elsewhere could fill every node and none would ever decide.
+    fn no_room(&mut self, env: &mut Env, fast: bool) -> Option<Answer> {
+        let max = env.config.open_keys_max;
+        if self.accepted_open.len() + self.promised_only.len() < max {
+            return None;
+        }
+        self.fold_promises(env);
+        (fast && self.accepted_open.len() >= max).then(|| refused(RefuseReason::Overloaded))
+    }
+
+    /// Folds every promise-only record into the floor: the floor rises to the highest of them
+    /// and every Prepare or Accept below it is refused on a key with no record, so no promise
+    /// is broken. Refusing more is safe; forgetting a promise is not.
+    fn fold_promises(&mut self, env: &mut Env) {
+        let folded = std::mem::take(&mut self.promised_only);
+        let mut floor = self.floor.clone();
+        for key in &folded {
+            let Some(DurableKey::Open {
+                promised,
+                accepted: None,
+            }) = self.keys.remove(key)
+            else {
+                panic!("{key:?} was indexed as a promise only");
+            };
+            floor = floor.max(promised);
+            env.out.persist(WriteOp::RemoveKey { key: key.clone() });
+        }
+        self.raise_floor(env, &floor);
+    }
+
+    // ---------------------------------------------------------------- records
+
+    fn put(&mut self, env: &mut Env, key: &Key, state: DurableKey, lazy: bool) {
+        assert!(!state.is_stored(), "decisions are stored with `store`");
+        if let Some(DurableKey::Stored { .. }) = self.keys.get(key) {
+            panic!("overwriting the decision of {key:?}");
+        }
+        self.unindex(key);
+        self.index(key, &state);
+        self.keys.insert(key.clone(), state.clone());
+        let op = WriteOp::PutKey {
+            key: key.clone(),
+            state,
+        };
+        if lazy {
+            env.out.persist_lazy(op);
+        } else {
+            env.out.persist(op);
+        }
+    }
+
+    fn index(&mut self, key: &Key, state: &DurableKey) {
+        match state {
+            DurableKey::Stored { seq, .. } => {
+                self.seq = self.seq.max(*seq);
+                let earlier = self.by_seq.insert(*seq, key.clone());
+                assert!(earlier.is_none(), "decision number {seq} used twice");
+            }
+            DurableKey::Open {
+                accepted: Some(_), ..
+            } => {
+                self.accepted_open.insert(key.clone());
+            }
+            DurableKey::Open { accepted: None, .. } => {
+                self.promised_only.insert(key.clone());
+            }
+        }
+    }
+
+    fn unindex(&mut self, key: &Key) {
+        match self.keys.get(key) {
+            Some(DurableKey::Stored { seq, .. }) => {
+                self.by_seq.remove(seq);
+            }
+            Some(DurableKey::Open { .. }) => {
+                self.accepted_open.remove(key);
+                self.promised_only.remove(key);
+            }
+            None => {}
+        }
+    }
+}
+
+fn refused(reason: RefuseReason) -> Answer {
+    Answer::Refused { reason }
+}
+
+fn nack(promised: Ballot, accepted: Option<&(Ballot, Proposal)>) -> Answer {
+    Answer::Nack {
+        promised,
+        holder: accepted.map(|(_, a)| a.p.clone()),
+    }
+}

@@ -1,0 +1,94 @@
+//! Reaching every participant (core/PROTOCOL.md, "Terms": representative): directly inside
+//! this node's cluster, through one representative in each other cluster. The representative
+//! of a cluster is spread over its live nodes by key, skips departed and suspected nodes, and
+//! is replaced by the next one after a failover.
+
+use std::collections::BTreeSet;
+
+use crate::membership::Membership;
+use crate::types::{ClusterId, Key, NodeId, fnv1a};
+use crate::wire::{Message, Request};
+
+use super::Env;
+use super::health::Health;
+
+/// What picking a representative needs to know of the peers.
+pub(crate) struct Peers<'a> {
+    pub departed: &'a BTreeSet<NodeId>,
+    pub health: &'a Health,
+}
+
+/// The representative of a cluster for one request: among its nodes that did not depart,
+/// those not suspected first, starting at `spread` and moving on `failovers` places.
+pub(crate) fn pick_representative(
+    nodes: &[NodeId],
+    peers: &Peers<'_>,
+    env: &Env,
+    spread: u64,
+    failovers: usize,
+) -> Option<NodeId> {
+    let live: Vec<&NodeId> = nodes
+        .iter()
+        .filter(|n| !peers.departed.contains(*n))
+        .collect();
+    if live.is_empty() {
+        return None;
+    }
+    let trusted: Vec<&NodeId> = live
+        .iter()
+        .copied()
+        .filter(|n| !peers.health.is_suspect(n, env.now))
+        .collect();
+    let pool = if trusted.is_empty() { &live } else { &trusted };
+    let start = (spread as usize) % pool.len();
+    Some(pool[(start + failovers) % pool.len()].clone())
+}
+
+/// Where requests about `key` start their choice of representatives.
+pub(crate) fn spread_of(key: &Key) -> u64 {
+    fnv1a(key.as_str().as_bytes())
+}
+
+/// Sends `request` to the nodes of `participants` that `wanted` keeps: directly in this node's
+/// cluster, through one representative elsewhere (the `failovers(cluster)`-th pick). Returns
+/// the clusters it went to through a representative.
+pub(crate) fn send_to_participants(
+    env: &mut Env,
+    peers: &Peers<'_>,
+    participants: &Membership,
+    spread: u64,
+    failovers: impl Fn(&ClusterId) -> usize,
+    request: &Request,
+    wanted: impl Fn(&NodeId) -> bool,
+) -> Vec<ClusterId> {
+    let mut relayed = Vec::new();
+    for (cluster, nodes) in participants.clusters() {
+        let targets: Vec<NodeId> = nodes
+            .iter()
+            .filter(|n| wanted(n) && !peers.departed.contains(*n))
+            .cloned()
+            .collect();
+        if targets.is_empty() {
+            continue;
+        }
+        if *cluster == env.cluster {
+            for n in targets {
+                env.out.send(n, Message::Request(request.clone()));
+            }
+            continue;
+        }
+        let Some(rep) = pick_representative(nodes, peers, env, spread, failovers(cluster)) else {
+            continue;
+        };
+        env.out.send(
+            rep,
+            Message::Relay {
+                cluster: cluster.clone(),
+                targets,
+                request: request.clone(),
+            },
+        );
+        relayed.push(cluster.clone());
+    }
+    relayed
+}
