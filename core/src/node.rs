@@ -224,6 +224,7 @@ impl Node {
         let requests = RequestTable::new(requests, now, config.requests_max, config.request_ttl);
         let out = Outbox::new(id.clone(), bug_in(&config, InjectedBug::VoteBeforeDurable));
         let block = config.counter_block;
+        let proposer = Proposer::new(round_ceiling, block, config.vote_timeout / 4);
         let mut node = Node {
             env: Env {
                 config,
@@ -236,7 +237,7 @@ impl Node {
             },
             network,
             acceptor: Acceptor::new(keys, damaged, floor),
-            proposer: Proposer::new(round_ceiling, block),
+            proposer,
             coordinator: Coordinator::new(ids),
             requests,
             learner: Learner::new(caught_up),
@@ -250,11 +251,13 @@ impl Node {
             leaving: None,
             removal: None,
         };
-        // Every value accepted and not decided is recovered soon after the restart; the jitter
-        // keeps a whole cluster that restarts at once from recovering in lockstep.
+        // Every value accepted and not decided is recovered after a lease, as if it had just
+        // been accepted (its proposer may be alive and about to decide it); the jitter keeps a
+        // whole cluster that restarts at once from recovering in lockstep.
         let open: Vec<Key> = node.acceptor.accepted_undecided().cloned().collect();
         for key in open {
-            let delay = node.env.jitter(node.env.config.backoff_max);
+            let lease = node.env.config.lease;
+            let delay = lease + node.env.jitter(lease / 2);
             node.env.timers.set(Timer::Lease(key), now + delay);
         }
         if node.ready {
@@ -378,7 +381,6 @@ impl Node {
             return;
         }
         self.tell_departed_sender(&from);
-        self.health.heard(&from);
         match msg {
             Message::Request(req) => self.on_request(from, req),
             Message::Response(resp) => self.on_response(&from, resp),
@@ -436,7 +438,7 @@ impl Node {
                 }
             }
             Message::LeaveCheck { seq } => self.on_leave_check(from, seq),
-            Message::LeaveClear { clear } => self.on_leave_clear(from, clear),
+            Message::LeaveClear { seq } => self.on_leave_clear(from, seq),
             Message::Removed { node } => self.on_removed_message(from, node),
             Message::RemoveCheck { node } => self.on_remove_check(from, node),
             Message::RemoveCheckReply { node, cluster } => {
@@ -487,6 +489,9 @@ impl Node {
                     Some(reason) => Answer::Refused { reason },
                     None => self.acceptor.prepare(&mut self.env, &key, &ballot),
                 };
+                if matches!(answer, Answer::Promise { .. }) {
+                    self.proposer.saw_ballot(&mut self.env, &key, &ballot);
+                }
                 let resp = Response::Ballot {
                     key,
                     ballot,
@@ -508,6 +513,9 @@ impl Node {
                         .acceptor
                         .accept(&mut self.env, &key, &ballot, &proposal),
                 };
+                if matches!(answer, Answer::Accepted) {
+                    self.proposer.saw_ballot(&mut self.env, &key, &ballot);
+                }
                 let resp = Response::Ballot {
                     key,
                     ballot,
@@ -562,7 +570,6 @@ impl Node {
                 if *from != node && !self.members.contains(from) {
                     return;
                 }
-                self.health.heard(&node);
                 if let Some(p) = &proposal {
                     let relay_key = RelayKey::Ballot(key.clone(), ballot.clone(), p.clone());
                     if self.relays.relays(&relay_key) {
@@ -589,7 +596,7 @@ impl Node {
                 let outcome = self.proposer.on_answer(
                     &mut self.env,
                     &start,
-                    &self.health,
+                    &mut self.health,
                     &key,
                     &node,
                     (&ballot, proposal.as_ref()),
@@ -970,7 +977,9 @@ impl Node {
             Timer::Lease(key) => self.recover(&key, Timer::Lease(key.clone())),
             Timer::Relay(key) => self.relays.on_timeout(&mut self.env, &key),
             Timer::ReadWait(call) => {
-                if let Some(ReadEvent::Recover { key }) = self.reader.on_wait_timer(call) {
+                let departed = self.members.departed();
+                let event = self.reader.on_wait_timer(&mut self.env, call, departed);
+                if let Some(ReadEvent::Recover { key }) = event {
                     self.recover(&key, Timer::ReadWait(call));
                 }
             }
@@ -987,7 +996,7 @@ impl Node {
                     .filter(|n| **n != self.env.id)
                     .cloned()
                     .collect();
-                self.health.prune(self.env.now, self.members.current());
+                self.health.prune(self.members.current());
                 self.learner.on_timer(&mut self.env, &others);
             }
             Timer::LeaveCheck => self.on_leave_timer(),

@@ -81,9 +81,10 @@ pub enum Message {
     LeaveCheck {
         seq: u64,
     },
-    /// The answer to a [`Message::LeaveCheck`]: `clear` once the leaving node may go.
+    /// The answer to a [`Message::LeaveCheck`]: this node holds every decision the leaving
+    /// node numbered up to `seq` (`u64::MAX`: it needs none, being of another cluster).
     LeaveClear {
-        clear: bool,
+        seq: u64,
     },
     /// An operator removed `node` at the sender: remove it here too.
     Removed {

@@ -446,6 +446,9 @@ impl Run {
                 if let (Reply::Get(outcome), Some(&op)) = (reply, self.calls.get(call)) {
                     self.check_read(op, outcome)?;
                 }
+                if let Some(&op) = self.calls.get(call) {
+                    self.check_answered_in_time(op, Some(reply))?;
+                }
                 self.answered(*call, Some(reply.clone()))
             }
             Obs::Removal {
@@ -454,7 +457,12 @@ impl Run {
                 outcome,
                 clean,
             } => self.removal_answered(*remover, *victim, outcome, *clean)?,
-            Obs::CallLost { call, .. } => self.answered(*call, None),
+            Obs::CallLost { call, .. } => {
+                if let Some(&op) = self.calls.get(call) {
+                    self.check_answered_in_time(op, None)?;
+                }
+                self.answered(*call, None)
+            }
             Obs::Wake { tag } if *tag < TAG_CLIENT_MAX => self.client_wake(*tag as usize),
             Obs::Wake { tag: TAG_JOIN } if self.safety => {
                 let cluster = self.rng.random_range(0..self.world.cluster_count());
@@ -523,7 +531,9 @@ impl Run {
     /// the same instant: concurrent conflicting proposals.
     fn burst(&mut self) {
         let n = self.world.node_count();
-        let staying: Vec<NodeIx> = (0..n).filter(|ix| self.member(*ix)).collect();
+        let staying: Vec<NodeIx> = (0..n)
+            .filter(|ix| self.member(*ix) && !self.world.minority().contains(ix))
+            .collect();
         if staying.is_empty() {
             return;
         }
@@ -671,8 +681,10 @@ impl Run {
         } else {
             self.clients[c].home
         };
-        if !self.staying(node) {
-            let staying: Vec<NodeIx> = (0..n).filter(|ix| self.staying(*ix)).collect();
+        if !self.staying(node) || self.world.minority().contains(&node) {
+            let staying: Vec<NodeIx> = (0..n)
+                .filter(|ix| self.staying(*ix) && !self.world.minority().contains(ix))
+                .collect();
             node = staying[self.rng.random_range(0..staying.len())];
             self.clients[c].home = node;
         }
@@ -1210,6 +1222,41 @@ impl Run {
             }
         }
         Ok(true)
+    }
+
+    /// With a minority of every cluster faulty (and nothing else), every PUT at another node
+    /// is answered Stored or Exists and every GET a value or "unknown", before its deadline
+    /// (PROTOCOL.md, invariant 9).
+    fn check_answered_in_time(&self, op: usize, reply: Option<&Reply>) -> Result<(), Broken> {
+        let o = &self.history[op];
+        if self.world.minority().is_empty() || !self.safety || self.world.minority().contains(&o.node) {
+            return Ok(());
+        }
+        let definite = match reply {
+            Some(Reply::Put(PutOutcome::Stored | PutOutcome::Exists { .. }))
+            | Some(Reply::Get(GetOutcome::Value(_) | GetOutcome::Unknown))
+            | Some(Reply::Verify(_)) => true,
+            _ => false,
+        };
+        if definite {
+            return Ok(());
+        }
+        Err(Broken {
+            invariant: Invariant::LivenessUnderMinority,
+            detail: format!(
+                "with a minority of every cluster faulty ({:?}), {} answered {:?} of {:?} invoked at {}: {reply:?}",
+                self.world
+                    .minority()
+                    .iter()
+                    .map(|ix| self.world.id(*ix).to_string())
+                    .collect::<Vec<_>>(),
+                self.world.id(o.node),
+                o.kind,
+                o.key,
+                o.last_invoked
+            ),
+            key: Some(o.key.clone()),
+        })
     }
 
     /// A read answers a value only once it is chosen, and "unknown" only if nothing was chosen

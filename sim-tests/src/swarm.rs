@@ -5,7 +5,9 @@ use std::time::Duration;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replicator_core::{Config, InjectedBug};
-use transport_sim::{DiskSpec, FaultKind, FaultSpec, NetSpec, TraceMode, WorldSpec};
+use transport_sim::{
+    DiskSpec, FaultKind, FaultSpec, MinorityKind, MinoritySpec, NetSpec, TraceMode, WorldSpec,
+};
 
 /// What the clients do.
 #[derive(Clone, Debug)]
@@ -50,6 +52,9 @@ pub struct Mix {
     /// Crash-heavy: frequent crashes, every PUT with a request id retried, hot keys: the
     /// request-id recovery path meets other proposals' stored values.
     pub crash_heavy: bool,
+    /// A minority of every cluster faulty from the start, and nothing else: every PUT and GET
+    /// at the other nodes must be answered definitely (invariant 9).
+    pub minority: bool,
 }
 
 /// One seed's whole configuration.
@@ -79,6 +84,8 @@ pub struct Shape {
     pub joins: Option<usize>,
     pub leaves: Option<usize>,
     pub lulls: Option<bool>,
+    /// A minority of every cluster faulty from the start, and whether coming and going.
+    pub minority: Option<(MinorityKind, bool)>,
 }
 
 impl Shape {
@@ -94,6 +101,7 @@ impl Shape {
             && self.joins.is_none()
             && self.leaves.is_none()
             && self.lulls.is_none()
+            && self.minority.is_none()
     }
 
     /// The `sim` binary's flags that reproduce this shape.
@@ -125,6 +133,12 @@ impl Shape {
             Some(true) => a.push("--lulls".into()),
             Some(false) => a.push("--no-lulls".into()),
             None => {}
+        }
+        if let Some((kind, toggling)) = self.minority {
+            a.push(format!("--minority {}", kind.flag()));
+            if toggling {
+                a.push("--coming-and-going".into());
+            }
         }
         if let Some(b) = self.bug {
             a.push(format!("--bug {b:?}"));
@@ -241,6 +255,7 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
         lose_unsynced,
         down_max: rng.random_range(1..=2),
         removals_max: more.random_range(1..=2),
+        minority: None,
     };
     if crash_heavy {
         let lo = more.random_range(10_000..=40_000);
@@ -284,6 +299,39 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
     }
     let hello_interval_us = more.random_range(20_000..=150_000);
 
+    // A minority of every cluster faulty (25 %): nothing else goes wrong, so that every
+    // answer at the other nodes must be definite.
+    let mut minority_rng = child(&mut master);
+    let minority = shape.minority.or_else(|| {
+        let drawn = shape.faults.is_none() && minority_rng.random_bool(0.25);
+        drawn.then(|| {
+            let kind = match minority_rng.random_range(0..4) {
+                0 => MinorityKind::Down,
+                1 => MinorityKind::Paused,
+                2 => MinorityKind::CutOff,
+                _ => MinorityKind::Slow {
+                    extra_us: minority_rng.random_range(100_000..=400_000),
+                },
+            };
+            (kind, minority_rng.random_bool(0.5))
+        })
+    });
+    if let Some((kind, toggling)) = minority {
+        faults.kinds.clear();
+        faults.interval_us = None;
+        faults.minority = Some(MinoritySpec {
+            kind,
+            toggle_us: toggling.then(|| {
+                let lo = minority_rng.random_range(100_000..=500_000);
+                (lo, lo * 3)
+            }),
+        });
+        net.loss = if minority_rng.random_bool(0.5) { 0.0 } else { 0.01 };
+        workload.joins = 0;
+        workload.leaves = 0;
+        workload.lulls = None;
+    }
+
     RunSpec {
         seed,
         world: WorldSpec {
@@ -304,6 +352,7 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
         mix: Mix {
             small_tables,
             crash_heavy,
+            minority: minority.is_some(),
         },
     }
 }
@@ -321,7 +370,7 @@ impl RunSpec {
         format!(
             "seed {}: clusters {:?} | clients {} x {} ops max, hot keys {} (share {}), reads {}, request ids {}, roam {}, joins {}, leaves {}, bursts {} | \
              net lan {:?}us wan {:?}us jitter {} loss {} dup {} reorder {} | fsync {:?}us | \
-             lulls {:?} | faults [{}] every {:?}us lasting {:?}us, lose unsynced {}, down max {}, removals max {}{} | \
+             lulls {:?} | faults [{}] every {:?}us lasting {:?}us, lose unsynced {}, down max {}, removals max {}{} | minority {:?} | \
              hellos every {}us | open_keys_max {} requests_max {} counter_block {} sync page {} keys {} bytes | bug {:?}",
             self.seed,
             w.clusters,
@@ -354,6 +403,7 @@ impl RunSpec {
             } else {
                 ""
             },
+            w.faults.minority,
             w.hello_interval_us,
             w.config.open_keys_max,
             w.config.requests_max,

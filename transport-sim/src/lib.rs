@@ -46,6 +46,7 @@
 //! | `world/disk.rs` | writes completing in order after their fsync |
 //! | `world/discovery.rs` | Hello rounds and goodbyes |
 //! | `world/nemesis.rs` | the fault primitives and the random fault schedule |
+//! | `world/minority.rs` | a minority of every cluster down, paused, cut off or slow, for the whole run or coming and going |
 //! | `world/tracer.rs` | the trace: lines, their hash |
 
 mod ids;
@@ -55,5 +56,8 @@ mod world;
 
 pub use ids::{IdHasher, IdMap, IdSet};
 pub use obs::{Obs, WorldStats};
-pub use spec::{DiskSpec, FaultKind, FaultSpec, Micros, NetSpec, NodeIx, TraceMode, WorldSpec};
+pub use spec::{
+    DiskSpec, FaultKind, FaultSpec, Micros, MinorityKind, MinoritySpec, NetSpec, NodeIx, TraceMode,
+    WorldSpec,
+};
 pub use world::World;

@@ -124,6 +124,52 @@ impl FaultKind {
     ];
 }
 
+/// What happens to the nodes of a minority fault ([`MinoritySpec`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MinorityKind {
+    /// Crashed (restarted from its disk when the fault ends).
+    Down,
+    /// Paused: every event of the node waits.
+    Paused,
+    /// Cut off from every other node.
+    CutOff,
+    /// Slow: every message to or from it takes this much longer.
+    Slow { extra_us: Micros },
+}
+
+impl MinorityKind {
+    /// The name of the kind on a command line (`slow` takes its default delay).
+    pub fn flag(self) -> &'static str {
+        match self {
+            MinorityKind::Down => "down",
+            MinorityKind::Paused => "paused",
+            MinorityKind::CutOff => "cut-off",
+            MinorityKind::Slow { .. } => "slow",
+        }
+    }
+
+    pub fn from_flag(name: &str) -> Option<MinorityKind> {
+        match name {
+            "down" => Some(MinorityKind::Down),
+            "paused" => Some(MinorityKind::Paused),
+            "cut-off" => Some(MinorityKind::CutOff),
+            "slow" => Some(MinorityKind::Slow { extra_us: 150_000 }),
+            _ => None,
+        }
+    }
+}
+
+/// A minority of every cluster (as many nodes as its majority can do without) faulty from the
+/// start, for the whole safety phase or coming and going (PROTOCOL.md, invariant 9: every PUT
+/// and GET at the other nodes must still be answered definitely, in time).
+#[derive(Clone, Debug)]
+pub struct MinoritySpec {
+    pub kind: MinorityKind,
+    /// `None`: faulty for the whole safety phase. `Some(range)`: each faulty node alternates
+    /// faulty and healthy periods drawn from `range`.
+    pub toggle_us: Option<(Micros, Micros)>,
+}
+
 /// What the nemesis does, and how often. Each seed of a swarm test draws its own.
 #[derive(Clone, Debug)]
 pub struct FaultSpec {
@@ -141,6 +187,8 @@ pub struct FaultSpec {
     /// At most this many nodes removed by operators ([`FaultKind::Remove`]) per run (the
     /// attempts refused do not count).
     pub removals_max: usize,
+    /// A minority of every cluster faulty from the start (see [`MinoritySpec`]).
+    pub minority: Option<MinoritySpec>,
 }
 
 impl Default for FaultSpec {
@@ -152,6 +200,7 @@ impl Default for FaultSpec {
             lose_unsynced: false,
             down_max: 1,
             removals_max: 2,
+            minority: None,
         }
     }
 }

@@ -23,6 +23,7 @@ mod disk;
 mod events;
 mod lifecycle;
 mod nemesis;
+mod minority;
 mod network;
 mod tracer;
 
@@ -40,6 +41,8 @@ struct SimNode {
     disk_busy_until: Time,
     timer_at: Option<Time>,
     paused_until: Time,
+    /// Extra latency of every message to or from this node (a slow node).
+    extra_us: Micros,
     /// Client calls delivered to this incarnation and not answered yet.
     calls: BTreeSet<CallId>,
     /// Asked to leave gracefully (asked again after a restart).
@@ -52,9 +55,6 @@ struct SimNode {
     /// Some node recorded an operator's removal of this one (a [`Note::NodeRemoved`] for a node
     /// that did not say goodbye). For guards and reports only: nothing on the node path reads it.
     removed: bool,
-    /// For each leaving node: the highest of its decisions it asked this node to pull before
-    /// it may go (its LeaveChecks, as delivered here).
-    leave_asked: BTreeMap<NodeIx, u64>,
     /// Every classic round this node sent a Prepare for, with its key, over its lifetime.
     rounds_sent: BTreeMap<u64, Key>,
 }
@@ -86,6 +86,8 @@ pub struct World {
     next_partition: u64,
     clogs: BTreeMap<(NodeIx, NodeIx), Time>,
     nemesis: bool,
+    /// The faulty minority of every cluster, if the spec asks for one (minority.rs).
+    minority: Vec<NodeIx>,
     /// The id of the network the founders drew (from the seed); joiners learn it from their
     /// bootstrap node.
     network: NetworkId,
@@ -147,6 +149,7 @@ impl World {
             next_partition: 0,
             clogs: BTreeMap::new(),
             nemesis: spec.faults.interval_us.is_some() && !spec.faults.kinds.is_empty(),
+            minority: Vec::new(),
             network,
             hello_scheduled: false,
             removal_calls: BTreeMap::new(),
@@ -194,6 +197,7 @@ impl World {
         if world.nemesis {
             world.schedule_nemesis();
         }
+        world.start_minority();
         world
     }
 
@@ -256,6 +260,10 @@ impl World {
     }
     pub fn cluster_of(&self, ix: NodeIx) -> usize {
         self.nodes[ix].cluster
+    }
+    /// The faulty minority of every cluster (empty unless the spec asks for one).
+    pub fn minority(&self) -> &[NodeIx] {
+        &self.minority
     }
     /// Calls delivered to a running node and not answered yet.
     pub fn calls_open(&self) -> usize {
@@ -394,6 +402,7 @@ impl World {
                 }
             }
             Ev::Restart { node } => self.restart(node),
+            Ev::Minority { node, start } => self.minority_fault(node, start),
             Ev::Heal { partition } => {
                 if self.partitions.remove(&partition).is_some() {
                     self.fault_epoch += 1;

@@ -205,6 +205,10 @@ impl Acceptor {
             let lazy = env.bug(InjectedBug::PromiseNotDurable);
             self.put(env, key, state, lazy);
         }
+        if accepted.is_some() {
+            // Someone is deciding the key: recovering it now would only compete.
+            renew_lease(env, key);
+        }
         Answer::Promise { accepted }
     }
 
@@ -253,8 +257,7 @@ impl Acceptor {
             accepted: Some((ballot.clone(), proposal.clone())),
         };
         self.put(env, key, state, false);
-        env.timers
-            .set(Timer::Lease(key.clone()), env.now + env.config.lease);
+        renew_lease(env, key);
         Answer::Accepted
     }
 
@@ -429,6 +432,15 @@ impl Acceptor {
             None => {}
         }
     }
+}
+
+/// The value accepted here for `key` is recovered by this node if it is still undecided a
+/// lease from now (plus a jitter of up to half a lease, so that the holders of one key do not
+/// all recover it at once).
+fn renew_lease(env: &mut Env, key: &Key) {
+    let lease = env.config.lease;
+    let at = env.now + lease + env.jitter(lease / 2);
+    env.timers.set(Timer::Lease(key.clone()), at);
 }
 
 fn refused(reason: RefuseReason) -> Answer {

@@ -39,9 +39,15 @@ pub(crate) fn pick_representative(
         .copied()
         .filter(|n| !peers.health.is_suspect(n, env.now))
         .collect();
-    let pool = if trusted.is_empty() { &live } else { &trusted };
-    let start = (spread as usize) % pool.len();
-    Some(pool[(start + failovers) % pool.len()].clone())
+    if trusted.is_empty() {
+        // Everyone is suspected: the one whose suspicion ends first (a node that keeps
+        // missing is suspected ever longer), then the next ones.
+        let mut by_suspicion = live;
+        by_suspicion.sort_by_key(|n| peers.health.suspected_until(n));
+        return Some(by_suspicion[failovers % by_suspicion.len()].clone());
+    }
+    let start = (spread as usize) % trusted.len();
+    Some(trusted[(start + failovers) % trusted.len()].clone())
 }
 
 /// Where requests about `key` start their choice of representatives.
@@ -51,7 +57,7 @@ pub(crate) fn spread_of(key: &Key) -> u64 {
 
 /// Sends `request` to the nodes of `participants` that `wanted` keeps: directly in this node's
 /// cluster, through one representative elsewhere (the `failovers(cluster)`-th pick). Returns
-/// the clusters it went to through a representative.
+/// the clusters it went to through a representative, with the representative of each.
 pub(crate) fn send_to_participants(
     env: &mut Env,
     peers: &Peers<'_>,
@@ -60,7 +66,7 @@ pub(crate) fn send_to_participants(
     failovers: impl Fn(&ClusterId) -> usize,
     request: &Request,
     wanted: impl Fn(&NodeId) -> bool,
-) -> Vec<ClusterId> {
+) -> Vec<(ClusterId, NodeId)> {
     let mut relayed = Vec::new();
     for (cluster, nodes) in participants.clusters() {
         let targets: Vec<NodeId> = nodes
@@ -81,14 +87,14 @@ pub(crate) fn send_to_participants(
             continue;
         };
         env.out.send(
-            rep,
+            rep.clone(),
             Message::Relay {
                 cluster: cluster.clone(),
                 targets,
                 request: request.clone(),
             },
         );
-        relayed.push(cluster.clone());
+        relayed.push((cluster.clone(), rep));
     }
     relayed
 }

@@ -107,7 +107,9 @@ impl Learner {
             env.config.sync_page_bytes,
         );
         let latest = acceptor.seq();
-        env.out.send(
+        // After every write, lazy ones included: a decision's number is on this node's disk
+        // before anyone relies on it (a restart never numbers another decision with it).
+        env.out.send_after_all(
             from,
             Message::CatchUpPage {
                 entries,

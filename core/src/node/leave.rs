@@ -17,7 +17,11 @@ use super::Node;
 /// A leaving node's progress.
 #[derive(Default)]
 pub(super) struct Leaving {
-    /// The members that answered clear.
+    /// The number of its last decision once nothing was undecided here any more: its
+    /// cluster must hold every decision up to it. (Later ones are of values chosen without
+    /// this node, which accepts nothing from others while leaving.)
+    seq: Option<u64>,
+    /// The members that hold them.
     clear: BTreeSet<NodeId>,
     complete: bool,
 }
@@ -45,14 +49,18 @@ impl Node {
             self.recover(key, Timer::LeaveCheck);
         }
         if open.is_empty() && self.proposer.len() == 0 {
-            let seq = self.acceptor.seq();
-            let pending: Vec<NodeId> = self
-                .other_members()
+            let current = self.acceptor.seq();
+            let others = self.other_members();
+            let leaving = self.leaving.as_mut().expect("checked above");
+            let seq = *leaving.seq.get_or_insert(current);
+            let pending: Vec<NodeId> = others
                 .into_iter()
-                .filter(|n| !self.leaving.as_ref().is_some_and(|l| l.clear.contains(n)))
+                .filter(|n| !leaving.clear.contains(n))
                 .collect();
+            // After every write: the decisions numbered up to `seq` are on this node's disk
+            // (a restart never numbers another decision with one of them).
             for n in pending {
-                self.env.out.send(n, Message::LeaveCheck { seq });
+                self.env.out.send_after_all(n, Message::LeaveCheck { seq });
             }
         }
         let again = self.env.now + self.env.config.backoff_max;
@@ -66,13 +74,15 @@ impl Node {
     /// far, lazy ones included, is durable: "clear" vouches for this node's disk.
     pub(super) fn on_leave_check(&mut self, from: NodeId, seq: u64) {
         let same_cluster = self.members.current().cluster_of(&from) == Some(&self.env.cluster);
-        let clear = !self.members.contains(&from)
-            || !same_cluster
-            || self.learner.caught_up(&from) >= seq;
-        if !clear {
+        let held = if self.members.contains(&from) && same_cluster {
+            self.learner.caught_up(&from)
+        } else {
+            u64::MAX
+        };
+        if held < seq {
             self.learner.ask(&mut self.env, &from, false);
         }
-        self.send_check_answer(from, Message::LeaveClear { clear });
+        self.send_check_answer(from, Message::LeaveClear { seq: held });
     }
 
     /// Sends the answer to a leave check once every write so far is durable, lazy ones
@@ -86,11 +96,14 @@ impl Node {
     }
 
     /// A member answered a leave check.
-    pub(super) fn on_leave_clear(&mut self, from: NodeId, clear: bool) {
-        if clear && self.members.contains(&from) {
-            if let Some(leaving) = &mut self.leaving {
-                leaving.clear.insert(from);
-            }
+    pub(super) fn on_leave_clear(&mut self, from: NodeId, held: u64) {
+        if !self.members.contains(&from) {
+            return;
+        }
+        if let Some(leaving) = &mut self.leaving
+            && leaving.seq.is_some_and(|seq| held >= seq)
+        {
+            leaving.clear.insert(from);
             self.check_leave_complete();
         }
     }

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::api::{Note, Silence};
 use crate::membership::Membership;
@@ -35,7 +36,14 @@ use super::{Env, InjectedBug, exponential};
 pub(crate) struct Proposer {
     running: BTreeMap<Key, Proposing>,
     rounds: Rounds,
+    /// How long a ballot's phase 2 (or the fast round) takes here, smoothed: the time another
+    /// proposer needs to finish, which one that is behind it waits for.
+    phase_two: Duration,
 }
+
+/// A proposer puts off its next ballot for another node's higher one at most this many times
+/// in a row: that node may have died meanwhile.
+const DEFERRALS_MAX: u32 = 2;
 
 /// What a proposer learned. The node stores a chosen value, tells the participants, and
 /// answers whoever waits.
@@ -78,6 +86,8 @@ struct Proposing {
     /// The highest ballot heard of for the key.
     highest: Ballot,
     attempt_started: Time,
+    /// When the current Accepts left (the fast round's, or phase 2's).
+    accepts_left: Time,
     give_up_at: Time,
     /// Participants that answered the current ballot (anything).
     answered: BTreeSet<NodeId>,
@@ -87,16 +97,25 @@ struct Proposing {
     reps: BTreeMap<ClusterId, Rep>,
     /// Proposals found accepted at ballot 0 by a Nack of the fast round (the race rule).
     holders: BTreeSet<ProposalId>,
-    /// A Nack named a classic ballot above this one: another proposer is ahead.
+    /// A Nack named a classic ballot of another node: another proposer is ahead.
     behind: bool,
+    /// A Nack named a ballot above this one (maybe a ballot floor): a higher one is needed.
+    outdated: bool,
+    /// Ballots in a row put off for another proposer's (which may have died since).
+    deferrals: u32,
     /// Nodes that answered they store the key.
     storing: Vec<NodeId>,
+    /// The current phase's request was sent again to the silent participants (a lost message
+    /// costs half a vote timeout, not a ballot).
+    resent: bool,
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct Rep {
     /// How many representatives of the cluster were given up on (the next one is tried).
     failovers: usize,
+    /// The representative the last request went to.
+    current: Option<NodeId>,
     answered: bool,
 }
 
@@ -167,7 +186,8 @@ pub(crate) struct Start<'a> {
 }
 
 impl Proposer {
-    pub fn new(round_ceiling: u64, block: u64) -> Proposer {
+    /// `phase_two`: a first guess of how long a phase 2 takes, until ballots measure it.
+    pub fn new(round_ceiling: u64, block: u64, phase_two: Duration) -> Proposer {
         assert!(block > 0);
         Proposer {
             running: BTreeMap::new(),
@@ -176,6 +196,7 @@ impl Proposer {
                 ceiling: round_ceiling,
                 block,
             },
+            phase_two,
         }
     }
 
@@ -239,16 +260,42 @@ impl Proposer {
             attempt: 0,
             highest: start.local_highest.clone(),
             attempt_started: env.now,
+            accepts_left: env.now,
             give_up_at: until,
             answered: BTreeSet::new(),
             against: BTreeSet::new(),
             reps: BTreeMap::new(),
             holders: BTreeSet::new(),
             behind: false,
+            outdated: false,
+            deferrals: 0,
             storing: Vec::new(),
+            resent: false,
         };
         self.running.insert(key.clone(), proposing);
         self.begin(env, start, health, key);
+    }
+
+    /// This node promised or accepted `ballot` of another node for `key`: that node is
+    /// deciding the key, and a ballot of this node would only get in its way. A running
+    /// ballot below it stops, and the next one waits as long as a proposer behind waits
+    /// (rule 6: a node that sees a higher ballot waits for its Decide before competing).
+    pub fn saw_ballot(&mut self, env: &mut Env, key: &Key, ballot: &Ballot) {
+        let Some(r) = self.running.get_mut(key) else {
+            return;
+        };
+        if ballot.is_fast() || ballot.node.as_ref() == Some(&env.id) {
+            return;
+        }
+        if r.highest < *ballot {
+            r.highest = ballot.clone();
+        }
+        let below = r.step.ballot().is_none_or(|b| b < *ballot);
+        if !below {
+            return;
+        }
+        r.behind = true;
+        self.fail(env, key);
     }
 
     /// A client gave up on `p` (it was told Busy): its value must never leave from now on.
@@ -291,11 +338,21 @@ impl Proposer {
         r.against.clear();
         r.holders.clear();
         r.behind = false;
+        r.outdated = false;
+        // Representatives that failed over stay failed over for the next ballot.
+        let before = std::mem::take(&mut r.reps);
         r.reps = r
             .participants
             .clusters()
             .filter(|(c, _)| **c != env.cluster)
-            .map(|(c, _)| (c.clone(), Rep::default()))
+            .map(|(c, _)| {
+                let failovers = before.get(c).map_or(0, |rep| rep.failovers);
+                let rep = Rep {
+                    failovers,
+                    ..Rep::default()
+                };
+                (c.clone(), rep)
+            })
             .collect();
         let fast = r.attempt == 0
             && r.fast_allowed
@@ -303,17 +360,30 @@ impl Proposer {
             && r.own.is_some()
             && !health.any_suspect(&r.participants, env.now);
         r.attempt += 1;
+        r.resent = false;
         if r.highest < start.local_highest {
+            let foreign = start.local_highest.node.as_ref() != Some(&env.id);
             r.highest = start.local_highest.clone();
+            if foreign && r.attempt > 1 && r.deferrals < DEFERRALS_MAX {
+                r.deferrals += 1;
+                // Since this proposer last looked, another one ran a higher ballot here: it is
+                // deciding the key. Wait for its Decide rather than preempt it.
+                r.behind = true;
+                r.step = Step::Waiting;
+                self.fail(env, key);
+                return;
+            }
         }
+        r.deferrals = 0;
         if fast {
             r.step = Step::Fast {
                 accepted: BTreeSet::new(),
                 majority: false,
             };
             r.own_left = true;
+            r.accepts_left = env.now;
             let own = r.own.clone().expect("checked above");
-            self.send_accept(env, &peers, key, Ballot::FAST, own);
+            self.send_accept(env, &peers, key, Ballot::FAST, own, |_| true);
         } else {
             let round = self.rounds.next(env, r.highest.round);
             let ballot = Ballot::classic(round, env.id.clone());
@@ -334,12 +404,14 @@ impl Proposer {
                 }
             }
         }
-        env.timers
-            .set(Timer::Phase(key.clone()), env.now + env.config.vote_timeout);
+        env.timers.set(
+            Timer::Phase(key.clone()),
+            env.now + env.config.vote_timeout / 2,
+        );
     }
 
-    /// Sends `Accept(ballot, proposal)` to every participant and arms the representatives'
-    /// timers.
+    /// Sends `Accept(ballot, proposal)` to the participants `wanted` keeps and arms the
+    /// representatives' timers.
     fn send_accept(
         &mut self,
         env: &mut Env,
@@ -347,6 +419,7 @@ impl Proposer {
         key: &Key,
         ballot: Ballot,
         proposal: Proposal,
+        wanted: impl Fn(&NodeId) -> bool,
     ) {
         let r = self.running.get_mut(key).expect("running");
         let accept = Request::Accept {
@@ -363,9 +436,13 @@ impl Proposer {
             fanout::spread_of(key),
             |c| reps.get(c).map_or(0, |rep| rep.failovers),
             &accept,
-            |_| true,
+            wanted,
         );
-        for c in relayed {
+        for (c, rep) in relayed {
+            if let Some(r) = self.running.get_mut(key).and_then(|r| r.reps.get_mut(&c)) {
+                r.current = Some(rep);
+                r.answered = false;
+            }
             env.timers.set(
                 Timer::Representative(key.clone(), c),
                 env.now + env.config.representative_timeout,
@@ -390,7 +467,7 @@ impl Proposer {
         &mut self,
         env: &mut Env,
         start: &Start<'_>,
-        health: &Health,
+        health: &mut Health,
         key: &Key,
         node: &NodeId,
         (ballot, proposal): (&Ballot, Option<&ProposalId>),
@@ -437,6 +514,9 @@ impl Proposer {
                 if !promised.is_fast() && promised.node.as_ref() != Some(&env.id) {
                     r.behind = true;
                 }
+                if promised > *ballot {
+                    r.outdated = true;
+                }
             }
             Answer::Accepted => match &mut r.step {
                 Step::Fast { accepted, majority } => {
@@ -446,6 +526,9 @@ impl Proposer {
                             && r.participants.len() > 1
                             && accepted.len() + 1 >= r.participants.len());
                     if everyone {
+                        for n in accepted.iter() {
+                            health.vouch(n);
+                        }
                         let own = r.own.clone().expect("the fast round carries its own value");
                         return Some(self.finish(env, key, own, Some(Ballot::FAST)));
                     }
@@ -473,6 +556,10 @@ impl Proposer {
                         quorum::every_cluster_majority(&r.participants, |n| accepted.contains(n))
                     };
                     if chosen {
+                        // Whoever accepted by the time the quorum was complete answered in time.
+                        for n in accepted.iter() {
+                            health.vouch(n);
+                        }
                         let chosen = proposal.clone();
                         return Some(self.finish(env, key, chosen, Some(ballot.clone())));
                     }
@@ -488,14 +575,17 @@ impl Proposer {
                     if promised {
                         let peers = Peers {
                             departed: start.departed,
-                            health,
+                            health: &*health,
                         };
                         return self.phase_two(env, &peers, key, ballot.clone());
                     }
                 }
             }
         }
-        if self.hopeless(env, key) {
+        let nacked = self.running.get(key).is_some_and(|r| r.behind || r.outdated);
+        if nacked || self.hopeless(env, key) {
+            // A higher ballot of another node exists: this one would only be nacked further
+            // on (and waits here for a node that may be down, in vain).
             self.fail(env, key);
         }
         None
@@ -533,9 +623,13 @@ impl Proposer {
         };
         r.answered.clear();
         r.against.clear();
-        self.send_accept(env, peers, key, ballot, value);
-        env.timers
-            .set(Timer::Phase(key.clone()), env.now + env.config.vote_timeout);
+        r.resent = false;
+        r.accepts_left = env.now;
+        self.send_accept(env, peers, key, ballot, value, |_| true);
+        env.timers.set(
+            Timer::Phase(key.clone()),
+            env.now + env.config.vote_timeout / 2,
+        );
         None
     }
 
@@ -567,14 +661,29 @@ impl Proposer {
             (None, false) => Met::Nobody,
         };
         let took = env.now.since(r.attempt_started);
+        let waiting = matches!(r.step, Step::Waiting);
         r.step = Step::Waiting;
         let attempt = r.attempt;
+        let pending = env.timers.get(&Timer::Retry(key.clone()));
         clear_timers(env, key, r);
         let (min, max) = (env.config.backoff_min, env.config.backoff_max);
         let backoff = exponential(min, max, attempt, 10);
+        // A round trip stretched by a timeout says little about the race: capped. A proposer
+        // that was waiting already measures from the ballot it last ran.
         let round_trip = took.min(env.config.put_timeout / 8);
+        // Behind another proposer: give it the time its phase 2 takes (a Nack may come from
+        // this node's own cluster, after a LAN round trip, while the ballot that caused it
+        // needs a WAN one).
+        let round_trip = match met {
+            Met::Behind => round_trip.max(self.phase_two.min(env.config.put_timeout / 8)),
+            Met::Ahead | Met::Nobody => round_trip,
+        };
         let delay = contention::retry_delay(met, round_trip, backoff, |d| env.jitter(d));
-        env.timers.set(Timer::Retry(key.clone()), env.now + delay);
+        let mut at = env.now + delay;
+        if waiting && let Some(pending) = pending {
+            at = at.max(pending);
+        }
+        env.timers.set(Timer::Retry(key.clone()), at);
     }
 
     /// `key` is chosen: forget its proposer.
@@ -587,6 +696,11 @@ impl Proposer {
     ) -> Outcome {
         let r = self.running.remove(key).expect("running");
         clear_timers(env, key, &r);
+        if ballot.is_some() {
+            // Smoothed over the last eight ballots that chose a value.
+            let took = env.now.since(r.accepts_left);
+            self.phase_two = (self.phase_two * 7 + took) / 8;
+        }
         if let Some(ballot) = &ballot {
             env.out.note(Note::Decided {
                 key: key.clone(),
@@ -605,9 +719,13 @@ impl Proposer {
 
     // ---------------------------------------------------------------- timers
 
-    /// The current ballot's phase timer: in the fast round, the grace after a majority (or the
-    /// vote timeout) ran out: the silent participants are suspected and a classic ballot
-    /// follows at once. In a classic phase, the vote timeout ran out: the ballot failed.
+    /// The current ballot's phase timer. In the fast round, the grace after a majority (or
+    /// half the vote timeout) ran out: the silent participants are suspected and a classic
+    /// ballot follows at once. In a classic phase, every half vote timeout: the request goes
+    /// again to the silent participants (through the next representative of a cluster none of
+    /// whose nodes answered); after a whole one, the silent nodes are suspected too. Only a
+    /// refusal or a higher ballot ends a classic ballot: late answers still count, where a new
+    /// ballot would start over.
     pub fn on_phase_timer(
         &mut self,
         env: &mut Env,
@@ -616,29 +734,89 @@ impl Proposer {
         key: &Key,
     ) -> Option<Outcome> {
         let r = self.running.get_mut(key)?;
+        if env.now >= r.give_up_at {
+            return self.give_up(env, key);
+        }
+        let fast = matches!(r.step, Step::Fast { .. });
+        if matches!(r.step, Step::Waiting) {
+            return None;
+        }
+        // A remote cluster none of whose nodes answered points at its representative: it is
+        // suspected, and the next one is tried.
+        for (cluster, nodes) in r.participants.clusters() {
+            let heard = nodes.iter().any(|n| r.answered.contains(n));
+            if let Some(rep) = r.reps.get_mut(cluster)
+                && !heard
+                && !rep.answered
+            {
+                if let Some(current) = rep.current.take() {
+                    health.suspect(&current, env.now, env.config.suspect_for);
+                }
+                rep.failovers += 1;
+            }
+        }
+        if fast || r.resent {
+            // The silent nodes of clusters that answered otherwise missed the ballot.
+            let missed: Vec<NodeId> = r
+                .participants
+                .clusters()
+                .filter(|(_, nodes)| nodes.iter().any(|n| r.answered.contains(n)))
+                .flat_map(|(_, nodes)| nodes.iter())
+                .filter(|n| !r.answered.contains(*n) && **n != env.id)
+                .cloned()
+                .collect();
+            for n in &missed {
+                health.suspect(n, env.now, env.config.suspect_for);
+            }
+        }
+        if fast {
+            clear_timers(env, key, r);
+            self.begin(env, start, health, key);
+            return None;
+        }
+        r.resent = !r.resent;
+        self.resend(env, start, health, key);
+        let again = env.now + env.config.vote_timeout / 2;
+        env.timers.set(Timer::Phase(key.clone()), again);
+        None
+    }
+
+    /// Sends the current phase's request again to the participants that have not answered: a
+    /// Prepare directly, an Accept through the representatives as they stand.
+    fn resend(&mut self, env: &mut Env, start: &Start<'_>, health: &Health, key: &Key) {
+        let Some(r) = self.running.get_mut(key) else {
+            return;
+        };
         let silent: Vec<NodeId> = r
             .participants
             .nodes()
-            .filter(|n| !r.answered.contains(*n) && **n != env.id)
+            .filter(|n| !r.answered.contains(*n) && !start.departed.contains(*n))
             .cloned()
             .collect();
-        for n in &silent {
-            health.suspect(n, env.now + env.config.suspect_for);
-        }
-        match r.step {
-            Step::Fast { .. } => {
-                if env.now >= r.give_up_at {
-                    return self.give_up(env, key);
+        match &r.step {
+            Step::Prepare { ballot, .. } => {
+                let prepare = Request::Prepare {
+                    key: key.clone(),
+                    ballot: ballot.clone(),
+                    digest: r.participants.digest(),
+                };
+                for n in silent {
+                    if r.participants.cluster_of(&n) == Some(&env.cluster) {
+                        env.out.send(n, Message::Request(prepare.clone()));
+                    }
                 }
-                clear_timers(env, key, r);
-                self.begin(env, start, health, key);
-                None
             }
-            Step::Prepare { .. } | Step::Accept { .. } => {
-                self.fail(env, key);
-                None
+            Step::Accept {
+                ballot, proposal, ..
+            } => {
+                let (ballot, proposal) = (ballot.clone(), proposal.clone());
+                let peers = Peers {
+                    departed: start.departed,
+                    health,
+                };
+                self.send_accept(env, &peers, key, ballot, proposal, |n| silent.contains(n));
             }
-            Step::Waiting => None,
+            Step::Fast { .. } | Step::Waiting => {}
         }
     }
 
@@ -678,11 +856,8 @@ impl Proposer {
             return;
         }
         let nodes = r.participants.nodes_of(cluster).to_vec();
-        let peers = Peers { departed, health };
-        if let Some(silent_rep) =
-            fanout::pick_representative(&nodes, &peers, env, fanout::spread_of(key), rep.failovers)
-        {
-            health.suspect(&silent_rep, env.now + env.config.suspect_for);
+        if let Some(silent_rep) = rep.current.take() {
+            health.suspect(&silent_rep, env.now, env.config.suspect_for);
         }
         rep.failovers += 1;
         let (ballot, proposal) = match &r.step {
@@ -718,13 +893,16 @@ impl Proposer {
             digest: r.participants.digest(),
         };
         env.out.send(
-            next,
+            next.clone(),
             Message::Relay {
                 cluster: cluster.clone(),
                 targets,
                 request,
             },
         );
+        if let Some(rep) = r.reps.get_mut(cluster) {
+            rep.current = Some(next);
+        }
         env.timers.set(
             Timer::Representative(key.clone(), cluster.clone()),
             env.now + env.config.representative_timeout,

@@ -112,6 +112,8 @@ impl Reader {
             Timer::ReadDeadline(call),
             env.now + env.config.read_timeout,
         );
+        env.timers
+            .set(Timer::ReadWait(call), env.now + env.config.read_wait);
     }
 
     /// A member answered a read's question.
@@ -160,13 +162,34 @@ impl Reader {
         None
     }
 
-    /// A read waited `read_wait` for the decision of a value accepted in its cluster: the node
-    /// recovers the key.
-    pub fn on_wait_timer(&mut self, call: CallId) -> Option<ReadEvent> {
+    /// A read waited `read_wait`: for the decision of a value accepted in its cluster (the
+    /// node recovers the key), or for a majority's answers (the silent members are asked
+    /// again: a question or its answer may have been lost).
+    pub fn on_wait_timer(
+        &mut self,
+        env: &mut Env,
+        call: CallId,
+        departed: &BTreeSet<NodeId>,
+    ) -> Option<ReadEvent> {
         let read = self.reads.get(&call)?;
-        read.undecided.then(|| ReadEvent::Recover {
+        if read.undecided {
+            return Some(ReadEvent::Recover {
+                key: read.key.clone(),
+            });
+        }
+        let query = Request::Query {
             key: read.key.clone(),
-        })
+            tag: read.tag,
+            digest: read.asked.digest(),
+        };
+        for n in read.asked.nodes_of(&env.cluster) {
+            if !read.answers.contains_key(n) && !departed.contains(n) {
+                env.out.send(n.clone(), Message::Request(query.clone()));
+            }
+        }
+        env.timers
+            .set(Timer::ReadWait(call), env.now + env.config.read_wait);
+        None
     }
 
     /// `key` is stored here now (decided through any path): the reads waiting on it answer.

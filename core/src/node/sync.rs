@@ -123,7 +123,8 @@ impl Node {
             seq: self.acceptor.seq(),
             done,
         };
-        self.env.out.send(from, page);
+        // After every write: the decision number the joiner catches up from is on disk.
+        self.env.out.send_after_all(from, page);
     }
 
     /// A page of the copy: merged record by record.

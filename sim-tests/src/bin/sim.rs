@@ -17,12 +17,13 @@ use std::time::Instant;
 
 use replicator_core::InjectedBug;
 use sim_tests::{BUGS, RunStats, Shape, check_seed, percentile};
-use transport_sim::{FaultKind, TraceMode};
+use transport_sim::{FaultKind, MinorityKind, TraceMode};
 
 fn usage() -> ExitCode {
     eprintln!(
         "usage: sim [sweep|bench|scale|bugs|trace|races] [--start N] [--seeds M] [--clusters C] [--nodes K] \
-         [--clients L] [--ops O] [--faults LIST|none] [--lose-unsynced] [--bug NAME] [--targeted]"
+         [--clients L] [--ops O] [--faults LIST|none] [--lose-unsynced] [--bug NAME] [--targeted] \
+         [--minority down|paused|cut-off|slow [--coming-and-going]]"
     );
     ExitCode::from(2)
 }
@@ -217,6 +218,19 @@ fn main() -> ExitCode {
                 targeted = true;
                 i += 1;
                 continue;
+            }
+            "--coming-and-going" => {
+                if let Some((_, toggling)) = &mut shape.minority {
+                    *toggling = true;
+                }
+                i += 1;
+                continue;
+            }
+            "--minority" => {
+                let Some(kind) = MinorityKind::from_flag(&value) else {
+                    return usage();
+                };
+                shape.minority = Some((kind, false));
             }
             "--start" => start = num().unwrap_or(0),
             "--seeds" => seeds = num(),

@@ -56,6 +56,11 @@ pub(super) enum Ev {
     Heal {
         partition: u64,
     },
+    /// A node of the faulty minority starts (`start`) or ends a faulty period.
+    Minority {
+        node: NodeIx,
+        start: bool,
+    },
     Wake {
         tag: u64,
     },
@@ -73,6 +78,7 @@ impl Ev {
             Ev::Nemesis
             | Ev::Restart { .. }
             | Ev::Heal { .. }
+            | Ev::Minority { .. }
             | Ev::Wake { .. }
             | Ev::HelloRound
             | Ev::Goodbye { .. } => None,

@@ -238,13 +238,13 @@ impl World {
             disk_busy_until: Time::ZERO,
             timer_at: None,
             paused_until: Time::ZERO,
+            extra_us: 0,
             calls: BTreeSet::new(),
             leaving: false,
             departed: false,
             departed_seen: BTreeSet::new(),
             removed: false,
-            leave_asked: BTreeMap::new(),
-            rounds_sent: BTreeMap::new(),
+                        rounds_sent: BTreeMap::new(),
         });
         ix
     }

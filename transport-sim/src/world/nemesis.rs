@@ -65,8 +65,10 @@ impl World {
             format_args!("calm: every fault healed, every node restarted"),
         );
         self.fault_epoch += 1;
+        self.minority.clear();
         for ix in 0..self.nodes.len() {
             self.nodes[ix].paused_until = Time::ZERO;
+            self.nodes[ix].extra_us = 0;
             self.restart(ix);
         }
         self.schedule_hellos();

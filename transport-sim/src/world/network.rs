@@ -167,32 +167,29 @@ impl World {
         }
     }
 
-    /// A member that tells a leaving node of its cluster it may go vouches for its own disk:
-    /// once the leaving node is gone, a decision it held must be held by the rest. So when
-    /// "clear" leaves, every decision the leaving node asked it to pull (numbered up to the
-    /// seq of its LeaveCheck) must be on the sender's disk (PROTOCOL.md, "Leaving safely").
+    /// A member that tells a leaving node of its cluster it holds its decisions up to a
+    /// number vouches for its own disk: once the leaving node is gone, a decision it held must
+    /// be held by the rest. So when the answer leaves, every decision the leaving node
+    /// numbered up to it must be on the sender's disk (PROTOCOL.md, "Leaving safely").
     pub(super) fn check_durable_clearance(&mut self, from: NodeIx, to: &NodeId, msg: &Message) {
-        if !matches!(msg, Message::LeaveClear { clear: true }) {
+        let Message::LeaveClear { seq: held } = msg else {
             return;
-        }
+        };
         let Some(leaver) = self.ix_of(to) else { return };
         if self.nodes[leaver].cluster != self.nodes[from].cluster {
             return;
         }
-        let Some(&asked) = self.nodes[from].leave_asked.get(&leaver) else {
-            return;
-        };
         let Some(leaving) = self.nodes[leaver].node.as_ref() else {
             return;
         };
         let me = &self.nodes[from];
         let missing = leaving.keys().find(|(key, state)| {
-            matches!(state, DurableKey::Stored { seq, .. } if *seq <= asked)
+            matches!(state, DurableKey::Stored { seq, .. } if seq <= held)
                 && !me.disk.keys.get(*key).is_some_and(DurableKey::is_stored)
         });
         if let Some((key, state)) = missing {
             let what = format!(
-                "{} cleared {to} to go ({msg:?}) while its disk lacks {key:?}, which {to} decided ({state:?})",
+                "{} told {to} it holds its decisions up to {held} ({msg:?}) while its disk lacks {key:?}, which {to} decided ({state:?})",
                 me.id
             );
             let key = key.clone();
@@ -230,7 +227,7 @@ impl World {
         if net.reorder > 0.0 && self.rng_net.random_bool(net.reorder) {
             delay += self.rng_net.random_range(0..=net.reorder_us_max);
         }
-        delay
+        delay + self.nodes[from].extra_us.max(self.nodes[to].extra_us)
     }
 
     pub(super) fn blocked(&self, from: NodeIx, to: NodeIx) -> bool {
@@ -285,10 +282,6 @@ impl World {
                 to,
                 format_args!("recv from {} {msg:?}", self.nodes[from].id),
             );
-        }
-        if let Message::LeaveCheck { seq } = &msg {
-            let asked = self.nodes[to].leave_asked.entry(from).or_insert(0);
-            *asked = (*asked).max(*seq);
         }
         let from = self.nodes[from].id.clone();
         self.handle(to, Input::Message { from, msg });
