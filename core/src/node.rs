@@ -399,9 +399,19 @@ impl Node {
             }
             Message::RelayReply { cluster, responses } => {
                 for resp in responses {
-                    if let Response::Ballot { key, .. } = &resp {
-                        self.proposer
-                            .representative_answered(&mut self.env, key, &cluster);
+                    if let Response::Ballot {
+                        key,
+                        ballot,
+                        proposal,
+                        ..
+                    } = &resp
+                    {
+                        self.proposer.representative_answered(
+                            &mut self.env,
+                            key,
+                            &cluster,
+                            (ballot, proposal.as_ref()),
+                        );
                     }
                     self.on_response(&from, resp);
                 }
@@ -497,6 +507,7 @@ impl Node {
                     ballot,
                     proposal: None,
                     node: me,
+                    digest: self.members.current().digest(),
                     answer,
                 };
                 self.env.out.send(from, Message::Response(resp));
@@ -521,6 +532,7 @@ impl Node {
                     ballot,
                     proposal: Some(proposal.p),
                     node: me,
+                    digest: self.members.current().digest(),
                     answer,
                 };
                 self.env.out.send(from, Message::Response(resp));
@@ -565,6 +577,7 @@ impl Node {
                 ballot,
                 proposal,
                 node,
+                digest,
                 answer,
             } => {
                 if *from != node && !self.members.contains(from) {
@@ -578,6 +591,7 @@ impl Node {
                             ballot: ballot.clone(),
                             proposal: proposal.clone(),
                             node: node.clone(),
+                            digest,
                             answer: answer.clone(),
                         };
                         self.relays.collect(&mut self.env, &relay_key, resp);

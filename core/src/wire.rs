@@ -142,6 +142,8 @@ pub enum Response {
         ballot: Ballot,
         proposal: Option<ProposalId>,
         node: NodeId,
+        /// The membership `node` answered in (a promise or an accept counts in it only).
+        digest: Digest,
         answer: Answer,
     },
     Query {

@@ -408,6 +408,7 @@ impl Run {
                     Obs::Write { node, .. }
                     | Obs::Durable { node, .. }
                     | Obs::Note { node, .. }
+                    | Obs::Accepted { node, .. }
                     | Obs::Crashed { node, .. } => {
                         let core = self.world.node(*node);
                         Some(Writer {

@@ -151,7 +151,7 @@ impl Shape {
 pub fn sim_config() -> Config {
     Config {
         vote_timeout: Duration::from_millis(400),
-        representative_timeout: Duration::from_millis(250),
+        representative_timeout: Duration::from_millis(400),
         relay_timeout: Duration::from_millis(100),
         lease: Duration::from_millis(800),
         backoff_min: Duration::from_millis(5),

@@ -1,6 +1,6 @@
 //! What the world reports: observations for the checkers and the counters of a run.
 
-use replicator_core::{CallId, Key, Note, RemoveOutcome, Reply, WriteOp};
+use replicator_core::{Ballot, CallId, Digest, Key, Note, ProposalId, RemoveOutcome, Reply, WriteOp};
 
 use crate::spec::NodeIx;
 #[allow(unused_imports)] // named in the docs
@@ -48,6 +48,15 @@ pub enum Obs {
         node: NodeIx,
         key: Key,
         what: String,
+    },
+    /// A node answered an Accept of `proposal` for `key` at `ballot` with Accepted, in the
+    /// membership whose digest is `digest` (the quorum it counts towards).
+    Accepted {
+        node: NodeIx,
+        key: Key,
+        ballot: Ballot,
+        proposal: ProposalId,
+        digest: Digest,
     },
     /// A node sent a Prepare for a round it had used before (for another key, or before a
     /// later round): ballots must never repeat, across restarts too.

@@ -18,8 +18,10 @@ pub(crate) struct Peers<'a> {
     pub health: &'a Health,
 }
 
-/// The representative of a cluster for one request: among its nodes that did not depart,
-/// those not suspected first, starting at `spread` and moving on `failovers` places.
+/// The representative of a cluster for one request: counting from `spread` through the
+/// cluster's nodes that did not depart, the `failovers`-th one that is not suspected (if every
+/// one is suspected: the one whose suspicion ends first, then the next ones). The order is
+/// the cluster's own, whatever is suspected, so a failover never comes back to a node it left.
 pub(crate) fn pick_representative(
     nodes: &[NodeId],
     peers: &Peers<'_>,
@@ -34,20 +36,17 @@ pub(crate) fn pick_representative(
     if live.is_empty() {
         return None;
     }
-    let trusted: Vec<&NodeId> = live
-        .iter()
-        .copied()
+    let start = (spread as usize) % live.len();
+    let ring = (0..live.len()).map(|i| live[(start + i) % live.len()]);
+    let trusted: Vec<&NodeId> = ring
         .filter(|n| !peers.health.is_suspect(n, env.now))
         .collect();
     if trusted.is_empty() {
-        // Everyone is suspected: the one whose suspicion ends first (a node that keeps
-        // missing is suspected ever longer), then the next ones.
         let mut by_suspicion = live;
         by_suspicion.sort_by_key(|n| peers.health.suspected_until(n));
         return Some(by_suspicion[failovers % by_suspicion.len()].clone());
     }
-    let start = (spread as usize) % trusted.len();
-    Some(trusted[(start + failovers) % trusted.len()].clone())
+    Some(trusted[failovers % trusted.len()].clone())
 }
 
 /// Where requests about `key` start their choice of representatives.

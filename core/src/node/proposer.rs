@@ -439,22 +439,41 @@ impl Proposer {
             wanted,
         );
         for (c, rep) in relayed {
-            if let Some(r) = self.running.get_mut(key).and_then(|r| r.reps.get_mut(&c)) {
-                r.current = Some(rep);
-                r.answered = false;
+            let Some(r) = self.running.get_mut(key).and_then(|r| r.reps.get_mut(&c)) else {
+                continue;
+            };
+            r.current = Some(rep);
+            if !r.answered {
+                env.timers.set(
+                    Timer::Representative(key.clone(), c),
+                    env.now + env.config.representative_timeout,
+                );
             }
-            env.timers.set(
-                Timer::Representative(key.clone(), c),
-                env.now + env.config.representative_timeout,
-            );
         }
     }
 
     // ---------------------------------------------------------------- answers
 
-    /// A representative of `cluster` answered for the current ballot of `key`.
-    pub fn representative_answered(&mut self, env: &mut Env, key: &Key, cluster: &ClusterId) {
-        if let Some(rep) = self.running.get_mut(key).and_then(|r| r.reps.get_mut(cluster)) {
+    /// A representative of `cluster` answered for `key` at `ballot` (for `proposal`): if that
+    /// is the current Accept, the representative works.
+    pub fn representative_answered(
+        &mut self,
+        env: &mut Env,
+        key: &Key,
+        cluster: &ClusterId,
+        (ballot, proposal): (&Ballot, Option<&ProposalId>),
+    ) {
+        let Some(r) = self.running.get_mut(key) else {
+            return;
+        };
+        let current = match &r.step {
+            Step::Fast { .. } => {
+                ballot.is_fast() && proposal == r.own.as_ref().map(|o| &o.p)
+            }
+            Step::Accept { ballot: b, proposal: p, .. } => b == ballot && proposal == Some(&p.p),
+            Step::Prepare { .. } | Step::Waiting => false,
+        };
+        if let (true, Some(rep)) = (current, r.reps.get_mut(cluster)) {
             rep.answered = true;
             env.timers
                 .cancel(&Timer::Representative(key.clone(), cluster.clone()));
@@ -625,6 +644,9 @@ impl Proposer {
         r.against.clear();
         r.resent = false;
         r.accepts_left = env.now;
+        for rep in r.reps.values_mut() {
+            rep.answered = false;
+        }
         self.send_accept(env, peers, key, ballot, value, |_| true);
         env.timers.set(
             Timer::Phase(key.clone()),
@@ -678,7 +700,12 @@ impl Proposer {
             Met::Behind => round_trip.max(self.phase_two.min(env.config.put_timeout / 8)),
             Met::Ahead | Met::Nobody => round_trip,
         };
-        let delay = contention::retry_delay(met, round_trip, backoff, |d| env.jitter(d));
+        let mut delay = contention::retry_delay(met, round_trip, backoff, |d| env.jitter(d));
+        if met == Met::Behind {
+            // The one ahead may need a few resends (a lost message, a representative that is
+            // down) to finish: preempting it then would only start the race over.
+            delay = delay.max(env.config.vote_timeout + env.jitter(env.config.vote_timeout / 2));
+        }
         let mut at = env.now + delay;
         if waiting && let Some(pending) = pending {
             at = at.max(pending);
@@ -741,18 +768,13 @@ impl Proposer {
         if matches!(r.step, Step::Waiting) {
             return None;
         }
-        // A remote cluster none of whose nodes answered points at its representative: it is
-        // suspected, and the next one is tried.
-        for (cluster, nodes) in r.participants.clusters() {
-            let heard = nodes.iter().any(|n| r.answered.contains(n));
-            if let Some(rep) = r.reps.get_mut(cluster)
-                && !heard
-                && !rep.answered
-            {
-                if let Some(current) = rep.current.take() {
-                    health.suspect(&current, env.now, env.config.suspect_for);
+        if fast {
+            // The classic ballot that follows tries the next representative of a cluster that
+            // did not answer the fast round (this one may only be far away: not suspected).
+            for rep in r.reps.values_mut() {
+                if !rep.answered {
+                    rep.failovers += 1;
                 }
-                rep.failovers += 1;
             }
         }
         if fast || r.resent {
@@ -775,15 +797,16 @@ impl Proposer {
             return None;
         }
         r.resent = !r.resent;
-        self.resend(env, start, health, key);
+        self.resend(env, start, key);
         let again = env.now + env.config.vote_timeout / 2;
         env.timers.set(Timer::Phase(key.clone()), again);
         None
     }
 
-    /// Sends the current phase's request again to the participants that have not answered: a
-    /// Prepare directly, an Accept through the representatives as they stand.
-    fn resend(&mut self, env: &mut Env, start: &Start<'_>, health: &Health, key: &Key) {
+    /// Sends the current phase's request again, straight to each participant that has not
+    /// answered (not through a representative: a resend is the uncommon case, and a
+    /// representative may be what failed).
+    fn resend(&mut self, env: &mut Env, start: &Start<'_>, key: &Key) {
         let Some(r) = self.running.get_mut(key) else {
             return;
         };
@@ -793,30 +816,27 @@ impl Proposer {
             .filter(|n| !r.answered.contains(*n) && !start.departed.contains(*n))
             .cloned()
             .collect();
-        match &r.step {
-            Step::Prepare { ballot, .. } => {
-                let prepare = Request::Prepare {
-                    key: key.clone(),
-                    ballot: ballot.clone(),
-                    digest: r.participants.digest(),
-                };
-                for n in silent {
-                    if r.participants.cluster_of(&n) == Some(&env.cluster) {
-                        env.out.send(n, Message::Request(prepare.clone()));
-                    }
-                }
-            }
+        let request = match &r.step {
+            Step::Prepare { ballot, .. } => Request::Prepare {
+                key: key.clone(),
+                ballot: ballot.clone(),
+                digest: r.participants.digest(),
+            },
             Step::Accept {
                 ballot, proposal, ..
-            } => {
-                let (ballot, proposal) = (ballot.clone(), proposal.clone());
-                let peers = Peers {
-                    departed: start.departed,
-                    health,
-                };
-                self.send_accept(env, &peers, key, ballot, proposal, |n| silent.contains(n));
+            } => Request::Accept {
+                key: key.clone(),
+                ballot: ballot.clone(),
+                proposal: proposal.clone(),
+                digest: r.participants.digest(),
+            },
+            Step::Fast { .. } | Step::Waiting => return,
+        };
+        let own_cluster_only = matches!(request, Request::Prepare { .. });
+        for n in silent {
+            if !own_cluster_only || r.participants.cluster_of(&n) == Some(&env.cluster) {
+                env.out.send(n, Message::Request(request.clone()));
             }
-            Step::Fast { .. } | Step::Waiting => {}
         }
     }
 
@@ -836,8 +856,9 @@ impl Proposer {
         None
     }
 
-    /// A representative did not answer in time: suspect it, and send the current Accept to
-    /// the next node of its cluster, for the nodes there that have not answered.
+    /// A representative did not answer in time: it is suspected (the next ballot goes
+    /// through the next node of its cluster), and the current Accept goes straight to the
+    /// nodes of its cluster that have not answered.
     pub fn on_representative_timer(
         &mut self,
         env: &mut Env,
@@ -855,7 +876,6 @@ impl Proposer {
         if rep.answered {
             return;
         }
-        let nodes = r.participants.nodes_of(cluster).to_vec();
         if let Some(silent_rep) = rep.current.take() {
             health.suspect(&silent_rep, env.now, env.config.suspect_for);
         }
@@ -870,43 +890,17 @@ impl Proposer {
             } => (ballot.clone(), proposal.clone()),
             Step::Prepare { .. } | Step::Waiting => return,
         };
-        let targets: Vec<NodeId> = nodes
-            .iter()
-            .filter(|n| !r.answered.contains(*n) && !departed.contains(*n))
-            .cloned()
-            .collect();
-        let peers = Peers { departed, health };
-        let next = fanout::pick_representative(
-            &nodes,
-            &peers,
-            env,
-            fanout::spread_of(key),
-            rep.failovers,
-        );
-        let (Some(next), false) = (next, targets.is_empty()) else {
-            return;
-        };
         let request = Request::Accept {
             key: key.clone(),
             ballot,
             proposal,
             digest: r.participants.digest(),
         };
-        env.out.send(
-            next.clone(),
-            Message::Relay {
-                cluster: cluster.clone(),
-                targets,
-                request,
-            },
-        );
-        if let Some(rep) = r.reps.get_mut(cluster) {
-            rep.current = Some(next);
+        for n in r.participants.nodes_of(cluster) {
+            if !r.answered.contains(n) && !departed.contains(n) {
+                env.out.send(n.clone(), Message::Request(request.clone()));
+            }
         }
-        env.timers.set(
-            Timer::Representative(key.clone(), cluster.clone()),
-            env.now + env.config.representative_timeout,
-        );
     }
 
     fn give_up(&mut self, env: &mut Env, key: &Key) -> Option<Outcome> {

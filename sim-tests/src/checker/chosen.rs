@@ -1,16 +1,16 @@
-//! Which value each key's quorums chose, computed from what reached the acceptors' disks, not
-//! from anything the proposers say (core/PROTOCOL.md, invariants 6 and 7).
+//! Which value each key's quorums chose, computed from the Accepted answers the acceptors
+//! sent (the world reports each, and checks that the disk backs it), not from anything the
+//! proposers say (core/PROTOCOL.md, invariants 6 and 7).
 //!
-//! An accept counts once it is durable (its answer never leaves before). Accepts are grouped
-//! by (key, ballot, the acceptor's membership, proposal): acceptors only accept a request of
-//! their own membership, so a group is one ballot's accepts in the membership its proposer
-//! counted. A group is chosen when it holds every member (ballot 0) or a majority of every
-//! cluster (a classic ballot).
+//! Answers are grouped by (key, ballot, the acceptor's membership, proposal): an acceptor
+//! answers only a request of its own membership, so a group is one ballot's accepts in the
+//! membership its proposer counts them in. A group is chosen when it holds every member
+//! (ballot 0) or a majority of every cluster (a classic ballot).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use replicator_core::{Ballot, Digest, Key, Membership, NodeId, Proposal, ProposalId, Time, Value};
+use replicator_core::{Ballot, Digest, Key, Membership, NodeId, Proposal, ProposalId, Time};
 use replicator_core::quorum;
 
 use super::{Broken, broken};
@@ -19,14 +19,12 @@ use crate::invariant::Invariant;
 #[derive(Default)]
 pub(super) struct Chosen {
     groups: BTreeMap<(Key, Ballot, Digest, ProposalId), Group>,
-    /// The membership each node had when it accepted a value, until the accept is durable.
-    pending: BTreeMap<(NodeId, Key, Ballot, ProposalId), Arc<Membership>>,
     /// The value chosen for each key, with when it was first seen chosen.
     pub chosen: BTreeMap<Key, (Proposal, Time)>,
     /// The proposal each classic ballot of each key carries.
     ballots: BTreeMap<(Key, Ballot), ProposalId>,
-    /// The value each proposal id carries.
-    proposals: BTreeMap<ProposalId, (Key, Value)>,
+    /// What each proposal id carries.
+    proposals: BTreeMap<ProposalId, (Key, Proposal)>,
 }
 
 struct Group {
@@ -35,15 +33,14 @@ struct Group {
 }
 
 impl Chosen {
-    /// `node` recorded (in memory) that it accepted `proposal` for `key` at `ballot`, while its
-    /// membership was `members`. No ballot carries two proposals, and no proposal id two values.
+    /// `node` recorded (in memory) that it accepted `proposal` for `key` at `ballot`. No
+    /// ballot carries two proposals, and no proposal id two values.
     pub fn accepted(
         &mut self,
         node: &NodeId,
         key: &Key,
         ballot: &Ballot,
         proposal: &Proposal,
-        members: Arc<Membership>,
     ) -> Result<(), Broken> {
         if !ballot.is_fast() {
             let first = self
@@ -64,44 +61,50 @@ impl Chosen {
         let first = self
             .proposals
             .entry(proposal.p.clone())
-            .or_insert_with(|| (key.clone(), proposal.value.clone()));
-        if first.0 != *key || first.1 != proposal.value {
+            .or_insert_with(|| (key.clone(), proposal.clone()));
+        if first.0 != *key || first.1.value != proposal.value {
             return Err(broken(
                 Invariant::QuorumDiscipline,
                 Some(key),
                 format!(
                     "proposal id {} was used twice: for {:?} = {:?} and for {key:?} = {:?}",
-                    proposal.p, first.0, first.1, proposal.value
+                    proposal.p, first.0, first.1.value, proposal.value
                 ),
             ));
         }
-        self.pending.insert(
-            (node.clone(), key.clone(), ballot.clone(), proposal.p.clone()),
-            members,
-        );
         Ok(())
     }
 
-    /// The accept is on `node`'s disk: it counts towards its group's quorum.
-    pub fn durable(
+    /// `node`, whose membership was `members`, answered Accepted to `p` for `key` at `ballot`:
+    /// it counts towards its group's quorum.
+    pub fn answered(
         &mut self,
         node: &NodeId,
         key: &Key,
         ballot: &Ballot,
-        proposal: &Proposal,
+        p: &ProposalId,
+        members: &Arc<Membership>,
         now: Time,
     ) -> Result<(), Broken> {
-        let id = (node.clone(), key.clone(), ballot.clone(), proposal.p.clone());
-        let Some(members) = self.pending.remove(&id) else {
-            return Ok(());
+        debug_assert!(members.len() > 0);
+        let Some((_, proposal)) = self.proposals.get(p) else {
+            return Err(broken(
+                Invariant::QuorumDiscipline,
+                Some(key),
+                format!("{node} answered Accepted to {p} at {ballot}, which no node ever accepted"),
+            ));
         };
+        let proposal = proposal.clone();
         let group = self
             .groups
-            .entry((key.clone(), ballot.clone(), members.digest(), proposal.p.clone()))
+            .entry((key.clone(), ballot.clone(), members.digest(), p.clone()))
             .or_insert_with(|| Group {
-                members,
+                members: members.clone(),
                 acceptors: BTreeSet::new(),
             });
+        if !group.acceptors.insert(node.clone()) {
+            return Ok(());
+        }
         group.acceptors.insert(node.clone());
         let quorum = if ballot.is_fast() {
             quorum::everyone(&group.members, |n| group.acceptors.contains(n))
@@ -132,16 +135,27 @@ impl Chosen {
     pub fn stored(&self, node: &str, key: &Key, proposal: &Proposal) -> Result<(), Broken> {
         match self.chosen.get(key) {
             Some((c, _)) if c.p == proposal.p => Ok(()),
-            other => Err(broken(
-                Invariant::OneOutcome,
-                Some(key),
-                format!(
-                    "{node} stored {} = {:?} for {key:?}, which no quorum chose (chosen: {:?})",
-                    proposal.p,
-                    proposal.value,
-                    other.map(|(c, _)| &c.p)
-                ),
-            )),
+            other => {
+                let accepts: Vec<String> = self
+                    .groups
+                    .iter()
+                    .filter(|((k, ..), _)| k == key)
+                    .map(|((_, b, _, p), g)| {
+                        let who: Vec<&str> = g.acceptors.iter().map(NodeId::as_str).collect();
+                        format!("{p} at {b}: {who:?} of {} members", g.members.len())
+                    })
+                    .collect();
+                Err(broken(
+                    Invariant::OneOutcome,
+                    Some(key),
+                    format!(
+                        "{node} stored {} = {:?} for {key:?}, which no quorum chose (chosen: {:?}; accepts: {accepts:?})",
+                        proposal.p,
+                        proposal.value,
+                        other.map(|(c, _)| &c.p)
+                    ),
+                ))
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! | file | what it checks |
 //! |---|---|
 //! | `views.rs` | each node's records, in memory and on disk: stability, promise discipline |
-//! | `chosen.rs` | which value each key's quorums chose, from durable accepts: one value chosen per key, stored only if chosen, one proposal per ballot, one value per proposal id (rounds never reused: the world checks the Prepares sent) |
+//! | `chosen.rs` | which value each key's quorums chose, from the Accepted answers sent (the world checks each is on disk): one value chosen per key, stored only if chosen, one proposal per ballot, one value per proposal id (rounds never reused: the world checks the Prepares sent) |
 //! | here | agreement and validity of stored values, core violations, durability on the wire, and the index of proposals that client answers are checked against |
 
 mod chosen;
@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use replicator_core::{
-    DurableKey, Key, Membership, NodeId, Note, PeerFaultKind, Proposal, ProposalId, Time, Value,
-    WriteOp,
+    Ballot, Digest, DurableKey, Key, Membership, NodeId, Note, PeerFaultKind, Proposal, ProposalId,
+    Time, Value, WriteOp,
 };
 use transport_sim::{NodeIx, Obs};
 
@@ -43,7 +43,7 @@ pub(crate) fn broken(invariant: Invariant, key: Option<&Key>, detail: String) ->
 /// What the checker needs to know of the node a write came from.
 pub struct Writer<'a> {
     pub name: &'a NodeId,
-    /// Its membership when it wrote (what its accepts were counted in).
+    /// Its membership now (what an answer to itself counts in).
     pub members: Option<Arc<Membership>>,
     /// Whether it finished its join-time copy (a copy merges records; it accepts nothing).
     pub ready: bool,
@@ -54,6 +54,12 @@ pub struct Checker {
     memory: Vec<View>,
     disk: Vec<View>,
     quorums: Chosen,
+    /// A node's accepts of its own ballots, until they are durable: its answer to itself
+    /// (which never crosses the network, so the world does not report it) leaves then.
+    own_accepts: BTreeMap<(NodeIx, Key, Ballot, ProposalId), Arc<Membership>>,
+    /// Every membership a node had when observed, by digest: an answer names the digest it
+    /// was given in.
+    memberships: BTreeMap<Digest, Arc<Membership>>,
     /// Every (key, value) a client proposed.
     proposed: BTreeSet<(Key, Value)>,
     /// The stored proposal of every key stored anywhere.
@@ -117,6 +123,11 @@ impl Checker {
         now: Time,
     ) -> Result<(), Broken> {
         self.now = now;
+        if let Some(members) = writer.as_ref().and_then(|w| w.members.as_ref()) {
+            self.memberships
+                .entry(members.digest())
+                .or_insert_with(|| members.clone());
+        }
         match (obs, writer) {
             (Obs::Write { node, ops }, Some(w)) => {
                 self.views(*node);
@@ -137,6 +148,29 @@ impl Checker {
                     what.clone(),
                 ));
             }
+            (
+                Obs::Accepted {
+                    key,
+                    ballot,
+                    proposal,
+                    digest,
+                    ..
+                },
+                Some(w),
+            ) => {
+                let Some(members) = self.memberships.get(digest).cloned() else {
+                    return Err(broken(
+                        Invariant::QuorumDiscipline,
+                        Some(key),
+                        format!(
+                            "{} answered Accepted in a membership ({digest:?}) no node was seen with",
+                            w.name
+                        ),
+                    ));
+                };
+                self.quorums
+                    .answered(w.name, key, ballot, proposal, &members, now)?;
+            }
             (Obs::BallotReused { what, key, .. }, _) => {
                 return Err(broken(
                     Invariant::QuorumDiscipline,
@@ -147,6 +181,7 @@ impl Checker {
             (Obs::Crashed { node, .. }, _) => {
                 self.views(*node);
                 self.memory[*node] = self.disk[*node].clone();
+                self.own_accepts.retain(|(n, ..), _| n != node);
             }
             (Obs::Note { note, .. }, w) => {
                 let name = w.map(|w| w.name.to_string()).unwrap_or_default();
@@ -188,12 +223,15 @@ impl Checker {
                 accepted: Some((ballot, proposal)),
                 ..
             } if fresh.is_some() => {
-                let members = w
-                    .members
-                    .clone()
-                    .expect("a node that writes has a membership");
-                self.quorums
-                    .accepted(w.name, key, ballot, proposal, members)?;
+                self.quorums.accepted(w.name, key, ballot, proposal)?;
+                let own = match &ballot.node {
+                    Some(n) => n == w.name,
+                    None => proposal.p.coordinator == *w.name,
+                };
+                if let (true, Some(members)) = (own && w.ready, &w.members) {
+                    let id = (node, key.clone(), ballot.clone(), proposal.p.clone());
+                    self.own_accepts.insert(id, members.clone());
+                }
                 let first = self
                     .proposals_of
                     .entry((
@@ -212,21 +250,21 @@ impl Checker {
 
     /// A write reached the node's disk.
     fn durable(&mut self, node: NodeIx, op: &WriteOp, w: &Writer<'_>) -> Result<(), Broken> {
-        let fresh = self.disk[node].apply(op, w.name.as_str(), "on disk", false)?;
-        if let (
-            Some(_),
-            WriteOp::PutKey {
-                key,
-                state:
-                    DurableKey::Open {
-                        accepted: Some((ballot, proposal)),
-                        ..
-                    },
-            },
-        ) = (fresh, op)
+        self.disk[node].apply(op, w.name.as_str(), "on disk", false)?;
+        if let WriteOp::PutKey {
+            key,
+            state:
+                DurableKey::Open {
+                    accepted: Some((ballot, proposal)),
+                    ..
+                },
+        } = op
         {
-            self.quorums
-                .durable(w.name, key, ballot, proposal, self.now)?;
+            let id = (node, key.clone(), ballot.clone(), proposal.p.clone());
+            if let Some(members) = self.own_accepts.remove(&id) {
+                self.quorums
+                    .answered(w.name, key, ballot, &proposal.p, &members, self.now)?;
+            }
         }
         Ok(())
     }

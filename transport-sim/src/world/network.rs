@@ -90,14 +90,15 @@ impl World {
             Message::RelayReply { responses, .. } => responses.as_slice(),
             _ => return,
         };
-        let me = &self.nodes[from];
         for r in responses {
+            let me = &self.nodes[from];
             let Response::Ballot {
                 key,
                 ballot,
                 node,
                 answer,
-                ..
+                proposal,
+                digest,
             } = r
             else {
                 continue;
@@ -105,6 +106,16 @@ impl World {
             if *node != me.id {
                 continue;
             }
+            if let (Answer::Accepted, Some(p)) = (answer, proposal) {
+                self.obs.push(Obs::Accepted {
+                    node: from,
+                    key: key.clone(),
+                    ballot: ballot.clone(),
+                    proposal: p.clone(),
+                    digest: *digest,
+                });
+            }
+            let me = &self.nodes[from];
             let on_disk = me.disk.keys.get(key);
             let durable = match (answer, on_disk) {
                 (Answer::Promise { .. } | Answer::Accepted, Some(DurableKey::Stored { .. })) => {
