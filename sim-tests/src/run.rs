@@ -1008,6 +1008,7 @@ impl Run {
         let ids: BTreeMap<&NodeId, NodeIx> =
             live.iter().map(|ix| (self.world.id(*ix), *ix)).collect();
         let mut nudge = Vec::new();
+        let mut gone: Vec<(NodeIx, NodeIx)> = Vec::new();
         let mut missing = None;
         for &ix in &live {
             let name = self.world.id(ix);
@@ -1019,6 +1020,16 @@ impl Run {
                 // A node that others do not count may have been removed without hearing of it:
                 // a read makes it ask the members, who tell it.
                 nudge.extend(lacks.iter().filter_map(|id| ids.get(id).copied()));
+                // A node that said goodbye while nobody could hear it stays a member: writes
+                // go on without it (a minority), so nothing else ever removes it. The operator
+                // does, by force (it said goodbye: it decided what it held first).
+                gone.extend(
+                    extra
+                        .iter()
+                        .filter_map(|id| self.world.ix_of(id))
+                        .filter(|x| self.world.is_departed(*x))
+                        .map(|x| (ix, x)),
+                );
                 missing.get_or_insert_with(|| {
                     format!(
                         "{name}'s membership differs from the live members': it lacks {lacks:?}, has extra {extra:?}"
@@ -1053,6 +1064,16 @@ impl Run {
         nudge.sort_unstable();
         nudge.dedup();
         let now = self.world.now();
+        for (remover, departed) in gone {
+            let due = self
+                .operator_removals
+                .get(&departed)
+                .is_none_or(|t| now.since(*t).as_micros() >= 2_000_000);
+            if due {
+                self.operator_removals.insert(departed, now);
+                self.world.remove_node(remover, departed, true);
+            }
+        }
         for ix in nudge {
             let due = self
                 .nudged
