@@ -161,9 +161,7 @@ impl Config {
             }
         }
         if self.backoff_min > self.backoff_max {
-            return Err(ConfigError::Inconsistent(
-                "backoff_min exceeds backoff_max",
-            ));
+            return Err(ConfigError::Inconsistent("backoff_min exceeds backoff_max"));
         }
         if self.relay_timeout >= self.representative_timeout {
             return Err(ConfigError::Inconsistent(

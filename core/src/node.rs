@@ -27,17 +27,14 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::api::{
-    Command, GetOutcome, Input, Invalid, NotReady, Note, Output, PutOutcome, RemoveOutcome,
-    Reply,
+    Command, GetOutcome, Input, Invalid, NotReady, Note, Output, PutOutcome, RemoveOutcome, Reply,
 };
 use crate::config::{Config, ConfigError};
 use crate::faults::{PeerFault, Violation};
 use crate::membership::{Digest, Membership};
 use crate::storage::{DurableKey, Recovered, RequestOutcome};
 use crate::timers::{RelayKey, Timer, Timers};
-use crate::types::{
-    Ballot, CallId, ClusterId, Key, NetworkId, NodeId, Proposal, RequestId, Time, Value,
-};
+use crate::types::{CallId, ClusterId, Key, NetworkId, NodeId, Proposal, RequestId, Time, Value};
 use crate::wire::{Answer, Message, QueryState, ReadState, RefuseReason, Request, Response};
 
 use acceptor::{Acceptor, Learned};
@@ -49,7 +46,7 @@ use learner::Learner;
 use leave::Leaving;
 use members::Members;
 use outbox::Outbox;
-use proposer::{Outcome, Proposer, Start};
+use proposer::{AnswerFrom, Outcome, Proposer, Start};
 use reader::{ReadEvent, Reader};
 use relay::Relays;
 use removal::PendingRemoval;
@@ -437,9 +434,9 @@ impl Node {
                 last,
                 latest,
             } => {
-                let Some(entries) = self
-                    .learner
-                    .on_page(&mut self.env, &from, entries, last, latest)
+                let Some(entries) =
+                    self.learner
+                        .on_page(&mut self.env, &from, entries, last, latest)
                 else {
                     return;
                 };
@@ -460,7 +457,12 @@ impl Node {
 
     /// Why this node takes no part in a ballot or a read's question now, if it does not: a
     /// request of another membership also gets this node's view (views converge).
-    fn refusal(&mut self, from: &NodeId, digest: Digest, ballot_request: bool) -> Option<RefuseReason> {
+    fn refusal(
+        &mut self,
+        from: &NodeId,
+        digest: Digest,
+        ballot_request: bool,
+    ) -> Option<RefuseReason> {
         let changed = digest != self.members.current().digest();
         if changed {
             // The requester's view or this node's lacks a discovery, a goodbye or a removal:
@@ -611,9 +613,12 @@ impl Node {
                     &mut self.env,
                     &start,
                     &mut self.health,
-                    &key,
-                    &node,
-                    (&ballot, proposal.as_ref()),
+                    AnswerFrom {
+                        key: &key,
+                        node: &node,
+                        ballot: &ballot,
+                        proposal: proposal.as_ref(),
+                    },
                     answer,
                 );
                 self.route(outcome);
@@ -631,7 +636,8 @@ impl Node {
                     self.send_view(&node);
                 }
                 if let Some(ReadEvent::Learned { key: k, chosen }) =
-                    self.reader.on_answer(&mut self.env, tag, node.clone(), state)
+                    self.reader
+                        .on_answer(&mut self.env, tag, node.clone(), state)
                 {
                     debug_assert_eq!(k, key);
                     self.learn(&k, &chosen, &node);
@@ -690,7 +696,11 @@ impl Node {
     /// A proposer of `key` stopped undecided: if a value is accepted here, it is recovered
     /// again after a lease (every accepted value ends decided).
     fn keep_lease(&mut self, key: &Key) {
-        if self.acceptor.get(key).is_some_and(|s| s.accepted().is_some()) {
+        if self
+            .acceptor
+            .get(key)
+            .is_some_and(|s| s.accepted().is_some())
+        {
             let at = self.env.now + self.env.config.lease;
             self.env.timers.set(Timer::Lease(key.clone()), at);
         }
@@ -799,7 +809,8 @@ impl Node {
         if let Some(id) = &request {
             let coordinator = &self.coordinator;
             let running = |id: &RequestId| coordinator.is_running(id);
-            self.requests.expire(self.env.now, running, &mut self.env.out);
+            self.requests
+                .expire(self.env.now, running, &mut self.env.out);
             if let Some(record) = self.requests.get(id).cloned() {
                 if record.key != key || record.value_fingerprint != fingerprint(&value) {
                     let invalid = PutOutcome::Invalid(Invalid::RequestIdReused);
@@ -940,16 +951,14 @@ impl Node {
         }
         if let Some(stored) = self.acceptor.stored(&key) {
             let value = stored.value.clone();
-            return self.env.out.reply(call, Reply::Get(GetOutcome::Value(value)));
+            return self
+                .env
+                .out
+                .reply(call, Reply::Get(GetOutcome::Value(value)));
         }
         let members = self.members.current().clone();
-        self.reader.start(
-            &mut self.env,
-            call,
-            key,
-            &members,
-            self.members.departed(),
-        );
+        self.reader
+            .start(&mut self.env, call, key, &members, self.members.departed());
     }
 
     /// What this node holds for `key`, as a verify read asks it.
@@ -1020,9 +1029,9 @@ impl Node {
 
     fn on_phase_timer(&mut self, key: &Key) {
         let start = start_of(&self.members, &self.acceptor, key);
-        let outcome =
-            self.proposer
-                .on_phase_timer(&mut self.env, &start, &mut self.health, key);
+        let outcome = self
+            .proposer
+            .on_phase_timer(&mut self.env, &start, &mut self.health, key);
         self.route(outcome);
     }
 

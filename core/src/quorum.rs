@@ -27,7 +27,10 @@ pub fn cluster_majority(
 
 /// Whether `accepted` holds a majority of every cluster of `participants` (phase 2 of a
 /// classic ballot).
-pub fn every_cluster_majority(participants: &Membership, accepted: impl Fn(&NodeId) -> bool) -> bool {
+pub fn every_cluster_majority(
+    participants: &Membership,
+    accepted: impl Fn(&NodeId) -> bool,
+) -> bool {
     participants.cluster_count() > 0
         && participants
             .clusters()
@@ -68,7 +71,11 @@ mod tests {
     use super::*;
 
     fn m(pairs: &[(&str, &str)]) -> Membership {
-        Membership::from_pairs(pairs.iter().map(|(c, n)| (ClusterId::from(*c), NodeId::from(*n))))
+        Membership::from_pairs(
+            pairs
+                .iter()
+                .map(|(c, n)| (ClusterId::from(*c), NodeId::from(*n))),
+        )
     }
 
     fn set<'a>(nodes: &'a [&'a str]) -> impl Fn(&NodeId) -> bool + 'a {
@@ -89,7 +96,14 @@ mod tests {
 
     #[test]
     fn phase_two_needs_a_majority_of_every_cluster() {
-        let p = m(&[("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1"), ("b", "b2"), ("b", "b3")]);
+        let p = m(&[
+            ("a", "a1"),
+            ("a", "a2"),
+            ("a", "a3"),
+            ("b", "b1"),
+            ("b", "b2"),
+            ("b", "b3"),
+        ]);
         assert!(every_cluster_majority(&p, set(&["a1", "a2", "b2", "b3"])));
         assert!(!every_cluster_majority(&p, set(&["a1", "a2", "a3", "b3"])));
         assert!(!every_cluster_majority(&Membership::default(), set(&[])));
@@ -125,7 +139,10 @@ mod tests {
                     .collect()
             })
             .collect();
-        for q2 in subsets.iter().filter(|s| every_cluster_majority(&p, set(s))) {
+        for q2 in subsets
+            .iter()
+            .filter(|s| every_cluster_majority(&p, set(s)))
+        {
             for cluster in ["a", "b"] {
                 for q1 in subsets
                     .iter()

@@ -196,9 +196,7 @@ fn a_busy_put_never_sees_its_value_chosen() {
 fn a_node_that_was_down_catches_up_from_its_cluster() {
     let mut h = Harness::new(2, 3);
     h.crash("b3");
-    let calls: Vec<CallId> = (0..5)
-        .map(|i| h.put("a1", &format!("k{i}"), "v"))
-        .collect();
+    let calls: Vec<CallId> = (0..5).map(|i| h.put("a1", &format!("k{i}"), "v")).collect();
     h.run_for(ms(2000));
     for call in calls {
         assert_eq!(put_reply(&h, call), Some(stored()));

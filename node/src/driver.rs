@@ -133,6 +133,9 @@ pub struct Status {
     pub leaving: bool,
     pub membership: Membership,
     pub peers: Vec<PeerInfo>,
+    /// The peers the core suspects to be down or slow (it skips them in the fast round and as
+    /// representatives).
+    pub suspects: Vec<NodeId>,
     pub stats: Stats,
     pub cluster_size_min: usize,
     /// Why writes to the disk fail and are being retried (disk full), if they do.
@@ -312,7 +315,7 @@ impl<T: Transport> Driver<T> {
             members = recovered.members.len() + 1,
             departed = recovered.departed.len(),
             keys = recovered.keys.len(),
-            refusals = recovered.refusals.len(),
+            damaged = recovered.damaged.len(),
             "starting the protocol core"
         );
         if bug == Some(DriverBug::ForgetMembership) {
@@ -603,17 +606,19 @@ impl<T: Transport> Driver<T> {
             }
             Request::ReadStored { key, reply } => {
                 let value = match self.node.key_state(&key) {
-                    Some(replicator_core::DurableKey::Stored { value, .. })
+                    Some(replicator_core::DurableKey::Stored { chosen, .. })
                         if self.node.is_ready() && !self.node.is_removed() =>
                     {
-                        Some(value.clone())
+                        Some(chosen.value.clone())
                     }
                     _ => None,
                 };
                 let _ = reply.send(value);
             }
             Request::Leave { within, done } => {
-                info!("leaving the network: resolving every reservation this node holds");
+                info!(
+                    "leaving the network: deciding every value this node accepted, then letting its cluster pull its decisions"
+                );
                 match &mut self.leave {
                     Some((_, waiters)) => waiters.push(done),
                     None => {
@@ -673,18 +678,23 @@ impl<T: Transport> Driver<T> {
 
     fn on_note(&mut self, note: Note) {
         match note {
-            Note::Decided { p, key, committed } => {
-                debug!(proposal = %p, key = %key, committed, "decided");
-                if committed {
-                    self.metrics.inc(&self.metrics.decided_committed);
+            Note::Decided {
+                key,
+                chosen,
+                ballot,
+            } => {
+                debug!(proposal = %chosen, key = %key, %ballot, "decided");
+                if ballot.is_fast() {
+                    self.metrics.inc(&self.metrics.decided_fast);
                 } else {
-                    self.metrics.inc(&self.metrics.decided_aborted);
+                    self.metrics.inc(&self.metrics.decided_classic);
                 }
             }
-            Note::Committed { p, key } => debug!(proposal = %p, key = %key, "committed"),
             Note::Ready => info!("ready: the join-time copy is complete, serving reads and votes"),
             Note::LeaveComplete => {
-                info!("leave complete: every reservation is resolved");
+                info!(
+                    "leave complete: every value accepted here is decided, and this cluster holds every decision"
+                );
                 for done in self.leave.take().map(|(_, w)| w).unwrap_or_default() {
                     let _ = done.send(true);
                 }
@@ -763,8 +773,9 @@ impl<T: Transport> Driver<T> {
             removed: self.node.is_removed(),
             ready: self.node.is_ready(),
             leaving: self.node.is_leaving(),
-            membership: self.node.membership().clone(),
+            membership: (**self.node.membership()).clone(),
             peers: self.peer_list(),
+            suspects: self.node.suspects().cloned().collect(),
             stats: self.node.stats(),
             cluster_size_min: self.node.config().cluster_size_min,
             storage_stalled: self

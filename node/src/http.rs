@@ -585,7 +585,7 @@ async fn verify(api: &Api, key: Key) -> Response {
                 .map(|(node, state)| {
                     let (state, value) = match state {
                         ReadState::Stored(v) => ("stored", value_json(v)),
-                        ReadState::Reserved => ("reserved", Json::Null),
+                        ReadState::Undecided => ("undecided", Json::Null),
                         ReadState::Free => ("free", Json::Null),
                         ReadState::NotReady => ("not_ready", Json::Null),
                     };
@@ -685,31 +685,36 @@ async fn remove_peer(
             ),
             json!({"peer": peer}),
         ),
-        Ok(Reply::Remove(RemoveOutcome::Refused { open })) => error_with(
+        Ok(Reply::Remove(RemoveOutcome::EvenCluster { members })) => error_with(
             StatusCode::CONFLICT,
-            "open_reservations",
+            "even_cluster",
             format!(
-                "{} reservation(s) held here name {peer}; removing it may abort or strand them. \
-                 Bring it back, or retry with ?force=true",
-                open.len()
+                "{peer}'s cluster has {members} members, an even number: without it, a majority \
+                 of the rest might miss a value a majority of the whole cluster accepted. Add a \
+                 node to the cluster first (then remove this one), or retry with ?force=true"
             ),
-            json!({"proposals": open.iter().map(|p| p.to_string()).collect::<Vec<_>>()}),
+            json!({"cluster_members": members}),
         ),
-        Ok(Reply::Remove(RemoveOutcome::Unconfirmed { silent })) => error_with(
+        Ok(Reply::Remove(RemoveOutcome::Unconfirmed { silent, disagree })) => error_with(
             StatusCode::SERVICE_UNAVAILABLE,
             "unconfirmed",
             format!(
-                "{} member(s) did not say whether reservations there name {peer}; nothing was \
-                 removed. Retry, or use ?force=true",
-                silent.len()
+                "{} member(s) of {peer}'s cluster did not answer and {} know its members \
+                 otherwise (views still converging); nothing was removed. Retry, or use \
+                 ?force=true",
+                silent.len(),
+                disagree.len()
             ),
-            json!({"silent_nodes": silent.iter().map(|n| n.to_string()).collect::<Vec<_>>()}),
+            json!({
+                "silent_nodes": silent.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                "disagreeing_nodes": disagree.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            }),
         ),
         Ok(Reply::Remove(RemoveOutcome::NotReady)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            "this node is still joining and may not know every member yet, so it cannot check \
-             that none holds a reservation naming the node; ask a ready member",
+            "this node is still joining and may not know every member yet, so it cannot count \
+             the node's cluster; ask a ready member",
         ),
         Ok(Reply::Remove(RemoveOutcome::InProgress)) => error(
             StatusCode::CONFLICT,
@@ -752,9 +757,10 @@ async fn health(State(api): State<Api>) -> Response {
     }
 }
 
-/// `ready`: this node serves reads. `writable`: a write sent here can commit now (every member
-/// answers, this node can write to its disk, ...); when it cannot, `not_writable` says why and
-/// `silent_nodes` names the members the transport reports down (every write needs all of them).
+/// `ready`: this node serves reads. `writable`: a write sent here can be decided now: a
+/// majority of every cluster is reachable (this node counts for its own), and this node can
+/// write to its disk. When it cannot, `not_writable` says why. `silent_nodes` names the members
+/// the transport reports down: a minority of every cluster may be, at no cost to writes.
 fn health_json(api: &Api, s: &Status) -> Json {
     let own = s.membership.nodes_of(&s.cluster).len();
     let ready = s.ready && !s.removed;
@@ -763,6 +769,18 @@ fn health_json(api: &Api, s: &Status) -> Json {
         .iter()
         .filter(|p| !p.up)
         .map(|p| p.peer.as_str())
+        .collect();
+    let without_majority: Vec<String> = s
+        .membership
+        .clusters()
+        .filter(|(_, nodes)| {
+            let reachable = nodes
+                .iter()
+                .filter(|n| **n == s.id || !silent.contains(&n.as_str()))
+                .count();
+            reachable < replicator_core::quorum::majority(nodes.len())
+        })
+        .map(|(c, _)| c.to_string())
         .collect();
     let mut not_writable: Vec<&str> = Vec::new();
     if s.removed {
@@ -776,8 +794,8 @@ fn health_json(api: &Api, s: &Status) -> Json {
     if own < s.cluster_size_min {
         not_writable.push("cluster_too_small");
     }
-    if !silent.is_empty() {
-        not_writable.push("silent_members");
+    if !without_majority.is_empty() {
+        not_writable.push("no_majority");
     }
     if s.storage_stalled.is_some() {
         not_writable.push("storage_unavailable");
@@ -785,7 +803,7 @@ fn health_json(api: &Api, s: &Status) -> Json {
     let writable = not_writable.is_empty();
     let state = if s.removed {
         "removed"
-    } else if writable {
+    } else if writable && silent.is_empty() {
         "ok"
     } else {
         "degraded"
@@ -802,7 +820,9 @@ fn health_json(api: &Api, s: &Status) -> Json {
         "leaving": s.leaving,
         "writable": writable,
         "not_writable": not_writable,
+        "clusters_without_majority": without_majority,
         "silent_nodes": silent,
+        "suspected_nodes": s.suspects.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         "storage": match &s.storage_stalled {
             None => "ok".to_string(),
             Some(e) => format!("writes failing, retried: {e}"),
@@ -813,9 +833,11 @@ fn health_json(api: &Api, s: &Status) -> Json {
         "cluster_size_min": s.cluster_size_min,
         "peers_down": silent.len(),
         "keys_stored": s.stats.keys_stored,
-        "reservations_open": s.stats.reservations_open,
-        "proposals_in_flight": s.stats.proposals_in_flight,
-        "resolutions": s.stats.resolutions,
+        "accepted_undecided": s.stats.accepted_undecided,
+        "damaged_keys": s.stats.damaged_keys,
+        "puts_in_flight": s.stats.puts_in_flight,
+        "proposers": s.stats.proposers,
+        "behind": s.stats.behind,
     })
 }
 

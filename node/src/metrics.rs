@@ -44,8 +44,9 @@ pub struct Metrics {
     put_latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     put_latency_count: AtomicU64,
     put_latency_sum_us: AtomicU64,
-    pub decided_committed: AtomicU64,
-    pub decided_aborted: AtomicU64,
+    /// Values this node's ballots chose, in the fast round and in a classic ballot.
+    pub decided_fast: AtomicU64,
+    pub decided_classic: AtomicU64,
     pub frames_rejected: AtomicU64,
     /// Protocol messages sent and received; a frame carries one or more of them.
     pub messages_sent: AtomicU64,
@@ -288,12 +289,12 @@ impl Metrics {
         }
         let counters = [
             (
-                "replicator_proposals_decided_total{outcome=\"committed\"}",
-                get(&self.decided_committed),
+                "replicator_decided_total{round=\"fast\"}",
+                get(&self.decided_fast),
             ),
             (
-                "replicator_proposals_decided_total{outcome=\"aborted\"}",
-                get(&self.decided_aborted),
+                "replicator_decided_total{round=\"classic\"}",
+                get(&self.decided_classic),
             ),
             (
                 "replicator_frames_rejected_total",
@@ -336,15 +337,15 @@ impl Metrics {
                 ("replicator_removed", u64::from(st.removed)),
                 ("replicator_keys_stored", st.stats.keys_stored as u64),
                 (
-                    "replicator_reservations_open",
-                    st.stats.reservations_open as u64,
+                    "replicator_accepted_undecided",
+                    st.stats.accepted_undecided as u64,
                 ),
-                ("replicator_refusals", st.stats.refusals as u64),
-                (
-                    "replicator_proposals_in_flight",
-                    st.stats.proposals_in_flight as u64,
-                ),
-                ("replicator_resolutions", st.stats.resolutions as u64),
+                ("replicator_promises_only", st.stats.promises_only as u64),
+                ("replicator_damaged_keys", st.stats.damaged_keys as u64),
+                ("replicator_puts_in_flight", st.stats.puts_in_flight as u64),
+                ("replicator_proposers", st.stats.proposers as u64),
+                ("replicator_catch_up_behind", st.stats.behind),
+                ("replicator_suspected_peers", st.stats.suspects as u64),
                 ("replicator_reads_waiting", st.stats.reads_waiting as u64),
                 ("replicator_held_messages", st.stats.held_messages as u64),
                 ("replicator_members", st.membership.len() as u64),

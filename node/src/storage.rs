@@ -35,13 +35,15 @@
 //! A node started on a full disk keeps the log's writes in the log until a checkpoint can run.
 //! Only corruption (or a bug) is fatal: [`Durable::Failed`].
 //!
-//! Every record of `keys`, `refusals` and `requests` carries a CRC-32 of its key and its bytes
-//! (format 3 and up). [`Storage::load`] checks each: a key whose record is damaged is dropped
-//! from what the core recovers, and the node copies the keys again from a member, like a
-//! joiner, before it serves reads or votes (see [`Loaded::damaged_keys`]). A damaged refusal cannot be
-//! recovered from anyone (it is this node's own promise): the database is refused, and so is a
-//! log with a damaged record followed by good ones (see `wal.rs`). redb panics on
-//! some corrupt files; opening and loading are wrapped so that this is an error, not a crash.
+//! Every record of `keys` and `requests`, and the ballot floor, carries a CRC-32 of its key and
+//! its bytes. [`Storage::load`] checks each: a key whose record is damaged is left out of what
+//! the core recovers and named in [`Recovered::damaged`]: the node abstains for it (no promise,
+//! no accept, no answer to a read's question) until it learns its decision, and the majorities
+//! of its cluster carry on without it (see [`Loaded::damaged_keys`]). A damaged ballot floor
+//! cannot be recovered from anyone (it stands for this node's own promises): the database is
+//! refused, and so is a log with a damaged record followed by good ones (see `wal.rs`). redb
+//! panics on some corrupt files; opening and loading are wrapped so that this is an error, not a
+//! crash.
 //!
 //! Under `--cfg madsim` there are no OS threads: the same group commit runs as a task of the
 //! simulated node, over a [`SimDisk`], and reports a commit only after the simulated fsync
@@ -53,9 +55,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use replicator_core::wire::{decode_record, encode_record};
-use replicator_core::{
-    ClusterId, NetworkId, NodeId, ProposalId, Recovered, Urgency, WriteId, WriteOp,
-};
+use replicator_core::{ClusterId, NetworkId, NodeId, Recovered, Urgency, WriteId, WriteOp};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -65,9 +65,11 @@ use crate::simdisk::SimDisk;
 use crate::wal::{Log, LogError};
 
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
-const REFUSALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refusals");
-const WATERMARKS: TableDefinition<&[u8], u64> = TableDefinition::new("watermarks");
 const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests");
+/// For each member of this node's cluster: the last of its decisions pulled from it.
+const CAUGHT_UP: TableDefinition<&str, u64> = TableDefinition::new("caught_up");
+/// Settings that are records: the ballot floor.
+const META_RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_records");
 const DEPARTED: TableDefinition<&[u8], ()> = TableDefinition::new("departed");
 /// Every other member this node recorded: node id -> cluster id.
 const MEMBERS: TableDefinition<&str, &str> = TableDefinition::new("members");
@@ -76,6 +78,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
 
 const META_COUNTER_CEILING: &str = "counter_ceiling";
+const META_ROUND_CEILING: &str = "round_ceiling";
+const META_FLOOR: &str = "ballot_floor";
 const META_READY: &str = "ready";
 const META_FORMAT: &str = "format";
 const META_NETWORK: &str = "network";
@@ -86,11 +90,10 @@ const META_PEER: &str = "peer";
 /// upgraded in place when it is opened).
 /// 4: recent writes may be in the write-ahead log next to the database (`wal.rs`); a
 /// replicator that reads format 3 would ignore them, so it must refuse the database.
-const FORMAT_VERSION: u64 = 4;
-/// The format before the log, upgraded on open (nothing to convert).
-const FORMAT_UNLOGGED: u64 = 3;
-/// The format before checksums, upgraded on open.
-const FORMAT_UNCHECKED: u64 = 2;
+/// 5: the quorum protocol: a key's record is a promise and an accepted value, or its decision;
+/// refusals and watermarks are gone; a ballot floor, a round ceiling and catch-up positions are
+/// new. Earlier formats hold the unanimous protocol's grants, which no rule here reads.
+const FORMAT_VERSION: u64 = 5;
 /// How often a write that failed for want of space (or another I/O error) is retried.
 pub const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -145,8 +148,8 @@ impl std::error::Error for Unusable {}
 /// What [`Storage::load`] found.
 pub struct Loaded {
     pub recovered: Recovered,
-    /// Keys whose record failed its checksum: dropped, and the node marked not ready so that it
-    /// copies every key again from a member.
+    /// Keys whose record failed its checksum: the node abstains for them (they are in
+    /// [`Recovered::damaged`]) until it learns their decisions.
     pub damaged_keys: Vec<String>,
     /// Request records that failed their checksum (dropped: a retry with that id runs anew).
     pub damaged_requests: usize,
@@ -312,24 +315,17 @@ impl Storage {
                 path.display()
             ),
             (Some(FORMAT_VERSION), _) => {}
-            (Some(FORMAT_UNLOGGED), _) => {
-                txn.open_table(META)?.insert(META_FORMAT, FORMAT_VERSION)?;
-                info!(
-                    "database upgraded to format {FORMAT_VERSION}: writes go through a write-ahead log"
-                );
+            (Some(v), _) if v < FORMAT_VERSION => {
+                return Err(Unusable(format!(
+                    "the database {} has format {v}, written by a replicator that decided keys \
+                     with every node's grant; this one decides with quorums (format \
+                     {FORMAT_VERSION}) and cannot take over the promises that data holds. Move the \
+                     data dir away and start this machine as a new node (with --bootstrap of a \
+                     member)",
+                    path.display()
+                ))
+                .into());
             }
-            (Some(FORMAT_UNCHECKED), _) => {
-                add_checksums(&txn)?;
-                txn.open_table(META)?.insert(META_FORMAT, FORMAT_VERSION)?;
-                info!("database upgraded to format {FORMAT_VERSION}: records carry checksums");
-            }
-            (Some(v), _) if v < FORMAT_VERSION => anyhow::bail!(
-                "the database {} has format {v}, from a version of replicator that did not record \
-                 the membership and the network id; this node reads format {FORMAT_VERSION} and \
-                 cannot tell which network that data belongs to. Move the data dir away and start \
-                 this machine as a new node (with --bootstrap of a member)",
-                path.display()
-            ),
             (Some(v), _) => anyhow::bail!(
                 "the database {} has format {v}, newer than the format {FORMAT_VERSION} this \
                  node reads: run a newer replicator",
@@ -338,9 +334,9 @@ impl Storage {
         }
         {
             txn.open_table(KEYS)?;
-            txn.open_table(REFUSALS)?;
-            txn.open_table(WATERMARKS)?;
             txn.open_table(REQUESTS)?;
+            txn.open_table(CAUGHT_UP)?;
+            txn.open_table(META_RECORDS)?;
             txn.open_table(DEPARTED)?;
             txn.open_table(MEMBERS)?;
             txn.open_table(META_TEXT)?;
@@ -463,24 +459,18 @@ impl Storage {
         }
     }
 
-    /// The durable state, as the core wants it after a restart, every record checked. Damaged
-    /// keys are removed from the database and the node is recorded not ready in the same
-    /// transaction, so that a crash during the copy that follows starts it again.
+    /// The durable state, as the core wants it after a restart, every record checked. A key
+    /// whose record is damaged is left out, and named in [`Recovered::damaged`]: this node
+    /// abstains for it (no promise, no accept, no answer to a read's question) until it learns
+    /// its decision; the majorities of its cluster carry on without it.
     pub fn load(&mut self) -> Result<Loaded> {
-        let mut loaded = without_panics(&self.path, || self.load_checked())?;
+        let loaded = without_panics(&self.path, || self.load_checked())?;
         if !loaded.damaged_keys.is_empty() {
-            // The log's writes go into the database first: else replaying them on top later
-            // could undo what follows (a `Ready` write in the log would skip the re-copy).
-            if !self.unapplied.is_empty() {
-                self.checkpoint()?;
-            }
             error!(
                 keys = loaded.damaged_keys.len(),
                 first = %loaded.damaged_keys[0],
-                "records in the database failed their checksum: dropped; this node copies every key again from a member before it serves reads or votes"
+                "records in the database failed their checksum: this node abstains for those keys (no promise, no accept, no answer to a read) until it learns their decisions from its cluster"
             );
-            self.forget_damaged(&loaded.damaged_keys)?;
-            loaded.recovered.ready = false;
         }
         if loaded.damaged_requests > 0 {
             warn!(
@@ -489,19 +479,6 @@ impl Storage {
             );
         }
         Ok(loaded)
-    }
-
-    fn forget_damaged(&self, keys: &[String]) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(KEYS)?;
-            for k in keys {
-                table.remove(k.as_bytes())?;
-            }
-            txn.open_table(META)?.insert(META_READY, 0)?;
-        }
-        txn.commit()?;
-        Ok(())
     }
 
     fn load_checked(&self) -> Result<Loaded> {
@@ -518,28 +495,12 @@ impl Storage {
                 (Ok(key), Some(state)) => {
                     rec.keys.insert(key.into(), state);
                 }
-                _ => damaged_keys.push(String::from_utf8_lossy(k.value()).into_owned()),
+                (Ok(key), None) => {
+                    rec.damaged.insert(key.into());
+                    damaged_keys.push(key.to_string());
+                }
+                (Err(_), _) => damaged_keys.push(String::from_utf8_lossy(k.value()).into_owned()),
             }
-        }
-        for entry in txn.open_table(REFUSALS)?.iter()? {
-            let (k, v) = entry?;
-            let refusal = open_record(k.value(), v.value()).and_then(|bytes| {
-                let p: ProposalId = decode_record(k.value()).ok()?;
-                Some((p, decode_record(bytes).ok()?))
-            });
-            let Some((p, why)) = refusal else {
-                return Err(Unusable(format!(
-                    "the database {} is corrupt: a refusal (a promise this node made never to grant a proposal) failed its checksum, and no other node can tell it; this node must not vote again. Move the data dir away and start this machine as a new node (with --bootstrap of a member), after `replicator remove` of this one",
-                    self.path.display()
-                ))
-                .into());
-            };
-            rec.refusals.insert(p, why);
-        }
-        for entry in txn.open_table(WATERMARKS)?.iter()? {
-            let (k, v) = entry?;
-            let node = std::str::from_utf8(k.value()).context("a node id is not UTF-8")?;
-            rec.watermarks.insert(NodeId::new(node), v.value());
         }
         for entry in txn.open_table(REQUESTS)?.iter()? {
             let (k, v) = entry?;
@@ -562,12 +523,25 @@ impl Storage {
             rec.members
                 .insert(NodeId::new(k.value()), ClusterId::new(v.value()));
         }
+        for entry in txn.open_table(CAUGHT_UP)?.iter()? {
+            let (k, v) = entry?;
+            rec.caught_up.insert(NodeId::new(k.value()), v.value());
+        }
         let meta = txn.open_table(META)?;
-        rec.counter_ceiling = meta
-            .get(META_COUNTER_CEILING)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        rec.ready = meta.get(META_READY)?.map(|v| v.value()).unwrap_or(0) == 1;
+        let number = |name| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
+        rec.counter_ceiling = number(META_COUNTER_CEILING)?;
+        rec.round_ceiling = number(META_ROUND_CEILING)?;
+        rec.ready = number(META_READY)? == 1;
+        if let Some(floor) = txn.open_table(META_RECORDS)?.get(META_FLOOR)? {
+            let key = META_FLOOR.as_bytes();
+            let floor = open_record(key, floor.value()).and_then(|b| decode_record(b).ok());
+            rec.floor = floor.ok_or_else(|| {
+                Unusable(format!(
+                    "the database {} is corrupt: the ballot floor (the promises this node folded together) failed its checksum, and no other node can tell it; this node must not promise again. Move the data dir away and start this machine as a new node (with --bootstrap of a member), after `replicator remove` of this one",
+                    self.path.display()
+                ))
+            })?;
+        }
         // Writes in the log that the database does not hold yet (a checkpoint that could not
         // run): the same ops, applied by the core's own rules, on top.
         rec.apply_all(&self.unapplied);
@@ -612,12 +586,12 @@ impl Storage {
         let txn = self.db.begin_write()?;
         {
             let mut keys = txn.open_table(KEYS)?;
-            let mut refusals = txn.open_table(REFUSALS)?;
-            let mut watermarks = txn.open_table(WATERMARKS)?;
             let mut requests = txn.open_table(REQUESTS)?;
             let mut departed = txn.open_table(DEPARTED)?;
             let mut members = txn.open_table(MEMBERS)?;
+            let mut caught_up = txn.open_table(CAUGHT_UP)?;
             let mut meta = txn.open_table(META)?;
+            let mut records = txn.open_table(META_RECORDS)?;
             for op in ops {
                 match op {
                     WriteOp::PutKey { key, state } => {
@@ -627,27 +601,25 @@ impl Storage {
                     WriteOp::RemoveKey { key } => {
                         keys.remove(key.as_str().as_bytes())?;
                     }
-                    WriteOp::PutRefusal { p, why } => {
-                        let k = encode_record(p)?;
-                        refusals.insert(k.as_slice(), seal(&k, &encode_record(why)?).as_slice())?;
+                    WriteOp::BallotFloor(floor) => {
+                        let k = META_FLOOR.as_bytes();
+                        let old = records
+                            .get(META_FLOOR)?
+                            .and_then(|v| open_record(k, v.value()).map(<[u8]>::to_vec))
+                            .and_then(|b| decode_record::<replicator_core::Ballot>(&b).ok());
+                        if old.is_none_or(|old| *floor > old) {
+                            records
+                                .insert(META_FLOOR, seal(k, &encode_record(floor)?).as_slice())?;
+                        }
                     }
-                    WriteOp::RemoveRefusal { p } => {
-                        refusals.remove(encode_record(p)?.as_slice())?;
-                    }
-                    WriteOp::Watermark {
-                        coordinator,
-                        counter,
-                    } => {
-                        let k = coordinator.as_str().as_bytes();
-                        let old = watermarks.get(k)?.map(|v| v.value()).unwrap_or(0);
-                        watermarks.insert(k, old.max(*counter))?;
-                    }
-                    WriteOp::CounterCeiling(c) => {
-                        let old = meta
-                            .get(META_COUNTER_CEILING)?
+                    WriteOp::CounterCeiling(c) => keep_max(&mut meta, META_COUNTER_CEILING, *c)?,
+                    WriteOp::RoundCeiling(c) => keep_max(&mut meta, META_ROUND_CEILING, *c)?,
+                    WriteOp::CaughtUp { peer, seq } => {
+                        let old = caught_up
+                            .get(peer.as_str())?
                             .map(|v| v.value())
                             .unwrap_or(0);
-                        meta.insert(META_COUNTER_CEILING, old.max(*c))?;
+                        caught_up.insert(peer.as_str(), old.max(*seq))?;
                     }
                     WriteOp::PutRequest { id, record } => {
                         let k = id.as_str().as_bytes();
@@ -668,6 +640,7 @@ impl Storage {
                     WriteOp::Departed(n) => {
                         departed.insert(n.as_str().as_bytes(), ())?;
                         members.remove(n.as_str())?;
+                        caught_up.remove(n.as_str())?;
                     }
                 }
             }
@@ -797,22 +770,20 @@ impl Storage {
     }
 }
 
-/// `ops` without the writes a later one in `ops` overwrites: of the writes to one key, one
-/// refusal or one request record, only the last matters (each sets or removes its row, and the
-/// three tables are independent). Under load most keys are written twice between checkpoints
-/// (granted, then stored): the first write, the one that carries the participants, is skipped.
-/// Every other op is kept, in order (membership writes depend on each other's order).
+/// `ops` without the writes a later one in `ops` overwrites: of the writes to one key or one
+/// request record, only the last matters (each sets or removes its row, and the tables are
+/// independent). Under load most keys are written twice between checkpoints (accepted, then
+/// stored): the first write is skipped. Every other op is kept, in order (membership writes
+/// depend on each other's order; the others keep a maximum).
 fn superseded_dropped(ops: &[WriteOp]) -> Vec<&WriteOp> {
     use std::collections::HashSet;
     let mut keys = HashSet::new();
-    let mut refusals = HashSet::new();
     let mut requests = HashSet::new();
     let mut kept: Vec<&WriteOp> = ops
         .iter()
         .rev()
         .filter(|op| match op {
             WriteOp::PutKey { key, .. } | WriteOp::RemoveKey { key } => keys.insert(key),
-            WriteOp::PutRefusal { p, .. } | WriteOp::RemoveRefusal { p } => refusals.insert(p),
             WriteOp::PutRequest { id, .. } | WriteOp::RemoveRequest { id } => requests.insert(id),
             _ => true,
         })
@@ -1066,21 +1037,6 @@ fn checksum(key: &[u8], bytes: &[u8]) -> u32 {
     crc32(&[&(key.len() as u32).to_le_bytes(), key, bytes])
 }
 
-/// Format 2 -> 3: seals every record of the checksummed tables.
-fn add_checksums(txn: &redb::WriteTransaction) -> Result<()> {
-    for table in [KEYS, REFUSALS, REQUESTS] {
-        let mut t = txn.open_table(table)?;
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = t
-            .iter()?
-            .map(|e| e.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
-            .collect::<std::result::Result<_, _>>()?;
-        for (k, v) in rows {
-            t.insert(k.as_slice(), seal(&k, &v).as_slice())?;
-        }
-    }
-    Ok(())
-}
-
 /// The writes that record `fresh` (a state that was never on this disk), its network aside.
 fn fresh_ops(fresh: &Recovered) -> Vec<WriteOp> {
     let mut ops: Vec<WriteOp> = Vec::new();
@@ -1098,19 +1054,6 @@ fn fresh_ops(fresh: &Recovered) -> Vec<WriteOp> {
         key: key.clone(),
         state: state.clone(),
     }));
-    ops.extend(fresh.refusals.iter().map(|(p, why)| WriteOp::PutRefusal {
-        p: p.clone(),
-        why: *why,
-    }));
-    ops.extend(
-        fresh
-            .watermarks
-            .iter()
-            .map(|(coordinator, counter)| WriteOp::Watermark {
-                coordinator: coordinator.clone(),
-                counter: *counter,
-            }),
-    );
     ops.extend(
         fresh
             .requests
@@ -1120,18 +1063,66 @@ fn fresh_ops(fresh: &Recovered) -> Vec<WriteOp> {
                 record: record.clone(),
             }),
     );
+    ops.extend(fresh.caught_up.iter().map(|(peer, seq)| WriteOp::CaughtUp {
+        peer: peer.clone(),
+        seq: *seq,
+    }));
+    ops.push(WriteOp::BallotFloor(fresh.floor.clone()));
     ops.push(WriteOp::CounterCeiling(fresh.counter_ceiling));
+    ops.push(WriteOp::RoundCeiling(fresh.round_ceiling));
     ops.push(WriteOp::Ready(fresh.ready));
     ops
+}
+
+/// Raises a counter in the meta table to `value`, never lowering it (ceilings only grow, so a
+/// replayed log applies to the same end state).
+fn keep_max(meta: &mut redb::Table<&str, u64>, name: &str, value: u64) -> Result<()> {
+    let old = meta.get(name)?.map(|v| v.value()).unwrap_or(0);
+    meta.insert(name, old.max(value))?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use replicator_core::{DurableKey, Key, RefusalWhy, Value};
+    use replicator_core::{
+        Ballot, DurableKey, Key, Proposal, ProposalId, RequestId, RequestOutcome, RequestRecord,
+        Value,
+    };
 
     fn net() -> NetworkId {
         NetworkId::new("0123456789abcdef0123456789abcdef")
+    }
+
+    fn proposal(counter: u64) -> Proposal {
+        Proposal {
+            p: ProposalId {
+                coordinator: NodeId::new("n1"),
+                counter,
+            },
+            request: None,
+            value: Value::from("v"),
+        }
+    }
+
+    fn ballot(round: u64, node: &str) -> Ballot {
+        Ballot {
+            round,
+            node: Some(NodeId::new(node)),
+        }
+    }
+
+    fn request(seq: u64, outcome: Option<RequestOutcome>) -> WriteOp {
+        WriteOp::PutRequest {
+            id: RequestId::new(format!("r{seq}")),
+            record: RequestRecord {
+                seq,
+                key: Key::new("k"),
+                value_fingerprint: 42,
+                proposal: proposal(seq).p,
+                outcome,
+            },
+        }
     }
 
     fn member(cluster: &str, node: &str) -> WriteOp {
@@ -1145,30 +1136,33 @@ mod tests {
     fn writes_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), Some(&Recovered::founder(net()))).unwrap();
-        let p = ProposalId {
-            coordinator: NodeId::new("n1"),
-            counter: 7,
-        };
         let ops = vec![
             WriteOp::PutKey {
                 key: Key::new("k"),
                 state: DurableKey::Stored {
-                    p: p.clone(),
-                    value: Value::from("v"),
+                    chosen: proposal(7),
+                    seq: 1,
                 },
             },
-            WriteOp::PutRefusal {
-                p: p.clone(),
-                why: RefusalWhy::Fenced,
+            WriteOp::PutKey {
+                key: Key::new("open"),
+                state: DurableKey::Open {
+                    promised: ballot(5, "n3"),
+                    accepted: Some((ballot(4, "n2"), proposal(8))),
+                },
             },
-            WriteOp::Watermark {
-                coordinator: NodeId::new("n2"),
-                counter: 5,
+            WriteOp::BallotFloor(ballot(2, "n2")),
+            WriteOp::BallotFloor(ballot(1, "n4")),
+            WriteOp::RoundCeiling(4096),
+            WriteOp::CaughtUp {
+                peer: NodeId::new("n2"),
+                seq: 5,
             },
-            WriteOp::Watermark {
-                coordinator: NodeId::new("n2"),
-                counter: 3,
+            WriteOp::CaughtUp {
+                peer: NodeId::new("n2"),
+                seq: 3,
             },
+            request(1, Some(RequestOutcome::Stored)),
             WriteOp::CounterCeiling(2048),
             member("c1", "n2"),
             member("c2", "n3"),
@@ -1193,17 +1187,20 @@ mod tests {
         members.sort();
         assert_eq!(members, ["n2", "n4"], "a departed member is gone");
         assert!(loaded.departed.contains(&NodeId::new("n3")));
+        assert_eq!(loaded.floor, ballot(2, "n2"), "the floor only rises");
+        assert_eq!(
+            loaded.caught_up[&NodeId::new("n2")],
+            5,
+            "catch-up only advances"
+        );
     }
 
     fn stored(key: &str, counter: u64) -> WriteOp {
         WriteOp::PutKey {
             key: Key::new(key),
             state: DurableKey::Stored {
-                p: ProposalId {
-                    coordinator: NodeId::new("n1"),
-                    counter,
-                },
-                value: Value::from("v"),
+                chosen: proposal(counter),
+                seq: counter,
             },
         }
     }
@@ -1265,9 +1262,9 @@ mod tests {
         while s.log.len() < CHECKPOINT_LOG_BYTES {
             write += 1;
             let key = format!("k{write:05}");
-            let filler = WriteOp::Watermark {
-                coordinator: NodeId::new("n".repeat(400)),
-                counter: write,
+            let filler = WriteOp::CaughtUp {
+                peer: NodeId::new("n".repeat(400)),
+                seq: write,
             };
             s.commit_group(&[job(write, vec![stored(&key, write), filler])])
                 .unwrap();
@@ -1314,47 +1311,38 @@ mod tests {
     /// in order reaches (compared through what the core recovers from each).
     #[test]
     fn a_checkpoint_without_overwritten_writes_reaches_the_same_state() {
-        let p = |c: u64| ProposalId {
-            coordinator: NodeId::new("n1"),
-            counter: c,
-        };
-        let reserved = |key: &str, c: u64| WriteOp::PutKey {
+        let open = |key: &str, c: u64| WriteOp::PutKey {
             key: Key::new(key),
-            state: DurableKey::Reserved {
-                p: p(c),
-                value: Value::from("v"),
-                participants: std::sync::Arc::new(replicator_core::Membership::default()),
+            state: DurableKey::Open {
+                promised: ballot(c, "n2"),
+                accepted: Some((ballot(c, "n2"), proposal(c))),
             },
         };
         let ops = vec![
-            reserved("a", 1),
+            open("a", 1),
             stored("a", 1),
-            reserved("b", 2),
+            open("b", 2),
             WriteOp::RemoveKey { key: Key::new("b") },
-            WriteOp::PutRefusal {
-                p: p(2),
-                why: RefusalWhy::Aborted,
-            },
-            reserved("c", 3),
+            request(2, None),
+            open("c", 3),
             WriteOp::RemoveKey { key: Key::new("c") },
             stored("c", 4),
-            WriteOp::PutRefusal {
-                p: p(5),
-                why: RefusalWhy::Fenced,
+            request(5, None),
+            WriteOp::RemoveRequest {
+                id: RequestId::new("r5"),
             },
-            WriteOp::RemoveRefusal { p: p(5) },
             member("c1", "n7"),
             WriteOp::Departed(NodeId::new("n7")),
             member("c1", "n7"),
-            WriteOp::Watermark {
-                coordinator: NodeId::new("n2"),
-                counter: 9,
+            WriteOp::CaughtUp {
+                peer: NodeId::new("n2"),
+                seq: 9,
             },
-            WriteOp::Watermark {
-                coordinator: NodeId::new("n2"),
-                counter: 4,
+            WriteOp::CaughtUp {
+                peer: NodeId::new("n2"),
+                seq: 4,
             },
-            reserved("d", 6),
+            open("d", 6),
         ];
         let kept = superseded_dropped(&ops);
         assert_eq!(kept.len(), ops.len() - 5, "{kept:?}");
@@ -1470,7 +1458,7 @@ mod tests {
         }
         let e = format!("{:#}", Storage::open(dir.path(), None).err().unwrap());
         assert!(
-            e.contains("format 1") && e.contains("network id") && e.contains("new node"),
+            e.contains("format 1") && e.contains("quorums") && e.contains("new node"),
             "{e}"
         );
         let e = Storage::open(dir.path(), Some(&Recovered::joiner(net())))

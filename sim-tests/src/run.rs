@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replicator_core::{
-    CallId, Command, GetOutcome, Key, NodeId, NotReady, PutOutcome, ReadState,
-    RemoveOutcome, Reply, RequestId, Time, Value, VerifyReport,
+    CallId, Command, GetOutcome, Key, NodeId, NotReady, PutOutcome, ReadState, RemoveOutcome,
+    Reply, RequestId, Time, Value, VerifyReport,
 };
 use transport_sim::{NodeIx, Obs, TraceMode, World, WorldStats};
 
@@ -1251,15 +1251,18 @@ impl Run {
     /// (PROTOCOL.md, invariant 9).
     fn check_answered_in_time(&self, op: usize, reply: Option<&Reply>) -> Result<(), Broken> {
         let o = &self.history[op];
-        if self.world.minority().is_empty() || !self.safety || self.world.minority().contains(&o.node) {
+        if self.world.minority().is_empty()
+            || !self.safety
+            || self.world.minority().contains(&o.node)
+        {
             return Ok(());
         }
-        let definite = match reply {
+        let definite = matches!(
+            reply,
             Some(Reply::Put(PutOutcome::Stored | PutOutcome::Exists { .. }))
-            | Some(Reply::Get(GetOutcome::Value(_) | GetOutcome::Unknown))
-            | Some(Reply::Verify(_)) => true,
-            _ => false,
-        };
+                | Some(Reply::Get(GetOutcome::Value(_) | GetOutcome::Unknown))
+                | Some(Reply::Verify(_))
+        );
         if definite {
             return Ok(());
         }

@@ -326,7 +326,11 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
                 (lo, lo * 3)
             }),
         });
-        net.loss = if minority_rng.random_bool(0.5) { 0.0 } else { 0.01 };
+        net.loss = if minority_rng.random_bool(0.5) {
+            0.0
+        } else {
+            0.01
+        };
         workload.joins = 0;
         workload.leaves = 0;
         workload.lulls = None;

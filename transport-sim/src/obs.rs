@@ -1,6 +1,8 @@
 //! What the world reports: observations for the checkers and the counters of a run.
 
-use replicator_core::{Ballot, CallId, Digest, Key, Note, ProposalId, RemoveOutcome, Reply, WriteOp};
+use replicator_core::{
+    Ballot, CallId, Digest, Key, Note, ProposalId, RemoveOutcome, Reply, WriteOp,
+};
 
 use crate::spec::NodeIx;
 #[allow(unused_imports)] // named in the docs

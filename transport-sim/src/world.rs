@@ -10,11 +10,9 @@ use rand_chacha::ChaCha8Rng;
 use replicator_core::wire::{self, Answer, Message, Request, Response};
 use replicator_core::{
     CallId, ClusterId, Command, DurableKey, FNV1A_OFFSET, Input, Key, NetworkId, Node, NodeId,
-    Note,
-    Output, Recovered, RemoveOutcome, Reply, Time, Urgency, WriteId, WriteOp,
+    Note, Output, Recovered, RemoveOutcome, Reply, Time, Urgency, WriteId, WriteOp,
 };
 
-use crate::ids::IdMap;
 use crate::obs::{Obs, WorldStats};
 use crate::spec::{FaultKind, Micros, NodeIx, TraceMode, WorldSpec};
 
@@ -22,8 +20,8 @@ mod discovery;
 mod disk;
 mod events;
 mod lifecycle;
-mod nemesis;
 mod minority;
+mod nemesis;
 mod network;
 mod tracer;
 

@@ -70,10 +70,6 @@ impl Acceptor {
         self.keys.get(key).and_then(DurableKey::stored)
     }
 
-    pub fn is_damaged(&self, key: &Key) -> bool {
-        self.damaged.contains(key)
-    }
-
     pub fn keys(&self) -> impl Iterator<Item = (&Key, &DurableKey)> {
         self.keys.iter()
     }
@@ -306,7 +302,12 @@ impl Acceptor {
     /// Merges a record copied from a member while joining: a decision is stored; otherwise
     /// the highest promise and the accepted value with the highest ballot are kept, as if this
     /// node had seen what the member saw. Returns a conflicting decision, if any.
-    pub fn merge_copy(&mut self, env: &mut Env, key: &Key, copied: &DurableKey) -> Option<Proposal> {
+    pub fn merge_copy(
+        &mut self,
+        env: &mut Env,
+        key: &Key,
+        copied: &DurableKey,
+    ) -> Option<Proposal> {
         match copied {
             DurableKey::Stored { chosen, .. } => match self.store(env, key, chosen) {
                 Learned::Conflict(known) => Some(known),

@@ -133,10 +133,8 @@ impl Coordinator {
                 calls: vec![call],
             },
         );
-        env.timers.set(
-            Timer::PutDeadline(op_id),
-            env.now + env.config.put_timeout,
-        );
+        env.timers
+            .set(Timer::PutDeadline(op_id), env.now + env.config.put_timeout);
         op_id
     }
 

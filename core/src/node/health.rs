@@ -30,13 +30,10 @@ const DOUBLINGS_MAX: u32 = 6;
 impl Health {
     /// Suspects `node` from `now`: for `base`, doubled for every earlier strike.
     pub fn suspect(&mut self, node: &NodeId, now: Time, base: Duration) {
-        let s = self
-            .suspects
-            .entry(node.clone())
-            .or_insert(Suspicion {
-                until: now,
-                strikes: 0,
-            });
+        let s = self.suspects.entry(node.clone()).or_insert(Suspicion {
+            until: now,
+            strikes: 0,
+        });
         if s.until > now {
             // Suspected already: a second miss in the same period adds nothing.
             return;
@@ -93,13 +90,19 @@ mod tests {
         h.suspect(&a, Time::from_millis(0), ms(10));
         assert!(h.is_suspect(&a, Time::from_millis(9)));
         h.suspect(&a, Time::from_millis(5), ms(10));
-        assert!(!h.is_suspect(&a, Time::from_millis(10)), "no strike while suspected");
+        assert!(
+            !h.is_suspect(&a, Time::from_millis(10)),
+            "no strike while suspected"
+        );
         h.suspect(&a, Time::from_millis(10), ms(10));
         assert!(h.is_suspect(&a, Time::from_millis(29)), "twice as long");
         assert!(!h.is_suspect(&a, Time::from_millis(30)));
         h.vouch(&a);
         h.suspect(&a, Time::from_millis(40), ms(10));
-        assert!(!h.is_suspect(&a, Time::from_millis(50)), "strikes forgotten");
+        assert!(
+            !h.is_suspect(&a, Time::from_millis(50)),
+            "strikes forgotten"
+        );
         let m = Membership::from_pairs([("c".into(), a.clone())]);
         assert!(!h.any_suspect(&m, Time::from_millis(50)));
         assert_eq!(h.suspects(Time::from_millis(45)).count(), 1);

@@ -139,7 +139,10 @@ impl Node {
     /// records it durably: everything that depends on the grown membership (a proposal carrying
     /// its digest, a grant matching it) leaves only after the write, behind the barrier.
     fn add_member(&mut self, cluster: ClusterId, node: NodeId) {
-        let (clusters_max, nodes_max) = (self.env.config.clusters_max, self.env.config.cluster_nodes_max);
+        let (clusters_max, nodes_max) = (
+            self.env.config.clusters_max,
+            self.env.config.cluster_nodes_max,
+        );
         match self
             .members
             .add(cluster.clone(), node.clone(), clusters_max, nodes_max)
@@ -147,7 +150,8 @@ impl Node {
             Ok(true) => self.env.out.persist(WriteOp::AddMember { cluster, node }),
             Ok(false) => {}
             Err(reason) => self
-                .env.out
+                .env
+                .out
                 .note(Note::PeerInputRejected { from: node, reason }),
         }
     }
@@ -204,9 +208,12 @@ impl Node {
     /// A message came from a node that left or was removed: tell it, so that a removed node
     /// that was partitioned or down when it was removed stops serving.
     pub(super) fn tell_departed_sender(&mut self, from: &NodeId) {
-        if *from != self.env.id && self.members.has_departed(from) && !self.members.this_node_removed()
+        if *from != self.env.id
+            && self.members.has_departed(from)
+            && !self.members.this_node_removed()
         {
-            self.env.out
+            self.env
+                .out
                 .send(from.clone(), Message::Removed { node: from.clone() });
         }
     }
@@ -235,13 +242,15 @@ impl Node {
             .cloned()
             .collect();
         let members = (**self.members.current()).clone();
-        self.env.out
+        self.env
+            .out
             .send(to.clone(), Message::View { members, departed });
     }
 
     /// Departed nodes listed in a view, at most.
     pub(super) fn departed_listed_max(&self) -> usize {
-        self.env.config
+        self.env
+            .config
             .clusters_max
             .saturating_mul(self.env.config.cluster_nodes_max)
     }

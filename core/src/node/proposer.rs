@@ -65,10 +65,7 @@ pub(crate) enum Outcome {
     /// phase 1).
     NothingChosen { key: Key },
     /// Its time is up, undecided. `left`: the proposal of its own whose Accept had left.
-    GaveUp {
-        key: Key,
-        left: Option<ProposalId>,
-    },
+    GaveUp { key: Key, left: Option<ProposalId> },
 }
 
 /// One key being proposed.
@@ -185,6 +182,15 @@ pub(crate) struct Start<'a> {
     pub local_highest: Ballot,
 }
 
+/// Whom an answer comes from and what it answers: a ballot's Prepare (no proposal) or the
+/// Accept of a proposal.
+pub struct AnswerFrom<'a> {
+    pub key: &'a Key,
+    pub node: &'a NodeId,
+    pub ballot: &'a Ballot,
+    pub proposal: Option<&'a ProposalId>,
+}
+
 impl Proposer {
     /// `phase_two`: a first guess of how long a phase 2 takes, until ballots measure it.
     pub fn new(round_ceiling: u64, block: u64, phase_two: Duration) -> Proposer {
@@ -222,11 +228,6 @@ impl Proposer {
         self.running.get(key).map_or_else(Silence::default, |r| {
             Silence::among(&r.participants, |n| r.answered.contains(n))
         })
-    }
-
-    /// The ballot `key` is at, if it runs one (a representative's answers are matched to it).
-    pub fn current_ballot(&self, key: &Key) -> Option<Ballot> {
-        self.running.get(key).and_then(|r| r.step.ballot())
     }
 
     // ---------------------------------------------------------------- starting
@@ -467,10 +468,12 @@ impl Proposer {
             return;
         };
         let current = match &r.step {
-            Step::Fast { .. } => {
-                ballot.is_fast() && proposal == r.own.as_ref().map(|o| &o.p)
-            }
-            Step::Accept { ballot: b, proposal: p, .. } => b == ballot && proposal == Some(&p.p),
+            Step::Fast { .. } => ballot.is_fast() && proposal == r.own.as_ref().map(|o| &o.p),
+            Step::Accept {
+                ballot: b,
+                proposal: p,
+                ..
+            } => b == ballot && proposal == Some(&p.p),
             Step::Prepare { .. } | Step::Waiting => false,
         };
         if let (true, Some(rep)) = (current, r.reps.get_mut(cluster)) {
@@ -480,18 +483,22 @@ impl Proposer {
         }
     }
 
-    /// `node` answered `answer` about `key` at `ballot` (to a Prepare, or to an Accept of a
-    /// proposal).
+    /// `from.node` answered `answer` about `from.key` at `from.ballot` (to a Prepare, or to an
+    /// Accept of `from.proposal`).
     pub fn on_answer(
         &mut self,
         env: &mut Env,
         start: &Start<'_>,
         health: &mut Health,
-        key: &Key,
-        node: &NodeId,
-        (ballot, proposal): (&Ballot, Option<&ProposalId>),
+        from: AnswerFrom<'_>,
         answer: Answer,
     ) -> Option<Outcome> {
+        let AnswerFrom {
+            key,
+            node,
+            ballot,
+            proposal,
+        } = from;
         let r = self.running.get_mut(key)?;
         if !r.participants.contains(node) {
             return None;
@@ -552,9 +559,7 @@ impl Proposer {
                         return Some(self.finish(env, key, own, Some(Ballot::FAST)));
                     }
                     if !*majority
-                        && quorum::every_cluster_majority(&r.participants, |n| {
-                            accepted.contains(n)
-                        })
+                        && quorum::every_cluster_majority(&r.participants, |n| accepted.contains(n))
                     {
                         *majority = true;
                         let took = env.now.since(r.attempt_started);
@@ -601,7 +606,10 @@ impl Proposer {
                 }
             }
         }
-        let nacked = self.running.get(key).is_some_and(|r| r.behind || r.outdated);
+        let nacked = self
+            .running
+            .get(key)
+            .is_some_and(|r| r.behind || r.outdated);
         if nacked || self.hopeless(env, key) {
             // A higher ballot of another node exists: this one would only be nacked further
             // on (and waits here for a node that may be down, in vain).
@@ -941,4 +949,3 @@ fn clear_timers(env: &mut Env, key: &Key, r: &Proposing) {
             .cancel(&Timer::Representative(key.clone(), c.clone()));
     }
 }
-

@@ -64,10 +64,6 @@ impl Reader {
         self.reads.len()
     }
 
-    pub fn verifies(&self) -> usize {
-        self.verifies.len()
-    }
-
     /// A client's GET of a key not stored here: ask this node's cluster (unless the read may
     /// be answered "unknown" at once, which only the `UnknownFromLocalState` bug does).
     pub fn start(
@@ -108,10 +104,8 @@ impl Reader {
                 undecided: false,
             },
         );
-        env.timers.set(
-            Timer::ReadDeadline(call),
-            env.now + env.config.read_timeout,
-        );
+        env.timers
+            .set(Timer::ReadDeadline(call), env.now + env.config.read_timeout);
         env.timers
             .set(Timer::ReadWait(call), env.now + env.config.read_wait);
     }

@@ -488,7 +488,9 @@ impl Harness {
 
     /// The proposal that `id` stores for `key`, if any.
     pub fn stored_at(&self, id: &str, key: &str) -> Option<Proposal> {
-        self.node(id).key_state(&k(key)).and_then(|s| s.stored().cloned())
+        self.node(id)
+            .key_state(&k(key))
+            .and_then(|s| s.stored().cloned())
     }
 
     /// The proposal `id` accepted for `key` and has not seen decided, with its ballot.

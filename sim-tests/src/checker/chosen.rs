@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use replicator_core::{Ballot, Digest, Key, Membership, NodeId, Proposal, ProposalId, Time};
 use replicator_core::quorum;
+use replicator_core::{Ballot, Digest, Key, Membership, NodeId, Proposal, ProposalId, Time};
 
 use super::{Broken, broken};
 use crate::invariant::Invariant;
@@ -86,7 +86,7 @@ impl Chosen {
         members: &Arc<Membership>,
         now: Time,
     ) -> Result<(), Broken> {
-        debug_assert!(members.len() > 0);
+        debug_assert!(!members.is_empty());
         let Some((_, proposal)) = self.proposals.get(p) else {
             return Err(broken(
                 Invariant::QuorumDiscipline,

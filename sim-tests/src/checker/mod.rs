@@ -172,11 +172,7 @@ impl Checker {
                     .answered(w.name, key, ballot, proposal, &members, now)?;
             }
             (Obs::BallotReused { what, key, .. }, _) => {
-                return Err(broken(
-                    Invariant::QuorumDiscipline,
-                    Some(key),
-                    what.clone(),
-                ));
+                return Err(broken(Invariant::QuorumDiscipline, Some(key), what.clone()));
             }
             (Obs::Crashed { node, .. }, _) => {
                 self.views(*node);
@@ -222,7 +218,7 @@ impl Checker {
             DurableKey::Open {
                 accepted: Some((ballot, proposal)),
                 ..
-            } if fresh.is_some() => {
+            } if fresh => {
                 self.quorums.accepted(w.name, key, ballot, proposal)?;
                 let own = match &ballot.node {
                     Some(n) => n == w.name,
@@ -280,10 +276,7 @@ impl Checker {
             return Ok(());
         }
         self.quorums.stored(name, key, chosen)?;
-        if !self
-            .proposed
-            .contains(&(key.clone(), chosen.value.clone()))
-        {
+        if !self.proposed.contains(&(key.clone(), chosen.value.clone())) {
             return Err(broken(
                 Invariant::Validity,
                 Some(key),

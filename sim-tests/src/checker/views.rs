@@ -18,28 +18,22 @@ pub(super) struct View {
     pub floor: Ballot,
 }
 
-/// What a write of an open record did, for the quorum tracking.
-pub(super) struct NewAccept {
-    pub key: Key,
-    pub ballot: Ballot,
-}
-
 impl View {
     /// Applies one write. `discipline`: check the promise rules (in memory; a crash resets the
     /// memory to the disk, and what the node knows after it is what it must keep to). Returns
-    /// the accepted value it newly records, if any.
+    /// whether it newly records an accepted value (for the quorum tracking).
     pub fn apply(
         &mut self,
         op: &WriteOp,
         name: &str,
         place: &str,
         discipline: bool,
-    ) -> Result<Option<NewAccept>, Broken> {
+    ) -> Result<bool, Broken> {
         match op {
             WriteOp::PutKey { key, state } => {
                 if let Some(q) = self.stored.get(key) {
                     match state {
-                        DurableKey::Stored { chosen, .. } if chosen.p == *q => return Ok(None),
+                        DurableKey::Stored { chosen, .. } if chosen.p == *q => return Ok(false),
                         _ => {
                             return Err(broken(
                                 Invariant::Stability,
@@ -55,7 +49,7 @@ impl View {
                     DurableKey::Stored { chosen, .. } => {
                         self.open.remove(key);
                         self.stored.insert(key.clone(), chosen.p.clone());
-                        Ok(None)
+                        Ok(false)
                     }
                     DurableKey::Open { promised, accepted } => {
                         let (before_p, before_a) = self
@@ -88,12 +82,8 @@ impl View {
                                 ));
                             }
                         }
-                        let new_accept = fresh.then(|| NewAccept {
-                            key: key.clone(),
-                            ballot: accepted.as_ref().expect("fresh").0.clone(),
-                        });
                         self.open.insert(key.clone(), (promised.clone(), accepted));
-                        Ok(new_accept)
+                        Ok(fresh)
                     }
                 }
             }
@@ -115,15 +105,15 @@ impl View {
                     ));
                 }
                 self.open.remove(key);
-                Ok(None)
+                Ok(false)
             }
             WriteOp::BallotFloor(b) => {
                 if *b > self.floor {
                     self.floor = b.clone();
                 }
-                Ok(None)
+                Ok(false)
             }
-            _ => Ok(None),
+            _ => Ok(false),
         }
     }
 }

@@ -244,7 +244,7 @@ impl World {
             departed: false,
             departed_seen: BTreeSet::new(),
             removed: false,
-                        rounds_sent: BTreeMap::new(),
+            rounds_sent: BTreeMap::new(),
         });
         ix
     }

@@ -53,7 +53,13 @@ impl World {
                 Some(range) => self.now + micros(draw(&mut self.rng_faults, range) / 2),
                 None => self.now,
             };
-            self.push(at, Ev::Minority { node: ix, start: true });
+            self.push(
+                at,
+                Ev::Minority {
+                    node: ix,
+                    start: true,
+                },
+            );
         }
     }
 

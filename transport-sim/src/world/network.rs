@@ -156,7 +156,10 @@ impl World {
         if ballot.node.as_ref() != Some(&me.id) {
             return;
         }
-        let latest = me.rounds_sent.last_key_value().map(|(r, k)| (*r, k.clone()));
+        let latest = me
+            .rounds_sent
+            .last_key_value()
+            .map(|(r, k)| (*r, k.clone()));
         let what = match (me.rounds_sent.get(&ballot.round), latest) {
             (Some(k), _) if k != key => Some(format!(
                 "{} sent Prepare({key:?}, {ballot}) after using round {} for {k:?}",
