@@ -618,6 +618,7 @@ impl Node {
                         node: &node,
                         ballot: &ballot,
                         proposal: proposal.as_ref(),
+                        digest,
                     },
                     answer,
                 );
@@ -637,7 +638,7 @@ impl Node {
                 }
                 if let Some(ReadEvent::Learned { key: k, chosen }) =
                     self.reader
-                        .on_answer(&mut self.env, tag, node.clone(), state)
+                        .on_answer(&mut self.env, &key, tag, node.clone(), state)
                 {
                     debug_assert_eq!(k, key);
                     self.learn(&k, &chosen, &node);

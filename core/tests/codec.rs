@@ -1,99 +1,219 @@
-//! Property tests of the wire format: any bytes decode to a message or an error, never a
-//! panic; every message the core builds survives a round trip.
+//! Property tests of the wire format (`wire.rs`): every message the core can build survives a
+//! round trip; any bytes at all decode to valid messages or to an error, never a panic; and a
+//! frame that claims more than the bounds allow is refused without the memory it claims ever
+//! being allocated.
+
+mod strategies;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::BTreeSet;
 
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::TestRunner;
 use replicator_core::wire::{
     self, BATCH_FRAME_BYTES, Batch, FRAME_BYTES_MAX, MESSAGES_PER_FRAME_MAX, WIRE_VERSION,
     WireError,
 };
 use replicator_core::*;
+use strategies::*;
 
-fn arb_id() -> impl Strategy<Value = String> {
-    "[a-z0-9]{1,12}"
+// ------------------------------------------------------------------ allocation tracking
+//
+// A peer controls every length prefix in a frame. The bound that matters is on what decoding
+// allocates, so this test binary counts it: the largest single allocation made on the current
+// thread while `largest_allocation` runs (tests run on threads of their own, so they do not
+// see each other's allocations).
+
+struct Tracking;
+
+thread_local! {
+    static TRACKING: Cell<bool> = const { Cell::new(false) };
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
 }
 
-fn arb_proposal() -> impl Strategy<Value = ProposalId> {
-    (arb_id(), any::<u64>()).prop_map(|(c, counter)| ProposalId {
-        coordinator: c.into(),
-        counter,
-    })
+fn track(size: usize) {
+    let _ = TRACKING.try_with(|on| {
+        if on.get() {
+            let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+        }
+    });
 }
 
-fn arb_vote() -> impl Strategy<Value = Vote> {
-    prop_oneof![
-        Just(Vote::Granted),
-        Just(Vote::Committed),
-        (
-            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
-            proptest::option::of(arb_proposal()),
-        )
-            .prop_map(|(stored, holder)| Vote::Denied {
-                reason: DenyReason::Busy,
-                stored: stored.map(Value::from),
-                holder,
-            }),
-    ]
+// SAFETY: every call is forwarded to the system allocator unchanged; the tracking only reads
+// the requested sizes into thread-locals that never allocate (const-initialised `Cell`s).
+unsafe impl GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        track(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        track(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        track(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
 }
 
-fn arb_message() -> impl Strategy<Value = Message> {
-    prop_oneof![
-        (
-            arb_proposal(),
-            arb_id(),
-            proptest::collection::vec(any::<u8>(), 0..256),
-            any::<u64>()
-        )
-            .prop_map(
-                |(p, key, value, digest)| Message::Request(Request::Reserve {
-                    p,
-                    key: key.into(),
-                    value: value.into(),
-                    digest: Digest(digest),
-                })
-            ),
-        (arb_proposal(), arb_id())
-            .prop_map(|(p, key)| Message::Request(Request::Status { p, key: key.into() })),
-        (arb_proposal(), arb_id(), arb_id(), arb_vote()).prop_map(|(p, key, node, vote)| {
-            Message::Response(Response::Vote {
-                p,
-                key: key.into(),
-                node: node.into(),
-                vote,
-            })
-        }),
-        (
-            arb_id(),
-            proptest::collection::vec(arb_id(), 0..8),
-            arb_proposal(),
-            arb_id()
-        )
-            .prop_map(|(cluster, targets, p, key)| Message::Relay {
-                cluster: cluster.into(),
-                targets: targets.into_iter().map(NodeId::from).collect(),
-                request: Request::Commit { p, key: key.into() },
-            }),
-        proptest::option::of(arb_id()).prop_map(|after| Message::SyncRequest {
-            after: after.map(Key::from)
-        }),
-    ]
+#[global_allocator]
+static GLOBAL: Tracking = Tracking;
+
+/// Runs `f` and returns its result with the largest allocation it made on this thread.
+fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    LARGEST.with(|l| l.set(0));
+    TRACKING.with(|t| t.set(true));
+    let out = f();
+    TRACKING.with(|t| t.set(false));
+    (out, LARGEST.with(|l| l.get()))
 }
+
+/// What decoding one frame may allocate at once, whatever its length prefixes claim: bincode
+/// refuses a claim past its limit (`FRAME_BYTES_MAX`, the limit `wire.rs` configures) before
+/// allocating anything, and a claim within it is at most that.
+const ALLOCATION_MAX: usize = FRAME_BYTES_MAX;
+
+/// What a string's claim past the limit costs: bincode checks it against the limit before
+/// allocating, so only the error's text.
+const REFUSAL_ALLOCATION_MAX: usize = 4096;
+
+/// What a sequence's claim costs, whatever it is: bincode's serde path hands the length to
+/// serde unchecked, and serde preallocates at most 1 MiB for it (its "cautious" size hint);
+/// beyond that a sequence grows only with elements actually read.
+const SEQUENCE_PREALLOCATION_MAX: usize = 1 << 20;
+
+// ------------------------------------------------------------------ helpers
+
+/// A message re-encoded and decoded again is itself: whatever decoding produced is a message
+/// the codec can carry, not a half-built value.
+fn is_canonical(msg: &Message) -> bool {
+    wire::decode(&wire::encode(msg)).as_ref() == Ok(msg)
+}
+
+fn leave_check(seq: u64) -> Message {
+    Message::LeaveCheck { seq }
+}
+
+/// The bincode varint of `n` (standard config): one byte below 251, else a marker and the
+/// little-endian integer.
+fn varint(n: u64) -> Vec<u8> {
+    match n {
+        0..=250 => vec![n as u8],
+        251..=0xffff => [vec![251], (n as u16).to_le_bytes().to_vec()].concat(),
+        0x1_0000..=0xffff_ffff => [vec![252], (n as u32).to_le_bytes().to_vec()].concat(),
+        _ => [vec![253], n.to_le_bytes().to_vec()].concat(),
+    }
+}
+
+// ------------------------------------------------------------------ strategies
+
+/// The strategies are what the round-trip properties are worth: they must reach every
+/// variant of every enum that crosses the wire. (A new variant does not compile in
+/// `strategies::variants_in` until it is named, and then fails here until a strategy builds it.)
+#[test]
+fn the_strategies_reach_every_variant_of_every_wire_enum() {
+    let mut runner = TestRunner::deterministic();
+    let strategy = arb_message();
+    let mut seen = BTreeSet::new();
+    for _ in 0..4000 {
+        let msg = strategy.new_tree(&mut runner).expect("a value").current();
+        seen.extend(variants_in(&msg));
+    }
+    let missing: Vec<String> = every_variant()
+        .into_iter()
+        .filter(|v| !seen.contains(v))
+        .collect();
+    assert!(missing.is_empty(), "never generated: {missing:?}");
+}
+
+// ------------------------------------------------------------------ properties
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = wire::decode(&bytes);
-        let mut framed = vec![WIRE_VERSION];
-        framed.extend(&bytes);
-        let _ = wire::decode(&framed);
+    fn every_message_round_trips(msg in arb_message()) {
+        let frame = wire::encode(&msg);
+        prop_assert_eq!(frame[0], WIRE_VERSION);
+        prop_assert!(frame.len() <= FRAME_BYTES_MAX);
+        prop_assert_eq!(wire::decode(&frame), Ok(msg.clone()));
+        prop_assert_eq!(wire::decode_frame(&frame), Ok(vec![msg]));
+    }
+
+    /// Storage records use the same bounded codec (`encode_record`): a record round-trips,
+    /// and a record followed by anything is refused (a torn or padded write is not silently
+    /// read as a shorter record).
+    #[test]
+    fn records_round_trip_and_refuse_trailing_bytes(
+        record in arb_durable_key(),
+        members in arb_membership(),
+        extra in proptest::collection::vec(any::<u8>(), 1..8),
+    ) {
+        let bytes = wire::encode_record(&record).expect("encodes");
+        prop_assert_eq!(wire::decode_record::<DurableKey>(&bytes), Ok(record));
+        let mut padded = bytes.clone();
+        padded.extend(&extra);
+        prop_assert_eq!(
+            wire::decode_record::<DurableKey>(&padded),
+            Err(WireError::Trailing(extra.len()))
+        );
+        // A membership's digest is derived, not carried: it comes back equal.
+        let bytes = wire::encode_record(&members).expect("encodes");
+        let back: Membership = wire::decode_record(&bytes).expect("decodes");
+        prop_assert_eq!(back.digest(), members.digest());
+        prop_assert_eq!(back, members);
     }
 
     #[test]
-    fn messages_round_trip(msg in arb_message()) {
+    fn any_bytes_decode_to_valid_messages_or_an_error(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        // As they come (mostly a wrong version), and behind the right version byte.
+        let mut framed = vec![WIRE_VERSION];
+        framed.extend(&bytes);
+        for frame in [&bytes, &framed] {
+            if let Ok(msgs) = wire::decode_frame(frame) {
+                prop_assert!(!msgs.is_empty() && msgs.len() <= MESSAGES_PER_FRAME_MAX);
+                for m in &msgs {
+                    prop_assert!(is_canonical(m), "{:?}", m);
+                }
+            }
+            if let Ok(m) = wire::decode(frame) {
+                prop_assert!(is_canonical(&m), "{:?}", m);
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_yields_an_error_or_valid_messages(msg in arb_message(), bit in any::<usize>()) {
+        let mut frame = wire::encode(&msg);
+        let bit = bit % (frame.len() * 8);
+        frame[bit / 8] ^= 1 << (bit % 8);
+        match wire::decode_frame(&frame) {
+            Ok(msgs) => {
+                prop_assert!(bit >= 8, "a flipped version byte decoded");
+                for m in &msgs {
+                    prop_assert!(is_canonical(m), "{:?}", m);
+                }
+            }
+            Err(WireError::Version(v)) => prop_assert_eq!(v, frame[0]),
+            Err(_) => prop_assert!(bit >= 8, "a bad version must be named as such"),
+        }
+    }
+
+    /// The encoding is self-delimiting: a frame cut anywhere inside its one message never
+    /// decodes (to a shorter message, say), it is an error.
+    #[test]
+    fn a_truncated_frame_is_an_error(msg in arb_message(), cut in 1usize..64) {
         let frame = wire::encode(&msg);
-        prop_assert!(frame.len() <= FRAME_BYTES_MAX);
-        prop_assert_eq!(wire::decode(&frame), Ok(msg));
+        let cut = cut.min(frame.len() - 1);
+        prop_assert!(wire::decode(&frame[..frame.len() - cut]).is_err());
+        prop_assert!(wire::decode_frame(&frame[..frame.len() - cut]).is_err());
     }
 
     #[test]
@@ -110,8 +230,13 @@ proptest! {
         prop_assert_eq!(decoded, msgs);
     }
 
+    /// A cut inside a message is an error; a cut between two leaves the messages before it
+    /// (the transport's length prefix, not the frame, says where a frame ends).
     #[test]
-    fn a_cut_batch_yields_an_error_or_a_prefix(msgs in proptest::collection::vec(arb_message(), 2..16), cut in 1usize..8) {
+    fn a_cut_batch_yields_an_error_or_a_prefix(
+        msgs in proptest::collection::vec(arb_message(), 2..16),
+        cut in 1usize..8,
+    ) {
         let mut batch = Batch::default();
         for m in &msgs {
             batch.push(m);
@@ -120,68 +245,164 @@ proptest! {
         prop_assert_eq!(frames.len(), 1);
         let frame = &frames[0];
         let cut = cut.min(frame.len() - 2);
-        // A cut inside a message is an error; a cut between two leaves the messages before it
-        // (the transport's length prefix, not the frame, says where a frame ends).
         if let Ok(decoded) = wire::decode_frame(&frame[..frame.len() - cut]) {
             prop_assert!(decoded.len() < msgs.len());
             prop_assert_eq!(&decoded[..], &msgs[..decoded.len()]);
         }
     }
 
+    /// Whatever length a prefix claims, decoding allocates no more than the frame limit at
+    /// once, and what it yields (if anything) is a valid message.
     #[test]
-    fn truncated_frames_are_errors(msg in arb_message(), cut in 1usize..64) {
+    fn a_claimed_length_never_allocates_past_the_frame_limit(
+        msg in arb_message(),
+        at in any::<usize>(),
+        claim in prop_oneof![Just(u64::MAX), 1u64 << 20..1u64 << 40, Just(FRAME_BYTES_MAX as u64)],
+    ) {
+        // Splice a big varint in at any byte of a valid frame: where it lands on a length
+        // prefix, the frame claims a huge collection.
         let frame = wire::encode(&msg);
-        let cut = cut.min(frame.len() - 1);
-        prop_assert!(wire::decode(&frame[..frame.len() - cut]).is_err());
+        let at = 1 + at % (frame.len() - 1);
+        let forged = [&frame[..at], &varint(claim)[..], &frame[at..]].concat();
+        let (decoded, largest) = largest_allocation(|| wire::decode_frame(&forged));
+        prop_assert!(
+            largest <= ALLOCATION_MAX,
+            "a frame of {} bytes allocated {} bytes at once", forged.len(), largest
+        );
+        if let Ok(msgs) = decoded {
+            for m in &msgs {
+                prop_assert!(is_canonical(m), "{:?}", m);
+            }
+        }
     }
 }
 
-fn probe(sent: u64) -> Message {
-    Message::Probe {
-        sent: Time::from_micros(sent),
-    }
-}
+// ------------------------------------------------------------------ the bounds, one by one
 
 #[test]
-fn a_batch_starts_a_new_frame_at_its_bounds() {
-    // Count: small messages fill a frame up to the message limit.
-    let mut batch = Batch::default();
-    for i in 0..MESSAGES_PER_FRAME_MAX + 1 {
-        batch.push(&probe(i as u64));
-    }
-    let frames = batch.into_frames();
-    assert_eq!(frames.len(), 2);
-    assert_eq!(
-        wire::decode_frame(&frames[0]).unwrap().len(),
-        MESSAGES_PER_FRAME_MAX
+fn a_frame_over_the_byte_limit_is_refused_before_it_is_read() {
+    let mut frame = vec![0u8; FRAME_BYTES_MAX + 1];
+    frame[0] = WIRE_VERSION;
+    let (decoded, largest) = largest_allocation(|| wire::decode_frame(&frame));
+    assert_eq!(decoded, Err(WireError::TooLarge(FRAME_BYTES_MAX + 1)));
+    assert_eq!(largest, 0, "refused before anything was decoded");
+    // At the limit itself the frame is read (and here, being zeros, decodes as messages).
+    frame.truncate(FRAME_BYTES_MAX);
+    assert_ne!(
+        wire::decode_frame(&frame),
+        Err(WireError::TooLarge(FRAME_BYTES_MAX))
     );
-    assert_eq!(
-        wire::decode_frame(&frames[1]).unwrap(),
-        vec![probe(MESSAGES_PER_FRAME_MAX as u64)]
-    );
+}
 
-    // Bytes: a frame past BATCH_FRAME_BYTES takes no more.
-    let big = Message::Request(Request::Reserve {
+/// Each collection a peer can size, claimed far beyond the frame limit in a frame of a few
+/// bytes: an error, and nothing near the claim allocated (at most serde's cautious
+/// preallocation for a sequence, nothing for a string).
+#[test]
+fn every_collection_length_beyond_the_limit_is_refused_without_allocating_it() {
+    let huge = varint(u64::MAX);
+    let past_limit = varint(FRAME_BYTES_MAX as u64 + 1);
+    // Message variant indices, in declaration order (wire.rs).
+    let (request, relay, relay_reply, sync_page, catch_up_page, remove_check_reply, view) =
+        (0u8, 2u8, 3u8, 5u8, 8u8, 13u8, 14u8);
+    let accept = 1u8;
+    let (seq, string) = (SEQUENCE_PREALLOCATION_MAX, REFUSAL_ALLOCATION_MAX);
+    let mut frames: Vec<(&str, Vec<u8>, usize)> = Vec::new();
+    for len in [&huge, &past_limit] {
+        let cases: Vec<(&str, Vec<u8>, usize)> = vec![
+            (
+                "relay targets",
+                [vec![relay, 1, b'a'], len.clone()].concat(),
+                seq,
+            ),
+            (
+                "relay reply responses",
+                [vec![relay_reply, 1, b'a'], len.clone()].concat(),
+                seq,
+            ),
+            (
+                "sync page entries",
+                [vec![sync_page], len.clone()].concat(),
+                seq,
+            ),
+            (
+                "catch-up page entries",
+                [vec![catch_up_page], len.clone()].concat(),
+                seq,
+            ),
+            (
+                "remove check reply nodes",
+                [vec![remove_check_reply, 1, b'n'], len.clone()].concat(),
+                seq,
+            ),
+            (
+                "view membership pairs",
+                [vec![view], len.clone()].concat(),
+                seq,
+            ),
+            // Request::Accept: the key's length.
+            (
+                "a key",
+                [vec![request, accept], len.clone()].concat(),
+                string,
+            ),
+        ];
+        for (name, body, max) in cases {
+            frames.push((name, [vec![WIRE_VERSION], body].concat(), max));
+        }
+    }
+    for (name, frame, max) in frames {
+        let (decoded, largest) = largest_allocation(|| wire::decode_frame(&frame));
+        assert!(
+            matches!(decoded, Err(WireError::Malformed(_))),
+            "{name}: {decoded:?}"
+        );
+        assert!(
+            largest <= max,
+            "{name}: allocated {largest} bytes for a frame of {} bytes",
+            frame.len()
+        );
+    }
+}
+
+/// A value's length within the limit but past the frame's end: an error once the bytes run
+/// out, and (a value being a sequence to serde) at most serde's cautious preallocation of
+/// 1 MiB behind it, not the claimed 4 MiB.
+#[test]
+fn a_value_longer_than_its_frame_is_refused_without_allocating_it() {
+    let key = Key::from("k");
+    let proposal = Proposal {
         p: ProposalId {
             coordinator: "c".into(),
             counter: 1,
         },
-        key: "k".into(),
-        value: vec![7u8; BATCH_FRAME_BYTES].into(),
-        digest: replicator_core::Digest(1),
+        request: None,
+        value: Value::from("v"),
+    };
+    let msg = Message::Request(Request::Decide {
+        key,
+        chosen: proposal,
     });
-    let mut batch = Batch::default();
-    batch.push(&big);
-    batch.push(&probe(1));
-    let frames = batch.into_frames();
-    assert_eq!(frames.len(), 2);
-    assert_eq!(wire::decode_frame(&frames[1]).unwrap(), vec![probe(1)]);
+    let frame = wire::encode(&msg);
+    // The value's length prefix is the byte before its last byte ("v").
+    let at = frame.len() - 2;
+    assert_eq!(frame[at], 1);
+    let claim = (FRAME_BYTES_MAX / 2) as u64;
+    let forged = [&frame[..at], &varint(claim)[..], &frame[at + 1..]].concat();
+    let (decoded, largest) = largest_allocation(|| wire::decode(&forged));
+    assert!(
+        matches!(decoded, Err(WireError::Malformed(_))),
+        "{decoded:?}"
+    );
+    assert!(
+        largest <= SEQUENCE_PREALLOCATION_MAX,
+        "allocated {largest} bytes"
+    );
 }
 
 #[test]
 fn a_frame_over_the_message_limit_is_refused_whole() {
     let mut frame = vec![WIRE_VERSION];
-    let one = wire::encode(&probe(0));
+    let one = wire::encode(&leave_check(7));
     for _ in 0..MESSAGES_PER_FRAME_MAX + 1 {
         frame.extend(&one[1..]);
     }
@@ -195,10 +416,69 @@ fn a_frame_over_the_message_limit_is_refused_whole() {
 }
 
 #[test]
-fn a_frame_must_hold_a_message_and_decode_wants_exactly_one() {
+fn a_frame_must_hold_a_message_of_this_version_and_decode_wants_exactly_one() {
+    assert_eq!(wire::decode_frame(&[]), Err(WireError::Empty));
     assert_eq!(wire::decode_frame(&[WIRE_VERSION]), Err(WireError::Empty));
-    let mut two = wire::encode(&probe(1));
-    two.extend(&wire::encode(&probe(2))[1..]);
+    let mut old = wire::encode(&leave_check(1));
+    old[0] = WIRE_VERSION - 1;
+    assert_eq!(
+        wire::decode(&old),
+        Err(WireError::Version(WIRE_VERSION - 1))
+    );
+    let mut two = wire::encode(&leave_check(1));
+    two.extend(&wire::encode(&leave_check(2))[1..]);
     assert_eq!(wire::decode(&two), Err(WireError::Messages(2)));
-    assert_eq!(wire::decode_frame(&two), Ok(vec![probe(1), probe(2)]));
+    assert_eq!(
+        wire::decode_frame(&two),
+        Ok(vec![leave_check(1), leave_check(2)])
+    );
+    // Bytes after a message that are not a message: the whole frame is refused.
+    let mut junk = wire::encode(&leave_check(1));
+    junk.push(0xff);
+    assert!(matches!(
+        wire::decode_frame(&junk),
+        Err(WireError::Malformed(_))
+    ));
+}
+
+#[test]
+fn a_batch_starts_a_new_frame_at_its_bounds() {
+    // Count: small messages fill a frame up to the message limit.
+    let mut batch = Batch::default();
+    for i in 0..MESSAGES_PER_FRAME_MAX + 1 {
+        batch.push(&leave_check(i as u64));
+    }
+    let frames = batch.into_frames();
+    assert_eq!(frames.len(), 2);
+    assert_eq!(
+        wire::decode_frame(&frames[0]).unwrap().len(),
+        MESSAGES_PER_FRAME_MAX
+    );
+    assert_eq!(
+        wire::decode_frame(&frames[1]).unwrap(),
+        vec![leave_check(MESSAGES_PER_FRAME_MAX as u64)]
+    );
+
+    // Bytes: a frame past BATCH_FRAME_BYTES takes no more.
+    let big = Message::Request(Request::Decide {
+        key: "k".into(),
+        chosen: Proposal {
+            p: ProposalId {
+                coordinator: "c".into(),
+                counter: 1,
+            },
+            request: None,
+            value: vec![7u8; BATCH_FRAME_BYTES].into(),
+        },
+    });
+    let mut batch = Batch::default();
+    batch.push(&big);
+    batch.push(&leave_check(1));
+    let frames = batch.into_frames();
+    assert_eq!(frames.len(), 2);
+    assert_eq!(wire::decode_frame(&frames[0]).unwrap(), vec![big]);
+    assert_eq!(
+        wire::decode_frame(&frames[1]).unwrap(),
+        vec![leave_check(1)]
+    );
 }

@@ -281,6 +281,11 @@ pub async fn status(args: NodeArg) -> ExitCode {
             }
         }
     }
+    let silent = all
+        .get("health")
+        .and_then(|h| h.get("silent_nodes"))
+        .and_then(|s| s.as_array())
+        .map_or(0, Vec::len);
     let state = all
         .get("health")
         .and_then(|h| h.get("status"))
@@ -292,6 +297,12 @@ pub async fn status(args: NodeArg) -> ExitCode {
         serde_json::to_string_pretty(&serde_json::Value::Object(all)).unwrap_or_default()
     );
     if state == "ok" {
+        if silent > 0 {
+            eprintln!(
+                "the node is ok: writes commit, but {silent} member(s) are silent (see \
+                 health.silent_nodes); each cluster tolerates fewer failures until they return"
+            );
+        }
         ExitCode::SUCCESS
     } else {
         eprintln!("the node is {state}: see health.not_writable");

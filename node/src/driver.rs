@@ -104,8 +104,9 @@ pub enum Request {
         key: replicator_core::Key,
         reply: oneshot::Sender<Option<replicator_core::Value>>,
     },
-    /// Leave the network: `done` gets true once every reservation is resolved and
-    /// acknowledged (the driver then stops), false if `within` ran out first.
+    /// Leave the network: `done` gets true once every value this node accepted is decided and
+    /// its cluster pulled its decisions (the driver then stops), false if `within` ran out
+    /// first.
     Leave {
         within: Duration,
         done: oneshot::Sender<bool>,
@@ -230,7 +231,7 @@ pub struct Driver<T: Transport> {
     events: mpsc::Receiver<TransportEvent>,
     requests: mpsc::Receiver<Request>,
     /// Unbounded on purpose: the core's outputs must never be dropped or block the loop, and
-    /// what it asks to persist is bounded by its own limits (proposals, reservations, relays).
+    /// what it asks to persist is bounded by its own limits (proposals, open keys, relays).
     persist: mpsc::UnboundedSender<PersistJob>,
     durable: watch::Receiver<Durable>,
     calls: HashMap<CallId, oneshot::Sender<Reply>>,

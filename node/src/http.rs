@@ -640,8 +640,9 @@ struct RemoveQuery {
 }
 
 /// An operator removes a dead node from the membership (here, and through this node on every
-/// member). Refused with 409 while the node answers (it is alive) or reservations name it,
-/// unless `?force=true`.
+/// member). Refused with 409 while the node answers (it is alive) or its cluster has an even
+/// number of members, with 503 while its cluster's members cannot confirm it, unless
+/// `?force=true`.
 async fn remove_peer(
     State(api): State<Api>,
     peer: Result<Path<String>, PathRejection>,
@@ -770,7 +771,7 @@ fn health_json(api: &Api, s: &Status) -> Json {
         .filter(|p| !p.up)
         .map(|p| p.peer.as_str())
         .collect();
-    let without_majority: Vec<String> = s
+    let mut without_majority: Vec<String> = s
         .membership
         .clusters()
         .filter(|(_, nodes)| {
@@ -782,6 +783,7 @@ fn health_json(api: &Api, s: &Status) -> Json {
         })
         .map(|(c, _)| c.to_string())
         .collect();
+    without_majority.sort();
     let mut not_writable: Vec<&str> = Vec::new();
     if s.removed {
         not_writable.push("removed");
@@ -803,7 +805,9 @@ fn health_json(api: &Api, s: &Status) -> Json {
     let writable = not_writable.is_empty();
     let state = if s.removed {
         "removed"
-    } else if writable && silent.is_empty() {
+    } else if writable {
+        // Silent members a majority of every cluster outvotes cost nothing: still "ok" (they
+        // are named in silent_nodes).
         "ok"
     } else {
         "degraded"

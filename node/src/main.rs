@@ -46,8 +46,9 @@ enum Cmd {
     /// Show a node's health, peers and clusters.
     Status(NodeArg),
     /// Remove a dead node from the membership (through --node, on every member). Refused while
-    /// the node still answers (it is alive) or reservations name it, unless --force (exit 3
-    /// when refused). The removed node serves nothing any more, even after a restart.
+    /// the node still answers (it is alive) or when its cluster has an even number of members,
+    /// unless --force (exit 3 when refused; exit 1 when its cluster's members could not confirm
+    /// it yet). The removed node serves nothing any more, even after a restart.
     Remove(RemoveArgs),
     /// Generate load against one or more nodes and report throughput and latency.
     Bench(bench::BenchArgs),
@@ -124,13 +125,15 @@ pub struct RunArgs {
     /// A PUT still undecided after this long is answered 503 Unavailable.
     #[arg(long)]
     pub put_timeout_ms: Option<u64>,
-    /// A reservation neither committed nor aborted within this long is resolved by its holder.
+    /// A key this node accepted a value for but saw undecided for this long is recovered by
+    /// it (it runs a ballot to finish the decision).
     #[arg(long)]
     pub lease_ms: Option<u64>,
     /// Writes need at least this many nodes in this node's cluster.
     #[arg(long, default_value_t = 3)]
     pub cluster_size_min: usize,
-    /// How long a graceful shutdown waits for reservations to resolve.
+    /// How long a graceful shutdown waits for its values to be decided and pulled by its
+    /// cluster before it says goodbye anyway.
     #[arg(long, default_value_t = 10_000)]
     pub leave_timeout_ms: u64,
     /// A file holding the HTTP API's bearer token (its first line). With it, membership
@@ -219,8 +222,9 @@ pub struct PutArgs {
 pub struct RemoveArgs {
     /// The peer id of the node to remove.
     pub peer: String,
-    /// Remove it even though it answers or reservations name it (they may be aborted or stay
-    /// open; a live node stops serving once it hears of it).
+    /// Remove it even though it answers or its cluster has an even number of members (a live
+    /// node stops serving once it hears of it; from an even cluster, a value a bare majority
+    /// of it accepted may then be missed).
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]

@@ -102,7 +102,7 @@ const GROUP_PERSISTS_MAX: usize = 4096;
 
 /// How long a lazy write waits for a barrier write to share its commit before it is committed
 /// on its own. Bounds what a crash can lose of the lazy writes (they are safe to lose, but a
-/// restart then resolves their reservations again) and how long a held answer that needs them
+/// restart then learns those decisions again) and how long a held answer that needs them
 /// waits if the core did not ask for a sync.
 pub const LAZY_SYNC_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -179,7 +179,7 @@ pub struct Storage {
 /// The storage's side of the driver: where `Persist` outputs go, and what is durable.
 pub struct StorageHandle {
     /// Unbounded on purpose: the core's outputs must never be dropped or block the loop, and
-    /// what it asks to persist is bounded by its own limits (proposals, reservations, relays).
+    /// what it asks to persist is bounded by its own limits (proposals, open keys, relays).
     pub jobs: mpsc::UnboundedSender<PersistJob>,
     pub durable: watch::Receiver<Durable>,
     pub worker: StorageWorker,

@@ -259,29 +259,57 @@ fn slow_and_idle_clients_never_hold_the_api() {
     assert_eq!(r.status, 200);
 }
 
-/// A member down: /health says not writable and names it, `replicator status` exits 5;
-/// reads stay ready.
+/// One member of three down costs nothing: /health names it, stays ok and writable, and
+/// `replicator status` exits 0 with a warning. Two down: no majority, not writable, `status`
+/// exits 5; reads of stored keys stay served.
 #[test]
 fn health_names_silent_members_and_status_exits_degraded() {
     let tmp = tempfile::tempdir().unwrap();
     let a = start("c0", &tmp.path().join("a"), None, &[]);
-    let b = start("c0", &tmp.path().join("b"), Some(&a.p2p), &[]);
+    let mut b = start("c0", &tmp.path().join("b"), Some(&a.p2p), &[]);
     let mut c = start("c0", &tmp.path().join("c"), Some(&a.p2p), &[]);
     wait_converged(&[&a, &b, &c], 3, Duration::from_secs(30));
     let (code, err, _) = run_to_exit(&["status", "--node", &a.http], Duration::from_secs(20));
     assert_eq!(code, Some(0), "{err}");
 
-    let silent = c.peer.clone();
+    // One silent member of three: a majority remains, writes still commit.
+    let silent_c = c.peer.clone();
     kill9(&mut c);
     wait_until(Duration::from_secs(15), "a reports c silent", || {
+        health(&a)["silent_nodes"] == serde_json::json!([silent_c])
+    });
+    let h = health(&a);
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["writable"], true, "{h}");
+    assert_eq!(put(&a, "one-down", "v").status, 201);
+    let (code, err, _) = run_to_exit(&["status", "--node", &a.http], Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("1 member(s) are silent"), "{err}");
+
+    // Two of three: no majority of the cluster, a write cannot commit now.
+    let silent_b = b.peer.clone();
+    kill9(&mut b);
+    wait_until(Duration::from_secs(15), "a reports b and c silent", || {
         let h = health(&a);
         h["writable"] == false
-            && h["silent_nodes"] == serde_json::json!([silent])
-            && h["not_writable"] == serde_json::json!(["silent_members"])
+            && h["silent_nodes"].as_array().map_or(0, Vec::len) == 2
+            && h["not_writable"] == serde_json::json!(["no_majority"])
     });
     let h = health(&a);
     assert_eq!(h["status"], "degraded");
+    assert_eq!(h["clusters_without_majority"], serde_json::json!(["c0"]));
+    assert!(
+        h["silent_nodes"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(silent_b))
+    );
     assert_eq!(h["ready"], true, "reads are still served");
+    assert_eq!(
+        get(&a, "one-down").text(),
+        "v",
+        "a stored value is still served"
+    );
     let (code, err, _) = run_to_exit(&["status", "--node", &a.http], Duration::from_secs(20));
     assert_eq!(code, Some(5), "{err}");
 }

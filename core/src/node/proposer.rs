@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{Note, Silence};
-use crate::membership::Membership;
+use crate::membership::{Digest, Membership};
 use crate::quorum;
 use crate::storage::WriteOp;
 use crate::timers::Timer;
@@ -189,6 +189,8 @@ pub struct AnswerFrom<'a> {
     pub node: &'a NodeId,
     pub ballot: &'a Ballot,
     pub proposal: Option<&'a ProposalId>,
+    /// The membership the node answered in.
+    pub digest: Digest,
 }
 
 impl Proposer {
@@ -498,9 +500,16 @@ impl Proposer {
             node,
             ballot,
             proposal,
+            digest,
         } = from;
         let r = self.running.get_mut(key)?;
         if !r.participants.contains(node) {
+            return None;
+        }
+        if matches!(answer, Answer::Promise { .. } | Answer::Accepted)
+            && digest != r.participants.digest()
+        {
+            // A promise or an accept counts only in the membership it was given in.
             return None;
         }
         if let Answer::Nack { promised, .. } = &answer

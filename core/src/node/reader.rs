@@ -114,13 +114,15 @@ impl Reader {
     pub fn on_answer(
         &mut self,
         env: &mut Env,
+        key: &Key,
         tag: u64,
         node: NodeId,
         state: QueryState,
     ) -> Option<ReadEvent> {
         let call = *self.by_tag.get(&tag)?;
         let read = self.reads.get_mut(&call).expect("indexed by tag");
-        if read.asked.cluster_of(&node) != Some(&env.cluster) {
+        // Tags count from 0 again after a restart: an answer about another key is not one.
+        if read.key != *key || read.asked.cluster_of(&node) != Some(&env.cluster) {
             return None;
         }
         if let QueryState::Stored(chosen) = &state {

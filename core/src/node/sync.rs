@@ -4,8 +4,15 @@
 //! stored; otherwise the highest promise and the accepted value with the highest ballot are
 //! kept); only then does it promise, accept or serve reads. And the member's side, which
 //! serves the pages, only once it counts the joiner as a member.
+//!
+//! Members that are joining themselves (they answer `NotReady` while counting this node as a
+//! member) are left out of the count: they accepted nothing yet (a node is ready for good once
+//! it is; a removed one answers `NotMember`), and they will only ever vote in views that
+//! include this node, so no value chosen without this node can have one of them among its
+//! acceptors. Without that, nodes started together deadlock: each waits for the copy of
+//! another that waits for it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::Note;
 use crate::faults::{PeerFault, Violation};
@@ -26,6 +33,8 @@ pub(super) struct SyncState {
     current: Option<Copying>,
     /// Which candidate to try next (counting through them).
     next: usize,
+    /// Members that answered they are joining too (see the module's doc).
+    joining: BTreeSet<NodeId>,
 }
 
 struct Copying {
@@ -44,22 +53,35 @@ impl Node {
     }
 
     /// The members to copy from, and how many of them: a majority of this cluster's other
-    /// members, or of another cluster if this node is alone in its own.
+    /// members that are not joining too, or of another cluster if there are none.
     fn sync_sources(&self) -> (Vec<NodeId>, usize) {
         let m = self.members.current();
+        let joining = self.sync.as_ref().map(|s| &s.joining);
         let others: Vec<NodeId> = m
             .nodes_of(&self.env.cluster)
             .iter()
-            .filter(|n| **n != self.env.id)
+            .filter(|n| **n != self.env.id && joining.is_none_or(|j| !j.contains(*n)))
             .cloned()
             .collect();
         if let Some(needed) = quorum::copy_sources(others.len()) {
             return (others, needed);
         }
-        match m.clusters().find(|(c, _)| **c != self.env.cluster) {
-            Some((_, nodes)) => (nodes.to_vec(), quorum::majority(nodes.len())),
-            None => (Vec::new(), 0),
-        }
+        // Another cluster's members, but for those joining too (a cluster whose nodes all
+        // start together has none that is ready yet).
+        m.clusters()
+            .filter(|(c, _)| **c != self.env.cluster)
+            .map(|(_, nodes)| -> Vec<NodeId> {
+                nodes
+                    .iter()
+                    .filter(|n| joining.is_none_or(|j| !j.contains(*n)))
+                    .cloned()
+                    .collect()
+            })
+            .find(|nodes| !nodes.is_empty())
+            .map_or((Vec::new(), 0), |nodes| {
+                let needed = quorum::majority(nodes.len());
+                (nodes, needed)
+            })
     }
 
     /// Copies from the next member, or becomes ready once enough copies are complete.
@@ -102,10 +124,13 @@ impl Node {
     /// A joining node asks this member for its records after `after`: one page, bounded by
     /// `sync_page_keys` and about `sync_page_bytes`.
     pub(super) fn on_sync_request(&mut self, from: NodeId, after: Option<Key>) {
-        let refusal = if !self.ready || self.members.this_node_removed() {
-            Some(SyncRefusal::NotReady)
-        } else if !self.members.contains(&from) {
+        // NotMember first: a NotReady answer tells the joiner this node counts it as a
+        // member, so it leaves this node out of its copy's count (see the module's doc).
+        // A removed node (which may have voted before) is no member any more.
+        let refusal = if !self.members.contains(&from) || self.members.this_node_removed() {
             Some(SyncRefusal::NotMember)
+        } else if !self.ready {
+            Some(SyncRefusal::NotReady)
         } else {
             None
         };
@@ -183,13 +208,15 @@ impl Node {
         }
     }
 
-    /// The member asked for the copy refused. Either reason is transient (the member has not
-    /// discovered this node yet, or is joining itself) and calls for the same move: ask the
-    /// next member, a little later. The reason is for whoever reads the trace.
-    pub(super) fn on_sync_refused(&mut self, from: NodeId, _reason: SyncRefusal) {
+    /// The member asked for the copy refused: it has not discovered this node yet (ask the
+    /// next member, a little later), or it is joining itself (and no longer counts).
+    pub(super) fn on_sync_refused(&mut self, from: NodeId, reason: SyncRefusal) {
         let Some(sync) = &mut self.sync else { return };
         if sync.current.as_ref().is_none_or(|c| c.source != from) {
             return;
+        }
+        if reason == SyncRefusal::NotReady {
+            sync.joining.insert(from.clone());
         }
         sync.current = None;
         sync.next += 1;

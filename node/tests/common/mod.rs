@@ -274,12 +274,26 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 /// Waits until every node is ready, writable and sees `members` members.
 pub fn wait_converged(nodes: &[&NodeProc], members: u64, timeout: Duration) {
-    wait_until(timeout, &format!("{members} members everywhere"), || {
-        nodes.iter().all(|n| {
-            let h = health(n);
-            h["writable"] == true && h["members"] == members
-        })
-    });
+    let deadline = Instant::now() + timeout;
+    loop {
+        let healths: Vec<serde_json::Value> = nodes.iter().map(|n| health(n)).collect();
+        if healths
+            .iter()
+            .all(|h| h["writable"] == true && h["members"] == members)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {members} writable members everywhere: {}",
+            healths
+                .iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// kill -9: the node stops at once, without goodbye (it stays a member everywhere).
