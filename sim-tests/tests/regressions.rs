@@ -153,3 +153,19 @@ fn crashes_that_undo_lazy_commits_change_no_outcome() {
         "no crash lost a lazy commit in 40 seeds: the case is not exercised"
     );
 }
+
+/// A core bug: a joiner that had not heard of a leaving node yet answered its leave check
+/// "clear" (as a member of another cluster would), so the leaver went while the joiner's
+/// cluster lacked one of its decisions. A node now answers a leave check only from a member.
+#[test]
+fn a_joiner_never_clears_a_leaver_it_does_not_know() {
+    let shape = |clusters| Shape {
+        clusters: Some(clusters),
+        nodes: Some(3),
+        joins: Some(4),
+        faults: Some(vec![FaultKind::Crash, FaultKind::IsolateNode, FaultKind::Pause]),
+        ..Shape::default()
+    };
+    must_pass(1, shape(2));
+    must_pass(284, shape(1));
+}

@@ -72,9 +72,16 @@ impl Node {
     /// that depends on it; a member of its cluster answers clear once it pulled the leaving
     /// node's decisions up to `seq` (it starts pulling now), and only after every write so
     /// far, lazy ones included, is durable: "clear" vouches for this node's disk.
+    ///
+    /// A node that does not know the leaving node as a member yet (a joiner that has not
+    /// heard of it) does not answer: it cannot tell which cluster it is in, so it cannot
+    /// vouch for anything. The leaving node asks again.
     pub(super) fn on_leave_check(&mut self, from: NodeId, seq: u64) {
+        if !self.members.contains(&from) {
+            return;
+        }
         let same_cluster = self.members.current().cluster_of(&from) == Some(&self.env.cluster);
-        let held = if self.members.contains(&from) && same_cluster {
+        let held = if same_cluster {
             self.learner.caught_up(&from)
         } else {
             u64::MAX
