@@ -128,8 +128,8 @@ pub enum RemoveOutcome {
     /// The node answered: it is alive, and only a dead node is removed (a live one that is
     /// removed would serve stale reads until it hears of it). Stop it first, or force.
     Alive,
-    /// This node is still joining: its view may lack members, and the check must reach every
-    /// member that could hold a reservation naming the node. Ask a ready member.
+    /// This node is still joining: its view may lack members, so it cannot count the node's
+    /// cluster. Ask a ready member.
     NotReady,
 }
 

@@ -41,7 +41,9 @@ pub struct Config {
     /// A node accepts writes only while its own cluster has at least this many members.
     pub cluster_size_min: usize,
 
-    /// How long a ballot's phase waits for its quorum before the proposer tries a higher one.
+    /// How long a ballot's phase waits for its quorum before the proposer resends to the
+    /// nodes that have not answered (every half of it; a classic ballot never gives up on a
+    /// timeout alone, only on a higher ballot or the PUT's deadline).
     pub vote_timeout: Duration,
     /// Once a majority of every cluster accepted the fast round, the coordinator waits for the
     /// rest at least this long, or as long again as that majority took, whichever is longer;

@@ -1,8 +1,8 @@
 //! # replicator-core
 //!
-//! The write-once multi-cluster replication protocol of `core/PROTOCOL.md` (the protocol as
-//! implemented; the design it starts from is `../shared/design/PROTOCOL.md`) as a
-//! pure, sans-io state machine: [`Node`]. It has no I/O, no clock, no randomness of its own,
+//! The write-once multi-cluster replication protocol of `core/PROTOCOL.md` (per-key Flexible
+//! Paxos: a fast round with every node, classic ballots with a majority of every cluster) as
+//! a pure, sans-io state machine: [`Node`]. It has no I/O, no clock, no randomness of its own,
 //! no threads and no async; the real node (tokio + libp2p) and the deterministic simulator
 //! drive the very same code.
 //!
@@ -14,17 +14,18 @@
 //!
 //! | PROTOCOL.md | file (in `src/`) |
 //! |---|---|
-//! | State per key; refusals and watermarks | `node/ledger.rs` |
-//! | Durability: the barrier | `node/outbox.rs` |
-//! | Writing a key: steps 1 (start), 5 (Busy retries), 6 (timeouts) | `node/coordinator.rs` |
-//! | Writing a key: step 5, the race rule (who retries first) | `node/contention.rs` |
-//! | Writing a key: steps 2 (Reserve), 4 (Commit, Abort); the lease | `node/participant.rs` |
-//! | Writing a key: step 3, the decision rule | `node/decider.rs` (`decision`) |
-//! | Collecting votes, deciding, telling the participants; Resolve(P) | `node/resolve.rs` |
-//! | Terms: representative (choice, failover, relaying) | `node/representative.rs` |
-//! | Reading a key (GET), verify reads | `node/reads.rs` |
-//! | The read lease (probes; settling is in `members.rs`) | `node/lease.rs` |
+//! | Quorums | `quorum.rs` |
+//! | The acceptor: state per key; forgetting (the ballot floor) | `node/acceptor.rs` |
+//! | Durability: the barrier; lazy writes | `node/outbox.rs` |
+//! | Reaching the participants: representatives, failover, resends | `node/fanout.rs`, `node/relay.rs`, `node/proposer.rs` |
+//! | Writing a key: the client's PUT, its answers and deadline | `node/coordinator.rs` |
+//! | Writing a key: fast round, classic ballots, value choice | `node/proposer.rs` |
+//! | Writing a key: races (who retries when) | `node/contention.rs` |
+//! | Decide and catch-up | `node/learner.rs` |
+//! | Recovery (leases and restarts) | `node.rs` (`recover`), `node/acceptor.rs` (leases) |
+//! | Reading a key (GET), verify reads | `node/reader.rs` |
 //! | At-most-once requests | `node/requests.rs` (the table), `node/coordinator.rs` (retries) |
+//! | Suspicion | `node/health.rs` |
 //! | Membership, durable membership, network identity, views | `node/members.rs`, `membership.rs` |
 //! | Joining | `node/sync.rs` |
 //! | Leaving safely | `node/leave.rs` |
@@ -35,7 +36,7 @@
 //! that handles it; `api.rs` is the seam (inputs, outputs, replies, notes); `faults.rs` the
 //! typed peer faults and violations that notes carry; `wire.rs` the wire
 //! format; `storage.rs` the durable writes and the recovered image; `timers.rs` the timer
-//! table; `types.rs` the ids, values, time and the one FNV-1a of the workspace.
+//! table; `types.rs` the ids, ballots, values, time and the one FNV-1a of the workspace.
 
 mod api;
 mod config;

@@ -189,7 +189,8 @@ mod tests {
 
     #[test]
     fn the_digest_is_stable_across_versions() {
-        // Digests travel in every Reserve: a change here splits a network of mixed versions.
+        // Digests travel in every Prepare, Accept and Query: a change here splits a network of
+        // mixed versions.
         assert_eq!(m(&[]).digest(), Digest(FNV1A_OFFSET));
         assert_eq!(
             m(&[("x", "1"), ("y", "2")]).digest(),

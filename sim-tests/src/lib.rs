@@ -1,5 +1,6 @@
 //! Deterministic simulation tests of the replication protocol: workloads, invariant checkers,
-//! swarm-drawn configurations and failure reports. See `../shared/design/SIMULATION.md`.
+//! swarm-drawn configurations and failure reports (see this crate's README for what the
+//! simulator must do and how to replay a seed).
 
 pub mod checker;
 pub mod invariant;

@@ -7,8 +7,8 @@
 //! operator removals and nodes that join mid-run. No async, no threads, no wall clock: one seed
 //! replays a run exactly.
 //!
-//! The world is as strict as the real node (`../shared/design/SIMULATION.md`): a node boots from
-//! its own disk image only (keys, refusals, membership, network id); discovery and goodbyes
+//! The world is as strict as the real node: a node boots from its own disk image only (keys,
+//! ballot floor, membership, network id); discovery and goodbyes
 //! travel over the simulated network. Discovery works like the real transport's Hello: a
 //! request and its answer, each a message on the link, and a node learns a peer
 //! ([`Input::NodeDiscovered`], with the peer's own network id) from the first Hello it hears

@@ -16,7 +16,7 @@ use crate::types::{FNV1A_OFFSET, Key, ProposalId, fnv1a_extend};
 /// What an aborted attempt learned about the proposals it met on its key.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Met {
-    /// No denial named a competing reservation (timeouts, overload, a stale view...).
+    /// No answer named a competing ballot (timeouts, overload, a stale view...).
     Nobody,
     /// Every competing proposal goes after this one: try again soon.
     Ahead,

@@ -1,8 +1,7 @@
 //! Membership as protocol state (core/PROTOCOL.md, "Membership", "Durable membership", "The
 //! network identity", "Views"): discovery (own network only), goodbyes and removals as they
-//! land here, the settling a removal starts, and the views members exchange so that a missed
-//! goodbye or removal still converges. Removal checks, leaving and the read lease have their
-//! own files.
+//! land here, and the views members exchange so that a missed goodbye or removal still
+//! converges. Removal checks and leaving have their own files.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -249,10 +249,9 @@ mod tests {
         std::iter::from_fn(|| o.poll()).collect()
     }
 
-    fn probe(sent: u64) -> Message {
-        Message::Probe {
-            sent: crate::types::Time::from_micros(sent),
-        }
+    /// Any message will do: the outbox never looks inside.
+    fn probe(seq: u64) -> Message {
+        Message::LeaveCheck { seq }
     }
 
     fn sent(to: &str, msg: Message) -> String {
@@ -365,11 +364,15 @@ mod tests {
         WriteOp::PutKey {
             key: "k".into(),
             state: crate::storage::DurableKey::Stored {
-                p: crate::types::ProposalId {
-                    coordinator: "c".into(),
-                    counter: 1,
+                chosen: crate::types::Proposal {
+                    p: crate::types::ProposalId {
+                        coordinator: "c".into(),
+                        counter: 1,
+                    },
+                    request: None,
+                    value: "v".into(),
                 },
-                value: "v".into(),
+                seq: 1,
             },
         }
     }

@@ -210,7 +210,7 @@ impl Reader {
     }
 
     /// A read's time is up: Unavailable, naming the members of this cluster that did not
-    /// answer (or, if a majority did, none: the decision was what it waited for).
+    /// answer (all answered when what it waited for was a decision still being made).
     pub fn on_deadline(&mut self, env: &mut Env, call: CallId) {
         let Some(read) = self.reads.get(&call) else {
             return;
