@@ -67,7 +67,13 @@ fn nodes_that_join_together_all_become_ready() {
     let call = h.put("a1", "k", "v1");
     h.deliver_all();
     assert!(put_reply(&h, call).is_some());
-    for (cluster, id) in [("a", "a4"), ("a", "a5"), ("b", "b1"), ("b", "b2"), ("b", "b3")] {
+    for (cluster, id) in [
+        ("a", "a4"),
+        ("a", "a5"),
+        ("b", "b1"),
+        ("b", "b2"),
+        ("b", "b3"),
+    ] {
         h.join(cluster, id);
     }
     h.run_for(ms(5_000));

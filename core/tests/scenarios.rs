@@ -167,7 +167,13 @@ fn a_value_accepted_and_never_decided_is_recovered_by_its_holders() {
 
 #[test]
 fn a_busy_put_never_sees_its_value_chosen() {
-    let mut h = Harness::new(1, 3);
+    // Suspicions outlast both PUTs: the second one starts while a2 and a3 are suspected (the
+    // default `suspect_for`, 2 s, ends before the first PUT's 2 s deadline has passed).
+    let config = Config {
+        suspect_for: ms(10_000),
+        ..config()
+    };
+    let mut h = Harness::with_config(1, 3, config);
     // a1's PUT can never reach a majority: a2 and a3 are cut off.
     for id in ["a2", "a3"] {
         h.crash(id);
@@ -179,7 +185,8 @@ fn a_busy_put_never_sees_its_value_chosen() {
         put_reply(&h, call),
         Some(PutOutcome::Unavailable(_))
     ));
-    // A PUT whose every ballot failed in phase 1 never sent its value: Busy.
+    // A PUT whose every ballot failed in phase 1 never sent its value: Busy. (The fast round
+    // is skipped: a2 and a3 are suspected since they missed the first one.)
     let busy = h.put("a1", "k2", "w");
     h.run_for(ms(2500));
     assert_eq!(put_reply(&h, busy), Some(PutOutcome::Busy));

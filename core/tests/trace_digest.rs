@@ -48,6 +48,9 @@ struct Slot {
     left: bool,
 }
 
+/// A PUT's value and request id.
+type Put = (Value, Option<RequestId>);
+
 #[derive(Clone)]
 struct Packet {
     from: NodeId,
@@ -70,7 +73,7 @@ struct World {
     violations: Vec<String>,
     /// The key of every client call (and, for a PUT, its value and request id), and the
     /// replies.
-    calls: BTreeMap<CallId, (Key, Option<(Value, Option<RequestId>)>)>,
+    calls: BTreeMap<CallId, (Key, Option<Put>)>,
     replies: Vec<(CallId, Reply)>,
 }
 
@@ -705,15 +708,16 @@ impl World {
             };
             let right = match (reply, put) {
                 (Reply::Put(PutOutcome::Stored), Some((value, request))) => {
-                    *value == chosen.value
-                        || (request.is_some() && chosen.request == *request)
+                    *value == chosen.value || (request.is_some() && chosen.request == *request)
                 }
                 (Reply::Put(PutOutcome::Exists { value }), _)
                 | (Reply::Get(GetOutcome::Value(value)), _) => *value == chosen.value,
                 _ => true,
             };
             if !right {
-                wrong.push(format!("{call:?} on {key:?}: {reply:?}, but {chosen:?} is stored"));
+                wrong.push(format!(
+                    "{call:?} on {key:?}: {reply:?}, but {chosen:?} is stored"
+                ));
             }
         }
         wrong

@@ -35,26 +35,6 @@ fn three_clusters_scenarios() {
     no_node_logged_an_error(tmp.path());
 }
 
-/// Starts one network of 3 clusters x 3 nodes under `dir` and waits until every node knows
-/// every other.
-fn start_three_clusters(dir: &Path) -> Vec<NodeProc> {
-    let boot = start_node("c1", &dir.join("n0"), None).wait();
-    let starting: Vec<Starting> = (1..9)
-        .map(|i| {
-            start_node(
-                &format!("c{}", i / 3 + 1),
-                &dir.join(format!("n{i}")),
-                Some(&boot.p2p),
-            )
-        })
-        .collect();
-    let mut nodes = vec![boot];
-    nodes.extend(starting.into_iter().map(Starting::wait));
-    let all: Vec<&NodeProc> = nodes.iter().collect();
-    wait_converged(&all, 9, Duration::from_secs(60));
-    nodes
-}
-
 /// A PUT at a node of one cluster is read at a node of another.
 fn a_put_is_read_in_another_cluster(nodes: &[NodeProc]) {
     let r = put(&nodes[1], "alpha", "one");

@@ -163,7 +163,11 @@ fn a_joiner_never_clears_a_leaver_it_does_not_know() {
         clusters: Some(clusters),
         nodes: Some(3),
         joins: Some(4),
-        faults: Some(vec![FaultKind::Crash, FaultKind::IsolateNode, FaultKind::Pause]),
+        faults: Some(vec![
+            FaultKind::Crash,
+            FaultKind::IsolateNode,
+            FaultKind::Pause,
+        ]),
         ..Shape::default()
     };
     must_pass(1, shape(2));

@@ -341,3 +341,23 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> (Option<i32>, String, Du
     let took = started.elapsed();
     (status.code(), reader.join().unwrap(), took)
 }
+
+/// Starts one network of 3 clusters x 3 nodes under `dir` (node `i` in cluster `c{i / 3 + 1}`,
+/// all started together) and waits until every node knows every other and is writable.
+pub fn start_three_clusters(dir: &Path) -> Vec<NodeProc> {
+    let boot = start_node("c1", &dir.join("n0"), None).wait();
+    let starting: Vec<Starting> = (1..9)
+        .map(|i| {
+            start_node(
+                &format!("c{}", i / 3 + 1),
+                &dir.join(format!("n{i}")),
+                Some(&boot.p2p),
+            )
+        })
+        .collect();
+    let mut nodes = vec![boot];
+    nodes.extend(starting.into_iter().map(Starting::wait));
+    let all: Vec<&NodeProc> = nodes.iter().collect();
+    wait_converged(&all, 9, Duration::from_secs(60));
+    nodes
+}
