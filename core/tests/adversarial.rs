@@ -349,6 +349,35 @@ fn keys_values_and_request_ids_over_the_limits_are_refused() {
         },
         invalid(Invalid::KeyTooLong { bytes: 9, max: 8 }),
     );
+    // Pages are checked record by record, before any of them is used.
+    let record = DurableKey::Stored {
+        chosen: proposal("c2", 1, "v"),
+        seq: 1,
+    };
+    assert_rejected(
+        &mut n,
+        "c2",
+        Message::SyncPage {
+            entries: vec![("a".into(), record.clone()), ("".into(), record)],
+            floor: Ballot::FAST,
+            seq: 1,
+            done: true,
+        },
+        invalid(Invalid::EmptyKey),
+    );
+    assert_rejected(
+        &mut n,
+        "c2",
+        Message::CatchUpPage {
+            entries: vec![
+                ("a".into(), proposal("c2", 1, "v")),
+                ("b".into(), proposal("c2", 2, &"v".repeat(17))),
+            ],
+            last: 2,
+            latest: 2,
+        },
+        invalid(Invalid::ValueTooLong { bytes: 17, max: 16 }),
+    );
 }
 
 /// Every list a peer sends is bounded by the configuration: a longer one is refused whole.

@@ -1292,7 +1292,8 @@ fn a_leaving_node_asks_every_member_and_completes_once_all_are_clear() {
 }
 
 /// The member's side of a leave check: a member of the leaver's cluster starts pulling its
-/// decisions and answers how far it holds them; a member of another cluster needs none.
+/// decisions and answers how far it holds them; a member of another cluster needs none; a
+/// node it does not know gets no answer.
 #[test]
 fn a_leave_check_is_answered_with_how_far_this_node_holds_the_leavers_decisions() {
     let mut n = start(disk(true));
@@ -1306,6 +1307,12 @@ fn a_leave_check_is_answered_with_how_far_this_node_holds_the_leavers_decisions(
     assert_eq!(
         step(&mut n, ms(0), from("d1", Message::LeaveCheck { seq: 5 })),
         ["send d1 LeaveClear { seq: 18446744073709551615 }"]
+    );
+    // A node it does not know as a member: it cannot tell its cluster, so it vouches for
+    // nothing (the leaver asks again).
+    assert_eq!(
+        step(&mut n, ms(0), from("x9", Message::LeaveCheck { seq: 5 })),
+        NOTHING
     );
 }
 

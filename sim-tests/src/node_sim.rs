@@ -101,6 +101,12 @@ pub struct NodeSimSpec {
     pub fault_gap_ms: (u64, u64),
     /// How long faults and the workload run before healing.
     pub safety_ms: u64,
+    /// A minority of every cluster (one node each) killed while writes are in flight, kept
+    /// down for the whole safety phase; the clients talk to the others.
+    pub minority_down: bool,
+    /// With `minority_down`: every call at another node must get a definite answer (what
+    /// a minority down must cost: nothing). Only for fixed seeds without other faults.
+    pub minority_strict: bool,
     pub bug: Option<DriverBug>,
 }
 
@@ -187,8 +193,21 @@ impl NodeSimSpec {
             faults,
             fault_gap_ms: (gap_min, gap_min + rng.random_range(100..1500)),
             safety_ms: rng.random_range(3000..=6000),
+            minority_down: rng.random_bool(0.25),
+            minority_strict: false,
             bug,
         }
+    }
+
+    /// The nodes of the minority this spec keeps down (one of every cluster), if any.
+    fn minority(&self) -> Vec<usize> {
+        if !self.minority_down {
+            return Vec::new();
+        }
+        let k = self.seed as usize % self.nodes_per_cluster;
+        (0..self.clusters)
+            .map(|c| c * self.nodes_per_cluster + k)
+            .collect()
     }
 
     fn nodes(&self) -> usize {
@@ -661,6 +680,11 @@ struct World {
     clogged: Mutex<BTreeMap<(usize, usize), u32>>,
     faults: Mutex<usize>,
     kills: Mutex<usize>,
+    /// The minority kept down (no fault restarts it) until healing.
+    minority: Mutex<BTreeSet<usize>>,
+    /// Calls at other nodes answered indefinitely while the minority was down (checked with
+    /// `minority_strict`).
+    minority_misses: Mutex<Vec<String>>,
 }
 
 impl World {
@@ -701,8 +725,20 @@ impl World {
         self.log(format!("kill {} ({})", m.id, m.cluster));
     }
 
+    /// A call at a node outside the minority got no definite answer: recorded while the
+    /// minority is down (the strict check counts them).
+    fn minority_miss(&self, what: String) {
+        if !self.minority.lock().unwrap().is_empty() {
+            let at = self.micros();
+            self.minority_misses
+                .lock()
+                .unwrap()
+                .push(format!("{what} at {at}us"));
+        }
+    }
+
     fn restart(&self, ix: usize) {
-        if !self.is_down(ix) {
+        if !self.is_down(ix) || self.minority.lock().unwrap().contains(&ix) {
             return;
         }
         self.down.lock().unwrap()[ix] = false;
@@ -904,6 +940,8 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
         clogged: Mutex::new(BTreeMap::new()),
         faults: Mutex::new(0),
         kills: Mutex::new(0),
+        minority: Mutex::new(BTreeSet::new()),
+        minority_misses: Mutex::new(Vec::new()),
     });
     for m in &machines {
         let machine = m.clone();
@@ -926,7 +964,29 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
         clients.push(tokio::spawn(client(world.clone(), c, stop.clone())));
     }
     let faults = tokio::spawn(fault_injector(world.clone(), stop.clone()));
-    sleep(Duration::from_millis(spec.safety_ms)).await;
+    if spec.minority_down {
+        // While writes are in flight: the clients started already.
+        sleep(Duration::from_millis(thread_rng().gen_range(100..600))).await;
+        let minority = spec.minority();
+        let names: Vec<String> = minority
+            .iter()
+            .map(|&ix| world.machines[ix].id.to_string())
+            .collect();
+        world.log(format!("a minority of every cluster down: kill {names:?}"));
+        world
+            .minority
+            .lock()
+            .unwrap()
+            .extend(minority.iter().copied());
+        for ix in minority {
+            if !world.is_down(ix) {
+                world.kill(ix);
+            }
+        }
+        sleep(Duration::from_millis(spec.safety_ms.saturating_sub(600))).await;
+    } else {
+        sleep(Duration::from_millis(spec.safety_ms)).await;
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = faults.await;
 
@@ -941,6 +1001,7 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
         NetSim::current().unclog_link(world.sim_node(a).id(), world.sim_node(b).id());
     }
     world.clogged.lock().unwrap().clear();
+    world.minority.lock().unwrap().clear();
     for ix in 0..n {
         if std::mem::take(&mut world.paused.lock().unwrap()[ix]) {
             sim.resume(world.sim_node(ix).id());
@@ -1005,6 +1066,15 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
         }
         if let Some(e) = m.errors.lock().unwrap().first() {
             failures.push(format!("{}: {e}", m.id));
+        }
+    }
+    if spec.minority_strict {
+        let misses = world.minority_misses.lock().unwrap();
+        if let Some(first) = misses.first() {
+            failures.push(format!(
+                "liveness under a minority down: {} calls at the majority had no definite answer, first: {first}",
+                misses.len()
+            ));
         }
     }
     failures.extend(liveness_failures);
@@ -1127,10 +1197,10 @@ async fn liveness(world: &Arc<World>, healed: Instant) -> Result<(), String> {
                 ));
                 break;
             }
-            if status.stats.reservations_open > 0 || status.stats.held_messages > 0 {
+            if status.stats.accepted_undecided > 0 || status.stats.held_messages > 0 {
                 why = Some(format!(
-                    "{} still holds {} reservations, {} held messages",
-                    status.id, status.stats.reservations_open, status.stats.held_messages
+                    "{} still holds {} accepted values not known decided, {} held messages",
+                    status.id, status.stats.accepted_undecided, status.stats.held_messages
                 ));
                 break;
             }
@@ -1141,7 +1211,7 @@ async fn liveness(world: &Arc<World>, healed: Instant) -> Result<(), String> {
         }
         match why {
             None => {
-                world.log("liveness: every view converged, no reservation left");
+                world.log("liveness: every view converged, every accepted value decided");
                 return Ok(());
             }
             Some(why) if healed.elapsed() > LIVENESS_WITHIN => {
@@ -1196,10 +1266,13 @@ fn check_honest(history: &[Op], disks: &[Recovered]) -> Vec<String> {
     let mut seen = BTreeSet::new();
     for disk in disks {
         for (key, state) in &disk.keys {
-            if !state.is_stored() || !seen.insert(key.clone()) {
+            let Some(chosen) = state.stored() else {
+                continue;
+            };
+            if !seen.insert(key.clone()) {
                 continue;
             }
-            let Some(results) = told.get(&(key.as_str(), state.value().as_bytes())) else {
+            let Some(results) = told.get(&(key.as_str(), chosen.value.as_bytes())) else {
                 continue;
             };
             let no_effect = results.iter().all(|r| {
@@ -1211,7 +1284,7 @@ fn check_honest(history: &[Op], disks: &[Recovered]) -> Vec<String> {
             if no_effect {
                 failures.push(format!(
                     "honesty: key {key} stores {:?}, but every PUT of it was told it had no effect: {results:?}",
-                    state.value()
+                    chosen.value
                 ));
             }
         }
@@ -1221,90 +1294,88 @@ fn check_honest(history: &[Op], disks: &[Recovered]) -> Vec<String> {
 }
 
 /// Every disk agrees: no key with two values. Every key a client was told Stored is kept
-/// with that value by every disk, and how exactly depends on whether the network settled:
-/// - `settled` (every node answered with no reservation left): stored on every disk;
-/// - not settled (a liveness failure, reported on its own): stored, or still reserved by the
-///   very proposal that committed it (every participant granted it durably before the client
-///   was told, and a restarted holder resolves it to Stored). A disk without the key, with
-///   another value, or with a reservation of another proposal lost it: that is a safety
-///   failure whatever the liveness.
+/// with that value, and how exactly depends on whether the network settled:
+/// - `settled` (every node answered with nothing undecided): stored on every disk (catch-up
+///   and recovery brought the decision everywhere);
+/// - not settled (a liveness failure, reported on its own): stored by some disk, or accepted
+///   with that value by a majority of every cluster's disks (chosen; learning it is what did
+///   not finish). Anything less lost it: a safety failure whatever the liveness.
 fn check_disks(world: &World, disks: &[Recovered], settled: bool) -> Vec<String> {
     let mut failures = Vec::new();
     let mut values: BTreeMap<&Key, (&Value, &NodeId)> = BTreeMap::new();
     for (m, disk) in world.machines.iter().zip(disks) {
         for (key, state) in &disk.keys {
-            if !state.is_stored() {
+            let Some(chosen) = state.stored() else {
                 continue;
-            }
+            };
             match values.get(key) {
-                Some((v, other)) if *v != state.value() => {
+                Some((v, other)) if **v != chosen.value => {
                     failures.push(format!(
                         "agreement: key {key} is stored as {:?} on {} and as {:?} on {}",
-                        v,
-                        other,
-                        state.value(),
-                        m.id
+                        v, other, chosen.value, m.id
                     ));
                 }
                 Some(_) => {}
                 None => {
-                    values.insert(key, (state.value(), &m.id));
+                    values.insert(key, (&chosen.value, &m.id));
                 }
             }
         }
     }
-    // Acknowledged keys that some disk still only reserves (by the committing proposal).
-    let mut still_reserved = 0;
+    let mut only_accepted = 0;
     for (key, value) in world.acknowledged.lock().unwrap().iter() {
         let key = Key::new(key);
-        let states: Vec<(&NodeId, Option<&DurableKey>)> = world
+        let holds = |s: Option<&DurableKey>| {
+            s.and_then(DurableKey::value)
+                .is_some_and(|v| v.as_bytes() == value.as_slice())
+        };
+        let stored_by: Vec<&NodeId> = world
             .machines
             .iter()
             .zip(disks)
-            .map(|(m, disk)| (&m.id, disk.keys.get(&key)))
+            .filter(|(_, d)| d.keys.get(&key).is_some_and(DurableKey::is_stored))
+            .map(|(m, _)| &m.id)
             .collect();
-        let acknowledged_value = |s: &DurableKey| s.value().as_bytes() == value.as_slice();
-        // The committing proposal: the one a disk stores, else the one every disk reserved.
-        let committed = states
+        let missing: Vec<String> = world
+            .machines
             .iter()
-            .find_map(|(_, s)| s.filter(|s| s.is_stored()))
-            .or_else(|| states.iter().find_map(|(_, s)| *s))
-            .map(|s| s.proposal());
-        let kept = |s: Option<&DurableKey>| {
-            s.is_some_and(|s| {
-                acknowledged_value(s)
-                    && Some(s.proposal()) == committed
-                    && (s.is_stored() || !settled)
+            .zip(disks)
+            .filter(|(_, d)| {
+                let s = d.keys.get(&key);
+                !(holds(s) && s.is_some_and(DurableKey::is_stored))
             })
-        };
-        if states
-            .iter()
-            .any(|(_, s)| s.is_some_and(|s| !s.is_stored() && kept(Some(s))))
-        {
-            still_reserved += 1;
-        }
-        let missing: Vec<String> = states
-            .iter()
-            .filter(|(_, s)| !kept(*s))
-            .map(|(id, s)| match s {
-                None => format!("{id} holds nothing"),
-                Some(s) if s.is_stored() => {
-                    format!("{id} stores {:?} by {}", s.value(), s.proposal())
-                }
-                Some(s) => format!("{id} reserved {:?} by {}", s.value(), s.proposal()),
+            .map(|(m, d)| match d.keys.get(&key) {
+                None => format!("{} holds nothing", m.id),
+                Some(s) => format!("{} holds {s:?}", m.id),
             })
             .collect();
-        if !missing.is_empty() {
-            failures.push(format!(
-                "durability: key {key} was acknowledged Stored with {:?}, but {}",
-                String::from_utf8_lossy(value),
-                missing.join(", ")
-            ));
+        if missing.is_empty() {
+            continue;
         }
+        // Chosen without every disk storing it: a majority of every cluster accepted it.
+        let mut clusters: BTreeMap<&ClusterId, (usize, usize)> = BTreeMap::new();
+        for (m, d) in world.machines.iter().zip(disks) {
+            let e = clusters.entry(&m.cluster).or_default();
+            e.0 += 1;
+            e.1 += usize::from(holds(d.keys.get(&key)));
+        }
+        let chosen = clusters
+            .values()
+            .all(|(members, holding)| *holding > members / 2);
+        let kept = !settled && (!stored_by.is_empty() || chosen);
+        if kept {
+            only_accepted += 1;
+            continue;
+        }
+        failures.push(format!(
+            "durability: key {key} was acknowledged Stored with {:?}, but {}",
+            String::from_utf8_lossy(value),
+            missing.join(", ")
+        ));
     }
-    if still_reserved > 0 {
+    if only_accepted > 0 {
         world.log(format!(
-            "disks: {still_reserved} acknowledged keys still reserved by their committing proposal on some disk (the network had not settled)"
+            "disks: {only_accepted} acknowledged keys not stored on every disk yet (the network had not settled)"
         ));
     }
     failures.truncate(5);
@@ -1319,6 +1390,9 @@ fn check_disks(world: &World, disks: &[Recovered], settled: bool) -> Vec<String>
 async fn fault_injector(world: Arc<World>, stop: Arc<std::sync::atomic::AtomicBool>) {
     let spec = world.spec.clone();
     let n = world.machines.len();
+    if spec.faults.is_empty() {
+        return;
+    }
     loop {
         let gap = thread_rng().gen_range(spec.fault_gap_ms.0..=spec.fault_gap_ms.1);
         sleep(Duration::from_millis(gap)).await;
@@ -1499,6 +1573,9 @@ async fn client(world: Arc<World>, c: usize, stop: Arc<std::sync::atomic::Atomic
         seq += 1;
         sleep(Duration::from_millis(thread_rng().gen_range(0..40))).await;
         let ix = thread_rng().gen_range(0..n);
+        if spec.minority().contains(&ix) {
+            continue;
+        }
         let Some(running) = world.running(ix) else {
             continue;
         };
@@ -1531,6 +1608,9 @@ async fn client(world: Arc<World>, c: usize, stop: Arc<std::sync::atomic::Atomic
                 Some(Answer::Get(r)) => r,
                 _ => GetResult::Unavailable,
             };
+            if matches!(result, GetResult::Unavailable) {
+                world.minority_miss(format!("GET {key} at {}", world.machines[ix].id));
+            }
             world.history.lock().unwrap().push(Op::get(
                 c as u64,
                 key,
@@ -1597,6 +1677,15 @@ async fn client(world: Arc<World>, c: usize, stop: Arc<std::sync::atomic::Atomic
         } else {
             returned
         };
+        if matches!(
+            result,
+            PutResult::Unavailable | PutResult::Pending | PutResult::NoEffect
+        ) {
+            world.minority_miss(format!(
+                "PUT {key} at {}: {result:?}",
+                world.machines[ix].id
+            ));
+        }
         if result == PutResult::Stored {
             world
                 .acknowledged

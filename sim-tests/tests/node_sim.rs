@@ -199,3 +199,30 @@ fn bug_release_before_durable_is_caught() {
         "a driver that releases messages before their write is durable was not caught in {BUG_SEEDS_MAX} seeds"
     );
 }
+
+/// A minority of every cluster killed while writes are in flight costs nothing: every call at
+/// the other nodes gets a definite answer (stored, exists, a value, unknown) during the whole
+/// time it is down, over the real driver, storage and router. Then the minority restarts and
+/// everything settles. Over a few seeds without other faults (they would cost availability
+/// on their own).
+#[test]
+fn a_minority_of_every_cluster_down_costs_nothing() {
+    for seed in 0..4 {
+        let spec = NodeSimSpec {
+            faults: Vec::new(),
+            loss: 0.0,
+            bursts: false,
+            minority_down: true,
+            minority_strict: true,
+            safety_ms: 6_000,
+            ..NodeSimSpec::draw(seed, None)
+        };
+        match check_seed(&spec) {
+            Ok(stats) => {
+                assert!(stats.stored > 0, "seed {seed}: nothing stored: {stats:?}");
+                eprintln!("minority down, seed {seed}: {stats:?}");
+            }
+            Err(report) => panic!("seed {seed}: {report}"),
+        }
+    }
+}
