@@ -80,9 +80,9 @@ fn joiner() -> Node {
         matches!(
             &out[..],
             [Output::Send {
+                to,
                 msg: Message::SyncRequest { after: None },
-                ..
-            }]
+            }] if *to == NodeId::from("c2")
         ),
         "{out:?}"
     );
@@ -662,6 +662,7 @@ fn requests_and_relays_from_non_members_are_refused() {
             members: Membership::from_pairs([member("c1"), member("x9")]),
             departed: vec!["c2".into()],
         },
+        Message::LeaveCheck { seq: 0 },
         Message::LeaveClear { seq: u64::MAX },
         Message::RemoveCheck { node: "c2".into() },
     ] {
@@ -834,6 +835,48 @@ fn a_second_decision_for_a_stored_key_is_a_violation_and_changes_nothing() {
             key: "s".into(),
             chosen: proposal("c2", 1, "v"),
         }),
+    );
+}
+
+/// A catch-up page (asked for) carrying a decision that contradicts one held here: the
+/// violation is reported and the key keeps its decision (the page's other decisions, and how
+/// far the pull got, are kept: they are not in question).
+#[test]
+fn a_pulled_decision_contradicting_one_held_is_a_violation_and_is_not_stored() {
+    let mut n = node();
+    let due = n.poll_timeout().expect("a catch-up at start");
+    n.handle(due, Input::Timeout);
+    drain(&mut n);
+    let page = Message::CatchUpPage {
+        entries: vec![
+            ("s".into(), proposal("c3", 7, "other")),
+            ("k".into(), proposal("c3", 8, "new")),
+        ],
+        last: 2,
+        latest: 2,
+    };
+    let out = deliver(&mut n, "c2", page);
+    let expected = Note::Violation {
+        reason: Violation::TwoDecisions {
+            key: "s".into(),
+            stored: pid("c2", 1),
+            told: pid("c3", 7),
+            from: "c2".into(),
+            at: "c1".into(),
+        },
+    };
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Note(note) if *note == expected)),
+        "{out:?}"
+    );
+    assert_eq!(
+        n.key_state(&"s".into()).and_then(|s| s.stored()),
+        Some(&proposal("c2", 1, "v"))
+    );
+    assert_eq!(
+        n.key_state(&"k".into()).and_then(|s| s.stored()),
+        Some(&proposal("c3", 8, "new"))
     );
 }
 

@@ -23,20 +23,28 @@ use strategies::*;
 //
 // A peer controls every length prefix in a frame. The bound that matters is on what decoding
 // allocates, so this test binary counts it: the largest single allocation made on the current
-// thread while `largest_allocation` runs (tests run on threads of their own, so they do not
-// see each other's allocations).
+// thread while `largest_allocation` runs, and the most memory held at once (tests run on
+// threads of their own, so they do not see each other's allocations).
 
 struct Tracking;
 
 thread_local! {
     static TRACKING: Cell<bool> = const { Cell::new(false) };
     static LARGEST: Cell<usize> = const { Cell::new(0) };
+    /// Bytes allocated and not freed since tracking started, and their peak.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
 }
 
-fn track(size: usize) {
+/// Records an allocation of `size` bytes that replaces `freed` bytes.
+fn track(size: usize, freed: usize) {
     let _ = TRACKING.try_with(|on| {
         if on.get() {
             let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+            let _ = LIVE.try_with(|live| {
+                live.set(live.get() + size as isize - freed as isize);
+                let _ = PEAK.try_with(|p| p.set(p.get().max(live.get())));
+            });
         }
     });
 }
@@ -45,18 +53,19 @@ fn track(size: usize) {
 // the requested sizes into thread-locals that never allocate (const-initialised `Cell`s).
 unsafe impl GlobalAlloc for Tracking {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        track(layout.size());
+        track(layout.size(), 0);
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        track(layout.size());
+        track(layout.size(), 0);
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        track(new_size);
+        track(new_size, layout.size());
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        track(0, layout.size());
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -66,25 +75,36 @@ static GLOBAL: Tracking = Tracking;
 
 /// Runs `f` and returns its result with the largest allocation it made on this thread.
 fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let (out, largest, _) = allocations(f);
+    (out, largest)
+}
+
+/// Runs `f` and returns its result with the largest allocation it made on this thread and
+/// the most memory it held at once.
+fn allocations<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
     LARGEST.with(|l| l.set(0));
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|l| l.set(0));
     TRACKING.with(|t| t.set(true));
     let out = f();
     TRACKING.with(|t| t.set(false));
-    (out, LARGEST.with(|l| l.get()))
+    let peak = PEAK.with(|p| p.get()).max(0) as usize;
+    (out, LARGEST.with(|l| l.get()), peak)
 }
 
-/// What decoding one frame may allocate at once, whatever its length prefixes claim: bincode
-/// refuses a claim past its limit (`FRAME_BYTES_MAX`, the limit `wire.rs` configures) before
-/// allocating anything, and a claim within it is at most that.
+/// No single allocation made while decoding a frame exceeds the frame limit, whatever its
+/// length prefixes claim: strings are read straight from the frame (so never longer than it),
+/// sequences are preallocated at most `SEQUENCE_PREALLOCATION_MAX`.
 const ALLOCATION_MAX: usize = FRAME_BYTES_MAX;
 
-/// What a string's claim past the limit costs: bincode checks it against the limit before
-/// allocating, so only the error's text.
+/// What a string's claim past the frame's end costs: it is an error before anything is
+/// allocated, so only the error's text.
 const REFUSAL_ALLOCATION_MAX: usize = 4096;
 
 /// What a sequence's claim costs, whatever it is: bincode's serde path hands the length to
 /// serde unchecked, and serde preallocates at most 1 MiB for it (its "cautious" size hint);
-/// beyond that a sequence grows only with elements actually read.
+/// beyond that a sequence grows only with elements actually read (and bincode's limit, which
+/// counts them, stops it: see `the_most_amplifying_frame_is_decoded_within_a_bounded_memory`).
 const SEQUENCE_PREALLOCATION_MAX: usize = 1 << 20;
 
 // ------------------------------------------------------------------ helpers
@@ -402,6 +422,50 @@ fn a_value_longer_than_its_frame_is_refused_without_allocating_it() {
         largest <= SEQUENCE_PREALLOCATION_MAX,
         "allocated {largest} bytes"
     );
+}
+
+/// The frame that amplifies most: a page of the smallest entries the wire allows (5 bytes
+/// each, ~100 in memory with their shared ids), as many as the frame limit holds. bincode's
+/// limit counts the decoded entries too, so decoding gives up once they outgrow the limit:
+/// what a frame can make a node hold at once stays a small multiple of the frame limit
+/// (measured: about 46 MiB for an 8 MiB frame), not twenty times the frame.
+#[test]
+fn the_most_amplifying_frame_is_decoded_within_a_bounded_memory() {
+    let tiny = (
+        Key::from(""),
+        Proposal {
+            p: ProposalId {
+                coordinator: "".into(),
+                counter: 0,
+            },
+            request: None,
+            value: Value::from(""),
+        },
+    );
+    let page = |n: usize| Message::CatchUpPage {
+        entries: vec![tiny.clone(); n],
+        last: 0,
+        latest: 0,
+    };
+    let per_entry = wire::encode(&page(1)).len() - wire::encode(&page(0)).len();
+    assert_eq!(per_entry, 5);
+    let frame = wire::encode(&page((FRAME_BYTES_MAX - 16) / per_entry));
+    assert!(frame.len() <= FRAME_BYTES_MAX);
+    let (decoded, _, peak) = allocations(|| wire::decode_frame(&frame));
+    assert!(
+        matches!(decoded, Err(WireError::Malformed(_))),
+        "{:?}",
+        decoded.map(|m| m.len())
+    );
+    assert!(
+        peak <= 8 * FRAME_BYTES_MAX,
+        "decoding a frame of {} bytes held {peak} bytes at once",
+        frame.len()
+    );
+    // An eighth of it (1 MiB) is a valid message: the node then refuses it as longer than its
+    // configured page.
+    let frame = wire::encode(&page(FRAME_BYTES_MAX / 40));
+    assert!(wire::decode_frame(&frame).is_ok());
 }
 
 #[test]
