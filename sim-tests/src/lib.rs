@@ -1,6 +1,38 @@
 //! Deterministic simulation tests of the replication protocol: workloads, invariant checkers,
 //! swarm-drawn configurations and failure reports (see this crate's README for what the
 //! simulator must do and how to replay a seed).
+//!
+//! ## Where each job lives
+//!
+//! | file (in `src/`) | what it does |
+//! |---|---|
+//! | `lib.rs` | checking one seed and its failure report, the seed range from the environment, the injected bugs and their hunts |
+//! | `swarm.rs` | what a seed runs ([`RunSpec`], [`Shape`]), drawn from the seed |
+//! | `run.rs` | one seed of the core simulator: the run's state, the wake tags, the bounds of the phases |
+//! | `run/event_loop.rs` | [`run()`]: stepping the world, every observation to the checker, the reactions |
+//! | `run/ops.rs` | a client's ops: attempts, answers, their form for the linearizability checker |
+//! | `run/workload.rs` | the clients and the safety phase's workload (retries, bursts, leaves, lulls) |
+//! | `run/liveness.rs` | the liveness phase: quiesce, the probe PUT, convergence, the final reads |
+//! | `run/checks.rs` | the harness's checks of answers as they come and of the whole history at the end |
+//! | `run/report.rs` | what a run returns ([`Outcome`], [`RunStats`], [`Failure`]) and the history around a failure |
+//! | `checker/` | the safety invariants, checked on every observation (its own map in `checker/mod.rs`) |
+//! | `invariant.rs` | the invariants a failure names |
+//! | `linearizability.rs` | the linearizability checker: its model and algorithm |
+//! | `linearizability/history.rs` | the history: ops and their answers |
+//! | `linearizability/search.rs` | the check, key by key: the winning write and its point |
+//! | `linearizability/report.rs` | a violation and how ops and values are shown |
+//! | `linearizability/tests.rs`, `linearizability/tests/cross_check.rs` | its tests: hand-made histories; random ones against a brute-force search |
+//! | `races.rs` | same-instant races: how often nobody wins |
+//! | `node_sim.rs` | the real node under madsim (`--cfg madsim` only): what it simulates and checks, the shared constants |
+//! | `node_sim/spec.rs` | what one seed runs, drawn from the seed; the driver bugs' names |
+//! | `node_sim/report.rs` | stats, failures, the failure report and the replay command |
+//! | `node_sim/run.rs` | one seed in a fresh madsim runtime: build, safety phase, healing, end checks, stats |
+//! | `node_sim/network.rs` | the simulated network and each node's network task |
+//! | `node_sim/world.rs` | machines, a node's process from its disk, kill, restart, clogs and partitions, the log |
+//! | `node_sim/faults.rs` | the fault injector |
+//! | `node_sim/clients.rs` | the clients: calls through the handle or the HTTP router, retries, bursts |
+//! | `node_sim/checks.rs` | the end checks: liveness after healing, the disks, honesty |
+//! | `bin/sim.rs` | sweeps, the benchmark, the scale run, the bug hunt |
 
 pub mod checker;
 pub mod invariant;
