@@ -170,10 +170,12 @@ pub enum Answer {
     /// To an Accept: accepted (durably).
     Accepted,
     /// Refused for the ballot: this node promised `promised`, or (at ballot 0) accepted
-    /// another proposal, `holder`.
+    /// another proposal, `holder`. `folded`: `promised` is this node's ballot floor (it holds
+    /// no record of the key), not the ballot of a proposer at work on it.
     Nack {
         promised: Ballot,
         holder: Option<ProposalId>,
+        folded: bool,
     },
     /// The key is decided here: `chosen` is its value.
     Stored { chosen: Proposal },

@@ -215,6 +215,7 @@ fn malformed_ballots_are_refused_wherever_they_appear() {
                 Answer::Nack {
                     promised: bad.clone(),
                     holder: None,
+                    folded: false,
                 },
             ),
             ballot_answer(

@@ -42,9 +42,14 @@ fn show_answer(a: &Answer) -> String {
     match a {
         Answer::Promise { accepted } => format!("Promise({})", show_accepted(accepted)),
         Answer::Accepted => "Accepted".into(),
-        Answer::Nack { promised, holder } => match holder {
-            Some(h) => format!("Nack({promised} holder {h})"),
-            None => format!("Nack({promised})"),
+        Answer::Nack {
+            promised,
+            holder,
+            folded,
+        } => match (holder, folded) {
+            (Some(h), _) => format!("Nack({promised} holder {h})"),
+            (None, false) => format!("Nack({promised})"),
+            (None, true) => format!("Nack({promised} floor)"),
         },
         Answer::Stored { chosen } => format!("Stored({})", show_proposal(chosen)),
         Answer::Refused { reason } => format!("Refused({reason:?})"),
@@ -526,6 +531,82 @@ fn the_fast_round_accepts_the_first_proposal_only() {
         step(&mut n, ms(3), from("c2", msg)),
         ["send c2 Answer(k b0 c2#0 by c1: Accepted)"],
         "a duplicate is answered again, with no write"
+    );
+}
+
+/// A fast-round Accept of a key this node holds nothing for, once its ballot floor rose (it
+/// folded promise-only records into it), is nacked with the floor, marked as one: no proposer
+/// is at work on the key. A key with a promise of its own is nacked unmarked.
+#[test]
+fn a_nack_from_the_ballot_floor_says_so() {
+    let mut disk = disk(false);
+    disk.floor = classic(3, "c2");
+    disk.keys.insert(
+        "promised".into(),
+        DurableKey::Open {
+            promised: classic(4, "c3"),
+            accepted: None,
+        },
+    );
+    let mut n = start(disk);
+    let fresh = accept(&n, "fresh", Ballot::FAST, proposal("c2", 0, "x"));
+    assert_eq!(
+        step(&mut n, ms(1), from("c2", fresh)),
+        ["send c2 Answer(fresh b0 c2#0 by c1: Nack(b3.c2 floor))"]
+    );
+    let held = accept(&n, "promised", Ballot::FAST, proposal("c2", 1, "x"));
+    assert_eq!(
+        step(&mut n, ms(2), from("c2", held)),
+        ["send c2 Answer(promised b0 c2#1 by c1: Nack(b4.c3))"]
+    );
+}
+
+/// A fast round nacked by a floor goes on to a classic ballot after a short backoff; nacked
+/// by another node's ballot at work on the key, it first gives that one time to finish (at
+/// least `vote_timeout`).
+#[test]
+fn a_floor_is_no_proposer_to_wait_for() {
+    let retry_after = |folded: bool| {
+        let mut n = start(disk(false));
+        step(&mut n, ms(0), put("k", "v", 1));
+        step(&mut n, ms(0), persisted(1));
+        step(&mut n, ms(0), persisted(2));
+        let p = pid("c1", 0);
+        let nack = Answer::Nack {
+            promised: classic(3, "c2"),
+            holder: None,
+            folded,
+        };
+        let msg = answer(&n, "c2", "k", Ballot::FAST, Some(p), nack);
+        step(&mut n, ms(1), from("c2", msg));
+        loop {
+            let due = n.poll_timeout().expect("a retry is due");
+            assert!(due < ms(5_000), "no Prepare within 5 s");
+            let now = due;
+            let mut out = step(&mut n, now, Input::Timeout);
+            // A classic ballot's round is durable before its Prepare leaves.
+            let writes: Vec<u64> = out
+                .iter()
+                .filter_map(|o| o.strip_prefix("persist #")?.split(' ').next()?.parse().ok())
+                .collect();
+            for w in writes {
+                out.extend(step(&mut n, now, persisted(w)));
+            }
+            if out.iter().any(|o| o.contains("Prepare(k")) {
+                return now.since(ms(1));
+            }
+        }
+    };
+    let after_floor = retry_after(true);
+    let after_proposer = retry_after(false);
+    let vote_timeout = Config::default().vote_timeout;
+    assert!(
+        after_floor < vote_timeout / 2,
+        "after a floor: {after_floor:?}"
+    );
+    assert!(
+        after_proposer >= vote_timeout,
+        "after another proposer's ballot: {after_proposer:?}"
     );
 }
 

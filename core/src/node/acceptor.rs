@@ -191,7 +191,7 @@ impl Acceptor {
             }
         };
         if *ballot < promised {
-            return nack(promised, accepted.as_ref());
+            return nack(promised, accepted.as_ref(), !self.keys.contains_key(key));
         }
         if *ballot > promised || !self.keys.contains_key(key) {
             let state = DurableKey::Open {
@@ -246,7 +246,7 @@ impl Acceptor {
         let below = *ballot < promised && !env.bug(InjectedBug::AcceptBelowPromise);
         let fast_taken = ballot.is_fast() && (accepted.is_some() || !promised.is_fast());
         if below || fast_taken {
-            return nack(promised, accepted.as_ref());
+            return nack(promised, accepted.as_ref(), !self.keys.contains_key(key));
         }
         let state = DurableKey::Open {
             promised: ballot.max(&promised).clone(),
@@ -448,9 +448,11 @@ fn refused(reason: RefuseReason) -> Answer {
     Answer::Refused { reason }
 }
 
-fn nack(promised: Ballot, accepted: Option<&(Ballot, Proposal)>) -> Answer {
+/// `folded`: the key has no record here, `promised` is the ballot floor.
+fn nack(promised: Ballot, accepted: Option<&(Ballot, Proposal)>, folded: bool) -> Answer {
     Answer::Nack {
         promised,
         holder: accepted.map(|(_, a)| a.p.clone()),
+        folded,
     }
 }

@@ -539,14 +539,20 @@ impl Proposer {
             Answer::Refused { .. } => {
                 r.against.insert(node.clone());
             }
-            Answer::Nack { promised, holder } => {
+            Answer::Nack {
+                promised,
+                holder,
+                folded,
+            } => {
                 r.against.insert(node.clone());
                 if let Some(h) = holder
                     && ballot.is_fast()
                 {
                     r.holders.insert(h);
                 }
-                if !promised.is_fast() && promised.node.as_ref() != Some(&env.id) {
+                // Another node's ballot at work on the key: wait for it. A floor is no proposer
+                // (and a classic ballot above it is all it asks for).
+                if !promised.is_fast() && promised.node.as_ref() != Some(&env.id) && !folded {
                     r.behind = true;
                 }
                 if promised > *ballot {

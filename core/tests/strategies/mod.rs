@@ -100,8 +100,13 @@ pub fn arb_answer() -> impl Strategy<Value = Answer> {
         option::of((arb_ballot(), arb_proposal()))
             .prop_map(|accepted| Answer::Promise { accepted }),
         Just(Answer::Accepted),
-        (arb_ballot(), option::of(arb_proposal_id()))
-            .prop_map(|(promised, holder)| Answer::Nack { promised, holder }),
+        (arb_ballot(), option::of(arb_proposal_id()), any::<bool>()).prop_map(
+            |(promised, holder, folded)| Answer::Nack {
+                promised,
+                holder,
+                folded,
+            }
+        ),
         arb_proposal().prop_map(|chosen| Answer::Stored { chosen }),
         arb_refuse_reason().prop_map(|reason| Answer::Refused { reason }),
     ]
