@@ -1,7 +1,8 @@
 //! `replicator put|get|status`: a small client of a node's HTTP API.
 //!
-//! Exit codes: 0 ok, 1 error or unavailable, 2 usage (clap), 3 conflict (exists or busy),
-//! 4 not found.
+//! Exit codes: 0 ok, 1 error or unavailable, 2 usage (clap), 3 conflict (exists or busy, or a
+//! refused removal), 4 not found, 5 `status`: the node answers but a write cannot commit there
+//! now, or it was removed.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;

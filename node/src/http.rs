@@ -547,7 +547,7 @@ async fn get_key(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     format!(
-                        "a write of this key is in flight and its outcome could not be learned: {}",
+                        "the key's state could not be learned in time (a write of it may be in flight, or too few of this node's cluster answered): {}",
                         silence_message(&s)
                     ),
                     silence_json(&s),

@@ -2,7 +2,8 @@
 //!
 //! Subcommands: `run` (a node), `demo` (a local network of nodes), `put` / `get` / `status`
 //! (a client of a node's HTTP API), `bench` (a load generator). Exit codes of the client
-//! commands: 0 ok, 1 error or unavailable, 2 usage, 3 conflict (exists or busy), 4 not found.
+//! commands: 0 ok, 1 error or unavailable, 2 usage, 3 conflict (exists or busy, or a refused
+//! removal), 4 not found, 5 `status`: a write cannot commit at the node now, or it was removed.
 
 mod bench;
 mod client;
@@ -133,7 +134,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 3)]
     pub cluster_size_min: usize,
     /// How long a graceful shutdown waits for its values to be decided and pulled by its
-    /// cluster before it says goodbye anyway.
+    /// cluster; if that does not complete in time, the node stops without goodbye (it stays a
+    /// member, reported down, until it comes back with its data dir).
     #[arg(long, default_value_t = 10_000)]
     pub leave_timeout_ms: u64,
     /// A file holding the HTTP API's bearer token (its first line). With it, membership

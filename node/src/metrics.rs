@@ -15,7 +15,7 @@ const LATENCY_BUCKETS_S: [f64; 12] = [
 ];
 
 /// The PUT outcomes, as labels.
-pub const PUT_OUTCOMES: [&str; 9] = [
+pub const PUT_OUTCOMES: [&str; 10] = [
     "stored",
     "exists",
     "busy",
@@ -23,16 +23,18 @@ pub const PUT_OUTCOMES: [&str; 9] = [
     "invalid",
     "overloaded",
     "not_ready",
+    "storage_unavailable",
     "removed",
     "error",
 ];
-pub const GET_OUTCOMES: [&str; 8] = [
+pub const GET_OUTCOMES: [&str; 9] = [
     "value",
     "unknown",
     "unavailable",
     "invalid",
     "overloaded",
     "not_ready",
+    "storage_unavailable",
     "removed",
     "error",
 ];

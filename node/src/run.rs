@@ -309,9 +309,9 @@ async fn leave_the_network(args: &RunArgs, handle: &Handle, client: &Client) {
         client.goodbye().await;
         info!("goodbye said");
     } else {
-        // Saying goodbye with a grant still open could let a resolver count this node
-        // as fenced and abort a committed proposal. Stop without goodbye instead: the
-        // others see this node down, and it stays a member until it comes back.
+        // Saying goodbye before its cluster holds every decision it took part in could leave
+        // a chosen value with too few holders. Stop without goodbye instead: the others see
+        // this node down, and it stays a member until it comes back.
         warn!(
             "leave did not complete in time: stopping WITHOUT goodbye (this node stays a member; restart it with its data dir to resolve what it holds)"
         );

@@ -19,7 +19,7 @@
 //! ([`Urgency::Barrier`]: something waits for it). Lazy writes (the `Stored` record after a
 //! commit: nothing waits for it) wait up to [`LAZY_SYNC_AFTER`] for a barrier write to ride
 //! along with, so under load a create costs one fsync per node on its critical path and the
-//! commits fold into the grants of later creates. Durability stays a prefix: a group is every
+//! decisions fold into the accepts of later creates. Durability stays a prefix: a group is every
 //! job queued before it, in order, and the log is read back only up to its first incomplete or
 //! damaged record.
 //!
@@ -438,7 +438,7 @@ impl Storage {
     }
 
     /// Binds the database to the node's identity: records `peer` on the first start, and
-    /// refuses another one later (a node's keys, grants and membership are its own; another
+    /// refuses another one later (a node's keys, promises and membership are its own; another
     /// identity on top of them would be a second node claiming the first one's promises).
     pub fn bind_identity(&self, peer: &str) -> Result<()> {
         let txn = self.db.begin_write()?;

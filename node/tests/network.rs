@@ -43,7 +43,7 @@ fn a_put_is_read_in_another_cluster(nodes: &[NodeProc]) {
     assert_eq!((r.status, r.text().as_str()), (200, "one"));
 }
 
-/// The cost counters of a create move: its coordinator fsynced (the grant a barrier write,
+/// The cost counters of a create move: its coordinator fsynced (its accept a barrier write,
 /// the Stored record lazy, folded into a later commit or synced after a short delay) and
 /// exchanged frames with its peers.
 fn a_create_moves_the_cost_counters(nodes: &[NodeProc]) {

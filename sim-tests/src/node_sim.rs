@@ -20,10 +20,13 @@
 //!
 //! Checks: the client history is linearizable per key (the same checker as transport-sim,
 //! [`crate::linearizability`]); no driver reported a protocol violation; after healing, every
-//! call is answered, a fresh PUT is stored through every cluster, every view converges and no
-//! reservation is left; at the end every node's disk (loaded by the real `Storage::load` after
-//! a crash) agrees: no key with two values, every key a client was told Stored is stored on
-//! every member with that value.
+//! call is answered, a fresh PUT is stored through every cluster, every view converges and
+//! nothing accepted is left undecided; at the end every node's disk (loaded by the real
+//! `Storage::load` after a crash) agrees: no key with two values, every key a client was told
+//! Stored is stored on every member with that value (once the network settled; before, by some
+//! disk, or accepted by a majority of every cluster). With `minority_strict`, every call at a
+//! node outside the minority kept down gets a definite answer meanwhile (Stored, Exists, Busy,
+//! a value, unknown: 201, 409, 200, 404).
 //!
 //! [`Endpoint`]: madsim::net::Endpoint
 //! [`SimDisk`]: replicator_node::simdisk::SimDisk

@@ -52,7 +52,7 @@ const LIVENESS_CHECK_US: u64 = 50_000;
 /// converging, nodes settling after a removal).
 const PROBE_RETRY_US: u64 = 200_000;
 /// A node that still counts itself a member where the others do not is asked a read this
-/// often (a read makes it renew its read lease, so it learns it was removed).
+/// often (its read asks its cluster, whose members tell it it was removed).
 const NUDGE_US: u64 = 500_000;
 /// A client retries a lost or Unavailable PUT that carries a request id at most this often.
 const ATTEMPTS_MAX: u32 = 5;

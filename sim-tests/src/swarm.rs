@@ -38,9 +38,9 @@ pub struct Workload {
     pub safety_us: u64,
     /// Bound on the liveness phase, in simulated time.
     pub liveness_us: u64,
-    /// Lulls `(period, length)`: in the last `length` (50-85 %) of every `period` of the safety phase no
-    /// client starts anything. An operator can remove a node that stopped answering only when
-    /// no reservation names it, which a steady stream of writes never allows.
+    /// Lulls `(period, length)`: in the last `length` (50-85 %) of every `period` of the safety
+    /// phase no client starts anything (quiet spells: recoveries, catch-up and leaves run
+    /// without new writes in their way).
     pub lulls: Option<(u64, u64)>,
 }
 

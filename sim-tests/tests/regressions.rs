@@ -130,7 +130,7 @@ fn a_leaving_node_learns_a_removal_it_missed() {
 }
 
 /// The `Stored` record of a commit is a lazy write (core/PROTOCOL.md, "Lazy writes"): crashes
-/// that lose unsynced writes must really undo commits into reservations, and every check must
+/// that lose unsynced writes must really undo decisions into accepted values, and every check must
 /// still pass (agreement, one outcome per proposal, linearizability of what clients were told,
 /// liveness after healing). Fails if the disk model stops losing lazy writes or the protocol
 /// stops recovering from it.

@@ -21,10 +21,9 @@
 //! [`World::step`]. Every message goes through [`replicator_core::wire::encode`] and is decoded at
 //! delivery, so the codec is exercised on every hop.
 //!
-//! It also checks two rules of the protocol that only the world can see: a node's own vote
-//! leaves it only once the state the vote reports reached its disk, and a node clears a
-//! leaving or removed node only once no reservation on its disk names it
-//! ([`Obs::Undurable`]). The disk loses, in a crash with `lose_unsynced`, any suffix of the
+//! It also checks two rules of the protocol that only the world can see: a node's Promise or
+//! Accepted answer leaves it only once the state it reports reached its disk, and a node
+//! answers a leaving node "clear" only for decisions its disk holds ([`Obs::Undurable`]). The disk loses, in a crash with `lose_unsynced`, any suffix of the
 //! writes not yet synced, lazy writes included: durability is always a prefix.
 //!
 //! Events are ordered by `(time, seq)`, where `seq` is the order in which they were scheduled, so

@@ -99,8 +99,8 @@ pub struct WorldStats {
     pub bytes_sent: u64,
     pub writes: u64,
     pub writes_lost: u64,
-    /// Lazy `Stored` records (a commit) among the writes lost in crashes: the node restarted
-    /// with the reservation of that proposal and had to resolve it again.
+    /// Lazy `Stored` records (a decision) among the writes lost in crashes: the node restarted
+    /// with the accepted value (or nothing) and had to learn the decision again.
     pub commits_lost: u64,
     pub crashes: u64,
     pub restarts: u64,

@@ -4,11 +4,15 @@
 //! cargo run --release -p sim-tests --bin sim -- sweep [--start N] [--seeds M] [--clusters C]
 //!     [--nodes K] [--clients L] [--faults crash,pause,isolate-node,isolate-cluster,split,
 //!     one-way,clog,restart-cluster,restart-split,remove|none] [--lose-unsynced] [--bug NAME]
+//!     [--joins J] [--leaves L] [--lulls|--no-lulls]
+//!     [--minority down|paused|cut-off|slow [--coming-and-going]]
 //! cargo run --release -p sim-tests --bin sim -- trace --start N [shape flags]  # one seed's trace
 //! cargo run --release -p sim-tests --bin sim -- bench        # fixed 5 clusters x 3 nodes
 //! cargo run --release -p sim-tests --bin sim -- scale        # 50 clusters x 5 nodes
 //! cargo run --release -p sim-tests --bin sim -- bugs [--seeds M] [--targeted] [--bug NAME]
 //!     # seeds needed per injected bug (plain swarm, or each bug's targeted fault mix)
+//! cargo run --release -p sim-tests --bin sim -- races [--start SEED] [--seeds RACES]
+//!     # same-instant races on one key, production timeouts: how many end with one winner
 //! ```
 
 use std::collections::BTreeMap;

@@ -105,7 +105,6 @@ impl Chosen {
         if !group.acceptors.insert(node.clone()) {
             return Ok(());
         }
-        group.acceptors.insert(node.clone());
         let quorum = if ballot.is_fast() {
             quorum::everyone(&group.members, |n| group.acceptors.contains(n))
         } else {

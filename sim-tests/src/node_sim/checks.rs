@@ -16,7 +16,7 @@ use super::world::World;
 use super::{CALL_TIMEOUT, LIVENESS_WITHIN};
 
 /// After healing: a fresh PUT is stored through every cluster, then every node converges
-/// (full membership, no open reservation, the same keys).
+/// (full membership, nothing accepted left undecided, the same keys).
 pub(super) async fn liveness(world: &Arc<World>, healed: Instant) -> Result<(), String> {
     let spec = &world.spec;
     for c in 0..spec.clusters {
@@ -241,7 +241,10 @@ pub(super) fn check_disks(world: &World, disks: &[Recovered], settled: bool) -> 
             .machines
             .iter()
             .zip(disks)
-            .filter(|(_, d)| d.keys.get(&key).is_some_and(DurableKey::is_stored))
+            .filter(|(_, d)| {
+                let s = d.keys.get(&key);
+                holds(s) && s.is_some_and(DurableKey::is_stored)
+            })
             .map(|(m, _)| &m.id)
             .collect();
         let missing: Vec<String> = world

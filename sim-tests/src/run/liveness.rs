@@ -24,10 +24,11 @@ pub(super) enum Stage {
     /// Faults healed: waiting for every client call to be answered, every leave to complete and
     /// every node to be up.
     Quiesce,
-    /// A fresh PUT, tried until it is stored (its refusals make views converge).
+    /// A fresh PUT, tried until it is stored (its `MembershipChanged` refusals make views
+    /// converge).
     Probe,
-    /// Waiting until every member agrees on the membership, is ready, holds no reservation
-    /// and stores every committed key, and every removed node knows it.
+    /// Waiting until every member agrees on the membership, is ready, holds no accepted value
+    /// left undecided and stores every chosen key, and every removed node knows it.
     Converge,
     /// A verify read of a committed key and reads at removed nodes: their answers are checked.
     Final,
@@ -158,9 +159,9 @@ impl Run {
                     self.liveness_missing =
                         format!("the fresh PUT was answered Unavailable {silence:?}");
                     // A node that said goodbye while nobody could hear it is still a member
-                    // everywhere, and every write waits for it: the operator removes it, by
-                    // force (it said goodbye, so it holds no grant that is still open; a plain
-                    // removal is refused while the writes waiting for it are open).
+                    // everywhere: the operator removes it, by force (it said goodbye, so its
+                    // cluster pulled every decision it held; a plain removal may be refused,
+                    // from an even cluster).
                     let coordinator = op.node;
                     let gone: Vec<NodeIx> = silence
                         .nodes
@@ -309,7 +310,7 @@ impl Run {
                 self.nudged.insert(ix, now);
                 // A committed key the node does not store, if there is one: a removed node
                 // that has not heard of it must not answer "unknown" (it asks the members
-                // first, under the read lease, and they tell it it was removed).
+                // first, and they tell it it was removed).
                 let node = self.world.node(ix);
                 let lacking = self
                     .checker

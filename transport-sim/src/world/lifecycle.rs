@@ -96,8 +96,8 @@ impl World {
         });
     }
 
-    /// Restarts a crashed node from its disk image, and nothing else: its keys, refusals,
-    /// network id and the membership it recorded. (An operator that asked it to leave asks
+    /// Restarts a crashed node from its disk image, and nothing else: its keys, ballot floor,
+    /// ceilings, network id and the membership it recorded. (An operator that asked it to leave asks
     /// again.) A node that was removed is restarted too (a tired operator): it must learn
     /// that it was removed from its peers and serve nothing.
     pub fn restart(&mut self, ix: NodeIx) {
@@ -153,9 +153,9 @@ impl World {
     }
 
     /// An operator asks `remover` to remove `victim`. The answer comes back as
-    /// [`Obs::Removal`]. `force` only for a node that said goodbye (it holds no grant that is
-    /// still open, so counting it fenced is right): forcing the removal of any other node is
-    /// unsafe by design when reservations name it.
+    /// [`Obs::Removal`]. `force` only for a node that said goodbye (its cluster pulled every
+    /// decision it held): forcing the removal of a node from an even cluster may lose a value
+    /// a bare majority of it accepted.
     pub fn remove_node(&mut self, remover: NodeIx, victim: NodeIx, force: bool) -> CallId {
         assert!(
             !force || self.nodes[victim].departed,
