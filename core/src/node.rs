@@ -676,7 +676,12 @@ impl Node {
                 ballot: _,
                 storing,
                 participants,
+                silent_reps,
             }) => {
+                for rep in &silent_reps {
+                    let suspect_for = self.env.config.suspect_for;
+                    self.health.suspect(rep, self.env.now, suspect_for);
+                }
                 self.tell_decision(&key, &chosen, &participants, &storing);
                 let me = self.env.id.clone();
                 self.learn(&key, &chosen, &me);

@@ -59,6 +59,10 @@ pub(crate) enum Outcome {
         storing: Vec<NodeId>,
         /// The participants of the last ballot: whom to tell.
         participants: Arc<Membership>,
+        /// Representatives the last ballot's request went to that never answered (their
+        /// clusters answered straight, to resends): suspected before the Decide goes out, so
+        /// that it takes another path.
+        silent_reps: Vec<NodeId>,
     },
     /// A proposer with no value of its own (a recovery, or a PUT that withdrew) found no
     /// value accepted by a majority of its cluster: nothing is chosen for the key (as of its
@@ -758,12 +762,19 @@ impl Proposer {
                 ballot: ballot.clone(),
             });
         }
+        let silent_reps = r
+            .reps
+            .values()
+            .filter(|rep| !rep.answered)
+            .filter_map(|rep| rep.current.clone())
+            .collect();
         Outcome::Chosen {
             key: key.clone(),
             chosen,
             ballot,
             storing: r.storing,
             participants: r.participants,
+            silent_reps,
         }
     }
 
@@ -793,9 +804,14 @@ impl Proposer {
         }
         if fast {
             // The classic ballot that follows tries the next representative of a cluster that
-            // did not answer the fast round (this one may only be far away: not suspected).
+            // did not answer the fast round, and the silent one is suspected: a healthy one
+            // answers once a majority of its cluster did, well within half a vote timeout, and
+            // the Decide must not go its way (suspicion only costs speed, never safety).
             for rep in r.reps.values_mut() {
                 if !rep.answered {
+                    if let Some(silent) = rep.current.take() {
+                        health.suspect(&silent, env.now, env.config.suspect_for);
+                    }
                     rep.failovers += 1;
                 }
             }
@@ -818,6 +834,18 @@ impl Proposer {
             clear_timers(env, key, r);
             self.begin(env, start, health, key);
             return None;
+        }
+        // A representative that has not answered by now may be what failed (down, or a broken
+        // link): the resend goes around it, and it is suspected, so that the Decide and the
+        // next ballots take another path. Without this, every ballot would complete through
+        // resends, half a vote timeout late, before the representative's own timer blames it.
+        if matches!(r.step, Step::Accept { .. }) {
+            for rep in r.reps.values_mut() {
+                if let (false, Some(silent)) = (rep.answered, rep.current.take()) {
+                    health.suspect(&silent, env.now, env.config.suspect_for);
+                    rep.failovers += 1;
+                }
+            }
         }
         r.resent = !r.resent;
         self.resend(env, start, key);
