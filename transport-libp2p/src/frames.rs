@@ -50,6 +50,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Backoff between two failed attempts to open a stream to a peer (cut short when a
 /// connection to the peer comes up).
 const OPEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// A write to a frame stream that makes no progress for this long means the stream is dead,
+/// whatever it says: its frames are given up and the next go on a new stream. (Seen: a peer
+/// paused for 20 s, its connection closed meanwhile by the down-member check, and the writer
+/// blocked in a write to a stream of that connection that never woke, so that no frame
+/// reached the peer again.)
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const OPEN_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// The bounds of the send side, from [`crate::NetConfig`].
@@ -401,7 +407,7 @@ async fn run_writer(links: Arc<Links>, peer: Arc<Peer>) {
                 }
             },
         };
-        match write_batch(open, &batch, &mut buf).await {
+        match write_batch(open, &batch, &mut buf, Some(WRITE_STALL_TIMEOUT)).await {
             Ok(bytes) => {
                 let n = batch.len() as u64;
                 for counters in [&links.totals, &peer.counters] {
@@ -471,10 +477,12 @@ async fn open_stream(links: &Links, peer: PeerId) -> Result<Stream, String> {
 
 /// Writes `frames`, each as a big-endian `u32` length and its bytes, then flushes once. On
 /// error, tells whether any byte of the batch was accepted by the stream.
+/// `stall`: how long one write or the flush may make no progress (needs a tokio runtime).
 async fn write_batch<W: AsyncWrite + Unpin>(
     stream: &mut W,
     frames: &VecDeque<Vec<u8>>,
     buf: &mut Vec<u8>,
+    stall: Option<Duration>,
 ) -> Result<u64, (bool, io::Error)> {
     let mut written = false;
     let mut total = 0u64;
@@ -485,12 +493,12 @@ async fn write_batch<W: AsyncWrite + Unpin>(
             .to_be_bytes();
         if frame.len() >= CHUNK_BYTES {
             buf.extend_from_slice(&header);
-            write_counted(stream, buf, &mut written).await?;
+            write_counted(stream, buf, &mut written, stall).await?;
             buf.clear();
-            write_counted(stream, frame, &mut written).await?;
+            write_counted(stream, frame, &mut written, stall).await?;
         } else {
             if buf.len() + header.len() + frame.len() > CHUNK_BYTES {
-                write_counted(stream, buf, &mut written).await?;
+                write_counted(stream, buf, &mut written, stall).await?;
                 buf.clear();
             }
             buf.extend_from_slice(&header);
@@ -499,20 +507,39 @@ async fn write_batch<W: AsyncWrite + Unpin>(
         total += (header.len() + frame.len()) as u64;
     }
     if !buf.is_empty() {
-        write_counted(stream, buf, &mut written).await?;
+        write_counted(stream, buf, &mut written, stall).await?;
         buf.clear();
     }
-    stream.flush().await.map_err(|e| (written, e))?;
+    within(stall, stream.flush())
+        .await
+        .map_err(|e| (written, e))?;
     Ok(total)
+}
+
+/// `io` if it completes within `stall` (when given), else a `TimedOut` error.
+async fn within<T>(
+    stall: Option<Duration>,
+    io: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match stall {
+        None => io.await,
+        Some(d) => tokio::time::timeout(d, io).await.unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no progress for {d:?}"),
+            ))
+        }),
+    }
 }
 
 async fn write_counted<W: AsyncWrite + Unpin>(
     stream: &mut W,
     mut bytes: &[u8],
     written: &mut bool,
+    stall: Option<Duration>,
 ) -> Result<(), (bool, io::Error)> {
     while !bytes.is_empty() {
-        match stream.write(bytes).await {
+        match within(stall, stream.write(bytes)).await {
             Ok(0) => return Err((*written, io::ErrorKind::WriteZero.into())),
             Ok(n) => {
                 *written = true;
@@ -671,8 +698,13 @@ mod tests {
         let batch = frames(&[0, 3, CHUNK_BYTES - 10, 20, CHUNK_BYTES + 1, 5]);
         let mut out = Vec::new();
         let mut buf = Vec::new();
-        let bytes =
-            block_on(write_batch(&mut Cursor::new(&mut out), &batch, &mut buf)).expect("written");
+        let bytes = block_on(write_batch(
+            &mut Cursor::new(&mut out),
+            &batch,
+            &mut buf,
+            None,
+        ))
+        .expect("written");
         let expected: usize = batch.iter().map(|f| 4 + f.len()).sum();
         assert_eq!(bytes, expected as u64);
         assert_eq!(out.len(), expected);
@@ -708,6 +740,33 @@ mod tests {
         }
         fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Takes `room` bytes, then never makes progress again and never wakes its writer (what a
+    /// yamux stream of a connection closed under it was seen to do).
+    struct Stalling {
+        room: usize,
+    }
+
+    impl AsyncWrite for Stalling {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.room == 0 {
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
         }
     }
 
@@ -793,10 +852,25 @@ mod tests {
         let batch = frames(&[10, CHUNK_BYTES, 10]);
         let mut buf = Vec::new();
         for (room, written) in [(0, false), (1, true), (CHUNK_BYTES + 20, true)] {
-            let result = block_on(write_batch(&mut Breaking { room }, &batch, &mut buf));
+            let result = block_on(write_batch(&mut Breaking { room }, &batch, &mut buf, None));
             let (went_out, e) = result.expect_err("broken");
             assert_eq!(went_out, written, "room {room}");
             assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_that_makes_no_progress_is_given_up() {
+        let batch = frames(&[10, CHUNK_BYTES, 10]);
+        let mut buf = Vec::new();
+        let stall = Some(Duration::from_millis(20));
+        // Stuck in a write before any byte, in a write after some, and in the flush.
+        for (room, written) in [(0, false), (1, true), (CHUNK_BYTES + 20, true)] {
+            let result = write_batch(&mut Stalling { room }, &batch, &mut buf, stall).await;
+            let (went_out, e) = result.expect_err("given up");
+            assert_eq!(went_out, written, "room {room}");
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut, "room {room}");
+            buf.clear();
         }
     }
 }
