@@ -1,7 +1,7 @@
 //! Reaching every participant (core/PROTOCOL.md, "Terms": representative): directly inside
 //! this node's cluster, through one representative in each other cluster. The representative
-//! of a cluster is spread over its live nodes by key, skips departed and suspected nodes, and
-//! is replaced by the next one after a failover.
+//! of a cluster is spread over its live nodes by key, skips departed nodes and doubted ones
+//! (suspected, or not heard in time since), and is replaced by the next one after a failover.
 
 use std::collections::BTreeSet;
 
@@ -19,13 +19,12 @@ pub(crate) struct Peers<'a> {
 }
 
 /// The representative of a cluster for one request: counting from `spread` through the
-/// cluster's nodes that did not depart, the `failovers`-th one that is not suspected (if every
-/// one is suspected: the one whose suspicion ends first, then the next ones). The order is
+/// cluster's nodes that did not depart, the `failovers`-th one that is not doubted (if every
+/// one is: the one whose suspicion ended or ends first, then the next ones). The order is
 /// the cluster's own, whatever is suspected, so a failover never comes back to a node it left.
 pub(crate) fn pick_representative(
     nodes: &[NodeId],
     peers: &Peers<'_>,
-    env: &Env,
     spread: u64,
     failovers: usize,
 ) -> Option<NodeId> {
@@ -38,9 +37,7 @@ pub(crate) fn pick_representative(
     }
     let start = (spread as usize) % live.len();
     let ring = (0..live.len()).map(|i| live[(start + i) % live.len()]);
-    let trusted: Vec<&NodeId> = ring
-        .filter(|n| !peers.health.is_suspect(n, env.now))
-        .collect();
+    let trusted: Vec<&NodeId> = ring.filter(|n| !peers.health.doubts(n)).collect();
     if trusted.is_empty() {
         let mut by_suspicion = live;
         by_suspicion.sort_by_key(|n| peers.health.suspected_until(n));
@@ -82,7 +79,7 @@ pub(crate) fn send_to_participants(
             }
             continue;
         }
-        let Some(rep) = pick_representative(nodes, peers, env, spread, failovers(cluster)) else {
+        let Some(rep) = pick_representative(nodes, peers, spread, failovers(cluster)) else {
             continue;
         };
         env.out.send(

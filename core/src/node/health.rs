@@ -5,7 +5,9 @@
 //! representative; quorums never depend on suspicion, only speed does.
 //!
 //! Only an answer in time clears a suspicion: an Accept answered by the time a ballot's quorum
-//! was complete. Any message at all would not do: a slow node keeps sending, late.
+//! was complete. Any message at all would not do: a slow node keeps sending, late. Until then
+//! the node stays doubted after its suspicion runs out: it is tried again by the fast round,
+//! but not as a representative while a node not doubted is there.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -59,6 +61,14 @@ impl Health {
         self.suspects.get(node).is_some_and(|s| s.until > now)
     }
 
+    /// Whether `node` was suspected and has not answered in time since, suspected now or not.
+    /// A representative is picked among the nodes not doubted first: a slow node whose
+    /// suspicion ran out would otherwise carry its cluster's answers, late, and the fast round
+    /// would wait for them (and vouch for it).
+    pub fn doubts(&self, node: &NodeId) -> bool {
+        self.suspects.contains_key(node)
+    }
+
     /// Whether any node of `participants` is suspected at `now`.
     pub fn any_suspect(&self, participants: &Membership, now: Time) -> bool {
         !self.suspects.is_empty() && participants.nodes().any(|n| self.is_suspect(n, now))
@@ -103,8 +113,13 @@ mod tests {
             !h.is_suspect(&a, Time::from_millis(50)),
             "strikes forgotten"
         );
+        assert!(h.doubts(&a), "doubted until it answers in time");
+        h.vouch(&a);
+        assert!(!h.doubts(&a));
+        h.suspect(&a, Time::from_millis(60), ms(10));
         let m = Membership::from_pairs([("c".into(), a.clone())]);
-        assert!(!h.any_suspect(&m, Time::from_millis(50)));
-        assert_eq!(h.suspects(Time::from_millis(45)).count(), 1);
+        assert!(!h.any_suspect(&m, Time::from_millis(70)));
+        assert!(h.doubts(&a), "its suspicion ran out, the doubt did not");
+        assert_eq!(h.suspects(Time::from_millis(65)).count(), 1);
     }
 }
