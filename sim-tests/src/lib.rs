@@ -231,15 +231,19 @@ pub fn bug_shape(bug: InjectedBug) -> Shape {
 }
 
 /// Like [`bug_shape`], with the fault mix that shows the bug soonest: a lost unsynced write
-/// needs a crash; a node that forgets its membership on restart founds a network of its own
+/// needs a crash (but see the ceilings); a node that forgets its membership on restart founds a network of its own
 /// only if it restarts where it cannot reach the rest (a cluster, or a side of clusters,
 /// restarted during a partition).
 pub fn bug_shape_targeted(bug: InjectedBug) -> Shape {
     let faults = match bug {
-        InjectedBug::VoteBeforeDurable
-        | InjectedBug::PromiseNotDurable
-        | InjectedBug::LazyRoundCeiling
-        | InjectedBug::LazyCounterCeiling => Some(vec![FaultKind::Crash, FaultKind::Pause]),
+        InjectedBug::VoteBeforeDurable | InjectedBug::PromiseNotDurable => {
+            Some(vec![FaultKind::Crash, FaultKind::Pause])
+        }
+        // A lazily written ceiling is lost only by a crash within a few milliseconds of a
+        // block's first id. Crashes and pauses alone missed LazyCounterCeiling in 300 seeds;
+        // the plain draw, whose crash-heavy seeds crash eight times as often, catches both
+        // (2026-12-07: LazyRoundCeiling at its 161st seed, LazyCounterCeiling at its 51st).
+        InjectedBug::LazyRoundCeiling | InjectedBug::LazyCounterCeiling => None,
         InjectedBug::ForgetMembershipOnRestart => {
             Some(vec![FaultKind::RestartCluster, FaultKind::RestartSplit])
         }
