@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use replicator_core::{
-    Command, Config, GetOutcome, Key, NotReady, PutOutcome, RemoveOutcome, Reply, Time, Value,
+    Command, Config, DurableKey, GetOutcome, Key, NotReady, PutOutcome, RemoveOutcome, Reply, Time,
+    Value,
 };
 use transport_sim::{DiskSpec, FaultSpec, NetSpec, NodeIx, Obs, TraceMode, World, WorldSpec};
 
@@ -105,15 +106,18 @@ fn isolated_node_answers_unavailable_and_heals() {
         "{replies:?}"
     );
     assert!(world.trace_lines().iter().any(|l| l.contains("drop from")));
-    // Healed: the peers never saw the Reserve, so Resolve fences it and the isolated node's
-    // reservation is dropped; nobody holds the key.
+    // Healed: Unavailable meant "may still commit". The isolated node accepted its own value,
+    // its recovery finds it and proposes it, and the key ends decided one way everywhere.
     run_until(&mut world, Time::from_millis(10_000));
-    let free = (0..3).all(|ix| {
-        world
+    for ix in 0..3 {
+        let state = world
             .node(ix)
-            .is_some_and(|n| n.key_state(&Key::new("a")).is_none())
-    });
-    assert!(free);
+            .and_then(|n| n.key_state(&Key::new("a")).cloned());
+        assert!(
+            matches!(&state, Some(DurableKey::Stored { chosen, .. }) if chosen.value == Value::new("1")),
+            "node {ix}: {state:?}"
+        );
+    }
 }
 
 #[test]
@@ -290,7 +294,8 @@ fn node_removed_while_cut_off_learns_it_when_back_and_serves_nothing() {
         "it could not hear of it"
     );
     run_until(&mut world, Time::from_millis(4_000));
-    // Its read lease ran out: it asks the members before it answers, and they tell it.
+    // A read asks a majority of its cluster; the members answer a node they removed with
+    // `Removed`, and the read is answered at once.
     world.submit(
         4,
         Command::Get {

@@ -201,6 +201,7 @@ impl Node {
             return;
         }
         self.env.out.persist(WriteOp::Departed(self.env.id.clone()));
+        self.reader.removed(&mut self.env);
         self.env.out.note(Note::SelfRemoved { by });
     }
 

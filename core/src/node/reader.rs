@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::api::{GetOutcome, Reply, Silence, VerifyReport};
+use crate::api::{GetOutcome, NotReady, Reply, Silence, VerifyReport};
 use crate::membership::Membership;
 use crate::quorum;
 use crate::timers::Timer;
@@ -223,6 +223,16 @@ impl Reader {
         );
         let silence = Silence::among(&own, |n| read.answers.contains_key(n));
         self.finish(env, call, GetOutcome::Unavailable(silence));
+    }
+
+    /// This node learned that an operator removed it: no member answers its questions any
+    /// more, so every read waiting for them is answered `NotReady(Removed)` now rather than
+    /// Unavailable at its deadline.
+    pub fn removed(&mut self, env: &mut Env) {
+        let calls: Vec<CallId> = self.reads.keys().copied().collect();
+        for call in calls {
+            self.finish(env, call, GetOutcome::NotReady(NotReady::Removed));
+        }
     }
 
     fn answer_key(&mut self, env: &mut Env, key: &Key, outcome: GetOutcome) {
