@@ -32,7 +32,7 @@ bench-etcd *ARGS:
 
 # End-to-end tests: real replicator processes on loopback.
 e2e:
-    cargo test -p replicator-node --test network --test membership --test minority --test hardening -- --nocapture
+    cargo test -p replicator-node --test network --test membership --test minority --test operations --test hardening -- --nocapture
 
 # schemathesis (pinned, installed into target/) against a 1 x 3 demo: the API matches openapi.json.
 api-fuzz:

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::{GetArgs, NodeArg, PutArgs, RemoveArgs};
+use crate::{GetArgs, LeaveArgs, NodeArg, PutArgs, RemoveArgs};
 
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -246,6 +246,33 @@ pub async fn remove(args: RemoveArgs) -> ExitCode {
                 ExitCode::from(EXIT_CONFLICT)
             } else if resp.status == StatusCode::NOT_FOUND {
                 ExitCode::from(EXIT_NOT_FOUND)
+            } else {
+                ExitCode::from(EXIT_ERROR)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+pub async fn leave(args: LeaveArgs) -> ExitCode {
+    let client = match HttpClient::for_node(&args.node) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    let base = args.node.node.trim_end_matches('/');
+    let url = format!("{base}/leave?peer={}", encode_key(&args.peer));
+    match client.request(Method::POST, &url, Vec::new(), None).await {
+        Ok(resp) if resp.status.is_success() => {
+            println!("{} left the network", args.peer);
+            ExitCode::SUCCESS
+        }
+        Ok(resp) => {
+            eprintln!("{}", report(&resp));
+            if resp.status == StatusCode::CONFLICT {
+                ExitCode::from(EXIT_CONFLICT)
             } else {
                 ExitCode::from(EXIT_ERROR)
             }

@@ -1,5 +1,6 @@
 //! `replicator demo`: a local network of real nodes (child processes of this binary, real
-//! libp2p on 127.0.0.1), until Ctrl-C; then every node leaves gracefully.
+//! libp2p on 127.0.0.1), until Ctrl-C; then every node stops (a stop, not a leave: each
+//! stays a member in its data dir).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -14,7 +15,7 @@ use crate::{DemoArgs, init_logging};
 
 /// How long a node may take to print its addresses after it starts.
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the nodes get to leave gracefully before they are killed.
+/// How long the nodes get to stop before they are killed.
 const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One running node.
@@ -38,7 +39,7 @@ pub async fn main(args: DemoArgs) -> ExitCode {
         Ok(()) => {
             print_summary(&nodes, &base);
             crate::run::shutdown_signal().await;
-            eprintln!("\nstopping every node (they leave the network gracefully)...");
+            eprintln!("\nstopping every node (they stay members of the network)...");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -236,7 +237,7 @@ fn print_summary(nodes: &[DemoNode], base: &Path) {
     println!("Ctrl-C stops every node.");
 }
 
-/// Asks every node to leave (SIGTERM), waits, kills the stragglers.
+/// Stops every node (SIGTERM), waits, kills the stragglers.
 pub async fn stop_all(nodes: &mut [DemoNode]) {
     for n in nodes.iter() {
         if let Some(pid) = n.child.id() {
@@ -254,7 +255,8 @@ pub async fn stop_all(nodes: &mut [DemoNode]) {
     }
 }
 
-/// Sends SIGTERM: the node leaves gracefully.
+/// Sends SIGTERM: the node answers what it is serving, closes its database and exits 0; it
+/// stays a member.
 pub fn terminate(pid: u32) {
     #[cfg(unix)]
     // SAFETY: kill(2) with a pid of our own child and a valid signal has no memory effects.

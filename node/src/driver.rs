@@ -111,6 +111,9 @@ pub enum Request {
         within: Duration,
         done: oneshot::Sender<bool>,
     },
+    /// Stop (a signal, an orderly shutdown): the driver ends its loop, commits what is queued
+    /// and closes the database; the node stays a member.
+    Stop,
 }
 
 /// A member and whether the transport reports it up (a member recorded on disk but not heard
@@ -209,6 +212,12 @@ impl Handle {
         answer.await.ok()
     }
 
+    /// Asks the driver to stop; it then commits what is queued, closes the database and
+    /// returns from [`Driver::run`].
+    pub async fn stop(&self) {
+        let _ = self.requests.send(Request::Stop).await;
+    }
+
     /// Asks the node to leave; true once it may say goodbye.
     pub async fn leave(&self, within: Duration) -> bool {
         let (done, answer) = oneshot::channel();
@@ -242,6 +251,8 @@ pub struct Driver<T: Transport> {
     foreign: BTreeSet<NodeId>,
     leave: Option<(Instant, Vec<oneshot::Sender<bool>>)>,
     left: bool,
+    /// Asked to stop: the loop ends.
+    stopping: bool,
     /// Whether the own cluster was last seen with at least `cluster_size_min` members.
     cluster_big_enough: bool,
     metrics: Arc<Metrics>,
@@ -351,6 +362,7 @@ impl<T: Transport> Driver<T> {
             foreign: BTreeSet::new(),
             leave: None,
             left: false,
+            stopping: false,
             cluster_big_enough: false,
             metrics,
             storage_worker: storage.worker,
@@ -372,7 +384,8 @@ impl<T: Transport> Driver<T> {
         Time::from_micros(self.origin.elapsed().as_micros() as u64)
     }
 
-    /// Runs until the node has left, or every request handle and the transport are gone.
+    /// Runs until the node has left or is asked to stop, or every request handle and the
+    /// transport are gone.
     /// Fails if the storage fails (the node must stop: it cannot keep its promises).
     pub async fn run(mut self) -> Result<()> {
         let result = self.run_loop().await;
@@ -392,7 +405,7 @@ impl<T: Transport> Driver<T> {
         let mut events_open = true;
         let mut requests_open = true;
         self.drain();
-        while !self.left && (events_open || requests_open) {
+        while !self.left && !self.stopping && (events_open || requests_open) {
             let deadline = self
                 .node
                 .poll_timeout()
@@ -615,6 +628,12 @@ impl<T: Transport> Driver<T> {
                     _ => None,
                 };
                 let _ = reply.send(value);
+            }
+            Request::Stop => {
+                info!(
+                    "stopping: this node stays a member (its peers see it down until it is back)"
+                );
+                self.stopping = true;
             }
             Request::Leave { within, done } => {
                 info!(

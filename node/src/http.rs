@@ -44,6 +44,21 @@ pub struct Api {
     pub network_open: bool,
     /// Who may call what.
     pub auth: Arc<Auth>,
+    /// Where `POST /leave` asks the node's main task to leave the network.
+    pub leave: tokio::sync::mpsc::Sender<LeaveAsk>,
+}
+
+/// A request to leave the network, answered once the leave completed or failed.
+pub type LeaveAsk = tokio::sync::oneshot::Sender<LeaveAnswer>;
+
+/// How a leave ended.
+#[derive(Debug)]
+pub enum LeaveAnswer {
+    /// Every value accepted here is decided, this node's cluster holds its decisions, the
+    /// leave is on its disk and its goodbye was said: the process exits.
+    Left,
+    /// It did not complete (why): the node stopped without goodbye and stays a member.
+    Incomplete(String),
 }
 
 /// The API's bearer token and the requests that need it.
@@ -64,7 +79,7 @@ enum Access {
     Public,
     Read,
     Write,
-    /// Membership changes (DELETE /peers/{peer}).
+    /// Membership changes (DELETE /peers/{peer}, POST /leave).
     Operator,
 }
 
@@ -128,7 +143,7 @@ fn access_of(method: &axum::http::Method, path: &str) -> Access {
         } else {
             Access::Read
         }
-    } else if path.starts_with("/peers/") && method == Method::DELETE {
+    } else if (path.starts_with("/peers/") && method == Method::DELETE) || path == "/leave" {
         Access::Operator
     } else if matches!(path, "/peers" | "/clusters" | "/metrics") || path.starts_with("/peers/") {
         Access::Read
@@ -157,6 +172,7 @@ pub fn router(api: Api) -> Router {
         .route("/store/", get(empty_key).put(empty_key))
         .route("/peers", get(peers))
         .route("/peers/{peer}", axum::routing::delete(remove_peer))
+        .route("/leave", axum::routing::post(leave))
         .route("/clusters", get(clusters))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -634,6 +650,67 @@ async fn peers(State(api): State<Api>) -> Response {
 }
 
 #[derive(Deserialize)]
+struct LeaveQuery {
+    peer: String,
+}
+
+/// An operator asks this node to leave the network for good (a stop, SIGTERM, is not a
+/// leave). `peer` must name this node, so that a request sent to the wrong address does
+/// nothing. Answers once the leave completed (200; the process then exits) or could not
+/// (503 `leave_incomplete`: the node stopped without goodbye and stays a member).
+async fn leave(
+    State(api): State<Api>,
+    query: Result<Query<LeaveQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "expected /leave?peer={this node's peer id}",
+        );
+    };
+    let s = match status(&api).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if s.removed {
+        return removed();
+    }
+    if q.peer != s.id.to_string() {
+        return error(
+            StatusCode::CONFLICT,
+            "not_this_node",
+            format!(
+                "this node is {}, not {}: nothing done (name the node you ask to leave)",
+                s.id, q.peer
+            ),
+        );
+    }
+    let (ask, answer) = tokio::sync::oneshot::channel();
+    if api.leave.try_send(ask).is_err() {
+        return stopping();
+    }
+    match answer.await {
+        Ok(LeaveAnswer::Left) => {
+            axum::Json(json!({"result": "left", "peer": s.id.to_string()})).into_response()
+        }
+        Ok(LeaveAnswer::Incomplete(why)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "leave_incomplete", why)
+        }
+        Err(_) => stopping(),
+    }
+}
+
+/// A node already stopping or leaving.
+fn stopping() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "stopping",
+        "this node is stopping or already leaving",
+    )
+}
+
+#[derive(Deserialize)]
 struct RemoveQuery {
     #[serde(default)]
     force: bool,
@@ -682,7 +759,7 @@ async fn remove_peer(
             format!(
                 "{peer} answered: it is alive, and only a dead node is removed (a live node that \
                  is removed would serve stale reads until it hears of it). Stop it for good \
-                 first, or retry with ?force=true"
+                 first, or force it (?force=true; replicator remove --force)"
             ),
             json!({"peer": peer}),
         ),
@@ -692,7 +769,8 @@ async fn remove_peer(
             format!(
                 "{peer}'s cluster has {members} members, an even number: without it, a majority \
                  of the rest might miss a value a majority of the whole cluster accepted. Add a \
-                 node to the cluster first (then remove this one), or retry with ?force=true"
+                 node to the cluster first (then remove this one), or force it (?force=true; replicator \
+                 remove --force)"
             ),
             json!({"cluster_members": members}),
         ),

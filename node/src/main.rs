@@ -51,11 +51,25 @@ enum Cmd {
     /// unless --force (exit 3 when refused; exit 1 when its cluster's members could not confirm
     /// it yet). The removed node serves nothing any more, even after a restart.
     Remove(RemoveArgs),
+    /// Make the node at --node leave the network for good: it decides what it accepted, lets
+    /// its cluster pull its decisions, says goodbye and exits; its data dir never starts a
+    /// node again. PEER must be that node's peer id. Stopping a node (SIGTERM, Ctrl-C) is not
+    /// leaving: it stays a member. Exit 0 left, 3 PEER is another node, 1 the leave did not
+    /// complete (the node stopped without goodbye and stays a member) or error.
+    Leave(LeaveArgs),
     /// Generate load against one or more nodes and report throughput and latency.
     Bench(bench::BenchArgs),
     /// Write a new network key (a libp2p pre-shared key, `swarm.key` format) to FILE, or to
     /// stdout without FILE. Give the same file to every node with --network-key.
     Keygen(KeygenArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LeaveArgs {
+    /// The peer id of the node at --node (what its `status` shows as `node`).
+    pub peer: String,
+    #[command(flatten)]
+    pub node: NodeArg,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -133,13 +147,14 @@ pub struct RunArgs {
     /// Writes need at least this many nodes in this node's cluster.
     #[arg(long, default_value_t = 3)]
     pub cluster_size_min: usize,
-    /// How long a graceful shutdown waits for its values to be decided and pulled by its
-    /// cluster; if that does not complete in time, the node stops without goodbye (it stays a
-    /// member, reported down, until it comes back with its data dir).
+    /// How long a leave (`replicator leave`, POST /leave) waits for this node's values to be
+    /// decided and pulled by its cluster; if that does not complete in time, the node stops
+    /// without goodbye (it stays a member, reported down, until it comes back with its data
+    /// dir). A stop (SIGTERM, Ctrl-C) does not leave.
     #[arg(long, default_value_t = 10_000)]
     pub leave_timeout_ms: u64,
     /// A file holding the HTTP API's bearer token (its first line). With it, membership
-    /// changes (DELETE /peers/{peer}) always need `Authorization: Bearer <token>`; writes and
+    /// changes (DELETE /peers/{peer}, POST /leave) always need `Authorization: Bearer <token>`; writes and
     /// reads too with --api-token-writes / --api-token-reads. Without it, anyone who reaches
     /// the HTTP address may call everything.
     #[arg(long, env = "REPLICATOR_API_TOKEN_FILE")]
@@ -263,6 +278,7 @@ fn main() -> ExitCode {
             Cmd::Get(args) => client::get(args).await,
             Cmd::Status(args) => client::status(args).await,
             Cmd::Remove(args) => client::remove(args).await,
+            Cmd::Leave(args) => client::leave(args).await,
             Cmd::Bench(args) => bench::main(args).await,
             Cmd::Keygen(args) => run::keygen(args),
         }

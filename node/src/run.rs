@@ -25,6 +25,9 @@ const IDENTITY_FILE: &str = "identity.key";
 /// `replicator run` exits with this when its database cannot be used (corrupt): the machine
 /// must come back as a new node.
 pub const EXIT_DATABASE_UNUSABLE: u8 = 65;
+/// `replicator run` exits with this when its data dir belongs to a node that left the network
+/// (`replicator leave`): it never starts as a member again (EX_CONFIG).
+pub const EXIT_LEFT: u8 = 78;
 
 pub async fn main(args: RunArgs) -> ExitCode {
     init_logging(&args.log);
@@ -35,6 +38,8 @@ pub async fn main(args: RunArgs) -> ExitCode {
             eprintln!("error: {e:#}");
             if e.chain().any(|c| c.is::<crate::storage::Unusable>()) {
                 ExitCode::from(EXIT_DATABASE_UNUSABLE)
+            } else if e.chain().any(|c| c.is::<Left>()) {
+                ExitCode::from(EXIT_LEFT)
             } else {
                 ExitCode::FAILURE
             }
@@ -68,6 +73,9 @@ async fn run(args: RunArgs) -> Result<()> {
     let existing = if has_database {
         let storage = Storage::open(&data_dir, None)?;
         storage.bind_identity(&peer_id.to_string())?;
+        if let Some(when) = storage.left()? {
+            return Err(Left { when, data_dir }.into());
+        }
         let network = storage.network()?;
         Some((storage, network))
     } else {
@@ -145,12 +153,14 @@ async fn run(args: RunArgs) -> Result<()> {
     let span = tracing::info_span!("node", peer = %peer_id, cluster = %args.cid);
     let mut driver_task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
 
+    let (leave_asks, mut leave_asked) = tokio::sync::mpsc::channel::<http::LeaveAsk>(4);
     let api = http::Api {
         driver: handle.clone(),
         metrics,
         value_bytes_max,
         network_open: admission.psk.is_none(),
         auth: Arc::new(auth),
+        leave: leave_asks,
     };
     let (http_addr, stop_http, server) = start_http(&args, api).await?;
 
@@ -164,27 +174,105 @@ async fn run(args: RunArgs) -> Result<()> {
     );
     info!(peer = %peer_id, cluster = %args.cid, network = %network, http = %http_addr, "node started");
 
-    let outcome = tokio::select! {
-        r = &mut driver_task => Some(r),
-        () = shutdown_signal() => None,
+    let ending = tokio::select! {
+        r = &mut driver_task => Ending::Driver(r),
+        () = shutdown_signal() => Ending::Stop,
+        Some(ask) = leave_asked.recv() => Ending::Leave(ask),
     };
-    let result = match outcome {
-        Some(Ok(Ok(()))) => Err(anyhow!("the driver stopped")),
-        Some(Ok(Err(e))) => Err(e),
-        Some(Err(e)) => Err(anyhow!("the driver panicked: {e}")),
-        None => {
-            leave_the_network(&args, &handle, &client).await;
+    let http = HttpServer {
+        stop: stop_http,
+        server,
+    };
+    let result = match ending {
+        Ending::Driver(Ok(Ok(()))) => Err(anyhow!("the driver stopped")),
+        Ending::Driver(Ok(Err(e))) => Err(e),
+        Ending::Driver(Err(e)) => Err(anyhow!("the driver panicked: {e}")),
+        Ending::Stop => {
+            http.drain().await;
+            stop_driver(&handle, driver_task).await;
             Ok(())
         }
+        Ending::Leave(ask) => {
+            let left = leave_the_network(&args, &handle, &client, driver_task, &data_dir).await;
+            let answer = match &left {
+                Ok(()) => http::LeaveAnswer::Left,
+                Err(e) => http::LeaveAnswer::Incomplete(format!("{e:#}")),
+            };
+            let _ = ask.send(answer);
+            http.drain().await;
+            left
+        }
     };
-    let _ = stop_http.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    if result.is_err() {
-        client.shutdown().await;
-    }
+    // Every path but a completed leave (which said goodbye) stops without telling anyone:
+    // the others see this node down, and it stays a member.
+    client.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), event_loop).await;
     result
 }
+
+/// Why `run` stops.
+enum Ending {
+    /// The driver returned (storage failed, or it panicked).
+    Driver(std::result::Result<Result<()>, tokio::task::JoinError>),
+    /// SIGTERM or Ctrl-C: stop, and stay a member.
+    Stop,
+    /// An operator asked this node to leave the network (`POST /leave`).
+    Leave(http::LeaveAsk),
+}
+
+/// The HTTP API being served.
+struct HttpServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Accepts no more connections and waits (at most `STOP_GRACE`) until every request being
+    /// served is answered: a PUT in flight ends Stored, Exists or Unavailable, not cut off.
+    async fn drain(self) {
+        let _ = self.stop.send(());
+        if tokio::time::timeout(STOP_GRACE, self.server).await.is_err() {
+            warn!(grace = ?STOP_GRACE, "requests still unanswered after the grace: stopping anyway");
+        }
+    }
+}
+
+/// How long a stopping node waits for the requests it is serving, and then for its database
+/// to close.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Stops the driver: it commits what is queued and closes the database.
+async fn stop_driver(handle: &Handle, driver_task: tokio::task::JoinHandle<Result<()>>) {
+    handle.stop().await;
+    match tokio::time::timeout(STOP_GRACE, driver_task).await {
+        Ok(Ok(Ok(()))) => info!("stopped: the database is closed; this node stays a member"),
+        Ok(Ok(Err(e))) => warn!(error = %format!("{e:#}"), "the driver failed while stopping"),
+        Ok(Err(e)) => warn!(error = %e, "the driver panicked while stopping"),
+        Err(_) => warn!("the driver did not stop in time"),
+    }
+}
+
+/// `replicator run` on a data dir whose node left the network.
+#[derive(Debug)]
+pub struct Left {
+    when: String,
+    data_dir: PathBuf,
+}
+
+impl std::fmt::Display for Left {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this node left the network (replicator leave, {}): the data dir {} is no \
+             longer a member's. To bring this machine back, start it as a new node: move the \
+             data dir away (or use an empty one) and give --bootstrap the address of a member",
+            self.when,
+            self.data_dir.display()
+        )
+    }
+}
+
+impl std::error::Error for Left {}
 
 /// The data dir of the flags (created if missing), or a temporary one.
 fn data_dir(args: &RunArgs) -> Result<PathBuf> {
@@ -300,23 +388,45 @@ async fn start_http(
     Ok((http_addr, stop_http, server))
 }
 
-/// A signal asked the node to stop: leave gracefully, then say goodbye; if the leave does
-/// not complete in time, stop without goodbye.
-async fn leave_the_network(args: &RunArgs, handle: &Handle, client: &Client) {
-    info!("shutting down: leaving the network");
+/// An operator asked this node to leave: decide what it accepted and let its cluster pull
+/// its decisions, record on its disk that it left, then say goodbye. If the leave does not
+/// complete in time, it stops without goodbye and stays a member (an error).
+async fn leave_the_network(
+    args: &RunArgs,
+    handle: &Handle,
+    client: &Client,
+    driver_task: tokio::task::JoinHandle<Result<()>>,
+    data_dir: &Path,
+) -> Result<()> {
+    info!("an operator asked this node to leave the network");
     let within = Duration::from_millis(args.leave_timeout_ms);
-    if handle.leave(within).await {
-        client.goodbye().await;
-        info!("goodbye said");
-    } else {
-        // Saying goodbye before its cluster holds every decision it took part in could leave
-        // a chosen value with too few holders. Stop without goodbye instead: the others see
-        // this node down, and it stays a member until it comes back.
-        warn!(
-            "leave did not complete in time: stopping WITHOUT goodbye (this node stays a member; restart it with its data dir to resolve what it holds)"
-        );
-        client.shutdown().await;
+    let complete = handle.leave(within).await;
+    // The driver stops either way; its database must be closed before it is opened here.
+    match tokio::time::timeout(STOP_GRACE, driver_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e.context("the driver failed while leaving")),
+        Ok(Err(e)) => anyhow::bail!("the driver panicked while leaving: {e}"),
+        Err(_) => anyhow::bail!("the driver did not stop in time while leaving"),
     }
+    if !complete {
+        // Saying goodbye before its cluster holds every decision it took part in could leave
+        // a chosen value with too few holders.
+        anyhow::bail!(
+            "the leave did not complete within {within:?} (--leave-timeout-ms): stopped \
+             WITHOUT goodbye; this node stays a member. Restart it with its data dir, and \
+             ask again once its cluster is reachable"
+        );
+    }
+    // Recorded before the goodbye: a node that said goodbye must never start as a member.
+    let when = httpdate::fmt_http_date(std::time::SystemTime::now());
+    Storage::open(data_dir, None)
+        .and_then(|s| s.mark_left(&when))
+        .context(
+            "cannot record the leave on this node's disk: no goodbye said, it stays a member",
+        )?;
+    client.goodbye().await;
+    info!("left the network: goodbye said; this data dir can no longer start a node");
+    Ok(())
 }
 
 /// How this node starts, from its data dir and flags.
@@ -607,21 +717,55 @@ fn print_banner(
         .find(|a| !a.to_string().starts_with("/ip4/127."))
         .or(addrs.first());
     if let Some(a) = connect {
-        // Port 0: the next node takes a free port (and prints it). Suggesting this node's port
-        // plus one would collide with whatever listens there (e.g. the demo's next node).
-        let next_http = std::net::SocketAddr::new(http.ip(), 0);
-        let next_dir = format!("{}-next", data_dir.display());
-        let key = args
-            .network_key
-            .as_ref()
-            .map(|k| format!(" --network-key {}", k.display()))
-            .unwrap_or_default();
         println!("start the next node with:");
-        println!(
-            "  replicator run --cid {} --bootstrap {a} --http {next_http} --data-dir {next_dir}{key}",
-            args.cid
-        );
+        println!("  {}", next_node_command(args, a, http, data_dir));
     }
+}
+
+/// The command that starts another node like this one, joining through `bootstrap`: where it
+/// listens (this node's listen address on another port), the network key and the API token.
+fn next_node_command(
+    args: &RunArgs,
+    bootstrap: &Multiaddr,
+    http: std::net::SocketAddr,
+    data_dir: &Path,
+) -> String {
+    use transport_libp2p::libp2p::multiaddr::Protocol;
+    // Port 0: the next node takes a free port (and prints it). Suggesting this node's port
+    // plus one would collide with whatever listens there (e.g. the demo's next node).
+    let next_http = std::net::SocketAddr::new(http.ip(), 0);
+    let mut command = format!(
+        "replicator run --cid {} --bootstrap {bootstrap} --http {next_http} --data-dir {}-next",
+        args.cid,
+        data_dir.display()
+    );
+    if let Some(listen) = args
+        .listen
+        .first()
+        .and_then(|l| l.parse::<Multiaddr>().ok())
+    {
+        let any_port: Multiaddr = listen
+            .iter()
+            .map(|p| match p {
+                Protocol::Tcp(_) => Protocol::Tcp(0),
+                other => other,
+            })
+            .collect();
+        command.push_str(&format!(" --listen {any_port}"));
+    }
+    if let Some(k) = &args.network_key {
+        command.push_str(&format!(" --network-key {}", k.display()));
+    }
+    if let Some(t) = &args.api_token_file {
+        command.push_str(&format!(" --api-token-file {}", t.display()));
+        if args.api_token_writes {
+            command.push_str(" --api-token-writes");
+        }
+        if args.api_token_reads {
+            command.push_str(" --api-token-reads");
+        }
+    }
+    command
 }
 
 pub async fn shutdown_signal() {
@@ -643,5 +787,43 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn the_next_node_command_carries_listen_key_and_token() {
+        let flags = Flags::parse_from([
+            "replicator",
+            "--cid",
+            "eu",
+            "--listen",
+            "/ip4/10.0.0.5/tcp/4001",
+            "--network-key",
+            "/etc/r/network.key",
+            "--api-token-file",
+            "/etc/r/api.token",
+            "--api-token-writes",
+        ]);
+        let bootstrap: Multiaddr = "/ip4/10.0.0.5/tcp/4001".parse().unwrap();
+        let http = "0.0.0.0:8080".parse().unwrap();
+        let command = next_node_command(&flags.run, &bootstrap, http, Path::new("/var/r"));
+        assert_eq!(
+            command,
+            "replicator run --cid eu --bootstrap /ip4/10.0.0.5/tcp/4001 --http 0.0.0.0:0 \
+             --data-dir /var/r-next --listen /ip4/10.0.0.5/tcp/0 --network-key /etc/r/network.key \
+             --api-token-file /etc/r/api.token --api-token-writes"
+        );
     }
 }

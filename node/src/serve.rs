@@ -53,7 +53,12 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// How often a refused connection is logged at most.
 const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Serves `app` on `listener` until `stop` fires.
+/// How often a stopping server looks whether its last requests were answered.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Serves `app` on `listener` until `stop` fires; then accepts nothing more and returns once
+/// every request being served was answered (requests that arrive later on open connections
+/// are served too, until then). The caller bounds how long it waits for that.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -66,7 +71,12 @@ pub async fn serve(
     let mut refused_logged: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => {
+                while lock(&open).conns.values().any(|a| a.busy.load(Ordering::Relaxed) > 0) {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                }
+                return;
+            }
             a = listener.accept() => a,
         };
         let (stream, remote) = match accepted {

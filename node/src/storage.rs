@@ -85,6 +85,8 @@ const META_FORMAT: &str = "format";
 const META_NETWORK: &str = "network";
 /// The peer id of the node this database belongs to.
 const META_PEER: &str = "peer";
+/// When this node left the network (`replicator leave`): it never starts again.
+const META_LEFT: &str = "left";
 /// 2: the membership and the network id are durable (tables `members`, `meta_text`).
 /// 3: records of `keys`, `refusals` and `requests` carry a checksum (a format 2 database is
 /// upgraded in place when it is opened).
@@ -353,7 +355,7 @@ impl Storage {
         if storage.torn_at_open > 0 {
             warn!(
                 bytes = storage.torn_at_open,
-                "the write-ahead log ends in a record cut short by a crash: dropped (it was never reported durable)"
+                "the write-ahead log ends in an incomplete or damaged record: dropped. Cut short by a crash, it was never reported durable; damaged on disk after it was, what it held is learned again from this node's cluster (catch-up)"
             );
         }
         if !storage.unapplied.is_empty() {
@@ -437,6 +439,22 @@ impl Storage {
         Ok(NetworkId::from(network))
     }
 
+    /// Records that this node left the network (its goodbye follows): it never starts from
+    /// this database again.
+    pub fn mark_left(&self, when: &str) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META_TEXT)?.insert(META_LEFT, when)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// When this node left the network, if it did.
+    pub fn left(&self) -> Result<Option<String>> {
+        let txn = self.db.begin_read()?;
+        let text = txn.open_table(META_TEXT)?;
+        Ok(text.get(META_LEFT)?.map(|v| v.value().to_string()))
+    }
+
     /// Binds the database to the node's identity: records `peer` on the first start, and
     /// refuses another one later (a node's keys, promises and membership are its own; another
     /// identity on top of them would be a second node claiming the first one's promises).
@@ -449,7 +467,10 @@ impl Storage {
         match recorded {
             Some(r) if r == peer => Ok(()),
             Some(r) => anyhow::bail!(
-                "the database belongs to peer {r}, but identity.key is peer {peer}: a database is                  never used under another identity. Put that node's identity.key back, or move                  the data dir away and start this machine as a new node (with --bootstrap of a                  member)"
+                "the database belongs to peer {r}, but identity.key is peer {peer}: a database is \
+                 never used under another identity. Put that node's identity.key back, or move \
+                 the data dir away and start this machine as a new node (with --bootstrap of a \
+                 member)"
             ),
             None => {
                 txn.open_table(META_TEXT)?.insert(META_PEER, peer)?;

@@ -394,10 +394,8 @@ fn corrupt_database_is_repaired_never_served() {
     let tmp = tempfile::tempdir().unwrap();
     let a = start("c0", &tmp.path().join("a"), None, &[]);
     let b = start("c0", &tmp.path().join("b"), Some(&a.p2p), &[]);
-    // A clean stop without goodbye: the leave cannot complete in 1 ms, so the node stops as
-    // if it died, but its database is closed properly.
-    let quick_stop = ["--leave-timeout-ms", "1"];
-    let mut c = start("c0", &tmp.path().join("c"), Some(&a.p2p), &quick_stop);
+    // Stopped with SIGTERM below: its database is closed properly, and it stays a member.
+    let mut c = start("c0", &tmp.path().join("c"), Some(&a.p2p), &[]);
     wait_converged(&[&a, &b, &c], 3, Duration::from_secs(30));
     let value = |i: usize| format!("value-with-a-unique-marker-{i:04}-end");
     for i in 0..20 {
@@ -423,7 +421,7 @@ fn corrupt_database_is_repaired_never_served() {
         "the value is in the file"
     );
 
-    let c2 = start("c0", &tmp.path().join("c"), Some(&a.p2p), &quick_stop);
+    let c2 = start("c0", &tmp.path().join("c"), Some(&a.p2p), &[]);
     let bad = {
         let mut v = value(7).into_bytes();
         let mid = v.len() / 2;
@@ -457,7 +455,7 @@ fn corrupt_database_is_repaired_never_served() {
         *b ^= 0xff;
     }
     std::fs::write(&db, bytes).unwrap();
-    let mut starting = start_node_with("c0", &tmp.path().join("c"), Some(&a.p2p), &quick_stop);
+    let mut starting = start_node_with("c0", &tmp.path().join("c"), Some(&a.p2p), &[]);
     // It either refuses to start (exit 65, clearly) or starts and serves only right values.
     let t = Instant::now();
     loop {

@@ -30,7 +30,7 @@ fn three_clusters_scenarios() {
     a_late_joiner_copies_the_existing_keys(&mut nodes, tmp.path());
     a_kill_during_writes_loses_nothing_acknowledged(&mut nodes);
     a_killed_coordinators_writes_resolve_one_way(&mut nodes);
-    sigterm_leaves_gracefully(&mut nodes);
+    an_operator_makes_a_node_leave(&mut nodes);
     an_operator_removes_a_dead_node(&mut nodes);
     no_node_logged_an_error(tmp.path());
 }
@@ -329,24 +329,32 @@ fn a_killed_coordinators_writes_resolve_one_way(nodes: &mut [NodeProc]) {
     check_agreement(&nodes[0], &written);
 }
 
-/// Graceful leave: SIGTERM makes a node leave and exit 0; the others drop it.
-fn sigterm_leaves_gracefully(nodes: &mut Vec<NodeProc>) {
-    let leaver = nodes.pop().unwrap();
-    let pid = leaver.child.id();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
+/// An operator makes a node leave (`replicator leave`): naming another node does nothing;
+/// named right, the node exits 0, every member drops it, writes go on, and its data dir
+/// never starts a node again (exit 78, saying so).
+fn an_operator_makes_a_node_leave(nodes: &mut Vec<NodeProc>) {
+    let mut leaver = nodes.pop().unwrap();
+    let cli = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    let wrong = cli(&["leave", &nodes[0].peer, "--node", &leaver.http]);
+    assert_eq!(wrong.status.code(), Some(3), "{wrong:?}");
+    assert!(leaver.child.try_wait().unwrap().is_none(), "it left anyway");
+
+    let out = cli(&["leave", &leaver.peer, "--node", &leaver.http]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{out:?}\nlog:\n{}",
+        tail(&leaver.log)
     );
-    let mut leaver = leaver;
     let deadline = Instant::now() + Duration::from_secs(20);
     let code = loop {
         if let Some(s) = leaver.child.try_wait().unwrap() {
             break s.code();
         }
-        assert!(Instant::now() < deadline, "the node did not leave in time");
+        assert!(
+            Instant::now() < deadline,
+            "the node did not exit after leaving"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(code, Some(0), "log:\n{}", tail(&leaver.log));
@@ -354,6 +362,24 @@ fn sigterm_leaves_gracefully(nodes: &mut Vec<NodeProc>) {
     wait_converged(&all, 9, Duration::from_secs(30));
     let r = put(&nodes[3], "after-leave", "ok");
     assert_eq!(r.status, 201, "{}", r.text());
+
+    let dir = leaver.dir.to_str().unwrap();
+    let (code, stderr, _) = run_to_exit(
+        &[
+            "run",
+            "--cid",
+            &leaver.cluster,
+            "--data-dir",
+            dir,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("this node left the network"), "{stderr}");
 }
 
 /// An operator removes a dead node: it is dropped on every member (through the one node

@@ -259,6 +259,8 @@ pub(super) async fn node_process(
             writes: true,
             reads: false,
         }),
+        // Nobody asks a simulated node to leave over HTTP: a closed channel (answers 503).
+        leave: tokio::sync::mpsc::channel(1).0,
     });
     *machine.running.lock().unwrap() = Some(Running {
         handle,

@@ -1,0 +1,118 @@
+//! Routine operations with real processes, as an operator does them: a node of a 3-node
+//! cluster (network key and API token on) stopped with SIGTERM, what systemd, Kubernetes and
+//! `docker stop` send, then started again with the same command.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A SIGTERM stops a node; it does not leave. It exits 0, its peers still count it as a
+/// member (and write without it: 2 of 3 is a majority), and the same start command brings it
+/// back: within 15 s every node reports 3 members and a PUT at every node answers 201.
+#[test]
+fn a_sigterm_is_a_stop_not_a_leave() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secrets = secrets(tmp.path());
+    let extra: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let a = start_node_with("c0", &tmp.path().join("a"), None, &extra).wait();
+    let start = |name: &str| start_node_with("c0", &tmp.path().join(name), Some(&a.p2p), &extra);
+    let b = start("b").wait();
+    let mut c = start("c").wait();
+    wait_converged(&[&a, &b, &c], 3, Duration::from_secs(60));
+    assert_eq!(put(&a, "before", "1").status, 201);
+    // Leaving is an operator's act: it needs the token, and names the node it asks.
+    let leave = |peer: &str, headers: &[(&str, &str)]| {
+        http(
+            "POST",
+            &c.http,
+            &format!("/leave?peer={peer}"),
+            b"",
+            headers,
+        )
+    };
+    assert_eq!(leave(&c.peer, &[]).status, 401);
+    let bearer = format!("Bearer {TOKEN}");
+    let r = leave(&a.peer, &[("Authorization", &bearer)]);
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (409, "not_this_node".into())
+    );
+    assert!(c.child.try_wait().unwrap().is_none(), "it left anyway");
+
+    sigterm(c.child.id());
+    let stopped = Instant::now();
+    let code = loop {
+        if let Some(s) = c.child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "c did not stop; log:\n{}",
+            tail(&c.log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0), "log:\n{}", tail(&c.log));
+    let log = std::fs::read_to_string(&c.log).unwrap();
+    assert!(!log.contains("goodbye said"), "a stop said goodbye:\n{log}");
+
+    // Down, not gone: still a member at a and b (give a goodbye, were there one, time to land).
+    std::thread::sleep(Duration::from_secs(2));
+    for n in [&a, &b] {
+        assert_eq!(health(n)["members"], 3, "{}", health(n));
+    }
+    let r = put(&a, "while-c-is-stopped", "1");
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // The same command again.
+    let restarted = Instant::now();
+    let c = start("c").wait();
+    let nodes = [&a, &b, &c];
+    wait_until(
+        Duration::from_secs(15).saturating_sub(restarted.elapsed()),
+        "3 members everywhere and a PUT at every node answered 201",
+        || {
+            let members = nodes.iter().all(|n| health(n)["members"] == 3);
+            members
+                && nodes.iter().enumerate().all(|(i, n)| {
+                    let key = format!("after-restart-{i}-{}", restarted.elapsed().as_millis());
+                    put(n, &key, "1").status == 201
+                })
+        },
+    );
+    eprintln!("back in {:?}", restarted.elapsed());
+    // And it caught up with the write it missed.
+    wait_until(Duration::from_secs(15), "c serves what it missed", || {
+        get(&c, "while-c-is-stopped").text() == "1"
+    });
+}
+
+const TOKEN: &str = "a-token-only-the-operators-hold";
+
+/// A network key and an API token, as the README's commands make them: the flags that give
+/// them to a node.
+fn secrets(dir: &Path) -> Vec<String> {
+    let key = dir.join("network.key");
+    let out = Command::new(BIN).arg("keygen").arg(&key).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let token = dir.join("api.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    vec![
+        "--network-key".into(),
+        key.to_str().unwrap().into(),
+        "--api-token-file".into(),
+        token.to_str().unwrap().into(),
+    ]
+}
+
+fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
