@@ -5,6 +5,7 @@
 //! commands: 0 ok, 1 error or unavailable, 2 usage, 3 conflict (exists or busy, or a refused
 //! removal), 4 not found, 5 `status`: a write cannot commit at the node now, or it was removed.
 
+mod address_book;
 mod bench;
 mod client;
 mod demo;

@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 use transport_libp2p::libp2p::PeerId;
 use transport_libp2p::{Client, NetEvent};
 
+use crate::address_book::AddressBook;
 use crate::driver::{Transport, TransportEvent};
 use crate::metrics::Metrics;
 
@@ -92,7 +93,10 @@ impl Transport for Libp2pTransport {
 }
 
 /// Turns the network's events into the driver's.
-pub fn pump_events(mut net: mpsc::Receiver<NetEvent>) -> mpsc::Receiver<TransportEvent> {
+pub fn pump_events(
+    mut net: mpsc::Receiver<NetEvent>,
+    mut book: AddressBook,
+) -> mpsc::Receiver<TransportEvent> {
     let (tx, rx) = mpsc::channel(EVENTS_QUEUE_LEN);
     tokio::spawn(async move {
         // The node id of each peer, made once rather than per message.
@@ -111,11 +115,15 @@ pub fn pump_events(mut net: mpsc::Receiver<NetEvent>) -> mpsc::Receiver<Transpor
                 }
                 // The transport makes no member of another network, but the core decides:
                 // it is told the network the member announced.
-                NetEvent::MemberDiscovered(m) => TransportEvent::Discovered {
-                    cluster: ClusterId::new(&m.cluster),
-                    node: NodeId::new(m.peer.to_string()),
-                    network: NetworkId::new(&m.network),
-                },
+                NetEvent::MemberDiscovered(m) => {
+                    // Where it listens, for a restart of this node without --bootstrap.
+                    book.record(m.peer, &m.addrs);
+                    TransportEvent::Discovered {
+                        cluster: ClusterId::new(&m.cluster),
+                        node: NodeId::new(m.peer.to_string()),
+                        network: NetworkId::new(&m.network),
+                    }
+                }
                 NetEvent::PeerDown(p) => TransportEvent::Down(NodeId::new(p.to_string())),
                 NetEvent::PeerUp(p) => TransportEvent::Up(NodeId::new(p.to_string())),
                 NetEvent::PeerLeft(p) => TransportEvent::Left(NodeId::new(p.to_string())),

@@ -14,6 +14,7 @@ use transport_libp2p::libp2p::identity::Keypair;
 use transport_libp2p::libp2p::{Multiaddr, PeerId};
 use transport_libp2p::{Client, NetConfig, NetError};
 
+use crate::address_book::AddressBook;
 use crate::driver::{Driver, Handle, Parts};
 use crate::metrics::Metrics;
 use crate::net::{Libp2pTransport, pump_events};
@@ -100,8 +101,24 @@ async fn run(args: RunArgs) -> Result<()> {
 
     // The network before a new database: a node that cannot join must not create one that
     // would make it a member of nothing (or of the wrong network) on its next start.
-    let (client, net_events, event_loop) =
-        start_network(&args, &admission, keypair, listen, &bootstraps, network).await?;
+    // A node with a database redials the members it recorded: restarted without
+    // --bootstrap, it reaches them itself (and learns if one of them removed it).
+    let book = AddressBook::load(&data_dir);
+    let redial = if existing.is_some() {
+        book.addresses()
+    } else {
+        Vec::new()
+    };
+    let (client, net_events, event_loop) = start_network(
+        &args,
+        &admission,
+        keypair,
+        listen,
+        &bootstraps,
+        &redial,
+        network,
+    )
+    .await?;
     let event_loop = tokio::spawn(event_loop.run());
     let listen_addrs = client.listen_addrs().await;
     let network = NetworkId::from(client.network());
@@ -147,7 +164,7 @@ async fn run(args: RunArgs) -> Result<()> {
         recovered,
         storage,
         transport: Libp2pTransport::new(client.clone(), metrics.clone()),
-        events: pump_events(net_events),
+        events: pump_events(net_events, book),
         metrics: metrics.clone(),
     })?;
     let span = tracing::info_span!("node", peer = %peer_id, cluster = %args.cid);
@@ -466,6 +483,7 @@ async fn start_network(
     keypair: Keypair,
     listen: Vec<Multiaddr>,
     bootstraps: &[Multiaddr],
+    redial: &[Multiaddr],
     network: Option<String>,
 ) -> Result<(
     transport_libp2p::Client,
@@ -482,6 +500,7 @@ async fn start_network(
         let mut cfg = NetConfig::new(keypair.clone(), args.cid.clone());
         cfg.listen = listen.clone();
         cfg.bootstrap = bootstrap.clone();
+        cfg.redial = redial.to_vec();
         cfg.network = network.clone();
         cfg.protocol_id = args.protocol_id.clone();
         cfg.rendezvous = args.rendezvous.clone();

@@ -523,7 +523,7 @@ fn write_ahead_log_torn_tail_is_dropped_and_damage_refused() {
         );
     }
     assert!(
-        log_of(&a).contains("cut short by a crash"),
+        log_of(&a).contains("ends in an incomplete or damaged record: dropped"),
         "{}",
         log_of(&a)
     );

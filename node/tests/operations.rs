@@ -116,3 +116,53 @@ fn sigterm(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+/// A node removed while it was dead learns it at its first contact with a member, also when
+/// it is restarted without --bootstrap (from the members it recorded): within 10 s it
+/// answers 410 `removed`, and says so in /health.
+#[test]
+fn a_removed_node_restarted_without_bootstrap_learns_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secrets = secrets(tmp.path());
+    let extra: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let a = start_node_with("c0", &tmp.path().join("a"), None, &extra).wait();
+    let start = |name: &str, bootstrap: Option<&str>| {
+        start_node_with("c0", &tmp.path().join(name), bootstrap, &extra)
+    };
+    let b = start("b", Some(&a.p2p)).wait();
+    let mut c = start("c", Some(&a.p2p)).wait();
+    wait_converged(&[&a, &b, &c], 3, Duration::from_secs(60));
+    assert_eq!(put(&a, "before", "1").status, 201);
+    wait_until(Duration::from_secs(10), "c stores the key", || {
+        get(&c, "before").status == 200
+    });
+
+    kill9(&mut c);
+    let bearer = format!("Bearer {TOKEN}");
+    wait_until(
+        Duration::from_secs(30),
+        "the removal of c confirmed",
+        || {
+            let path = format!("/peers/{}", c.peer);
+            let r = http("DELETE", &a.http, &path, b"", &[("Authorization", &bearer)]);
+            assert!(
+                r.status == 200 || (r.status == 503 && r.json()["error"] == "unconfirmed"),
+                "{}",
+                r.text()
+            );
+            r.status == 200
+        },
+    );
+
+    let restarted = Instant::now();
+    let c = start("c", None).wait();
+    wait_until(
+        Duration::from_secs(10).saturating_sub(restarted.elapsed()),
+        "the restarted node answers 410 removed",
+        || {
+            let r = get(&c, "before");
+            r.status == 410 && r.json()["error"] == "removed" && health(&c)["removed"] == true
+        },
+    );
+    eprintln!("410 after {:?}", restarted.elapsed());
+}

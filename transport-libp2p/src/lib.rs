@@ -221,6 +221,12 @@ pub struct NetConfig {
     /// The bootstrap peer's address; it must end with `/p2p/<peer id>`. `None` means this node is
     /// the bootstrap peer. Default: `None`.
     pub bootstrap: Option<Multiaddr>,
+    /// Addresses of peers this node knew before (each ending with `/p2p/<peer id>`), e.g. the
+    /// members a restarted node recorded: added to the DHT's routing table and dialed once at
+    /// [`start`], so that a node restarted without a bootstrap peer reaches its members itself
+    /// (and a member that removed it can tell it so). Unreachable ones are not an error; a
+    /// malformed one is skipped with a warning. Default: empty.
+    pub redial: Vec<Multiaddr>,
     /// The private namespace of this deployment: the Kademlia, frame and membership protocols
     /// are `/replicator/<protocol_id>/{kad,frames,member}/1.0.0`, so nodes of another deployment
     /// (or the public IPFS DHT) never mix with this one. ASCII letters, digits, `.`, `_`, `-`;
@@ -297,6 +303,7 @@ impl NetConfig {
                     .expect("a constant multiaddr parses"),
             ],
             bootstrap: None,
+            redial: Vec::new(),
             protocol_id: "replicator".to_owned(),
             rendezvous: "members".to_owned(),
             cluster: cluster.into(),

@@ -60,6 +60,7 @@ pub(super) async fn start(
                 .connect_bootstrap(peer, addr, cfg.bootstrap_timeout)
                 .await?;
         }
+        event_loop.redial(&cfg.redial);
         event_loop.start_discovery();
         Ok::<(), NetError>(())
     }
@@ -74,6 +75,31 @@ pub(super) async fn start(
         event_loop.links.clone(),
     );
     Ok((client, event_rx, event_loop))
+}
+
+impl EventLoop {
+    /// Adds the known addresses to the DHT's routing table and dials each once.
+    fn redial(&mut self, known: &[Multiaddr]) {
+        for addr in known {
+            let Ok((peer, base)) = split_p2p(addr) else {
+                tracing::warn!(%addr, "a known peer address without /p2p/<peer id>: skipped");
+                continue;
+            };
+            if peer == self.local_peer_id {
+                continue;
+            }
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, base.clone());
+            let dial = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(vec![base])
+                .build();
+            if let Err(e) = self.swarm.dial(dial) {
+                tracing::debug!(%peer, error = %e, "cannot dial a known peer");
+            }
+        }
+    }
 }
 
 /// The event loop with its swarm listening and its frame streams running; nothing has been
