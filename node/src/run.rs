@@ -670,28 +670,35 @@ pub fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn load_or_create_identity(data_dir: &Path, has_database: bool) -> Result<Keypair> {
     let path: PathBuf = data_dir.join(IDENTITY_FILE);
+    // A damaged or missing identity makes the data dir unusable as it is (exit 65).
+    let unusable = |what: String| anyhow::Error::new(crate::storage::Unusable(what));
     if path.exists() {
         let bytes =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         if bytes.is_empty() {
-            anyhow::bail!(
-                "{} is empty: it should hold this node's private key (protobuf-encoded ed25519).                  Restore it from a backup; without it this data dir cannot be used",
+            return Err(unusable(format!(
+                "{} is empty: it should hold this node's private key (protobuf-encoded ed25519). \
+                 Restore it from a backup; without it this data dir cannot be used",
                 path.display()
-            );
+            )));
         }
         return Keypair::from_protobuf_encoding(&bytes).map_err(|_| {
-            anyhow!(
-                "{} is not a libp2p ed25519 keypair ({} bytes, not a protobuf-encoded private                  key): restore it from a backup; without it this data dir cannot be used",
+            unusable(format!(
+                "{} is not a libp2p ed25519 keypair ({} bytes, not a protobuf-encoded private \
+                 key): restore it from a backup; without it this data dir cannot be used",
                 path.display(),
                 bytes.len()
-            )
+            ))
         });
     }
     if has_database {
-        anyhow::bail!(
-            "{} is missing, but the data dir holds a database: the database belongs to the              identity that file held, and a new identity on top of it would be another node              claiming its promises. Restore identity.key, or move the data dir away and start              this machine as a new node (with --bootstrap of a member)",
+        return Err(unusable(format!(
+            "{} is missing, but the data dir holds a database: the database belongs to the \
+             identity that file held, and a new identity on top of it would be another node \
+             claiming its promises. Restore identity.key, or move the data dir away and start \
+             this machine as a new node (with --bootstrap of a member)",
             path.display()
-        );
+        )));
     }
     let keypair = Keypair::generate_ed25519();
     let bytes = keypair

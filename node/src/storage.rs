@@ -816,11 +816,33 @@ fn superseded_dropped(ops: &[WriteOp]) -> Vec<&WriteOp> {
 /// Opens (or creates) the redb database at `path`, or on `disk` if it is a simulated one.
 fn open_database(path: &Path, disk: Option<&SimDisk>) -> Result<Database> {
     match disk {
-        None => Database::create(path)
-            .with_context(|| format!("cannot open the database {}", path.display())),
+        None => Database::create(path).map_err(|e| {
+            if is_damage(&e) {
+                Unusable(format!(
+                    "the database {} is damaged (redb: {e}); move the data dir away and start this machine as a new node (with --bootstrap of a member), after `replicator remove` of this one",
+                    path.display()
+                ))
+                .into()
+            } else {
+                anyhow::Error::new(e).context(format!("cannot open the database {}", path.display()))
+            }
+        }),
         Some(disk) => Database::builder()
             .create_with_backend(disk.backend())
             .context("cannot open the database on the simulated disk"),
+    }
+}
+
+/// Whether redb refused the file for what it holds (not a redb file, corrupt beyond its own
+/// repair, a format it cannot read) rather than for the disk (permissions, I/O errors).
+fn is_damage(e: &redb::DatabaseError) -> bool {
+    match e {
+        redb::DatabaseError::UpgradeRequired(_) => true,
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+            io.kind() == std::io::ErrorKind::InvalidData
+        }
+        _ => false,
     }
 }
 

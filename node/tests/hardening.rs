@@ -314,8 +314,9 @@ fn health_names_silent_members_and_status_exits_degraded() {
     assert_eq!(code, Some(5), "{err}");
 }
 
-/// The database records its node's peer id: a missing, empty or foreign identity.key is
-/// refused with a clear message, and the right one starts. The banner's next-node hint takes
+/// The database records its node's peer id: a missing, empty, damaged or foreign
+/// identity.key is refused with a clear message (exit 65 but for the foreign one), so is a
+/// database whose first byte was flipped (65), and the right identity starts. The banner's next-node hint takes
 /// a free HTTP port.
 #[test]
 fn identity_is_bound_to_the_database() {
@@ -345,18 +346,30 @@ fn identity_is_bound_to_the_database() {
         )
     };
 
+    // A data dir unusable as it is exits 65 (a damaged or missing file), naming the file, in
+    // one readable sentence.
     std::fs::remove_file(&id).unwrap();
     let (code, err, _) = run(&dir);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(65), "{err}");
     assert!(err.contains("identity.key is missing"), "{err}");
+    assert!(!error_line(&err).contains("  "), "runs of spaces: {err}");
     assert!(!id.exists(), "no new identity was made");
 
     std::fs::write(&id, b"").unwrap();
     let (code, err, _) = run(&dir);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("is empty"), "{err}");
+    assert_eq!(code, Some(65), "{err}");
+    assert!(err.contains("identity.key is empty"), "{err}");
     assert!(!err.contains("feature"), "{err}");
 
+    std::fs::write(&id, b"not a key").unwrap();
+    let (code, err, _) = run(&dir);
+    assert_eq!(code, Some(65), "{err}");
+    assert!(
+        err.contains("identity.key is not a libp2p ed25519 keypair"),
+        "{err}"
+    );
+
+    // Another node's identity: an operator's mix-up, not damage (exit 1).
     std::fs::copy(other.join("identity.key"), &id).unwrap();
     let (code, err, _) = run(&dir);
     assert_eq!(code, Some(1), "{err}");
@@ -364,6 +377,22 @@ fn identity_is_bound_to_the_database() {
         err.contains(&format!("belongs to peer {a_peer}")) && err.contains(&other_peer),
         "{err}"
     );
+    assert!(!error_line(&err).contains("  "), "runs of spaces: {err}");
+
+    // The database's first byte flipped: exit 65, naming the file.
+    std::fs::write(&id, &saved).unwrap();
+    let db = dir.join("replicator.redb");
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&db, &bytes).unwrap();
+    let (code, err, _) = run(&dir);
+    assert_eq!(code, Some(65), "{err}");
+    assert!(
+        err.contains(db.to_str().unwrap()) && err.contains("damaged"),
+        "{err}"
+    );
+    bytes[0] ^= 0xff;
+    std::fs::write(&db, &bytes).unwrap();
 
     std::fs::write(&id, &saved).unwrap();
     let a = start("c0", &dir, None, &["--cluster-size-min", "1"]);
@@ -554,6 +583,14 @@ fn write_ahead_log_torn_tail_is_dropped_and_damage_refused() {
     let log = common::tail(&dir.with_extension("log"));
     assert_eq!(code, Some(65), "{log}");
     assert!(log.contains("write-ahead log is damaged"), "{log}");
+}
+
+/// The `error: ...` line a node that refuses to start prints last.
+fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .rfind(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"))
 }
 
 fn unsafe_sigterm(pid: u32) {
