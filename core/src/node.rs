@@ -769,6 +769,13 @@ impl Node {
         if self.members.this_node_removed() {
             let removed = NotReady::Removed;
             let reply = match cmd {
+                // A request id may name a PUT that ran here or at another node before, whose
+                // value may be chosen: a removed node cannot learn that, so it cannot say
+                // "no effect" (the simulator's seed 323757209: a retry told NotReady(Removed)
+                // after its value was chosen).
+                Command::Put {
+                    request: Some(_), ..
+                } => Reply::Put(PutOutcome::Unavailable(crate::api::Silence::default())),
                 Command::Put { .. } => Reply::Put(PutOutcome::NotReady(removed)),
                 Command::Get { .. } | Command::Verify { .. } => {
                     Reply::Get(GetOutcome::NotReady(removed))

@@ -173,3 +173,11 @@ fn a_joiner_never_clears_a_leaver_it_does_not_know() {
     must_pass(1, shape(2));
     must_pass(284, shape(1));
 }
+
+/// A coordinator removed by an operator while its PUT was running answered the client's retry
+/// (same request id) NotReady(Removed), "no effect", although the value had been chosen: a
+/// removed node cannot learn outcomes, so a PUT with a request id gets Unavailable there.
+#[test]
+fn a_removed_node_never_says_no_effect_for_a_request_id() {
+    must_pass(323_757_209, Shape::default());
+}
