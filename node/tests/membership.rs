@@ -231,10 +231,17 @@ fn restarted_cluster_keeps_the_whole_membership_and_commits_nothing_alone() {
         assert_eq!(health(n)["network"], network_id.as_str());
     }
 
-    // Every node agrees on every key; the committed ones hold their value everywhere. A write
-    // c0 accepted alone was answered 503 ("may still commit"): once the others are back, the
-    // recovery of its undecided keys may finish it, with that one value, everywhere alike.
+    // Every node agrees on every key; the committed ones hold their value everywhere (a node
+    // killed after it accepted one but before the Decide reached it learns it by catch-up
+    // from its cluster, soon after it is back: "undecided" until then). A write c0 accepted
+    // alone was answered 503 ("may still commit"): once the others are back, the recovery of
+    // its undecided keys may finish it, with that one value, everywhere alike.
     for (key, value) in &committed {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{key} stored everywhere"),
+            || verify(&nodes[4], key, 9)["agree"] == true,
+        );
         let report = verify(&nodes[4], key, 9);
         assert_eq!(report["agree"], true, "{key}: {report}");
         for a in report["answers"].as_array().unwrap() {
