@@ -277,8 +277,12 @@ impl Links {
         let mut out = peer.out();
         std::mem::swap(&mut out.frames, batch);
         let bytes = std::mem::take(&mut out.bytes);
-        drop(out);
+        // Under the peer's lock, as `send` reserves: a send that finds the peer's room given
+        // back also finds the totals given back. Released after the lock, the totals briefly
+        // counted this batch and a new frame together, above the peer's own bound (seen under
+        // load: 9 KiB queued against a bound of 8, in tests/network.rs).
         self.release_total(batch.len(), bytes);
+        drop(out);
     }
 
     /// A connection to `peer` came up: its writer, if it waits out a backoff, tries now.
