@@ -435,13 +435,8 @@ fn corrupt_database_is_repaired_never_served() {
     });
 
     let stop = |c: &mut NodeProc| {
-        let pid = c.child.id();
-        unsafe_sigterm(pid);
-        let t = Instant::now();
-        while c.child.try_wait().unwrap().is_none() {
-            assert!(t.elapsed() < Duration::from_secs(15), "c did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        signal(c, "-TERM");
+        wait_exit(c, Duration::from_secs(15));
     };
     stop(&mut c);
     let db = tmp.path().join("c").join("replicator.redb");

@@ -217,15 +217,6 @@ fn check_caught_up(nodes: &[NodeProc], ops: &[Op]) {
     }
 }
 
-fn signal(node: &NodeProc, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &node.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {}", node.peer);
-}
-
 /// kill -9 of one node of every cluster for 20 s, then a restart with its data dir.
 #[test]
 fn one_node_of_every_cluster_killed_costs_nothing() {

@@ -346,17 +346,7 @@ fn an_operator_makes_a_node_leave(nodes: &mut Vec<NodeProc>) {
         "{out:?}\nlog:\n{}",
         tail(&leaver.log)
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(s) = leaver.child.try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node did not exit after leaving"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let code = wait_exit(&mut leaver, Duration::from_secs(20));
     assert_eq!(code, Some(0), "log:\n{}", tail(&leaver.log));
     let all: Vec<&NodeProc> = nodes.iter().collect();
     wait_converged(&all, 9, Duration::from_secs(30));

@@ -43,19 +43,8 @@ fn a_sigterm_is_a_stop_not_a_leave() {
     );
     assert!(c.child.try_wait().unwrap().is_none(), "it left anyway");
 
-    sigterm(c.child.id());
-    let stopped = Instant::now();
-    let code = loop {
-        if let Some(s) = c.child.try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(15),
-            "c did not stop; log:\n{}",
-            tail(&c.log)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    signal(&c, "-TERM");
+    let code = wait_exit(&mut c, Duration::from_secs(15));
     assert_eq!(code, Some(0), "log:\n{}", tail(&c.log));
     let log = std::fs::read_to_string(&c.log).unwrap();
     assert!(!log.contains("goodbye said"), "a stop said goodbye:\n{log}");
@@ -107,14 +96,6 @@ fn secrets(dir: &Path) -> Vec<String> {
         "--api-token-file".into(),
         token.to_str().unwrap().into(),
     ]
-}
-
-fn sigterm(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 /// A node removed while it was dead learns it at its first contact with a member, also when

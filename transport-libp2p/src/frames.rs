@@ -721,56 +721,40 @@ mod tests {
         assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof);
     }
 
-    /// Accepts `room` bytes, then fails.
-    struct Breaking {
+    /// Accepts `room` bytes, then fails; or, with `stall`, never makes progress again (writes
+    /// and flushes) and never wakes its writer: what a yamux stream of a connection closed
+    /// under it was seen to do.
+    struct Limited {
         room: usize,
+        stall: bool,
     }
 
-    impl AsyncWrite for Breaking {
+    impl AsyncWrite for Limited {
         fn poll_write(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
             if self.room == 0 {
-                return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+                return if self.stall {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+                };
             }
             let n = buf.len().min(self.room);
             self.room -= n;
             Poll::Ready(Ok(n))
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    /// Takes `room` bytes, then never makes progress again and never wakes its writer (what a
-    /// yamux stream of a connection closed under it was seen to do).
-    struct Stalling {
-        room: usize,
-    }
-
-    impl AsyncWrite for Stalling {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            if self.room == 0 {
-                return Poll::Pending;
+            if self.stall {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
             }
-            let n = buf.len().min(self.room);
-            self.room -= n;
-            Poll::Ready(Ok(n))
         }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Pending
-        }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Pending
+        fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.poll_flush(cx)
         }
     }
 
@@ -856,7 +840,12 @@ mod tests {
         let batch = frames(&[10, CHUNK_BYTES, 10]);
         let mut buf = Vec::new();
         for (room, written) in [(0, false), (1, true), (CHUNK_BYTES + 20, true)] {
-            let result = block_on(write_batch(&mut Breaking { room }, &batch, &mut buf, None));
+            let result = block_on(write_batch(
+                &mut Limited { room, stall: false },
+                &batch,
+                &mut buf,
+                None,
+            ));
             let (went_out, e) = result.expect_err("broken");
             assert_eq!(went_out, written, "room {room}");
             assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
@@ -870,7 +859,8 @@ mod tests {
         let stall = Some(Duration::from_millis(20));
         // Stuck in a write before any byte, in a write after some, and in the flush.
         for (room, written) in [(0, false), (1, true), (CHUNK_BYTES + 20, true)] {
-            let result = write_batch(&mut Stalling { room }, &batch, &mut buf, stall).await;
+            let result =
+                write_batch(&mut Limited { room, stall: true }, &batch, &mut buf, stall).await;
             let (went_out, e) = result.expect_err("given up");
             assert_eq!(went_out, written, "room {room}");
             assert_eq!(e.kind(), io::ErrorKind::TimedOut, "room {room}");

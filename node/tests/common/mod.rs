@@ -296,6 +296,33 @@ pub fn wait_converged(nodes: &[&NodeProc], members: u64, timeout: Duration) {
     }
 }
 
+/// Sends `sig` (e.g. `-TERM`, `-STOP`) to the node's process.
+pub fn signal(node: &NodeProc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &node.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {}", node.peer);
+}
+
+/// Waits (at most `timeout`) until the node's process exits; its exit code.
+pub fn wait_exit(node: &mut NodeProc, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = node.child.try_wait().unwrap() {
+            return s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not exit within {timeout:?}; log:\n{}",
+            node.peer,
+            tail(&node.log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// kill -9: the node stops at once, without goodbye (it stays a member everywhere).
 pub fn kill9(node: &mut NodeProc) {
     let _ = node.child.kill();
