@@ -308,6 +308,10 @@ impl Node {
     pub fn suspects(&self) -> impl Iterator<Item = &NodeId> {
         self.health.suspects(self.env.now)
     }
+    /// Keys whose record was damaged on disk and whose decision is not learned yet.
+    pub fn damaged_keys(&self) -> usize {
+        self.acceptor.damaged_count()
+    }
     pub fn stats(&self) -> Stats {
         Stats {
             keys_stored: self.acceptor.keys_stored(),

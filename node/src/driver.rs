@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use replicator_core::{
-    CallId, ClusterId, Command, Input, Membership, NetworkId, Node, NodeId, Note, Output,
-    Recovered, Reply, Stats, Time, wire,
+    CallId, ClusterId, Command, Input, Membership, NetworkId, Node, NodeId, Note, Output, Reply,
+    Stats, Time, wire,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, trace, warn};
 
 use crate::metrics::Metrics;
-use crate::storage::{Durable, PersistJob, Storage, StorageWorker};
+use crate::storage::{Durable, Loaded, PersistJob, Storage, StorageWorker};
 
 /// What the driver loop waits on, tried in turn: see [`Wake`].
 const WAKE_SOURCES: usize = 6;
@@ -264,6 +264,8 @@ pub struct Driver<T: Transport> {
     bug: Option<DriverBug>,
     /// Shared with the handles: why storage writes are stalled.
     storage_stalled: Arc<std::sync::Mutex<Option<String>>>,
+    /// Keys found damaged on disk at start whose decision this node has not learned yet.
+    damaged_keys_left: usize,
 }
 
 /// Driver bugs that sim-tests' node_sim must catch. Only [`Driver::with_bug`] (feature
@@ -283,7 +285,8 @@ pub struct Parts<T: Transport> {
     pub config: replicator_core::Config,
     pub id: NodeId,
     pub cluster: ClusterId,
-    pub recovered: Recovered,
+    /// What the storage read back, with what it found damaged.
+    pub loaded: Loaded,
     pub storage: Storage,
     pub transport: T,
     pub events: mpsc::Receiver<TransportEvent>,
@@ -311,12 +314,15 @@ impl<T: Transport> Driver<T> {
             config,
             id,
             cluster,
-            mut recovered,
+            loaded,
             storage,
             transport,
             events,
             metrics,
         } = parts;
+        metrics.damage.found(&loaded);
+        let mut recovered = loaded.recovered;
+        let damaged_keys_left = recovered.damaged.len();
         let seed = os_seed()?;
         info!(
             seed,
@@ -369,6 +375,7 @@ impl<T: Transport> Driver<T> {
             turn: 0,
             bug,
             storage_stalled: storage_stalled.clone(),
+            damaged_keys_left,
         };
         Ok((
             driver,
@@ -495,8 +502,28 @@ impl<T: Transport> Driver<T> {
                 Wake::WaitLog => self.log_cluster_size(),
             }
             self.drain();
+            self.note_repairs();
         }
         Ok(())
+    }
+
+    /// Logs and counts the damaged keys repaired since the last turn: the node learned their
+    /// decisions from its cluster (catch-up or a Decide) and serves and votes for them again.
+    fn note_repairs(&mut self) {
+        if self.damaged_keys_left == 0 {
+            return;
+        }
+        let left = self.node.damaged_keys();
+        if left < self.damaged_keys_left {
+            let repaired = self.damaged_keys_left - left;
+            self.metrics.damage.repaired(repaired);
+            info!(
+                repaired,
+                left,
+                "damaged keys repaired: their decisions were learned from this node's cluster"
+            );
+            self.damaged_keys_left = left;
+        }
     }
 
     /// Storage writes fail (`Some`, disk full) or succeed again (`None`). While they fail the
@@ -896,14 +923,14 @@ mod tests {
                     .unwrap();
                 }
             }
-            let fresh = Recovered::founder(NetworkId::new("net"));
+            let fresh = replicator_core::Recovered::founder(NetworkId::new("net"));
             let mut storage = Storage::open(dirs[i].path(), Some(&fresh)).unwrap();
-            let recovered = storage.load().unwrap().recovered;
+            let loaded = storage.load().unwrap();
             let (driver, handle) = Driver::new(Parts {
                 config: replicator_core::Config::default(),
                 id: id.clone(),
                 cluster: ClusterId::new("c"),
-                recovered,
+                loaded,
                 storage,
                 transport: MemTransport {
                     me: id.clone(),

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub http_connections_refused: AtomicU64,
     /// Peer frames dropped while storage writes were stalled.
     pub frames_dropped_stalled: AtomicU64,
+    /// What the node found damaged on its disk when it started, and what it repaired since.
+    pub damage: DamageCounters,
 
     // ---- Disk and transport cost per create (issue 11): a block of its own. ----
     /// The storage loop's group commits.
@@ -70,6 +72,55 @@ pub struct Metrics {
     /// Frames and bytes per peer, read from the transport when /metrics is rendered (unset
     /// under madsim, which has no libp2p transport).
     pub peer_traffic: OnceLock<PeerTrafficSource>,
+}
+
+/// Damage found on this node's disk at start, and the repairs from its cluster since: a node
+/// never re-copies what it lost silently.
+#[derive(Debug, Default)]
+pub struct DamageCounters {
+    key_records: AtomicU64,
+    request_records: AtomicU64,
+    log_tail_bytes: AtomicU64,
+    keys_repaired: AtomicU64,
+}
+
+impl DamageCounters {
+    /// What [`crate::storage::Storage::load`] found damaged.
+    pub fn found(&self, loaded: &crate::storage::Loaded) {
+        let add = |c: &AtomicU64, n: u64| c.fetch_add(n, Ordering::Relaxed);
+        add(&self.key_records, loaded.damaged_keys.len() as u64);
+        add(&self.request_records, loaded.damaged_requests as u64);
+        add(&self.log_tail_bytes, loaded.torn_log_bytes);
+    }
+
+    /// Damaged keys whose decisions the node learned from its cluster.
+    pub fn repaired(&self, keys: usize) {
+        self.keys_repaired.fetch_add(keys as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, s: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        for (name, v) in [
+            (
+                "replicator_damaged_records_found_total{table=\"keys\"}",
+                get(&self.key_records),
+            ),
+            (
+                "replicator_damaged_records_found_total{table=\"requests\"}",
+                get(&self.request_records),
+            ),
+            (
+                "replicator_log_tail_dropped_bytes_total",
+                get(&self.log_tail_bytes),
+            ),
+            (
+                "replicator_damaged_keys_repaired_total",
+                get(&self.keys_repaired),
+            ),
+        ] {
+            let _ = writeln!(s, "{name} {v}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -328,6 +379,7 @@ impl Metrics {
         for (name, v) in counters {
             let _ = writeln!(s, "{name} {v}");
         }
+        self.damage.render(&mut s);
         self.disk.render(&mut s);
         if let Some(source) = self.peer_traffic.get() {
             render_peer_traffic(&source(), &mut s);

@@ -124,7 +124,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let network = NetworkId::from(client.network());
 
     let opened = open_storage(existing, role, &network, &data_dir, &peer_id);
-    let (storage, recovered) = match opened {
+    let (storage, loaded) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             client.shutdown().await;
@@ -134,8 +134,8 @@ async fn run(args: RunArgs) -> Result<()> {
     info!(
         role = role.name(),
         network = %network,
-        members = recovered.members.len() + 1,
-        removed = recovered.departed.contains(&NodeId::new(peer_id.to_string())),
+        members = loaded.recovered.members.len() + 1,
+        removed = loaded.recovered.departed.contains(&NodeId::new(peer_id.to_string())),
         data_dir = %data_dir.display(),
         "storage opened"
     );
@@ -161,7 +161,7 @@ async fn run(args: RunArgs) -> Result<()> {
         config,
         id: NodeId::new(peer_id.to_string()),
         cluster: ClusterId::new(&args.cid),
-        recovered,
+        loaded,
         storage,
         transport: Libp2pTransport::new(client.clone(), metrics.clone()),
         events: pump_events(net_events, book),
@@ -353,7 +353,7 @@ fn open_storage(
     network: &NetworkId,
     data_dir: &Path,
     peer_id: &PeerId,
-) -> Result<(Storage, Recovered)> {
+) -> Result<(Storage, crate::storage::Loaded)> {
     let mut storage = match existing {
         Some((storage, recorded)) => {
             if recorded != *network {
@@ -372,8 +372,8 @@ fn open_storage(
         }
     };
     storage.bind_identity(&peer_id.to_string())?;
-    let recovered = storage.load()?.recovered;
-    Ok((storage, recovered))
+    let loaded = storage.load()?;
+    Ok((storage, loaded))
 }
 
 /// Binds the HTTP API's listener and serves it until the returned sender fires (or is

@@ -87,6 +87,9 @@ const META_NETWORK: &str = "network";
 const META_PEER: &str = "peer";
 /// When this node left the network (`replicator leave`): it never starts again.
 const META_LEFT: &str = "left";
+/// How many checkpoints the database took; the log's header names the one its records follow
+/// (see [`check_log_follows_database`]).
+const META_CHECKPOINTS: &str = "checkpoints";
 /// 2: the membership and the network id are durable (tables `members`, `meta_text`).
 /// 3: records of `keys`, `refusals` and `requests` carry a checksum (a format 2 database is
 /// upgraded in place when it is opened).
@@ -155,6 +158,8 @@ pub struct Loaded {
     pub damaged_keys: Vec<String>,
     /// Request records that failed their checksum (dropped: a retry with that id runs anew).
     pub damaged_requests: usize,
+    /// Bytes of an incomplete or damaged record at the end of the write-ahead log, dropped.
+    pub torn_log_bytes: u64,
 }
 
 /// One `Persist` output, queued for the storage thread.
@@ -176,6 +181,9 @@ pub struct Storage {
     unapplied: Vec<WriteOp>,
     /// Bytes of an incomplete record at the end of the log when it was opened.
     torn_at_open: u64,
+    /// The checkpoint the log's records follow (`None`: a log without a header, new or written
+    /// before headers existed, follows checkpoint 0); the next checkpoint is one more.
+    log_generation: Option<u64>,
 }
 
 /// The storage's side of the driver: where `Persist` outputs go, and what is durable.
@@ -295,6 +303,7 @@ impl Storage {
             log: opened.log,
             unapplied: opened.ops,
             torn_at_open: opened.torn_bytes,
+            log_generation: opened.generation,
         })
     }
 
@@ -334,6 +343,11 @@ impl Storage {
                 path.display()
             ),
         }
+        let checkpoints = txn
+            .open_table(META)?
+            .get(META_CHECKPOINTS)?
+            .map_or(0, |v| v.value());
+        check_log_follows_database(checkpoints, storage.log_generation, &path)?;
         {
             txn.open_table(KEYS)?;
             txn.open_table(REQUESTS)?;
@@ -396,6 +410,7 @@ impl Storage {
             log,
             unapplied,
             torn_at_open,
+            log_generation,
         } = self;
         drop(db); // its file lock first
         Ok(Storage {
@@ -405,6 +420,7 @@ impl Storage {
             log,
             unapplied,
             torn_at_open,
+            log_generation,
         })
     }
 
@@ -570,6 +586,7 @@ impl Storage {
             recovered: rec,
             damaged_keys,
             damaged_requests,
+            torn_log_bytes: self.torn_at_open,
         })
     }
 
@@ -589,9 +606,16 @@ impl Storage {
     /// emptied. A crash in between replays writes the database already holds, which changes
     /// nothing: every write op sets a value (or keeps a maximum), so applying a sequence again
     /// in order ends in the same state.
+    ///
+    /// The transaction also records the checkpoint's number, and the emptied log names it in
+    /// its header: a database that later lost this transaction is refused when it is opened
+    /// ([`check_log_follows_database`]). A checkpoint whose log could not be emptied is taken
+    /// again under the same number, so the database is never more than one ahead of the log.
     pub fn checkpoint(&mut self) -> Result<()> {
-        self.apply_ops(superseded_dropped(&self.unapplied))?;
-        self.log.clear()?;
+        let number = self.log_generation.unwrap_or(0) + 1;
+        self.apply_ops(superseded_dropped(&self.unapplied), Some(number))?;
+        self.log.clear(number)?;
+        self.log_generation = Some(number);
         self.unapplied.clear();
         Ok(())
     }
@@ -600,10 +624,16 @@ impl Storage {
     /// setting a database up; a running node's writes go through [`Storage::commit_group`]).
     pub fn apply(&self, jobs: &[PersistJob]) -> Result<()> {
         let ops: Vec<&WriteOp> = jobs.iter().flat_map(|j| &j.ops).collect();
-        self.apply_ops(ops)
+        self.apply_ops(ops, None)
     }
 
-    fn apply_ops<'a>(&self, ops: impl IntoIterator<Item = &'a WriteOp>) -> Result<()> {
+    /// Applies `ops` in one durable transaction, which records checkpoint number `checkpoint`
+    /// if it is one.
+    fn apply_ops<'a>(
+        &self,
+        ops: impl IntoIterator<Item = &'a WriteOp>,
+        checkpoint: Option<u64>,
+    ) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
             let mut keys = txn.open_table(KEYS)?;
@@ -613,6 +643,9 @@ impl Storage {
             let mut caught_up = txn.open_table(CAUGHT_UP)?;
             let mut meta = txn.open_table(META)?;
             let mut records = txn.open_table(META_RECORDS)?;
+            if let Some(number) = checkpoint {
+                meta.insert(META_CHECKPOINTS, number)?;
+            }
             for op in ops {
                 match op {
                     WriteOp::PutKey { key, state } => {
@@ -811,6 +844,45 @@ fn superseded_dropped(ops: &[WriteOp]) -> Vec<&WriteOp> {
         .collect();
     kept.reverse();
     kept
+}
+
+/// Whether the database and its write-ahead log belong together: the database took
+/// `checkpoints` checkpoints, and the log's records follow checkpoint `log` (see `wal.rs`).
+///
+/// The database may be one ahead: a crash between a checkpoint's commit and the emptying of the
+/// log leaves records the database already holds, and replaying them changes nothing. Behind
+/// the log, the database lost a checkpoint it had committed: redb, finding its newest commit
+/// damaged, falls back to the one before without an error, or the file was restored from an
+/// older copy. The writes of that checkpoint are gone from this node (the log no longer holds
+/// them), and so may be promises it made: nothing on this disk can tell what it promised, and
+/// a silent re-copy from the peers would hide it. More than one ahead, the log is not the one
+/// the database was written with (deleted, or restored from an older copy), and acknowledged
+/// writes may be missing. A log without a header (new, or written before headers existed)
+/// follows checkpoint 0, so it goes with a database that took none yet or just its first.
+fn check_log_follows_database(checkpoints: u64, log: Option<u64>, db: &Path) -> Result<()> {
+    let follows = log.unwrap_or(0);
+    let advice = "this node cannot tell what it promised. Move the data dir away and start this machine as a new node (with --bootstrap of a member), after `replicator remove` of this one";
+    if checkpoints < follows {
+        return Err(Unusable(format!(
+            "the database {} is damaged or older than its write-ahead log: it holds {checkpoints} checkpoints but the log follows checkpoint {follows} (a damaged newest commit that redb rolled back, or a file restored from a copy); {advice}",
+            db.display()
+        ))
+        .into());
+    }
+    if checkpoints > follows + 1 {
+        let log_file = log_path(db);
+        let found = match log {
+            Some(n) => format!("follows checkpoint {n}"),
+            None => "has no header".to_string(),
+        };
+        return Err(Unusable(format!(
+            "the write-ahead log {} does not belong to the database {}: the database took {checkpoints} checkpoints but the log {found} (deleted, or restored from a copy); acknowledged writes may be missing, {advice}",
+            log_file.display(),
+            db.display()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Opens (or creates) the redb database at `path`, or on `disk` if it is a simulated one.
@@ -1340,7 +1412,9 @@ mod tests {
             ],
         )])
         .unwrap();
-        s.apply_ops(&s.unapplied).unwrap();
+        // The checkpoint's transaction, without the emptying of the log.
+        let number = s.log_generation.unwrap_or(0) + 1;
+        s.apply_ops(&s.unapplied, Some(number)).unwrap();
         disk.complete_sync();
         disk.crash();
         drop(s);
@@ -1348,6 +1422,108 @@ mod tests {
         expected.push("x".into());
         expected.sort();
         assert_eq!(keys_after_restart(&disk), expected);
+    }
+
+    fn file_bytes(file: &crate::simdisk::SimBackend) -> Vec<u8> {
+        use redb::StorageBackend;
+        let mut bytes = vec![0u8; file.len().unwrap() as usize];
+        file.read(0, &mut bytes).unwrap();
+        bytes
+    }
+
+    fn put_file_bytes(file: &crate::simdisk::SimBackend, bytes: &[u8]) {
+        use redb::StorageBackend;
+        file.set_len(0).unwrap();
+        file.write(0, bytes).unwrap();
+    }
+
+    /// A database, and the same one after two checkpoints (keys "a", then "b"), with its
+    /// image from after the first.
+    fn two_checkpoints() -> (SimDisk, Vec<u8>) {
+        let disk = sim_disk();
+        let mut s = Storage::open_sim(&disk, Some(&Recovered::founder(net()))).unwrap();
+        s.commit_group(&[job(1, vec![stored("a", 1)])]).unwrap();
+        s.checkpoint().unwrap();
+        disk.complete_sync();
+        let after_first = file_bytes(&disk.backend());
+        s.commit_group(&[job(2, vec![stored("b", 2)])]).unwrap();
+        s.checkpoint().unwrap();
+        disk.complete_sync();
+        drop(s);
+        assert_eq!(keys_after_restart(&disk), ["a", "b"]);
+        (disk, after_first)
+    }
+
+    fn refusal(disk: &SimDisk) -> String {
+        match Storage::open_sim(disk, None) {
+            Ok(_) => panic!("the storage opened"),
+            Err(e) => {
+                assert!(e.chain().any(|c| c.is::<Unusable>()), "not Unusable: {e:#}");
+                format!("{e:#}")
+            }
+        }
+    }
+
+    /// What redb's repair does with a damaged newest commit (it falls back to the previous
+    /// one, silently), or an operator restoring an old copy: the database lost a checkpoint
+    /// that the log was emptied after. The node must not start on it.
+    #[test]
+    fn a_database_that_lost_its_last_checkpoint_is_refused() {
+        let (disk, after_first) = two_checkpoints();
+        put_file_bytes(&disk.backend(), &after_first);
+        let why = refusal(&disk);
+        assert!(why.contains("older than its write-ahead log"), "{why}");
+        assert!(why.contains(SIM_PATH), "the database is named: {why}");
+    }
+
+    /// A log deleted (or replaced) after checkpoints: acknowledged writes may be gone.
+    #[test]
+    fn a_log_that_does_not_follow_the_database_is_refused() {
+        let (disk, _) = two_checkpoints();
+        put_file_bytes(&disk.log_backend(), &[]);
+        let why = refusal(&disk);
+        assert!(why.contains("does not belong to the database"), "{why}");
+    }
+
+    /// The rule itself, case by case: equal, or the database one ahead (a crash between a
+    /// checkpoint's commit and the log's emptying), is the only good pairing.
+    #[test]
+    fn the_database_follows_the_log_or_is_one_ahead() {
+        let db = Path::new("/d/replicator.redb");
+        for (checkpoints, log, good) in [
+            (0, None, true),
+            (1, None, true),
+            (2, None, false),
+            (3, Some(3), true),
+            (4, Some(3), true),
+            (5, Some(3), false),
+            (2, Some(3), false),
+            (0, Some(1), false),
+        ] {
+            assert_eq!(
+                check_log_follows_database(checkpoints, log, db).is_ok(),
+                good,
+                "database {checkpoints} checkpoints, log {log:?}"
+            );
+        }
+    }
+
+    /// A checkpoint that could not empty the log is taken again under the same number: the
+    /// database never gets two ahead of its log, however often that happens.
+    #[test]
+    fn a_checkpoint_whose_log_was_not_emptied_keeps_its_number() {
+        let disk = sim_disk();
+        let mut s = Storage::open_sim(&disk, Some(&Recovered::founder(net()))).unwrap();
+        for write in 1..=3 {
+            s.commit_group(&[job(write, vec![stored(&format!("k{write}"), write)])])
+                .unwrap();
+            // The checkpoint's transaction, without the emptying of the log.
+            let number = s.log_generation.unwrap_or(0) + 1;
+            s.apply_ops(&s.unapplied, Some(number)).unwrap();
+        }
+        disk.complete_sync();
+        drop(s);
+        assert_eq!(keys_after_restart(&disk), ["k1", "k2", "k3"]);
     }
 
     /// A checkpoint that skips overwritten writes ends in the state that applying every write
@@ -1397,8 +1573,8 @@ mod tests {
             let mut s = Storage::open(dir.path(), None).unwrap();
             s.load().unwrap().recovered
         };
-        let all = load(&|s| s.apply_ops(&ops).unwrap());
-        let collapsed = load(&|s| s.apply_ops(superseded_dropped(&ops)).unwrap());
+        let all = load(&|s| s.apply_ops(&ops, None).unwrap());
+        let collapsed = load(&|s| s.apply_ops(superseded_dropped(&ops), None).unwrap());
         assert_eq!(collapsed, all);
         let mut expected = Recovered::founder(net());
         expected.apply_all(&ops);

@@ -11,7 +11,16 @@
 //! ```text
 //! len: u32 LE | crc: u32 LE (CRC-32 of the payload) | payload: len bytes (bincode Vec<WriteOp>)
 //! ```
-//! A checkpoint empties the file (truncate + fsync) once the database holds every record.
+//! A checkpoint empties the file once the database holds every record: it leaves only a header
+//! that names the checkpoint the records after it follow,
+//! ```text
+//! magic: b"RPLG" | generation: u64 LE | crc: u32 LE (CRC-32 of magic and generation)
+//! ```
+//! so that a database that lost its last checkpoint (redb's repair falls back to the previous
+//! commit when the newest one is damaged; a file restored from an older copy) is told from one
+//! that holds everything (see `storage.rs`, [`crate::storage::Storage::open`]). The magic read
+//! as a record length is far beyond [`RECORD_BYTES_MAX`], so a log written before the header
+//! existed (records from byte 0) is told apart: it has no generation.
 //!
 //! # Reading it back
 //! [`Log::open`] reads records from the start until the file ends or a record is incomplete or
@@ -29,6 +38,11 @@ use replicator_core::wire::{FRAME_BYTES_MAX, decode_record, encode_record};
 use crate::crc::crc32;
 
 const HEADER_BYTES: u64 = 8;
+
+/// The first bytes of a log that starts with a generation header.
+const MAGIC: [u8; 4] = *b"RPLG";
+/// Magic, generation, checksum.
+const LOG_HEADER_BYTES: u64 = 16;
 
 /// A record no longer than this is read; a longer length is damage (the core never writes
 /// a job that large: its pages and lists are bounded well below it).
@@ -49,10 +63,14 @@ pub enum LogError {
     Undecodable { offset: u64, why: String },
     #[error("a write cannot be logged: {0}")]
     Encode(String),
+    #[error("the write-ahead log's header (the checkpoint it follows) fails its checksum")]
+    DamagedHeader,
 }
 
 pub struct Log {
     file: Box<dyn StorageBackend>,
+    /// Where the records start: after the header, or at 0 in a log without one.
+    start: u64,
     /// Where the next record goes: the end of the records read or appended so far.
     end: u64,
 }
@@ -64,14 +82,23 @@ pub struct Opened {
     pub ops: Vec<WriteOp>,
     /// Bytes after the last whole record (a tail a crash cut short), dropped.
     pub torn_bytes: u64,
+    /// The checkpoint the records follow, from the header; `None` for a log without one
+    /// (new, or written before headers existed).
+    pub generation: Option<u64>,
 }
 
 impl Log {
     /// Reads the log back (see the module doc) and positions it after its last whole record.
     pub fn open(file: Box<dyn StorageBackend>) -> Result<Opened, LogError> {
         let len = file.len()?;
+        let generation = read_header(file.as_ref(), len)?;
+        let start = if generation.is_some() {
+            LOG_HEADER_BYTES
+        } else {
+            0
+        };
         let mut ops = Vec::new();
-        let mut at = 0;
+        let mut at = start;
         while let Some(record) = read_record(file.as_ref(), at, len)? {
             let payload = match record {
                 Record::Whole(payload) => payload,
@@ -96,19 +123,24 @@ impl Log {
             at += HEADER_BYTES + payload.len() as u64;
         }
         Ok(Opened {
-            log: Log { file, end: at },
+            log: Log {
+                file,
+                start,
+                end: at,
+            },
             ops,
             torn_bytes: len - at,
+            generation,
         })
     }
 
     /// Bytes of records in the log.
     pub fn len(&self) -> u64 {
-        self.end
+        self.end - self.start
     }
 
     pub fn is_empty(&self) -> bool {
-        self.end == 0
+        self.end == self.start
     }
 
     /// Appends one record per write and makes them durable (one write, one fdatasync). On an
@@ -130,13 +162,60 @@ impl Log {
         Ok(())
     }
 
-    /// Empties the log (the database holds everything in it now) and makes that durable.
-    pub fn clear(&mut self) -> Result<(), LogError> {
-        self.file.set_len(0)?;
+    /// Empties the log (the database holds everything in it now, as of checkpoint
+    /// `generation`) and makes that durable.
+    ///
+    /// A crash may keep any part of it. With a header already there, records start at the same
+    /// place whatever the header says: either the old header with its records cut off, or the
+    /// new header with whole old records behind it (the database holds them: replaying them
+    /// changes nothing). A log without a header is emptied and synced before the header is
+    /// written, so a crash in between leaves an empty log (see `storage.rs` on logs without a
+    /// generation).
+    pub fn clear(&mut self, generation: u64) -> Result<(), LogError> {
+        if self.start == 0 {
+            self.file.set_len(0)?;
+            self.file.sync_data()?;
+        }
+        self.file.set_len(LOG_HEADER_BYTES)?;
+        self.file.write(0, &header(generation))?;
         self.file.sync_data()?;
-        self.end = 0;
+        self.start = LOG_HEADER_BYTES;
+        self.end = LOG_HEADER_BYTES;
         Ok(())
     }
+}
+
+fn header(generation: u64) -> [u8; LOG_HEADER_BYTES as usize] {
+    let mut bytes = [0u8; LOG_HEADER_BYTES as usize];
+    bytes[..4].copy_from_slice(&MAGIC);
+    bytes[4..12].copy_from_slice(&generation.to_le_bytes());
+    let sum = crc32(&[&bytes[..12]]);
+    bytes[12..].copy_from_slice(&sum.to_le_bytes());
+    bytes
+}
+
+/// The generation in the log's header, `None` if the log does not start with one.
+fn read_header(file: &dyn StorageBackend, len: u64) -> Result<Option<u64>, LogError> {
+    if len < MAGIC.len() as u64 {
+        return Ok(None);
+    }
+    let mut magic = [0u8; 4];
+    file.read(0, &mut magic)?;
+    if magic != MAGIC {
+        return Ok(None);
+    }
+    if len < LOG_HEADER_BYTES {
+        return Err(LogError::DamagedHeader);
+    }
+    let mut bytes = [0u8; LOG_HEADER_BYTES as usize];
+    file.read(0, &mut bytes)?;
+    let sum = u32::from_le_bytes(bytes[12..].try_into().expect("4 bytes"));
+    if crc32(&[&bytes[..12]]) != sum {
+        return Err(LogError::DamagedHeader);
+    }
+    Ok(Some(u64::from_le_bytes(
+        bytes[4..12].try_into().expect("8 bytes"),
+    )))
 }
 
 enum Record {
@@ -221,7 +300,7 @@ mod tests {
         disk.crash();
         let mut reopened = open(&disk);
         assert_eq!(reopened.ops, vec![op(1)]);
-        reopened.log.clear().unwrap();
+        reopened.log.clear(1).unwrap();
         disk.complete_sync();
         disk.crash();
         assert!(open(&disk).ops.is_empty());
@@ -270,6 +349,44 @@ mod tests {
             Err(e) => panic!("expected damage at 0, got {e}"),
             Ok(o) => panic!("a damaged log opened with {} ops", o.ops.len()),
         }
+    }
+
+    /// A cleared log names the checkpoint it follows; records appended after it read back
+    /// behind the header, and a second clear keeps them where they were.
+    #[test]
+    fn the_header_names_the_checkpoint_the_records_follow() {
+        let disk = disk();
+        let mut log = open(&disk).log;
+        log.append([&[op(1)][..]]).unwrap();
+        assert_eq!(open(&disk).generation, None, "no header before a clear");
+        log.clear(7).unwrap();
+        assert!(log.is_empty());
+        log.append([&[op(2)][..]]).unwrap();
+        let opened = open(&disk);
+        assert_eq!((opened.generation, opened.ops), (Some(7), vec![op(2)]));
+        let mut log = opened.log;
+        log.clear(8).unwrap();
+        log.append([&[op(3)][..]]).unwrap();
+        disk.complete_sync();
+        disk.crash();
+        let opened = open(&disk);
+        assert_eq!((opened.generation, opened.ops), (Some(8), vec![op(3)]));
+    }
+
+    /// A header that fails its checksum is damage: the log is refused, not read as one
+    /// without a header.
+    #[test]
+    fn a_damaged_header_refuses_the_log() {
+        let disk = disk();
+        let mut log = open(&disk).log;
+        log.clear(3).unwrap();
+        log.append([&[op(1)][..]]).unwrap();
+        let file = disk.log_backend();
+        file.write(6, &[0xFF]).unwrap();
+        assert!(matches!(
+            Log::open(Box::new(disk.log_backend())),
+            Err(LogError::DamagedHeader)
+        ));
     }
 
     /// Whatever the bytes, opening never panics: it reads records, stops, or refuses.

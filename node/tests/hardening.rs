@@ -400,6 +400,73 @@ fn identity_is_bound_to_the_database() {
     assert_eq!(get(&a, "k").text(), "v");
 }
 
+/// A database that lost its newest checkpoint, while its write-ahead log was emptied after
+/// it, has lost acknowledged writes (and maybe promises): an older copy of the file put back,
+/// or redb falling back to its previous commit. The node refuses it (exit 65, naming it)
+/// instead of starting on it and copying silently from its peers. A damaged newest commit
+/// slot is refused too (redb commits in two phases here, so it does not fall back).
+#[test]
+fn a_database_behind_its_log_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let db = dir.join("replicator.redb");
+    let run_stop_with_keys = |keys: std::ops::Range<u32>| {
+        let mut a = start("c0", &dir, None, &["--cluster-size-min", "1"]);
+        for i in keys {
+            assert_eq!(put(&a, &format!("k{i}"), "v").status, 201);
+        }
+        // A stop checkpoints: the database takes the log's writes and the log is emptied.
+        signal(&a, "-TERM");
+        wait_exit(&mut a, Duration::from_secs(15));
+    };
+    let restart = || {
+        run_to_exit(
+            &[
+                "run",
+                "--cid",
+                "c0",
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ],
+            Duration::from_secs(20),
+        )
+    };
+    run_stop_with_keys(0..5);
+    let older = std::fs::read(&db).unwrap();
+    run_stop_with_keys(5..10);
+    let newest = std::fs::read(&db).unwrap();
+
+    std::fs::write(&db, &older).unwrap();
+    let (code, err, _) = restart();
+    assert_eq!(code, Some(65), "{err}");
+    assert!(
+        err.contains(db.to_str().unwrap()) && err.contains("older than its write-ahead log"),
+        "{err}"
+    );
+
+    // redb's header: 9 bytes of magic, then the "god byte", whose lowest bit names the newest
+    // of the two 128-byte commit slots that follow the first 64 bytes. A byte of the slot
+    // flipped: its checksum fails.
+    let mut damaged = newest.clone();
+    const GOD_BYTE: usize = 9;
+    let slot = 64 + 128 * usize::from(damaged[GOD_BYTE] & 1);
+    damaged[slot + 72] ^= 0x01;
+    std::fs::write(&db, &damaged).unwrap();
+    let (code, err, _) = restart();
+    assert_eq!(code, Some(65), "{err}");
+    assert!(
+        err.contains(db.to_str().unwrap()) && err.contains("damaged"),
+        "{err}"
+    );
+
+    std::fs::write(&db, &newest).unwrap();
+    let a = start("c0", &dir, None, &["--cluster-size-min", "1"]);
+    assert_eq!(get(&a, "k0").text(), "v");
+    assert_eq!(get(&a, "k9").text(), "v");
+}
+
 /// Flips `bit` of every copy of `needle` in the file.
 fn flip_all(path: &Path, needle: &[u8]) -> usize {
     let mut bytes = std::fs::read(path).unwrap();
@@ -469,6 +536,20 @@ fn corrupt_database_is_repaired_never_served() {
         "{}",
         log_of(&c2)
     );
+    // Not a silent re-copy: what was damaged and what was repaired are logged and counted.
+    assert!(
+        log_of(&c2).contains("damaged keys repaired"),
+        "{}",
+        log_of(&c2)
+    );
+    let metrics = http("GET", &c2.http, "/metrics", b"", &[]).text();
+    for line in [
+        "replicator_damaged_records_found_total{table=\"keys\"} 1",
+        "replicator_damaged_keys_repaired_total 1",
+        "replicator_damaged_keys 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
     let mut c2 = c2;
     stop(&mut c2);
 
@@ -551,6 +632,13 @@ fn write_ahead_log_torn_tail_is_dropped_and_damage_refused() {
         "{}",
         log_of(&a)
     );
+    let metrics = http("GET", &a.http, "/metrics", b"", &[]).text();
+    assert!(
+        metrics.lines().any(|l| l
+            .strip_prefix("replicator_log_tail_dropped_bytes_total ")
+            .is_some_and(|n| n.parse::<u64>().unwrap() > 0)),
+        "the dropped tail is counted:\n{metrics}"
+    );
     // Starting applied the log to the database and emptied it; these go to the log again.
     for i in 20..40 {
         assert_eq!(put(&a, &format!("key{i}"), &format!("v{i}")).status, 201);
@@ -558,26 +646,36 @@ fn write_ahead_log_torn_tail_is_dropped_and_damage_refused() {
     std::thread::sleep(Duration::from_millis(100));
     kill9(&mut a);
 
-    // Damage inside the first record, good records after it.
-    let mut damaged = std::fs::read(&wal).unwrap();
-    assert!(damaged.len() > 1000, "the log holds the later writes");
-    damaged[9] ^= 0x10;
-    std::fs::write(&wal, &damaged).unwrap();
-    let mut starting = start_node_with("c0", &dir, None, &["--cluster-size-min", "1"]);
-    let t = Instant::now();
-    let code = loop {
-        if let Some(code) = starting_exit(&mut starting) {
-            break code;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "a node with a damaged log started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    // Damage inside the first record, good records after it (the first 16 bytes are the
+    // log's header: the checkpoint its records follow).
+    let logged = std::fs::read(&wal).unwrap();
+    assert!(logged.len() > 1000, "the log holds the later writes");
+    assert_eq!(&logged[..4], b"RPLG", "the log starts with its header");
+    let refused_with = |at: usize| {
+        let mut damaged = logged.clone();
+        damaged[at] ^= 0x10;
+        std::fs::write(&wal, &damaged).unwrap();
+        let mut starting = start_node_with("c0", &dir, None, &["--cluster-size-min", "1"]);
+        let t = Instant::now();
+        let code = loop {
+            if let Some(code) = starting_exit(&mut starting) {
+                break code;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "a node with a damaged log started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = common::tail(&dir.with_extension("log"));
+        assert_eq!(code, Some(65), "{log}");
+        assert!(log.contains(wal.to_str().unwrap()), "{log}");
+        log
     };
-    let log = common::tail(&dir.with_extension("log"));
-    assert_eq!(code, Some(65), "{log}");
+    let log = refused_with(16 + 9);
     assert!(log.contains("write-ahead log is damaged"), "{log}");
+    let log = refused_with(6);
+    assert!(log.contains("header"), "{log}");
 }
 
 /// The `error: ...` line a node that refuses to start prints last.
@@ -826,30 +924,6 @@ fn defaults_and_hints_do_not_expose_or_collide() {
     assert!(!cli.is_empty(), "{summary:?}");
     assert!(cli.iter().all(|l| l.contains(&node)), "{cli:?}");
     assert!(tmp.path().join("demo/network.key").exists());
-}
-
-/// Reads `stdout` line by line until one contains `until` (bounded: 60 s).
-fn read_lines_until(stdout: std::process::ChildStdout, until: &str) -> Vec<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        let done = line.contains(until);
-        lines.push(line);
-        if done {
-            return lines;
-        }
-    }
-    panic!("no line with {until:?}: {lines:?}");
 }
 
 fn raise_own_open_files_limit(want: u64) {

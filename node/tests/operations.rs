@@ -147,3 +147,92 @@ fn a_removed_node_restarted_without_bootstrap_learns_it() {
     );
     eprintln!("410 after {:?}", restarted.elapsed());
 }
+
+/// The demo's Ctrl-C stops its nodes; it does not dissolve the network. Started again on the
+/// same data dir, the same three members come back (no one left), the key written before is
+/// still there, and every node takes writes.
+#[test]
+fn the_demos_ctrl_c_stops_nodes_that_come_back_as_members() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("demo");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let nodes: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", port + i)).collect();
+    let demo = || {
+        let mut child = Command::new(BIN)
+            .args(["demo", "--clusters", "1", "--nodes-per-cluster", "3"])
+            .args(["--http-port", &port.to_string(), "--data-dir"])
+            .arg(&data)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let summary = read_lines_until(child.stdout.take().unwrap(), "Ctrl-C stops");
+        let peers: Vec<String> = summary
+            .iter()
+            .filter(|l| l.trim_start().starts_with("node "))
+            .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+            .collect();
+        (child, peers)
+    };
+    // Ctrl-C: SIGINT to the demo, which stops its nodes and exits 0.
+    let ctrl_c = |mut child: std::process::Child| {
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        child.wait().unwrap()
+    };
+    let members_everywhere = |peers: &[String]| {
+        nodes.iter().all(|n| {
+            let clusters = http("GET", n, "/clusters", b"", &[]);
+            clusters.status == 200 && {
+                let listed = clusters.json()["clusters"]["cluster-1"].clone();
+                let mut listed: Vec<String> = listed
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                listed.sort();
+                let mut want = peers.to_vec();
+                want.sort();
+                listed == want
+            }
+        })
+    };
+
+    let (first, peers) = demo();
+    assert_eq!(peers.len(), 3, "three nodes in the summary: {peers:?}");
+    wait_until(Duration::from_secs(30), "three members everywhere", || {
+        members_everywhere(&peers)
+    });
+    wait_until(Duration::from_secs(15), "a first write", || {
+        http("PUT", &nodes[0], "/store/before", b"1", &[]).status == 201
+    });
+    assert!(ctrl_c(first).success(), "the demo exits 0 on Ctrl-C");
+
+    let (second, peers_again) = demo();
+    assert_eq!(peers_again, peers, "the same nodes come back");
+    wait_until(
+        Duration::from_secs(15),
+        "the same three members everywhere",
+        || members_everywhere(&peers),
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        wait_until(Duration::from_secs(15), "a write at every node", || {
+            http("PUT", n, &format!("/store/after{i}"), b"2", &[]).status == 201
+        });
+        assert_eq!(http("GET", n, "/store/before", b"", &[]).text(), "1");
+    }
+    assert!(ctrl_c(second).success());
+}

@@ -388,3 +388,27 @@ pub fn start_three_clusters(dir: &Path) -> Vec<NodeProc> {
     wait_converged(&all, 9, Duration::from_secs(60));
     nodes
 }
+
+/// Reads `stdout` line by line until one contains `until` (bounded: 60 s).
+pub fn read_lines_until(stdout: std::process::ChildStdout, until: &str) -> Vec<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let done = line.contains(until);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+    panic!("no line with {until:?}: {lines:?}");
+}

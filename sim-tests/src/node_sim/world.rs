@@ -201,13 +201,13 @@ pub(super) async fn node_process(
     };
     // As `replicator run`: open, bind the database to this identity, load what it recorded.
     // A node whose disk fails cannot start; its supervisor starts it again a moment later.
-    let (storage, network, recovered) = loop {
+    let (storage, network, loaded) = loop {
         let opened =
             Storage::open_sim(&machine.disk, Some(&machine.fresh)).and_then(|mut storage| {
                 storage.bind_identity(machine.id.as_str())?;
                 let network = storage.network()?;
                 let loaded = storage.load()?;
-                Ok((storage, network, loaded.recovered))
+                Ok((storage, network, loaded))
             });
         match opened {
             Ok(started) => break started,
@@ -236,7 +236,7 @@ pub(super) async fn node_process(
             config,
             id: machine.id.clone(),
             cluster: machine.cluster.clone(),
-            recovered,
+            loaded,
             storage,
             transport: SimTransport { out: out_tx },
             events,
