@@ -32,7 +32,8 @@
 //! | `node_sim/faults.rs` | the fault injector |
 //! | `node_sim/clients.rs` | the clients: calls through the handle or the HTTP router, retries, bursts |
 //! | `node_sim/checks.rs` | the end checks: liveness after healing, the disks, honesty |
-//! | `bin/sim.rs` | sweeps, the benchmark, the scale run, the bug hunt |
+//! | `trace_html.rs`, `trace_html/` | a run as a picture: one self-contained HTML page drawn from the structured trace |
+//! | `bin/sim.rs` | sweeps, the benchmark, the scale run, the bug hunt, one seed's trace and its page |
 
 pub mod checker;
 pub mod invariant;
@@ -43,6 +44,7 @@ pub mod node_sim;
 pub mod races;
 pub mod run;
 pub mod swarm;
+pub mod trace_html;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
