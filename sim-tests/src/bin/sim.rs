@@ -220,6 +220,8 @@ fn trace(seed: u64, shape: &Shape, html: Option<std::path::PathBuf>) -> ExitCode
         }
     }
     if ok {
+        // The page's path alone on stdout, for scripts (`open "$(just trace-html 3)"`).
+        println!("{}", page.display());
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -383,10 +385,11 @@ fn main() -> ExitCode {
                     Some((seed, seeds, what)) => {
                         let what: String = what.chars().take(240).collect();
                         format!(
-                            "{b:?}: caught by seed {seed}, after {seeds} seeds ({:.1}s){}: {what}\n    replay: {}",
+                            "{b:?}: caught by seed {seed}, after {seeds} seeds ({:.1}s){}: {what}\n    replay: {}\n    picture: {}",
                             began.elapsed().as_secs_f64(),
                             if safety { ", a safety failure" } else { "" },
-                            sim_tests::replay_command(seed, &s)
+                            sim_tests::replay_command(seed, &s),
+                            sim_tests::picture_command(seed, &s)
                         )
                     }
                     None => {

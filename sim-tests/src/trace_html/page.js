@@ -6,7 +6,7 @@
   const NS = "http://www.w3.org/2000/svg";
   const data = JSON.parse(document.getElementById("trace-data").textContent);
   const LANE_W = 88, CLUSTER_GAP = 28, AXIS_W = 78, TOP = 12, BOTTOM = 40;
-  const MAX_HEIGHT = 200000;
+  const MAX_HEIGHT = 2000000;
 
   const svg = document.getElementById("diagram");
   const scroller = document.getElementById("scroller");
@@ -30,8 +30,11 @@
   const width = x + 20;
 
   // ---- time scale: pixels per millisecond, zoomed on a log slider
-  const span = Math.max(data.end, 1);
-  const fitScale = Math.min(Math.max(2000 / (span / 1000), 0.05), 50);
+  // At first about 8 px of height per message, so that a busy run spreads out (zoom for more).
+  const spanMs = Math.max(data.end, 1) / 1000;
+  const maxScale = MAX_HEIGHT / spanMs;
+  const clampScale = (v) => Math.min(Math.max(v, 0.001), maxScale);
+  const fitScale = clampScale(Math.min(Math.max(data.arrows.length * 8, 1500), 120000) / spanMs);
   let scale = fitScale;
   const y = (us) => TOP + (us / 1000) * scale;
 
@@ -293,7 +296,7 @@
   const zoom = byId("zoom");
   zoom.addEventListener("input", () => {
     const middle = (scroller.scrollTop + scroller.clientHeight / 2 - TOP) / scale;
-    scale = fitScale * Math.pow(10, Number(zoom.value) / 100);
+    scale = clampScale(fitScale * Math.pow(10, Number(zoom.value) / 100));
     layout();
     scroller.scrollTop = TOP + middle * scale - scroller.clientHeight / 2;
   });
