@@ -4,7 +4,8 @@
 Runs the simulator on a seed with an injected bug, opens the HTML page it writes in headless
 Chromium (file://, offline) and checks that:
   - every message of the seed's text trace is one arrow element (the messages are counted here,
-    from the .trace file's send/lost lines, not from the page's data),
+    from the .trace file's send/lost lines, not from the page's data), and the dropped or lost
+    ones are marked (class "dropped"),
   - the violation is marked by a visible element of class "violation",
   - filtering by one node leaves visible exactly the arrows that touch that node,
   - the console shows no SEVERE error,
@@ -34,6 +35,8 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 # A message line of the trace: "<time> <sender> send to <node> at ...", "send (dup) to",
 # or "lost to <node>" (lost by the network). "send to unknown node" is no message copy.
 MESSAGE = re.compile(r"^\S+ (\S+) (?:send(?: \(dup\))? to (?!unknown node)(\S+) at |lost to (\S+) )")
+# A copy dropped where it arrived ("drop from <node>: why") or lost by the network.
+DROPPED = re.compile(r"^\S+ \S+ (?:drop from |lost to )")
 WAIT_S = 30
 
 
@@ -78,6 +81,12 @@ def messages_in_trace(path):
     return out
 
 
+def dropped_in_trace(path):
+    """How many message copies the trace drops at delivery or loses in transit."""
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if DROPPED.match(line))
+
+
 def poll(what, check, timeout=WAIT_S):
     """Waits until check() is truthy (bounded); returns its value."""
     deadline = time.monotonic() + timeout
@@ -119,7 +128,9 @@ def main():
         fail(f"the simulator did not report its trace or write {page}:\n{run.stderr}")
     if "failed" not in run.stderr:
         fail(f"seed {args.seed} with bug {args.bug} did not fail, so there is no violation to see:\n{run.stderr}")
-    messages = messages_in_trace(found.group(1).strip())
+    trace = found.group(1).strip()
+    messages = messages_in_trace(trace)
+    undelivered = dropped_in_trace(trace)
     if not messages:
         fail("the trace has no message lines")
     print(f"trace: {len(messages)} messages", flush=True)
@@ -133,12 +144,21 @@ def main():
     driver.set_script_timeout(WAIT_S)
     try:
         driver.get("file://" + page)
-        poll("the page's model (window.tracePage)", lambda: driver.execute_script("return !!window.tracePage"))
+        try:
+            poll("the page's model (window.tracePage)", lambda: driver.execute_script("return !!window.tracePage"))
+        except SystemExit:
+            print(f"console: {driver.get_log('browser')}", file=sys.stderr)
+            raise
 
         arrows = driver.execute_script("return document.querySelectorAll('#diagram .arrow').length")
         if arrows != len(messages):
             fail(f"{arrows} arrow elements for {len(messages)} messages in the trace")
         print(f"ok: {arrows} arrows, one per message", flush=True)
+
+        dropped = driver.execute_script("return document.querySelectorAll('#diagram .arrow.dropped').length")
+        if dropped != undelivered:
+            fail(f"{dropped} arrows marked dropped, the trace drops or loses {undelivered} messages")
+        print(f"ok: {dropped} dropped or lost arrows marked", flush=True)
 
         violations = driver.find_elements("css selector", "#diagram .violation")
         if not any(v.is_displayed() for v in violations):
@@ -189,6 +209,7 @@ def main():
         print(f"screenshot: {args.screenshot} ({os.path.getsize(args.screenshot)} bytes)", flush=True)
     finally:
         driver.quit()
+        shutil.rmtree(work, ignore_errors=True)
     print("trace_page: all checks passed")
 
 
