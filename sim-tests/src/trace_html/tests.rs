@@ -177,6 +177,13 @@ fn no_key_value_or_detail_can_break_the_page() {
     assert!(page.contains("<title>&lt;/script&gt;&lt;b&gt;x&lt;/b&gt;&amp;"));
     // Every placeholder of the template was filled.
     assert!(!page.contains("{{"));
+    // Self-contained: nothing is loaded from anywhere.
+    for outside in ["src=", "href=", "@import", "url(http", "fetch("] {
+        assert!(
+            !page.contains(outside),
+            "the page loads something: {outside}"
+        );
+    }
 }
 
 #[test]
