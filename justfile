@@ -12,6 +12,12 @@ test:
 sim SEED:
     SIM_SEED={{SEED}} cargo test -p sim-tests replay -- --nocapture
 
+# One simulator seed as a picture: a self-contained HTML page of its messages, faults and
+# violation (`just trace-html 17`, `just trace-html 0 --bug AcceptBelowPromise`), next to its
+# trace in target/sim-traces/. Prints its path (alone on stdout).
+trace-html SEED *ARGS:
+    cargo run --release -p sim-tests --bin sim -- trace {{SEED}} {{ARGS}}
+
 # A sweep of simulator seeds with a progress line and a summary (`just sweep --seeds 5000`).
 sweep *ARGS:
     cargo run --release -p sim-tests --bin sim -- sweep {{ARGS}}

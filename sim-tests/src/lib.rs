@@ -32,7 +32,8 @@
 //! | `node_sim/faults.rs` | the fault injector |
 //! | `node_sim/clients.rs` | the clients: calls through the handle or the HTTP router, retries, bursts |
 //! | `node_sim/checks.rs` | the end checks: liveness after healing, the disks, honesty |
-//! | `bin/sim.rs` | sweeps, the benchmark, the scale run, the bug hunt |
+//! | `trace_html.rs`, `trace_html/` | a run as a picture: one self-contained HTML page drawn from the structured trace |
+//! | `bin/sim.rs` | sweeps, the benchmark, the scale run, the bug hunt, one seed's trace and its page |
 
 pub mod checker;
 pub mod invariant;
@@ -43,6 +44,7 @@ pub mod node_sim;
 pub mod races;
 pub mod run;
 pub mod swarm;
+pub mod trace_html;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -65,6 +67,15 @@ pub fn replay_command(seed: u64, shape: &Shape) -> String {
     }
 }
 
+/// The command that writes one seed's trace and its picture (an HTML page next to it).
+pub fn picture_command(seed: u64, shape: &Shape) -> String {
+    let args = shape.args();
+    format!(
+        "cargo run --release -p sim-tests --bin sim -- trace {seed}{}{args}",
+        if args.is_empty() { "" } else { " " }
+    )
+}
+
 /// Where failing runs write their traces: `$CARGO_TARGET_DIR/sim-traces`, else the workspace's
 /// `target/sim-traces`.
 pub fn trace_dir() -> PathBuf {
@@ -75,7 +86,7 @@ pub fn trace_dir() -> PathBuf {
 }
 
 /// Runs one seed of `shape`; on failure, replays it with the full trace kept, writes the
-/// trace to a file and returns a report that starts and ends with the seed and the replay
+/// trace and its picture (an HTML page) to files and returns a report that starts and ends with the seed and the replay
 /// command.
 pub fn check_seed(seed: u64, shape: &Shape) -> Result<RunStats, String> {
     let spec = draw(seed, shape);
@@ -86,13 +97,15 @@ pub fn check_seed(seed: u64, shape: &Shape) -> Result<RunStats, String> {
     }
 }
 
-/// Builds the report of a failed run (replaying it to write its trace).
+/// Builds the report of a failed run (replaying it to write its trace and its picture).
 pub fn report_failure(spec: &RunSpec, shape: &Shape, failure: &Failure) -> String {
     let replay = run::run(&run::with_trace(spec, TraceMode::Keep));
     let dir = trace_dir();
     let path = dir.join(format!("seed-{}.trace", spec.seed));
     let written = std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::write(&path, replay.trace.join("\n") + "\n"));
+    let page = trace_html::page_path(&path);
+    let drawn = trace_html::write_page(&page, spec.seed, &replay);
     let mut r = String::new();
     let _ = writeln!(r, "SIMULATION FAILED: seed {}", spec.seed);
     let _ = writeln!(r, "replay: {}", replay_command(spec.seed, shape));
@@ -125,6 +138,19 @@ pub fn report_failure(spec: &RunSpec, shape: &Shape, failure: &Failure) -> Strin
         }
         Err(e) => {
             let _ = writeln!(r, "could not write the trace to {}: {e}", path.display());
+        }
+    }
+    match drawn {
+        Ok(()) => {
+            let _ = writeln!(
+                r,
+                "the run as a picture: {} (open it in a browser; again with: {})",
+                page.display(),
+                picture_command(spec.seed, shape)
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(r, "could not write the picture to {}: {e}", page.display());
         }
     }
     let _ = writeln!(r, "client history around it:");

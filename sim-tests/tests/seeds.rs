@@ -56,6 +56,11 @@ fn replay() {
                 Ok(()) => eprintln!("full trace: {}", path.display()),
                 Err(e) => eprintln!("could not write {}: {e}", path.display()),
             }
+            let page = sim_tests::trace_html::page_path(&path);
+            match sim_tests::trace_html::write_page(&page, seed, &traced) {
+                Ok(()) => eprintln!("the run as a picture: {}", page.display()),
+                Err(e) => eprintln!("could not write {}: {e}", page.display()),
+            }
         }
         Err(report) => panic!("{report}"),
     }

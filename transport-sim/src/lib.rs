@@ -46,11 +46,13 @@
 //! | `world/discovery.rs` | Hello rounds and goodbyes |
 //! | `world/nemesis.rs` | the fault primitives and the random fault schedule |
 //! | `world/minority.rs` | a minority of every cluster down, paused, cut off or slow, for the whole run or coming and going |
-//! | `world/tracer.rs` | the trace: lines, their hash |
+//! | `world/tracer.rs` | the trace: lines, their hash, their structured records |
+//! | `trace_event.rs` | the structured trace records ([`TraceEvent`]): messages, faults, client calls |
 
 mod ids;
 mod obs;
 mod spec;
+mod trace_event;
 mod world;
 
 pub use ids::{IdHasher, IdMap, IdSet};
@@ -59,4 +61,5 @@ pub use spec::{
     DiskSpec, FaultKind, FaultSpec, Micros, MinorityKind, MinoritySpec, NetSpec, NodeIx, TraceMode,
     WorldSpec,
 };
+pub use trace_event::{MessageAbout, TraceEvent, TraceWhat, WorldChange};
 pub use world::World;

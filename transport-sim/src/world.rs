@@ -9,12 +9,13 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replicator_core::wire::{self, Answer, Message, Request, Response};
 use replicator_core::{
-    CallId, ClusterId, Command, DurableKey, FNV1A_OFFSET, Input, Key, NetworkId, Node, NodeId,
-    Note, Output, Recovered, RemoveOutcome, Reply, Time, Urgency, WriteId, WriteOp,
+    CallId, ClusterId, Command, DurableKey, Input, Key, NetworkId, Node, NodeId, Note, Output,
+    Recovered, RemoveOutcome, Reply, Time, Urgency, WriteId, WriteOp,
 };
 
 use crate::obs::{Obs, WorldStats};
 use crate::spec::{FaultKind, Micros, NodeIx, TraceMode, WorldSpec};
+use crate::trace_event::{MessageAbout, TraceEvent, TraceWhat, WorldChange};
 
 mod discovery;
 mod disk;
@@ -114,6 +115,16 @@ fn draw(rng: &mut ChaCha8Rng, (lo, hi): (Micros, Micros)) -> Micros {
     }
 }
 
+/// The key a client's command is about, for the structured trace.
+fn command_key(cmd: &Command) -> Option<Key> {
+    match cmd {
+        Command::Put { key, .. } | Command::Get { key } | Command::Verify { key } => {
+            Some(key.clone())
+        }
+        Command::RemoveNode { .. } => None,
+    }
+}
+
 fn micros(d: Micros) -> Duration {
     Duration::from_micros(d)
 }
@@ -160,12 +171,7 @@ impl World {
             rng_seeds,
             obs: Vec::new(),
             stats: WorldStats::default(),
-            tr: Tracer {
-                mode: spec.trace,
-                hash: FNV1A_OFFSET,
-                lines: Vec::new(),
-                line: String::new(),
-            },
+            tr: Tracer::new(spec.trace),
             spec,
         };
         let n = world.spec.clusters.len();
@@ -286,6 +292,11 @@ impl World {
     pub fn take_trace(&mut self) -> Vec<String> {
         std::mem::take(&mut self.tr.lines)
     }
+    /// The structured records of the kept trace ([`TraceMode::Keep`] only), each naming its
+    /// line; take them before [`World::take_trace`] empties the lines they point at.
+    pub fn take_trace_events(&mut self) -> Vec<TraceEvent> {
+        std::mem::take(&mut self.tr.events)
+    }
     pub fn drain_observations(&mut self) -> std::vec::Drain<'_, Obs> {
         self.obs.drain(..)
     }
@@ -335,7 +346,12 @@ impl World {
         }
         self.stats.events += 1;
         match ev {
-            Ev::Deliver { from, to, frame } => self.deliver(from, to, frame),
+            Ev::Deliver {
+                from,
+                to,
+                msg,
+                frame,
+            } => self.deliver(from, to, msg, frame),
             Ev::Client { to, call, cmd } => {
                 if self.nodes[to].node.is_none() {
                     self.tr.node(
@@ -344,6 +360,13 @@ impl World {
                         to,
                         format_args!("client call {} lost: node down", call.0),
                     );
+                    let node = self.nodes[to].id.clone();
+                    self.tr.record(self.now, || TraceWhat::Call {
+                        node,
+                        call: call.0,
+                        key: command_key(&cmd),
+                        lost: true,
+                    });
                     self.call_lost(to, call);
                     return true;
                 }
@@ -353,6 +376,12 @@ impl World {
                     to,
                     format_args!("client call {} {cmd:?}", call.0),
                 );
+                self.tr.record(self.now, || TraceWhat::Call {
+                    node: self.nodes[to].id.clone(),
+                    call: call.0,
+                    key: command_key(&cmd),
+                    lost: false,
+                });
                 self.nodes[to].calls.insert(call);
                 self.handle(to, Input::Client { call, cmd: *cmd });
             }
@@ -411,6 +440,10 @@ impl World {
                         usize::MAX,
                         format_args!("heal partition #{partition}"),
                     );
+                    self.tr.record(self.now, || TraceWhat::World {
+                        node: None,
+                        change: WorldChange::Heal { id: partition },
+                    });
                 }
             }
             Ev::Wake { tag } => self.obs.push(Obs::Wake { tag }),
@@ -456,6 +489,10 @@ impl World {
                         ix,
                         format_args!("reply {} {reply:?}", call.0),
                     );
+                    self.tr.record(self.now, || TraceWhat::Reply {
+                        node: self.nodes[ix].id.clone(),
+                        call: call.0,
+                    });
                     if let Some(r) = self.removal_calls.remove(&call) {
                         self.removal_answered(r, reply);
                         continue;

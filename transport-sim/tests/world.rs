@@ -313,3 +313,63 @@ fn node_removed_while_cut_off_learns_it_when_back_and_serves_nothing() {
     );
     assert!(world.node(4).expect("up").is_removed());
 }
+
+/// Every structured record points at its own text line, and every message copy's delivery or
+/// drop names the copy; a trace that is only hashed keeps no records.
+#[test]
+fn structured_trace_records_match_their_lines() {
+    use transport_sim::{TraceWhat, WorldChange};
+    let mut world = World::new(spec(vec![3, 3], TraceMode::Keep), 3);
+    world.submit(0, put("a", "1"));
+    world.crash(4);
+    let side = (0..6).map(|ix| ix == 1).collect();
+    world.partition(side, false, Time::from_millis(300));
+    run_until(&mut world, Time::from_millis(2_000));
+    let events = world.take_trace_events();
+    let lines = world.take_trace();
+    let mut sent = std::collections::BTreeSet::new();
+    let (mut ended, mut dropped, mut crashes) = (0, 0, 0);
+    for e in &events {
+        let line = &lines[e.line];
+        assert!(line.starts_with(&e.at.to_string()), "{e:?} at {line}");
+        let says = match &e.what {
+            TraceWhat::Sent { msg, dup, .. } => {
+                assert!(sent.insert(*msg), "copy {msg} numbered twice");
+                if *dup { " send (dup) to " } else { " send to " }
+            }
+            TraceWhat::Lost { .. } => " lost to ",
+            TraceWhat::Received { msg } => {
+                assert!(sent.contains(msg), "copy {msg} received, never sent");
+                ended += 1;
+                " recv from "
+            }
+            TraceWhat::Dropped { msg, .. } => {
+                assert!(sent.contains(msg), "copy {msg} dropped, never sent");
+                ended += 1;
+                dropped += 1;
+                " drop from "
+            }
+            TraceWhat::Call { .. } => " client call ",
+            TraceWhat::Reply { .. } => " reply ",
+            TraceWhat::World { change, .. } => {
+                if *change == WorldChange::Crash {
+                    crashes += 1;
+                }
+                " FAULT "
+            }
+        };
+        assert!(line.contains(says), "{e:?} points at {line}");
+    }
+    let send_lines = lines.iter().filter(|l| l.contains(" send ")).count();
+    assert_eq!(sent.len(), send_lines);
+    assert!(ended > 0 && dropped > 0 && crashes == 1);
+    assert!(events.iter().any(|e| matches!(
+        &e.what,
+        TraceWhat::Call { key: Some(k), .. } if k.as_str() == "a"
+    )));
+
+    let mut hashed = World::new(spec(vec![3, 3], TraceMode::Hash), 3);
+    hashed.submit(0, put("a", "1"));
+    run_until(&mut hashed, Time::from_millis(500));
+    assert!(hashed.take_trace_events().is_empty());
+}

@@ -6,7 +6,9 @@
 //!     one-way,clog,restart-cluster,restart-split,remove|none] [--lose-unsynced] [--bug NAME]
 //!     [--joins J] [--leaves L] [--lulls|--no-lulls]
 //!     [--minority down|paused|cut-off|slow [--coming-and-going]]
-//! cargo run --release -p sim-tests --bin sim -- trace --start N [shape flags]  # one seed's trace
+//! cargo run --release -p sim-tests --bin sim -- trace N [--html FILE] [shape flags]
+//!     # one seed's trace (`target/sim-traces/seed-N.trace`) and its picture (an HTML page next
+//!     # to it, or FILE); `trace --start N` works too
 //! cargo run --release -p sim-tests --bin sim -- bench        # fixed 5 clusters x 3 nodes
 //! cargo run --release -p sim-tests --bin sim -- scale        # 50 clusters x 5 nodes
 //! cargo run --release -p sim-tests --bin sim -- bugs [--seeds M] [--targeted] [--bug NAME]
@@ -25,8 +27,8 @@ use transport_sim::{FaultKind, MinorityKind, TraceMode};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: sim [sweep|bench|scale|bugs|trace|races] [--start N] [--seeds M] [--clusters C] [--nodes K] \
-         [--clients L] [--ops O] [--faults LIST|none] [--lose-unsynced] [--bug NAME] [--targeted] \
+        "usage: sim [sweep|bench|scale|bugs|trace [SEED] [--html FILE]|races] [--start N] [--seeds M] \
+         [--clusters C] [--nodes K] [--clients L] [--ops O] [--faults LIST|none] [--lose-unsynced] [--bug NAME] [--targeted] \
          [--minority down|paused|cut-off|slow [--coming-and-going]]"
     );
     ExitCode::from(2)
@@ -190,6 +192,42 @@ fn sweep(start: u64, seeds: u64, shape: &Shape, stop_at_first: bool) -> (Totals,
     (totals, began.elapsed().as_secs_f64())
 }
 
+/// One seed, its full trace and its picture written to files whether it passes or not.
+fn trace(seed: u64, shape: &Shape, html: Option<std::path::PathBuf>) -> ExitCode {
+    let spec = sim_tests::run::with_trace(&sim_tests::draw(seed, shape), TraceMode::Keep);
+    eprintln!("{}", spec.describe());
+    let outcome = sim_tests::run(&spec);
+    let path = sim_tests::trace_dir().join(format!("seed-{seed}.trace"));
+    let page = html.unwrap_or_else(|| sim_tests::trace_html::page_path(&path));
+    let written = std::fs::create_dir_all(sim_tests::trace_dir())
+        .and_then(|()| std::fs::write(&path, outcome.trace.join("\n") + "\n"));
+    let drawn = sim_tests::trace_html::write_page(&page, seed, &outcome);
+    match &outcome.result {
+        Ok(()) => eprintln!("seed {seed} passed"),
+        Err(f) => eprintln!(
+            "seed {seed} failed ({}: {})",
+            f.broken.invariant, f.broken.detail
+        ),
+    }
+    let mut ok = true;
+    for (what, file, result) in [("trace", &path, written), ("page", &page, drawn)] {
+        match result {
+            Ok(()) => eprintln!("{what}: {}", file.display()),
+            Err(e) => {
+                ok = false;
+                eprintln!("could not write the {what} {}: {e}", file.display());
+            }
+        }
+    }
+    if ok {
+        // The page's path alone on stdout, for scripts (`open "$(just trace-html 3)"`).
+        println!("{}", page.display());
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut mode = "sweep".to_string();
@@ -197,6 +235,7 @@ fn main() -> ExitCode {
     let mut seeds: Option<u64> = None;
     let mut shape = Shape::default();
     let mut targeted = false;
+    let mut html: Option<std::path::PathBuf> = None;
     let mut i = 0;
     // Bounded by the argument count.
     while i < args.len() {
@@ -236,6 +275,13 @@ fn main() -> ExitCode {
                 };
                 shape.minority = Some((kind, false));
             }
+            // `trace SEED`: the seed as a plain argument.
+            seed if mode == "trace" && seed.parse::<u64>().is_ok() => {
+                start = seed.parse().unwrap_or(0);
+                i += 1;
+                continue;
+            }
+            "--html" if !value.is_empty() => html = Some(value.clone().into()),
             "--start" => start = num().unwrap_or(0),
             "--seeds" => seeds = num(),
             "--clusters" => shape.clusters = num().map(|n| n as usize),
@@ -269,26 +315,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        "trace" => {
-            // One seed, its full trace written to a file whether it passes or not.
-            let spec = sim_tests::run::with_trace(&sim_tests::draw(start, &shape), TraceMode::Keep);
-            eprintln!("{}", spec.describe());
-            let outcome = sim_tests::run(&spec);
-            let path = sim_tests::trace_dir().join(format!("seed-{start}.trace"));
-            let written = std::fs::create_dir_all(sim_tests::trace_dir())
-                .and_then(|()| std::fs::write(&path, outcome.trace.join("\n") + "\n"));
-            match (&outcome.result, written) {
-                (Ok(()), Ok(())) => eprintln!("seed {start} passed; trace: {}", path.display()),
-                (Err(f), Ok(())) => eprintln!(
-                    "seed {start} failed ({}: {}); trace: {}",
-                    f.broken.invariant,
-                    f.broken.detail,
-                    path.display()
-                ),
-                (_, Err(e)) => eprintln!("could not write {}: {e}", path.display()),
-            }
-            ExitCode::SUCCESS
-        }
+        "trace" => trace(start, &shape, html),
         "races" => {
             // Same-instant races on a healthy network, production timeouts: one seed per shape.
             for (clusters, nodes, racers) in [(1, 3, 2), (3, 3, 2), (3, 3, 3)] {
@@ -358,10 +385,11 @@ fn main() -> ExitCode {
                     Some((seed, seeds, what)) => {
                         let what: String = what.chars().take(240).collect();
                         format!(
-                            "{b:?}: caught by seed {seed}, after {seeds} seeds ({:.1}s){}: {what}\n    replay: {}",
+                            "{b:?}: caught by seed {seed}, after {seeds} seeds ({:.1}s){}: {what}\n    replay: {}\n    picture: {}",
                             began.elapsed().as_secs_f64(),
                             if safety { ", a safety failure" } else { "" },
-                            sim_tests::replay_command(seed, &s)
+                            sim_tests::replay_command(seed, &s),
+                            sim_tests::picture_command(seed, &s)
                         )
                     }
                     None => {

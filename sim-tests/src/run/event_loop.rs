@@ -99,6 +99,7 @@ pub fn run(spec: &RunSpec) -> Outcome {
     Outcome {
         result,
         stats,
+        events: run.world.take_trace_events(),
         trace: run.world.take_trace(),
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use replicator_core::{Key, Time};
-use transport_sim::{TraceMode, WorldStats};
+use transport_sim::{TraceEvent, TraceMode, WorldStats};
 
 use crate::checker::Broken;
 use crate::swarm::RunSpec;
@@ -49,6 +49,8 @@ pub struct Outcome {
     pub stats: RunStats,
     /// The full trace, when the spec asked to keep it.
     pub trace: Vec<String>,
+    /// Its structured records, each naming its line in `trace` (kept with it).
+    pub events: Vec<TraceEvent>,
 }
 
 impl Run {

@@ -34,6 +34,10 @@ impl World {
         n.inflight.clear();
         self.tr
             .fault(self.now, &self.nodes, ix, format_args!("goodbye"));
+        self.tr.record(self.now, || TraceWhat::World {
+            node: Some(self.nodes[ix].id.clone()),
+            change: WorldChange::Goodbye,
+        });
         self.obs.push(Obs::Departed { node: ix });
         for to in members {
             if to == ix || self.nodes[to].departed {

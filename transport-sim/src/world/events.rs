@@ -12,6 +12,8 @@ pub(super) enum Ev {
     Deliver {
         from: NodeIx,
         to: NodeIx,
+        /// The copy's number in the structured trace.
+        msg: u64,
         frame: Vec<u8>,
     },
     Client {

@@ -19,6 +19,10 @@ impl World {
                 usize::MAX,
                 format_args!("join skipped: no node is up to bootstrap from"),
             );
+            self.tr.record(self.now, || TraceWhat::World {
+                node: None,
+                change: WorldChange::Note,
+            });
             return None;
         }
         let bootstrap = up[self.rng_faults.random_range(0..up.len())];
@@ -38,6 +42,10 @@ impl World {
                 self.cluster_ids[cluster], self.nodes[bootstrap].id
             ),
         );
+        self.tr.record(self.now, || TraceWhat::World {
+            node: Some(self.nodes[ix].id.clone()),
+            change: WorldChange::Join,
+        });
         self.boot(ix);
         self.obs.push(Obs::Joined { node: ix });
         Some(ix)
@@ -90,6 +98,10 @@ impl World {
             ix,
             format_args!("crash, {writes_lost} unsynced writes lost"),
         );
+        self.tr.record(self.now, || TraceWhat::World {
+            node: Some(self.nodes[ix].id.clone()),
+            change: WorldChange::Crash,
+        });
         self.obs.push(Obs::Crashed {
             node: ix,
             writes_lost,
@@ -125,6 +137,10 @@ impl World {
             ),
         );
         self.obs.push(Obs::Restarted { node: ix });
+        self.tr.record(self.now, || TraceWhat::World {
+            node: Some(self.nodes[ix].id.clone()),
+            change: WorldChange::Restart,
+        });
         if self.nodes[ix].leaving {
             self.handle(ix, Input::Leave);
         }
@@ -141,6 +157,10 @@ impl World {
         self.stats.leaves += 1;
         self.tr
             .fault(self.now, &self.nodes, ix, format_args!("leave requested"));
+        self.tr.record(self.now, || TraceWhat::World {
+            node: Some(self.nodes[ix].id.clone()),
+            change: WorldChange::Leave,
+        });
         self.handle(ix, Input::Leave);
     }
 
@@ -180,6 +200,10 @@ impl World {
                 self.describe_state(victim)
             ),
         );
+        self.tr.record(self.now, || TraceWhat::World {
+            node: Some(self.nodes[remover].id.clone()),
+            change: WorldChange::Note,
+        });
         let call = self.submit(remover, Command::RemoveNode { node, force });
         self.removal_calls.insert(
             call,
@@ -306,6 +330,10 @@ impl World {
                 }
             ),
         );
+        self.tr.record(self.now, || TraceWhat::World {
+            node: Some(self.nodes[r.remover].id.clone()),
+            change: WorldChange::Note,
+        });
         self.obs.push(Obs::Removal {
             remover: r.remover,
             victim: r.victim,

@@ -47,6 +47,10 @@ impl World {
                 }
             ),
         );
+        self.tr.record(self.now, || TraceWhat::World {
+            node: None,
+            change: WorldChange::Note,
+        });
         for ix in self.minority.clone() {
             // Coming and going: each node starts at its own moment.
             let at = match spec.toggle_us {
@@ -101,6 +105,10 @@ impl World {
                     ix,
                     format_args!("slow: every message to or from it {extra_us}us later"),
                 );
+                self.tr.record(self.now, || TraceWhat::World {
+                    node: Some(self.nodes[ix].id.clone()),
+                    change: WorldChange::Slow,
+                });
             }
             (MinorityKind::Slow { .. }, false) => self.nodes[ix].extra_us = 0,
             (MinorityKind::Paused | MinorityKind::CutOff, false) => {}

@@ -15,6 +15,10 @@ impl World {
             ix,
             format_args!("pause until {until}"),
         );
+        self.tr.record(self.now, || TraceWhat::World {
+            node: Some(self.nodes[ix].id.clone()),
+            change: WorldChange::Pause { until },
+        });
     }
 
     /// Cuts the nodes with `side[ix]` from the others (only their sends if `one_way`) until
@@ -30,6 +34,15 @@ impl World {
             usize::MAX,
             format_args!("partition #{id} one_way={one_way} side={members:?} until {until}"),
         );
+        self.tr.record(self.now, || TraceWhat::World {
+            node: None,
+            change: WorldChange::Partition {
+                id,
+                members: members.iter().map(|m| self.nodes[*m].id.clone()).collect(),
+                one_way,
+                until,
+            },
+        });
         self.partitions.insert(id, Partition { side, one_way });
         self.stats.partitions += 1;
         self.push(until, Ev::Heal { partition: id });
@@ -47,6 +60,13 @@ impl World {
             from,
             format_args!("clog link to {} until {until}", to),
         );
+        self.tr.record(self.now, || TraceWhat::World {
+            node: Some(self.nodes[from].id.clone()),
+            change: WorldChange::Clog {
+                to: self.nodes[to].id.clone(),
+                until,
+            },
+        });
     }
 
     /// Ends every fault: stops the nemesis, heals partitions, releases clogs, resumes paused
@@ -64,6 +84,10 @@ impl World {
             usize::MAX,
             format_args!("calm: every fault healed, every node restarted"),
         );
+        self.tr.record(self.now, || TraceWhat::World {
+            node: None,
+            change: WorldChange::Calm,
+        });
         self.fault_epoch += 1;
         self.minority.clear();
         for ix in 0..self.nodes.len() {
@@ -245,6 +269,10 @@ impl World {
                 "restart during a partition: nodes {crashed:?} crash, restart before it heals"
             ),
         );
+        self.tr.record(self.now, || TraceWhat::World {
+            node: None,
+            change: WorldChange::Note,
+        });
         self.partition(side, false, until);
         for ix in crashed {
             self.crash(ix);

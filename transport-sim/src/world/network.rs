@@ -45,6 +45,11 @@ impl World {
                     from,
                     format_args!("lost to {} {msg:?}", self.nodes[to].id),
                 );
+                self.tr.record(self.now, || TraceWhat::Lost {
+                    from: self.nodes[from].id.clone(),
+                    to: self.nodes[to].id.clone(),
+                    about: MessageAbout::of(msg),
+                });
             }
             return;
         }
@@ -57,6 +62,7 @@ impl World {
         };
         for copy in 0..copies {
             let at = self.arrival(from, to);
+            let number = self.tr.number_msg();
             if self.spec.trace != TraceMode::Off {
                 self.tr.node(
                     self.now,
@@ -68,13 +74,29 @@ impl World {
                         self.nodes[to].id
                     ),
                 );
+                self.tr.record(self.now, || TraceWhat::Sent {
+                    msg: number,
+                    from: self.nodes[from].id.clone(),
+                    to: self.nodes[to].id.clone(),
+                    arrives: at,
+                    dup: copy > 0,
+                    about: MessageAbout::of(msg),
+                });
             }
             let frame = if copy + 1 == copies {
                 std::mem::take(&mut frame)
             } else {
                 frame.clone()
             };
-            self.push(at, Ev::Deliver { from, to, frame });
+            self.push(
+                at,
+                Ev::Deliver {
+                    from,
+                    to,
+                    msg: number,
+                    frame,
+                },
+            );
         }
     }
 
@@ -273,7 +295,7 @@ impl World {
         }
     }
 
-    pub(super) fn deliver(&mut self, from: NodeIx, to: NodeIx, frame: Vec<u8>) {
+    pub(super) fn deliver(&mut self, from: NodeIx, to: NodeIx, number: u64, frame: Vec<u8>) {
         if let Some(why) = self.unreachable(from, to) {
             self.stats.messages_blocked += 1;
             self.tr.node(
@@ -282,6 +304,8 @@ impl World {
                 to,
                 format_args!("drop from {}: {why}", self.nodes[from].id),
             );
+            self.tr
+                .record(self.now, || TraceWhat::Dropped { msg: number, why });
             return;
         }
         let msg = match wire::decode(&frame) {
@@ -296,6 +320,8 @@ impl World {
                 to,
                 format_args!("recv from {} {msg:?}", self.nodes[from].id),
             );
+            self.tr
+                .record(self.now, || TraceWhat::Received { msg: number });
         }
         let from = self.nodes[from].id.clone();
         self.handle(to, Input::Message { from, msg });

@@ -8,6 +8,7 @@ use replicator_core::{Time, fnv1a_extend};
 use super::SimNode;
 use crate::TraceMode;
 use crate::spec::NodeIx;
+use crate::trace_event::{TraceEvent, TraceWhat};
 
 /// The event trace: one line per event (time, node, message or fault), hashed and maybe kept.
 pub(super) struct Tracer {
@@ -15,9 +16,46 @@ pub(super) struct Tracer {
     pub(super) hash: u64,
     pub(super) lines: Vec<String>,
     pub(super) line: String,
+    /// The structured records of the kept lines ([`TraceMode::Keep`] only).
+    pub(super) events: Vec<TraceEvent>,
+    /// The number the next message copy gets (counted in every mode: it costs nothing and
+    /// changes nothing the run does).
+    pub(super) next_msg: u64,
 }
 
 impl Tracer {
+    pub(super) fn new(mode: TraceMode) -> Tracer {
+        Tracer {
+            mode,
+            hash: replicator_core::FNV1A_OFFSET,
+            lines: Vec::new(),
+            line: String::new(),
+            events: Vec::new(),
+            next_msg: 0,
+        }
+    }
+
+    /// Numbers a message copy about to be sent.
+    pub(super) fn number_msg(&mut self) -> u64 {
+        let msg = self.next_msg;
+        self.next_msg += 1;
+        msg
+    }
+
+    /// Records what the line just written says, structured (built only when the trace is
+    /// kept). Call right after the line's [`Tracer::node`] or [`Tracer::fault`].
+    pub(super) fn record(&mut self, now: Time, what: impl FnOnce() -> TraceWhat) {
+        if self.mode != TraceMode::Keep {
+            return;
+        }
+        let line = self.lines.len().saturating_sub(1);
+        self.events.push(TraceEvent {
+            at: now,
+            line,
+            what: what(),
+        });
+    }
+
     pub(super) fn node(
         &mut self,
         now: Time,
