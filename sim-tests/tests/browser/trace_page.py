@@ -11,7 +11,7 @@ Chromium (file://, offline) and checks that:
   - the console shows no SEVERE error,
 and saves a screenshot.
 
-  python3 sim-tests/tests/browser/trace_page.py --screenshot docs/trace.png
+  python3 sim-tests/tests/browser/trace_page.py --screenshot sim-tests/trace-page.png
       [--sim target/release/sim | --sim "cargo run --release -p sim-tests --bin sim --"]
       [--seed 0] [--bug AcceptBelowPromise]
 
