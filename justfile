@@ -70,3 +70,8 @@ lint:
 race-bench *ARGS:
     cargo build --release -p replicator-node
     python3 node/scripts/race_bench.py {{ARGS}}
+
+# Browser tests (headless Chromium + Selenium): a seed's picture and a node's dashboard.
+# Installs Debian's chromium, chromium-driver and python3-selenium if missing (as root; says so).
+browser:
+    bash .ci/browser-tests.sh
