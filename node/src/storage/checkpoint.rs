@@ -1,0 +1,155 @@
+//! Group commits into the write-ahead log, and checkpoints that move the logged writes into the
+//! database in one transaction.
+
+use super::*;
+
+/// Once the log holds this many bytes, the next group commit first checkpoints: the database
+/// takes every logged write in one transaction and the log is emptied. Bounds the log, the
+/// writes held in memory until then, and the replay after a crash.
+pub(super) const CHECKPOINT_LOG_BYTES: u64 = 1024 * 1024;
+
+impl Storage {
+    /// Makes a group of writes durable: appended to the log and synced, after a checkpoint if
+    /// the log is full. On an error nothing of the group counts as written.
+    pub fn commit_group(&mut self, jobs: &[PersistJob]) -> Result<()> {
+        if self.log.len() >= CHECKPOINT_LOG_BYTES {
+            self.checkpoint()?;
+        }
+        self.log.append(jobs.iter().map(|j| j.ops.as_slice()))?;
+        self.unapplied
+            .extend(jobs.iter().flat_map(|j| j.ops.iter().cloned()));
+        Ok(())
+    }
+
+    /// The database takes every logged write in one durable transaction; then the log is
+    /// emptied. A crash in between replays writes the database already holds, which changes
+    /// nothing: every write op sets a value (or keeps a maximum), so applying a sequence again
+    /// in order ends in the same state.
+    ///
+    /// The transaction also records the checkpoint's number, and the emptied log names it in
+    /// its header: a database that later lost this transaction is refused when it is opened
+    /// ([`check_log_follows_database`]). A checkpoint whose log could not be emptied is taken
+    /// again under the same number, so the database is never more than one ahead of the log.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        let number = self.log_generation.unwrap_or(0) + 1;
+        self.apply_ops(superseded_dropped(&self.unapplied), Some(number))?;
+        self.log.clear(number)?;
+        self.log_generation = Some(number);
+        self.unapplied.clear();
+        Ok(())
+    }
+
+    /// Applies a group of writes straight to the database, in one durable transaction (for
+    /// setting a database up; a running node's writes go through [`Storage::commit_group`]).
+    pub fn apply(&self, jobs: &[PersistJob]) -> Result<()> {
+        let ops: Vec<&WriteOp> = jobs.iter().flat_map(|j| &j.ops).collect();
+        self.apply_ops(ops, None)
+    }
+
+    /// Applies `ops` in one durable transaction, which records checkpoint number `checkpoint`
+    /// if it is one.
+    pub(super) fn apply_ops<'a>(
+        &self,
+        ops: impl IntoIterator<Item = &'a WriteOp>,
+        checkpoint: Option<u64>,
+    ) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut keys = txn.open_table(KEYS)?;
+            let mut requests = txn.open_table(REQUESTS)?;
+            let mut departed = txn.open_table(DEPARTED)?;
+            let mut members = txn.open_table(MEMBERS)?;
+            let mut caught_up = txn.open_table(CAUGHT_UP)?;
+            let mut meta = txn.open_table(META)?;
+            let mut records = txn.open_table(META_RECORDS)?;
+            if let Some(number) = checkpoint {
+                meta.insert(META_CHECKPOINTS, number)?;
+            }
+            for op in ops {
+                match op {
+                    WriteOp::PutKey { key, state } => {
+                        let k = key.as_str().as_bytes();
+                        keys.insert(k, seal(k, &encode_record(state)?).as_slice())?;
+                    }
+                    WriteOp::RemoveKey { key } => {
+                        keys.remove(key.as_str().as_bytes())?;
+                    }
+                    WriteOp::BallotFloor(floor) => {
+                        let k = META_FLOOR.as_bytes();
+                        let old = records
+                            .get(META_FLOOR)?
+                            .and_then(|v| open_record(k, v.value()).map(<[u8]>::to_vec))
+                            .and_then(|b| decode_record::<replicator_core::Ballot>(&b).ok());
+                        if old.is_none_or(|old| *floor > old) {
+                            records
+                                .insert(META_FLOOR, seal(k, &encode_record(floor)?).as_slice())?;
+                        }
+                    }
+                    WriteOp::CounterCeiling(c) => keep_max(&mut meta, META_COUNTER_CEILING, *c)?,
+                    WriteOp::RoundCeiling(c) => keep_max(&mut meta, META_ROUND_CEILING, *c)?,
+                    WriteOp::CaughtUp { peer, seq } => {
+                        let old = caught_up
+                            .get(peer.as_str())?
+                            .map(|v| v.value())
+                            .unwrap_or(0);
+                        caught_up.insert(peer.as_str(), old.max(*seq))?;
+                    }
+                    WriteOp::PutRequest { id, record } => {
+                        let k = id.as_str().as_bytes();
+                        requests.insert(k, seal(k, &encode_record(record)?).as_slice())?;
+                    }
+                    WriteOp::RemoveRequest { id } => {
+                        requests.remove(id.as_str().as_bytes())?;
+                    }
+                    WriteOp::Ready(r) => {
+                        meta.insert(META_READY, u64::from(*r))?;
+                    }
+                    WriteOp::AddMember { cluster, node } => {
+                        // As `Recovered::apply`: a departed node is never a member again.
+                        if departed.get(node.as_str().as_bytes())?.is_none() {
+                            members.insert(node.as_str(), cluster.as_str())?;
+                        }
+                    }
+                    WriteOp::Departed(n) => {
+                        departed.insert(n.as_str().as_bytes(), ())?;
+                        members.remove(n.as_str())?;
+                        caught_up.remove(n.as_str())?;
+                    }
+                }
+            }
+        }
+        // Durability::Immediate is redb's default: commit returns after fsync.
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// `ops` without the writes a later one in `ops` overwrites: of the writes to one key or one
+/// request record, only the last matters (each sets or removes its row, and the tables are
+/// independent). Under load most keys are written twice between checkpoints (accepted, then
+/// stored): the first write is skipped. Every other op is kept, in order (membership writes
+/// depend on each other's order; the others keep a maximum).
+pub(super) fn superseded_dropped(ops: &[WriteOp]) -> Vec<&WriteOp> {
+    use std::collections::HashSet;
+    let mut keys = HashSet::new();
+    let mut requests = HashSet::new();
+    let mut kept: Vec<&WriteOp> = ops
+        .iter()
+        .rev()
+        .filter(|op| match op {
+            WriteOp::PutKey { key, .. } | WriteOp::RemoveKey { key } => keys.insert(key),
+            WriteOp::PutRequest { id, .. } | WriteOp::RemoveRequest { id } => requests.insert(id),
+            _ => true,
+        })
+        .collect();
+    kept.reverse();
+    kept
+}
+
+/// Raises a counter in the meta table to `value`, never lowering it (ceilings only grow, so a
+/// replayed log applies to the same end state).
+pub(super) fn keep_max(meta: &mut redb::Table<&str, u64>, name: &str, value: u64) -> Result<()> {
+    let old = meta.get(name)?.map(|v| v.value()).unwrap_or(0);
+    meta.insert(name, old.max(value))?;
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! The database's layout: its tables and settings, its format number, and how a record is sealed
+//! with its checksum.
+
+use super::*;
+
+pub(super) const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
+pub(super) const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests");
+/// For each member of this node's cluster: the last of its decisions pulled from it.
+pub(super) const CAUGHT_UP: TableDefinition<&str, u64> = TableDefinition::new("caught_up");
+/// Settings that are records: the ballot floor.
+pub(super) const META_RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_records");
+pub(super) const DEPARTED: TableDefinition<&[u8], ()> = TableDefinition::new("departed");
+/// Every other member this node recorded: node id -> cluster id.
+pub(super) const MEMBERS: TableDefinition<&str, &str> = TableDefinition::new("members");
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Text settings: the network id.
+pub(super) const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
+
+pub(super) const META_COUNTER_CEILING: &str = "counter_ceiling";
+pub(super) const META_ROUND_CEILING: &str = "round_ceiling";
+pub(super) const META_FLOOR: &str = "ballot_floor";
+pub(super) const META_READY: &str = "ready";
+pub(super) const META_FORMAT: &str = "format";
+pub(super) const META_NETWORK: &str = "network";
+/// The peer id of the node this database belongs to.
+pub(super) const META_PEER: &str = "peer";
+/// When this node left the network (`replicator leave`): it never starts again.
+pub(super) const META_LEFT: &str = "left";
+/// How many checkpoints the database took; the log's header names the one its records follow
+/// (see [`check_log_follows_database`]).
+pub(super) const META_CHECKPOINTS: &str = "checkpoints";
+
+/// 2: the membership and the network id are durable (tables `members`, `meta_text`).
+/// 3: records of `keys`, `refusals` and `requests` carry a checksum (a format 2 database is
+/// upgraded in place when it is opened).
+/// 4: recent writes may be in the write-ahead log next to the database (`wal.rs`); a
+/// replicator that reads format 3 would ignore them, so it must refuse the database.
+/// 5: the quorum protocol: a key's record is a promise and an accepted value, or its decision;
+/// refusals and watermarks are gone; a ballot floor, a round ceiling and catch-up positions are
+/// new. Earlier formats hold the unanimous protocol's grants, which no rule here reads.
+pub(super) const FORMAT_VERSION: u64 = 5;
+
+/// The database file inside `--data-dir`.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("replicator.redb")
+}
+
+/// The write-ahead log next to the database at `db`.
+pub(super) fn log_path(db: &Path) -> PathBuf {
+    db.with_extension("wal")
+}
+
+/// The path reported for a database on a simulated disk.
+pub(super) const SIM_PATH: &str = "<simulated disk>";
+
+/// A record as stored: a CRC-32 of `key` and `bytes` (4 bytes, little endian), then `bytes`.
+pub(super) fn seal(key: &[u8], bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&checksum(key, bytes).to_le_bytes());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The bytes of a sealed record, if its checksum matches.
+pub(super) fn open_record<'a>(key: &[u8], sealed: &'a [u8]) -> Option<&'a [u8]> {
+    let (sum, bytes) = sealed.split_first_chunk::<4>()?;
+    (u32::from_le_bytes(*sum) == checksum(key, bytes)).then_some(bytes)
+}
+
+/// CRC-32 of the key's length, the key and the bytes.
+pub(super) fn checksum(key: &[u8], bytes: &[u8]) -> u32 {
+    crc32(&[&(key.len() as u32).to_le_bytes(), key, bytes])
+}
