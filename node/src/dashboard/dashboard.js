@@ -171,7 +171,7 @@ function nodeRow(v, c, n) {
   const cells = [];
   const stateCell = el("td", {}, el("span", { class: "state " + n.state, text: n.state }));
   if (n.suspected && n.state !== "suspected") stateCell.append(" ", el("span", { class: "note", text: "suspected" }));
-  const id = el("td", { class: "mono", title: n.peer }, shortId(n.peer));
+  const id = el("td", { class: "mono", title: n.node }, shortId(n.node));
   const addr = el("td", { class: "mono" });
   if (n.http) addr.append(el("a", { href: n.http + "/", text: n.http.replace(/^https?:\/\//, "") }));
   else addr.append(el("span", { class: "unknown", text: n.self ? "" : "http unknown" }));
@@ -192,11 +192,11 @@ function nodeRow(v, c, n) {
   const action = el("td");
   if (!n.self && n.state === "down" && canWrite()) {
     const b = el("button", { class: "danger remove", type: "button", text: "remove…" });
-    b.addEventListener("click", () => removePeer(n.peer));
+    b.addEventListener("click", () => removePeer(n.node));
     action.append(b);
   }
   cells.push(action);
-  return el("tr", { class: "node" + (n.self ? " is-self" : ""), "data-peer": n.peer, "data-state": n.state }, ...cells);
+  return el("tr", { class: "node" + (n.self ? " is-self" : ""), "data-peer": n.node, "data-state": n.state }, ...cells);
 }
 
 function renderClusters(v) {
@@ -331,7 +331,7 @@ function renderKey() {
   const answers = new Map(a.answers.map(x => [x.node, x]));
   const silent = new Set(a.silent_nodes);
   const rows = [];
-  const members = page.view ? page.view.clusters.flatMap(c => c.nodes.map(n => [c.cluster, n.peer])) : [];
+  const members = page.view ? page.view.clusters.flatMap(c => c.nodes.map(n => [c.cluster, n.node])) : [];
   const seen = new Set();
   for (const [cluster, peer] of members) {
     seen.add(peer);

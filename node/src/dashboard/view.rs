@@ -136,7 +136,7 @@ fn node_json(
     };
     let member = s.membership.cluster_of(node) == Some(cluster);
     json!({
-        "peer": node.to_string(),
+        "node": node.to_string(),
         "self": is_self,
         "member": member,
         "state": state,
