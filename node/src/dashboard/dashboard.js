@@ -171,11 +171,11 @@ function nodeRow(v, c, n) {
   const cells = [];
   const stateCell = el("td", {}, el("span", { class: "state " + n.state, text: n.state }));
   if (n.suspected && n.state !== "suspected") stateCell.append(" ", el("span", { class: "note", text: "suspected" }));
-  const id = el("td", { class: "mono", title: n.node }, shortId(n.node));
-  const addr = el("td", { class: "mono" });
+  const id = el("td", { class: "mono id", title: n.node }, shortId(n.node));
+  const addr = el("td", { class: "mono addr" });
   if (n.http) addr.append(el("a", { href: n.http + "/", text: n.http.replace(/^https?:\/\//, "") }));
   else addr.append(el("span", { class: "unknown", text: n.self ? "" : "http unknown" }));
-  for (const a of n.p2p_addrs.slice(0, 1)) addr.append(el("div", { class: "note", text: a }));
+  for (const a of n.p2p_addrs.slice(0, 1)) addr.append(el("div", { class: "note", title: a, text: a.replace(/\/p2p\/.*$/, "") }));
   cells.push(id, stateCell, addr);
   const numbers = ["keys_stored", "accepted_undecided", "puts_in_flight", "behind"];
   if (!r) {
@@ -357,19 +357,19 @@ async function put() {
   const key = $("key-input").value;
   const value = $("value-input").value;
   if (!key) return;
-  $("key-result").textContent = "storing…";
+  $("put-result").textContent = "PUT " + key + ": storing…";
   let r, body = null;
   try {
     r = await request("PUT", "/store/" + encodeURIComponent(key), value, { "Content-Type": "application/octet-stream" });
     try { body = await r.json(); } catch (e) { body = null; }
   } catch (e) {
-    $("key-result").textContent = "PUT: no answer from this node";
+    $("put-result").textContent = "PUT " + key + ": no answer from this node";
     return;
   }
   const what = r.status === 201 ? "stored" : (body && body.error ? body.error : "HTTP " + r.status);
   const msg = body && body.message ? " — " + body.message : "";
+  $("put-result").textContent = "PUT " + key + ": " + what + msg;
   await lookup(key, false);
-  $("key-result").textContent = "PUT " + what + msg + " · " + $("key-result").textContent;
 }
 
 async function removePeer(peer) {
