@@ -36,7 +36,7 @@ pub fn silent(s: &Status) -> Vec<&str> {
         .collect()
 }
 
-/// Every cluster of the membership, in cluster order.
+/// Every cluster of the membership, sorted by name.
 pub fn reach(s: &Status) -> Vec<ClusterReach> {
     let silent = silent(s);
     let mut all: Vec<ClusterReach> = s
@@ -52,17 +52,20 @@ pub fn reach(s: &Status) -> Vec<ClusterReach> {
             majority: replicator_core::quorum::majority(nodes.len()),
         })
         .collect();
-    all.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    // By name (a ClusterId's own order is not its name's).
+    all.sort_by_key(|r| r.cluster.to_string());
     all
 }
 
 /// The clusters without a reachable majority, sorted.
 pub fn without_majority(reach: &[ClusterReach]) -> Vec<String> {
-    reach
+    let mut names: Vec<String> = reach
         .iter()
         .filter(|r| !r.has_majority())
         .map(|r| r.cluster.to_string())
-        .collect()
+        .collect();
+    names.sort();
+    names
 }
 
 /// Why a write sent to this node cannot be decided now (empty: it can). The reasons are the

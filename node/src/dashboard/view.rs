@@ -53,6 +53,9 @@ pub fn dashboard_json(
         own.push(s.id.clone());
     }
     let own_report = d.own_report(s, metrics);
+    // By name (a ClusterId's own order is not its name's).
+    let mut clusters: Vec<(ClusterId, Vec<NodeId>)> = clusters.into_iter().collect();
+    clusters.sort_by_key(|(c, _)| c.to_string());
     let clusters: Vec<Json> = clusters
         .into_iter()
         .map(|(cluster, mut nodes)| {
