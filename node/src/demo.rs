@@ -194,6 +194,13 @@ pub async fn spawn_node(
 }
 
 fn print_summary(nodes: &[DemoNode], base: &Path) {
+    // First, so that it is the line people see: every node serves the dashboard.
+    println!(
+        "dashboard: {}/  (every node serves one at /; to write from it, give it the API token in {}/api.token)",
+        nodes[0].http,
+        base.display()
+    );
+    println!();
     println!(
         "replicator demo: {} nodes running (data and logs in {})",
         nodes.len(),

@@ -21,8 +21,10 @@ use replicator_core::{
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
+use crate::dashboard::{self, AuthView, Dashboard};
 use crate::driver::{CallError, Handle, Status};
 use crate::metrics::Metrics;
+use crate::writability;
 
 /// Room for a body beyond the largest value, so that a slightly-too-large value still gets
 /// the core's precise "value too long" answer.
@@ -46,6 +48,8 @@ pub struct Api {
     pub auth: Arc<Auth>,
     /// Where `POST /leave` asks the node's main task to leave the network.
     pub leave: tokio::sync::mpsc::Sender<LeaveAsk>,
+    /// The members' reports and the rates history behind `GET /dashboard`.
+    pub dashboard: Arc<Dashboard>,
 }
 
 /// A request to leave the network, answered once the leave completed or failed.
@@ -75,7 +79,8 @@ pub struct Auth {
 /// What a request does, for the token check.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Access {
-    /// /health and /openapi.json: for load balancers and tools, never protected.
+    /// /health, /openapi.json and the dashboard's page (`/`, its script and style: no data):
+    /// for load balancers, tools and browsers, never protected.
     Public,
     Read,
     Write,
@@ -90,6 +95,18 @@ impl Auth {
             Access::Read => self.reads,
             Access::Write => self.writes,
             Access::Operator => true,
+        }
+    }
+
+    /// The request carries the configured token.
+    fn accepts(&self, headers: &HeaderMap) -> bool {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match (&self.token, given) {
+            (Some(token), Some(given)) => constant_time_eq(given.as_bytes(), token.as_bytes()),
+            _ => false,
         }
     }
 
@@ -145,7 +162,9 @@ fn access_of(method: &axum::http::Method, path: &str) -> Access {
         }
     } else if (path.starts_with("/peers/") && method == Method::DELETE) || path == "/leave" {
         Access::Operator
-    } else if matches!(path, "/peers" | "/clusters" | "/metrics") || path.starts_with("/peers/") {
+    } else if matches!(path, "/peers" | "/clusters" | "/metrics" | "/dashboard")
+        || path.starts_with("/peers/")
+    {
         Access::Read
     } else {
         Access::Public
@@ -177,6 +196,10 @@ pub fn router(api: Api) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/", get(dashboard_page))
+        .route("/dashboard.js", get(dashboard_script))
+        .route("/dashboard.css", get(dashboard_style))
+        .route("/dashboard", get(dashboard))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -843,43 +866,10 @@ async fn health(State(api): State<Api>) -> Response {
 fn health_json(api: &Api, s: &Status) -> Json {
     let own = s.membership.nodes_of(&s.cluster).len();
     let ready = s.ready && !s.removed;
-    let silent: Vec<&str> = s
-        .peers
-        .iter()
-        .filter(|p| !p.up)
-        .map(|p| p.peer.as_str())
-        .collect();
-    let mut without_majority: Vec<String> = s
-        .membership
-        .clusters()
-        .filter(|(_, nodes)| {
-            let reachable = nodes
-                .iter()
-                .filter(|n| **n == s.id || !silent.contains(&n.as_str()))
-                .count();
-            reachable < replicator_core::quorum::majority(nodes.len())
-        })
-        .map(|(c, _)| c.to_string())
-        .collect();
-    without_majority.sort();
-    let mut not_writable: Vec<&str> = Vec::new();
-    if s.removed {
-        not_writable.push("removed");
-    } else if !s.ready {
-        not_writable.push("not_ready");
-    }
-    if s.leaving {
-        not_writable.push("leaving");
-    }
-    if own < s.cluster_size_min {
-        not_writable.push("cluster_too_small");
-    }
-    if !without_majority.is_empty() {
-        not_writable.push("no_majority");
-    }
-    if s.storage_stalled.is_some() {
-        not_writable.push("storage_unavailable");
-    }
+    let silent = writability::silent(s);
+    let reach = writability::reach(s);
+    let without_majority = writability::without_majority(&reach);
+    let not_writable = writability::not_writable(s, &reach);
     let writable = not_writable.is_empty();
     let state = if s.removed {
         "removed"
@@ -938,4 +928,81 @@ async fn openapi() -> Response {
         include_str!("openapi.json"),
     )
         .into_response()
+}
+
+/// The page only loads its own script and style and only talks to this node.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                             connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+                             form-action 'none'; frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn dashboard_page() -> Response {
+    asset("text/html; charset=utf-8", dashboard::INDEX_HTML)
+}
+
+async fn dashboard_script() -> Response {
+    asset("text/javascript; charset=utf-8", dashboard::SCRIPT_JS)
+}
+
+async fn dashboard_style() -> Response {
+    asset("text/css; charset=utf-8", dashboard::STYLE_CSS)
+}
+
+#[derive(Deserialize)]
+struct DashboardQuery {
+    /// Only the rate samples taken after this time (Unix milliseconds).
+    since: Option<u64>,
+}
+
+async fn dashboard(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    query: Result<Query<DashboardQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "expected /dashboard[?since={unix milliseconds}]",
+        );
+    };
+    let s = match status(&api).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let auth = AuthView {
+        token_configured: api.auth.token.is_some(),
+        writes_need_token: api.auth.token.is_some() && api.auth.writes,
+        reads_need_token: api.auth.token.is_some() && api.auth.reads,
+        token_accepted: api.auth.accepts(&headers),
+    };
+    let body = dashboard::dashboard_json(
+        &api.dashboard,
+        &s,
+        &api.metrics,
+        auth,
+        api.network_open,
+        q.since,
+        unix_ms(),
+    );
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -7,9 +7,11 @@
 //! network, with the storage on a [`simdisk::SimDisk`] that loses unsynced writes on a kill.
 
 pub mod crc;
+pub mod dashboard;
 pub mod driver;
 pub mod http;
 pub mod metrics;
 pub mod simdisk;
 pub mod storage;
 pub mod wal;
+pub mod writability;

@@ -13,7 +13,7 @@ mod net;
 mod run;
 mod serve;
 
-use replicator_node::{driver, http, metrics, storage};
+use replicator_node::{dashboard, driver, http, metrics, storage};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

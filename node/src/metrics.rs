@@ -1,16 +1,18 @@
 //! Counters for `GET /metrics`, in the Prometheus text format. Plain atomics: no registry crate.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use replicator_core::PeerFaultKind;
+use serde::{Deserialize, Serialize};
 
 use crate::driver::Status;
 
 /// Upper bounds of the PUT latency histogram, in seconds.
-const LATENCY_BUCKETS_S: [f64; 12] = [
+pub const LATENCY_BUCKETS_S: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
@@ -257,7 +259,40 @@ fn render_peer_traffic(peers: &[PeerTraffic], s: &mut String) {
     }
 }
 
+/// The answer counters and the PUT latency histogram at one moment: what a node tells its peers
+/// for the dashboard's network rates (each node counts the requests it answered, so the sum
+/// over the nodes counts every request once).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// PUT answers by outcome ([`PUT_OUTCOMES`]).
+    pub puts: BTreeMap<String, u64>,
+    /// GET answers by outcome ([`GET_OUTCOMES`]).
+    pub gets: BTreeMap<String, u64>,
+    /// PUTs answered within each bound of [`LATENCY_BUCKETS_S`] (cumulative, as Prometheus).
+    pub put_latency_buckets: Vec<u64>,
+    /// Every PUT answered (the +Inf bucket).
+    pub put_latency_count: u64,
+}
+
 impl Metrics {
+    /// The answer counters now.
+    pub fn counters(&self) -> Counters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let by_outcome = |names: &[&str], values: &[AtomicU64]| {
+            names
+                .iter()
+                .zip(values)
+                .map(|(n, v)| (n.to_string(), get(v)))
+                .collect()
+        };
+        Counters {
+            puts: by_outcome(&PUT_OUTCOMES, &self.puts),
+            gets: by_outcome(&GET_OUTCOMES, &self.gets),
+            put_latency_buckets: self.put_latency_buckets.iter().map(get).collect(),
+            put_latency_count: get(&self.put_latency_count),
+        }
+    }
+
     pub fn inc(&self, c: &AtomicU64) {
         self.add(c, 1);
     }

@@ -10,6 +10,8 @@ use transport_libp2p::libp2p::PeerId;
 use transport_libp2p::{Client, NetEvent};
 
 use crate::address_book::AddressBook;
+use crate::dashboard::{Dashboard, report};
+use crate::driver::Handle;
 use crate::driver::{Transport, TransportEvent};
 use crate::metrics::Metrics;
 
@@ -92,10 +94,12 @@ impl Transport for Libp2pTransport {
     }
 }
 
-/// Turns the network's events into the driver's.
+/// Turns the network's events into the driver's. Members' reports about themselves go to the
+/// dashboard instead: they are not for the core.
 pub fn pump_events(
     mut net: mpsc::Receiver<NetEvent>,
     mut book: AddressBook,
+    dashboard: Arc<Dashboard>,
 ) -> mpsc::Receiver<TransportEvent> {
     let (tx, rx) = mpsc::channel(EVENTS_QUEUE_LEN);
     tokio::spawn(async move {
@@ -103,6 +107,13 @@ pub fn pump_events(
         let mut ids: HashMap<PeerId, NodeId> = HashMap::new();
         while let Some(ev) = net.recv().await {
             let ev = match ev {
+                NetEvent::Message { from, frame } if report::is_report(&frame) => {
+                    match report::decode(&frame) {
+                        Ok(r) => dashboard.record_report(&from.to_string(), r),
+                        Err(e) => debug!(peer = %from, error = %e, "status report dropped"),
+                    }
+                    continue;
+                }
                 NetEvent::Message { from, frame } => {
                     if ids.len() >= ID_CACHE_MAX && !ids.contains_key(&from) {
                         ids.clear();
@@ -118,6 +129,10 @@ pub fn pump_events(
                 NetEvent::MemberDiscovered(m) => {
                     // Where it listens, for a restart of this node without --bootstrap.
                     book.record(m.peer, &m.addrs);
+                    dashboard.record_addrs(
+                        &m.peer.to_string(),
+                        m.addrs.iter().map(|a| a.to_string()).collect(),
+                    );
                     TransportEvent::Discovered {
                         cluster: ClusterId::new(&m.cluster),
                         node: NodeId::new(m.peer.to_string()),
@@ -140,4 +155,35 @@ pub fn pump_events(
         }
     });
     rx
+}
+
+/// Sends this node's report about itself to every member it reaches, and takes a sample of
+/// the network's rates, every [`report::REPORT_INTERVAL`], until the driver stops.
+pub fn spawn_status_exchange(
+    client: Client,
+    driver: Handle,
+    dashboard: Arc<Dashboard>,
+    metrics: Arc<Metrics>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(report::REPORT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(status) = driver.status().await else {
+                break;
+            };
+            dashboard.sample(&status, &metrics, crate::http::unix_ms());
+            let frame = report::encode(&dashboard.own_report(&status, &metrics));
+            for peer in status.peers.iter().filter(|p| p.up) {
+                let Ok(to) = peer.peer.parse::<PeerId>() else {
+                    continue;
+                };
+                // A report lost to a full queue costs its dashboard a second of freshness.
+                if let Err(e) = client.send(to, frame.clone()) {
+                    debug!(peer = %to, error = %e, "status report not sent");
+                }
+            }
+        }
+    });
 }

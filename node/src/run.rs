@@ -15,9 +15,10 @@ use transport_libp2p::libp2p::{Multiaddr, PeerId};
 use transport_libp2p::{Client, NetConfig, NetError};
 
 use crate::address_book::AddressBook;
+use crate::dashboard::Dashboard;
 use crate::driver::{Driver, Handle, Parts};
 use crate::metrics::Metrics;
-use crate::net::{Libp2pTransport, pump_events};
+use crate::net::{Libp2pTransport, pump_events, spawn_status_exchange};
 use crate::storage::{Storage, db_path};
 use crate::{RunArgs, http, init_logging, serve};
 
@@ -157,6 +158,7 @@ async fn run(args: RunArgs) -> Result<()> {
             .collect()
     }));
     let value_bytes_max = config.value_bytes_max;
+    let dashboard = Arc::new(Dashboard::default());
     let (driver, handle) = Driver::new(Parts {
         config,
         id: NodeId::new(peer_id.to_string()),
@@ -164,7 +166,7 @@ async fn run(args: RunArgs) -> Result<()> {
         loaded,
         storage,
         transport: Libp2pTransport::new(client.clone(), metrics.clone()),
-        events: pump_events(net_events, book),
+        events: pump_events(net_events, book, dashboard.clone()),
         metrics: metrics.clone(),
     })?;
     let span = tracing::info_span!("node", peer = %peer_id, cluster = %args.cid);
@@ -173,13 +175,17 @@ async fn run(args: RunArgs) -> Result<()> {
     let (leave_asks, mut leave_asked) = tokio::sync::mpsc::channel::<http::LeaveAsk>(4);
     let api = http::Api {
         driver: handle.clone(),
-        metrics,
+        metrics: metrics.clone(),
         value_bytes_max,
         network_open: admission.psk.is_none(),
         auth: Arc::new(auth),
         leave: leave_asks,
+        dashboard: dashboard.clone(),
     };
     let (http_addr, stop_http, server) = start_http(&args, api).await?;
+    dashboard.set_http(format!("http://{http_addr}"));
+    dashboard.set_own_addrs(listen_addrs.iter().map(|a| a.to_string()).collect());
+    spawn_status_exchange(client.clone(), handle.clone(), dashboard, metrics);
 
     print_banner(
         &args,

@@ -185,6 +185,8 @@ pub fn tail(log: &Path) -> String {
 
 pub struct Resp {
     pub status: u16,
+    /// The status line and headers.
+    pub head: String,
     pub body: Vec<u8>,
 }
 
@@ -203,6 +205,7 @@ pub fn raw(base: &str, request: &[u8]) -> Resp {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return Resp {
             status: 0,
+            head: String::new(),
             body: Vec::new(),
         };
     };
@@ -213,6 +216,7 @@ pub fn raw(base: &str, request: &[u8]) -> Resp {
     let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Resp {
             status: 0,
+            head: String::new(),
             body: buf,
         };
     };
@@ -224,6 +228,7 @@ pub fn raw(base: &str, request: &[u8]) -> Resp {
         .unwrap_or(0);
     Resp {
         status,
+        head,
         body: buf[split + 4..].to_vec(),
     }
 }

@@ -261,6 +261,7 @@ pub(super) async fn node_process(
         }),
         // Nobody asks a simulated node to leave over HTTP: a closed channel (answers 503).
         leave: tokio::sync::mpsc::channel(1).0,
+        dashboard: Default::default(),
     });
     *machine.running.lock().unwrap() = Some(Running {
         handle,
