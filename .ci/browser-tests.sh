@@ -43,3 +43,7 @@ run() {
 cargo build --release -p sim-tests --bin sim
 run "a seed's picture" sim-tests/tests/browser/trace_page.py \
     --sim target/release/sim --screenshot target/browser/trace-page.png
+
+cargo build -p replicator-node
+run "a node's dashboard (a real 3x3 demo)" node/tests/browser/dashboard.py \
+    target/debug/replicator target/browser/dashboard.png
