@@ -17,15 +17,14 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use replicator_core::{
-    CallId, ClusterId, Command, Input, Membership, NetworkId, Node, NodeId, Note, Output, Reply,
-    Stats, Time, wire,
+    CallId, ClusterId, Command, Input, NetworkId, Node, NodeId, Note, Output, Reply, Time, wire,
 };
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, trace, warn};
 
 use crate::metrics::Metrics;
+use crate::status::{PeerInfo, Status};
 use crate::storage::{Durable, Loaded, PersistJob, Storage, StorageWorker};
 
 /// What the driver loop waits on, tried in turn: see [`Wake`].
@@ -114,36 +113,6 @@ pub enum Request {
     /// Stop (a signal, an orderly shutdown): the driver ends its loop, commits what is queued
     /// and closes the database; the node stays a member.
     Stop,
-}
-
-/// A member and whether the transport reports it up (a member recorded on disk but not heard
-/// from since this node started is down).
-#[derive(Clone, Debug, Serialize)]
-pub struct PeerInfo {
-    pub peer: String,
-    pub cluster: String,
-    pub up: bool,
-}
-
-/// What the driver knows, for the API.
-#[derive(Clone, Debug)]
-pub struct Status {
-    pub id: NodeId,
-    pub cluster: ClusterId,
-    pub network: NetworkId,
-    /// An operator removed this node: it serves nothing any more.
-    pub removed: bool,
-    pub ready: bool,
-    pub leaving: bool,
-    pub membership: Membership,
-    pub peers: Vec<PeerInfo>,
-    /// The peers the core suspects to be down or slow (it skips them in the fast round and as
-    /// representatives).
-    pub suspects: Vec<NodeId>,
-    pub stats: Stats,
-    pub cluster_size_min: usize,
-    /// Why writes to the disk fail and are being retried (disk full), if they do.
-    pub storage_stalled: Option<String>,
 }
 
 /// Why a call got no answer from the core.
@@ -320,7 +289,11 @@ impl<T: Transport> Driver<T> {
             events,
             metrics,
         } = parts;
-        metrics.damage.found(&loaded);
+        metrics.damage.found(
+            loaded.damaged_keys.len(),
+            loaded.damaged_requests,
+            loaded.torn_log_bytes,
+        );
         let mut recovered = loaded.recovered;
         let damaged_keys_left = recovered.damaged.len();
         let seed = os_seed()?;

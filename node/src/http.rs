@@ -22,8 +22,9 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::dashboard::{self, AuthView, Dashboard};
-use crate::driver::{CallError, Handle, Status};
+use crate::driver::{CallError, Handle};
 use crate::metrics::Metrics;
+use crate::status::Status;
 use crate::writability;
 
 /// Room for a body beyond the largest value, so that a slightly-too-large value still gets

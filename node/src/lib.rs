@@ -12,6 +12,7 @@ pub mod driver;
 pub mod http;
 pub mod metrics;
 pub mod simdisk;
+pub mod status;
 pub mod storage;
 pub mod wal;
 pub mod writability;

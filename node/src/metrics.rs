@@ -9,7 +9,7 @@ use std::time::Duration;
 use replicator_core::PeerFaultKind;
 use serde::{Deserialize, Serialize};
 
-use crate::driver::Status;
+use crate::status::Status;
 
 /// Upper bounds of the PUT latency histogram, in seconds.
 pub const LATENCY_BUCKETS_S: [f64; 12] = [
@@ -87,12 +87,13 @@ pub struct DamageCounters {
 }
 
 impl DamageCounters {
-    /// What [`crate::storage::Storage::load`] found damaged.
-    pub fn found(&self, loaded: &crate::storage::Loaded) {
+    /// What the storage found damaged when it loaded: records of keys and of requests that
+    /// failed their checksum, bytes of a torn last log record.
+    pub fn found(&self, key_records: usize, request_records: usize, log_tail_bytes: u64) {
         let add = |c: &AtomicU64, n: u64| c.fetch_add(n, Ordering::Relaxed);
-        add(&self.key_records, loaded.damaged_keys.len() as u64);
-        add(&self.request_records, loaded.damaged_requests as u64);
-        add(&self.log_tail_bytes, loaded.torn_log_bytes);
+        add(&self.key_records, key_records as u64);
+        add(&self.request_records, request_records as u64);
+        add(&self.log_tail_bytes, log_tail_bytes);
     }
 
     /// Damaged keys whose decisions the node learned from its cluster.
@@ -144,6 +145,16 @@ pub struct PeerTraffic {
 /// Upper bounds of the histogram of `Persist` outputs (the core's writes) per group commit.
 const COMMIT_SIZE_BUCKETS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024];
 
+/// One durable group commit, as the storage loop counts it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GroupCommit {
+    /// The core's writes (`Persist` outputs) in it, and of those the lazy ones.
+    pub writes: u64,
+    pub lazy_writes: u64,
+    /// Their write ops.
+    pub ops: u64,
+}
+
 /// What the storage loop committed: each commit is one fsync.
 #[derive(Default)]
 pub struct CommitCounters {
@@ -160,20 +171,16 @@ pub struct CommitCounters {
 }
 
 impl CommitCounters {
-    /// Counts one durable group commit of `batch`, which took `took`.
-    pub fn committed(&self, batch: &[crate::storage::PersistJob], took: Duration) {
+    /// Counts one durable group commit, which took `took`.
+    pub fn committed(&self, group: GroupCommit, took: Duration) {
         let add = |c: &AtomicU64, n: u64| {
             c.fetch_add(n, Ordering::Relaxed);
         };
-        let writes = batch.len() as u64;
-        let lazy = batch
-            .iter()
-            .filter(|j| j.urgency == replicator_core::Urgency::Lazy)
-            .count() as u64;
+        let writes = group.writes;
         add(&self.commits, 1);
         add(&self.writes, writes);
-        add(&self.lazy_writes, lazy);
-        add(&self.ops, batch.iter().map(|j| j.ops.len() as u64).sum());
+        add(&self.lazy_writes, group.lazy_writes);
+        add(&self.ops, group.ops);
         add(&self.commit_us, took.as_micros() as u64);
         for (i, b) in COMMIT_SIZE_BUCKETS.iter().enumerate() {
             if writes <= *b {
@@ -455,26 +462,18 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::PersistJob;
-    use replicator_core::{Urgency, WriteId, WriteOp};
-
-    fn job(write: u64, urgency: Urgency) -> PersistJob {
-        PersistJob {
-            write: WriteId(write),
-            ops: vec![WriteOp::Ready(true), WriteOp::CounterCeiling(write)],
-            urgency,
-        }
-    }
 
     #[test]
     fn group_commits_and_peer_traffic_are_rendered() {
         let m = Metrics::default();
-        m.disk.committed(
-            &[job(1, Urgency::Lazy), job(2, Urgency::Barrier)],
-            Duration::from_millis(2),
-        );
-        m.disk
-            .committed(&[job(3, Urgency::Barrier)], Duration::from_millis(1));
+        // Two writes (one lazy) of two ops each, then one barrier write of two ops.
+        let group = |writes, lazy_writes| GroupCommit {
+            writes,
+            lazy_writes,
+            ops: 2 * writes,
+        };
+        m.disk.committed(group(2, 1), Duration::from_millis(2));
+        m.disk.committed(group(1, 0), Duration::from_millis(1));
         let _ = m.peer_traffic.set(Box::new(|| {
             vec![PeerTraffic {
                 peer: "12D3Koo".into(),

@@ -19,7 +19,7 @@ use crate::dashboard::Dashboard;
 use crate::driver::{Driver, Handle, Parts};
 use crate::metrics::Metrics;
 use crate::net::{Libp2pTransport, pump_events, spawn_status_exchange};
-use crate::storage::{Storage, db_path};
+use crate::storage::{Storage, StorageError, db_path};
 use crate::{RunArgs, http, init_logging, serve};
 
 const IDENTITY_FILE: &str = "identity.key";
@@ -38,7 +38,13 @@ pub async fn main(args: RunArgs) -> ExitCode {
         Err(e) => {
             error!(error = %format!("{e:#}"), "the node stops");
             eprintln!("error: {e:#}");
-            if e.chain().any(|c| c.is::<crate::storage::Unusable>()) {
+            let unusable = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<StorageError>(),
+                    Some(StorageError::Unusable(_))
+                )
+            });
+            if unusable {
                 ExitCode::from(EXIT_DATABASE_UNUSABLE)
             } else if e.chain().any(|c| c.is::<Left>()) {
                 ExitCode::from(EXIT_LEFT)
@@ -677,7 +683,7 @@ pub fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<()> {
 fn load_or_create_identity(data_dir: &Path, has_database: bool) -> Result<Keypair> {
     let path: PathBuf = data_dir.join(IDENTITY_FILE);
     // A damaged or missing identity makes the data dir unusable as it is (exit 65).
-    let unusable = |what: String| anyhow::Error::new(crate::storage::Unusable(what));
+    let unusable = |what: String| anyhow::Error::new(StorageError::Unusable(what));
     if path.exists() {
         let bytes =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;

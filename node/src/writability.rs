@@ -8,7 +8,7 @@
 
 use replicator_core::ClusterId;
 
-use crate::driver::Status;
+use crate::status::Status;
 
 /// One cluster's members and how many of them this node reaches.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,7 +122,7 @@ pub fn cluster_not_writable(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::PeerInfo;
+    use crate::status::PeerInfo;
     use replicator_core::{Membership, NetworkId, NodeId, Stats};
 
     fn status(down: &[&str]) -> Status {

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::driver::Status;
 use crate::metrics::{Counters, Metrics};
+use crate::status::Status;
 use history::{History, Rates, Sample};
 use report::NodeReport;
 

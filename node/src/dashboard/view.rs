@@ -7,8 +7,8 @@ use serde_json::{Value as Json, json};
 
 use super::report::{NodeReport, REPORT_INTERVAL};
 use super::{Dashboard, REPORT_FRESH};
-use crate::driver::Status;
 use crate::metrics::Metrics;
+use crate::status::Status;
 use crate::writability;
 
 /// What the page needs to know about the API token: whether to ask for it, and whether the one

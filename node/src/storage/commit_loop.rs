@@ -142,7 +142,7 @@ impl Storage {
             let Some(upto) = committed_group(committed, stalled, &batch, started, &durable) else {
                 return;
             };
-            counters.committed(&batch, started.elapsed());
+            counters.committed(group_commit(&batch), started.elapsed());
             if let Some(disk) = &location.disk {
                 tokio::time::sleep(disk.fsync_delay()).await;
                 disk.complete_sync();
@@ -237,11 +237,11 @@ pub(super) fn commit_once(
 /// stops); otherwise the failure can pass (no space, I/O), so the group is retried after
 /// [`RETRY_INTERVAL`], and the driver is told writes are stalled.
 pub(super) fn failed(
-    e: anyhow::Error,
+    e: StorageError,
     stalled: &mut bool,
     durable: &watch::Sender<Durable>,
 ) -> std::result::Result<(), String> {
-    if !is_transient(&e) {
+    if !e.is_transient() {
         return Err(format!("{e:#}"));
     }
     if !*stalled {
@@ -300,36 +300,11 @@ pub(super) fn close(storage: Option<Storage>, location: &Location) {
     info!("storage stops");
 }
 
-/// Whether a failed write may succeed later: an I/O error (no space, quota, a disk that
-/// hiccupped), as opposed to corruption or a bug.
-pub(super) fn is_transient(e: &anyhow::Error) -> bool {
-    use redb::StorageError as S;
-    let storage = e.chain().find_map(|c| {
-        if let Some(s) = c.downcast_ref::<S>() {
-            return Some(matches!(s, S::Io(_) | S::PreviousIo | S::DatabaseClosed));
-        }
-        if let Some(redb::CommitError::Storage(s)) = c.downcast_ref::<redb::CommitError>() {
-            return Some(matches!(s, S::Io(_) | S::PreviousIo | S::DatabaseClosed));
-        }
-        if let Some(redb::TransactionError::Storage(s)) = c.downcast_ref::<redb::TransactionError>()
-        {
-            return Some(matches!(s, S::Io(_) | S::PreviousIo | S::DatabaseClosed));
-        }
-        if let Some(redb::TableError::Storage(s)) = c.downcast_ref::<redb::TableError>() {
-            return Some(matches!(s, S::Io(_) | S::PreviousIo | S::DatabaseClosed));
-        }
-        if let Some(d) = c.downcast_ref::<redb::DatabaseError>() {
-            return Some(match d {
-                redb::DatabaseError::Storage(s) => {
-                    matches!(s, S::Io(_) | S::PreviousIo | S::DatabaseClosed)
-                }
-                redb::DatabaseError::RepairAborted | redb::DatabaseError::DatabaseAlreadyOpen => {
-                    true
-                }
-                _ => false,
-            });
-        }
-        c.downcast_ref::<std::io::Error>().map(|_| true)
-    });
-    storage.unwrap_or(false)
+/// What a group commit of `batch` counts in the metrics.
+pub(super) fn group_commit(batch: &[PersistJob]) -> crate::metrics::GroupCommit {
+    crate::metrics::GroupCommit {
+        writes: batch.len() as u64,
+        lazy_writes: batch.iter().filter(|j| j.urgency == Urgency::Lazy).count() as u64,
+        ops: batch.iter().map(|j| j.ops.len() as u64).sum(),
+    }
 }

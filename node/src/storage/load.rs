@@ -71,7 +71,12 @@ impl Storage {
         }
         for entry in txn.open_table(DEPARTED)?.iter()? {
             let (k, _) = entry?;
-            let node = std::str::from_utf8(k.value()).context("a node id is not UTF-8")?;
+            let node = std::str::from_utf8(k.value()).map_err(|_| {
+                StorageError::Unusable(format!(
+                    "the database {} is damaged: a departed node's id is not UTF-8",
+                    self.path.display()
+                ))
+            })?;
             rec.departed.insert(NodeId::new(node));
         }
         for entry in txn.open_table(MEMBERS)?.iter()? {
@@ -92,7 +97,7 @@ impl Storage {
             let key = META_FLOOR.as_bytes();
             let floor = open_record(key, floor.value()).and_then(|b| decode_record(b).ok());
             rec.floor = floor.ok_or_else(|| {
-                Unusable(format!(
+                StorageError::Unusable(format!(
                     "the database {} is corrupt: the ballot floor (the promises this node folded together) failed its checksum, and no other node can tell it; this node must not promise again. Move the data dir away and start this machine as a new node (with --bootstrap of a member), after `replicator remove` of this one",
                     self.path.display()
                 ))

@@ -12,7 +12,12 @@ impl Storage {
         let network = text
             .get(META_NETWORK)?
             .map(|v| v.value().to_string())
-            .context("the database records no network id")?;
+            .ok_or_else(|| {
+                StorageError::Unusable(format!(
+                    "the database {} records no network id",
+                    self.path.display()
+                ))
+            })?;
         Ok(NetworkId::from(network))
     }
 
@@ -43,12 +48,13 @@ impl Storage {
         };
         match recorded {
             Some(r) if r == peer => Ok(()),
-            Some(r) => anyhow::bail!(
+            // An operator's mix-up, not damage: the right file is somewhere (exit 1).
+            Some(r) => Err(StorageError::Fatal(format!(
                 "the database belongs to peer {r}, but identity.key is peer {peer}: a database is \
                  never used under another identity. Put that node's identity.key back, or move \
                  the data dir away and start this machine as a new node (with --bootstrap of a \
                  member)"
-            ),
+            ))),
             None => {
                 txn.open_table(META_TEXT)?.insert(META_PEER, peer)?;
                 txn.commit()?;

@@ -52,7 +52,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use replicator_core::wire::{decode_record, encode_record};
 use replicator_core::{ClusterId, NetworkId, NodeId, Recovered, Urgency, WriteId, WriteOp};
@@ -66,6 +65,7 @@ use crate::wal::{Log, LogError};
 
 mod checkpoint;
 mod commit_loop;
+mod error;
 mod load;
 mod meta;
 mod open;
@@ -77,24 +77,13 @@ mod tests;
 pub use commit_loop::{
     Durable, LAZY_SYNC_AFTER, PersistJob, RETRY_INTERVAL, StorageHandle, StorageWorker,
 };
+pub use error::StorageError;
 pub use load::Loaded;
 pub use schema::db_path;
 
-use commit_loop::*;
+use error::Result;
 use panics::*;
 use schema::*;
-
-/// The database cannot be used (corrupt or from another node): the node must not start.
-#[derive(Debug)]
-pub struct Unusable(pub String);
-
-impl std::fmt::Display for Unusable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Unusable {}
 
 pub struct Storage {
     db: Database,

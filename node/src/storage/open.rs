@@ -47,15 +47,14 @@ impl Storage {
         log_file: Box<dyn redb::StorageBackend>,
     ) -> Result<Storage> {
         let opened = Log::open(log_file).map_err(|e| match e {
-            LogError::Io(e) => anyhow::Error::new(e).context(format!(
+            LogError::Io(e) => StorageError::from(e).context(format!(
                 "cannot read the write-ahead log {}",
                 log_path(&path).display()
             )),
-            damage => Unusable(format!(
+            damage => StorageError::Unusable(format!(
                 "{}: {damage}; this node cannot tell what it promised. Move the data dir away and start this machine as a new node (with --bootstrap of a member), after `replicator remove` of this one",
                 log_path(&path).display()
-            ))
-            .into(),
+            )),
         })?;
         // Reported by `init` when the node starts; a reopen after a failed append finds that
         // append's remains here every time, which says nothing new.
@@ -88,27 +87,30 @@ impl Storage {
                 txn.open_table(META_TEXT)?
                     .insert(META_NETWORK, fresh.network.as_str())?;
             }
-            (None, None) => anyhow::bail!(
-                "the database {} was never initialised (remove it to start afresh)",
-                path.display()
-            ),
+            (None, None) => {
+                return Err(StorageError::Fatal(format!(
+                    "the database {} was never initialised (remove it to start afresh)",
+                    path.display()
+                )));
+            }
             (Some(FORMAT_VERSION), _) => {}
             (Some(v), _) if v < FORMAT_VERSION => {
-                return Err(Unusable(format!(
+                return Err(StorageError::Unusable(format!(
                     "the database {} has format {v}, written by a replicator that decided keys \
                      with every node's grant; this one decides with quorums (format \
                      {FORMAT_VERSION}) and cannot take over the promises that data holds. Move the \
                      data dir away and start this machine as a new node (with --bootstrap of a \
                      member)",
                     path.display()
-                ))
-                .into());
+                )));
             }
-            (Some(v), _) => anyhow::bail!(
-                "the database {} has format {v}, newer than the format {FORMAT_VERSION} this \
-                 node reads: run a newer replicator",
-                path.display()
-            ),
+            (Some(v), _) => {
+                return Err(StorageError::Fatal(format!(
+                    "the database {} has format {v}, newer than the format {FORMAT_VERSION} this \
+                     node reads: run a newer replicator",
+                    path.display()
+                )));
+            }
         }
         let checkpoints = txn
             .open_table(META)?
@@ -126,11 +128,11 @@ impl Storage {
         }
         txn.commit()?;
         if format.is_none() && !storage.unapplied.is_empty() {
-            anyhow::bail!(
+            return Err(StorageError::Unusable(format!(
                 "{} holds writes but the database {} was never initialised: the log belongs to a database that is gone; move the data dir away",
                 log_path(&path).display(),
                 path.display()
-            );
+            )));
         }
         let mut storage = storage;
         if storage.torn_at_open > 0 {
@@ -147,7 +149,7 @@ impl Storage {
             // On a full disk this waits for a later checkpoint: `load` reads the log's writes
             // on top of the database meanwhile, and the node starts (and refuses writes).
             if let Err(e) = storage.checkpoint() {
-                if !is_transient(&e) {
+                if !e.is_transient() {
                     return Err(e);
                 }
                 warn!(error = %format!("{e:#}"), "cannot apply the write-ahead log to the database yet: kept in the log");
@@ -203,9 +205,14 @@ impl Storage {
                 .create(true)
                 .truncate(false)
                 .open(&log)
-                .with_context(|| format!("cannot open the write-ahead log {}", log.display()))?;
-            let file = redb::backends::FileBackend::new(file)
-                .with_context(|| format!("cannot lock the write-ahead log {}", log.display()))?;
+                .map_err(|e| {
+                    StorageError::from(e)
+                        .context(format!("cannot open the write-ahead log {}", log.display()))
+                })?;
+            let file = redb::backends::FileBackend::new(file).map_err(|e| {
+                StorageError::from(e)
+                    .context(format!("cannot lock the write-ahead log {}", log.display()))
+            })?;
             Storage::with_log(db, path.to_path_buf(), None, Box::new(file))
         })
     }
@@ -232,11 +239,10 @@ pub(super) fn check_log_follows_database(
     let follows = log.unwrap_or(0);
     let advice = "this node cannot tell what it promised. Move the data dir away and start this machine as a new node (with --bootstrap of a member), after `replicator remove` of this one";
     if checkpoints < follows {
-        return Err(Unusable(format!(
+        return Err(StorageError::Unusable(format!(
             "the database {} is damaged or older than its write-ahead log: it holds {checkpoints} checkpoints but the log follows checkpoint {follows} (a damaged newest commit that redb rolled back, or a file restored from a copy); {advice}",
             db.display()
-        ))
-        .into());
+        )));
     }
     if checkpoints > follows + 1 {
         let log_file = log_path(db);
@@ -244,12 +250,11 @@ pub(super) fn check_log_follows_database(
             Some(n) => format!("follows checkpoint {n}"),
             None => "has no header".to_string(),
         };
-        return Err(Unusable(format!(
+        return Err(StorageError::Unusable(format!(
             "the write-ahead log {} does not belong to the database {}: the database took {checkpoints} checkpoints but the log {found} (deleted, or restored from a copy); acknowledged writes may be missing, {advice}",
             log_file.display(),
             db.display()
-        ))
-        .into());
+        )));
     }
     Ok(())
 }
@@ -257,33 +262,18 @@ pub(super) fn check_log_follows_database(
 /// Opens (or creates) the redb database at `path`, or on `disk` if it is a simulated one.
 pub(super) fn open_database(path: &Path, disk: Option<&SimDisk>) -> Result<Database> {
     match disk {
-        None => Database::create(path).map_err(|e| {
-            if is_damage(&e) {
-                Unusable(format!(
-                    "the database {} is damaged (redb: {e}); move the data dir away and start this machine as a new node (with --bootstrap of a member), after `replicator remove` of this one",
-                    path.display()
-                ))
-                .into()
-            } else {
-                anyhow::Error::new(e).context(format!("cannot open the database {}", path.display()))
-            }
+        None => Database::create(path).map_err(|e| match StorageError::from(e) {
+            StorageError::Unusable(why) => StorageError::Unusable(format!(
+                "the database {} is damaged (redb: {why}); move the data dir away and start this machine as a new node (with --bootstrap of a member), after `replicator remove` of this one",
+                path.display()
+            )),
+            other => other.context(format!("cannot open the database {}", path.display())),
         }),
         Some(disk) => Database::builder()
             .create_with_backend(disk.backend())
-            .context("cannot open the database on the simulated disk"),
-    }
-}
-
-/// Whether redb refused the file for what it holds (not a redb file, corrupt beyond its own
-/// repair, a format it cannot read) rather than for the disk (permissions, I/O errors).
-pub(super) fn is_damage(e: &redb::DatabaseError) -> bool {
-    match e {
-        redb::DatabaseError::UpgradeRequired(_) => true,
-        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
-        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
-            io.kind() == std::io::ErrorKind::InvalidData
-        }
-        _ => false,
+            .map_err(|e| {
+                StorageError::from(e).context("cannot open the database on the simulated disk")
+            }),
     }
 }
 

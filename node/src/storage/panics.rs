@@ -3,7 +3,7 @@
 use super::*;
 
 /// Runs a redb operation, turning a panic (redb panics on some corrupt files) into an
-/// [`Unusable`] error.
+/// [`StorageError::Unusable`] error.
 pub(super) fn without_panics<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     quiet_panics_hook();
     QUIET_PANICS.with(|q| q.set(true));
@@ -17,11 +17,10 @@ pub(super) fn without_panics<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> R
                 .map(String::as_str)
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("a panic");
-            Err(Unusable(format!(
+            Err(StorageError::Unusable(format!(
                 "the database {} is corrupt (redb: {what}); move the data dir away and start this machine as a new node (with --bootstrap of a member)",
                 path.display()
-            ))
-            .into())
+            )))
         }
     }
 }

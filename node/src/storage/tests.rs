@@ -1,6 +1,7 @@
 //! The storage against a simulated disk: crashes, checkpoints, damaged files, group commits.
 
 use super::checkpoint::*;
+use super::commit_loop::*;
 use super::open::*;
 use super::*;
 use replicator_core::{
@@ -260,7 +261,10 @@ fn refusal(disk: &SimDisk) -> String {
     match Storage::open_sim(disk, None) {
         Ok(_) => panic!("the storage opened"),
         Err(e) => {
-            assert!(e.chain().any(|c| c.is::<Unusable>()), "not Unusable: {e:#}");
+            assert!(
+                matches!(e, StorageError::Unusable(_)),
+                "not Unusable: {e:#}"
+            );
             format!("{e:#}")
         }
     }
