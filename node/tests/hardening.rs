@@ -331,20 +331,7 @@ fn identity_is_bound_to_the_database() {
     };
     let id = dir.join("identity.key");
     let saved = std::fs::read(&id).unwrap();
-    let run = |d: &PathBuf| {
-        run_to_exit(
-            &[
-                "run",
-                "--cid",
-                "c0",
-                "--http",
-                "127.0.0.1:0",
-                "--data-dir",
-                d.to_str().unwrap(),
-            ],
-            Duration::from_secs(20),
-        )
-    };
+    let run = |d: &PathBuf| start_to_exit(d);
 
     // A data dir unusable as it is exits 65 (a damaged or missing file), naming the file, in
     // one readable sentence.
@@ -419,20 +406,7 @@ fn a_database_behind_its_log_is_refused() {
         signal(&a, "-TERM");
         wait_exit(&mut a, Duration::from_secs(15));
     };
-    let restart = || {
-        run_to_exit(
-            &[
-                "run",
-                "--cid",
-                "c0",
-                "--http",
-                "127.0.0.1:0",
-                "--data-dir",
-                dir.to_str().unwrap(),
-            ],
-            Duration::from_secs(20),
-        )
-    };
+    let restart = || start_to_exit(&dir);
     run_stop_with_keys(0..5);
     let older = std::fs::read(&db).unwrap();
     run_stop_with_keys(5..10);
@@ -465,6 +439,23 @@ fn a_database_behind_its_log_is_refused() {
     let a = start("c0", &dir, None, &["--cluster-size-min", "1"]);
     assert_eq!(get(&a, "k0").text(), "v");
     assert_eq!(get(&a, "k9").text(), "v");
+}
+
+/// Starts a node of cluster c0 on `dir` that is expected to refuse it: its exit code, its
+/// stderr and how long it ran (bounded: 20 s).
+fn start_to_exit(dir: &Path) -> (Option<i32>, String, Duration) {
+    run_to_exit(
+        &[
+            "run",
+            "--cid",
+            "c0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    )
 }
 
 /// Flips `bit` of every copy of `needle` in the file.
