@@ -83,7 +83,8 @@ end
 function is_ok(status, body) return status == 201 end
 """
 
-LUA_ETCD = LUA_COMMON + r"""
+# base64 for etcd's JSON gateway, which takes keys and values base64-encoded.
+LUA_B64 = r"""
 local b64chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
 local function b64(data)
   return ((data:gsub('.', function(x)
@@ -97,6 +98,9 @@ local function b64(data)
     return b64chars:sub(c + 1, c + 1)
   end) .. ({ '', '==', '=' })[#data % 3 + 1])
 end
+"""
+
+LUA_ETCD = LUA_COMMON + LUA_B64 + r"""
 function request()
   n = n + 1
   local key = b64(string.format("bench-%s-%d-%d", nonce, tid, n))
