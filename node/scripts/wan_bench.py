@@ -9,12 +9,12 @@ Every process gets a namespace named PREFIX-<name> (PREFIX = wanb<pid>): r<R>n<N
 replicator nodes, r<R>etcd for the etcd members, r<R>client for each region's load generator,
 and PREFIX-hub, which holds the bridge they all hang off by veth pairs (10.213.<R>.x/16; nothing
 is added to the host's own namespace, interfaces or routes). Delays are made in user space
-(no netem on this kernel): node/scripts/wan_proxy.py in every namespace, fed by an iptables
-REDIRECT of outgoing TCP to the other namespaces, forwards every chunk after the one-way delay
-of its pair of namespaces: --region-rtt-ms between regions, --local-rtt-ms inside one (under
-1 ms that is the proxy's own latency), optional --jitter-ms and --loss. Before measuring it
-probes the round trips through the proxies (a TCP echo) and stops if they are off by more
-than --rtt-tolerance-ms + 10 %.
+(no netem on this kernel): `wan-proxy` (the workspace's wan-proxy crate) in every namespace,
+fed by an iptables REDIRECT of outgoing TCP to the other namespaces, forwards every chunk after
+the one-way delay of its pair of namespaces: --region-rtt-ms between regions, --local-rtt-ms
+inside one (under 1 ms that is the proxy's own latency), optional --jitter-ms and --loss.
+Before measuring it probes the round trips through the proxies (node/scripts/wan_probe.py, a
+TCP echo) and stops if they are off by more than --rtt-tolerance-ms + 10 %.
 
 Then, interleaved (replicator, etcd, replicator, ...) for --reps repetitions of --duration s,
 at every --clients count per region (one wrk per node, each with its share of the region's
@@ -31,7 +31,8 @@ it made is removed at the end, also on an error or Ctrl-C.
 
     sudo python3 node/scripts/wan_bench.py [--quick] [--reps 3] [--duration 8] [--clients 1,16]
         [--region-rtt-ms 40] [--local-rtt-ms 0.2] [--slow-ms 50] [--jitter-ms 0] [--loss 0]
-        [--cases creates,reads,slow] [--replicator target/release/replicator] [--json FILE]
+        [--cases creates,reads,slow] [--replicator target/release/replicator]
+        [--proxy target/release/wan-proxy] [--json FILE] [--keep]
     python3 node/scripts/wan_bench.py --self-test      # the pure parts; no root needed
 """
 
@@ -55,7 +56,6 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bench_vs_etcd as loopback  # noqa: E402  (its Lua scripts, wrk parsing and percentiles)
-import wan_proxy  # noqa: E402
 
 SUBNET = "10.213.0.0/16"
 HTTP_PORT, P2P_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT = 8080, 4001, 2379, 2380
@@ -202,12 +202,6 @@ class Lab:
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "-n", ns, "addr", "add", f"{s.ip}/16", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
-            # Connections to itself stay direct; every other one to the lab's subnet goes
-            # through the proxy, except the proxy's own (marked) connections.
-            ipt = ["ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp"]
-            sh(*ipt, "-d", s.ip, "-j", "RETURN")
-            sh(*ipt, "-d", SUBNET, "-m", "mark", "!", "--mark", str(wan_proxy.MARK),
-               "-j", "REDIRECT", "--to-ports", str(wan_proxy.PROXY_PORT))
 
     def _add_ns(self, ns):
         sh("ip", "netns", "add", ns)
@@ -231,20 +225,30 @@ class Lab:
         self.slow = set(slow)
 
     def start_proxies(self):
+        """A wan-proxy in every namespace, then the rule that sends it every connection to
+        another namespace (connections to itself stay direct, the proxy's own marked ones
+        go straight out)."""
         self.set_delays()
         for s in self.spaces:
-            p = self.start(s, [sys.executable, os.path.join(HERE, "wan_proxy.py"), "serve",
-                               os.path.join(self.workdir, f"delays-{s.name}.json"), s.ip],
-                           f"proxy-{s.name}.log", stdout=subprocess.PIPE, text=True)
-            if p.stdout.readline().strip() != "ready":
+            p = self.start(s, [self.args.proxy, os.path.join(self.workdir, f"delays-{s.name}.json"),
+                               s.ip], f"proxy-{s.name}.log", stdout=subprocess.PIPE, text=True)
+            m = re.match(r"ready proxy_port (\d+) mark (\d+) echo_port (\d+)$",
+                         p.stdout.readline().strip())
+            if not m:
                 raise RuntimeError(f"the proxy in {self.ns(s)} did not start: "
                                    f"{os.path.join(self.workdir, f'proxy-{s.name}.log')}")
+            port, mark, self.echo_port = m.groups()
             self.proxies[s.name] = p
+            ipt = ["ip", "netns", "exec", self.ns(s), "iptables", "-t", "nat", "-A", "OUTPUT",
+                   "-p", "tcp"]
+            sh(*ipt, "-d", s.ip, "-j", "RETURN")
+            sh(*ipt, "-d", SUBNET, "-m", "mark", "!", "--mark", mark, "-j", "REDIRECT",
+               "--to-ports", port)
 
     def probe(self, src, dsts, count=15):
         out = subprocess.run(
             ["ip", "netns", "exec", self.ns(src), sys.executable,
-             os.path.join(HERE, "wan_proxy.py"), "probe", ",".join(d.ip for d in dsts),
+             os.path.join(HERE, "wan_probe.py"), ",".join(d.ip for d in dsts), self.echo_port,
              str(count)], capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise RuntimeError(f"probe from {src} failed: {out.stderr.strip()}")
@@ -501,6 +505,8 @@ def check_prerequisites(args):
                if shutil.which(tool) is None]
     if not os.access(args.replicator, os.X_OK):
         missing.append(f"{args.replicator} (cargo build --release -p replicator-node)")
+    if not os.access(args.proxy, os.X_OK):
+        missing.append(f"{args.proxy} (cargo build --release -p wan-proxy)")
     if os.geteuid() != 0:
         missing.append("root (network namespaces and iptables need it: run with sudo)")
     if missing:
@@ -662,15 +668,7 @@ def self_test():
     assert expected_rtt_ms(slow, by["r1n2"].ip) == 140 and expected_rtt_ms(slow, by["r1n1"].ip) == 40
     assert rtt_ok(41.5, 40, 1.0) and not rtt_ok(46.0, 40, 1.0) and not rtt_ok(3.5, 0.2, 2.0)
     assert rtt_ok(1.9, 0.2, 2.0)
-    # The proxy: order kept under jitter, delays, lost chunks.
-    assert wan_proxy.next_due(10.0, 0.02, 0.0) == 10.02
-    assert wan_proxy.next_due(10.0, 0.001, 10.05) == 10.05
-    import random
-    rng = random.Random(1)
-    ds = [wan_proxy.chunk_delay_ms(20, 5, 0, 200, rng) for _ in range(500)]
-    assert 20 <= min(ds) and max(ds) <= 25 and statistics.mean(ds) > 21
-    lost = [wan_proxy.chunk_delay_ms(20, 0, 0.1, 200, rng) for _ in range(2000)]
-    assert set(lost) == {20, 220} and 100 < lost.count(220) < 300
+    # (The proxy's own rules, order and delay of chunks, are tested in `cargo test -p wan-proxy`.)
     # wrk's summary line, merged over processes, and percentiles.
     line = ('noise\nWRKJSON {"requests":5,"ok":4,"bad":1,"socket_errors":2,"duration_us":2000000,'
             '"p50_us":1,"p99_us":2,"hist":"1000:2,3000:1,40000:2"}\n')
@@ -716,6 +714,8 @@ def main():
     ap.add_argument("--rtt-tolerance-ms", type=float, default=2.0,
                     help="probed round trips must be within this plus 10 %% of the set ones")
     ap.add_argument("--replicator", default="target/release/replicator")
+    ap.add_argument("--proxy", default="target/release/wan-proxy",
+                    help="the delaying proxy (cargo build --release -p wan-proxy)")
     ap.add_argument("--json", help="also write every run to this file")
     ap.add_argument("--keep", action="store_true", help="keep the logs and data dirs")
     args = ap.parse_args()
