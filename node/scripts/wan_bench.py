@@ -27,7 +27,8 @@ connections; etcd's region has one member):
            then use the two other nodes of their region, etcd's keep their region's member.
 Prints the medians: creates or reads per second, p50 and p99 in every region, errors, the
 proxies' CPU (percent of one core) and server CPU per operation. Every process and namespace
-it made is removed at the end, also on an error or Ctrl-C.
+it made is removed at the end, also on an error, Ctrl-C or SIGTERM (after a SIGKILL:
+`--cleanup`).
 
     sudo python3 node/scripts/wan_bench.py [--quick] [--reps 3] [--duration 8] [--clients 1,16]
         [--region-rtt-ms 40] [--local-rtt-ms 0.2] [--slow-ms 50] [--jitter-ms 0] [--loss 0]
@@ -280,7 +281,9 @@ class Lab:
         return loopback.cpu_seconds([p.pid for p in self.proxies.values()])
 
     def close(self):
-        # Servers first (replicator stops on SIGINT, etcd on SIGTERM), then the proxies.
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short (it is bounded: ~20 s).
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         for p in self.procs:
             if p.poll() is None:
                 try:
@@ -297,15 +300,41 @@ class Lab:
                 except ProcessLookupError:
                     pass
                 p.wait()
-        for ns in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        left = [ns for ns in sh("ip", "netns", "list").split() if ns.startswith(self.prefix + "-")]
+        remove_namespaces(reversed(self.namespaces))
+        left = [ns for ns in list_namespaces() if ns.startswith(self.prefix + "-")]
         if left:
             print(f"wan_bench: could not remove namespaces {left}", file=sys.stderr)
         if self.args.keep:
             print(f"logs kept in {self.workdir}")
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def list_namespaces():
+    return [line.split()[0] for line in sh("ip", "netns", "list").splitlines() if line.strip()]
+
+
+def remove_namespaces(names):
+    """Stops whatever still runs in them, then deletes them."""
+    names = list(names)
+    for ns in names:
+        for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                  text=True).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+    for ns in names:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def cleanup_leftovers():
+    """The namespaces (and their processes) of runs that were killed before cleaning up:
+    wanb<pid>-* whose pid no longer runs."""
+    stale = [ns for ns in list_namespaces()
+             if (m := re.match(r"wanb(\d+)-", ns)) and not os.path.exists(f"/proc/{m.group(1)}")]
+    remove_namespaces(stale)
+    print(f"removed {len(stale)} namespaces left by killed runs" + (f": {stale}" if stale else ""))
 
 
 # ---------------------------------------------------------------- the two systems
@@ -718,9 +747,15 @@ def main():
                     help="the delaying proxy (cargo build --release -p wan-proxy)")
     ap.add_argument("--json", help="also write every run to this file")
     ap.add_argument("--keep", action="store_true", help="keep the logs and data dirs")
+    ap.add_argument("--cleanup", action="store_true",
+                    help="remove what runs killed with SIGKILL left behind (namespaces wanb<pid>-* "
+                         "of pids that no longer run, and their processes), and exit")
     args = ap.parse_args()
     if args.self_test:
         self_test()
+        return
+    if args.cleanup:
+        cleanup_leftovers()
         return
     if args.quick:
         args.reps, args.duration, args.warmup = 1, 4, 2
