@@ -105,8 +105,9 @@ def proxy_config(src, spaces, args, slow=()):
 
 
 def expected_rtt_ms(config, ip):
+    """The set round trip to ip: both one-way delays, plus the mean jitter of two chunks."""
     fwd, back = config["table"][ip]
-    return fwd + back
+    return fwd + back + config["jitter_ms"]
 
 
 def rtt_ok(measured_ms, expected_ms, tolerance_ms):
@@ -695,6 +696,9 @@ def self_test():
     assert expected_rtt_ms(c, by["r0n1"].ip) == 0.2
     slow = proxy_config(by["r0n0"], spaces, A, {"r1n2"})
     assert expected_rtt_ms(slow, by["r1n2"].ip) == 140 and expected_rtt_ms(slow, by["r1n1"].ip) == 40
+    class J(A):
+        jitter_ms = 4
+    assert expected_rtt_ms(proxy_config(by["r0client"], spaces, J), by["r2etcd"].ip) == 44
     assert rtt_ok(41.5, 40, 1.0) and not rtt_ok(46.0, 40, 1.0) and not rtt_ok(3.5, 0.2, 2.0)
     assert rtt_ok(1.9, 0.2, 2.0)
     # (The proxy's own rules, order and delay of chunks, are tested in `cargo test -p wan-proxy`.)
@@ -760,9 +764,8 @@ def main():
     if args.quick:
         args.reps, args.duration, args.warmup = 1, 4, 2
     args.clients = [int(c) for c in args.clients.split(",")]
-    if args.jitter_ms or args.loss:
-        # Jitter and loss widen the probe's spread: allow for them in the check.
-        args.rtt_tolerance_ms += args.jitter_ms * 2
+    # Jitter widens the probe's spread (its mean is in the expected round trip).
+    args.rtt_tolerance_ms += args.jitter_ms
     try:
         run(args)
     except RuntimeError as e:
