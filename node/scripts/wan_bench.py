@@ -18,7 +18,8 @@ TCP echo) and stops if they are off by more than --rtt-tolerance-ms + 10 %.
 
 Then, interleaved (replicator, etcd, replicator, ...) for --reps repetitions of --duration s,
 at every --clients count per region (one wrk per node, each with its share of the region's
-connections; etcd's region has one member):
+connections, or all through the region's first node with --through one; etcd's region has one
+member):
   creates  fresh keys (replicator PUT /store/KEY; etcd a create-if-absent txn)
   reads    keys stored before (replicator GET /store/KEY; etcd range, linearizable and
            serializable)
@@ -615,6 +616,9 @@ def run(args):
         }
         # The slow case: node 2 of every region is slow, so clients use nodes 0 and 1.
         systems["replicator"].slow_urls = [urls[:2] for urls in rep_urls]
+        if args.through == "one":
+            systems["replicator"].region_urls = [urls[:1] for urls in rep_urls]
+            systems["replicator"].slow_urls = [urls[:1] for urls in rep_urls]
         for name in ("etcd", "etcd-serializable"):
             systems[name].slow_urls = etcd_urls
         lua_text = {("replicator", "creates"): loopback.LUA_REPLICATOR,
@@ -735,6 +739,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--clients", default="1,16", help="connections per region")
     ap.add_argument("--cases", default="creates,reads,slow")
+    ap.add_argument("--through", choices=("spread", "one"), default="spread",
+                    help="replicator's clients of a region: spread over its nodes (one wrk "
+                         "per node), or all through its first node")
     ap.add_argument("--region-rtt-ms", type=float, default=40.0)
     ap.add_argument("--local-rtt-ms", type=float, default=0.2)
     ap.add_argument("--slow-ms", type=float, default=50.0,
