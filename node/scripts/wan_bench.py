@@ -57,6 +57,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # no __pycache__ next to the scripts
 import bench_vs_etcd as loopback  # noqa: E402  (its Lua scripts, wrk parsing and percentiles)
 
 SUBNET = "10.213.0.0/16"
