@@ -36,6 +36,14 @@ bench-etcd *ARGS:
     cargo build --release -p replicator-node
     python3 node/scripts/bench_vs_etcd.py {{ARGS}}
 
+# Side by side over a simulated WAN (root; needs iproute2, iptables, wrk and etcd-server; installs
+# nothing): 3 regions x 3 replicator nodes and a 3-member etcd, one member per region, every node
+# in its own network namespace, 40 ms between regions through delaying proxies; creates, reads
+# and a slow node per cluster, per-region p50/p99 (`just wan-bench --quick`: about 2 minutes).
+wan-bench *ARGS:
+    cargo build --release -p replicator-node -p wan-proxy
+    python3 node/scripts/wan_bench.py {{ARGS}}
+
 # End-to-end tests: real replicator processes on loopback.
 e2e:
     cargo test -p replicator-node --test network --test membership --test minority --test operations --test hardening -- --nocapture

@@ -5,7 +5,10 @@ Starts a 3-member etcd (Debian's `etcd-server`) and replicator networks (`replic
 1x3 and 3x3 by default) on 127.0.0.1, then drives each with `wrk` (one fresh key per request:
 a create-if-absent) at 1, 16 and 64 connections, interleaving the systems run by run, and
 prints the median of every figure over the repetitions: creates/s, p50, p99, errors and server
-CPU-ms per create (user+system time of the server processes, from /proc). Before the measured
+CPU-ms per create (user+system time of the server processes, from /proc). Each load at more
+than one client is measured twice (`--targets one,spread`): every connection through the
+system's first node, and the connections spread over every node (one wrk process per node
+with its share; percentiles from the merged latency histograms). Before the measured
 runs every system takes the same unmeasured warm-up load (`--warmup` seconds at 64
 connections): a replicator network reports itself writable as soon as its own cluster is
 complete, while the other clusters are still being discovered and joining, and its first
@@ -14,7 +17,7 @@ missing. Every process it starts is stopped at the end.
 
     python3 node/scripts/bench_vs_etcd.py [--duration 15] [--reps 3] [--clients 1,16,64]
         [--systems etcd,replicator-1x3,replicator-3x3] [--replicator target/release/replicator]
-        [--warmup 5]
+        [--warmup 5] [--targets one,spread]
 """
 
 import argparse
@@ -56,11 +59,18 @@ function done(summary, latency, requests)
     oks = oks + t:get("ok")
     bads = bads + t:get("bad")
   end
+  -- The latency histogram (microseconds:count of every distinct value), so that the runs of
+  -- several wrk processes (one per node) merge into exact percentiles.
+  local hist = {}
+  for i = 1, #latency do
+    local us, count = latency(i)
+    hist[#hist + 1] = string.format("%d:%d", us, count)
+  end
   io.write(string.format(
-    'WRKJSON {"requests":%d,"ok":%d,"bad":%d,"socket_errors":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d}\n',
+    'WRKJSON {"requests":%d,"ok":%d,"bad":%d,"socket_errors":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"hist":"%s"}\n',
     summary.requests, oks, bads,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.duration, latency:percentile(50), latency:percentile(99)))
+    summary.duration, latency:percentile(50), latency:percentile(99), table.concat(hist, ",")))
 end
 """
 
@@ -73,7 +83,8 @@ end
 function is_ok(status, body) return status == 201 end
 """
 
-LUA_ETCD = LUA_COMMON + r"""
+# base64 for etcd's JSON gateway, which takes keys and values base64-encoded.
+LUA_B64 = r"""
 local b64chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
 local function b64(data)
   return ((data:gsub('.', function(x)
@@ -87,6 +98,9 @@ local function b64(data)
     return b64chars:sub(c + 1, c + 1)
   end) .. ({ '', '==', '=' })[#data % 3 + 1])
 end
+"""
+
+LUA_ETCD = LUA_COMMON + LUA_B64 + r"""
 function request()
   n = n + 1
   local key = b64(string.format("bench-%s-%d-%d", nonce, tid, n))
@@ -154,8 +168,9 @@ def cpu_seconds(pids):
 
 
 class System:
-    def __init__(self, name, url, lua, procs):
-        self.name, self.url, self.lua, self.procs = name, url, lua, procs
+    def __init__(self, name, urls, lua, procs):
+        # urls: every node's client URL; "one node" runs use the first.
+        self.name, self.urls, self.lua, self.procs = name, urls, lua, procs
 
     def server_pids(self):
         pids = []
@@ -182,9 +197,9 @@ def start_etcd(workdir, base_port):
              "--initial-cluster", cluster, "--initial-cluster-state", "new",
              "--initial-cluster-token", f"bench-{os.getpid()}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-    url = f"http://127.0.0.1:{base_port}"
-    wait_until(lambda: http_ok(url + "/health"), 60, "etcd to be healthy")
-    return System("etcd", url, LUA_ETCD, members)
+    urls = [f"http://127.0.0.1:{base_port + 2 * i}" for i in range(3)]
+    wait_until(lambda: all(http_ok(u + "/health") for u in urls), 60, "etcd to be healthy")
+    return System("etcd", urls, LUA_ETCD, members)
 
 
 def start_replicator(exe, workdir, clusters, http_port):
@@ -205,28 +220,88 @@ def start_replicator(exe, workdir, clusters, http_port):
         return (health.get("writable") is True and health.get("members") == len(nodes)
                 and all(http_ok(n + "/health") for n in nodes))
     wait_until(writable, 180, f"replicator {clusters}x3 to accept writes")
-    return System(f"replicator-{clusters}x3", nodes[0], LUA_REPLICATOR, [demo])
+    return System(f"replicator-{clusters}x3", nodes, LUA_REPLICATOR, [demo])
 
 
-def run_wrk(system, clients, duration, lua_path, nonce):
-    threads = min(clients, 2)
-    cmd = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{duration}s",
-           "--latency", "-s", lua_path, system.url, "--", nonce]
+def parse_wrk(stdout):
+    """One wrk run's WRKJSON line: answers, errors, seconds and its latency histogram
+    ({microseconds: count}); None if wrk printed none."""
+    line = next((l for l in stdout.splitlines() if l.startswith("WRKJSON ")), None)
+    if line is None:
+        return None
+    r = json.loads(line[len("WRKJSON "):])
+    hist = {}
+    for pair in filter(None, r["hist"].split(",")):
+        us, count = pair.split(":")
+        hist[int(us)] = hist.get(int(us), 0) + int(count)
+    return {"ok": r["ok"], "errors": r["bad"] + r["socket_errors"],
+            "seconds": r["duration_us"] / 1e6, "hist": hist}
+
+
+def merge_runs(runs):
+    """wrk runs made side by side (one per node) as one: summed answers and histograms over
+    the longest of their durations."""
+    hist = {}
+    for r in runs:
+        for us, count in r["hist"].items():
+            hist[us] = hist.get(us, 0) + count
+    return {"ok": sum(r["ok"] for r in runs), "errors": sum(r["errors"] for r in runs),
+            "seconds": max(r["seconds"] for r in runs), "hist": hist}
+
+
+def percentile_ms(hist, p):
+    """The smallest latency that p percent of the requests did not exceed (nan if none)."""
+    total = sum(hist.values())
+    if total == 0:
+        return float("nan")
+    rank = max(1, -(-p * total // 100))  # ceil(p% of total), at least the first request
+    seen = 0
+    for us in sorted(hist):
+        seen += hist[us]
+        if seen >= rank:
+            return us / 1000
+    return max(hist) / 1000
+
+
+def shares(clients, targets):
+    """clients connections over `targets` nodes as evenly as possible, none left without
+    work: 16 over 3 -> [6, 5, 5], 1 over 3 -> [1]."""
+    n = min(clients, targets)
+    return [clients // n + (1 if i < clients % n else 0) for i in range(n)]
+
+
+def wrk_command(url, connections, duration, lua_path, nonce, threads):
+    return ["wrk", "-t", str(min(connections, threads)), "-c", str(connections),
+            "-d", f"{duration}s", "--timeout", "10s", "--latency", "-s", lua_path, url,
+            "--", nonce]
+
+
+def run_wrk(system, clients, duration, lua_path, nonce, spread=False):
+    """One measured run: through the system's first node, or (spread) one wrk process per
+    node with its share of the connections, all at once."""
+    urls = system.urls if spread else system.urls[:1]
+    conns = shares(clients, len(urls))
+    threads = 1 if len(conns) > 1 else 2
     pids = system.server_pids()
     cpu0 = cpu_seconds(pids)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    procs = [subprocess.Popen(wrk_command(u, c, duration, lua_path, f"{nonce}n{i}", threads),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, (u, c) in enumerate(zip(urls, conns))]
+    runs = []
+    for p in procs:
+        out, err = p.communicate(timeout=duration + 60)
+        r = parse_wrk(out)
+        if r is None:
+            die(f"wrk printed no summary for {system.name}: {out}\n{err}")
+        runs.append(r)
     cpu1 = cpu_seconds(pids)
-    line = next((l for l in out.stdout.splitlines() if l.startswith("WRKJSON ")), None)
-    if line is None:
-        die(f"wrk printed no summary for {system.name}: {out.stdout}\n{out.stderr}")
-    r = json.loads(line[len("WRKJSON "):])
-    seconds = r["duration_us"] / 1e6
+    r = merge_runs(runs)
     ok = r["ok"]
     return {
-        "ops": ok / seconds,
-        "p50_ms": r["p50_us"] / 1000,
-        "p99_ms": r["p99_us"] / 1000,
-        "errors": r["bad"] + r["socket_errors"],
+        "ops": ok / r["seconds"],
+        "p50_ms": percentile_ms(r["hist"], 50),
+        "p99_ms": percentile_ms(r["hist"], 99),
+        "errors": r["errors"],
         "cpu_ms_per_op": (cpu1 - cpu0) * 1000 / ok if ok else float("nan"),
     }
 
@@ -241,9 +316,17 @@ def main():
     ap.add_argument("--json", help="also write every run to this file")
     ap.add_argument("--warmup", type=int, default=5,
                     help="seconds of unmeasured load per system before the measured runs")
+    ap.add_argument("--targets", default="one,spread",
+                    help="one: every client through the system's first node; spread: the "
+                         "clients spread over every node (one wrk per node with its share of "
+                         "the connections). Runs with one client are the same either way and "
+                         "are made once")
     args = ap.parse_args()
     systems = args.systems.split(",")
     clients = [int(c) for c in args.clients.split(",")]
+    targets = args.targets.split(",")
+    if not targets or any(t not in ("one", "spread") for t in targets):
+        die(f"--targets takes one, spread or one,spread, not {args.targets}")
 
     missing = [tool for tool, pkg in (("wrk", "wrk"), ("etcd", "etcd-server"))
                if (tool != "etcd" or "etcd" in systems) and shutil.which(tool) is None]
@@ -276,18 +359,19 @@ def main():
         results = {}
         for rep in range(args.reps):
             for c in clients:
-                for s in running:  # interleaved: every system once per (rep, clients)
-                    nonce = f"{os.getpid()}r{rep}c{c}"
-                    r = run_wrk(s, c, args.duration, lua[s.name], nonce)
-                    results.setdefault((s.name, c), []).append(r)
-                    print(f"rep {rep + 1}/{args.reps} {s.name:<16} {c:>3} clients: "
-                          f"{r['ops']:8.0f} creates/s p50 {r['p50_ms']:7.1f} ms "
-                          f"p99 {r['p99_ms']:7.1f} ms errors {r['errors']:4d} "
-                          f"cpu {r['cpu_ms_per_op']:6.2f} ms/op", flush=True)
-        print_table(results, running, clients, args)
+                for t in runs_of(targets, c):
+                    for s in running:  # interleaved: every system once per (rep, clients, targets)
+                        nonce = f"{os.getpid()}r{rep}c{c}{t}"
+                        r = run_wrk(s, c, args.duration, lua[s.name], nonce, spread=t == "spread")
+                        results.setdefault((s.name, c, t), []).append(r)
+                        print(f"rep {rep + 1}/{args.reps} {s.name:<16} {c:>3} clients {t:<6}: "
+                              f"{r['ops']:8.0f} creates/s p50 {r['p50_ms']:7.1f} ms "
+                              f"p99 {r['p99_ms']:7.1f} ms errors {r['errors']:4d} "
+                              f"cpu {r['cpu_ms_per_op']:6.2f} ms/op", flush=True)
+        print_table(results, running, clients, targets, args)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({f"{k[0]}@{k[1]}": v for k, v in results.items()}, f, indent=1)
+                json.dump({f"{k[0]}@{k[1]}@{k[2]}": v for k, v in results.items()}, f, indent=1)
     finally:
         for s in running:
             for p in s.procs:
@@ -304,21 +388,31 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def print_table(results, running, clients, args):
+def runs_of(targets, clients):
+    """The target modes measured at this many clients: one client is one node either way."""
+    return targets[:1] if clients == 1 else targets
+
+
+TARGET_LABEL = {"one": "one node", "spread": "every node"}
+
+
+def print_table(results, running, clients, targets, args):
     med = lambda rs, k: statistics.median(r[k] for r in rs)
     print()
     print(f"medians of {args.reps} interleaved runs of {args.duration} s, "
           f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
-    print("| system | clients | creates/s | p50 ms | p99 ms | errors | server CPU-ms per create | creates/s vs etcd |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| system | clients | through | creates/s | p50 ms | p99 ms | errors | server CPU-ms per create | creates/s vs etcd |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for c in clients:
-        base = results.get(("etcd", c))
-        for s in running:
-            rs = results[(s.name, c)]
-            ratio = f"{med(rs, 'ops') / med(base, 'ops'):.2f}x" if base else "-"
-            print(f"| {s.name} | {c} | {med(rs, 'ops'):.0f} | {med(rs, 'p50_ms'):.1f} | "
-                  f"{med(rs, 'p99_ms'):.1f} | {med(rs, 'errors'):.0f} | "
-                  f"{med(rs, 'cpu_ms_per_op'):.2f} | {ratio} |")
+        for t in runs_of(targets, c):
+            base = results.get(("etcd", c, t))
+            for s in running:
+                rs = results[(s.name, c, t)]
+                ratio = f"{med(rs, 'ops') / med(base, 'ops'):.2f}x" if base else "-"
+                through = TARGET_LABEL[t] if c > 1 else "one node"
+                print(f"| {s.name} | {c} | {through} | {med(rs, 'ops'):.0f} | "
+                      f"{med(rs, 'p50_ms'):.1f} | {med(rs, 'p99_ms'):.1f} | "
+                      f"{med(rs, 'errors'):.0f} | {med(rs, 'cpu_ms_per_op'):.2f} | {ratio} |")
 
 
 if __name__ == "__main__":
