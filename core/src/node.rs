@@ -9,6 +9,7 @@ mod contention;
 mod coordinator;
 mod fanout;
 mod health;
+mod lateness;
 mod learner;
 mod leave;
 mod members;

@@ -31,6 +31,7 @@ use crate::wire::{Answer, Message, Request};
 use super::contention::{self, Met};
 use super::fanout::{self, Peers};
 use super::health::Health;
+use super::lateness::Lateness;
 use super::{Env, InjectedBug, exponential};
 
 pub(crate) struct Proposer {
@@ -39,6 +40,8 @@ pub(crate) struct Proposer {
     /// How long a ballot's phase 2 (or the fast round) takes here, smoothed: the time another
     /// proposer needs to finish, which one that is behind it waits for.
     phase_two: Duration,
+    /// Recent fast rounds' answer times: who made a fast round wait (suspected then).
+    lateness: Lateness,
 }
 
 /// A proposer puts off its next ballot for another node's higher one at most this many times
@@ -122,7 +125,8 @@ struct Rep {
 
 enum Step {
     Fast {
-        accepted: BTreeSet<NodeId>,
+        /// Who accepted, and when the acceptance arrived (to tell the late ones).
+        accepted: BTreeMap<NodeId, Time>,
         /// A majority of every cluster has accepted: the rest get a grace period.
         majority: bool,
     },
@@ -209,6 +213,7 @@ impl Proposer {
                 block,
             },
             phase_two,
+            lateness: Lateness::default(),
         }
     }
 
@@ -384,7 +389,7 @@ impl Proposer {
         r.deferrals = 0;
         if fast {
             r.step = Step::Fast {
-                accepted: BTreeSet::new(),
+                accepted: BTreeMap::new(),
                 majority: false,
             };
             r.own_left = true;
@@ -565,20 +570,40 @@ impl Proposer {
             }
             Answer::Accepted => match &mut r.step {
                 Step::Fast { accepted, majority } => {
-                    accepted.insert(node.clone());
-                    let everyone = quorum::everyone(&r.participants, |n| accepted.contains(n))
+                    accepted.entry(node.clone()).or_insert(env.now);
+                    let everyone = quorum::everyone(&r.participants, |n| accepted.contains_key(n))
                         || (env.bug(InjectedBug::FastRoundAllButOne)
                             && r.participants.len() > 1
                             && accepted.len() + 1 >= r.participants.len());
                     if everyone {
-                        for n in accepted.iter() {
-                            health.vouch(n);
+                        // The fast round waited for every answer: the late ones are suspected
+                        // (the next creates go without them), the others answered in time.
+                        let late = self.lateness.judge(
+                            &r.participants,
+                            &env.cluster,
+                            accepted,
+                            r.attempt_started,
+                            env.config.fast_grace_min,
+                        );
+                        let late_reps = late
+                            .clusters
+                            .iter()
+                            .filter_map(|c| r.reps.get(c).and_then(|rep| rep.current.as_ref()));
+                        let slow: BTreeSet<&NodeId> = late.nodes.iter().chain(late_reps).collect();
+                        for n in accepted.keys() {
+                            if slow.contains(n) {
+                                health.suspect(n, env.now, env.config.suspect_for);
+                            } else {
+                                health.vouch(n);
+                            }
                         }
                         let own = r.own.clone().expect("the fast round carries its own value");
                         return Some(self.finish(env, key, own, Some(Ballot::FAST)));
                     }
                     if !*majority
-                        && quorum::every_cluster_majority(&r.participants, |n| accepted.contains(n))
+                        && quorum::every_cluster_majority(&r.participants, |n| {
+                            accepted.contains_key(n)
+                        })
                     {
                         *majority = true;
                         let took = env.now.since(r.attempt_started);
