@@ -20,7 +20,27 @@ if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$ST_VERSION"; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet "schemathesis==$ST_VERSION"
 fi
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# The demo's nodes listen on PORT, PORT+1 and PORT+2: three free ports below the kernel's
+# ephemeral range (32768 and up), where an outgoing connection could take one first.
+PORT=$(python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    base = random.randint(20000, 32700)
+    socks = []
+    try:
+        for p in range(base, base + 3):
+            s = socket.socket()
+            s.bind(("127.0.0.1", p))
+            socks.append(s)
+        print(base)
+        break
+    except OSError:
+        pass
+    finally:
+        for s in socks:
+            s.close()
+PY
+)
 D=$(mktemp -d /tmp/replicator-fuzz.XXXXXX)
 DEMO=
 SOLO=
@@ -51,7 +71,12 @@ echo "== a 1 x 3 demo network, the fuzzer without the token"
 "$B" demo --clusters 1 --nodes-per-cluster 3 --http-port "$PORT" --data-dir "$D/net" > "$D/demo.out" 2>&1 &
 DEMO=$!
 for _ in $(seq 120); do grep -q "Ctrl-C stops" "$D/demo.out" 2>/dev/null && break; sleep 0.5; done
-grep -q "Ctrl-C stops" "$D/demo.out" || { cat "$D/demo.out"; echo "FAIL: the demo did not start"; exit 1; }
+grep -q "Ctrl-C stops" "$D/demo.out" || {
+  cat "$D/demo.out"
+  for log in "$D"/net/*.log; do echo "--- $log"; tail -n 20 "$log"; done
+  echo "FAIL: the demo did not start"
+  exit 1
+}
 for _ in $(seq 60); do
   curl -s "http://127.0.0.1:$PORT/health" | grep -q '"writable":true' && break
   sleep 0.5

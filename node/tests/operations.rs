@@ -155,10 +155,7 @@ fn a_removed_node_restarted_without_bootstrap_learns_it() {
 fn the_demos_ctrl_c_stops_nodes_that_come_back_as_members() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("demo");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port_run(3);
     let nodes: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", port + i)).collect();
     let demo = || {
         let mut child = Command::new(BIN)

@@ -75,9 +75,11 @@ def wait_for(what, timeout, f, interval=0.2):
 
 
 def free_port_base(count):
-    """A port such that port .. port+count-1 are all free on 127.0.0.1 now."""
+    """A port such that port .. port+count-1 are all free on 127.0.0.1 now, below the
+    kernel's ephemeral range (32768 and up), where an outgoing connection could take one of
+    them before the node binds it."""
     for _ in range(200):
-        base = random.randint(20000, 60000 - count)
+        base = random.randint(20000, 32767 - count)
         socks = []
         try:
             for p in range(base, base + count):

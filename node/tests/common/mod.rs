@@ -417,3 +417,25 @@ pub fn read_lines_until(stdout: std::process::ChildStdout, until: &str) -> Vec<S
     }
     panic!("no line with {until:?}: {lines:?}");
 }
+
+/// A port such that `port .. port + count` are all free on 127.0.0.1 now, below the kernel's
+/// ephemeral range (32768 and up), where an outgoing connection could take one of them before
+/// a node binds it (the demo's nodes listen on consecutive ports).
+pub fn free_port_run(count: u16) -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        ^ u64::from(std::process::id());
+    for attempt in 0..500u64 {
+        let base =
+            20_000 + ((seed.wrapping_mul(6364136223846793005) ^ (attempt * 7919)) % 12_000) as u16;
+        let bound: Vec<_> = (base..base + count)
+            .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if bound.len() == usize::from(count) {
+            return base;
+        }
+    }
+    panic!("no run of {count} free ports below 32768");
+}
