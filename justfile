@@ -36,6 +36,13 @@ bench-etcd *ARGS:
     cargo build --release -p replicator-node
     python3 node/scripts/bench_vs_etcd.py {{ARGS}}
 
+# What N stored keys cost one node today (needs Debian's wrk; installs nothing): a 1x3 network
+# filled with N keys, each node's memory and disk, a restart's time to writable, cold and warm
+# GETs, creates against an empty network (`just capacity-bench --quick`: N = 50,000).
+capacity-bench *ARGS:
+    cargo build --release -p replicator-node
+    python3 node/scripts/capacity_bench.py {{ARGS}}
+
 # End-to-end tests: real replicator processes on loopback.
 e2e:
     cargo test -p replicator-node --test network --test membership --test minority --test operations --test hardening -- --nocapture
