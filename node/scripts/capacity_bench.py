@@ -339,9 +339,13 @@ class Node:
                 parse_banner(line, banner)
                 if "http" in banner:
                     got_http.set()
+            got_http.set()  # the node exited: no need to wait any longer
         threading.Thread(target=read, daemon=True).start()
-        if not got_http.wait(60):
-            raise BenchError(f"node {self.index} printed no banner in 60 s; log: {self.log_path}")
+        if not got_http.wait(60) or "http" not in banner:
+            code = self.proc.poll()
+            raise BenchError(f"node {self.index} printed no banner "
+                             f"({'exit code ' + str(code) if code is not None else 'in 60 s'}); "
+                             f"command: {' '.join(self.cmd)}; log: {self.log_path} (--keep keeps it)")
 
     def health(self):
         try:
@@ -766,8 +770,10 @@ def main():
         print(f"capacity_bench: {args.replicator} not found: build it with "
               "`cargo build --release -p replicator-node`", file=sys.stderr)
         sys.exit(2)
-    # SIGTERM ends the run like Ctrl-C: the `finally` stops every process it started.
+    # SIGTERM and SIGINT end the run through the `finally` that stops every process it started
+    # (SIGINT set explicitly: a shell that starts this in the background ignores it).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
     try:
         report = run(args)
     except BenchError as e:
