@@ -36,9 +36,9 @@ bench-etcd *ARGS:
     cargo build --release -p replicator-node
     python3 node/scripts/bench_vs_etcd.py {{ARGS}}
 
-# What N stored keys cost one node today (needs Debian's wrk; installs nothing): a 1x3 network
-# filled with N keys, each node's memory and disk, a restart's time to writable, cold and warm
-# GETs, creates against an empty network (`just capacity-bench --quick`: N = 50,000).
+# Fills a 1x3 network with N keys (needs Debian's wrk; installs nothing) and measures each node's
+# memory and disk, a restart's time to writable, cold and warm GETs, creates vs an empty network.
+# What N stored keys cost one node today (`just capacity-bench --quick`: N = 50,000).
 capacity-bench *ARGS:
     cargo build --release -p replicator-node
     python3 node/scripts/capacity_bench.py {{ARGS}}
