@@ -345,7 +345,8 @@ class Node:
             code = self.proc.poll()
             raise BenchError(f"node {self.index} printed no banner "
                              f"({'exit code ' + str(code) if code is not None else 'in 60 s'}); "
-                             f"command: {' '.join(self.cmd)}; log: {self.log_path} (--keep keeps it)")
+                             f"command: {' '.join(self.cmd)}; "
+                             f"log: {self.log_path} (--keep keeps it)")
 
     def health(self):
         try:
@@ -483,13 +484,13 @@ def summarize(runs, seconds, cpu_s):
 # Phases
 
 
-def measure_creates(net, wrk, args, lua, tag):
+def measure_creates(net, wrk, args, lua, tag, seconds):
     nonce = f"{os.getpid()}{tag}"
     pids = net.pids()
     cpu0 = cpu_seconds(pids)
-    wrk.start(net.nodes, args.clients, args.duration, lua,
+    wrk.start(net.nodes, args.clients, seconds, lua,
               [[f"{nonce}n{n.index}", str(args.value_bytes)] for n in net.nodes])
-    runs = wrk.results(timeout=args.duration + 60)
+    runs = wrk.results(timeout=seconds + 60)
     cpu = cpu_seconds(pids) - cpu0
     return summarize(runs, max(r["duration_us"] for r in runs) / 1e6, cpu)
 
@@ -625,12 +626,10 @@ def run(args):
         empty.start()
         report["empty_idle"] = [node_footprint(n) for n in empty.nodes]
         if args.warmup > 0:
-            saved = args.duration
-            args.duration = args.warmup
-            measure_creates(empty, wrk, args, lua["create"], "warmup")
-            args.duration = saved
+            measure_creates(empty, wrk, args, lua["create"], "warmup", args.warmup)
         warmup_keys = empty.nodes[0].health()["keys_stored"]
-        report["creates_empty"] = measure_creates(empty, wrk, args, lua["create"], "empty")
+        report["creates_empty"] = measure_creates(empty, wrk, args, lua["create"], "empty",
+                                                  args.duration)
         report["creates_empty"]["keys_before"] = warmup_keys
         report["empty_after"] = [node_footprint(n) for n in empty.nodes]
         print_creates("empty", report["creates_empty"])
@@ -659,7 +658,8 @@ def run(args):
                    "every node caught up after the restart", every=0.5)
         wait_until(lambda: all((n.health() or {}).get("writable") is True for n in net.nodes),
                    300, "every node writable after the restart", every=0.5)
-        report["creates_full"] = measure_creates(net, wrk, args, lua["create"], "full")
+        report["creates_full"] = measure_creates(net, wrk, args, lua["create"], "full",
+                                                 args.duration)
         print_creates("full", report["creates_full"])
         net.stop()
     finally:
@@ -694,7 +694,8 @@ def print_tables(report):
           f"{report['cores']} cores")
     print()
     print(f"Fill ({report['clients']} clients over 3 nodes): {f['seconds']:.0f} s, "
-          f"{f['per_s']:,.0f} creates/s, errors {f['errors']}, server CPU {f['cpu_ms_per_op']:.2f} ms per create, "
+          f"{f['per_s']:,.0f} creates/s, errors {f['errors']}, "
+          f"server CPU {f['cpu_ms_per_op']:.2f} ms per create, "
           f"stored {'/'.join(f'{k:,}' for k in f['stored'])}")
     print()
     raw = n * s
