@@ -14,13 +14,15 @@ It starts a 1x3 network of real `replicator run` processes on 127.0.0.1 in a tem
    until `/health` says writable and until it serves a stored key; its memory after it;
 5. on the restarted node: GET p50/p99 of random stored keys never read since the restart
    (cold), then of the same keys again (warm), one client;
-6. creates/s, p50 and p99 as in 1, now with the N keys stored, against the empty network.
+6. creates/s, p50 and p99 as in 1, now with the N keys stored, against the empty network:
+   `--reps` runs on the full network, each after one on another fresh empty network (the
+   first is 1.), so that a change in the machine's load does not fall on one side; medians.
 
 Needs Debian's `wrk` (installs nothing: it says what is missing). Every process it starts is
 stopped at the end, also on failure or Ctrl-C.
 
     python3 node/scripts/capacity_bench.py [--keys 1000000] [--value-bytes 1024] [--clients 64]
-        [--duration 10] [--quick] [--json FILE] [--replicator target/release/replicator]
+        [--duration 10] [--reps 3] [--quick] [--json FILE] [--replicator target/release/replicator]
     python3 node/scripts/capacity_bench.py --self-test
 """
 
@@ -247,6 +249,9 @@ def self_test():
     status = "Name:\treplicator\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\nThreads:\t9\n"
     check("proc status", parse_proc_status(status),
           {"VmRSS": 100 * 1024 * 1024, "VmHWM": 200 * 1024 * 1024})
+    check("median of 3 runs", median_run([{"a": 3, "b": 1}, {"a": 1, "b": 5}, {"a": 2, "b": 9}]),
+          {"a": 2, "b": 5})
+    check("median of 2 runs", median_run([{"a": 1}, {"a": 4}]), {"a": 2.5})
     check("64 clients over 3", split_clients(64, 3), [22, 21, 21])
     check("3 clients over 3", split_clients(3, 3), [1, 1, 1])
     for keys in (0, 1, 2, 3, 10, 1000, 1001):
@@ -606,6 +611,33 @@ def timed_gets(node, indices):
             "p50_ms": percentile(hist, 50) / 1000, "p99_ms": percentile(hist, 99) / 1000}
 
 
+def measure_empty(args, wrk, lua, workdir, rep, networks):
+    """Creates on a fresh, empty network (after the warm-up), which is then stopped."""
+    empty = Network(args.replicator, os.path.join(workdir, f"empty-{rep}"))
+    networks.append(empty)
+    empty.start()
+    idle = [node_footprint(n) for n in empty.nodes]
+    if args.warmup > 0:
+        measure_creates(empty, wrk, args, lua, f"warmup{rep}", args.warmup)
+    warmup_keys = empty.nodes[0].health()["keys_stored"]
+    result = measure_creates(empty, wrk, args, lua, f"empty{rep}", args.duration)
+    result["keys_before"] = warmup_keys
+    print_creates(f"empty network {rep + 1}/{args.reps}", result)
+    empty.stop()
+    shutil.rmtree(empty.workdir, ignore_errors=True)
+    return result, idle
+
+
+def median_run(runs):
+    """Per figure, the median over the runs (the middle one, or the mean of the two middle)."""
+    out = {}
+    for k in runs[0]:
+        values = sorted(r[k] for r in runs)
+        mid = len(values) // 2
+        out[k] = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return out
+
+
 def run(args):
     workdir = tempfile.mkdtemp(prefix="capacity-bench-")
     lua = {}
@@ -621,19 +653,10 @@ def run(args):
     try:
         print(f"empty network: {args.clients} clients, {args.warmup} s warm-up, "
               f"{args.duration} s measured", flush=True)
-        empty = Network(args.replicator, os.path.join(workdir, "empty"))
-        networks.append(empty)
-        empty.start()
-        report["empty_idle"] = [node_footprint(n) for n in empty.nodes]
-        if args.warmup > 0:
-            measure_creates(empty, wrk, args, lua["create"], "warmup", args.warmup)
-        warmup_keys = empty.nodes[0].health()["keys_stored"]
-        report["creates_empty"] = measure_creates(empty, wrk, args, lua["create"], "empty",
-                                                  args.duration)
-        report["creates_empty"]["keys_before"] = warmup_keys
-        report["empty_after"] = [node_footprint(n) for n in empty.nodes]
-        print_creates("empty", report["creates_empty"])
-        empty.stop()
+        empties = []
+        first_empty, report["empty_idle"] = measure_empty(args, wrk, lua["create"], workdir, 0,
+                                                          networks)
+        empties.append(first_empty)
 
         print(f"fill: {args.keys:,} keys of {args.value_bytes} bytes, {args.clients} clients",
               flush=True)
@@ -658,9 +681,19 @@ def run(args):
                    "every node caught up after the restart", every=0.5)
         wait_until(lambda: all((n.health() or {}).get("writable") is True for n in net.nodes),
                    300, "every node writable after the restart", every=0.5)
-        report["creates_full"] = measure_creates(net, wrk, args, lua["create"], "full",
-                                                 args.duration)
-        print_creates("full", report["creates_full"])
+        # Empty and full measured in turn, each empty one on a fresh network, so that a change
+        # in the machine's load does not fall on one side only; medians over --reps.
+        fulls = []
+        for rep in range(args.reps):
+            if rep > 0:
+                empties.append(measure_empty(args, wrk, lua["create"], workdir, rep,
+                                             networks)[0])
+            fulls.append(measure_creates(net, wrk, args, lua["create"], f"full{rep}",
+                                         args.duration))
+            print_creates(f"{args.keys:,} keys stored {rep + 1}/{args.reps}", fulls[-1])
+        report["creates_empty_runs"], report["creates_full_runs"] = empties, fulls
+        report["creates_empty"] = median_run(empties)
+        report["creates_full"] = median_run(fulls)
         net.stop()
     finally:
         wrk.kill()
@@ -728,13 +761,15 @@ def print_tables(report):
           f"{w['p99_ms']:.2f} | {w['wrong']} |")
     e, l = report["creates_empty"], report["creates_full"]
     print()
-    print(f"| creates, {report['clients']} clients, {report['duration_s']} s | creates/s | "
+    reps = len(report["creates_full_runs"])
+    print(f"| creates, {report['clients']} clients, {report['duration_s']} s, "
+          f"medians of {reps} runs in turn | creates/s | "
           f"p50 ms | p99 ms | errors | server CPU-ms per create |")
     print("|---|---|---|---|---|---|")
-    for name, x in ((f"empty network ({e['keys_before']:,} warm-up keys)", e),
+    for name, x in ((f"fresh empty network ({e['keys_before']:,.0f} warm-up keys)", e),
                     (f"{n:,} keys stored", l)):
         print(f"| {name} | {x['per_s']:,.0f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | "
-              f"{x['errors']} | {x['cpu_ms_per_op']:.2f} |")
+              f"{x['errors']:.0f} | {x['cpu_ms_per_op']:.2f} |")
     print(f"| stored / empty | {l['per_s'] / e['per_s']:.2f}x | "
           f"{l['p50_ms'] / e['p50_ms']:.2f}x | {l['p99_ms'] / e['p99_ms']:.2f}x | | |")
 
@@ -746,6 +781,8 @@ def main():
     ap.add_argument("--clients", type=int, default=64,
                     help="connections of the fill and of the create runs, over the 3 nodes")
     ap.add_argument("--duration", type=int, default=10, help="seconds of each create run")
+    ap.add_argument("--reps", type=int, default=3,
+                    help="create runs on the full network, each after one on a fresh empty one")
     ap.add_argument("--warmup", type=int, default=3,
                     help="seconds of unmeasured creates on the empty network first")
     ap.add_argument("--get-samples", type=int, default=2000,
@@ -762,8 +799,8 @@ def main():
         sys.exit(self_test())
     if args.quick:
         args.keys = 50_000
-    if args.keys < 1 or not 16 <= args.value_bytes <= 65536:
-        ap.error("--keys must be at least 1 and --value-bytes within 16..65536")
+    if args.keys < 1 or args.reps < 1 or not 16 <= args.value_bytes <= 65536:
+        ap.error("--keys and --reps must be at least 1 and --value-bytes within 16..65536")
     if shutil.which("wrk") is None:
         print("capacity_bench: missing: wrk (Debian: apt-get install wrk)", file=sys.stderr)
         sys.exit(2)
