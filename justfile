@@ -44,6 +44,13 @@ wan-bench *ARGS:
     cargo build --release -p replicator-node -p wan-proxy
     python3 node/scripts/wan_bench.py {{ARGS}}
 
+# Fills a 1x3 network with N keys (needs Debian's wrk; installs nothing) and measures each node's
+# memory and disk, a restart's time to writable, cold and warm GETs, creates vs an empty network.
+# What N stored keys cost one node today (`just capacity-bench --quick`: N = 50,000).
+capacity-bench *ARGS:
+    cargo build --release -p replicator-node
+    python3 node/scripts/capacity_bench.py {{ARGS}}
+
 # End-to-end tests: real replicator processes on loopback.
 e2e:
     cargo test -p replicator-node --test network --test membership --test minority --test operations --test hardening -- --nocapture
