@@ -12,9 +12,9 @@ test:
 sim SEED:
     SIM_SEED={{SEED}} cargo test -p sim-tests replay -- --nocapture
 
-# One simulator seed as a picture: a self-contained HTML page of its messages, faults and
-# violation (`just trace-html 17`, `just trace-html 0 --bug AcceptBelowPromise`), next to its
-# trace in target/sim-traces/. Prints its path (alone on stdout).
+# `just trace-html 17`, `just trace-html 0 --bug AcceptBelowPromise`: the page goes next to the
+# seed's trace in target/sim-traces/ and its path is printed (alone on stdout).
+# One simulator seed as a picture: an HTML page of its messages, faults and violation.
 trace-html SEED *ARGS:
     cargo run --release -p sim-tests --bin sim -- trace {{SEED}} {{ARGS}}
 
@@ -36,10 +36,11 @@ bench-etcd *ARGS:
     cargo build --release -p replicator-node
     python3 node/scripts/bench_vs_etcd.py {{ARGS}}
 
-# Side by side over a simulated WAN (root; needs iproute2, iptables, wrk and etcd-server; installs
-# nothing): 3 regions x 3 replicator nodes and a 3-member etcd, one member per region, every node
-# in its own network namespace, 40 ms between regions through delaying proxies; creates, reads
-# and a slow node per cluster, per-region p50/p99 (`just wan-bench --quick`: about 2 minutes).
+# Root; needs iproute2, iptables, wrk and etcd-server; installs nothing. 3 regions x 3 replicator
+# nodes and a 3-member etcd, one member per region, every node in its own network namespace,
+# 40 ms between regions through delaying proxies; creates, reads and a slow node per cluster,
+# per-region p50/p99 (`just wan-bench --quick`: about 2 minutes).
+# Side by side with etcd over a simulated WAN: three regions 40 ms apart.
 wan-bench *ARGS:
     cargo build --release -p replicator-node -p wan-proxy
     python3 node/scripts/wan_bench.py {{ARGS}}
@@ -53,7 +54,7 @@ capacity-bench *ARGS:
 
 # End-to-end tests: real replicator processes on loopback.
 e2e:
-    cargo test -p replicator-node --test network --test membership --test minority --test operations --test hardening -- --nocapture
+    cargo test -p replicator-node --test network --test membership --test minority --test operations --test hardening --test dashboard -- --nocapture
 
 # schemathesis (pinned, installed into target/) against a 1 x 3 demo: the API matches openapi.json.
 api-fuzz:
@@ -86,7 +87,7 @@ race-bench *ARGS:
     cargo build --release -p replicator-node
     python3 node/scripts/race_bench.py {{ARGS}}
 
-# Browser tests (headless Chromium + Selenium): a seed's picture and a node's dashboard.
 # Installs Debian's chromium, chromium-driver and python3-selenium if missing (as root; says so).
+# Browser tests (headless Chromium + Selenium): a seed's picture and a node's dashboard.
 browser:
     bash .ci/browser-tests.sh
