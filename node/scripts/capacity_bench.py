@@ -40,7 +40,10 @@ import tempfile
 import threading
 import time
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True
+from bench_vs_etcd import cpu_seconds  # noqa: E402  (server CPU from /proc, as the loopback bench counts it)
 CLUSTER = "c1"
 NODES = 3
 # wrk gives up on a request after this long (its latency histogram has one slot per µs up to
@@ -284,17 +287,6 @@ def wait_until(pred, timeout, what, every=0.2):
         time.sleep(every)
     raise BenchError(f"timed out after {timeout} s waiting for {what}")
 
-
-def cpu_seconds(pids):
-    total = 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
-        except OSError:
-            continue
-    return total / CLK_TCK
 
 
 def dir_bytes(path):

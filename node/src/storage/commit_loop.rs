@@ -91,17 +91,23 @@ impl Storage {
         let (jobs, queue) = mpsc::unbounded_channel();
         let (durable_tx, durable) = watch::channel(Durable::Upto(WriteId(0)));
         #[cfg(not(madsim))]
-        let worker =
-            {
-                // The thread's own runtime only waits: for the queue (with a lazy write's
-                // deadline) and between retries. Nothing else runs on it.
-                let waiter = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()?;
-                StorageWorker::Thread(std::thread::Builder::new().name("storage".into()).spawn(
-                    move || waiter.block_on(self.commit_loop(queue, durable_tx, counters)),
-                )?)
+        let worker = {
+            // Not the disk's error: the node cannot run without its storage thread.
+            let cannot_start = |e: std::io::Error| {
+                StorageError::Fatal(format!("cannot start the storage thread: {e}"))
             };
+            // The thread's own runtime only waits: for the queue (with a lazy write's
+            // deadline) and between retries. Nothing else runs on it.
+            let waiter = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(cannot_start)?;
+            let thread = std::thread::Builder::new()
+                .name("storage".into())
+                .spawn(move || waiter.block_on(self.commit_loop(queue, durable_tx, counters)))
+                .map_err(cannot_start)?;
+            StorageWorker::Thread(thread)
+        };
         #[cfg(madsim)]
         let worker =
             StorageWorker::Task(tokio::spawn(self.commit_loop(queue, durable_tx, counters)));
