@@ -35,11 +35,13 @@
 //! The rest: `node.rs` holds the state of a [`Node`] and routes every input to the file above
 //! that handles it; `api.rs` is the seam (inputs, outputs, replies, notes); `faults.rs` the
 //! typed peer faults and violations that notes carry; `wire.rs` the wire
-//! format; `storage.rs` the durable writes and the recovered image; `timers.rs` the timer
+//! format; `storage.rs` the durable writes and the recovered image; `decided.rs` the
+//! read-only lookup of decisions in the driver's storage (and the simulator's disk image); `timers.rs` the timer
 //! table; `types.rs` the ids, ballots, values, time and the one FNV-1a of the workspace.
 
 mod api;
 mod config;
+mod decided;
 mod faults;
 mod membership;
 mod node;
@@ -54,6 +56,7 @@ pub use api::{
     Silence, Urgency, VerifyReport,
 };
 pub use config::{Config, ConfigError};
+pub use decided::{DecidedKeys, Decision, DiskImage, ImageGuard, PageLimit, Unreadable};
 pub use faults::{PeerFault, PeerFaultKind, ROUND_MAX, Violation, ViolationKind};
 pub use membership::{Digest, Membership};
 pub use node::{InjectedBug, Node, Stats, validate_key, validate_put};

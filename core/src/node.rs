@@ -31,6 +31,7 @@ use crate::api::{
     Command, GetOutcome, Input, Invalid, NotReady, Note, Output, PutOutcome, RemoveOutcome, Reply,
 };
 use crate::config::{Config, ConfigError};
+use crate::decided::{DecidedKeys, Unreadable};
 use crate::faults::{PeerFault, Violation};
 use crate::membership::{Digest, Membership};
 use crate::storage::{DurableKey, Recovered, RequestOutcome};
@@ -166,7 +167,11 @@ pub enum InjectedBug {
 /// Counts worth exporting as metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    pub keys_stored: usize,
+    /// Decisions stored here. Each is numbered in turn, so this is the last number (a record
+    /// repaired after damage counts twice): counting them in the store would cost a read.
+    pub keys_stored: u64,
+    /// Decisions held in memory until their write is durable (then read from the store).
+    pub undurable_decisions: usize,
     /// Keys with an accepted value here not known to be decided.
     pub accepted_undecided: usize,
     /// Keys with a promise only.
@@ -195,6 +200,7 @@ impl Node {
         id: NodeId,
         cluster: ClusterId,
         recovered: Recovered,
+        decided: Box<dyn DecidedKeys>,
         now: Time,
         seed: u64,
     ) -> Result<Node, ConfigError> {
@@ -203,6 +209,8 @@ impl Node {
             network,
             members,
             keys,
+            last_decision,
+            decision_order: _,
             damaged,
             floor,
             counter_ceiling,
@@ -234,7 +242,7 @@ impl Node {
                 rng: ChaCha8Rng::seed_from_u64(seed),
             },
             network,
-            acceptor: Acceptor::new(keys, damaged, floor),
+            acceptor: Acceptor::new(keys, decided, damaged, floor, last_decision),
             proposer,
             coordinator: Coordinator::new(ids),
             requests,
@@ -297,13 +305,15 @@ impl Node {
     pub fn is_leaving(&self) -> bool {
         self.leaving.is_some()
     }
-    /// The node's record of a key (`None`: it knows nothing of it).
-    pub fn key_state(&self, key: &Key) -> Option<&DurableKey> {
+    /// The node's record of a key (`None`: it knows nothing of it), read from memory or from
+    /// its store; `Err` if it cannot be read now (damaged).
+    pub fn key_state(&self, key: &Key) -> Result<Option<DurableKey>, Unreadable> {
         self.acceptor.get(key)
     }
-    /// Every key this node holds a record of, in key order.
-    pub fn keys(&self) -> impl Iterator<Item = (&Key, &DurableKey)> {
-        self.acceptor.keys()
+    /// The records this node holds in memory (what is in flight: open records and decisions
+    /// not durable yet), in key order.
+    pub fn records_in_memory(&self) -> impl Iterator<Item = (&Key, &DurableKey)> {
+        self.acceptor.records_in_memory()
     }
     /// The nodes this node suspects to be down or slow now.
     pub fn suspects(&self) -> impl Iterator<Item = &NodeId> {
@@ -315,7 +325,8 @@ impl Node {
     }
     pub fn stats(&self) -> Stats {
         Stats {
-            keys_stored: self.acceptor.keys_stored(),
+            keys_stored: self.acceptor.seq(),
+            undurable_decisions: self.acceptor.undurable_decisions(),
             accepted_undecided: self.acceptor.accepted_undecided_count(),
             promises_only: self.acceptor.promised_only_count(),
             damaged_keys: self.acceptor.damaged_count(),
@@ -338,7 +349,10 @@ impl Node {
         match input {
             Input::Message { from, msg } => self.on_message(from, msg),
             Input::Client { call, cmd } => self.on_command(call, cmd),
-            Input::Persisted { upto } => self.env.out.on_persisted(upto),
+            Input::Persisted { upto } => {
+                self.env.out.on_persisted(upto);
+                self.acceptor.on_durable(self.env.out.durable_upto());
+            }
             Input::Timeout => {
                 while let Some(timer) = self.env.timers.pop_due(self.env.now) {
                     self.on_timer(timer);
@@ -710,7 +724,7 @@ impl Node {
         if self
             .acceptor
             .get(key)
-            .is_some_and(|s| s.accepted().is_some())
+            .is_ok_and(|s| s.is_some_and(|s| s.accepted().is_some()))
         {
             let at = self.env.now + self.env.config.lease;
             self.env.timers.set(Timer::Lease(key.clone()), at);
@@ -897,7 +911,7 @@ impl Node {
             self.coordinator.value_left(&key, &proposal.p);
         }
         let _ = op;
-        if let Some(stored) = self.acceptor.stored(&key).cloned() {
+        if let Some(stored) = self.acceptor.stored(&key) {
             return self
                 .coordinator
                 .decided(&mut self.env, &mut self.requests, &key, &stored);
@@ -985,11 +999,13 @@ impl Node {
             return ReadState::NotReady;
         }
         match self.acceptor.get(key) {
-            Some(DurableKey::Stored { chosen, .. }) => ReadState::Stored(chosen.value.clone()),
-            Some(DurableKey::Open {
+            // It cannot tell: as a node that is not ready.
+            Err(Unreadable) => ReadState::NotReady,
+            Ok(Some(DurableKey::Stored { chosen, .. })) => ReadState::Stored(chosen.value),
+            Ok(Some(DurableKey::Open {
                 accepted: Some(_), ..
-            }) => ReadState::Undecided,
-            Some(DurableKey::Open { accepted: None, .. }) | None => ReadState::Free,
+            })) => ReadState::Undecided,
+            Ok(Some(DurableKey::Open { accepted: None, .. }) | None) => ReadState::Free,
         }
     }
 

@@ -130,7 +130,17 @@ pub struct Recovered {
     pub network: NetworkId,
     /// Every other member this node recorded, with its cluster. Never includes a departed node.
     pub members: BTreeMap<NodeId, ClusterId>,
+    /// The records of keys. A driver that loads only what is in flight gives the open records
+    /// (and may give decisions: the node keeps none of them, it reads decisions through its
+    /// [`DecidedKeys`](crate::DecidedKeys)); an image of the whole disk holds every record.
     pub keys: BTreeMap<Key, DurableKey>,
+    /// The number of the last decision stored (decisions are numbered 1, 2, ... in the order
+    /// this node learned them): the node numbers its next one after it.
+    pub last_decision: u64,
+    /// The decided keys by their number: kept by [`Recovered::apply`] for an image of the
+    /// whole disk ([`DiskImage`](crate::DiskImage)); empty where a driver loads only what is
+    /// in flight.
+    pub decision_order: BTreeMap<u64, Key>,
     /// Keys whose record the driver found damaged: this node abstains for them (no promise, no
     /// accept, no answer to a read's query) until it learns their decision. Not written by the
     /// core: a driver fills it in when it loads a disk.
@@ -162,6 +172,8 @@ impl Recovered {
             network,
             members: BTreeMap::new(),
             keys: BTreeMap::new(),
+            last_decision: 0,
+            decision_order: BTreeMap::new(),
             damaged: BTreeSet::new(),
             floor: Ballot::FAST,
             counter_ceiling: 0,
@@ -188,7 +200,17 @@ impl Recovered {
         match op {
             WriteOp::PutKey { key, state } => {
                 self.damaged.remove(key);
-                self.keys.insert(key.clone(), state.clone());
+                if let DurableKey::Stored { seq, .. } = state {
+                    self.last_decision = self.last_decision.max(*seq);
+                    self.decision_order.insert(*seq, key.clone());
+                }
+                if let Some(DurableKey::Stored { seq, .. }) =
+                    self.keys.insert(key.clone(), state.clone())
+                    && !matches!(state, DurableKey::Stored { seq: now, .. } if *now == seq)
+                {
+                    // A decision written again (repaired) under a new number.
+                    self.decision_order.remove(&seq);
+                }
             }
             WriteOp::RemoveKey { key } => {
                 self.keys.remove(key);

@@ -66,14 +66,32 @@ fn node() -> Node {
             accepted: Some((classic(2, "c3"), proposal("c3", 4, "w"))),
         },
     );
-    Node::new(config(), "c1".into(), "c".into(), disk, Time::ZERO, 1).unwrap()
+    Node::new(
+        config(),
+        "c1".into(),
+        "c".into(),
+        disk.clone(),
+        Box::new(DiskImage::new(disk)),
+        Time::ZERO,
+        1,
+    )
+    .unwrap()
 }
 
 /// A joiner j1 of cluster c, copying from c2 (asked at start).
 fn joiner() -> Node {
     let disk = Recovered::joiner("net".into())
         .with_members(["c1", "c2", "c3", "d1", "d2"].into_iter().map(member));
-    let mut n = Node::new(config(), "j1".into(), "c".into(), disk, Time::ZERO, 1).unwrap();
+    let mut n = Node::new(
+        config(),
+        "j1".into(),
+        "c".into(),
+        disk.clone(),
+        Box::new(DiskImage::new(disk)),
+        Time::ZERO,
+        1,
+    )
+    .unwrap();
     n.handle(Time::ZERO, Input::Timeout);
     let out = drain(&mut n);
     assert!(
@@ -95,7 +113,7 @@ fn drain(n: &mut Node) -> Vec<Output> {
 
 /// Everything observable about a node's state: its records, counters, timers, membership.
 fn snapshot(n: &Node) -> String {
-    let keys: Vec<_> = n.keys().collect();
+    let keys: Vec<_> = n.records_in_memory().collect();
     let suspects: Vec<_> = n.suspects().collect();
     format!(
         "keys {keys:?}\nstats {:?}\nmembers {:?}\nready {} removed {} leaving {}\nnext {:?}\nsuspects {suspects:?}",
@@ -495,7 +513,7 @@ fn a_catch_up_page_out_of_order_is_refused() {
         },
         PeerFault::CatchUpPageOutOfOrder,
     );
-    assert_eq!(n.key_state(&"k".into()), None);
+    assert_eq!(n.key_state(&"k".into()), Ok(None));
 }
 
 /// A page nobody asked for is not trusted as news: it changes nothing, whoever sends it.
@@ -547,7 +565,7 @@ fn a_sync_page_out_of_key_order_is_refused_before_any_of_it_is_merged() {
             done: false,
         },
     );
-    assert!(n.key_state(&second).is_some());
+    assert!(matches!(n.key_state(&second), Ok(Some(_))));
     assert_rejected(
         &mut n,
         "c2",
@@ -772,7 +790,7 @@ fn a_query_answer_about_another_key_does_not_answer_a_read() {
         "c2",
         about_j(QueryState::Stored(proposal("c2", 3, "x"))),
     );
-    assert_eq!(n.key_state(&"k".into()), None);
+    assert_eq!(n.key_state(&"k".into()), Ok(None));
     assert_eq!(n.stats().reads_waiting, 1);
     // The answer about k itself still counts.
     let out = deliver(
@@ -872,12 +890,18 @@ fn a_pulled_decision_contradicting_one_held_is_a_violation_and_is_not_stored() {
         "{out:?}"
     );
     assert_eq!(
-        n.key_state(&"s".into()).and_then(|s| s.stored()),
-        Some(&proposal("c2", 1, "v"))
+        n.key_state(&"s".into())
+            .ok()
+            .flatten()
+            .and_then(|s| s.stored().cloned()),
+        Some(proposal("c2", 1, "v"))
     );
     assert_eq!(
-        n.key_state(&"k".into()).and_then(|s| s.stored()),
-        Some(&proposal("c3", 8, "new"))
+        n.key_state(&"k".into())
+            .ok()
+            .flatten()
+            .and_then(|s| s.stored().cloned()),
+        Some(proposal("c3", 8, "new").clone())
     );
 }
 
@@ -899,8 +923,11 @@ fn a_stored_answer_contradicting_a_decision_held_here_is_ignored() {
         ),
     );
     assert_eq!(
-        n.key_state(&"s".into()).and_then(|s| s.stored()),
-        Some(&proposal("c2", 1, "v"))
+        n.key_state(&"s".into())
+            .ok()
+            .flatten()
+            .and_then(|s| s.stored().cloned()),
+        Some(proposal("c2", 1, "v"))
     );
 }
 
@@ -959,8 +986,11 @@ fn a_copied_decision_contradicting_one_held_is_a_violation_and_is_not_stored() {
         "{out:?}"
     );
     assert_eq!(
-        n.key_state(&"k".into()).and_then(|s| s.stored()),
-        Some(&held)
+        n.key_state(&"k".into())
+            .ok()
+            .flatten()
+            .and_then(|s| s.stored().cloned()),
+        Some(held.clone())
     );
 }
 

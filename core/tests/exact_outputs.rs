@@ -270,7 +270,16 @@ fn start(disk: Recovered) -> Node {
 }
 
 fn start_with(config: Config, disk: Recovered) -> Node {
-    Node::new(config, "c1".into(), "c".into(), disk, Time::ZERO, 1).unwrap()
+    Node::new(
+        config,
+        "c1".into(),
+        "c".into(),
+        disk.clone(),
+        Box::new(DiskImage::new(disk)),
+        Time::ZERO,
+        1,
+    )
+    .unwrap()
 }
 
 fn prepare(n: &Node, key: &str, ballot: Ballot) -> Message {
@@ -327,10 +336,10 @@ fn a_prepare_is_promised_durably_before_the_promise_leaves() {
     );
     assert_eq!(
         n.key_state(&"k".into()),
-        Some(&DurableKey::Open {
+        Ok(Some(DurableKey::Open {
             promised: classic(1, "c2"),
             accepted: None
-        })
+        }))
     );
 }
 
@@ -346,7 +355,7 @@ fn a_prepare_below_the_promise_is_nacked_with_the_promise_and_changes_nothing() 
         },
     );
     let mut n = start(disk);
-    let before = n.key_state(&"k".into()).cloned();
+    let before = n.key_state(&"k".into());
     for ballot in [classic(1, "c2"), classic(2, "c2")] {
         let msg = prepare(&n, "k", ballot.clone());
         assert_eq!(
@@ -356,7 +365,7 @@ fn a_prepare_below_the_promise_is_nacked_with_the_promise_and_changes_nothing() 
             )]
         );
     }
-    assert_eq!(n.key_state(&"k".into()).cloned(), before);
+    assert_eq!(n.key_state(&"k".into()), before);
     // The promised ballot itself is promised again (the same proposer asking twice), with
     // what was accepted, and without a new write: nothing changed.
     let msg = prepare(&n, "k", classic(3, "c3"));
@@ -385,7 +394,7 @@ fn a_prepare_or_accept_at_a_node_not_ready_is_refused_without_a_write() {
         step(&mut n, ms(1), from("c2", msg)),
         ["send c2 Answer(k b0 c2#0 by c1: Refused(NotReady))"]
     );
-    assert_eq!(n.key_state(&"k".into()), None);
+    assert_eq!(n.key_state(&"k".into()), Ok(None));
 }
 
 /// A key whose record the driver found damaged: the node cannot know what it promised or
@@ -490,20 +499,20 @@ fn an_accept_below_the_promise_is_nacked_and_changes_nothing() {
         },
     );
     let mut n = start(disk);
-    let before = n.key_state(&"k".into()).cloned();
+    let before = n.key_state(&"k".into());
     let msg = accept(&n, "k", classic(2, "c2"), proposal("c2", 5, "v"));
     assert_eq!(
         step(&mut n, ms(1), from("c2", msg)),
         ["send c2 Answer(k b2.c2 c2#5 by c1: Nack(b3.c3))"]
     );
-    assert_eq!(n.key_state(&"k".into()).cloned(), before);
+    assert_eq!(n.key_state(&"k".into()), before);
     // The fast round is below every classic promise.
     let msg = accept(&n, "k", Ballot::FAST, proposal("c2", 6, "v"));
     assert_eq!(
         step(&mut n, ms(1), from("c2", msg)),
         ["send c2 Answer(k b0 c2#6 by c1: Nack(b3.c3))"]
     );
-    assert_eq!(n.key_state(&"k".into()).cloned(), before);
+    assert_eq!(n.key_state(&"k".into()), before);
 }
 
 /// The fast round (ballot 0) is shared by every coordinator: the first value a node accepts
@@ -1107,7 +1116,8 @@ fn a_joiner_writes_each_page_before_asking_for_the_next() {
         Config::default(),
         "j1".into(),
         "c".into(),
-        disk,
+        disk.clone(),
+        Box::new(DiskImage::new(disk)),
         Time::ZERO,
         1,
     )
@@ -1202,13 +1212,13 @@ fn a_joiner_writes_each_page_before_asking_for_the_next() {
 fn stored_disk(with_d: bool, keys: &[&str]) -> Recovered {
     let mut disk = disk(with_d);
     for (i, key) in keys.iter().enumerate() {
-        disk.keys.insert(
-            (*key).into(),
-            DurableKey::Stored {
+        disk.apply(&WriteOp::PutKey {
+            key: (*key).into(),
+            state: DurableKey::Stored {
                 chosen: proposal("c2", i as u64, key),
                 seq: i as u64 + 1,
             },
-        );
+        });
     }
     disk
 }
@@ -1262,7 +1272,7 @@ fn a_node_pulls_the_decisions_of_its_cluster_page_by_page() {
         latest: 6,
     };
     assert_eq!(step(&mut n, due, from("c2", old)), NOTHING);
-    assert_eq!(n.key_state(&"j".into()), None);
+    assert_eq!(n.key_state(&"j".into()), Ok(None));
 }
 
 /// A representative (PROTOCOL "Terms"): it sends a remote proposer's Accept to the listed
@@ -1347,7 +1357,7 @@ fn a_leaving_node_asks_every_member_and_completes_once_all_are_clear() {
         step(&mut n, ms(2), from("c2", msg)),
         ["send c2 Answer(k b1.c2 by c1: Refused(Leaving))"]
     );
-    assert_eq!(n.key_state(&"k".into()), None);
+    assert_eq!(n.key_state(&"k".into()), Ok(None));
     let clear = |seq| Message::LeaveClear { seq };
     assert_eq!(step(&mut n, ms(3), from("c2", clear(2))), NOTHING);
     // c3 holds up to #1 only: not clear yet.
@@ -1450,4 +1460,212 @@ fn a_fast_round_missing_an_answer_falls_back_to_a_classic_ballot() {
             r#"persist #5 PutKey(k Open(promised b1.c1, accepted b1.c1 c1#0="v"))"#,
         ]
     );
+}
+
+// ==================================================================== what a node holds in memory
+
+/// Node c1 on a disk image it reads its decisions from (the image is what the test makes
+/// durable).
+fn start_on(config: Config, image: &DiskImage) -> Node {
+    let recovered = image.lock().clone();
+    Node::new(
+        config,
+        "c1".into(),
+        "c".into(),
+        recovered,
+        Box::new(image.clone()),
+        Time::ZERO,
+        1,
+    )
+    .unwrap()
+}
+
+/// Feeds `input`, then makes every write it issued durable on `image` and reports it; renders
+/// everything that came out.
+fn step_durable(n: &mut Node, image: &DiskImage, now: Time, input: Input) -> Vec<String> {
+    n.handle(now, input);
+    let mut shown = Vec::new();
+    loop {
+        let out = drain(n);
+        if out.is_empty() {
+            return shown;
+        }
+        let mut upto = None;
+        for o in &out {
+            if let Output::Persist { write, ops, .. } = o {
+                image.lock().apply_all(ops);
+                upto = Some(*write);
+            }
+        }
+        shown.extend(out.iter().map(show));
+        match upto {
+            Some(upto) => n.handle(now, Input::Persisted { upto }),
+            None => return shown,
+        }
+    }
+}
+
+fn decide(key: &str, counter: u64) -> Message {
+    Message::Request(Request::Decide {
+        key: key.into(),
+        chosen: proposal("c2", counter, key),
+    })
+}
+
+/// PROTOCOL "What a node holds in memory": a decision stays in memory until its write is
+/// durable (the store does not have it before), then memory lets it go and every read of it
+/// goes to the store.
+#[test]
+fn a_decision_leaves_memory_once_durable_and_is_read_from_the_store() {
+    let image = DiskImage::new(disk(false));
+    let mut n = start_on(Config::default(), &image);
+    assert_eq!(
+        step(&mut n, ms(1), from("c2", decide("k", 1))),
+        [r#"persist #1 (lazy) PutKey(k Stored(c2#1="k" #1))"#]
+    );
+    assert_eq!(n.stats().undurable_decisions, 1);
+    // Not durable, not in the store: answered from memory.
+    assert_eq!(
+        step(&mut n, ms(1), get("k", 7)),
+        [r#"reply 7 Get(Value("k"))"#]
+    );
+    image.lock().apply_all(&[WriteOp::PutKey {
+        key: "k".into(),
+        state: DurableKey::Stored {
+            chosen: proposal("c2", 1, "k"),
+            seq: 1,
+        },
+    }]);
+    assert_eq!(step(&mut n, ms(2), persisted(1)), NOTHING);
+    assert_eq!(n.stats().undurable_decisions, 0);
+    assert_eq!(n.records_in_memory().count(), 0);
+    // Every question about it is answered from the store.
+    assert_eq!(
+        step(&mut n, ms(3), get("k", 8)),
+        [r#"reply 8 Get(Value("k"))"#]
+    );
+    let msg = prepare(&n, "k", classic(4, "c3"));
+    assert_eq!(
+        step(&mut n, ms(3), from("c3", msg)),
+        [r#"send c3 Answer(k b4.c3 by c1: Stored(c2#1="k"))"#]
+    );
+    assert_eq!(step(&mut n, ms(3), from("c3", decide("k", 1))), NOTHING);
+    assert_eq!(n.stats().keys_stored, 1);
+}
+
+/// A decision the store cannot read (a damaged record, a failed read) is as a key damaged at a
+/// restart: no promise, no accept, no answer to a read's question; once readable again the
+/// decision answers.
+#[test]
+fn an_unreadable_decision_abstains() {
+    let mut disk = disk(false);
+    disk.apply(&WriteOp::PutKey {
+        key: "k".into(),
+        state: DurableKey::Stored {
+            chosen: proposal("c2", 1, "v"),
+            seq: 1,
+        },
+    });
+    let image = DiskImage::new(disk);
+    let mut n = start_on(Config::default(), &image);
+    image.fail_reads(1000, 1);
+    let msg = prepare(&n, "k", classic(1, "c2"));
+    assert_eq!(
+        step(&mut n, ms(1), from("c2", msg.clone())),
+        ["send c2 Answer(k b1.c2 by c1: Refused(Abstaining))"]
+    );
+    let query = Message::Request(Request::Query {
+        key: "k".into(),
+        tag: 9,
+        digest: n.membership().digest(),
+    });
+    assert_eq!(
+        step(&mut n, ms(1), from("c2", query)),
+        ["send c2 QueryAnswer(k #9 by c1: Refused(Abstaining))"]
+    );
+    assert_eq!(
+        step(&mut n, ms(1), from("c2", Message::CatchUp { after: 0 })),
+        NOTHING,
+        "a catch-up page the store cannot give is not answered (the member asks again)"
+    );
+    assert!(image.failed_reads() >= 3);
+    image.fail_reads(0, 0);
+    assert_eq!(
+        step(&mut n, ms(2), from("c2", msg)),
+        [r#"send c2 Answer(k b1.c2 by c1: Stored(c2#1="v"))"#]
+    );
+}
+
+/// Catch-up pages run over the store's decisions and on into the ones still in memory, in
+/// their order, each listed once.
+#[test]
+fn catch_up_pages_run_from_the_store_into_memory() {
+    let image = DiskImage::new(disk(false));
+    let mut n = start_on(Config::default(), &image);
+    for (i, key) in ["k1", "k2"].into_iter().enumerate() {
+        step_durable(&mut n, &image, ms(1), from("c2", decide(key, i as u64)));
+    }
+    assert_eq!(n.stats().undurable_decisions, 0);
+    // k3 is decided, its write not durable yet.
+    assert_eq!(
+        step(&mut n, ms(2), from("c2", decide("k3", 2))),
+        [r#"persist #3 (lazy) PutKey(k3 Stored(c2#2="k3" #3))"#]
+    );
+    // The page waits for every write (the decision numbers it names must be on disk).
+    assert_eq!(
+        step(&mut n, ms(2), from("c2", Message::CatchUp { after: 1 })),
+        ["persist #4 "]
+    );
+    assert_eq!(
+        step_durable(&mut n, &image, ms(3), persisted(4)),
+        [r#"send c2 CatchUpPage([k2=c2#1="k2", k3=c2#2="k3"] last 3 latest 3)"#]
+    );
+}
+
+/// The join-time copy merges, in key order, the store's decisions with the records in memory
+/// (open ones, and decisions not durable yet), page by page.
+#[test]
+fn the_join_copy_merges_the_store_and_memory_in_key_order() {
+    let image = DiskImage::new(disk(false));
+    let config = Config {
+        sync_page_keys: 2,
+        ..Config::default()
+    };
+    let mut n = start_on(config, &image);
+    for (i, key) in ["k1", "k3"].into_iter().enumerate() {
+        step_durable(&mut n, &image, ms(1), from("c2", decide(key, i as u64)));
+    }
+    let msg = prepare(&n, "k2", classic(1, "c2"));
+    step_durable(&mut n, &image, ms(1), from("c2", msg));
+    n.handle(ms(1), from("c2", decide("k4", 9)));
+    // Written lazily: the driver makes it durable with the next write it syncs.
+    let mut lazy: Vec<WriteOp> = drain(&mut n)
+        .into_iter()
+        .flat_map(|o| match o {
+            Output::Persist { ops, .. } => ops,
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(n.records_in_memory().count(), 2, "k2 open, k4 not durable");
+    let ask = |after: Option<Key>| Message::SyncRequest { after };
+    let mut after = None;
+    let mut copied = Vec::new();
+    for _ in 0..4 {
+        n.handle(ms(2), from("c3", ask(after.clone())));
+        image.lock().apply_all(&std::mem::take(&mut lazy));
+        let out = step_durable(&mut n, &image, ms(2), Input::Timeout);
+        let page = out.last().expect("a page").clone();
+        let keys: Vec<String> = ["k1", "k2", "k3", "k4"]
+            .into_iter()
+            .filter(|k| page.contains(&format!("{k}=")))
+            .map(String::from)
+            .collect();
+        after = Some(Key::from(keys.last().expect("keys").as_str()));
+        copied.extend(keys);
+        if page.contains("done=true") {
+            break;
+        }
+    }
+    copied.sort();
+    assert_eq!(copied, ["k1", "k2", "k3", "k4"]);
 }

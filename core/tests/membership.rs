@@ -78,7 +78,16 @@ fn drain(node: &mut Node) -> Vec<Output> {
 fn a_discovery_is_durable_before_anything_that_depends_on_it_leaves() {
     let disk = Recovered::founder(net())
         .with_members(["a1", "a2", "a3"].map(|x| (ClusterId::from("a"), n(x))));
-    let mut node = Node::new(config(), n("a1"), "a".into(), disk.clone(), Time::ZERO, 1).unwrap();
+    let mut node = Node::new(
+        config(),
+        n("a1"),
+        "a".into(),
+        disk.clone(),
+        Box::new(DiskImage::new((disk.clone()).clone())),
+        Time::ZERO,
+        1,
+    )
+    .unwrap();
     let before = node.membership().digest();
     node.handle(Time::ZERO, discovered("a", "a4"));
     let out = drain(&mut node);
@@ -126,7 +135,16 @@ fn a_discovery_is_durable_before_anything_that_depends_on_it_leaves() {
         cluster: "a".into(),
         node: n("a4"),
     });
-    let restarted = Node::new(config(), n("a1"), "a".into(), after, Time::ZERO, 2).unwrap();
+    let restarted = Node::new(
+        config(),
+        n("a1"),
+        "a".into(),
+        after.clone(),
+        Box::new(DiskImage::new(after)),
+        Time::ZERO,
+        2,
+    )
+    .unwrap();
     assert_eq!(restarted.membership().digest(), grown);
 }
 
@@ -145,7 +163,7 @@ fn a_node_of_another_network_is_never_added_and_it_is_said() {
         },
     );
     assert_eq!(h.node("a1").membership().digest(), before);
-    assert!(!h.slots[&n("a1")].disk.members.contains_key(&n("x1")));
+    assert!(!h.slots[&n("a1")].disk.lock().members.contains_key(&n("x1")));
     assert!(h.notes.iter().any(|(id, note)| *id == n("a1")
         && *note
             == Note::ForeignNetwork {
@@ -159,7 +177,7 @@ fn a_node_of_another_network_is_never_added_and_it_is_said() {
         digest: before,
     });
     h.inject("x1", "a1", msg);
-    assert_eq!(h.node("a1").key_state(&k("k")), None);
+    assert_eq!(h.node("a1").key_state(&k("k")), Ok(None));
     assert_eq!(
         rejections_at(&h, "a1"),
         vec![(n("x1"), PeerFault::RequestFromNonMember)]
@@ -189,7 +207,7 @@ fn discoveries_that_break_a_membership_rule_are_rejected_and_change_nothing() {
         },
     );
     let members = members_of(&h, "a1");
-    let disk = h.slots[&n("a1")].disk.clone();
+    let disk = h.slots[&n("a1")].disk.lock().clone();
     h.input(&n("a1"), discovered("b", "a2"));
     h.input(&n("a1"), discovered("a", "a4"));
     h.input(&n("a1"), discovered("c", "c1"));
@@ -221,7 +239,7 @@ fn discoveries_that_break_a_membership_rule_are_rejected_and_change_nothing() {
         cluster: "a".into(),
         node: n("a5"),
     });
-    assert_eq!(h.slots[&n("a1")].disk, disk_after);
+    assert_eq!(*h.slots[&n("a1")].disk.lock(), disk_after);
 }
 
 // ==================================================================== the digest and views
@@ -258,7 +276,10 @@ fn a_request_of_another_membership_is_refused_and_views_converge() {
     let digest = h.node("a1").membership().digest();
     for id in ["a2", "a3"] {
         assert_eq!(h.node(id).membership().digest(), digest, "{id}");
-        assert!(h.slots[&n(id)].disk.members.contains_key(&n("a4")), "{id}");
+        assert!(
+            h.slots[&n(id)].disk.lock().members.contains_key(&n("a4")),
+            "{id}"
+        );
     }
     assert!(h.stored_everywhere("k", "v"));
 }
@@ -277,7 +298,7 @@ fn a_missed_removal_converges_through_views() {
     h.run_for(ms(3000));
     assert_eq!(put_reply(&h, put), Some(PutOutcome::Stored));
     assert!(!h.node("a2").membership().contains(&n("a4")));
-    assert!(h.slots[&n("a2")].disk.departed.contains(&n("a4")));
+    assert!(h.slots[&n("a2")].disk.lock().departed.contains(&n("a4")));
     assert_eq!(
         h.node("a2").membership().digest(),
         h.node("a1").membership().digest()
@@ -321,7 +342,7 @@ fn a_joiner_takes_no_part_until_its_copy_is_done() {
             digest,
         }),
     );
-    assert_eq!(h.node("a4").key_state(&k("k")), None);
+    assert_eq!(h.node("a4").key_state(&k("k")), Ok(None));
     assert!(h.net.iter().any(|m| m.from == n("a4")
         && matches!(
             &m.msg,
@@ -334,7 +355,7 @@ fn a_joiner_takes_no_part_until_its_copy_is_done() {
         )));
     h.run_for(ms(3000));
     assert!(h.node("a4").is_ready());
-    assert!(h.slots[&n("a4")].disk.ready);
+    assert!(h.slots[&n("a4")].disk.lock().ready);
     assert_eq!(h.stored_at("a4", "before").map(|c| c.value), Some(v("v")));
     let put = h.put("a4", "k", "w");
     h.run_for(ms(1000));
@@ -402,7 +423,7 @@ fn a_leaver_decides_what_it_accepted_before_it_completes() {
     for id in ["a1", "a2", "a3"] {
         assert_eq!(h.stored_at(id, "k").map(|c| c.value), Some(v("v")), "{id}");
     }
-    assert_eq!(h.node("a1").key_state(&k("other")), None);
+    assert_eq!(h.node("a1").key_state(&k("other")), Ok(None));
 }
 
 // ==================================================================== operator removal
@@ -426,7 +447,7 @@ fn an_unforced_removal_in_an_even_cluster_is_refused_and_removes_nothing() {
     );
     for id in ["a1", "a2", "a3"] {
         assert!(h.node(id).membership().contains(&n("a4")), "{id}");
-        assert!(h.slots[&n(id)].disk.departed.is_empty(), "{id}");
+        assert!(h.slots[&n(id)].disk.lock().departed.is_empty(), "{id}");
     }
 }
 
@@ -456,7 +477,10 @@ fn an_unforced_removal_needs_every_other_member_to_agree_on_the_cluster() {
     assert_eq!(remove_reply(&h, call), Some(RemoveOutcome::Removed));
     for id in ["a1", "a2", "b1", "b2", "b3"] {
         assert!(!h.node(id).membership().contains(&n("a3")), "{id}");
-        assert!(h.slots[&n(id)].disk.departed.contains(&n("a3")), "{id}");
+        assert!(
+            h.slots[&n(id)].disk.lock().departed.contains(&n("a3")),
+            "{id}"
+        );
     }
 }
 
@@ -564,7 +588,7 @@ fn a_forced_removal_removes_even_a_live_node_which_then_serves_nothing() {
             digest,
         }),
     );
-    assert_eq!(h.node("a4").key_state(&k("z")), None);
+    assert_eq!(h.node("a4").key_state(&k("z")), Ok(None));
     assert!(h.net.iter().any(|m| m.from == n("a4")
         && matches!(
             &m.msg,
@@ -599,6 +623,6 @@ fn a_removed_node_that_was_down_is_told_when_it_comes_back() {
     let g = h.get("a3", "k");
     h.run_for(ms(2000));
     assert!(h.node("a3").is_removed());
-    assert!(h.slots[&n("a3")].disk.departed.contains(&n("a3")));
+    assert!(h.slots[&n("a3")].disk.lock().departed.contains(&n("a3")));
     assert_ne!(get_reply(&h, g), Some(GetOutcome::Unknown));
 }

@@ -41,7 +41,7 @@ impl Fnv {
 struct Slot {
     cluster: ClusterId,
     node: Option<Node>,
-    disk: Recovered,
+    disk: DiskImage,
     /// A slow disk: writes wait until the world flushes it (and are lost in a crash).
     lazy: bool,
     unflushed: Vec<(WriteId, Vec<WriteOp>)>,
@@ -167,13 +167,14 @@ impl World {
         };
         for (cluster, id) in pairs {
             let lazy = world.rng.random_bool(0.3);
-            let node = world.start(&id, &cluster, founded.clone());
+            let disk = DiskImage::new(founded.clone());
+            let node = world.start(&id, &cluster, &disk);
             world.slots.insert(
                 id,
                 Slot {
                     cluster,
                     node: Some(node),
-                    disk: founded.clone(),
+                    disk,
                     lazy,
                     unflushed: Vec::new(),
                     left: false,
@@ -195,13 +196,16 @@ impl World {
         }
     }
 
-    fn start(&mut self, id: &NodeId, cluster: &ClusterId, disk: Recovered) -> Node {
+    fn start(&mut self, id: &NodeId, cluster: &ClusterId, disk: &DiskImage) -> Node {
         self.next_seed += 1;
+        let recovered = disk.lock().clone();
+        let decided = Box::new(disk.clone());
         Node::new(
             self.config.clone(),
             id.clone(),
             cluster.clone(),
-            disk,
+            recovered,
+            decided,
             self.now,
             self.next_seed,
         )
@@ -262,7 +266,7 @@ impl World {
                             if slot.lazy {
                                 slot.unflushed.push((write, ops));
                             } else {
-                                slot.disk.apply_all(&ops);
+                                slot.disk.lock().apply_all(&ops);
                                 persisted = Some(write);
                             }
                         }
@@ -451,7 +455,7 @@ impl World {
             let slot = &self.slots[&id];
             (slot.cluster.clone(), slot.disk.clone())
         };
-        let node = self.start(&id, &cluster, disk);
+        let node = self.start(&id, &cluster, &disk);
         self.slots.get_mut(&id).expect("slot").node = Some(node);
         self.drain(&id);
     }
@@ -469,7 +473,7 @@ impl World {
         let n = self.rng.random_range(1..=slot.unflushed.len());
         let done: Vec<_> = slot.unflushed.drain(..n).collect();
         for (_, ops) in &done {
-            slot.disk.apply_all(ops);
+            slot.disk.lock().apply_all(ops);
         }
         let upto = done.last().expect("non-empty").0;
         self.input(&id, Input::Persisted { upto });
@@ -500,14 +504,15 @@ impl World {
             .filter(|(_, s)| !s.left)
             .map(|(id, s)| (s.cluster.clone(), id.clone()))
             .collect();
-        let node = self.start(&id, &cluster, Recovered::joiner(net_id()));
+        let disk = DiskImage::new(Recovered::joiner(net_id()));
+        let node = self.start(&id, &cluster, &disk);
         let lazy = self.rng.random_bool(0.3);
         self.slots.insert(
             id.clone(),
             Slot {
                 cluster,
                 node: Some(node),
-                disk: Recovered::joiner(net_id()),
+                disk,
                 lazy,
                 unflushed: Vec::new(),
                 left: false,
@@ -693,9 +698,17 @@ impl World {
         let chosen_of = |key: &Key| {
             let (_, p) = stored.get(key)?.first()?;
             self.slots.values().find_map(|s| {
-                let from_disk = s.disk.keys.get(key).and_then(|st| st.stored());
-                let in_memory = s.node.as_ref().and_then(|n| n.key_state(key)?.stored());
-                from_disk.or(in_memory).filter(|c| c.p == *p).cloned()
+                let from_disk = s
+                    .disk
+                    .lock()
+                    .keys
+                    .get(key)
+                    .and_then(|st| st.stored().cloned());
+                let in_memory = s
+                    .node
+                    .as_ref()
+                    .and_then(|n| n.key_state(key).ok()??.stored().cloned());
+                from_disk.or(in_memory).filter(|c| c.p == *p)
             })
         };
         let mut wrong = Vec::new();
@@ -727,10 +740,13 @@ impl World {
     fn stored_values(&self) -> BTreeMap<Key, Vec<(NodeId, ProposalId)>> {
         let mut all: BTreeMap<Key, Vec<(NodeId, ProposalId)>> = BTreeMap::new();
         for (id, slot) in &self.slots {
-            let on_disk = slot.disk.keys.iter();
-            let in_memory: Vec<(&Key, &DurableKey)> =
-                slot.node.iter().flat_map(|n| n.keys()).collect();
-            for (key, state) in on_disk.chain(in_memory) {
+            let disk = slot.disk.lock();
+            let in_memory: Vec<(&Key, &DurableKey)> = slot
+                .node
+                .iter()
+                .flat_map(|n| n.records_in_memory())
+                .collect();
+            for (key, state) in disk.keys.iter().chain(in_memory) {
                 if let Some(chosen) = state.stored() {
                     all.entry(key.clone())
                         .or_default()

@@ -7,8 +7,10 @@
 //! It owns its records and borrows only the environment (outbox, timers, clock, config): it
 //! returns its answers instead of calling any other role.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use crate::decided::{DecidedKeys, PageLimit, Unreadable};
 use crate::storage::{DurableKey, WriteOp};
 use crate::timers::Timer;
 use crate::types::{Ballot, Key, Proposal};
@@ -17,7 +19,12 @@ use crate::wire::{Answer, QueryState, RefuseReason};
 use super::{Env, InjectedBug};
 
 pub(crate) struct Acceptor {
+    /// What is in flight (core/PROTOCOL.md, "What a node holds in memory"): every open record,
+    /// and the decisions learned here whose write is not durable yet. Every other decision is
+    /// read from `store`.
     keys: BTreeMap<Key, DurableKey>,
+    /// The driver's storage: every decision whose write was reported durable.
+    store: Box<dyn DecidedKeys>,
     /// Keys whose record was damaged on disk: no promise, no accept, no answer to a read's
     /// question until the decision is learned.
     damaged: BTreeSet<Key>,
@@ -25,7 +32,11 @@ pub(crate) struct Acceptor {
     floor: Ballot,
     /// The number of the last decision learned here.
     seq: u64,
+    /// The decisions in `keys`, by number.
     by_seq: BTreeMap<u64, Key>,
+    /// The decisions in `keys` with the write that makes each durable, in write order: once
+    /// that write is durable the store has it, and memory lets it go.
+    undurable: VecDeque<(u64, u64, Key)>,
     /// Open records holding an accepted value, and open records holding a promise only.
     accepted_open: BTreeSet<Key>,
     promised_only: BTreeSet<Key>,
@@ -43,34 +54,67 @@ pub(crate) enum Learned {
 }
 
 impl Acceptor {
-    pub fn new(keys: BTreeMap<Key, DurableKey>, damaged: BTreeSet<Key>, floor: Ballot) -> Acceptor {
+    /// Starts from the open records of `keys` (decisions among them are in `store` already:
+    /// they were durable), numbering decisions after `last_decision`.
+    pub fn new(
+        keys: BTreeMap<Key, DurableKey>,
+        store: Box<dyn DecidedKeys>,
+        damaged: BTreeSet<Key>,
+        floor: Ballot,
+        last_decision: u64,
+    ) -> Acceptor {
         let mut a = Acceptor {
             keys: BTreeMap::new(),
+            store,
             damaged,
             floor,
-            seq: 0,
+            seq: last_decision,
             by_seq: BTreeMap::new(),
+            undurable: VecDeque::new(),
             accepted_open: BTreeSet::new(),
             promised_only: BTreeSet::new(),
         };
         for (key, state) in keys {
-            a.index(&key, &state);
-            a.keys.insert(key, state);
+            match state {
+                DurableKey::Stored { seq, .. } => a.seq = a.seq.max(seq),
+                open => {
+                    a.index(&key, &open);
+                    a.keys.insert(key, open);
+                }
+            }
         }
         a
     }
 
     // ---------------------------------------------------------------- getters
 
-    pub fn get(&self, key: &Key) -> Option<&DurableKey> {
-        self.keys.get(key)
+    /// This node's record of `key`: in memory if in flight, else its decision in the store.
+    fn record(&self, key: &Key) -> Result<Option<Cow<'_, DurableKey>>, Unreadable> {
+        if let Some(record) = self.keys.get(key) {
+            return Ok(Some(Cow::Borrowed(record)));
+        }
+        let decided = self.store.decision(key)?;
+        Ok(decided.map(|(seq, chosen)| Cow::Owned(DurableKey::Stored { chosen, seq })))
     }
 
-    pub fn stored(&self, key: &Key) -> Option<&Proposal> {
-        self.keys.get(key).and_then(DurableKey::stored)
+    /// This node's record of `key`, `Err` if it cannot be read now (damaged).
+    pub fn get(&self, key: &Key) -> Result<Option<DurableKey>, Unreadable> {
+        if self.damaged.contains(key) {
+            return Err(Unreadable);
+        }
+        Ok(self.record(key)?.map(Cow::into_owned))
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = (&Key, &DurableKey)> {
+    /// The decision of `key`, if this node stores one it can read.
+    pub fn stored(&self, key: &Key) -> Option<Proposal> {
+        match self.record(key) {
+            Ok(Some(record)) => record.stored().cloned(),
+            Ok(None) | Err(Unreadable) => None,
+        }
+    }
+
+    /// The records held in memory (what is in flight), in key order.
+    pub fn records_in_memory(&self) -> impl Iterator<Item = (&Key, &DurableKey)> {
         self.keys.iter()
     }
 
@@ -83,7 +127,8 @@ impl Acceptor {
         self.seq
     }
 
-    pub fn keys_stored(&self) -> usize {
+    /// Decisions held in memory until their write is durable.
+    pub fn undurable_decisions(&self) -> usize {
         self.by_seq.len()
     }
 
@@ -105,9 +150,9 @@ impl Acceptor {
     }
 
     /// Whether this node's record of `key` shows nothing at all (no promise, no accepted value,
-    /// no decision, not damaged): the fast round may be worth trying.
+    /// no decision, not damaged, readable): the fast round may be worth trying.
     pub fn untouched(&self, key: &Key) -> bool {
-        !self.keys.contains_key(key) && !self.damaged.contains(key) && self.floor.is_fast()
+        !self.damaged.contains(key) && self.floor.is_fast() && matches!(self.record(key), Ok(None))
     }
 
     /// The highest ballot this node knows of for `key` (promised or accepted), at least its
@@ -122,49 +167,107 @@ impl Acceptor {
         }
     }
 
-    /// The decisions numbered after `after`, in order: at most `keys_max` of them and about
-    /// `bytes_max` bytes, with the number of the last one listed (`after` if none).
+    /// The decisions numbered after `after`, in order: one page of them (`keys_max` entries,
+    /// about `bytes_max` bytes), with the number of the last one listed (`after` if none).
+    /// `Err` if the store cannot be read now.
     pub fn decisions_after(
         &self,
         after: u64,
         keys_max: usize,
         bytes_max: usize,
-    ) -> (Vec<(Key, Proposal)>, u64) {
-        let mut entries = Vec::new();
+    ) -> Result<(Vec<(Key, Proposal)>, u64), Unreadable> {
+        let page = PageLimit {
+            keys_max,
+            bytes_max,
+        };
+        // The store's decisions are numbered below the ones in memory (durability is a prefix
+        // of the writes), except those that became durable since the last report: listed once.
         let mut bytes = 0usize;
         let mut last = after;
-        for (&seq, key) in self.by_seq.range(after.saturating_add(1)..) {
-            if entries.len() >= keys_max || bytes >= bytes_max {
+        let mut entries = Vec::new();
+        for d in self.store.decisions_after(after, page)? {
+            bytes += PageLimit::bytes_of(&d.key, &d.chosen);
+            last = d.seq;
+            entries.push((d.key, d.chosen));
+        }
+        for (&seq, key) in self.by_seq.range(last.saturating_add(1)..) {
+            if page.full(entries.len(), bytes) {
                 break;
             }
-            let chosen = self.stored(key).expect("numbered decisions are stored");
-            bytes += key.as_str().len() + chosen.value.len();
+            let Some(DurableKey::Stored { chosen, .. }) = self.keys.get(key) else {
+                unreachable!("{key:?} is numbered in memory without its decision");
+            };
+            bytes += PageLimit::bytes_of(key, chosen);
             entries.push((key.clone(), chosen.clone()));
             last = seq;
         }
-        (entries, last)
+        Ok((entries, last))
     }
 
-    /// The records after `after`, in key order: at most `keys_max` and about `bytes_max`
-    /// bytes, and whether they are the last ones. Damaged keys have no record to give.
+    /// The records after `after`, in key order (decisions from the store, what is in flight
+    /// from memory): at most `keys_max` and about `bytes_max` bytes, and whether they are the
+    /// last ones. Damaged keys have no record to give. `Err` if the store cannot be read now.
     pub fn records_after(
         &self,
         after: Option<&Key>,
         keys_max: usize,
         bytes_max: usize,
-    ) -> (Vec<(Key, DurableKey)>, bool) {
+    ) -> Result<(Vec<(Key, DurableKey)>, bool), Unreadable> {
         use std::ops::Bound;
+        let page = PageLimit {
+            keys_max,
+            bytes_max,
+        };
+        let (decided, store_done) = self.store.decisions_from(after, page)?;
+        // Memory's records up to the last decided key of the page (every one after it if the
+        // store has no more), merged in: memory's record of a key wins (it is newer).
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let to = match decided.last() {
+            Some(d) if !store_done => Bound::Included(&d.key),
+            _ => Bound::Unbounded,
+        };
+        let in_memory: Vec<(Key, DurableKey)> = self
+            .keys
+            .range::<Key, _>((from, to))
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        let mut merged: BTreeMap<Key, DurableKey> = decided
+            .into_iter()
+            .map(|d| {
+                let state = DurableKey::Stored {
+                    chosen: d.chosen,
+                    seq: d.seq,
+                };
+                (d.key, state)
+            })
+            .collect();
+        merged.extend(in_memory);
         let mut entries = Vec::new();
         let mut bytes = 0usize;
-        for (key, state) in self.keys.range::<Key, _>((from, Bound::Unbounded)) {
-            if entries.len() >= keys_max || bytes >= bytes_max {
-                return (entries, false);
+        for (key, state) in merged {
+            if page.full(entries.len(), bytes) {
+                return Ok((entries, false));
             }
             bytes += key.as_str().len() + state.value().map_or(0, |v| v.len());
-            entries.push((key.clone(), state.clone()));
+            entries.push((key, state));
         }
-        (entries, true)
+        Ok((entries, store_done))
+    }
+
+    /// Writes up to `upto` are durable: the decisions they carry are in the store now, and
+    /// memory lets them go.
+    pub fn on_durable(&mut self, upto: u64) {
+        while self
+            .undurable
+            .front()
+            .is_some_and(|(write, _, _)| *write <= upto)
+        {
+            let (_, seq, key) = self.undurable.pop_front().expect("front exists");
+            if matches!(self.keys.get(&key), Some(DurableKey::Stored { seq: s, .. }) if *s == seq) {
+                self.keys.remove(&key);
+                self.by_seq.remove(&seq);
+            }
+        }
     }
 
     // ---------------------------------------------------------------- the handlers
@@ -176,14 +279,13 @@ impl Acceptor {
         if self.damaged.contains(key) {
             return refused(RefuseReason::Abstaining);
         }
-        let (promised, accepted) = match self.keys.get(key) {
-            Some(DurableKey::Stored { chosen, .. }) => {
-                return Answer::Stored {
-                    chosen: chosen.clone(),
-                };
-            }
-            Some(DurableKey::Open { promised, accepted }) => (promised.clone(), accepted.clone()),
-            None => {
+        let (promised, accepted) = match self.record(key) {
+            Err(Unreadable) => return refused(RefuseReason::Abstaining),
+            Ok(Some(record)) => match record.into_owned() {
+                DurableKey::Stored { chosen, .. } => return Answer::Stored { chosen },
+                DurableKey::Open { promised, accepted } => (promised, accepted),
+            },
+            Ok(None) => {
                 if let Some(refusal) = self.no_room(env, false) {
                     return refusal;
                 }
@@ -222,14 +324,13 @@ impl Acceptor {
         if self.damaged.contains(key) {
             return refused(RefuseReason::Abstaining);
         }
-        let (promised, accepted) = match self.keys.get(key) {
-            Some(DurableKey::Stored { chosen, .. }) => {
-                return Answer::Stored {
-                    chosen: chosen.clone(),
-                };
-            }
-            Some(DurableKey::Open { promised, accepted }) => (promised.clone(), accepted.clone()),
-            None => {
+        let (promised, accepted) = match self.record(key) {
+            Err(Unreadable) => return refused(RefuseReason::Abstaining),
+            Ok(Some(record)) => match record.into_owned() {
+                DurableKey::Stored { chosen, .. } => return Answer::Stored { chosen },
+                DurableKey::Open { promised, accepted } => (promised, accepted),
+            },
+            Ok(None) => {
                 if let Some(refusal) = self.no_room(env, ballot.is_fast()) {
                     return refusal;
                 }
@@ -262,20 +363,24 @@ impl Acceptor {
         if self.damaged.contains(key) {
             return QueryState::Refused(RefuseReason::Abstaining);
         }
-        match self.keys.get(key) {
-            Some(DurableKey::Stored { chosen, .. }) => QueryState::Stored(chosen.clone()),
-            Some(DurableKey::Open {
+        match self.record(key).as_ref().map(|r| r.as_deref()) {
+            Err(Unreadable) => QueryState::Refused(RefuseReason::Abstaining),
+            Ok(Some(DurableKey::Stored { chosen, .. })) => QueryState::Stored(chosen.clone()),
+            Ok(Some(DurableKey::Open {
                 accepted: Some((b, a)),
                 ..
-            }) => QueryState::Accepted(b.clone(), a.clone()),
-            Some(DurableKey::Open { accepted: None, .. }) | None => QueryState::Nothing,
+            })) => QueryState::Accepted(b.clone(), a.clone()),
+            Ok(Some(DurableKey::Open { accepted: None, .. }) | None) => QueryState::Nothing,
         }
     }
 
     /// Stores the decision of `key`: a lazy write (core/PROTOCOL.md, "Lazy writes"); the
     /// record's promise and accepted value go with it (rule "Forgetting").
     pub fn store(&mut self, env: &mut Env, key: &Key, chosen: &Proposal) -> Learned {
-        if let Some(DurableKey::Stored { chosen: known, .. }) = self.keys.get(key) {
+        // An unreadable record is written again: the decision repairs it.
+        if let Ok(Some(record)) = self.record(key)
+            && let DurableKey::Stored { chosen: known, .. } = record.as_ref()
+        {
             return if known == chosen {
                 Learned::Known
             } else {
@@ -292,6 +397,8 @@ impl Acceptor {
         self.unindex(key);
         self.index(key, &state);
         self.keys.insert(key.clone(), state.clone());
+        self.undurable
+            .push_back((env.out.pending_write(), self.seq, key.clone()));
         env.out.persist_lazy(WriteOp::PutKey {
             key: key.clone(),
             state,
@@ -314,12 +421,15 @@ impl Acceptor {
                 Learned::New | Learned::Known => None,
             },
             DurableKey::Open { promised, accepted } => {
-                let (mine_p, mine_a) = match self.keys.get(key) {
-                    Some(DurableKey::Stored { .. }) => return None,
-                    Some(DurableKey::Open { promised, accepted }) => {
+                let (mine_p, mine_a) = match self.record(key).as_ref().map(|r| r.as_deref()) {
+                    Ok(Some(DurableKey::Stored { .. })) => return None,
+                    Ok(Some(DurableKey::Open { promised, accepted })) => {
                         (promised.clone(), accepted.clone())
                     }
-                    None => (Ballot::FAST, None),
+                    // Unreadable: what this node promised is lost; the copy's record is the
+                    // best it can hold (as for a key damaged at a restart, it abstains until
+                    // the decision is learned).
+                    Ok(None) | Err(Unreadable) => (Ballot::FAST, None),
                 };
                 let accepted = match (mine_a, accepted) {
                     (Some(m), Some(c)) => Some(if c.0 > m.0 { c.clone() } else { m }),
@@ -386,8 +496,8 @@ impl Acceptor {
 
     fn put(&mut self, env: &mut Env, key: &Key, state: DurableKey, lazy: bool) {
         assert!(!state.is_stored(), "decisions are stored with `store`");
-        if let Some(DurableKey::Stored { .. }) = self.keys.get(key) {
-            panic!("overwriting the decision of {key:?}");
+        if let Ok(Some(record)) = self.record(key) {
+            assert!(!record.is_stored(), "overwriting the decision of {key:?}");
         }
         self.unindex(key);
         self.index(key, &state);

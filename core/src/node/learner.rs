@@ -101,8 +101,11 @@ impl Learner {
 
     /// A member of this cluster asks for the decisions after `after`: one page.
     pub fn serve(&self, env: &mut Env, acceptor: &Acceptor, from: NodeId, after: u64) {
-        let (entries, last) =
+        let page =
             acceptor.decisions_after(after, env.config.sync_page_keys, env.config.sync_page_bytes);
+        // The store cannot be read now: no answer, as if the question was lost (the member
+        // asks again on its catch-up timer).
+        let Ok((entries, last)) = page else { return };
         let latest = acceptor.seq();
         // After every write, lazy ones included: a decision's number is on this node's disk
         // before anyone relies on it (a restart never numbers another decision with it).

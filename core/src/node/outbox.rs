@@ -73,6 +73,16 @@ impl Outbox {
         self.held.len()
     }
 
+    /// The id the write asked for during the current input will have once flushed.
+    pub fn pending_write(&self) -> u64 {
+        self.last_issued + 1
+    }
+
+    /// Every write up to this one is durable.
+    pub fn durable_upto(&self) -> u64 {
+        self.durable_upto
+    }
+
     // ---------------------------------------------------------------- producing
 
     /// Asks for `op` to be made durable, in the next write, before anything produced from now

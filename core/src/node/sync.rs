@@ -137,11 +137,14 @@ impl Node {
         if let Some(reason) = refusal {
             return self.env.out.send(from, Message::SyncRefused { reason });
         }
-        let (entries, done) = self.acceptor.records_after(
+        let records = self.acceptor.records_after(
             after.as_ref(),
             self.env.config.sync_page_keys,
             self.env.config.sync_page_bytes,
         );
+        // The store cannot be read now: no answer, as if the request was lost (the joiner
+        // asks again when its request times out).
+        let Ok((entries, done)) = records else { return };
         let page = Message::SyncPage {
             entries,
             floor: self.acceptor.floor().clone(),

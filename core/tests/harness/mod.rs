@@ -31,7 +31,7 @@ pub fn net() -> NetworkId {
 pub struct Slot {
     pub cluster: ClusterId,
     pub node: Option<Node>,
-    pub disk: Recovered,
+    pub disk: DiskImage,
 }
 
 pub struct InFlight {
@@ -122,11 +122,13 @@ impl Harness {
             pending_writes: BTreeMap::new(),
         };
         for (c, id) in pairs {
+            let disk = DiskImage::new(founded.clone());
             let node = Node::new(
                 h.config.clone(),
                 id.clone(),
                 c.clone(),
                 founded.clone(),
+                Box::new(disk.clone()),
                 h.now,
                 h.seed,
             )
@@ -137,7 +139,7 @@ impl Harness {
                 Slot {
                     cluster: c,
                     node: Some(node),
-                    disk: founded.clone(),
+                    disk,
                 },
             );
         }
@@ -188,7 +190,7 @@ impl Harness {
                             .or_default()
                             .push((write, ops));
                     } else {
-                        slot.disk.apply_all(&ops);
+                        slot.disk.lock().apply_all(&ops);
                         persisted.push(write);
                     }
                 }
@@ -408,7 +410,7 @@ impl Harness {
         };
         let slot = self.slots.get_mut(&id).expect("slot");
         for (_, ops) in &writes {
-            slot.disk.apply_all(ops);
+            slot.disk.lock().apply_all(ops);
         }
         self.input(&id, Input::Persisted { upto });
     }
@@ -432,11 +434,13 @@ impl Harness {
             .map(|(id, s)| (s.cluster.clone(), id.clone()))
             .collect();
         self.seed += 1;
+        let disk = DiskImage::new(Recovered::joiner(net()));
         let node = Node::new(
             self.config.clone(),
             n(id),
             ClusterId::from(cluster),
             Recovered::joiner(net()),
+            Box::new(disk.clone()),
             self.now,
             self.seed,
         )
@@ -446,7 +450,7 @@ impl Harness {
             Slot {
                 cluster: ClusterId::from(cluster),
                 node: Some(node),
-                disk: Recovered::joiner(net()),
+                disk,
             },
         );
         self.drain(&n(id));
@@ -490,6 +494,8 @@ impl Harness {
     pub fn stored_at(&self, id: &str, key: &str) -> Option<Proposal> {
         self.node(id)
             .key_state(&k(key))
+            .ok()
+            .flatten()
             .and_then(|s| s.stored().cloned())
     }
 
@@ -497,6 +503,8 @@ impl Harness {
     pub fn accepted_at(&self, id: &str, key: &str) -> Option<(Ballot, Proposal)> {
         self.node(id)
             .key_state(&k(key))
+            .ok()
+            .flatten()
             .and_then(|s| s.accepted().cloned())
     }
 
@@ -523,7 +531,8 @@ impl Harness {
             self.config.clone(),
             n(id),
             slot.cluster.clone(),
-            slot.disk.clone(),
+            slot.disk.lock().clone(),
+            Box::new(slot.disk.clone()),
             self.now,
             self.seed,
         )
@@ -539,7 +548,7 @@ impl Harness {
             .filter_map(|(id, s)| {
                 s.node
                     .as_ref()
-                    .map(|node| (id.clone(), node.key_state(&k(key)).cloned()))
+                    .map(|node| (id.clone(), node.key_state(&k(key)).ok().flatten()))
             })
             .collect()
     }
