@@ -9,8 +9,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replicator_core::wire::{self, Answer, Message, Request, Response};
 use replicator_core::{
-    CallId, ClusterId, Command, DurableKey, Input, Key, NetworkId, Node, NodeId, Note, Output,
-    Recovered, RemoveOutcome, Reply, Time, Urgency, WriteId, WriteOp,
+    CallId, ClusterId, Command, DiskImage, DurableKey, ImageGuard, Input, Key, NetworkId, Node,
+    NodeId, Note, Output, Recovered, RemoveOutcome, Reply, Time, Urgency, WriteId, WriteOp,
 };
 
 use crate::obs::{Obs, WorldStats};
@@ -34,7 +34,8 @@ struct SimNode {
     cluster: usize,
     node: Option<Node>,
     incarnation: u64,
-    disk: Recovered,
+    /// The node's disk: what it recovers after a restart, and where it reads its decisions.
+    disk: DiskImage,
     /// Writes issued and not yet durable, in order, with their completion time.
     inflight: VecDeque<(WriteId, Vec<WriteOp>)>,
     disk_busy_until: Time,
@@ -233,8 +234,8 @@ impl World {
         self.nodes[ix].paused_until > self.now
     }
     /// The node's disk image: every write reported durable.
-    pub fn disk(&self, ix: NodeIx) -> &Recovered {
-        &self.nodes[ix].disk
+    pub fn disk(&self, ix: NodeIx) -> ImageGuard<'_> {
+        self.nodes[ix].disk.lock()
     }
     /// How many times the node crashed or left (a new incarnation boots from the disk).
     pub fn incarnation(&self, ix: NodeIx) -> u64 {

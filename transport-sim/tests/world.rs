@@ -72,7 +72,7 @@ fn calm_network_commits_and_every_node_stores() {
     for ix in 0..world.node_count() {
         let state = world
             .node(ix)
-            .and_then(|n| n.key_state(&Key::new("a")).cloned());
+            .and_then(|n| n.key_state(&Key::new("a")).ok().flatten());
         assert!(state.is_some_and(|s| s.is_stored()), "node {ix}");
     }
     assert!(world.stats().bytes_sent > 0);
@@ -112,7 +112,7 @@ fn isolated_node_answers_unavailable_and_heals() {
     for ix in 0..3 {
         let state = world
             .node(ix)
-            .and_then(|n| n.key_state(&Key::new("a")).cloned());
+            .and_then(|n| n.key_state(&Key::new("a")).ok().flatten());
         assert!(
             matches!(&state, Some(DurableKey::Stored { chosen, .. }) if chosen.value == Value::new("1")),
             "node {ix}: {state:?}"
@@ -162,7 +162,7 @@ fn joined_node_copies_keys_and_becomes_ready() {
     assert!(node.is_ready());
     assert!(
         node.key_state(&Key::new("a"))
-            .is_some_and(|s| s.is_stored())
+            .is_ok_and(|s| s.is_some_and(|s| s.is_stored()))
     );
 }
 

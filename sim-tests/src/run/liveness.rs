@@ -268,7 +268,10 @@ impl Run {
                 missing.get_or_insert_with(|| format!("{name} is not ready (join-time copy)"));
                 continue;
             }
-            if let Some((key, state)) = node.keys().find(|(_, s)| s.accepted().is_some()) {
+            if let Some((key, state)) = node
+                .records_in_memory()
+                .find(|(_, s)| s.accepted().is_some())
+            {
                 missing.get_or_insert_with(|| {
                     format!("{name} still holds an accepted value of key {key:?} not known to be decided: {state:?}")
                 });
@@ -276,7 +279,7 @@ impl Run {
             }
             for (key, (p, _)) in self.checker.committed() {
                 match node.key_state(key) {
-                    Some(s) if s.stored().is_some_and(|c| c.p == *p) => {}
+                    Ok(Some(s)) if s.stored().is_some_and(|c| c.p == *p) => {}
                     other => {
                         missing.get_or_insert_with(|| {
                             format!(
@@ -317,8 +320,8 @@ impl Run {
                     .committed()
                     .iter()
                     .find(|(k, (p, _))| {
-                        node.and_then(|n| n.key_state(k))
-                            .and_then(|s| s.stored())
+                        node.and_then(|n| n.key_state(k).ok().flatten())
+                            .and_then(|s| s.stored().cloned())
                             .is_none_or(|c| c.p != *p)
                     })
                     .map(|(k, _)| k.clone());

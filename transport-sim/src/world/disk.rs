@@ -82,6 +82,6 @@ impl World {
 
 impl SimNode {
     pub(super) fn apply_durable(&mut self, ops: &[WriteOp]) {
-        self.disk.apply_all(ops);
+        self.disk.lock().apply_all(ops);
     }
 }

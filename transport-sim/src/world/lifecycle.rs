@@ -120,15 +120,19 @@ impl World {
         self.boot(ix);
         self.stats.restarts += 1;
         let n = &self.nodes[ix];
+        let (members, departed, keys) = {
+            let disk = n.disk.lock();
+            (disk.members.len(), disk.departed.len(), disk.keys.len())
+        };
         self.tr.fault(
             self.now,
             &self.nodes,
             ix,
             format_args!(
                 "restart from disk: {} members, {} departed, {} keys{}",
-                n.disk.members.len(),
-                n.disk.departed.len(),
-                n.disk.keys.len(),
+                members,
+                departed,
+                keys,
                 if n.removed {
                     " (removed by an operator)"
                 } else {
@@ -257,7 +261,7 @@ impl World {
             cluster,
             node: None,
             incarnation: 0,
-            disk,
+            disk: DiskImage::new(disk),
             inflight: VecDeque::new(),
             disk_busy_until: Time::ZERO,
             timer_at: None,
@@ -278,17 +282,20 @@ impl World {
         let seed = self.rng_seeds.random::<u64>();
         let departed_seen: BTreeSet<NodeIx> = self.nodes[ix]
             .disk
+            .lock()
             .departed
             .iter()
             .filter_map(|id| self.index.get(id).copied())
             .collect();
         let n = &mut self.nodes[ix];
         n.departed_seen = departed_seen;
+        let recovered = n.disk.lock().clone();
         let node = Node::new(
             self.spec.config.clone(),
             n.id.clone(),
             self.cluster_ids[n.cluster].clone(),
-            n.disk.clone(),
+            recovered,
+            Box::new(n.disk.clone()),
             self.now,
             seed,
         );

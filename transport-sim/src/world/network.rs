@@ -138,7 +138,8 @@ impl World {
                 });
             }
             let me = &self.nodes[from];
-            let on_disk = me.disk.keys.get(key);
+            let disk = me.disk.lock();
+            let on_disk = disk.keys.get(key);
             let durable = match (answer, on_disk) {
                 (Answer::Promise { .. } | Answer::Accepted, Some(DurableKey::Stored { .. })) => {
                     true
@@ -212,17 +213,25 @@ impl World {
             return;
         };
         let Some(leaver) = self.ix_of(to) else { return };
-        if self.nodes[leaver].cluster != self.nodes[from].cluster {
+        if leaver == from || self.nodes[leaver].cluster != self.nodes[from].cluster {
             return;
         }
         let Some(leaving) = self.nodes[leaver].node.as_ref() else {
             return;
         };
         let me = &self.nodes[from];
-        let missing = leaving.keys().find(|(key, state)| {
-            matches!(state, DurableKey::Stored { seq, .. } if seq <= held)
-                && !me.disk.keys.get(*key).is_some_and(DurableKey::is_stored)
-        });
+        // What the leaver holds: its decisions in memory and on its disk.
+        let leaver_disk = self.nodes[leaver].disk.lock();
+        let mine = me.disk.lock();
+        let missing = leaving
+            .records_in_memory()
+            .chain(leaver_disk.keys.iter())
+            .find(|(key, state)| {
+                matches!(state, DurableKey::Stored { seq, .. } if seq <= held)
+                    && !mine.keys.get(*key).is_some_and(DurableKey::is_stored)
+            })
+            .map(|(key, state)| (key.clone(), state.clone()));
+        drop((leaver_disk, mine));
         if let Some((key, state)) = missing {
             let what = format!(
                 "{} told {to} it holds its decisions up to {held} ({msg:?}) while its disk lacks {key:?}, which {to} decided ({state:?})",
