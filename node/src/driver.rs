@@ -305,7 +305,8 @@ impl<T: Transport> Driver<T> {
             ready = recovered.ready,
             members = recovered.members.len() + 1,
             departed = recovered.departed.len(),
-            keys = recovered.keys.len(),
+            open_keys = recovered.keys.len(),
+            decisions = recovered.last_decision,
             damaged = recovered.damaged.len(),
             "starting the protocol core"
         );
@@ -318,7 +319,8 @@ impl<T: Transport> Driver<T> {
         // A PUT is answered by the core within put_timeout; a read within read_timeout; the
         // rest is slack. Beyond it the node is stalled (its answers wait for a write).
         let call_timeout = config.put_timeout.max(config.read_timeout) + CALL_SLACK;
-        let node = Node::new(config, id, cluster, recovered, Time::ZERO, seed)?;
+        let decided = Box::new(storage.decision_reader(metrics.damage.clone()));
+        let node = Node::new(config, id, cluster, recovered, decided, Time::ZERO, seed)?;
         if node.is_removed() {
             error!(
                 "an operator removed this node from the network: it serves nothing; wipe its data dir to bring this machine back as a new node"
@@ -620,7 +622,7 @@ impl<T: Transport> Driver<T> {
             }
             Request::ReadStored { key, reply } => {
                 let value = match self.node.key_state(&key) {
-                    Some(replicator_core::DurableKey::Stored { chosen, .. })
+                    Ok(Some(replicator_core::DurableKey::Stored { chosen, .. }))
                         if self.node.is_ready() && !self.node.is_removed() =>
                     {
                         Some(chosen.value.clone())
@@ -956,14 +958,15 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        // Everything acknowledged is on disk.
+        // Everything acknowledged is on disk (and no longer in flight: a restart does not
+        // load it, the core reads it when it needs it).
         for d in &dirs {
-            let rec = Storage::open(d.path(), None)
-                .unwrap()
-                .load()
-                .unwrap()
-                .recovered;
-            assert!(rec.keys[&Key::new("k")].is_stored());
+            let mut storage = Storage::open(d.path(), None).unwrap();
+            let rec = storage.load().unwrap().recovered;
+            assert!(!rec.keys.contains_key(&Key::new("k")));
+            let reader = storage.decision_reader(Default::default());
+            use replicator_core::DecidedKeys;
+            assert!(reader.decision(&Key::new("k")).unwrap().is_some());
         }
     }
 }

@@ -132,6 +132,11 @@ pub struct RunArgs {
     /// under the system's temp dir (a new identity on every start).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Memory for the database's page cache, in MiB: the decided keys a node reads most stay
+    /// in memory, the rest is read from disk. A node's memory does not grow with the keys it
+    /// stores; what is in flight (open keys, requests) is bounded by the protocol's limits.
+    #[arg(long, default_value_t = storage::DEFAULT_CACHE_MB)]
+    pub cache_mb: usize,
     /// Give up on the bootstrap peer after this long.
     #[arg(long, default_value_t = 10_000)]
     pub bootstrap_timeout_ms: u64,

@@ -65,8 +65,9 @@ pub struct Metrics {
     pub http_connections_refused: AtomicU64,
     /// Peer frames dropped while storage writes were stalled.
     pub frames_dropped_stalled: AtomicU64,
-    /// What the node found damaged on its disk when it started, and what it repaired since.
-    pub damage: DamageCounters,
+    /// What the node found damaged on its disk (when it started, and when it read a decision),
+    /// and what it repaired since.
+    pub damage: Arc<DamageCounters>,
 
     // ---- Disk and transport cost per create (issue 11): a block of its own. ----
     /// The storage loop's group commits.
@@ -84,6 +85,7 @@ pub struct DamageCounters {
     request_records: AtomicU64,
     log_tail_bytes: AtomicU64,
     keys_repaired: AtomicU64,
+    decision_reads_failed: AtomicU64,
 }
 
 impl DamageCounters {
@@ -96,9 +98,24 @@ impl DamageCounters {
         add(&self.log_tail_bytes, log_tail_bytes);
     }
 
+    /// A decided key's record failed its checksum when the node read it.
+    pub fn found_by_read(&self) {
+        self.key_records.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A read of a decision failed (an I/O error, or the database being reopened).
+    pub fn read_failed(&self) {
+        self.decision_reads_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Damaged keys whose decisions the node learned from its cluster.
     pub fn repaired(&self, keys: usize) {
         self.keys_repaired.fetch_add(keys as u64, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn render_for_test(&self, s: &mut String) {
+        self.render(s)
     }
 
     fn render(&self, s: &mut String) {
@@ -119,6 +136,10 @@ impl DamageCounters {
             (
                 "replicator_damaged_keys_repaired_total",
                 get(&self.keys_repaired),
+            ),
+            (
+                "replicator_decision_reads_failed_total",
+                get(&self.decision_reads_failed),
             ),
         ] {
             let _ = writeln!(s, "{name} {v}");
@@ -431,7 +452,7 @@ impl Metrics {
             let gauges = [
                 ("replicator_ready", u64::from(st.ready)),
                 ("replicator_removed", u64::from(st.removed)),
-                ("replicator_keys_stored", st.stats.keys_stored as u64),
+                ("replicator_keys_stored", st.stats.keys_stored),
                 (
                     "replicator_accepted_undecided",
                     st.stats.accepted_undecided as u64,

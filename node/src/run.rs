@@ -73,13 +73,14 @@ async fn run(args: RunArgs) -> Result<()> {
         );
     }
     let auth = api_auth(&args)?;
+    let cache_bytes = args.cache_mb.max(1).saturating_mul(1 << 20);
     let config = core_config(&args)?;
 
     // A node with a database belongs to the network it recorded, whatever the flags say: it
     // never founds another one, and it joins only a bootstrap peer of that network. Only an
     // empty data dir without --bootstrap founds a network.
     let existing = if has_database {
-        let storage = Storage::open(&data_dir, None)?;
+        let storage = Storage::open_with_cache(&data_dir, None, cache_bytes)?;
         storage.bind_identity(&peer_id.to_string())?;
         if let Some(when) = storage.left()? {
             return Err(Left { when, data_dir }.into());
@@ -130,7 +131,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let listen_addrs = client.listen_addrs().await;
     let network = NetworkId::from(client.network());
 
-    let opened = open_storage(existing, role, &network, &data_dir, &peer_id);
+    let opened = open_storage(existing, role, &network, &data_dir, &peer_id, cache_bytes);
     let (storage, loaded) = match opened {
         Ok(opened) => opened,
         Err(e) => {
@@ -365,6 +366,7 @@ fn open_storage(
     network: &NetworkId,
     data_dir: &Path,
     peer_id: &PeerId,
+    cache_bytes: usize,
 ) -> Result<(Storage, crate::storage::Loaded)> {
     let mut storage = match existing {
         Some((storage, recorded)) => {
@@ -380,7 +382,7 @@ fn open_storage(
                 Role::Founder => Recovered::founder(network.clone()),
                 _ => Recovered::joiner(network.clone()),
             };
-            Storage::open(data_dir, Some(&fresh))?
+            Storage::open_with_cache(data_dir, Some(&fresh), cache_bytes)?
         }
     };
     storage.bind_identity(&peer_id.to_string())?;

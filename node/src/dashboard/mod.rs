@@ -123,7 +123,7 @@ impl Dashboard {
                 .into_iter()
                 .map(String::from)
                 .collect(),
-            keys_stored: s.stats.keys_stored as u64,
+            keys_stored: s.stats.keys_stored,
             accepted_undecided: s.stats.accepted_undecided as u64,
             puts_in_flight: s.stats.puts_in_flight as u64,
             proposers: s.stats.proposers as u64,

@@ -16,6 +16,8 @@ impl Storage {
             self.checkpoint()?;
         }
         self.log.append(jobs.iter().map(|j| j.ops.as_slice()))?;
+        // Before the group is reported durable: the core may read these decisions from then.
+        self.reads.logged(jobs);
         self.unapplied
             .extend(jobs.iter().flat_map(|j| j.ops.iter().cloned()));
         Ok(())
@@ -33,6 +35,8 @@ impl Storage {
     pub fn checkpoint(&mut self) -> Result<()> {
         let number = self.log_generation.unwrap_or(0) + 1;
         self.apply_ops(superseded_dropped(&self.unapplied), Some(number))?;
+        // The database holds them now (reads look in the log's decisions first, then here).
+        self.reads.checkpointed();
         self.log.clear(number)?;
         self.log_generation = Some(number);
         self.unapplied.clear();
@@ -55,33 +59,50 @@ impl Storage {
     ) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
-            let mut keys = txn.open_table(KEYS)?;
+            let mut records = txn.open_table(RECORDS)?;
+            let mut open_records = txn.open_table(OPEN_RECORDS)?;
+            let mut decision_order = txn.open_table(DECISION_ORDER)?;
             let mut requests = txn.open_table(REQUESTS)?;
             let mut departed = txn.open_table(DEPARTED)?;
             let mut members = txn.open_table(MEMBERS)?;
             let mut caught_up = txn.open_table(CAUGHT_UP)?;
             let mut meta = txn.open_table(META)?;
-            let mut records = txn.open_table(META_RECORDS)?;
+            let mut meta_records = txn.open_table(META_RECORDS)?;
+            let mut last_decision = 0;
             if let Some(number) = checkpoint {
                 meta.insert(META_CHECKPOINTS, number)?;
             }
             for op in ops {
                 match op {
                     WriteOp::PutKey { key, state } => {
-                        let k = key.as_str().as_bytes();
-                        keys.insert(k, seal(k, &encode_record(state)?).as_slice())?;
+                        let text = key.as_str().as_bytes();
+                        let at = order_key(key.as_str());
+                        let at = at.as_slice();
+                        records.insert(at, seal(text, &encode_record(state)?).as_slice())?;
+                        match state {
+                            DurableKey::Stored { seq, .. } => {
+                                open_records.remove(at)?;
+                                decision_order.insert(*seq, at)?;
+                                last_decision = last_decision.max(*seq);
+                            }
+                            DurableKey::Open { .. } => {
+                                open_records.insert(at, ())?;
+                            }
+                        }
                     }
                     WriteOp::RemoveKey { key } => {
-                        keys.remove(key.as_str().as_bytes())?;
+                        let at = order_key(key.as_str());
+                        records.remove(at.as_slice())?;
+                        open_records.remove(at.as_slice())?;
                     }
                     WriteOp::BallotFloor(floor) => {
                         let k = META_FLOOR.as_bytes();
-                        let old = records
+                        let old = meta_records
                             .get(META_FLOOR)?
                             .and_then(|v| open_record(k, v.value()).map(<[u8]>::to_vec))
                             .and_then(|b| decode_record::<replicator_core::Ballot>(&b).ok());
                         if old.is_none_or(|old| *floor > old) {
-                            records
+                            meta_records
                                 .insert(META_FLOOR, seal(k, &encode_record(floor)?).as_slice())?;
                         }
                     }
@@ -116,6 +137,9 @@ impl Storage {
                         caught_up.remove(n.as_str())?;
                     }
                 }
+            }
+            if last_decision > 0 {
+                keep_max(&mut meta, META_LAST_DECISION, last_decision)?;
             }
         }
         // Durability::Immediate is redb's default: commit returns after fsync.

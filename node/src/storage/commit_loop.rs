@@ -68,18 +68,30 @@ impl StorageWorker {
     }
 }
 
-/// Where a database lives, to open it again after a failed write.
+/// Where a database lives, to open it again after a failed write, with the reads of
+/// decisions that go to whichever copy is open.
 #[derive(Clone)]
 pub(super) struct Location {
-    path: PathBuf,
-    disk: Option<SimDisk>,
+    pub(super) path: PathBuf,
+    pub(super) disk: Option<SimDisk>,
+    pub(super) cache_bytes: usize,
+    pub(super) reads: Arc<super::reads::ReadSide>,
 }
 
 impl Location {
+    pub(super) fn new(path: PathBuf, disk: Option<SimDisk>, cache_bytes: usize) -> Location {
+        Location {
+            reads: Arc::new(super::reads::ReadSide::new(path.clone())),
+            path,
+            disk,
+            cache_bytes,
+        }
+    }
+
     pub(super) fn reopen(&self) -> Result<Storage> {
         match &self.disk {
-            None => Storage::reopen(&self.path),
-            Some(disk) => Storage::reopen_sim(disk),
+            None => Storage::reopen_file(self),
+            Some(disk) => Storage::reopen_sim(self, disk),
         }
     }
 }
@@ -165,6 +177,8 @@ impl Storage {
         Location {
             path: self.path.clone(),
             disk: self.disk.clone(),
+            cache_bytes: self.cache_bytes,
+            reads: self.reads.clone(),
         }
     }
 }
@@ -234,6 +248,8 @@ pub(super) fn commit_once(
         }),
     };
     if result.is_err() {
+        // Reopened at the next attempt: every handle on it goes (its file lock).
+        location.reads.detach();
         *storage = None;
     }
     result

@@ -15,10 +15,14 @@ pub struct Loaded {
 }
 
 impl Storage {
-    /// The durable state, as the core wants it after a restart, every record checked. A key
-    /// whose record is damaged is left out, and named in [`Recovered::damaged`]: this node
-    /// abstains for it (no promise, no accept, no answer to a read's question) until it learns
-    /// its decision; the majorities of its cluster carry on without it.
+    /// The durable state, as the core wants it after a restart: what is in flight (the open
+    /// records, each checked), the membership, counters and request records. Decisions stay
+    /// on disk: the core reads them through [`Storage::decision_reader`] when it needs one,
+    /// so a restart takes as long with a million keys stored as with none. A key whose open
+    /// record is damaged is left out, and named in [`Recovered::damaged`]: this node abstains
+    /// for it (no promise, no accept, no answer to a read's question) until it learns its
+    /// decision; the majorities of its cluster carry on without it. A damaged decided record
+    /// is found when it is read, with the same effect.
     pub fn load(&mut self) -> Result<Loaded> {
         let loaded = without_panics(&self.path, || self.load_checked())?;
         if !loaded.damaged_keys.is_empty() {
@@ -43,19 +47,26 @@ impl Storage {
         let mut rec = Recovered::joiner(network);
         let mut damaged_keys = Vec::new();
         let mut damaged_requests = 0;
-        for entry in txn.open_table(KEYS)?.iter()? {
-            let (k, v) = entry?;
-            let state =
-                open_record(k.value(), v.value()).and_then(|bytes| decode_record(bytes).ok());
-            match (std::str::from_utf8(k.value()), state) {
-                (Ok(key), Some(state)) => {
+        let records = txn.open_table(RECORDS)?;
+        for entry in txn.open_table(OPEN_RECORDS)?.iter()? {
+            let (at, _) = entry?;
+            let at = at.value();
+            let sealed = records.get(at)?;
+            let Some(key) = key_text(at) else {
+                damaged_keys.push(String::from_utf8_lossy(at).into_owned());
+                continue;
+            };
+            let state = sealed.and_then(|s| {
+                open_record(key.as_bytes(), s.value()).and_then(|b| decode_record(b).ok())
+            });
+            match state {
+                Some(state) => {
                     rec.keys.insert(key.into(), state);
                 }
-                (Ok(key), None) => {
+                None => {
                     rec.damaged.insert(key.into());
                     damaged_keys.push(key.to_string());
                 }
-                (Err(_), _) => damaged_keys.push(String::from_utf8_lossy(k.value()).into_owned()),
             }
         }
         for entry in txn.open_table(REQUESTS)?.iter()? {
@@ -93,6 +104,7 @@ impl Storage {
         rec.counter_ceiling = number(META_COUNTER_CEILING)?;
         rec.round_ceiling = number(META_ROUND_CEILING)?;
         rec.ready = number(META_READY)? == 1;
+        rec.last_decision = number(META_LAST_DECISION)?;
         if let Some(floor) = txn.open_table(META_RECORDS)?.get(META_FLOOR)? {
             let key = META_FLOOR.as_bytes();
             let floor = open_record(key, floor.value()).and_then(|b| decode_record(b).ok());

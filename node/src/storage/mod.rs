@@ -54,7 +54,9 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use replicator_core::wire::{decode_record, encode_record};
-use replicator_core::{ClusterId, NetworkId, NodeId, Recovered, Urgency, WriteId, WriteOp};
+use replicator_core::{
+    ClusterId, DurableKey, NetworkId, NodeId, Recovered, Urgency, WriteId, WriteOp,
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -70,24 +72,40 @@ mod load;
 mod meta;
 mod open;
 mod panics;
+mod reads;
+#[cfg(test)]
+mod reads_tests;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 
 pub use commit_loop::{
     Durable, LAZY_SYNC_AFTER, PersistJob, RETRY_INTERVAL, StorageHandle, StorageWorker,
 };
 pub use error::StorageError;
 pub use load::Loaded;
+pub use reads::DecisionReader;
 pub use schema::db_path;
 
 use error::Result;
 use panics::*;
 use schema::*;
 
+/// redb's page cache when `--cache-mb` is not given: what a node keeps of its database in
+/// memory (the decided keys it reads most), whatever the number of keys it stores.
+pub const DEFAULT_CACHE_MB: usize = 64;
+
 pub struct Storage {
-    db: Database,
+    /// Shared with [`ReadSide`](reads::ReadSide), which the driver's reads of decisions go
+    /// through; let go of there before a reopen (redb allows one open per file).
+    db: Arc<Database>,
     path: PathBuf,
+    /// redb's page cache, in bytes.
+    cache_bytes: usize,
+    /// The driver's reads of decisions: the database and the decisions logged but not
+    /// checkpointed yet.
+    reads: Arc<reads::ReadSide>,
     /// The simulated disk under `db`, if it is one: a commit is durable only once its fsync
     /// completes there.
     disk: Option<SimDisk>,

@@ -1,51 +1,53 @@
 //! Opening a database and its write-ahead log: setting a new one up, refusing one that cannot
 //! be used (damaged, another format, a log that does not follow it), replaying the log.
 
+use super::commit_loop::Location;
 use super::*;
 
 impl Storage {
     /// Opens (or creates) the database. `fresh` is the state of a node that never ran with
     /// this data dir (a founder's or a joiner's, with the network id): it is written at once,
     /// so that a founder that restarts is still ready and a joiner that restarts still knows
-    /// the network it joined. `None`: the database must already hold a node's state.
+    /// the network it joined. `None`: the database must already hold a node's state. redb's
+    /// page cache is [`DEFAULT_CACHE_MB`].
     pub fn open(data_dir: &Path, fresh: Option<&Recovered>) -> Result<Storage> {
-        let path = db_path(data_dir);
-        without_panics(&path, || Storage::open_inner(&path, fresh))
+        Storage::open_with_cache(data_dir, fresh, DEFAULT_CACHE_MB << 20)
     }
 
-    pub(super) fn open_inner(path: &Path, fresh: Option<&Recovered>) -> Result<Storage> {
-        let storage = Storage::reopen(path)?;
-        Storage::init(storage, fresh)
+    /// [`Storage::open`] with a page cache of `cache_bytes` (`--cache-mb`).
+    pub fn open_with_cache(
+        data_dir: &Path,
+        fresh: Option<&Recovered>,
+        cache_bytes: usize,
+    ) -> Result<Storage> {
+        let location = Location::new(db_path(data_dir), None, cache_bytes);
+        without_panics(&location.path, || Storage::init(location.reopen()?, fresh))
     }
 
     /// Opens (or creates) the database on a simulated disk, as [`Storage::open`] does on a
     /// file. Its commits are durable only once [`Storage::start`]'s loop completes their fsync.
     pub fn open_sim(disk: &SimDisk, fresh: Option<&Recovered>) -> Result<Storage> {
-        let path = PathBuf::from(SIM_PATH);
-        let storage = without_panics(&path, || {
-            let storage = Storage::reopen_sim(disk)?;
-            Storage::init(storage, fresh)
-        })?;
+        let location = Location::new(
+            PathBuf::from(SIM_PATH),
+            Some(disk.clone()),
+            DEFAULT_CACHE_MB << 20,
+        );
+        let storage = without_panics(&location.path, || Storage::init(location.reopen()?, fresh))?;
         // Setting a database up is part of starting the node: it is durable before the node
         // runs (as `open` on a real disk returns after its fsync).
         disk.complete_sync();
         Ok(storage)
     }
 
-    pub(super) fn reopen_sim(disk: &SimDisk) -> Result<Storage> {
-        let path = PathBuf::from(SIM_PATH);
-        let db = open_database(&path, Some(disk))?;
-        Storage::with_log(db, path, Some(disk.clone()), Box::new(disk.log_backend()))
-    }
-
     /// The database with its write-ahead log, read back: what the log holds beyond the
-    /// database is kept to apply at the next checkpoint (`open` applies it at once).
+    /// database is kept to apply at the next checkpoint (`open` applies it at once). Reads of
+    /// decisions go to both from now on.
     pub(super) fn with_log(
         db: Database,
-        path: PathBuf,
-        disk: Option<SimDisk>,
+        location: &Location,
         log_file: Box<dyn redb::StorageBackend>,
     ) -> Result<Storage> {
+        let path = location.path.clone();
         let opened = Log::open(log_file).map_err(|e| match e {
             LogError::Io(e) => StorageError::from(e).context(format!(
                 "cannot read the write-ahead log {}",
@@ -62,10 +64,14 @@ impl Storage {
             bytes = opened.torn_bytes,
             "the write-ahead log ends in an incomplete record: dropped"
         );
+        let db = Arc::new(db);
+        location.reads.attach(db.clone(), &opened.ops);
         Ok(Storage {
             db,
             path,
-            disk,
+            cache_bytes: location.cache_bytes,
+            reads: location.reads.clone(),
+            disk: location.disk.clone(),
             log: opened.log,
             unapplied: opened.ops,
             torn_at_open: opened.torn_bytes,
@@ -94,6 +100,14 @@ impl Storage {
                 )));
             }
             (Some(FORMAT_VERSION), _) => {}
+            (Some(FORMAT_UPGRADABLE), _) => {
+                let moved = upgrade::from_format_5(&txn)?;
+                txn.open_table(META)?.insert(META_FORMAT, FORMAT_VERSION)?;
+                info!(
+                    records = moved,
+                    "upgraded the database from format {FORMAT_UPGRADABLE} to {FORMAT_VERSION}: records by the core's order of keys, the open ones listed"
+                );
+            }
             (Some(v), _) if v < FORMAT_VERSION => {
                 return Err(StorageError::Unusable(format!(
                     "the database {} has format {v}, written by a replicator that decided keys \
@@ -118,7 +132,9 @@ impl Storage {
             .map_or(0, |v| v.value());
         check_log_follows_database(checkpoints, storage.log_generation, &path)?;
         {
-            txn.open_table(KEYS)?;
+            txn.open_table(RECORDS)?;
+            txn.open_table(OPEN_RECORDS)?;
+            txn.open_table(DECISION_ORDER)?;
             txn.open_table(REQUESTS)?;
             txn.open_table(CAUGHT_UP)?;
             txn.open_table(META_RECORDS)?;
@@ -172,19 +188,28 @@ impl Storage {
     /// The same storage on the database opened anew: redb refuses everything after an I/O
     /// error until it is (the log and the writes it holds stay as they are).
     pub(super) fn with_database_reopened(self) -> Result<Storage> {
+        // Every handle on the database goes first (its file lock): the reads' one too. A read
+        // that holds one for a moment makes the open fail, and the caller retries.
+        self.reads.detach();
         let Storage {
             db,
             path,
+            cache_bytes,
+            reads,
             disk,
             log,
             unapplied,
             torn_at_open,
             log_generation,
         } = self;
-        drop(db); // its file lock first
+        drop(db);
+        let db = Arc::new(open_database(&path, disk.as_ref(), cache_bytes)?);
+        reads.attach(db.clone(), &unapplied);
         Ok(Storage {
-            db: open_database(&path, disk.as_ref())?,
+            db,
             path,
+            cache_bytes,
+            reads,
             disk,
             log,
             unapplied,
@@ -193,11 +218,12 @@ impl Storage {
         })
     }
 
-    /// Opens the database and its log (again after a failed write: redb refuses every write
-    /// after an I/O error until it is reopened).
-    pub(super) fn reopen(path: &Path) -> Result<Storage> {
+    /// Opens the database and its log at `location` (again after a failed write: redb refuses
+    /// every write after an I/O error until it is reopened).
+    pub(super) fn reopen_file(location: &Location) -> Result<Storage> {
+        let path = &location.path;
         without_panics(path, || {
-            let db = open_database(path, None)?;
+            let db = open_database(path, None, location.cache_bytes)?;
             let log = log_path(path);
             let file = std::fs::OpenOptions::new()
                 .read(true)
@@ -213,8 +239,14 @@ impl Storage {
                 StorageError::from(e)
                     .context(format!("cannot lock the write-ahead log {}", log.display()))
             })?;
-            Storage::with_log(db, path.to_path_buf(), None, Box::new(file))
+            Storage::with_log(db, location, Box::new(file))
         })
+    }
+
+    /// Opens the database and its log on the simulated disk of `location`.
+    pub(super) fn reopen_sim(location: &Location, disk: &SimDisk) -> Result<Storage> {
+        let db = open_database(&location.path, Some(disk), location.cache_bytes)?;
+        Storage::with_log(db, location, Box::new(disk.log_backend()))
     }
 }
 
@@ -260,16 +292,22 @@ pub(super) fn check_log_follows_database(
 }
 
 /// Opens (or creates) the redb database at `path`, or on `disk` if it is a simulated one.
-pub(super) fn open_database(path: &Path, disk: Option<&SimDisk>) -> Result<Database> {
+pub(super) fn open_database(
+    path: &Path,
+    disk: Option<&SimDisk>,
+    cache_bytes: usize,
+) -> Result<Database> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_bytes);
     match disk {
-        None => Database::create(path).map_err(|e| match StorageError::from(e) {
+        None => builder.create(path).map_err(|e| match StorageError::from(e) {
             StorageError::Unusable(why) => StorageError::Unusable(format!(
                 "the database {} is damaged (redb: {why}); move the data dir away and start this machine as a new node (with --bootstrap of a member), after `replicator remove` of this one",
                 path.display()
             )),
             other => other.context(format!("cannot open the database {}", path.display())),
         }),
-        Some(disk) => Database::builder()
+        Some(disk) => builder
             .create_with_backend(disk.backend())
             .map_err(|e| {
                 StorageError::from(e).context("cannot open the database on the simulated disk")

@@ -3,7 +3,19 @@
 
 use super::*;
 
-pub(super) const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
+/// Every key's record (sealed: see [`seal`]), by [`order_key`]: in the core's order of keys, so
+/// that a join-time copy pages through them as the core merges them with what it holds.
+pub(super) const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+/// The keys whose record is open (a promise, an accepted value), by [`order_key`]: what a
+/// restart loads. Decided keys stay on disk until a read needs them.
+pub(super) const OPEN_RECORDS: TableDefinition<&[u8], ()> = TableDefinition::new("open_records");
+/// Decision number -> the decided key's [`order_key`]: catch-up reads decisions in this order.
+/// A key decided again after its record was damaged keeps its old number here too; the record
+/// names the number that counts.
+pub(super) const DECISION_ORDER: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("decision_order");
+/// Format 5's records, by the key's text: moved into [`RECORDS`] when such a database opens.
+pub(super) const KEYS_FORMAT_5: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
 pub(super) const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests");
 /// For each member of this node's cluster: the last of its decisions pulled from it.
 pub(super) const CAUGHT_UP: TableDefinition<&str, u64> = TableDefinition::new("caught_up");
@@ -29,6 +41,8 @@ pub(super) const META_LEFT: &str = "left";
 /// How many checkpoints the database took; the log's header names the one its records follow
 /// (see [`check_log_follows_database`]).
 pub(super) const META_CHECKPOINTS: &str = "checkpoints";
+/// The number of the last decision stored.
+pub(super) const META_LAST_DECISION: &str = "last_decision";
 
 /// 2: the membership and the network id are durable (tables `members`, `meta_text`).
 /// 3: records of `keys`, `refusals` and `requests` carry a checksum (a format 2 database is
@@ -38,7 +52,29 @@ pub(super) const META_CHECKPOINTS: &str = "checkpoints";
 /// 5: the quorum protocol: a key's record is a promise and an accepted value, or its decision;
 /// refusals and watermarks are gone; a ballot floor, a round ceiling and catch-up positions are
 /// new. Earlier formats hold the unanimous protocol's grants, which no rule here reads.
-pub(super) const FORMAT_VERSION: u64 = 5;
+/// 6: records by the core's order of keys (`records`), with the open ones listed
+/// (`open_records`) and decisions by number (`decision_order`, `meta.last_decision`), so that
+/// a node loads only what is in flight and reads decisions when it needs them. A format 5
+/// database is upgraded in place when it is opened (`upgrade.rs`).
+pub(super) const FORMAT_VERSION: u64 = 6;
+
+/// The oldest format this node upgrades in place.
+pub(super) const FORMAT_UPGRADABLE: u64 = 5;
+
+/// Where a key's record sits in [`RECORDS`]: the FNV-1a hash of its text (big endian), then
+/// the text. Byte order on these is the core's order of keys (hash, then text), which the
+/// join-time copy relies on.
+pub(super) fn order_key(key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&replicator_core::fnv1a(key.as_bytes()).to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// The key's text in an [`order_key`], if it is one (8 bytes of hash, then UTF-8 text).
+pub(super) fn key_text(order_key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(order_key.get(8..)?).ok()
+}
 
 /// The database file inside `--data-dir`.
 pub fn db_path(data_dir: &Path) -> PathBuf {

@@ -8,11 +8,11 @@ use replicator_core::{
     Ballot, DurableKey, Key, Proposal, ProposalId, RequestId, RequestOutcome, RequestRecord, Value,
 };
 
-fn net() -> NetworkId {
+pub(super) fn net() -> NetworkId {
     NetworkId::new("0123456789abcdef0123456789abcdef")
 }
 
-fn proposal(counter: u64) -> Proposal {
+pub(super) fn proposal(counter: u64) -> Proposal {
     Proposal {
         p: ProposalId {
             coordinator: NodeId::new("n1"),
@@ -97,7 +97,7 @@ fn writes_survive_reopen() {
     .unwrap();
     drop(s);
     let mut s = Storage::open(dir.path(), None).unwrap();
-    let loaded = s.load().unwrap().recovered;
+    let loaded = whole(&mut s);
     assert_eq!(loaded, expected);
     assert_eq!(loaded.network, net());
     assert!(loaded.ready);
@@ -113,7 +113,7 @@ fn writes_survive_reopen() {
     );
 }
 
-fn stored(key: &str, counter: u64) -> WriteOp {
+pub(super) fn stored(key: &str, counter: u64) -> WriteOp {
     WriteOp::PutKey {
         key: Key::new(key),
         state: DurableKey::Stored {
@@ -123,7 +123,7 @@ fn stored(key: &str, counter: u64) -> WriteOp {
     }
 }
 
-fn job(write: u64, ops: Vec<WriteOp>) -> PersistJob {
+pub(super) fn job(write: u64, ops: Vec<WriteOp>) -> PersistJob {
     PersistJob {
         write: WriteId(write),
         ops,
@@ -131,16 +131,61 @@ fn job(write: u64, ops: Vec<WriteOp>) -> PersistJob {
     }
 }
 
-fn sim_disk() -> SimDisk {
+pub(super) fn sim_disk() -> SimDisk {
     SimDisk::new(std::time::Duration::ZERO..std::time::Duration::ZERO)
+}
+
+/// Everything the storage holds as one image: what a restart loads (what is in flight), and
+/// every decision read back through the core's reader, in pages of two (the paging is
+/// exercised too).
+fn whole(s: &mut Storage) -> Recovered {
+    use replicator_core::{DecidedKeys, PageLimit};
+    let mut image = s.load().unwrap().recovered;
+    let reader = s.decision_reader(Default::default());
+    let page = PageLimit {
+        keys_max: 2,
+        bytes_max: usize::MAX,
+    };
+    let mut after: Option<replicator_core::Key> = None;
+    loop {
+        let (decisions, done) = reader.decisions_from(after.as_ref(), page).unwrap();
+        for d in &decisions {
+            image.apply(&WriteOp::PutKey {
+                key: d.key.clone(),
+                state: replicator_core::DurableKey::Stored {
+                    chosen: d.chosen.clone(),
+                    seq: d.seq,
+                },
+            });
+        }
+        match (done, decisions.last()) {
+            (false, Some(last)) => after = Some(last.key.clone()),
+            _ => break,
+        }
+    }
+    // The decisions in their order read the same.
+    let by_number: Vec<u64> = reader
+        .decisions_after(
+            0,
+            PageLimit {
+                keys_max: usize::MAX,
+                bytes_max: usize::MAX,
+            },
+        )
+        .unwrap()
+        .iter()
+        .map(|d| d.seq)
+        .collect();
+    assert_eq!(
+        by_number,
+        image.decision_order.keys().copied().collect::<Vec<_>>()
+    );
+    image
 }
 
 fn keys_after_restart(disk: &SimDisk) -> Vec<String> {
     let mut s = Storage::open_sim(disk, None).unwrap();
-    let mut keys: Vec<String> = s
-        .load()
-        .unwrap()
-        .recovered
+    let mut keys: Vec<String> = whole(&mut s)
         .keys
         .keys()
         .map(|k| k.as_str().to_string())
@@ -377,7 +422,7 @@ fn a_checkpoint_without_overwritten_writes_reaches_the_same_state() {
         apply(&s);
         drop(s);
         let mut s = Storage::open(dir.path(), None).unwrap();
-        s.load().unwrap().recovered
+        whole(&mut s)
     };
     let all = load(&|s| s.apply_ops(&ops, None).unwrap());
     let collapsed = load(&|s| s.apply_ops(superseded_dropped(&ops), None).unwrap());
@@ -429,11 +474,7 @@ fn membership_and_departures_round_trip() {
         .unwrap();
     }
     drop(s);
-    let loaded = Storage::open(dir.path(), None)
-        .unwrap()
-        .load()
-        .unwrap()
-        .recovered;
+    let loaded = whole(&mut Storage::open(dir.path(), None).unwrap());
     assert_eq!(loaded, expected);
     let mut members: Vec<(&str, &str)> = loaded
         .members

@@ -1,0 +1,211 @@
+//! The core's reads of decisions from the storage (`reads.rs`), restarts that load only what
+//! is in flight, and the upgrade from format 5.
+
+use replicator_core::{DecidedKeys, DurableKey, Key, PageLimit};
+
+use super::tests::{job, net, proposal, sim_disk, stored};
+use super::*;
+use crate::metrics::DamageCounters;
+
+fn open_record_op(key: &str, round: u64) -> WriteOp {
+    WriteOp::PutKey {
+        key: Key::new(key),
+        state: DurableKey::Open {
+            promised: replicator_core::Ballot {
+                round,
+                node: Some(NodeId::new("n2")),
+            },
+            accepted: None,
+        },
+    }
+}
+
+fn decided(reader: &DecisionReader, key: &str) -> Option<u64> {
+    reader.decision(&Key::new(key)).unwrap().map(|(seq, _)| seq)
+}
+
+/// A decision can be read as soon as its group is logged (before it is reported durable), and
+/// after the checkpoint that moves it into the database.
+#[test]
+fn a_decision_is_read_from_the_log_then_from_the_database() {
+    let disk = sim_disk();
+    let mut s = Storage::open_sim(&disk, Some(&Recovered::founder(net()))).unwrap();
+    let reader = s.decision_reader(Default::default());
+    assert_eq!(decided(&reader, "a"), None);
+    s.commit_group(&[job(1, vec![stored("a", 1), open_record_op("o", 3)])])
+        .unwrap();
+    assert_eq!(decided(&reader, "a"), Some(1), "from the log");
+    assert_eq!(decided(&reader, "o"), None, "an open record is the core's");
+    s.checkpoint().unwrap();
+    assert_eq!(decided(&reader, "a"), Some(1), "from the database");
+    s.commit_group(&[job(2, vec![stored("b", 2)])]).unwrap();
+    let all = PageLimit {
+        keys_max: 10,
+        bytes_max: usize::MAX,
+    };
+    let seqs: Vec<u64> = reader
+        .decisions_after(0, all)
+        .unwrap()
+        .iter()
+        .map(|d| d.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2], "the database's, then the log's");
+    let (keys, done) = reader.decisions_from(None, all).unwrap();
+    assert!(done);
+    assert_eq!(keys.len(), 2);
+}
+
+/// A restart loads the open records, the counters and the membership; decisions stay on disk
+/// until read.
+#[test]
+fn a_restart_loads_only_what_is_in_flight() {
+    let disk = sim_disk();
+    let mut s = Storage::open_sim(&disk, Some(&Recovered::founder(net()))).unwrap();
+    let mut ops: Vec<WriteOp> = (1..=50).map(|i| stored(&format!("k{i}"), i)).collect();
+    ops.push(open_record_op("o", 7));
+    s.commit_group(&[job(1, ops)]).unwrap();
+    s.checkpoint().unwrap();
+    s.commit_group(&[job(2, vec![stored("late", 51)])]).unwrap();
+    disk.complete_sync();
+    drop(s);
+    let mut s = Storage::open_sim(&disk, None).unwrap();
+    let rec = s.load().unwrap().recovered;
+    let keys: Vec<&str> = rec.keys.keys().map(|k| k.as_str()).collect();
+    assert_eq!(keys, ["o"]);
+    assert_eq!(rec.last_decision, 51);
+    let reader = s.decision_reader(Default::default());
+    assert_eq!(decided(&reader, "k7"), Some(7));
+    assert_eq!(decided(&reader, "late"), Some(51));
+}
+
+/// Records sit in the database in the core's order of keys (hash, then text): a join-time
+/// copy pages through the database as the core merges it with what it holds.
+#[test]
+fn records_sit_in_the_cores_order_of_keys() {
+    let texts: Vec<String> = (0..2000)
+        .map(|i| format!("{}-{i}", "x".repeat(i % 7)))
+        .chain(["", "a", "ab", "b", "é"].map(String::from))
+        .collect();
+    let mut by_core: Vec<Key> = texts.iter().map(Key::new).collect();
+    by_core.sort();
+    let mut by_bytes: Vec<Vec<u8>> = texts.iter().map(|t| order_key(t)).collect();
+    by_bytes.sort();
+    let by_bytes: Vec<&str> = by_bytes.iter().map(|b| key_text(b).unwrap()).collect();
+    let by_core: Vec<&str> = by_core.iter().map(|k| k.as_str()).collect();
+    assert_eq!(by_core, by_bytes);
+}
+
+/// A decided record damaged on disk is not read at a restart (the restart does not read
+/// decisions): it is found when read, counted once, and the read says so (the node abstains).
+#[test]
+fn a_damaged_decision_is_found_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Storage::open(dir.path(), Some(&Recovered::founder(net()))).unwrap();
+    s.commit_group(&[job(1, vec![stored("a", 1), stored("b", 2)])])
+        .unwrap();
+    s.checkpoint().unwrap();
+    {
+        let txn = s.db.begin_write().unwrap();
+        let at = order_key("a");
+        let mut records = txn.open_table(RECORDS).unwrap();
+        let mut sealed = records
+            .get(at.as_slice())
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        let last = sealed.len() - 1;
+        sealed[last] ^= 0x40;
+        records.insert(at.as_slice(), sealed.as_slice()).unwrap();
+        drop(records);
+        txn.commit().unwrap();
+    }
+    drop(s);
+    let mut s = Storage::open(dir.path(), None).unwrap();
+    let loaded = s.load().unwrap();
+    assert!(loaded.damaged_keys.is_empty(), "not read at the restart");
+    let damage = Arc::new(DamageCounters::default());
+    let reader = s.decision_reader(damage.clone());
+    for _ in 0..3 {
+        assert_eq!(
+            reader.decision(&Key::new("a")),
+            Err(replicator_core::Unreadable)
+        );
+    }
+    assert_eq!(decided(&reader, "b"), Some(2));
+    let mut text = String::new();
+    damage.render_for_test(&mut text);
+    assert!(
+        text.contains("replicator_damaged_records_found_total{table=\"keys\"} 1"),
+        "{text}"
+    );
+    // A catch-up page skips it: the member learns that decision elsewhere.
+    let all = PageLimit {
+        keys_max: 10,
+        bytes_max: usize::MAX,
+    };
+    let seqs: Vec<u64> = reader
+        .decisions_after(0, all)
+        .unwrap()
+        .iter()
+        .map(|d| d.seq)
+        .collect();
+    assert_eq!(seqs, [2]);
+}
+
+/// A format 5 database (records by the key's text in `keys`) is upgraded in place when it is
+/// opened: the same records, the open ones loaded, a damaged one abstained for, decisions read.
+#[test]
+fn a_format_5_database_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path(), Some(&Recovered::founder(net()))).unwrap();
+    {
+        // Back to format 5's layout.
+        let txn = s.db.begin_write().unwrap();
+        txn.delete_table(RECORDS).unwrap();
+        txn.delete_table(OPEN_RECORDS).unwrap();
+        txn.delete_table(DECISION_ORDER).unwrap();
+        let mut keys = txn.open_table(KEYS_FORMAT_5).unwrap();
+        let record = |key: &str, state: &DurableKey| {
+            seal(
+                key.as_bytes(),
+                &replicator_core::wire::encode_record(state).unwrap(),
+            )
+        };
+        let a = DurableKey::Stored {
+            chosen: proposal(4),
+            seq: 4,
+        };
+        let WriteOp::PutKey { state: o, .. } = open_record_op("o", 2) else {
+            unreachable!()
+        };
+        keys.insert(b"a".as_slice(), record("a", &a).as_slice())
+            .unwrap();
+        keys.insert(b"o".as_slice(), record("o", &o).as_slice())
+            .unwrap();
+        keys.insert(b"x".as_slice(), b"\0\0\0\0garbage".as_slice())
+            .unwrap();
+        drop(keys);
+        txn.open_table(META)
+            .unwrap()
+            .insert(META_FORMAT, FORMAT_UPGRADABLE)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    drop(s);
+    let mut s = Storage::open(dir.path(), None).unwrap();
+    let loaded = s.load().unwrap();
+    let keys: Vec<&str> = loaded.recovered.keys.keys().map(|k| k.as_str()).collect();
+    assert_eq!(keys, ["o"]);
+    assert_eq!(loaded.damaged_keys, ["x"]);
+    assert_eq!(loaded.recovered.last_decision, 4);
+    let reader = s.decision_reader(Default::default());
+    assert_eq!(decided(&reader, "a"), Some(4));
+    let txn = s.db.begin_read().unwrap();
+    assert!(
+        txn.open_table(KEYS_FORMAT_5).is_err(),
+        "the old table is gone"
+    );
+    let format = txn.open_table(META).unwrap().get(META_FORMAT).unwrap();
+    assert_eq!(format.map(|v| v.value()), Some(FORMAT_VERSION));
+}
