@@ -76,6 +76,35 @@ fn a_restart_loads_only_what_is_in_flight() {
     let reader = s.decision_reader(Default::default());
     assert_eq!(decided(&reader, "k7"), Some(7));
     assert_eq!(decided(&reader, "late"), Some(51));
+    // Pages of 7, in key order and in decision order, list each decision once.
+    let page = PageLimit {
+        keys_max: 7,
+        bytes_max: usize::MAX,
+    };
+    let (mut by_key, mut after) = (Vec::new(), None::<Key>);
+    loop {
+        let (decisions, done) = reader.decisions_from(after.as_ref(), page).unwrap();
+        assert!(decisions.len() <= 7);
+        after = decisions.last().map(|d| d.key.clone());
+        by_key.extend(decisions.into_iter().map(|d| d.key));
+        if done {
+            break;
+        }
+    }
+    assert!(by_key.is_sorted(), "the core's order of keys");
+    assert_eq!(by_key.len(), 51);
+    let (mut by_number, mut last) = (Vec::new(), 0);
+    while let Some(d) = reader.decisions_after(last, page).unwrap().last().cloned() {
+        let page_seqs: Vec<u64> = reader
+            .decisions_after(last, page)
+            .unwrap()
+            .iter()
+            .map(|d| d.seq)
+            .collect();
+        by_number.extend(page_seqs);
+        last = d.seq;
+    }
+    assert_eq!(by_number, (1..=51).collect::<Vec<u64>>());
 }
 
 /// Records sit in the database in the core's order of keys (hash, then text): a join-time

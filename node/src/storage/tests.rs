@@ -135,34 +135,12 @@ pub(super) fn sim_disk() -> SimDisk {
     SimDisk::new(std::time::Duration::ZERO..std::time::Duration::ZERO)
 }
 
-/// Everything the storage holds as one image: what a restart loads (what is in flight), and
-/// every decision read back through the core's reader, in pages of two (the paging is
-/// exercised too).
+/// Everything the storage holds as one image (`load_whole`), checked against the decisions
+/// read in their order.
 fn whole(s: &mut Storage) -> Recovered {
     use replicator_core::{DecidedKeys, PageLimit};
-    let mut image = s.load().unwrap().recovered;
+    let image = s.load_whole().unwrap().recovered;
     let reader = s.decision_reader(Default::default());
-    let page = PageLimit {
-        keys_max: 2,
-        bytes_max: usize::MAX,
-    };
-    let mut after: Option<replicator_core::Key> = None;
-    loop {
-        let (decisions, done) = reader.decisions_from(after.as_ref(), page).unwrap();
-        for d in &decisions {
-            image.apply(&WriteOp::PutKey {
-                key: d.key.clone(),
-                state: replicator_core::DurableKey::Stored {
-                    chosen: d.chosen.clone(),
-                    seq: d.seq,
-                },
-            });
-        }
-        match (done, decisions.last()) {
-            (false, Some(last)) => after = Some(last.key.clone()),
-            _ => break,
-        }
-    }
     // The decisions in their order read the same.
     let by_number: Vec<u64> = reader
         .decisions_after(

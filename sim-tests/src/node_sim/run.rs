@@ -209,7 +209,7 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
     let mut failures: Vec<String> = Vec::new();
     let mut disks = Vec::new();
     for m in &machines {
-        match Storage::open_sim(&m.disk, None).and_then(|mut s| s.load()) {
+        match Storage::open_sim(&m.disk, None).and_then(|mut s| s.load_whole()) {
             Ok(l) => disks.push(l.recovered),
             Err(e) => {
                 failures.push(format!("the disk of {} does not load: {e:#}", m.id));
