@@ -302,6 +302,14 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
     // A minority of every cluster faulty (25 %): nothing else goes wrong, so that every
     // answer at the other nodes must be definite.
     let mut minority_rng = child(&mut master);
+    // Drawn from a child of its own, created after the others: every other draw is as before.
+    let mut reads_rng = child(&mut master);
+    // Failing reads of decisions (a damaged record, an I/O error) in a quarter of the seeds.
+    let read_fail_permille = if reads_rng.random_bool(0.25) {
+        reads_rng.random_range(1..=30)
+    } else {
+        0
+    };
     let minority = shape.minority.or_else(|| {
         let drawn = shape.faults.is_none() && minority_rng.random_bool(0.25);
         drawn.then(|| {
@@ -353,6 +361,7 @@ pub fn draw(seed: u64, shape: &Shape) -> RunSpec {
             disk: DiskSpec {
                 fsync_us: (50, rng.random_range(500..=5_000)),
                 lazy_sync_us: DiskSpec::default().lazy_sync_us,
+                read_fail_permille,
             },
             faults,
             hello_interval_us,

@@ -115,6 +115,8 @@ pub struct WorldStats {
     pub goodbyes_lost: u64,
     pub cluster_restarts: u64,
     pub removals: u64,
+    /// Reads of decisions made to fail (`DiskSpec::read_fail_permille`).
+    pub failed_reads: u64,
 }
 
 impl WorldStats {

@@ -50,6 +50,10 @@ pub struct DiskSpec {
     /// away: like the real node's storage, the driver syncs it with the next barrier write, or
     /// after this delay if none comes. Until then a crash (with `lose_unsynced`) may lose it.
     pub lazy_sync_us: (Micros, Micros),
+    /// A node's read of a decision from its disk fails with this probability, per mille, until
+    /// the world calms down (the node abstains for that key meanwhile: core/PROTOCOL.md, "What
+    /// a node holds in memory").
+    pub read_fail_permille: u32,
 }
 
 impl Default for DiskSpec {
@@ -57,6 +61,7 @@ impl Default for DiskSpec {
         DiskSpec {
             fsync_us: (100, 3_000),
             lazy_sync_us: (1_000, 20_000),
+            read_fail_permille: 0,
         }
     }
 }

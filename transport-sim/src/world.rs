@@ -75,6 +75,8 @@ struct RemovalCall {
 /// The simulated world. See the crate documentation.
 pub struct World {
     spec: WorldSpec,
+    /// Seeds each node's failing reads (`DiskSpec::read_fail_permille`).
+    read_faults_seed: u64,
     now: Time,
     seq: u64,
     queue: BinaryHeap<Scheduled>,
@@ -144,6 +146,8 @@ impl World {
         let mut split = || ChaCha8Rng::seed_from_u64(master.random::<u64>());
         let (rng_net, rng_faults, rng_disk, rng_seeds) = (split(), split(), split(), split());
         let network = NetworkId::new(format!("net-{:016x}", master.random::<u64>()));
+        // Drawn last: the draws above (and so every seed's run) are as before read faults.
+        let read_faults_seed = master.random::<u64>();
         let cluster_ids: Vec<ClusterId> = (0..spec.clusters.len())
             .map(|c| ClusterId::new(format!("c{c:02}")))
             .collect();
@@ -170,6 +174,7 @@ impl World {
             rng_faults,
             rng_disk,
             rng_seeds,
+            read_faults_seed,
             obs: Vec::new(),
             stats: WorldStats::default(),
             tr: Tracer::new(spec.trace),
@@ -215,7 +220,11 @@ impl World {
         &self.spec
     }
     pub fn stats(&self) -> WorldStats {
-        self.stats
+        let failed_reads = self.nodes.iter().map(|n| n.disk.failed_reads()).sum();
+        WorldStats {
+            failed_reads,
+            ..self.stats
+        }
     }
     pub fn node_count(&self) -> usize {
         self.nodes.len()

@@ -63,6 +63,7 @@ struct Totals {
     goodbyes: u64,
     goodbyes_lost: u64,
     cluster_restarts: u64,
+    failed_reads: u64,
 }
 
 impl Totals {
@@ -92,6 +93,7 @@ impl Totals {
         self.goodbyes += s.world.goodbyes_sent;
         self.goodbyes_lost += s.world.goodbyes_lost;
         self.cluster_restarts += s.world.cluster_restarts;
+        self.failed_reads += s.world.failed_reads;
     }
 
     fn summary(&mut self, wall: f64) {
@@ -120,8 +122,8 @@ impl Totals {
             self.sim_us as f64 / 1e6 / wall
         );
         eprintln!(
-            "faults injected {} (restarts during a partition {})",
-            self.faults, self.cluster_restarts
+            "faults injected {} (restarts during a partition {}), reads of decisions failed {}",
+            self.faults, self.cluster_restarts, self.failed_reads
         );
         let removals: Vec<String> = self
             .removals

@@ -254,6 +254,14 @@ impl World {
     pub(super) fn add_node(&mut self, cluster: usize, disk: Recovered) -> NodeIx {
         let ix = self.nodes.len();
         let k = self.nodes.iter().filter(|n| n.cluster == cluster).count();
+        let disk = DiskImage::new(disk);
+        let failing = self.spec.disk.read_fail_permille;
+        if failing > 0 {
+            disk.fail_reads(
+                failing,
+                self.read_faults_seed ^ (ix as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
+        }
         let id = node_id(cluster, k);
         self.index.insert(id.clone(), ix);
         self.nodes.push(SimNode {
@@ -261,7 +269,7 @@ impl World {
             cluster,
             node: None,
             incarnation: 0,
-            disk: DiskImage::new(disk),
+            disk,
             inflight: VecDeque::new(),
             disk_busy_until: Time::ZERO,
             timer_at: None,

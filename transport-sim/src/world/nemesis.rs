@@ -90,7 +90,9 @@ impl World {
         });
         self.fault_epoch += 1;
         self.minority.clear();
+        self.spec.disk.read_fail_permille = 0;
         for ix in 0..self.nodes.len() {
+            self.nodes[ix].disk.fail_reads(0, 0);
             self.nodes[ix].paused_until = Time::ZERO;
             self.nodes[ix].extra_us = 0;
             self.restart(ix);
