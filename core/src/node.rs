@@ -178,6 +178,9 @@ pub struct Stats {
     pub promises_only: usize,
     /// Keys whose record was damaged on disk (this node abstains for them).
     pub damaged_keys: usize,
+    /// Damaged or unreadable records this node wrote again with their decision, since it
+    /// started.
+    pub repaired_keys: u64,
     pub puts_in_flight: usize,
     /// Keys this node runs ballots for.
     pub proposers: usize,
@@ -323,6 +326,11 @@ impl Node {
     pub fn damaged_keys(&self) -> usize {
         self.acceptor.damaged_count()
     }
+    /// Damaged or unreadable records this node wrote again with their decision, since it
+    /// started.
+    pub fn repaired_keys(&self) -> u64 {
+        self.acceptor.repaired_count()
+    }
     pub fn stats(&self) -> Stats {
         Stats {
             keys_stored: self.acceptor.seq(),
@@ -330,6 +338,7 @@ impl Node {
             accepted_undecided: self.acceptor.accepted_undecided_count(),
             promises_only: self.acceptor.promised_only_count(),
             damaged_keys: self.acceptor.damaged_count(),
+            repaired_keys: self.acceptor.repaired_count(),
             puts_in_flight: self.coordinator.len(),
             proposers: self.proposer.len(),
             reads_waiting: self.reader.waiting(),

@@ -233,8 +233,8 @@ pub struct Driver<T: Transport> {
     bug: Option<DriverBug>,
     /// Shared with the handles: why storage writes are stalled.
     storage_stalled: Arc<std::sync::Mutex<Option<String>>>,
-    /// Keys found damaged on disk at start whose decision this node has not learned yet.
-    damaged_keys_left: usize,
+    /// Damaged records the core wrote again with their decisions, as last logged.
+    repaired_keys: u64,
 }
 
 /// Driver bugs that sim-tests' node_sim must catch. Only [`Driver::with_bug`] (feature
@@ -295,7 +295,6 @@ impl<T: Transport> Driver<T> {
             loaded.torn_log_bytes,
         );
         let mut recovered = loaded.recovered;
-        let damaged_keys_left = recovered.damaged.len();
         let seed = os_seed()?;
         info!(
             seed,
@@ -350,7 +349,7 @@ impl<T: Transport> Driver<T> {
             turn: 0,
             bug,
             storage_stalled: storage_stalled.clone(),
-            damaged_keys_left,
+            repaired_keys: 0,
         };
         Ok((
             driver,
@@ -485,19 +484,16 @@ impl<T: Transport> Driver<T> {
     /// Logs and counts the damaged keys repaired since the last turn: the node learned their
     /// decisions from its cluster (catch-up or a Decide) and serves and votes for them again.
     fn note_repairs(&mut self) {
-        if self.damaged_keys_left == 0 {
-            return;
-        }
-        let left = self.node.damaged_keys();
-        if left < self.damaged_keys_left {
-            let repaired = self.damaged_keys_left - left;
-            self.metrics.damage.repaired(repaired);
+        let repaired_now = self.node.repaired_keys();
+        if repaired_now > self.repaired_keys {
+            let repaired = repaired_now - self.repaired_keys;
+            self.metrics.damage.repaired(repaired as usize);
             info!(
                 repaired,
-                left,
+                left = self.node.damaged_keys(),
                 "damaged keys repaired: their decisions were learned from this node's cluster"
             );
-            self.damaged_keys_left = left;
+            self.repaired_keys = repaired_now;
         }
     }
 

@@ -40,6 +40,8 @@ pub(crate) struct Acceptor {
     /// Open records holding an accepted value, and open records holding a promise only.
     accepted_open: BTreeSet<Key>,
     promised_only: BTreeSet<Key>,
+    /// Damaged or unreadable records written again with their decision, since the start.
+    repaired: u64,
 }
 
 /// What storing a decision found.
@@ -73,6 +75,7 @@ impl Acceptor {
             undurable: VecDeque::new(),
             accepted_open: BTreeSet::new(),
             promised_only: BTreeSet::new(),
+            repaired: 0,
         };
         for (key, state) in keys {
             match state {
@@ -147,6 +150,11 @@ impl Acceptor {
 
     pub fn damaged_count(&self) -> usize {
         self.damaged.len()
+    }
+
+    /// Damaged or unreadable records written again with their decision, since the start.
+    pub fn repaired_count(&self) -> u64 {
+        self.repaired
     }
 
     /// Whether this node's record of `key` shows nothing at all (no promise, no accepted value,
@@ -378,21 +386,28 @@ impl Acceptor {
     /// record's promise and accepted value go with it (rule "Forgetting").
     pub fn store(&mut self, env: &mut Env, key: &Key, chosen: &Proposal) -> Learned {
         // An unreadable record is written again: the decision repairs it.
-        if let Ok(Some(record)) = self.record(key)
-            && let DurableKey::Stored { chosen: known, .. } = record.as_ref()
-        {
-            return if known == chosen {
-                Learned::Known
-            } else {
-                Learned::Conflict(known.clone())
-            };
-        }
+        let unreadable = match self.record(key) {
+            Ok(Some(record)) => {
+                if let DurableKey::Stored { chosen: known, .. } = record.as_ref() {
+                    return if known == chosen {
+                        Learned::Known
+                    } else {
+                        Learned::Conflict(known.clone())
+                    };
+                }
+                false
+            }
+            Ok(None) => false,
+            Err(Unreadable) => true,
+        };
         self.seq += 1;
         let state = DurableKey::Stored {
             chosen: chosen.clone(),
             seq: self.seq,
         };
-        self.damaged.remove(key);
+        if self.damaged.remove(key) || unreadable {
+            self.repaired += 1;
+        }
         env.timers.cancel(&Timer::Lease(key.clone()));
         self.unindex(key);
         self.index(key, &state);
