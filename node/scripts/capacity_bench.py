@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Capacity of one node today: memory, disk and restart time with N keys stored.
+"""Capacity of one node: memory, disk, restart, reads and a join with N keys stored.
 
-A node keeps every key and value in memory (the core's ledger) and a restart reads the whole
-database, so memory and restart time grow with the data. This script shows where they stand.
-It starts a 1x3 network of real `replicator run` processes on 127.0.0.1 in a temp dir and:
+A node holds only what is in flight in memory and reads decided keys from its database through
+a page cache of `--cache-mb`; a restart loads only what is in flight. This script checks that
+memory and restart time do not grow with the data. It starts a 1x3 network of real
+`replicator run` processes on 127.0.0.1 in a temp dir and:
 
 1. on a fresh, empty network: creates/s, p50 and p99 of fresh keys at `--clients` connections
    for `--duration` seconds (after `--warmup` seconds of the same load), then stops it;
@@ -13,16 +14,20 @@ It starts a 1x3 network of real `replicator run` processes on 127.0.0.1 in a tem
 4. restart: SIGTERM one node, start it again with the same command, time until its banner,
    until `/health` says writable and until it serves a stored key; its memory after it;
 5. on the restarted node: GET p50/p99 of random stored keys never read since the restart
-   (cold), then of the same keys again (warm), one client;
+   (cold: run as root, the OS page cache is dropped first, so cold reads go to the disk), then
+   of the same keys again (warm), one client;
 6. creates/s, p50 and p99 as in 1, now with the N keys stored, against the empty network:
    `--reps` runs on the full network, each after one on another fresh empty network (the
-   first is 1.), so that a change in the machine's load does not fall on one side; medians.
+   first is 1.), so that a change in the machine's load does not fall on one side; medians;
+7. a fourth node joins the full network (`--bootstrap` of node 0): seconds until it is ready
+   with every key, its peak memory (VmHWM) and the members' memory sampled during the copy.
 
 Needs Debian's `wrk` (installs nothing: it says what is missing). Every process it starts is
 stopped at the end, also on failure or Ctrl-C.
 
     python3 node/scripts/capacity_bench.py [--keys 1000000] [--value-bytes 1024] [--clients 64]
-        [--duration 10] [--reps 3] [--quick] [--json FILE] [--replicator target/release/replicator]
+        [--duration 10] [--reps 3] [--cache-mb MiB] [--no-join] [--quick] [--json FILE]
+        [--replicator target/release/replicator]
     python3 node/scripts/capacity_bench.py --self-test
 """
 
@@ -306,7 +311,7 @@ def dir_bytes(path):
 class Node:
     """One `replicator run` process; `cmd` is kept so that a restart runs the very same."""
 
-    def __init__(self, exe, workdir, index, bootstrap):
+    def __init__(self, exe, workdir, index, bootstrap, extra=()):
         self.index = index
         self.dir = os.path.join(workdir, f"n{index}")
         self.log_path = self.dir + ".log"
@@ -318,6 +323,7 @@ class Node:
                     "--log-level", "warn"]
         if bootstrap:
             self.cmd += ["--bootstrap", bootstrap]
+        self.cmd += list(extra)
         self.proc = None
         self.banner = {}
 
@@ -388,17 +394,17 @@ def get_json(url, timeout=2):
 
 
 class Network:
-    def __init__(self, exe, workdir):
+    def __init__(self, exe, workdir, extra=()):
         self.nodes = []
-        self.exe, self.workdir = exe, workdir
+        self.exe, self.workdir, self.extra = exe, workdir, list(extra)
 
     def start(self):
         os.makedirs(self.workdir, exist_ok=True)
-        first = Node(self.exe, self.workdir, 0, None)
+        first = Node(self.exe, self.workdir, 0, None, self.extra)
         self.nodes.append(first)
         first.start()
         for i in range(1, NODES):
-            self.nodes.append(Node(self.exe, self.workdir, i, first.banner["p2p"]))
+            self.nodes.append(Node(self.exe, self.workdir, i, first.banner["p2p"], self.extra))
             self.nodes[-1].start()
 
         def writable():
@@ -583,6 +589,46 @@ def restart(net, node, keys):
     }
 
 
+def drop_os_caches():
+    """Drops the OS page cache (root only), so that the next reads of the database go to the
+    disk. Whether it could."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def join(net, keys):
+    """A fourth node joins `net` (bootstrap: node 0): seconds until it is ready and has pulled
+    every decision, its peak memory, the members' largest RSS sampled meanwhile. It is stopped
+    with SIGKILL after (it stays a member, reported down)."""
+    joiner = Node(net.exe, net.workdir, NODES, net.nodes[0].banner["p2p"], net.extra)
+    net.nodes.append(joiner)
+    t0 = time.monotonic()
+    joiner.start()
+    members_rss = 0
+    done = False
+    while time.monotonic() - t0 < 3600:
+        for n in net.nodes[:NODES]:
+            members_rss = max(members_rss, n.memory()["VmRSS"])
+        h = joiner.health()
+        if h and h.get("ready") and h.get("keys_stored", 0) >= keys and h.get("behind") == 0:
+            done = True
+            break
+        time.sleep(0.5)
+    if not done:
+        raise BenchError(f"the joiner did not copy {keys} keys within an hour; log: "
+                         f"{joiner.log_path}")
+    seconds = time.monotonic() - t0
+    result = {"seconds": seconds, "joiner": node_footprint(joiner),
+              "members_max_VmRSS": members_rss}
+    joiner.stop(signal.SIGKILL)
+    return result
+
+
 def timed_gets(node, indices):
     """One client, one connection: each key read once. Latencies in µs; wrong answers counted."""
     conn = http.client.HTTPConnection(node.http[len("http://"):], timeout=10)
@@ -605,7 +651,7 @@ def timed_gets(node, indices):
 
 def measure_empty(args, wrk, lua, workdir, rep, networks):
     """Creates on a fresh, empty network (after the warm-up), which is then stopped."""
-    empty = Network(args.replicator, os.path.join(workdir, f"empty-{rep}"))
+    empty = Network(args.replicator, os.path.join(workdir, f"empty-{rep}"), node_flags(args))
     networks.append(empty)
     empty.start()
     idle = [node_footprint(n) for n in empty.nodes]
@@ -618,6 +664,10 @@ def measure_empty(args, wrk, lua, workdir, rep, networks):
     empty.stop()
     shutil.rmtree(empty.workdir, ignore_errors=True)
     return result, idle
+
+
+def node_flags(args):
+    return ["--cache-mb", str(args.cache_mb)] if args.cache_mb is not None else []
 
 
 def median_run(runs):
@@ -652,7 +702,7 @@ def run(args):
 
         print(f"fill: {args.keys:,} keys of {args.value_bytes} bytes, {args.clients} clients",
               flush=True)
-        net = Network(args.replicator, os.path.join(workdir, "full"))
+        net = Network(args.replicator, os.path.join(workdir, "full"), node_flags(args))
         networks.append(net)
         net.start()
         report["fill"] = fill(net, wrk, args, lua["fill"], workdir)
@@ -664,6 +714,7 @@ def run(args):
         print(f"restart of node {restarted.index}", flush=True)
         report["restart"] = restart(net, restarted, args.keys)
         sample = random.sample(range(args.keys), min(args.get_samples, args.keys))
+        report["os_cache_dropped"] = drop_os_caches()
         report["gets_cold"] = timed_gets(restarted, sample)
         random.shuffle(sample)
         report["gets_warm"] = timed_gets(restarted, sample)
@@ -686,6 +737,10 @@ def run(args):
         report["creates_empty_runs"], report["creates_full_runs"] = empties, fulls
         report["creates_empty"] = median_run(empties)
         report["creates_full"] = median_run(fulls)
+        if not args.no_join:
+            print("a fourth node joins the full network", flush=True)
+            stored = net.nodes[0].health()["keys_stored"]
+            report["join"] = join(net, stored)
         net.stop()
     finally:
         wrk.kill()
@@ -745,7 +800,10 @@ def print_tables(report):
           f"({mib(r['after_VmHWM'])}) |")
     c, w = report["gets_cold"], report["gets_warm"]
     print()
-    print(f"| GET on the restarted node, 1 client | reads | p50 ms | p99 ms | wrong answers |")
+    dropped = "OS page cache dropped first" if report.get("os_cache_dropped") else \
+        "OS page cache NOT dropped (not root)"
+    print(f"| GET on the restarted node, 1 client ({dropped}) | reads | p50 ms | p99 ms | "
+          f"wrong answers |")
     print("|---|---|---|---|---|")
     print(f"| cold (never read since the restart) | {c['reads']} | {c['p50_ms']:.2f} | "
           f"{c['p99_ms']:.2f} | {c['wrong']} |")
@@ -764,6 +822,16 @@ def print_tables(report):
               f"{x['errors']:.0f} | {x['cpu_ms_per_op']:.2f} |")
     print(f"| stored / empty | {l['per_s'] / e['per_s']:.2f}x | "
           f"{l['p50_ms'] / e['p50_ms']:.2f}x | {l['p99_ms'] / e['p99_ms']:.2f}x | | |")
+    j = report.get("join")
+    if j:
+        print()
+        print("| a fourth node joins (copies every key) | |")
+        print("|---|---|")
+        print(f"| seconds until ready with every key | {j['seconds']:.1f} |")
+        print(f"| joiner: RSS / peak RSS (VmHWM), MiB | {mib(j['joiner']['VmRSS'])} / "
+              f"{mib(j['joiner']['VmHWM'])} |")
+        print(f"| joiner: database MiB | {mib(j['joiner']['disk_redb'])} |")
+        print(f"| members: largest RSS during the copy, MiB | {mib(j['members_max_VmRSS'])} |")
 
 
 def main():
@@ -779,6 +847,8 @@ def main():
                     help="seconds of unmeasured creates on the empty network first")
     ap.add_argument("--get-samples", type=int, default=2000,
                     help="random stored keys read cold, then warm")
+    ap.add_argument("--cache-mb", type=int, help="--cache-mb of every node (default: the node's)")
+    ap.add_argument("--no-join", action="store_true", help="skip the fourth node's join")
     ap.add_argument("--fill-timeout", type=int, default=3600, help="give up filling after this")
     ap.add_argument("--quick", action="store_true", help="N=50,000 (a fast check)")
     ap.add_argument("--replicator", default="target/release/replicator")
