@@ -284,21 +284,9 @@ impl Acceptor {
     /// (answered `Nack`), or answer the decision if the key is stored.
     pub fn prepare(&mut self, env: &mut Env, key: &Key, ballot: &Ballot) -> Answer {
         assert!(!ballot.is_fast(), "Prepare of the fast round");
-        if self.damaged.contains(key) {
-            return refused(RefuseReason::Abstaining);
-        }
-        let (promised, accepted) = match self.record(key) {
-            Err(Unreadable) => return refused(RefuseReason::Abstaining),
-            Ok(Some(record)) => match record.into_owned() {
-                DurableKey::Stored { chosen, .. } => return Answer::Stored { chosen },
-                DurableKey::Open { promised, accepted } => (promised, accepted),
-            },
-            Ok(None) => {
-                if let Some(refusal) = self.no_room(env, false) {
-                    return refusal;
-                }
-                (self.floor.clone(), None)
-            }
+        let (promised, accepted) = match self.votable(env, key, false) {
+            Ok(open) => open,
+            Err(answer) => return answer,
         };
         if *ballot < promised {
             return nack(promised, accepted.as_ref(), !self.keys.contains_key(key));
@@ -329,21 +317,9 @@ impl Acceptor {
         ballot: &Ballot,
         proposal: &Proposal,
     ) -> Answer {
-        if self.damaged.contains(key) {
-            return refused(RefuseReason::Abstaining);
-        }
-        let (promised, accepted) = match self.record(key) {
-            Err(Unreadable) => return refused(RefuseReason::Abstaining),
-            Ok(Some(record)) => match record.into_owned() {
-                DurableKey::Stored { chosen, .. } => return Answer::Stored { chosen },
-                DurableKey::Open { promised, accepted } => (promised, accepted),
-            },
-            Ok(None) => {
-                if let Some(refusal) = self.no_room(env, ballot.is_fast()) {
-                    return refusal;
-                }
-                (self.floor.clone(), None)
-            }
+        let (promised, accepted) = match self.votable(env, key, ballot.is_fast()) {
+            Ok(open) => open,
+            Err(answer) => return answer,
         };
         if accepted
             .as_ref()
@@ -364,6 +340,32 @@ impl Acceptor {
         self.put(env, key, state, false);
         renew_lease(env, key);
         Answer::Accepted
+    }
+
+    /// The promise and accepted value a Prepare or Accept of `key` is weighed against (for a
+    /// key with no record: the floor, nothing accepted), or the answer it gets without a vote:
+    /// abstaining (damaged or unreadable), the decision, or no room (`fast`: for the fast
+    /// round, see Bounds).
+    fn votable(
+        &mut self,
+        env: &mut Env,
+        key: &Key,
+        fast: bool,
+    ) -> Result<(Ballot, Option<(Ballot, Proposal)>), Answer> {
+        if self.damaged.contains(key) {
+            return Err(refused(RefuseReason::Abstaining));
+        }
+        match self.record(key) {
+            Err(Unreadable) => Err(refused(RefuseReason::Abstaining)),
+            Ok(Some(record)) => match record.into_owned() {
+                DurableKey::Stored { chosen, .. } => Err(Answer::Stored { chosen }),
+                DurableKey::Open { promised, accepted } => Ok((promised, accepted)),
+            },
+            Ok(None) => match self.no_room(env, fast) {
+                Some(refusal) => Err(refusal),
+                None => Ok((self.floor.clone(), None)),
+            },
+        }
     }
 
     /// What this node holds for `key`, as a read's question asks it.

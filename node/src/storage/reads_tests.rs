@@ -20,6 +20,17 @@ fn open_record_op(key: &str, round: u64) -> WriteOp {
     }
 }
 
+const TEN: PageLimit = PageLimit {
+    keys_max: 10,
+    bytes_max: usize::MAX,
+};
+
+/// The numbers of the first ten decisions, in their order.
+fn numbers(reader: &DecisionReader) -> Vec<u64> {
+    let page = reader.decisions_after(0, TEN).unwrap();
+    page.iter().map(|d| d.seq).collect()
+}
+
 fn decided(reader: &DecisionReader, key: &str) -> Option<u64> {
     reader.decision(&Key::new(key)).unwrap().map(|(seq, _)| seq)
 }
@@ -39,18 +50,8 @@ fn a_decision_is_read_from_the_log_then_from_the_database() {
     s.checkpoint().unwrap();
     assert_eq!(decided(&reader, "a"), Some(1), "from the database");
     s.commit_group(&[job(2, vec![stored("b", 2)])]).unwrap();
-    let all = PageLimit {
-        keys_max: 10,
-        bytes_max: usize::MAX,
-    };
-    let seqs: Vec<u64> = reader
-        .decisions_after(0, all)
-        .unwrap()
-        .iter()
-        .map(|d| d.seq)
-        .collect();
-    assert_eq!(seqs, [1, 2], "the database's, then the log's");
-    let (keys, done) = reader.decisions_from(None, all).unwrap();
+    assert_eq!(numbers(&reader), [1, 2], "the database's, then the log's");
+    let (keys, done) = reader.decisions_from(None, TEN).unwrap();
     assert!(done);
     assert_eq!(keys.len(), 2);
 }
@@ -169,17 +170,7 @@ fn a_damaged_decision_is_found_when_read() {
         "{text}"
     );
     // A catch-up page skips it: the member learns that decision elsewhere.
-    let all = PageLimit {
-        keys_max: 10,
-        bytes_max: usize::MAX,
-    };
-    let seqs: Vec<u64> = reader
-        .decisions_after(0, all)
-        .unwrap()
-        .iter()
-        .map(|d| d.seq)
-        .collect();
-    assert_eq!(seqs, [2]);
+    assert_eq!(numbers(&reader), [2]);
 }
 
 /// A format 5 database (records by the key's text in `keys`) is upgraded in place when it is
