@@ -16,6 +16,7 @@
 //! |---|---|
 //! | Quorums | `quorum.rs` |
 //! | The acceptor: state per key; forgetting (the ballot floor) | `node/acceptor.rs` |
+//! | What a node holds in memory | `node/acceptor.rs` (in flight), `decided.rs` (the store's reads) |
 //! | Durability: the barrier; lazy writes | `node/outbox.rs` |
 //! | Reaching the participants: representatives, failover, resends | `node/fanout.rs`, `node/relay.rs`, `node/proposer.rs` |
 //! | Writing a key: the client's PUT, its answers and deadline | `node/coordinator.rs` |
