@@ -41,6 +41,9 @@ struct Disk {
     generation: u64,
     /// Every write and fsync fails (a full or failing disk); reads still work.
     failing: bool,
+    /// Reads of decisions fail (a failing disk's I/O errors): the storage's reads for the core
+    /// (`storage/reads.rs`) refuse while it is set.
+    reads_failing: bool,
     stats: DiskStats,
 }
 
@@ -156,6 +159,15 @@ impl SimDisk {
 
     pub fn is_failing(&self) -> bool {
         self.lock().failing
+    }
+
+    /// From now on the storage's reads of decisions fail (`true`), or work again.
+    pub fn set_reads_failing(&self, failing: bool) {
+        self.lock().reads_failing = failing;
+    }
+
+    pub fn reads_failing(&self) -> bool {
+        self.lock().reads_failing
     }
 
     pub fn stats(&self) -> DiskStats {

@@ -81,7 +81,7 @@ pub(super) struct Location {
 impl Location {
     pub(super) fn new(path: PathBuf, disk: Option<SimDisk>, cache_bytes: usize) -> Location {
         Location {
-            reads: Arc::new(super::reads::ReadSide::new(path.clone())),
+            reads: Arc::new(super::reads::ReadSide::new(path.clone(), disk.clone())),
             path,
             disk,
             cache_bytes,

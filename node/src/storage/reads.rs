@@ -24,6 +24,8 @@ pub(super) struct ReadSide {
     db: RwLock<Option<Arc<Database>>>,
     logged: RwLock<Logged>,
     path: PathBuf,
+    /// The simulated disk under the database, if it is one: its read faults apply here.
+    disk: Option<SimDisk>,
     damage: Mutex<DamageSeen>,
     /// Set when the driver takes its reader ([`Storage::decision_reader`]).
     counters: OnceLock<Arc<DamageCounters>>,
@@ -48,11 +50,12 @@ struct DamageSeen {
 const DAMAGE_REMEMBERED_MAX: usize = 10_000;
 
 impl ReadSide {
-    pub(super) fn new(path: PathBuf) -> ReadSide {
+    pub(super) fn new(path: PathBuf, disk: Option<SimDisk>) -> ReadSide {
         ReadSide {
             db: RwLock::new(None),
             logged: RwLock::new(Logged::default()),
             path,
+            disk,
             damage: Mutex::new(DamageSeen::default()),
             counters: OnceLock::new(),
         }
@@ -86,6 +89,9 @@ impl ReadSide {
     }
 
     fn database(&self) -> Result<Arc<Database>, Unreadable> {
+        if self.disk.as_ref().is_some_and(SimDisk::reads_failing) {
+            return Err(self.failed("the simulated disk fails reads"));
+        }
         let db = self.db.read().unwrap_or_else(|p| p.into_inner());
         db.clone().ok_or(Unreadable)
     }

@@ -154,12 +154,21 @@ pub(super) async fn fault_injector(world: Arc<World>, stop: Arc<std::sync::atomi
                 if disk.is_failing() {
                     continue;
                 }
-                w.log(format!("the disk of {} fails", w.machines[ix].id));
+                // Full (writes fail) or failing (its reads of decisions fail too).
+                let reads_too = thread_rng().gen_bool(0.5);
+                let what = if reads_too {
+                    "writes and reads"
+                } else {
+                    "writes"
+                };
+                w.log(format!("the disk of {} fails ({what})", w.machines[ix].id));
                 disk.set_failing(true);
+                disk.set_reads_failing(reads_too);
                 tokio::spawn(async move {
                     sleep(hold).await;
                     w.log(format!("the disk of {} works again", w.machines[ix].id));
                     disk.set_failing(false);
+                    disk.set_reads_failing(false);
                 });
             }
             FaultKind::Pause => {

@@ -164,6 +164,7 @@ async fn world(spec: NodeSimSpec) -> Result<NodeSimStats, NodeSimFailure> {
     NetSim::current().update_config(|c| c.packet_loss_rate = 0.0);
     for m in &machines {
         m.disk.set_failing(false);
+        m.disk.set_reads_failing(false);
     }
     let links: Vec<(usize, usize)> = world.clogged.lock().unwrap().keys().copied().collect();
     for (a, b) in links {
