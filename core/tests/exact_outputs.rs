@@ -1669,3 +1669,45 @@ fn the_join_copy_merges_the_store_and_memory_in_key_order() {
     copied.sort();
     assert_eq!(copied, ["k1", "k2", "k3", "k4"]);
 }
+
+/// A joiner whose own record of a copied key cannot be read (it may hold the decision) never
+/// writes the copy's open record over it: it abstains for the key until it learns the decision.
+#[test]
+fn a_copied_open_record_never_replaces_an_unreadable_one() {
+    let disk =
+        Recovered::joiner("net".into()).with_members(["c1", "c2", "c3"].into_iter().map(member));
+    let image = DiskImage::new(disk.clone());
+    let mut n = Node::new(
+        Config::default(),
+        "j1".into(),
+        "c".into(),
+        disk,
+        Box::new(image.clone()),
+        Time::ZERO,
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        step(&mut n, ms(0), Input::Timeout),
+        ["send c2 SyncRequest { after: None }"]
+    );
+    image.fail_reads(1000, 1);
+    let page = Message::SyncPage {
+        entries: vec![(
+            Key::from("k"),
+            DurableKey::Open {
+                promised: classic(3, "c2"),
+                accepted: None,
+            },
+        )],
+        floor: Ballot::FAST,
+        seq: 0,
+        done: false,
+    };
+    let out = step(&mut n, ms(1), from("c2", page));
+    assert!(
+        !out.iter().any(|o| o.contains("PutKey(k ")),
+        "an open record written over an unreadable one: {out:?}"
+    );
+    assert_eq!(n.stats().damaged_keys, 1);
+}

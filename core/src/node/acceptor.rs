@@ -443,10 +443,14 @@ impl Acceptor {
                     Ok(Some(DurableKey::Open { promised, accepted })) => {
                         (promised.clone(), accepted.clone())
                     }
-                    // Unreadable: what this node promised is lost; the copy's record is the
-                    // best it can hold (as for a key damaged at a restart, it abstains until
-                    // the decision is learned).
-                    Ok(None) | Err(Unreadable) => (Ballot::FAST, None),
+                    Ok(None) => (Ballot::FAST, None),
+                    // Its own record cannot be read: it may be a decision, which an open record
+                    // must never replace. The node abstains for the key until it learns the
+                    // decision, as for a record damaged at a restart.
+                    Err(Unreadable) => {
+                        self.damaged.insert(key.clone());
+                        return None;
+                    }
                 };
                 let accepted = match (mine_a, accepted) {
                     (Some(m), Some(c)) => Some(if c.0 > m.0 { c.clone() } else { m }),
