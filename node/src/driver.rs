@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use tracing::{debug, error, info, trace, warn};
 
 use crate::metrics::Metrics;
 use crate::status::{PeerInfo, Status};
-use crate::storage::{Durable, Loaded, PersistJob, Storage, StorageWorker};
+use crate::storage::{DecisionReader, Durable, Loaded, PersistJob, Storage, StorageWorker};
 
 /// What the driver loop waits on, tried in turn: see [`Wake`].
 const WAKE_SOURCES: usize = 6;
@@ -135,6 +136,13 @@ pub struct Handle {
     storage_stalled: Arc<std::sync::Mutex<Option<String>>>,
     /// The longest a call may wait for the core's answer.
     call_timeout: Duration,
+    /// Reads of stored decisions straight from the storage, for GETs (see
+    /// [`Handle::stored_value`]). Weak: the driver owns the reader, so that the database
+    /// closes when the driver ends even while handles live on (a restart in the same process
+    /// opens it again).
+    stored: std::sync::Weak<DecisionReader>,
+    /// Whether this node serves reads (ready, not removed), as of the driver's last turn.
+    serves_reads: Arc<AtomicBool>,
 }
 
 impl Handle {
@@ -161,6 +169,22 @@ impl Handle {
             .lock()
             .expect("never poisoned: no panics inside")
             .clone()
+    }
+
+    /// The value of `key` if this node's storage holds its decision: read on the caller's
+    /// thread, without the core (a decision never changes, so it needs no round trip, and a
+    /// read that goes to the disk does not hold up the protocol loop). `None`: ask the core
+    /// (the key is not decided here, its decision is not durable yet, the node does not serve
+    /// reads, or the read failed).
+    pub fn stored_value(&self, key: &replicator_core::Key) -> Option<replicator_core::Value> {
+        if !self.serves_reads.load(Ordering::Relaxed) {
+            return None;
+        }
+        let stored = self.stored.upgrade()?;
+        match replicator_core::DecidedKeys::decision(stored.as_ref(), key) {
+            Ok(Some((_, chosen))) => Some(chosen.value),
+            Ok(None) | Err(_) => None,
+        }
     }
 
     /// The committed value of `key` held here, without the core (see [`Request::ReadStored`]).
@@ -231,6 +255,11 @@ pub struct Driver<T: Transport> {
     /// A deliberately broken behaviour: always `None` unless sim-tests' node_sim set it
     /// through [`Driver::with_bug`] (feature `bug-injection`).
     bug: Option<DriverBug>,
+    /// Shared with the handles: whether this node serves reads (ready, not removed).
+    serves_reads: Arc<AtomicBool>,
+    /// The reader the handles serve GETs of stored keys from; owned here (see
+    /// [`Handle::stored_value`]).
+    _stored: Arc<DecisionReader>,
     /// Shared with the handles: why storage writes are stalled.
     storage_stalled: Arc<std::sync::Mutex<Option<String>>>,
     /// Damaged records the core wrote again with their decisions, as last logged.
@@ -319,6 +348,7 @@ impl<T: Transport> Driver<T> {
         // rest is slack. Beyond it the node is stalled (its answers wait for a write).
         let call_timeout = config.put_timeout.max(config.read_timeout) + CALL_SLACK;
         let decided = Box::new(storage.decision_reader(metrics.damage.clone()));
+        let stored = Arc::new(storage.decision_reader(metrics.damage.clone()));
         let node = Node::new(config, id, cluster, recovered, decided, Time::ZERO, seed)?;
         if node.is_removed() {
             error!(
@@ -328,7 +358,10 @@ impl<T: Transport> Driver<T> {
         let storage = storage.start(metrics.disk.clone())?;
         let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE_LEN);
         let storage_stalled = Arc::new(std::sync::Mutex::new(None));
+        let serves_reads = Arc::new(AtomicBool::new(false));
         let driver = Driver {
+            serves_reads: serves_reads.clone(),
+            _stored: stored.clone(),
             node,
             transport,
             origin,
@@ -357,6 +390,8 @@ impl<T: Transport> Driver<T> {
                 requests: requests_tx,
                 storage_stalled,
                 call_timeout,
+                stored: Arc::downgrade(&stored),
+                serves_reads,
             },
         ))
     }
@@ -477,6 +512,8 @@ impl<T: Transport> Driver<T> {
             }
             self.drain();
             self.note_repairs();
+            let serves = self.node.is_ready() && !self.node.is_removed();
+            self.serves_reads.store(serves, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -939,6 +976,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reply, Reply::Get(GetOutcome::Value(Value::from("one"))));
+        // Once durable there, a node serves the decision from its storage, without the core.
+        let mut served = None;
+        for _ in 0..500 {
+            served = handles[1].stored_value(&Key::new("k"));
+            if served.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(served, Some(Value::from("one")));
+        assert_eq!(handles[1].stored_value(&Key::new("never-written")), None);
         for (h, id) in handles.iter().zip(&ids) {
             assert!(h.leave(Duration::from_secs(5)).await);
             // Its goodbye, as the real transport would deliver it.
@@ -954,6 +1002,8 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
+        // A driver that ended closed its database: its handles no longer read it.
+        assert_eq!(handles[1].stored_value(&Key::new("k")), None);
         // Everything acknowledged is on disk (and no longer in flight: a restart does not
         // load it, the core reads it when it needs it).
         for d in &dirs {

@@ -569,6 +569,11 @@ async fn get_key(
     if params.verify {
         return verify(&api, key).await;
     }
+    // A decision this node's storage holds: served without the core.
+    if let Some(value) = api.driver.stored_value(&key) {
+        api.metrics.get_done("value");
+        return value_response(&value);
+    }
     let (label, response) = match api.driver.call(Command::Get { key: key.clone() }).await {
         Err(e) => (call_label(e), call_failed(e)),
         Ok(Reply::Get(outcome)) => match outcome {
