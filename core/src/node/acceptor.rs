@@ -425,32 +425,28 @@ impl Acceptor {
 
     /// Merges a record copied from a member while joining: a decision is stored; otherwise
     /// the highest promise and the accepted value with the highest ballot are kept, as if this
-    /// node had seen what the member saw. Returns a conflicting decision, if any.
+    /// node had seen what the member saw. Returns a conflicting decision, if any; `Err` if an
+    /// open record could not be merged because this node's own record of the key cannot be
+    /// read now (it may be a decision, which an open record must never replace): nothing was
+    /// written, and the caller merges it again later.
     pub fn merge_copy(
         &mut self,
         env: &mut Env,
         key: &Key,
         copied: &DurableKey,
-    ) -> Option<Proposal> {
+    ) -> Result<Option<Proposal>, Unreadable> {
         match copied {
             DurableKey::Stored { chosen, .. } => match self.store(env, key, chosen) {
-                Learned::Conflict(known) => Some(known),
-                Learned::New | Learned::Known => None,
+                Learned::Conflict(known) => Ok(Some(known)),
+                Learned::New | Learned::Known => Ok(None),
             },
             DurableKey::Open { promised, accepted } => {
-                let (mine_p, mine_a) = match self.record(key).as_ref().map(|r| r.as_deref()) {
-                    Ok(Some(DurableKey::Stored { .. })) => return None,
-                    Ok(Some(DurableKey::Open { promised, accepted })) => {
+                let (mine_p, mine_a) = match self.record(key)?.as_deref() {
+                    Some(DurableKey::Stored { .. }) => return Ok(None),
+                    Some(DurableKey::Open { promised, accepted }) => {
                         (promised.clone(), accepted.clone())
                     }
-                    Ok(None) => (Ballot::FAST, None),
-                    // Its own record cannot be read: it may be a decision, which an open record
-                    // must never replace. The node abstains for the key until it learns the
-                    // decision, as for a record damaged at a restart.
-                    Err(Unreadable) => {
-                        self.damaged.insert(key.clone());
-                        return None;
-                    }
+                    None => (Ballot::FAST, None),
                 };
                 let accepted = match (mine_a, accepted) {
                     (Some(m), Some(c)) => Some(if c.0 > m.0 { c.clone() } else { m }),
@@ -463,7 +459,7 @@ impl Acceptor {
                 if self.keys.get(key) != Some(&state) {
                     self.put(env, key, state, false);
                 }
-                None
+                Ok(None)
             }
         }
     }

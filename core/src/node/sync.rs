@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::Note;
+use crate::decided::Unreadable;
 use crate::faults::{PeerFault, Violation};
 use crate::quorum;
 use crate::storage::{DurableKey, WriteOp};
@@ -43,6 +44,9 @@ struct Copying {
     after: Option<Key>,
     /// Its decision number when it cut the first page.
     seq: Option<u64>,
+    /// This node could not read its own record of a key while merging the last page: it asks
+    /// the same member again from `after` when the sync timer fires.
+    stalled: bool,
 }
 
 impl Node {
@@ -88,6 +92,17 @@ impl Node {
     pub(super) fn on_sync_timer(&mut self) {
         let (candidates, needed) = self.sync_sources();
         let Some(sync) = &mut self.sync else { return };
+        if let Some(copying) = sync.current.as_mut().filter(|c| c.stalled) {
+            // Its own store failed a read while merging: the same member, from the last key
+            // merged (a store that fails every read keeps the node joining, as it must).
+            copying.stalled = false;
+            let request = Message::SyncRequest {
+                after: copying.after.clone(),
+            };
+            self.env.out.send(copying.source.clone(), request);
+            let retry_at = self.env.now + self.env.config.sync_timeout;
+            return self.env.timers.set(Timer::Sync, retry_at);
+        }
         if sync.current.take().is_some() {
             // The member did not answer in time: try another one.
             sync.next += 1;
@@ -114,6 +129,7 @@ impl Node {
             source: source.clone(),
             after: None,
             seq: None,
+            stalled: false,
         });
         self.env
             .out
@@ -168,32 +184,46 @@ impl Node {
         let Some(current) = &mut sync.current else {
             return;
         };
-        if current.source != from {
+        if current.source != from || current.stalled {
             return;
         }
-        let mut after = current.after.clone();
+        let mut last = current.after.as_ref();
         for (key, _) in &entries {
-            if after.as_ref().is_some_and(|a| key <= a) {
+            if last.is_some_and(|a| key <= a) {
                 let reason = PeerFault::SyncPageOutOfOrder;
                 return self.env.out.note(Note::PeerInputRejected { from, reason });
             }
+            last = Some(key);
+        }
+        let first_seq = *current.seq.get_or_insert(seq);
+        let mut after = current.after.clone();
+        for (key, record) in &entries {
+            match self.acceptor.merge_copy(&mut self.env, key, record) {
+                Ok(None) => {}
+                Ok(Some(known)) => {
+                    let told = record.stored().map(|c| c.p.clone());
+                    let reason = Violation::TwoDecisions {
+                        key: key.clone(),
+                        stored: known.p,
+                        told: told.expect("only a decision conflicts"),
+                        from: from.clone(),
+                        at: self.env.id.clone(),
+                    };
+                    self.env.out.note(Note::Violation { reason });
+                }
+                Err(Unreadable) => {
+                    // The rest of the page waits: merged again from this key, a little later
+                    // (a read that fails is retried, never taken for a missing record).
+                    let current = self.current_copy().expect("checked above");
+                    current.after = after;
+                    current.stalled = true;
+                    let retry_at = self.env.now + self.env.config.sync_timeout / 4;
+                    return self.env.timers.set(Timer::Sync, retry_at);
+                }
+            }
             after = Some(key.clone());
         }
-        current.after = after.clone();
-        let first_seq = *current.seq.get_or_insert(seq);
-        for (key, record) in &entries {
-            if let Some(known) = self.acceptor.merge_copy(&mut self.env, key, record) {
-                let told = record.stored().map(|c| c.p.clone());
-                let reason = Violation::TwoDecisions {
-                    key: key.clone(),
-                    stored: known.p,
-                    told: told.expect("only a decision conflicts"),
-                    from: from.clone(),
-                    at: self.env.id.clone(),
-                };
-                self.env.out.note(Note::Violation { reason });
-            }
-        }
+        self.current_copy().expect("checked above").after = after.clone();
         self.acceptor.raise_floor(&mut self.env, &floor);
         let sync = self.sync.as_mut().expect("checked above");
         if done {
@@ -209,6 +239,10 @@ impl Node {
                 .timers
                 .set(Timer::Sync, self.env.now + self.env.config.sync_timeout);
         }
+    }
+
+    fn current_copy(&mut self) -> Option<&mut Copying> {
+        self.sync.as_mut()?.current.as_mut()
     }
 
     /// The member asked for the copy refused: it has not discovered this node yet (ask the
