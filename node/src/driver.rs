@@ -1,19 +1,20 @@
 //! The driver: one tokio task that owns the sans-io [`Node`] and runs its contract.
 //!
-//! Inputs: decoded peer frames and membership events from a [`Transport`], client calls from
+//! Inputs: decoded peer frames and membership events ([`TransportEvents`]), client calls from
 //! the HTTP API (a bounded channel, each with a oneshot for its reply), durable notifications
 //! from the storage thread, and timers at [`Node::poll_timeout`] on the real clock (`Time` is
 //! microseconds since the driver started). Outputs: frames to the transport, writes to the
 //! storage thread, replies to their oneshots, notes to the log and metrics.
 //!
-//! Generic over [`Transport`] so that a simulated network can drive the very same loop.
+//! Generic over [`Transport`] and [`TransportEvents`] so that a simulated network can drive the
+//! very same loop.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -62,6 +63,27 @@ pub trait Transport: Send + 'static {
     fn send(&self, to: &NodeId, frame: Vec<u8>);
     /// The node left the membership (goodbye or operator removal): stop redialing it.
     fn forget(&self, _node: &NodeId) {}
+}
+
+/// Where the driver takes its [`TransportEvent`]s from, as it is ready for them: a channel of
+/// them (a simulated network, the tests), or an adapter that makes them from another
+/// transport's events right there, in the driver's task (the libp2p node: no task and no
+/// channel in between, so a received frame costs one channel hop and one wake-up less).
+pub trait TransportEvents: Send + 'static {
+    /// The next event, waking `cx` when one comes; `Ready(None)` once none will.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>>;
+    /// The next event if one is there already.
+    fn try_event(&mut self) -> Option<TransportEvent>;
+}
+
+impl TransportEvents for mpsc::Receiver<TransportEvent> {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>> {
+        self.poll_recv(cx)
+    }
+
+    fn try_event(&mut self) -> Option<TransportEvent> {
+        self.try_recv().ok()
+    }
 }
 
 /// What the network tells the driver.
@@ -226,11 +248,11 @@ impl Handle {
     }
 }
 
-pub struct Driver<T: Transport> {
+pub struct Driver<T: Transport, E: TransportEvents = mpsc::Receiver<TransportEvent>> {
     node: Node,
     transport: T,
     origin: Instant,
-    events: mpsc::Receiver<TransportEvent>,
+    events: E,
     requests: mpsc::Receiver<Request>,
     /// Unbounded on purpose: the core's outputs must never be dropped or block the loop, and
     /// what it asks to persist is bounded by its own limits (proposals, open keys, relays).
@@ -279,7 +301,7 @@ pub enum DriverBug {
 }
 
 /// Everything needed to start a driver.
-pub struct Parts<T: Transport> {
+pub struct Parts<T: Transport, E: TransportEvents = mpsc::Receiver<TransportEvent>> {
     pub config: replicator_core::Config,
     pub id: NodeId,
     pub cluster: ClusterId,
@@ -287,19 +309,19 @@ pub struct Parts<T: Transport> {
     pub loaded: Loaded,
     pub storage: Storage,
     pub transport: T,
-    pub events: mpsc::Receiver<TransportEvent>,
+    pub events: E,
     pub metrics: Arc<Metrics>,
 }
 
-impl<T: Transport> Driver<T> {
+impl<T: Transport, E: TransportEvents> Driver<T, E> {
     /// Builds the node, starts the storage thread; spawn [`Driver::run`] next.
-    pub fn new(parts: Parts<T>) -> Result<(Driver<T>, Handle)> {
+    pub fn new(parts: Parts<T, E>) -> Result<(Driver<T, E>, Handle)> {
         Self::build(parts, None)
     }
 
     /// [`Driver::new`] with a deliberately broken behaviour.
     #[cfg(feature = "bug-injection")]
-    pub fn with_bug(parts: Parts<T>, bug: Option<DriverBug>) -> Result<(Driver<T>, Handle)> {
+    pub fn with_bug(parts: Parts<T, E>, bug: Option<DriverBug>) -> Result<(Driver<T, E>, Handle)> {
         Self::build(parts, bug)
     }
 
@@ -307,7 +329,7 @@ impl<T: Transport> Driver<T> {
         self.bug == Some(bug)
     }
 
-    fn build(parts: Parts<T>, bug: Option<DriverBug>) -> Result<(Driver<T>, Handle)> {
+    fn build(parts: Parts<T, E>, bug: Option<DriverBug>) -> Result<(Driver<T, E>, Handle)> {
         let Parts {
             config,
             id,
@@ -442,7 +464,7 @@ impl<T: Transport> Driver<T> {
                 poll_fn(|cx| {
                     for i in 0..WAKE_SOURCES {
                         let ready = match (first + i) % WAKE_SOURCES {
-                            0 if events_open => events.poll_recv(cx).map(Wake::Event),
+                            0 if events_open => events.poll_event(cx).map(Wake::Event),
                             1 if requests_open => requests.poll_recv(cx).map(Wake::Request),
                             2 => durable
                                 .as_mut()
@@ -465,7 +487,7 @@ impl<T: Transport> Driver<T> {
                 Wake::Event(Some(ev)) => {
                     self.on_transport(ev);
                     for _ in 1..READY_PER_TURN_MAX {
-                        let Ok(ev) = self.events.try_recv() else {
+                        let Some(ev) = self.events.try_event() else {
                             break;
                         };
                         self.on_transport(ev);
@@ -567,18 +589,17 @@ impl<T: Transport> Driver<T> {
                 self.metrics.inc(&self.metrics.frames_dropped_stalled);
             }
             TransportEvent::Message { from, frame } => match wire::decode_frame(&frame) {
-                Ok(msgs) => {
+                Ok(mut msgs) => {
                     self.metrics
                         .add(&self.metrics.messages_received, msgs.len() as u64);
+                    // The last message takes the sender's id itself: one clone fewer per
+                    // frame, none for a frame of one message (the usual one at light load).
+                    let last = msgs.pop();
                     for msg in msgs {
-                        trace!(peer = %from, ?msg, "received");
-                        self.node.handle(
-                            now,
-                            Input::Message {
-                                from: from.clone(),
-                                msg,
-                            },
-                        );
+                        self.on_message(now, from.clone(), msg);
+                    }
+                    if let Some(msg) = last {
+                        self.on_message(now, from, msg);
                     }
                 }
                 Err(e) => {
@@ -639,6 +660,11 @@ impl<T: Transport> Driver<T> {
                 );
             }
         }
+    }
+
+    fn on_message(&mut self, now: Time, from: NodeId, msg: wire::Message) {
+        trace!(peer = %from, ?msg, "received");
+        self.node.handle(now, Input::Message { from, msg });
     }
 
     fn on_request(&mut self, req: Request) {
