@@ -1,22 +1,22 @@
-//! The libp2p transport behind the driver's [`Transport`] seam.
+//! The libp2p transport behind the driver's seams: [`Transport`] to send, [`NetEvents`] for
+//! what arrives.
+
+mod events;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use replicator_core::{ClusterId, NetworkId, NodeId};
-use tokio::sync::mpsc;
+use replicator_core::NodeId;
 use tracing::{debug, warn};
+use transport_libp2p::Client;
 use transport_libp2p::libp2p::PeerId;
-use transport_libp2p::{Client, NetEvent};
 
-use crate::address_book::AddressBook;
 use crate::dashboard::{Dashboard, report};
-use crate::driver::Handle;
-use crate::driver::{Transport, TransportEvent};
+use crate::driver::{Handle, Transport};
 use crate::metrics::Metrics;
 
-/// Transport events waiting for the driver.
-const EVENTS_QUEUE_LEN: usize = 1024;
+pub use events::NetEvents;
+
 /// How long a removed peer's queued frames get to leave before the transport forgets it.
 const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Ids kept in each direction's cache (members and a little more); a full cache is emptied.
@@ -92,69 +92,6 @@ impl Transport for Libp2pTransport {
             client.forget_peer(peer).await
         });
     }
-}
-
-/// Turns the network's events into the driver's. Members' reports about themselves go to the
-/// dashboard instead: they are not for the core.
-pub fn pump_events(
-    mut net: mpsc::Receiver<NetEvent>,
-    mut book: AddressBook,
-    dashboard: Arc<Dashboard>,
-) -> mpsc::Receiver<TransportEvent> {
-    let (tx, rx) = mpsc::channel(EVENTS_QUEUE_LEN);
-    tokio::spawn(async move {
-        // The node id of each peer, made once rather than per message.
-        let mut ids: HashMap<PeerId, NodeId> = HashMap::new();
-        while let Some(ev) = net.recv().await {
-            let ev = match ev {
-                NetEvent::Message { from, frame } if report::is_report(&frame) => {
-                    match report::decode(&frame) {
-                        Ok(r) => dashboard.record_report(&from.to_string(), r),
-                        Err(e) => debug!(peer = %from, error = %e, "status report dropped"),
-                    }
-                    continue;
-                }
-                NetEvent::Message { from, frame } => {
-                    if ids.len() >= ID_CACHE_MAX && !ids.contains_key(&from) {
-                        ids.clear();
-                    }
-                    let from = ids
-                        .entry(from)
-                        .or_insert_with(|| NodeId::new(from.to_string()))
-                        .clone();
-                    TransportEvent::Message { from, frame }
-                }
-                // The transport makes no member of another network, but the core decides:
-                // it is told the network the member announced.
-                NetEvent::MemberDiscovered(m) => {
-                    // Where it listens, for a restart of this node without --bootstrap.
-                    book.record(m.peer, &m.addrs);
-                    dashboard.record_addrs(
-                        &m.peer.to_string(),
-                        m.addrs.iter().map(|a| a.to_string()).collect(),
-                    );
-                    TransportEvent::Discovered {
-                        cluster: ClusterId::new(&m.cluster),
-                        node: NodeId::new(m.peer.to_string()),
-                        network: NetworkId::new(&m.network),
-                    }
-                }
-                NetEvent::PeerDown(p) => TransportEvent::Down(NodeId::new(p.to_string())),
-                NetEvent::PeerUp(p) => TransportEvent::Up(NodeId::new(p.to_string())),
-                NetEvent::PeerLeft(p) => TransportEvent::Left(NodeId::new(p.to_string())),
-                // The transport reports each such peer once and never makes it a member; the
-                // driver logs it with both ids and counts it.
-                NetEvent::ForeignNetwork { peer, network } => TransportEvent::ForeignNetwork {
-                    node: NodeId::new(peer.to_string()),
-                    network: NetworkId::from(network),
-                },
-            };
-            if tx.send(ev).await.is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// Sends this node's report about itself to every member it reaches, and takes a sample of

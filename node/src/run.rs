@@ -18,7 +18,7 @@ use crate::address_book::AddressBook;
 use crate::dashboard::Dashboard;
 use crate::driver::{Driver, Handle, Parts};
 use crate::metrics::Metrics;
-use crate::net::{Libp2pTransport, pump_events, spawn_status_exchange};
+use crate::net::{Libp2pTransport, NetEvents, spawn_status_exchange};
 use crate::storage::{Storage, StorageError, db_path};
 use crate::{RunArgs, http, init_logging, serve};
 
@@ -173,7 +173,7 @@ async fn run(args: RunArgs) -> Result<()> {
         loaded,
         storage,
         transport: Libp2pTransport::new(client.clone(), metrics.clone()),
-        events: pump_events(net_events, book, dashboard.clone()),
+        events: NetEvents::new(net_events, book, dashboard.clone()),
         metrics: metrics.clone(),
     })?;
     let span = tracing::info_span!("node", peer = %peer_id, cluster = %args.cid);

@@ -174,7 +174,7 @@ impl Dashboard {
     }
 
     /// A member's latest report and its age, if it sent one.
-    fn report_of(&self, peer: &str) -> Option<(NodeReport, Duration)> {
+    pub fn report_of(&self, peer: &str) -> Option<(NodeReport, Duration)> {
         lock(&self.reports)
             .get(peer)
             .map(|r| (r.latest.clone(), r.at.elapsed()))
