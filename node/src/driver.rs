@@ -209,6 +209,29 @@ impl Handle {
         }
     }
 
+    /// How many decided keys this node's storage shows, counted page by page. It reads every
+    /// decision: for checks and tests (node_sim compares nodes with it), never for serving.
+    /// `None` if the driver ended or a read failed. The core's `keys_stored` is the number of
+    /// its last decision, which a key learned again (a repair, a read that failed) also takes.
+    pub fn count_stored_keys(&self) -> Option<u64> {
+        use replicator_core::{DecidedKeys, PageLimit};
+        let stored = self.stored.upgrade()?;
+        let page = PageLimit {
+            keys_max: 1024,
+            bytes_max: 1 << 20,
+        };
+        let mut after = None;
+        let mut count = 0;
+        loop {
+            let (decisions, done) = stored.decisions_from(after.as_ref(), page).ok()?;
+            count += decisions.len() as u64;
+            if done {
+                return Some(count);
+            }
+            after = Some(decisions.last()?.key.clone());
+        }
+    }
+
     /// The committed value of `key` held here, without the core (see [`Request::ReadStored`]).
     pub async fn read_stored(
         &self,
@@ -1013,6 +1036,7 @@ mod tests {
         }
         assert_eq!(served, Some(Value::from("one")));
         assert_eq!(handles[1].stored_value(&Key::new("never-written")), None);
+        assert_eq!(handles[1].count_stored_keys(), Some(1));
         for (h, id) in handles.iter().zip(&ids) {
             assert!(h.leave(Duration::from_secs(5)).await);
             // Its goodbye, as the real transport would deliver it.

@@ -112,7 +112,11 @@ pub(super) async fn liveness(world: &Arc<World>, healed: Instant) -> Result<(), 
                 ));
                 break;
             }
-            stored.insert(status.stats.keys_stored);
+            let Some(keys) = running.handle.count_stored_keys() else {
+                why = Some(format!("{} cannot count its stored keys", status.id));
+                break;
+            };
+            stored.insert(keys);
         }
         if why.is_none() && stored.len() > 1 {
             why = Some(format!("nodes store different numbers of keys: {stored:?}"));
