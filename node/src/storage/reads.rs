@@ -204,17 +204,25 @@ impl DecidedKeys for DecisionReader {
 
     fn decisions_after(&self, after: u64, page: PageLimit) -> Result<Vec<Decision>, Unreadable> {
         let side = &self.side;
-        let from_log: Vec<Decision> = {
+        // At most a page from the log; `log_cut`: the last number taken if the log holds more
+        // (nothing past it may be answered, or the asker would skip the log's rest).
+        let (from_log, log_cut): (Vec<Decision>, Option<u64>) = {
             let logged = side.logged_read();
-            logged
-                .by_seq
-                .range(after.saturating_add(1)..)
+            let mut range = logged.by_seq.range(after.saturating_add(1)..);
+            let taken: Vec<(u64, &Vec<u8>)> = range
+                .by_ref()
                 .take(page.keys_max)
+                .map(|(seq, at)| (*seq, at))
+                .collect();
+            let log_cut = range.next().and(taken.last().map(|(seq, _)| *seq));
+            let decisions = taken
+                .into_iter()
                 .filter_map(|(seq, at)| {
                     let (_, chosen) = logged.by_order.get(at)?;
-                    decision(at, *seq, chosen.clone())
+                    decision(at, seq, chosen.clone())
                 })
-                .collect()
+                .collect();
+            (decisions, log_cut)
         };
         let db = side.database()?;
         let txn = db.begin_read().map_err(|e| side.failed(e))?;
@@ -233,8 +241,15 @@ impl DecidedKeys for DecisionReader {
             }
             let (seq, at) = entry.map_err(|e| side.failed(e))?;
             let (seq, at) = (seq.value(), at.value().to_vec());
-            // A damaged record is skipped: the member learns that decision elsewhere.
-            let Ok(Some(DurableKey::Stored { chosen, seq: now })) = side.record(&records, &at)
+            if log_cut.is_some_and(|cut| seq > cut) {
+                break;
+            }
+            // A damaged record is skipped: the member learns that decision elsewhere. A read
+            // that fails fails the page (skipping it would lose the decision for the asker).
+            let Some(sealed) = records.get(&at[..]).map_err(|e| side.failed(e))? else {
+                continue;
+            };
+            let Ok(DurableKey::Stored { chosen, seq: now }) = side.decode(&at, sealed.value())
             else {
                 continue;
             };
@@ -264,16 +279,20 @@ impl DecidedKeys for DecisionReader {
         let from = after_at
             .as_deref()
             .map_or(Bound::Unbounded, Bound::Excluded);
-        let from_log: Vec<(Vec<u8>, Decision)> = {
+        // At most a page from the log; `log_cut`: the last key taken if the log holds more
+        // (nothing past it may be answered, and the page is not the last).
+        let (from_log, log_cut): (Vec<(Vec<u8>, Decision)>, Option<Vec<u8>>) = {
             let logged = side.logged_read();
-            logged
-                .by_order
-                .range::<[u8], _>((from, Bound::Unbounded))
+            let mut range = logged.by_order.range::<[u8], _>((from, Bound::Unbounded));
+            let taken: Vec<(Vec<u8>, Decision)> = range
+                .by_ref()
                 .take(page.keys_max)
                 .filter_map(|(at, (seq, chosen))| {
                     Some((at.clone(), decision(at, *seq, chosen.clone())?))
                 })
-                .collect()
+                .collect();
+            let log_cut = range.next().and(taken.last().map(|(at, _)| at.clone()));
+            (taken, log_cut)
         };
         let table = side.records_table()?;
         let mut merged: BTreeMap<Vec<u8>, Decision> = BTreeMap::new();
@@ -289,6 +308,9 @@ impl DecidedKeys for DecisionReader {
             }
             let (at, sealed) = entry.map_err(|e| side.failed(e))?;
             let at = at.value().to_vec();
+            if log_cut.as_ref().is_some_and(|cut| at > *cut) {
+                break;
+            }
             // Open records are the core's (it holds every one); damaged ones have nothing to
             // give (as at a restart).
             let Ok(DurableKey::Stored { chosen, seq }) = side.decode(&at, sealed.value()) else {
@@ -306,7 +328,7 @@ impl DecidedKeys for DecisionReader {
             }
         }
         let (entries, all) = take_page(merged.into_values(), page);
-        Ok((entries, db_done && all))
+        Ok((entries, db_done && log_cut.is_none() && all))
     }
 }
 

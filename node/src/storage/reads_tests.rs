@@ -108,6 +108,51 @@ fn a_restart_loads_only_what_is_in_flight() {
     assert_eq!(by_number, (1..=51).collect::<Vec<u64>>());
 }
 
+/// Every decision, paged in key order and in decision order: each page at most ten, each
+/// decision once, only the last page saying it is the last.
+fn page_through(reader: &DecisionReader) -> (Vec<Key>, Vec<u64>) {
+    let (mut by_key, mut after, mut pages) = (Vec::new(), None::<Key>, 0);
+    loop {
+        let (decisions, done) = reader.decisions_from(after.as_ref(), TEN).unwrap();
+        pages += 1;
+        assert!(decisions.len() <= 10 && pages <= 10);
+        after = decisions.last().map(|d| d.key.clone());
+        by_key.extend(decisions.into_iter().map(|d| d.key));
+        if done {
+            break;
+        }
+    }
+    assert!(by_key.is_sorted());
+    let (mut by_number, mut last) = (Vec::new(), 0);
+    loop {
+        let page = reader.decisions_after(last, TEN).unwrap();
+        let Some(d) = page.last() else { break };
+        last = d.seq;
+        by_number.extend(page.iter().map(|d| d.seq));
+    }
+    (by_key, by_number)
+}
+
+/// More decisions in the log than fit a page (a page of exactly ten from the log is not the
+/// last one), alone and with some in the database: the pages list every one.
+#[test]
+fn pages_cover_a_log_longer_than_a_page() {
+    let disk = sim_disk();
+    let mut s = Storage::open_sim(&disk, Some(&Recovered::founder(net()))).unwrap();
+    let reader = s.decision_reader(Default::default());
+    let early = (1..=20).map(|i| stored(&format!("d{i}"), i)).collect();
+    s.commit_group(&[job(1, early)]).unwrap();
+    let (by_key, by_number) = page_through(&reader);
+    assert_eq!(by_key.len(), 20, "{by_key:?}");
+    assert_eq!(by_number, (1..=20).collect::<Vec<u64>>());
+    s.checkpoint().unwrap();
+    let late = (21..=45).map(|i| stored(&format!("l{i}"), i)).collect();
+    s.commit_group(&[job(2, late)]).unwrap();
+    let (by_key, by_number) = page_through(&reader);
+    assert_eq!(by_key.len(), 45, "{by_key:?}");
+    assert_eq!(by_number, (1..=45).collect::<Vec<u64>>());
+}
+
 /// Records sit in the database in the core's order of keys (hash, then text): a join-time
 /// copy pages through the database as the core merges it with what it holds.
 #[test]
