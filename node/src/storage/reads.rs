@@ -281,7 +281,7 @@ impl DecidedKeys for DecisionReader {
             .map_or(Bound::Unbounded, Bound::Excluded);
         // At most a page from the log; `log_cut`: the last key taken if the log holds more
         // (nothing past it may be answered, and the page is not the last).
-        let (from_log, log_cut): (Vec<(Vec<u8>, Decision)>, Option<Vec<u8>>) = {
+        let (from_log, log_cut) = {
             let logged = side.logged_read();
             let mut range = logged.by_order.range::<[u8], _>((from, Bound::Unbounded));
             let taken: Vec<(Vec<u8>, Decision)> = range
