@@ -52,6 +52,11 @@ capacity-bench *ARGS:
     cargo build --release -p replicator-node
     python3 node/scripts/capacity_bench.py {{ARGS}}
 
+# redb against fjall for the node's access pattern: N keys loaded in durable batches, cold and
+# warm point reads, misses, appends; memory and disk of each (`--keys 200000` for a quick look).
+store-bench *ARGS:
+    cargo run --release -p replicator-node --example store_bench -- {{ARGS}}
+
 # End-to-end tests: real replicator processes on loopback.
 e2e:
     cargo test -p replicator-node --test network --test membership --test minority --test operations --test hardening --test dashboard -- --nocapture
