@@ -234,6 +234,12 @@ fn run_child(args: &Args, kind: Kind, dir: &std::path::Path) -> Result<RunResult
 fn args_line(args: &Args) -> String {
     format!(
         "--keys {} --value-bytes {} --reads {} --appends {} --batch {} --cache-mb {} --rounds {}",
-        args.keys, args.value_bytes, args.reads, args.appends, args.batch, args.cache_mb, args.rounds
+        args.keys,
+        args.value_bytes,
+        args.reads,
+        args.appends,
+        args.batch,
+        args.cache_mb,
+        args.rounds
     )
 }

@@ -15,7 +15,11 @@ pub fn print_run(round: usize, r: &RunResult) {
         r.disk_after_load.files_mib,
         r.disk_after_settle.files_mib,
         r.settle_s,
-        if r.settled { "" } else { ", NOT idle at the bound" },
+        if r.settled {
+            ""
+        } else {
+            ", NOT idle at the bound"
+        },
         r.reopen_s,
         r.cold.p50_ms,
         r.cold.p99_ms,
@@ -53,14 +57,15 @@ const ROWS: &[(&str, &[Figure], usize)] = &[
     ("load: seconds", &[|r| r.load_s], 1),
     ("load: keys/s", &[|r| r.load_keys_per_s], 0),
     ("disk MiB after load", &[|r| r.disk_after_load.files_mib], 1),
+    ("settle: seconds until idle", &[|r| r.settle_s], 1),
     (
-        "settle: seconds until idle",
-        &[|r| r.settle_s],
+        "disk MiB settled (files / allocated)",
+        &[
+            |r| r.disk_after_settle.files_mib,
+            |r| r.disk_after_settle.allocated_mib,
+        ],
         1,
     ),
-    ("disk MiB settled (files / allocated)", &[|r| r.disk_after_settle.files_mib, |r| {
-        r.disk_after_settle.allocated_mib
-    }], 1),
     ("reopen: seconds", &[|r| r.reopen_s], 3),
     (
         "cold reads p50 / p99 / p999 ms",
@@ -72,37 +77,63 @@ const ROWS: &[(&str, &[Figure], usize)] = &[
         &[|r| r.warm.p50_ms, |r| r.warm.p99_ms, |r| r.warm.p999_ms],
         3,
     ),
-    ("misses p50 / p99 ms", &[|r| r.misses.p50_ms, |r| r.misses.p99_ms], 3),
+    (
+        "misses p50 / p99 ms",
+        &[|r| r.misses.p50_ms, |r| r.misses.p99_ms],
+        3,
+    ),
     ("appends: keys/s", &[|r| r.append_keys_per_s], 0),
-    ("disk MiB after appends", &[|r| r.disk_after_appends.files_mib], 1),
+    (
+        "disk MiB after appends",
+        &[|r| r.disk_after_appends.files_mib],
+        1,
+    ),
     (
         "RSS / HWM MiB after load",
-        &[|r| r.memory_after_load.rss_mib, |r| r.memory_after_load.hwm_mib],
+        &[
+            |r| r.memory_after_load.rss_mib,
+            |r| r.memory_after_load.hwm_mib,
+        ],
         1,
     ),
     (
         "RSS / HWM MiB after reopen",
-        &[|r| r.memory_after_reopen.rss_mib, |r| r.memory_after_reopen.hwm_mib],
+        &[
+            |r| r.memory_after_reopen.rss_mib,
+            |r| r.memory_after_reopen.hwm_mib,
+        ],
         1,
     ),
     (
         "RSS / HWM MiB after cold reads",
-        &[|r| r.memory_after_cold.rss_mib, |r| r.memory_after_cold.hwm_mib],
+        &[
+            |r| r.memory_after_cold.rss_mib,
+            |r| r.memory_after_cold.hwm_mib,
+        ],
         1,
     ),
     (
         "RSS / HWM MiB after warm reads",
-        &[|r| r.memory_after_warm.rss_mib, |r| r.memory_after_warm.hwm_mib],
+        &[
+            |r| r.memory_after_warm.rss_mib,
+            |r| r.memory_after_warm.hwm_mib,
+        ],
         1,
     ),
     (
         "RSS / HWM MiB after misses",
-        &[|r| r.memory_after_misses.rss_mib, |r| r.memory_after_misses.hwm_mib],
+        &[
+            |r| r.memory_after_misses.rss_mib,
+            |r| r.memory_after_misses.hwm_mib,
+        ],
         1,
     ),
     (
         "RSS / HWM MiB after appends",
-        &[|r| r.memory_after_appends.rss_mib, |r| r.memory_after_appends.hwm_mib],
+        &[
+            |r| r.memory_after_appends.rss_mib,
+            |r| r.memory_after_appends.hwm_mib,
+        ],
         1,
     ),
 ];
@@ -138,11 +169,18 @@ pub fn print_medians(args: &str, stores: &[Kind], results: &[RunResult]) {
     }
     let unsettled = results.iter().filter(|r| !r.settled).count();
     if unsettled > 0 {
-        println!("\n{unsettled} run(s) were still compacting at --settle-secs: sizes may shrink later");
+        println!(
+            "\n{unsettled} run(s) were still compacting at --settle-secs: sizes may shrink later"
+        );
     }
-    let warm_caches = results.iter().filter(|r| r.cache_drop_error.is_some()).count();
+    let warm_caches = results
+        .iter()
+        .filter(|r| r.cache_drop_error.is_some())
+        .count();
     if warm_caches > 0 {
-        println!("\n{warm_caches} run(s) could not drop the OS page cache: their cold reads are not cold");
+        println!(
+            "\n{warm_caches} run(s) could not drop the OS page cache: their cold reads are not cold"
+        );
     }
 }
 

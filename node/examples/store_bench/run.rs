@@ -204,7 +204,11 @@ mod tests {
             assert!(result.disk_after_load.files_mib > 0.0);
             assert!(result.cold.p50_ms > 0.0 && result.misses.p50_ms > 0.0);
             assert!(result.memory_after_appends.rss_mib > 0.0);
-            assert!(!setup.dir.exists(), "{} was not removed", setup.dir.display());
+            assert!(
+                !setup.dir.exists(),
+                "{} was not removed",
+                setup.dir.display()
+            );
         }
     }
 
