@@ -91,20 +91,25 @@ impl Acceptor {
 
     // ---------------------------------------------------------------- getters
 
-    /// This node's record of `key`: in memory if in flight, else its decision in the store.
+    /// This node's record of `key`: in memory if in flight, else its decision in the store;
+    /// `Err` if it cannot be read now, or if the key is marked damaged and no decision of it
+    /// can be read. A decision that can be read is the record whatever the mark says: it is
+    /// final, so answering from it is always safe, and a mark set by a read that failed for
+    /// a while (see `merge_copy`) lifts by itself once the read works.
     fn record(&self, key: &Key) -> Result<Option<Cow<'_, DurableKey>>, Unreadable> {
-        if let Some(record) = self.keys.get(key) {
-            return Ok(Some(Cow::Borrowed(record)));
+        let damaged = self.damaged.contains(key);
+        match self.keys.get(key) {
+            Some(record) if record.is_stored() || !damaged => Ok(Some(Cow::Borrowed(record))),
+            _ => match self.store.decision(key)? {
+                Some((seq, chosen)) => Ok(Some(Cow::Owned(DurableKey::Stored { chosen, seq }))),
+                None if damaged => Err(Unreadable),
+                None => Ok(None),
+            },
         }
-        let decided = self.store.decision(key)?;
-        Ok(decided.map(|(seq, chosen)| Cow::Owned(DurableKey::Stored { chosen, seq })))
     }
 
-    /// This node's record of `key`, `Err` if it cannot be read now (damaged).
+    /// This node's record of `key`, `Err` if it cannot be read now (see `record`).
     pub fn get(&self, key: &Key) -> Result<Option<DurableKey>, Unreadable> {
-        if self.damaged.contains(key) {
-            return Err(Unreadable);
-        }
         Ok(self.record(key)?.map(Cow::into_owned))
     }
 
@@ -160,7 +165,7 @@ impl Acceptor {
     /// Whether this node's record of `key` shows nothing at all (no promise, no accepted value,
     /// no decision, not damaged, readable): the fast round may be worth trying.
     pub fn untouched(&self, key: &Key) -> bool {
-        !self.damaged.contains(key) && self.floor.is_fast() && matches!(self.record(key), Ok(None))
+        self.floor.is_fast() && matches!(self.record(key), Ok(None))
     }
 
     /// The highest ballot this node knows of for `key` (promised or accepted), at least its
@@ -352,9 +357,6 @@ impl Acceptor {
         key: &Key,
         fast: bool,
     ) -> Result<(Ballot, Option<(Ballot, Proposal)>), Answer> {
-        if self.damaged.contains(key) {
-            return Err(refused(RefuseReason::Abstaining));
-        }
         match self.record(key) {
             Err(Unreadable) => Err(refused(RefuseReason::Abstaining)),
             Ok(Some(record)) => match record.into_owned() {
@@ -370,9 +372,6 @@ impl Acceptor {
 
     /// What this node holds for `key`, as a read's question asks it.
     pub fn query(&self, key: &Key) -> QueryState {
-        if self.damaged.contains(key) {
-            return QueryState::Refused(RefuseReason::Abstaining);
-        }
         match self.record(key).as_ref().map(|r| r.as_deref()) {
             Err(Unreadable) => QueryState::Refused(RefuseReason::Abstaining),
             Ok(Some(DurableKey::Stored { chosen, .. })) => QueryState::Stored(chosen.clone()),
@@ -391,11 +390,15 @@ impl Acceptor {
         let unreadable = match self.record(key) {
             Ok(Some(record)) => {
                 if let DurableKey::Stored { chosen: known, .. } = record.as_ref() {
-                    return if known == chosen {
+                    let learned = if known == chosen {
                         Learned::Known
                     } else {
                         Learned::Conflict(known.clone())
                     };
+                    drop(record);
+                    // Its decision can be read: a mark set while it could not is moot.
+                    self.damaged.remove(key);
+                    return learned;
                 }
                 false
             }
@@ -425,28 +428,34 @@ impl Acceptor {
 
     /// Merges a record copied from a member while joining: a decision is stored; otherwise
     /// the highest promise and the accepted value with the highest ballot are kept, as if this
-    /// node had seen what the member saw. Returns a conflicting decision, if any; `Err` if an
-    /// open record could not be merged because this node's own record of the key cannot be
-    /// read now (it may be a decision, which an open record must never replace): nothing was
-    /// written, and the caller merges it again later.
+    /// node had seen what the member saw. Returns a conflicting decision, if any.
     pub fn merge_copy(
         &mut self,
         env: &mut Env,
         key: &Key,
         copied: &DurableKey,
-    ) -> Result<Option<Proposal>, Unreadable> {
+    ) -> Option<Proposal> {
         match copied {
             DurableKey::Stored { chosen, .. } => match self.store(env, key, chosen) {
-                Learned::Conflict(known) => Ok(Some(known)),
-                Learned::New | Learned::Known => Ok(None),
+                Learned::Conflict(known) => Some(known),
+                Learned::New | Learned::Known => None,
             },
             DurableKey::Open { promised, accepted } => {
-                let (mine_p, mine_a) = match self.record(key)?.as_deref() {
-                    Some(DurableKey::Stored { .. }) => return Ok(None),
-                    Some(DurableKey::Open { promised, accepted }) => {
+                let (mine_p, mine_a) = match self.record(key).as_ref().map(|r| r.as_deref()) {
+                    Ok(Some(DurableKey::Stored { .. })) => return None,
+                    Ok(Some(DurableKey::Open { promised, accepted })) => {
                         (promised.clone(), accepted.clone())
                     }
-                    None => (Ballot::FAST, None),
+                    Ok(None) => (Ballot::FAST, None),
+                    // Its own record cannot be read: it may be a decision, which an open
+                    // record must never replace. The node abstains for the key, as for a
+                    // record damaged at a restart, until a decision of it can be read (the
+                    // mark lifts by itself if the read only failed for a while, see `record`)
+                    // or it learns the decision.
+                    Err(Unreadable) => {
+                        self.damaged.insert(key.clone());
+                        return None;
+                    }
                 };
                 let accepted = match (mine_a, accepted) {
                     (Some(m), Some(c)) => Some(if c.0 > m.0 { c.clone() } else { m }),
@@ -459,7 +468,7 @@ impl Acceptor {
                 if self.keys.get(key) != Some(&state) {
                     self.put(env, key, state, false);
                 }
-                Ok(None)
+                None
             }
         }
     }

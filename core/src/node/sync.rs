@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::Note;
-use crate::decided::Unreadable;
 use crate::faults::{PeerFault, Violation};
 use crate::quorum;
 use crate::storage::{DurableKey, WriteOp};
@@ -44,9 +43,6 @@ struct Copying {
     after: Option<Key>,
     /// Its decision number when it cut the first page.
     seq: Option<u64>,
-    /// This node could not read its own record of a key while merging the last page: it asks
-    /// the same member again from `after` when the sync timer fires.
-    stalled: bool,
 }
 
 impl Node {
@@ -92,17 +88,6 @@ impl Node {
     pub(super) fn on_sync_timer(&mut self) {
         let (candidates, needed) = self.sync_sources();
         let Some(sync) = &mut self.sync else { return };
-        if let Some(copying) = sync.current.as_mut().filter(|c| c.stalled) {
-            // Its own store failed a read while merging: the same member, from the last key
-            // merged (a store that fails every read keeps the node joining, as it must).
-            copying.stalled = false;
-            let request = Message::SyncRequest {
-                after: copying.after.clone(),
-            };
-            self.env.out.send(copying.source.clone(), request);
-            let retry_at = self.env.now + self.env.config.sync_timeout;
-            return self.env.timers.set(Timer::Sync, retry_at);
-        }
         if sync.current.take().is_some() {
             // The member did not answer in time: try another one.
             sync.next += 1;
@@ -129,7 +114,6 @@ impl Node {
             source: source.clone(),
             after: None,
             seq: None,
-            stalled: false,
         });
         self.env
             .out
@@ -184,46 +168,32 @@ impl Node {
         let Some(current) = &mut sync.current else {
             return;
         };
-        if current.source != from || current.stalled {
+        if current.source != from {
             return;
         }
-        let mut last = current.after.as_ref();
+        let mut after = current.after.clone();
         for (key, _) in &entries {
-            if last.is_some_and(|a| key <= a) {
+            if after.as_ref().is_some_and(|a| key <= a) {
                 let reason = PeerFault::SyncPageOutOfOrder;
                 return self.env.out.note(Note::PeerInputRejected { from, reason });
             }
-            last = Some(key);
-        }
-        let first_seq = *current.seq.get_or_insert(seq);
-        let mut after = current.after.clone();
-        for (key, record) in &entries {
-            match self.acceptor.merge_copy(&mut self.env, key, record) {
-                Ok(None) => {}
-                Ok(Some(known)) => {
-                    let told = record.stored().map(|c| c.p.clone());
-                    let reason = Violation::TwoDecisions {
-                        key: key.clone(),
-                        stored: known.p,
-                        told: told.expect("only a decision conflicts"),
-                        from: from.clone(),
-                        at: self.env.id.clone(),
-                    };
-                    self.env.out.note(Note::Violation { reason });
-                }
-                Err(Unreadable) => {
-                    // The rest of the page waits: merged again from this key, a little later
-                    // (a read that fails is retried, never taken for a missing record).
-                    let current = self.current_copy().expect("checked above");
-                    current.after = after;
-                    current.stalled = true;
-                    let retry_at = self.env.now + self.env.config.sync_timeout / 4;
-                    return self.env.timers.set(Timer::Sync, retry_at);
-                }
-            }
             after = Some(key.clone());
         }
-        self.current_copy().expect("checked above").after = after.clone();
+        current.after = after.clone();
+        let first_seq = *current.seq.get_or_insert(seq);
+        for (key, record) in &entries {
+            if let Some(known) = self.acceptor.merge_copy(&mut self.env, key, record) {
+                let told = record.stored().map(|c| c.p.clone());
+                let reason = Violation::TwoDecisions {
+                    key: key.clone(),
+                    stored: known.p,
+                    told: told.expect("only a decision conflicts"),
+                    from: from.clone(),
+                    at: self.env.id.clone(),
+                };
+                self.env.out.note(Note::Violation { reason });
+            }
+        }
         self.acceptor.raise_floor(&mut self.env, &floor);
         let sync = self.sync.as_mut().expect("checked above");
         if done {
@@ -239,10 +209,6 @@ impl Node {
                 .timers
                 .set(Timer::Sync, self.env.now + self.env.config.sync_timeout);
         }
-    }
-
-    fn current_copy(&mut self) -> Option<&mut Copying> {
-        self.sync.as_mut()?.current.as_mut()
     }
 
     /// The member asked for the copy refused: it has not discovered this node yet (ask the
