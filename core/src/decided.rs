@@ -75,6 +75,25 @@ pub trait DecidedKeys: Send {
     ) -> Result<(Vec<Decision>, bool), Unreadable>;
 }
 
+/// A store shared with others (the real node reads its decisions for GETs too).
+impl<T: DecidedKeys + Sync + ?Sized> DecidedKeys for Arc<T> {
+    fn decision(&self, key: &Key) -> Result<Option<(u64, Proposal)>, Unreadable> {
+        self.as_ref().decision(key)
+    }
+
+    fn decisions_after(&self, after: u64, page: PageLimit) -> Result<Vec<Decision>, Unreadable> {
+        self.as_ref().decisions_after(after, page)
+    }
+
+    fn decisions_from(
+        &self,
+        after: Option<&Key>,
+        page: PageLimit,
+    ) -> Result<(Vec<Decision>, bool), Unreadable> {
+        self.as_ref().decisions_from(after, page)
+    }
+}
+
 /// A whole disk as a [`Recovered`] image, shared between the driver that applies the durable
 /// writes to it and the node that reads its decisions: the simulator's disk, and tests'. Reads
 /// may be made to fail at random ([`DiskImage::fail_reads`]), from a seed, so that a simulated

@@ -159,9 +159,9 @@ pub struct Handle {
     /// The longest a call may wait for the core's answer.
     call_timeout: Duration,
     /// Reads of stored decisions straight from the storage, for GETs (see
-    /// [`Handle::stored_value`]). Weak: the driver owns the reader, so that the database
-    /// closes when the driver ends even while handles live on (a restart in the same process
-    /// opens it again).
+    /// [`Handle::stored_value`]). Weak: the core owns the reader, so that the database closes
+    /// when the driver ends even while handles live on (a restart in the same process opens
+    /// it again).
     stored: std::sync::Weak<DecisionReader>,
     /// Whether this node serves reads (ready, not removed), as of the driver's last turn.
     serves_reads: Arc<AtomicBool>,
@@ -302,9 +302,6 @@ pub struct Driver<T: Transport, E: TransportEvents = mpsc::Receiver<TransportEve
     bug: Option<DriverBug>,
     /// Shared with the handles: whether this node serves reads (ready, not removed).
     serves_reads: Arc<AtomicBool>,
-    /// The reader the handles serve GETs of stored keys from; owned here (see
-    /// [`Handle::stored_value`]).
-    _stored: Arc<DecisionReader>,
     /// Shared with the handles: why storage writes are stalled.
     storage_stalled: Arc<std::sync::Mutex<Option<String>>>,
     /// Damaged records the core wrote again with their decisions, as last logged.
@@ -392,8 +389,9 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
         // A PUT is answered by the core within put_timeout; a read within read_timeout; the
         // rest is slack. Beyond it the node is stalled (its answers wait for a write).
         let call_timeout = config.put_timeout.max(config.read_timeout) + CALL_SLACK;
-        let decided = Box::new(storage.decision_reader(metrics.damage.clone()));
+        // One reader: the core's, which the handles share for GETs.
         let stored = Arc::new(storage.decision_reader(metrics.damage.clone()));
+        let decided = Box::new(stored.clone());
         let node = Node::new(config, id, cluster, recovered, decided, Time::ZERO, seed)?;
         if node.is_removed() {
             error!(
@@ -406,7 +404,6 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
         let serves_reads = Arc::new(AtomicBool::new(false));
         let driver = Driver {
             serves_reads: serves_reads.clone(),
-            _stored: stored.clone(),
             node,
             transport,
             origin,
