@@ -214,22 +214,10 @@ impl Handle {
     /// `None` if the driver ended or a read failed. The core's `keys_stored` is the number of
     /// its last decision, which a key learned again (a repair, a read that failed) also takes.
     pub fn count_stored_keys(&self) -> Option<u64> {
-        use replicator_core::{DecidedKeys, PageLimit};
-        let stored = self.stored.upgrade()?;
-        let page = PageLimit {
-            keys_max: 1024,
-            bytes_max: 1 << 20,
-        };
-        let mut after = None;
         let mut count = 0;
-        loop {
-            let (decisions, done) = stored.decisions_from(after.as_ref(), page).ok()?;
-            count += decisions.len() as u64;
-            if done {
-                return Some(count);
-            }
-            after = Some(decisions.last()?.key.clone());
-        }
+        let stored = self.stored.upgrade()?;
+        stored.every_decision(|_| count += 1).ok()?;
+        Some(count)
     }
 
     /// The committed value of `key` held here, without the core (see [`Request::ReadStored`]).

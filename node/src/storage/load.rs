@@ -132,34 +132,22 @@ impl Storage {
     /// read back through [`Storage::decision_reader`]. For checks and tools (the node_sim
     /// checker reads every disk with it); a node's restart uses [`Storage::load`].
     pub fn load_whole(&mut self) -> Result<Loaded> {
-        use replicator_core::{DecidedKeys, PageLimit};
         let mut loaded = self.load()?;
-        let reader = self.decision_reader(Default::default());
-        let page = PageLimit {
-            keys_max: 1024,
-            bytes_max: 16 << 20,
-        };
-        let mut after: Option<replicator_core::Key> = None;
-        loop {
-            let (decisions, done) = reader.decisions_from(after.as_ref(), page).map_err(|_| {
+        let recovered = &mut loaded.recovered;
+        self.decision_reader(Default::default())
+            .every_decision(|d| {
+                let state = DurableKey::Stored {
+                    chosen: d.chosen,
+                    seq: d.seq,
+                };
+                recovered.apply(&WriteOp::PutKey { key: d.key, state });
+            })
+            .map_err(|_| {
                 StorageError::Unusable(format!(
                     "cannot read the decisions of {}",
                     self.path.display()
                 ))
             })?;
-            for d in &decisions {
-                loaded.recovered.apply(&WriteOp::PutKey {
-                    key: d.key.clone(),
-                    state: DurableKey::Stored {
-                        chosen: d.chosen.clone(),
-                        seq: d.seq,
-                    },
-                });
-            }
-            match (done, decisions.last()) {
-                (false, Some(last)) => after = Some(last.key.clone()),
-                _ => return Ok(loaded),
-            }
-        }
+        Ok(loaded)
     }
 }

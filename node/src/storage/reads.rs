@@ -180,6 +180,28 @@ pub struct DecisionReader {
     pub(super) side: Arc<ReadSide>,
 }
 
+impl DecisionReader {
+    /// Every decision the storage shows, in the core's order of keys, page by page: for checks
+    /// and tests (the simulators' disk checks, node_sim's key counts), never on a node's
+    /// serving path, since it reads every key.
+    pub fn every_decision(&self, mut visit: impl FnMut(Decision)) -> Result<(), Unreadable> {
+        let page = PageLimit {
+            keys_max: 1024,
+            bytes_max: 16 << 20,
+        };
+        let mut after: Option<Key> = None;
+        loop {
+            let (decisions, done) = self.decisions_from(after.as_ref(), page)?;
+            let last = decisions.last().map(|d| d.key.clone());
+            decisions.into_iter().for_each(&mut visit);
+            match (done, last) {
+                (false, Some(last)) => after = Some(last),
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
 fn decision(at: &[u8], seq: u64, chosen: Proposal) -> Option<Decision> {
     Some(Decision {
         seq,

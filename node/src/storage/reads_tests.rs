@@ -163,7 +163,7 @@ fn records_sit_in_the_cores_order_of_keys() {
         .collect();
     let mut by_core: Vec<Key> = texts.iter().map(Key::new).collect();
     by_core.sort();
-    let mut by_bytes: Vec<Vec<u8>> = texts.iter().map(|t| order_key(t)).collect();
+    let mut by_bytes: Vec<Vec<u8>> = texts.iter().map(order_key).collect();
     by_bytes.sort();
     let by_bytes: Vec<&str> = by_bytes.iter().map(|b| key_text(b).unwrap()).collect();
     let by_core: Vec<&str> = by_core.iter().map(|k| k.as_str()).collect();

@@ -63,11 +63,13 @@ pub(super) const FORMAT_UPGRADABLE: u64 = 5;
 
 /// Where a key's record sits in [`RECORDS`]: the FNV-1a hash of its text (big endian), then
 /// the text. Byte order on these is the core's order of keys (hash, then text), which the
-/// join-time copy relies on.
-pub(super) fn order_key(key: &str) -> Vec<u8> {
+/// join-time copy relies on. Bytes, not only text: a format 5 record being upgraded may be
+/// damaged (`upgrade.rs`).
+pub(super) fn order_key(key: impl AsRef<[u8]>) -> Vec<u8> {
+    let key = key.as_ref();
     let mut out = Vec::with_capacity(8 + key.len());
-    out.extend_from_slice(&replicator_core::fnv1a(key.as_bytes()).to_be_bytes());
-    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&replicator_core::fnv1a(key).to_be_bytes());
+    out.extend_from_slice(key);
     out
 }
 

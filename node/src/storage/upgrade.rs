@@ -19,8 +19,7 @@ pub(super) fn from_format_5(txn: &redb::WriteTransaction) -> Result<u64> {
     for entry in old.iter()? {
         let (text, sealed) = entry?;
         let (text, sealed) = (text.value(), sealed.value());
-        let mut at = replicator_core::fnv1a(text).to_be_bytes().to_vec();
-        at.extend_from_slice(text);
+        let at = order_key(text);
         records.insert(at.as_slice(), sealed)?;
         let state = open_record(text, sealed).and_then(|b| decode_record::<DurableKey>(b).ok());
         match state {
