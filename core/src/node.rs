@@ -441,7 +441,7 @@ impl Node {
                     self.on_response(&from, resp);
                 }
             }
-            Message::SyncRequest { after } => self.on_sync_request(from, after),
+            Message::SyncRequest { after, digest } => self.on_sync_request(from, after, digest),
             Message::SyncPage {
                 entries,
                 floor,

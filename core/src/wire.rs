@@ -17,7 +17,7 @@ use crate::storage::DurableKey;
 use crate::types::{Ballot, ClusterId, Key, NodeId, Proposal, ProposalId, Value};
 
 /// The version byte every frame starts with. Bump it on any incompatible change.
-pub const WIRE_VERSION: u8 = 4;
+pub const WIRE_VERSION: u8 = 5;
 /// No frame is ever longer than this; decoding never allocates past it.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// A frame holds at most this many messages: what a decoded frame holds in memory stays
@@ -49,9 +49,12 @@ pub enum Message {
         responses: Vec<Response>,
     },
     /// A joining node asks for the records (promises, accepted values, decisions) after
-    /// `after`.
+    /// `after`. `digest`: the joiner's membership; a member whose own differs answers with
+    /// its view and refuses (`SyncRefusal::MembershipChanged`), so every page a joiner copies
+    /// was cut in the view the joiner counts its sources in.
     SyncRequest {
         after: Option<Key>,
+        digest: Digest,
     },
     /// One page of a member's records, in key order. `floor`: the member's ballot floor.
     /// `seq`: the member's last numbered decision when the page was cut (the joiner's catch-up
@@ -226,6 +229,9 @@ pub enum SyncRefusal {
     NotMember,
     /// The asked node is not ready itself.
     NotReady,
+    /// The asked node's membership differs from the joiner's: it sent its view; the joiner
+    /// asks the same page again once the views agree.
+    MembershipChanged,
 }
 
 /// A frame that could not be decoded. Always the sender's fault.

@@ -99,7 +99,7 @@ fn joiner() -> Node {
             &out[..],
             [Output::Send {
                 to,
-                msg: Message::SyncRequest { after: None },
+                msg: Message::SyncRequest { after: None, .. },
             }] if *to == NodeId::from("c2")
         ),
         "{out:?}"
@@ -360,11 +360,13 @@ fn keys_values_and_request_ids_over_the_limits_are_refused() {
         }),
         invalid(Invalid::ValueTooLong { bytes: 17, max: 16 }),
     );
+    let digest = n.membership().digest();
     assert_rejected(
         &mut n,
         "c2",
         Message::SyncRequest {
             after: Some(long_key.as_str().into()),
+            digest,
         },
         invalid(Invalid::KeyTooLong { bytes: 9, max: 8 }),
     );
@@ -956,7 +958,7 @@ fn a_copied_decision_contradicting_one_held_is_a_violation_and_is_not_stored() {
         .find_map(|o| match o {
             Output::Send {
                 to,
-                msg: Message::SyncRequest { after: None },
+                msg: Message::SyncRequest { after: None, .. },
             } => Some(to),
             _ => None,
         })

@@ -110,6 +110,21 @@ fn show_message(m: &Message) -> String {
             let rs: Vec<String> = responses.iter().map(show_response).collect();
             format!("RelayReply({cluster} {rs:?})")
         }
+        Message::View { members, departed } => {
+            let clusters: Vec<String> = members
+                .clusters()
+                .map(|(c, nodes)| {
+                    let mut nodes: Vec<&str> = nodes.iter().map(|n| n.as_str()).collect();
+                    nodes.sort();
+                    format!("{c}={}", nodes.join(","))
+                })
+                .collect();
+            format!("View({} departed {departed:?})", clusters.join(" "))
+        }
+        Message::SyncRequest { after, .. } => match after {
+            Some(k) => format!("SyncRequest(after {k})"),
+            None => "SyncRequest(from the start)".into(),
+        },
         Message::SyncPage {
             entries,
             floor,
@@ -1085,8 +1100,10 @@ fn a_member_serves_its_records_in_pages_and_refuses_a_non_member() {
         ..Config::default()
     };
     let mut n = start_with(config, disk);
+    let digest = n.membership().digest();
     let ask = |after: Option<&str>| Message::SyncRequest {
         after: after.map(Key::from),
+        digest,
     };
     // Keys go in the ids' order (hash, then text), the same on every node.
     assert_eq!(
@@ -1102,6 +1119,72 @@ fn a_member_serves_its_records_in_pages_and_refuses_a_non_member() {
     assert_eq!(
         step(&mut n, ms(0), from("x9", ask(None))),
         ["send x9 SyncRefused { reason: NotMember }"]
+    );
+    // A joiner whose membership differs gets this node's view, then a refusal: no page is
+    // cut in a view the joiner does not share.
+    let other_view = Message::SyncRequest {
+        after: None,
+        digest: Digest(digest.0 ^ 1),
+    };
+    assert_eq!(
+        step(&mut n, ms(0), from("c2", other_view)),
+        [
+            "send c2 View(c=c1,c2,c3 departed [])",
+            "send c2 SyncRefused { reason: MembershipChanged }"
+        ]
+    );
+}
+
+/// A member whose view differs refused: the joiner sends its own view and asks the same
+/// member for the same page again a quarter of `sync_timeout` later (not the next member,
+/// and not from the start).
+#[test]
+fn a_joiner_asks_the_same_page_again_once_views_are_exchanged() {
+    let disk =
+        Recovered::joiner("net".into()).with_members(["c1", "c2", "c3"].into_iter().map(member));
+    let mut n = Node::new(
+        Config::default(),
+        "j1".into(),
+        "c".into(),
+        disk.clone(),
+        Box::new(DiskImage::new(disk)),
+        Time::ZERO,
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        step(&mut n, ms(0), Input::Timeout),
+        ["send c2 SyncRequest(from the start)"]
+    );
+    let page = Message::SyncPage {
+        entries: vec![(
+            Key::from("k1"),
+            DurableKey::Open {
+                promised: classic(1, "c2"),
+                accepted: None,
+            },
+        )],
+        floor: Ballot::FAST,
+        seq: 4,
+        done: false,
+    };
+    let out = step(&mut n, ms(1), from("c2", page));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        step(&mut n, ms(1), persisted(1)),
+        ["send c2 SyncRequest(after k1)"]
+    );
+    let differs = Message::SyncRefused {
+        reason: replicator_core::wire::SyncRefusal::MembershipChanged,
+    };
+    assert_eq!(
+        step(&mut n, ms(2), from("c2", differs)),
+        ["send c2 View(c=c1,c2,c3,j1 departed [])"]
+    );
+    assert_eq!(n.poll_timeout(), Some(ms(502)));
+    assert_eq!(
+        step(&mut n, ms(502), Input::Timeout),
+        ["send c2 SyncRequest(after k1)"]
     );
 }
 
@@ -1125,7 +1208,7 @@ fn a_joiner_writes_each_page_before_asking_for_the_next() {
     assert!(!n.is_ready());
     assert_eq!(
         step(&mut n, ms(0), Input::Timeout),
-        ["send c2 SyncRequest { after: None }"]
+        ["send c2 SyncRequest(from the start)"]
     );
     // c2 does not count j1 yet: j1 asks the next member a quarter of sync_timeout later.
     let refused = Message::SyncRefused {
@@ -1135,7 +1218,7 @@ fn a_joiner_writes_each_page_before_asking_for_the_next() {
     assert_eq!(n.poll_timeout(), Some(ms(501)));
     assert_eq!(
         step(&mut n, ms(501), Input::Timeout),
-        ["send c3 SyncRequest { after: None }"]
+        ["send c3 SyncRequest(from the start)"]
     );
     let page = |entries: Vec<(&str, DurableKey)>, done| Message::SyncPage {
         entries: entries
@@ -1183,7 +1266,7 @@ fn a_joiner_writes_each_page_before_asking_for_the_next() {
     );
     assert_eq!(
         step(&mut n, ms(510), persisted(1)),
-        ["send c3 SyncRequest { after: Some(k1) }"]
+        ["send c3 SyncRequest(after k1)"]
     );
     // c3's copy is complete: j1 pulls c3's decisions from c3's number at its first page on
     // (a lazy write: pulling again is harmless), then copies from a second member.
@@ -1193,7 +1276,7 @@ fn a_joiner_writes_each_page_before_asking_for_the_next() {
     );
     assert_eq!(
         step(&mut n, ms(520), Input::Timeout),
-        ["send c1 SyncRequest { after: None }"]
+        ["send c1 SyncRequest(from the start)"]
     );
     assert_eq!(
         step(&mut n, ms(530), from("c1", page(vec![], true))),
@@ -1647,7 +1730,8 @@ fn the_join_copy_merges_the_store_and_memory_in_key_order() {
         })
         .collect();
     assert_eq!(n.records_in_memory().count(), 2, "k2 open, k4 not durable");
-    let ask = |after: Option<Key>| Message::SyncRequest { after };
+    let digest = n.membership().digest();
+    let ask = |after: Option<Key>| Message::SyncRequest { after, digest };
     let mut after = None;
     let mut copied = Vec::new();
     for _ in 0..4 {
@@ -1699,7 +1783,7 @@ fn a_copied_open_record_never_replaces_an_unreadable_one() {
     .unwrap();
     assert_eq!(
         step(&mut n, ms(0), Input::Timeout),
-        ["send c2 SyncRequest { after: None }"]
+        ["send c2 SyncRequest(from the start)"]
     );
     image.fail_reads(1000, 1);
     let open = || DurableKey::Open {

@@ -111,7 +111,10 @@ fn a_removed_node_is_not_counted_as_joining() {
     h.inject(
         "a4",
         "a3",
-        replicator_core::Message::SyncRequest { after: None },
+        replicator_core::Message::SyncRequest {
+            after: None,
+            digest: h.node("a4").membership().digest(),
+        },
     );
     let answers: Vec<_> = h
         .net
@@ -123,4 +126,47 @@ fn a_removed_node_is_not_counted_as_joining() {
         answers.iter().all(|a| a.contains("NotMember")) && !answers.is_empty(),
         "{answers:?}"
     );
+}
+
+/// A joiner that discovered only another cluster (its own cluster's members are behind a
+/// partition) must not think itself alone in its cluster: the other cluster's members refuse
+/// its copy requests while their views differ and send their views, so it learns its own
+/// cluster's members and copies from them. Sim seed 9203489: such a joiner copied from the
+/// other cluster, became ready as its cluster's only member and, a quorum of itself,
+/// accepted a value that then overrode one chosen by the rest of its cluster.
+#[test]
+fn a_joiner_that_sees_only_another_cluster_learns_its_own_before_it_votes() {
+    let mut h = Harness::new(2, 3);
+    let call = h.put("b1", "k", "v1");
+    h.deliver_all();
+    assert!(put_reply(&h, call).is_some());
+    // b4 joins b, but only a's members and b4 discover each other.
+    h.join_discovering("b", "b4", |node| node.as_str().starts_with('a'));
+    h.run_for(ms(5_000));
+    let mut known: Vec<String> = h
+        .node("b4")
+        .membership()
+        .nodes_of(&"b".into())
+        .iter()
+        .map(|node| node.as_str().to_string())
+        .collect();
+    known.sort();
+    assert_eq!(
+        known,
+        ["b1", "b2", "b3", "b4"],
+        "a's views name b's members"
+    );
+    assert!(
+        !h.node("b4").is_ready(),
+        "b4 became ready with copies from another cluster while its own has members"
+    );
+    // Once its own cluster counts it, it copies from it and votes.
+    for member in ["b1", "b2", "b3"] {
+        h.discover(member, "b", "b4");
+    }
+    run_until_ready(&mut h, "b4", ms(10_000));
+    assert_eq!(h.stored_at("b4", "k").map(|c| c.value), Some(v("v1")));
+    let call = h.put("b4", "after", "v2");
+    h.run_for(ms(1_000));
+    assert!(put_reply(&h, call).is_some_and(|o| o == replicator_core::PutOutcome::Stored));
 }

@@ -627,7 +627,10 @@ impl World {
                 tag: self.rng.random_range(0..5),
                 digest: Digest(self.rng.random()),
             }),
-            6 => Message::SyncRequest { after: None },
+            6 => Message::SyncRequest {
+                after: None,
+                digest: Digest(self.rng.random()),
+            },
             _ => {
                 // A stranger asks.
                 let msg = Message::Request(Request::Prepare {

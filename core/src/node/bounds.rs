@@ -38,7 +38,9 @@ impl Node {
                 }
                 responses.iter().try_for_each(|r| self.check_response(r))
             }
-            Message::SyncRequest { after } => after.as_ref().map_or(Ok(()), |k| self.check_key(k)),
+            Message::SyncRequest { after, .. } => {
+                after.as_ref().map_or(Ok(()), |k| self.check_key(k))
+            }
             Message::SyncPage { entries, floor, .. } => {
                 if entries.len() > self.env.config.sync_page_keys {
                     return Err(PeerFault::SyncPageTooLong {

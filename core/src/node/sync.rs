@@ -11,11 +11,19 @@
 //! include this node, so no value chosen without this node can have one of them among its
 //! acceptors. Without that, nodes started together deadlock: each waits for the copy of
 //! another that waits for it.
+//!
+//! Every request carries the joiner's membership digest, and a member whose view differs
+//! refuses and sends its view: a page is copied only in a view both share. So the joiner
+//! counts its sources among the members its sources count; a joiner that has discovered
+//! only another cluster learns its own cluster's members before it could think itself alone
+//! in it (sim seed 9203489: such a joiner copied from the other cluster, became ready as its
+//! cluster's only member, and formed a quorum of itself).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::Note;
 use crate::faults::{PeerFault, Violation};
+use crate::membership::Digest;
 use crate::quorum;
 use crate::storage::{DurableKey, WriteOp};
 use crate::timers::Timer;
@@ -43,6 +51,9 @@ struct Copying {
     after: Option<Key>,
     /// Its decision number when it cut the first page.
     seq: Option<u64>,
+    /// It refused the last request because its view differed: ask the same page again
+    /// (views have been exchanged meanwhile) rather than another member.
+    views_differed: bool,
 }
 
 impl Node {
@@ -87,8 +98,23 @@ impl Node {
     /// Copies from the next member, or becomes ready once enough copies are complete.
     pub(super) fn on_sync_timer(&mut self) {
         let (candidates, needed) = self.sync_sources();
+        let digest = self.members.current().digest();
         let Some(sync) = &mut self.sync else { return };
-        if sync.current.take().is_some() {
+        if let Some(current) = &mut sync.current
+            && current.views_differed
+            && candidates.contains(&current.source)
+        {
+            current.views_differed = false;
+            let (source, after) = (current.source.clone(), current.after.clone());
+            self.env
+                .out
+                .send(source, Message::SyncRequest { after, digest });
+            let retry_at = self.env.now + self.env.config.sync_timeout;
+            return self.env.timers.set(Timer::Sync, retry_at);
+        }
+        if let Some(current) = sync.current.take()
+            && !current.views_differed
+        {
             // The member did not answer in time: try another one.
             sync.next += 1;
         }
@@ -114,16 +140,21 @@ impl Node {
             source: source.clone(),
             after: None,
             seq: None,
+            views_differed: false,
         });
-        self.env
-            .out
-            .send(source, Message::SyncRequest { after: None });
+        self.env.out.send(
+            source,
+            Message::SyncRequest {
+                after: None,
+                digest,
+            },
+        );
         self.env.timers.set(Timer::Sync, retry_at);
     }
 
     /// A joining node asks this member for its records after `after`: one page, bounded by
     /// `sync_page_keys` and about `sync_page_bytes`.
-    pub(super) fn on_sync_request(&mut self, from: NodeId, after: Option<Key>) {
+    pub(super) fn on_sync_request(&mut self, from: NodeId, after: Option<Key>, digest: Digest) {
         // NotMember first: a NotReady answer tells the joiner this node counts it as a
         // member, so it leaves this node out of its copy's count (see the module's doc).
         // A removed node (which may have voted before) is no member any more.
@@ -131,6 +162,10 @@ impl Node {
             Some(SyncRefusal::NotMember)
         } else if !self.ready {
             Some(SyncRefusal::NotReady)
+        } else if digest != self.members.current().digest() {
+            // Before the refusal: the joiner asks again once it merged this view.
+            self.send_view(&from);
+            Some(SyncRefusal::MembershipChanged)
         } else {
             None
         };
@@ -204,7 +239,10 @@ impl Node {
             }
             self.env.timers.set(Timer::Sync, self.env.now);
         } else {
-            self.env.out.send(from, Message::SyncRequest { after });
+            let digest = self.members.current().digest();
+            self.env
+                .out
+                .send(from, Message::SyncRequest { after, digest });
             self.env
                 .timers
                 .set(Timer::Sync, self.env.now + self.env.config.sync_timeout);
@@ -212,17 +250,29 @@ impl Node {
     }
 
     /// The member asked for the copy refused: it has not discovered this node yet (ask the
-    /// next member, a little later), or it is joining itself (and no longer counts).
+    /// next member, a little later), it is joining itself (and no longer counts), or its view
+    /// differs (it sent it; send this node's too, and ask the same page again a little later,
+    /// when both views have been merged).
     pub(super) fn on_sync_refused(&mut self, from: NodeId, reason: SyncRefusal) {
         let Some(sync) = &mut self.sync else { return };
-        if sync.current.as_ref().is_none_or(|c| c.source != from) {
+        let Some(current) = sync.current.as_mut().filter(|c| c.source == from) else {
             return;
+        };
+        match reason {
+            SyncRefusal::MembershipChanged => {
+                current.views_differed = true;
+                self.send_view(&from);
+            }
+            SyncRefusal::NotReady => {
+                sync.joining.insert(from.clone());
+                sync.current = None;
+                sync.next += 1;
+            }
+            SyncRefusal::NotMember => {
+                sync.current = None;
+                sync.next += 1;
+            }
         }
-        if reason == SyncRefusal::NotReady {
-            sync.joining.insert(from.clone());
-        }
-        sync.current = None;
-        sync.next += 1;
         self.env
             .timers
             .set(Timer::Sync, self.env.now + self.env.config.sync_timeout / 4);

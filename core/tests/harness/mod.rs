@@ -418,19 +418,24 @@ impl Harness {
     /// Adds a brand-new node that joins `cluster`: it starts from an empty disk
     /// (`Recovered::joiner`), and it and every live node discover each other.
     pub fn join(&mut self, cluster: &str, id: &str) {
-        for other in self.ids() {
-            self.input(
-                &other,
-                Input::NodeDiscovered {
-                    cluster: ClusterId::from(cluster),
-                    node: n(id),
-                    network: net(),
-                },
-            );
+        self.join_discovering(cluster, id, |_| true);
+    }
+
+    /// Like [`Harness::join`], but only the nodes `discovers` picks and the new node discover
+    /// each other (the others are behind a partition, for discovery at least).
+    pub fn join_discovering(
+        &mut self,
+        cluster: &str,
+        id: &str,
+        discovers: impl Fn(&NodeId) -> bool,
+    ) {
+        for other in self.ids().into_iter().filter(|o| discovers(o)) {
+            self.discover(other.as_str(), cluster, id);
         }
         let others: Vec<(ClusterId, NodeId)> = self
             .slots
             .iter()
+            .filter(|(id, _)| discovers(id))
             .map(|(id, s)| (s.cluster.clone(), id.clone()))
             .collect();
         self.seed += 1;
@@ -464,6 +469,16 @@ impl Harness {
                 },
             );
         }
+    }
+
+    /// `at` discovers `node` of `cluster`.
+    pub fn discover(&mut self, at: &str, cluster: &str, node: &str) {
+        let discovered = Input::NodeDiscovered {
+            cluster: ClusterId::from(cluster),
+            node: n(node),
+            network: net(),
+        };
+        self.input(&n(at), discovered);
     }
 
     /// `id` said goodbye (or was removed): it is gone for good, and every live node hears of it.

@@ -205,7 +205,11 @@ pub fn arb_response() -> impl Strategy<Value = Response> {
 }
 
 pub fn arb_sync_refusal() -> impl Strategy<Value = SyncRefusal> {
-    prop_oneof![Just(SyncRefusal::NotMember), Just(SyncRefusal::NotReady)]
+    prop_oneof![
+        Just(SyncRefusal::NotMember),
+        Just(SyncRefusal::NotReady),
+        Just(SyncRefusal::MembershipChanged)
+    ]
 }
 
 /// Every variant of [`Message`], with every nested variant reachable.
@@ -222,7 +226,8 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         ),
         1 => (arb_cluster(), vec(arb_response(), 0..4))
             .prop_map(|(cluster, responses)| Message::RelayReply { cluster, responses }),
-        1 => option::of(arb_key()).prop_map(|after| Message::SyncRequest { after }),
+        1 => (option::of(arb_key()), arb_digest())
+            .prop_map(|(after, digest)| Message::SyncRequest { after, digest }),
         1 => (
             vec((arb_key(), arb_durable_key()), 0..5),
             arb_ballot(),
@@ -348,6 +353,7 @@ pub fn sync_refusal_variant(s: &SyncRefusal) -> &'static str {
     match s {
         SyncRefusal::NotMember => "NotMember",
         SyncRefusal::NotReady => "NotReady",
+        SyncRefusal::MembershipChanged => "MembershipChanged",
     }
 }
 
@@ -453,7 +459,7 @@ pub fn every_variant() -> Vec<String> {
     for s in ["Open", "Stored"] {
         all.push(format!("DurableKey::{s}"));
     }
-    for s in ["NotMember", "NotReady"] {
+    for s in ["NotMember", "NotReady", "MembershipChanged"] {
         all.push(format!("SyncRefusal::{s}"));
     }
     all
