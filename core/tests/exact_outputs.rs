@@ -284,6 +284,21 @@ fn start(disk: Recovered) -> Node {
     start_with(Config::default(), disk)
 }
 
+/// Node j1 of cluster c, joining a network of `members` (the default config, time 0).
+fn start_joiner(members: &[&str]) -> Node {
+    let disk = Recovered::joiner("net".into()).with_members(members.iter().copied().map(member));
+    Node::new(
+        Config::default(),
+        "j1".into(),
+        "c".into(),
+        disk.clone(),
+        Box::new(DiskImage::new(disk)),
+        Time::ZERO,
+        1,
+    )
+    .unwrap()
+}
+
 fn start_with(config: Config, disk: Recovered) -> Node {
     Node::new(
         config,
@@ -1140,18 +1155,7 @@ fn a_member_serves_its_records_in_pages_and_refuses_a_non_member() {
 /// and not from the start).
 #[test]
 fn a_joiner_asks_the_same_page_again_once_views_are_exchanged() {
-    let disk =
-        Recovered::joiner("net".into()).with_members(["c1", "c2", "c3"].into_iter().map(member));
-    let mut n = Node::new(
-        Config::default(),
-        "j1".into(),
-        "c".into(),
-        disk.clone(),
-        Box::new(DiskImage::new(disk)),
-        Time::ZERO,
-        1,
-    )
-    .unwrap();
+    let mut n = start_joiner(&["c1", "c2", "c3"]);
     assert_eq!(
         step(&mut n, ms(0), Input::Timeout),
         ["send c2 SyncRequest(from the start)"]
@@ -1193,18 +1197,7 @@ fn a_joiner_asks_the_same_page_again_once_views_are_exchanged() {
 /// before it asks for the next page; a refusal moves on to the next member.
 #[test]
 fn a_joiner_writes_each_page_before_asking_for_the_next() {
-    let disk = Recovered::joiner("net".into())
-        .with_members(["c1", "c2", "c3", "d1", "d2"].into_iter().map(member));
-    let mut n = Node::new(
-        Config::default(),
-        "j1".into(),
-        "c".into(),
-        disk.clone(),
-        Box::new(DiskImage::new(disk)),
-        Time::ZERO,
-        1,
-    )
-    .unwrap();
+    let mut n = start_joiner(&["c1", "c2", "c3", "d1", "d2"]);
     assert!(!n.is_ready());
     assert_eq!(
         step(&mut n, ms(0), Input::Timeout),
