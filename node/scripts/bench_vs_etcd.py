@@ -5,7 +5,9 @@ Starts a 3-member etcd (Debian's `etcd-server`) and replicator networks (`replic
 1x3 and 3x3 by default) on 127.0.0.1, then drives each with `wrk` (one fresh key per request:
 a create-if-absent) at 1, 16 and 64 connections, interleaving the systems run by run, and
 prints the median of every figure over the repetitions: creates/s, p50, p99, errors and server
-CPU-ms per create (user+system time of the server processes, from /proc). Each load at more
+CPU-ms per create (user+system time of the server processes, from /proc), and for replicator
+what a create costs in messages, frames, bytes and fsyncs, summed over every node (from each
+node's /metrics before and after a run). Each load at more
 than one client is measured twice (`--targets one,spread`): every connection through the
 system's first node, and the connections spread over every node (one wrk process per node
 with its share; percentiles from the merged latency histograms). Before the measured
@@ -23,6 +25,7 @@ missing. Every process it starts is stopped at the end.
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -167,6 +170,31 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+# What a replicator create costs, summed over every node and divided by the creates of a run
+# (counters of each node's /metrics: every peer's series of a name are added).
+COST_COUNTERS = {
+    "messages": "replicator_messages_sent_total",
+    "frames": "replicator_peer_frames_sent_total",
+    "bytes": "replicator_peer_bytes_sent_total",
+    "fsyncs": "replicator_storage_fsyncs_total",
+}
+METRIC_LINE = re.compile(r"^([a-z_]+)(?:\{[^}]*\})?\s+([0-9.eE+-]+)$")
+
+
+def cost_counters(urls):
+    """The sums of COST_COUNTERS over every node's /metrics."""
+    totals = dict.fromkeys(COST_COUNTERS, 0.0)
+    names = {metric: cost for cost, metric in COST_COUNTERS.items()}
+    for url in urls:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        for line in text.splitlines():
+            m = METRIC_LINE.match(line)
+            if m and m.group(1) in names:
+                totals[names[m.group(1)]] += float(m.group(2))
+    return totals
+
+
 class System:
     def __init__(self, name, urls, lua, procs):
         # urls: every node's client URL; "one node" runs use the first.
@@ -283,6 +311,8 @@ def run_wrk(system, clients, duration, lua_path, nonce, spread=False):
     conns = shares(clients, len(urls))
     threads = 1 if len(conns) > 1 else 2
     pids = system.server_pids()
+    counts = system.name.startswith("replicator")
+    costs0 = cost_counters(system.urls) if counts else None
     cpu0 = cpu_seconds(pids)
     procs = [subprocess.Popen(wrk_command(u, c, duration, lua_path, f"{nonce}n{i}", threads),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -297,7 +327,11 @@ def run_wrk(system, clients, duration, lua_path, nonce, spread=False):
     cpu1 = cpu_seconds(pids)
     r = merge_runs(runs)
     ok = r["ok"]
-    return {
+    per_create = {}
+    if counts and ok:
+        costs1 = cost_counters(system.urls)
+        per_create = {f"{k}_per_op": (costs1[k] - costs0[k]) / ok for k in COST_COUNTERS}
+    return per_create | {
         "ops": ok / r["seconds"],
         "p50_ms": percentile_ms(r["hist"], 50),
         "p99_ms": percentile_ms(r["hist"], 99),
@@ -413,6 +447,20 @@ def print_table(results, running, clients, targets, args):
                 print(f"| {s.name} | {c} | {through} | {med(rs, 'ops'):.0f} | "
                       f"{med(rs, 'p50_ms'):.1f} | {med(rs, 'p99_ms'):.1f} | "
                       f"{med(rs, 'errors'):.0f} | {med(rs, 'cpu_ms_per_op'):.2f} | {ratio} |")
+    print()
+    print("what a replicator create costs, summed over every node (from each node's /metrics)")
+    print("| system | clients | through | messages sent | frames sent | bytes sent | fsyncs |")
+    print("|---|---|---|---|---|---|---|")
+    for c in clients:
+        for t in runs_of(targets, c):
+            for s in running:
+                rs = results[(s.name, c, t)]
+                if "messages_per_op" not in rs[0]:
+                    continue
+                through = TARGET_LABEL[t] if c > 1 else "one node"
+                print(f"| {s.name} | {c} | {through} | {med(rs, 'messages_per_op'):.1f} | "
+                      f"{med(rs, 'frames_per_op'):.1f} | {med(rs, 'bytes_per_op'):.0f} | "
+                      f"{med(rs, 'fsyncs_per_op'):.2f} |")
 
 
 if __name__ == "__main__":
