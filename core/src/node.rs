@@ -758,11 +758,12 @@ impl Node {
             departed: self.members.departed(),
             health: &self.health,
         };
+        let spread = fanout::spread_of(&self.env.id, self.env.now);
         fanout::send_to_participants(
             &mut self.env,
             &peers,
             participants,
-            fanout::spread_of(key),
+            spread,
             |_| 0,
             &decide,
             |n| *n != me && !storing.contains(n),

@@ -715,7 +715,7 @@ fn the_fast_round_decides_when_every_participant_accepted() {
     assert_eq!(
         step(&mut n, ms(0), persisted(1)),
         [
-            r#"send d2 Relay(d [d2, d1] Accept(k b0 c1#0="v"))"#,
+            r#"send d1 Relay(d [d2, d1] Accept(k b0 c1#0="v"))"#,
             r#"send c2 Accept(k b0 c1#0="v")"#,
             r#"send c3 Accept(k b0 c1#0="v")"#,
             // Its own Accept came back through the inbox: accepted, written...
@@ -743,13 +743,13 @@ fn the_fast_round_decides_when_every_participant_accepted() {
     };
     // Four of five, a majority of every cluster (what a classic ballot needs): not chosen
     // at ballot 0, which needs everyone.
-    assert_eq!(step(&mut n, ms(8), from("d2", reply)), NOTHING);
+    assert_eq!(step(&mut n, ms(8), from("d1", reply)), NOTHING);
     assert_eq!(n.stats().puts_in_flight, 1);
     assert_eq!(
         step(&mut n, ms(9), from("c3", Message::Response(accepted("c3")))),
         [
             "note Decided { key: k, chosen: c1#0, ballot: b0 }",
-            r#"send d2 Relay(d [d2, d1] Decide(k c1#0="v"))"#,
+            r#"send d1 Relay(d [d2, d1] Decide(k c1#0="v"))"#,
             r#"send c2 Decide(k c1#0="v")"#,
             r#"send c3 Decide(k c1#0="v")"#,
             "reply 1 Put(Stored)",
@@ -1508,7 +1508,7 @@ fn a_fast_round_missing_an_answer_falls_back_to_a_classic_ballot() {
         );
         step(&mut n, ms(15), from(node, msg));
     }
-    // Four of five accepted; d2, the representative of d, relayed nothing back. At half the
+    // Four of five accepted; d1, the representative of d, relayed nothing back. At half the
     // vote timeout: a classic ballot, above the fast round.
     assert_eq!(
         step(&mut n, ms(510), Input::Timeout),
@@ -1526,11 +1526,11 @@ fn a_fast_round_missing_an_answer_falls_back_to_a_classic_ballot() {
     let b = classic(1, "c1");
     let own = Some((Ballot::FAST, proposal("c1", 0, "v")));
     let msg = answer(&n, "c2", "k", b, None, Answer::Promise { accepted: own });
-    // Phase 2 goes to d through d1 now: d2 did not answer.
+    // Phase 2 goes to d through d2 now: d1 did not answer.
     assert_eq!(
         step(&mut n, ms(511), from("c2", msg)),
         [
-            r#"send d1 Relay(d [d2, d1] Accept(k b1.c1 c1#0="v"))"#,
+            r#"send d2 Relay(d [d2, d1] Accept(k b1.c1 c1#0="v"))"#,
             r#"send c2 Accept(k b1.c1 c1#0="v")"#,
             r#"send c3 Accept(k b1.c1 c1#0="v")"#,
             r#"persist #5 PutKey(k Open(promised b1.c1, accepted b1.c1 c1#0="v"))"#,

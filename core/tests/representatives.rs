@@ -58,3 +58,26 @@ fn a_decision_reaches_a_cluster_whose_representative_died() {
         );
     }
 }
+
+/// Within a `REPRESENTATIVE_TURN`, a proposer reaches a cluster through one representative
+/// for every key (core/PROTOCOL.md, "Reaching the participants", Choice): what one driver
+/// turn sends to that cluster leaves as one frame and fans out as one frame per member.
+/// Chosen by key, a1's sixteen keys went through all three of b's nodes.
+#[test]
+fn a_proposer_reaches_a_cluster_through_one_representative_whatever_the_key() {
+    let mut h = Harness::new(2, 3);
+    let calls: Vec<_> = (0..16)
+        .map(|i| h.put("a1", &format!("key-{i}"), "v"))
+        .collect();
+    h.run_for(ms(1_000));
+    for call in calls {
+        assert_eq!(put_reply(&h, call), Some(PutOutcome::Stored));
+    }
+    let representatives: std::collections::BTreeSet<String> = h
+        .sent
+        .iter()
+        .filter(|(from, _, msg)| *from == n("a1") && matches!(msg, Message::Relay { .. }))
+        .map(|(_, to, _)| to.to_string())
+        .collect();
+    assert_eq!(representatives.len(), 1, "{representatives:?}");
+}

@@ -1,12 +1,15 @@
 //! Reaching every participant (core/PROTOCOL.md, "Terms": representative): directly inside
 //! this node's cluster, through one representative in each other cluster. The representative
-//! of a cluster is spread over its live nodes by key, skips departed nodes and doubted ones
+//! of a cluster is chosen by the proposer (all its requests to a cluster take the same one;
+//! proposers spread over the cluster's live nodes), skips departed nodes and doubted ones
 //! (suspected, or not heard in time since), and is replaced by the next one after a failover.
 
 use std::collections::BTreeSet;
 
 use crate::membership::Membership;
-use crate::types::{ClusterId, Key, NodeId, fnv1a};
+use std::time::Duration;
+
+use crate::types::{ClusterId, NodeId, Time, fnv1a};
 use crate::wire::{Message, Request};
 
 use super::Env;
@@ -46,9 +49,23 @@ pub(crate) fn pick_representative(
     Some(trusted[failovers % trusted.len()].clone())
 }
 
-/// Where requests about `key` start their choice of representatives.
-pub(crate) fn spread_of(key: &Key) -> u64 {
-    fnv1a(key.as_str().as_bytes())
+/// How long a proposer keeps starting its choice of representatives at the same node.
+pub(crate) const REPRESENTATIVE_TURN: Duration = Duration::from_secs(1);
+
+/// Where the keys `proposer` (this node) starts at `now` begin their choice of
+/// representatives: its own id and the current `REPRESENTATIVE_TURN`, not the key. So the
+/// requests it sends to a cluster at about the same time take the same representative: what
+/// one driver turn sends there leaves as one frame and fans out as one frame per member,
+/// where keys spread over the cluster's nodes sent one frame to each of them and had each
+/// fan out its share (a 3x3 network at 64 clients: frames per create 8.0 -> 5.0; README,
+/// "Performance"). Turn by turn the choice moves on through the cluster, so every proposer
+/// still measures every representative: a slow one stands out against the others in the
+/// recent fast rounds (`lateness.rs`) and is suspected. Chosen by the proposer alone, a slow
+/// representative was the only one a proposer ever measured, never looked late, and every
+/// create through it took 3.5 round trips (`sim-tests/tests/regions.rs`).
+pub(crate) fn spread_of(proposer: &NodeId, now: Time) -> u64 {
+    let turn = now.as_micros() / REPRESENTATIVE_TURN.as_micros() as u64;
+    fnv1a(proposer.as_str().as_bytes()).wrapping_add(turn)
 }
 
 /// Sends `request` to the nodes of `participants` that `wanted` keeps: directly in this node's

@@ -99,6 +99,9 @@ struct Proposing {
     against: BTreeSet<NodeId>,
     /// Representatives per remote cluster for the current ballot.
     reps: BTreeMap<ClusterId, Rep>,
+    /// Where this key's choice of representatives starts (`fanout::spread_of`), fixed for
+    /// all its ballots, so that a failover never comes back to a node it left.
+    spread: u64,
     /// Proposals found accepted at ballot 0 by a Nack of the fast round (the race rule).
     holders: BTreeSet<ProposalId>,
     /// A Nack named a classic ballot of another node: another proposer is ahead.
@@ -277,6 +280,7 @@ impl Proposer {
             answered: BTreeSet::new(),
             against: BTreeSet::new(),
             reps: BTreeMap::new(),
+            spread: fanout::spread_of(&env.id, env.now),
             holders: BTreeSet::new(),
             behind: false,
             outdated: false,
@@ -445,7 +449,7 @@ impl Proposer {
             env,
             peers,
             &r.participants,
-            fanout::spread_of(key),
+            r.spread,
             |c| reps.get(c).map_or(0, |rep| rep.failovers),
             &accept,
             wanted,
