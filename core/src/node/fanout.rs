@@ -5,10 +5,9 @@
 //! (suspected, or not heard in time since), and is replaced by the next one after a failover.
 
 use std::collections::BTreeSet;
-
-use crate::membership::Membership;
 use std::time::Duration;
 
+use crate::membership::Membership;
 use crate::types::{ClusterId, NodeId, Time, fnv1a};
 use crate::wire::{Message, Request};
 

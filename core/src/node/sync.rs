@@ -98,7 +98,6 @@ impl Node {
     /// Copies from the next member, or becomes ready once enough copies are complete.
     pub(super) fn on_sync_timer(&mut self) {
         let (candidates, needed) = self.sync_sources();
-        let digest = self.members.current().digest();
         let Some(sync) = &mut self.sync else { return };
         if let Some(current) = &mut sync.current
             && current.views_differed
@@ -106,11 +105,7 @@ impl Node {
         {
             current.views_differed = false;
             let (source, after) = (current.source.clone(), current.after.clone());
-            self.env
-                .out
-                .send(source, Message::SyncRequest { after, digest });
-            let retry_at = self.env.now + self.env.config.sync_timeout;
-            return self.env.timers.set(Timer::Sync, retry_at);
+            return self.ask_for_page(source, after);
         }
         if let Some(current) = sync.current.take()
             && !current.views_differed
@@ -129,11 +124,10 @@ impl Node {
             .iter()
             .filter(|n| !sync.done.contains_key(*n))
             .collect();
-        let retry_at = self.env.now + self.env.config.sync_timeout;
         if pending.is_empty() || needed == 0 {
             // Nobody to copy from yet (the members are still being discovered).
-            self.env.timers.set(Timer::Sync, retry_at);
-            return;
+            let retry_at = self.env.now + self.env.config.sync_timeout;
+            return self.env.timers.set(Timer::Sync, retry_at);
         }
         let source = pending[sync.next % pending.len()].clone();
         sync.current = Some(Copying {
@@ -142,13 +136,17 @@ impl Node {
             seq: None,
             views_differed: false,
         });
-        self.env.out.send(
-            source,
-            Message::SyncRequest {
-                after: None,
-                digest,
-            },
-        );
+        self.ask_for_page(source, None);
+    }
+
+    /// Asks `source` for its page after `after`, in this node's current view (its digest),
+    /// and gives it `sync_timeout` to answer.
+    fn ask_for_page(&mut self, source: NodeId, after: Option<Key>) {
+        let digest = self.members.current().digest();
+        self.env
+            .out
+            .send(source, Message::SyncRequest { after, digest });
+        let retry_at = self.env.now + self.env.config.sync_timeout;
         self.env.timers.set(Timer::Sync, retry_at);
     }
 
@@ -239,13 +237,7 @@ impl Node {
             }
             self.env.timers.set(Timer::Sync, self.env.now);
         } else {
-            let digest = self.members.current().digest();
-            self.env
-                .out
-                .send(from, Message::SyncRequest { after, digest });
-            self.env
-                .timers
-                .set(Timer::Sync, self.env.now + self.env.config.sync_timeout);
+            self.ask_for_page(from, after);
         }
     }
 
