@@ -185,13 +185,19 @@ def cost_counters(urls):
     """The sums of COST_COUNTERS over every node's /metrics."""
     totals = dict.fromkeys(COST_COUNTERS, 0.0)
     names = {metric: cost for cost, metric in COST_COUNTERS.items()}
+    seen = set()
     for url in urls:
         with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
             text = r.read().decode()
         for line in text.splitlines():
             m = METRIC_LINE.match(line)
             if m and m.group(1) in names:
+                seen.add(m.group(1))
                 totals[names[m.group(1)]] += float(m.group(2))
+    # A renamed metric would read as zero cost: say so instead.
+    missing = sorted(set(names) - seen)
+    if missing:
+        die(f"no {', '.join(missing)} in {urls[0]}/metrics")
     return totals
 
 
