@@ -147,6 +147,7 @@ pub async fn spawn_node(
     if let Some(b) = bootstrap {
         cmd.args(["--bootstrap", b]);
     }
+    stop_with_the_demo(&mut cmd);
     let mut child = cmd.spawn().context("cannot start a node")?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, mut rx) = mpsc::channel::<String>(64);
@@ -260,6 +261,38 @@ pub async fn stop_all(nodes: &mut [DemoNode]) {
             let _ = n.child.kill().await;
         }
     }
+}
+
+/// A node gets SIGTERM when the demo is gone, however it went: `kill_on_drop` and
+/// [`stop_all`] do not run when the demo is SIGKILLed, and its nodes went on running, with
+/// their data dir possibly deleted under them (seen after a test killed a demo that had not
+/// stopped in time). SIGTERM, not SIGKILL: each node still stops as a member.
+///
+/// The kernel sends the signal when the thread that forked the child ends, not the process:
+/// the demo forks from the thread that runs `block_on` (the main thread) or from a runtime
+/// worker, both of which live as long as the demo.
+fn stop_with_the_demo(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: prctl and getppid, and errors made from an errno
+        // (no allocation).
+        let demo = std::process::id() as libc::pid_t;
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The demo may have died before the prctl: then nothing would ever come.
+                if libc::getppid() != demo {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 /// Sends SIGTERM: the node answers what it is serving, closes its database and exits 0; it

@@ -891,6 +891,7 @@ fn defaults_and_hints_do_not_expose_or_collide() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    let _leftovers = KillLeftoversUnder(tmp.path().join("demo"));
     let mut demo = std::process::Command::new(BIN)
         .args(["demo", "--clusters", "1", "--nodes-per-cluster", "1"])
         .args(["--http-port", &port.to_string(), "--data-dir"])

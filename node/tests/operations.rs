@@ -148,6 +148,42 @@ fn a_removed_node_restarted_without_bootstrap_learns_it() {
     eprintln!("410 after {:?}", restarted.elapsed());
 }
 
+/// A demo killed with SIGKILL (a test's or an operator's last resort, an OOM kill) cannot stop
+/// its nodes itself; they stop by themselves (SIGTERM from the kernel when their parent is
+/// gone), within seconds, instead of running on without anyone to stop them.
+#[test]
+fn a_killed_demos_nodes_stop_by_themselves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("demo");
+    let _leftovers = KillLeftoversUnder(data.clone());
+    let port = free_port_run(1);
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--clusters", "1", "--nodes-per-cluster", "1"])
+        .args(["--http-port", &port.to_string(), "--data-dir"])
+        .arg(&data)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    read_lines_until(demo.stdout.take().unwrap(), "Ctrl-C stops");
+    let node = format!("127.0.0.1:{port}");
+    assert_eq!(http("GET", &node, "/health", b"", &[]).status, 200);
+    // The node's data dir is on its command line only (the demo's names the parent).
+    let node_dir = data.join("node-1");
+    assert_eq!(processes_mentioning(&node_dir).len(), 1, "the node runs");
+
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+    wait_until(Duration::from_secs(20), "the node gone", || {
+        processes_mentioning(&node_dir).is_empty()
+    });
+    assert!(
+        std::net::TcpStream::connect(&node).is_err(),
+        "nothing answers on the node's port"
+    );
+}
+
 /// The demo's Ctrl-C stops its nodes; it does not dissolve the network. Started again on the
 /// same data dir, the same three members come back (no one left), the key written before is
 /// still there, and every node takes writes.
@@ -155,6 +191,7 @@ fn a_removed_node_restarted_without_bootstrap_learns_it() {
 fn the_demos_ctrl_c_stops_nodes_that_come_back_as_members() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("demo");
+    let _leftovers = KillLeftoversUnder(data.clone());
     let port = free_port_run(3);
     let nodes: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", port + i)).collect();
     let demo = || {

@@ -439,3 +439,35 @@ pub fn free_port_run(count: u16) -> u16 {
     }
     panic!("no run of {count} free ports below 32768");
 }
+
+/// Whatever still runs with `dir` on its command line when this drops is SIGKILLed: a test
+/// that starts a demo (whose nodes are grandchildren, out of the test's reach) leaves nothing
+/// running, even when it fails half way or the demo's own cleanup regresses.
+pub struct KillLeftoversUnder(pub PathBuf);
+
+impl Drop for KillLeftoversUnder {
+    fn drop(&mut self) {
+        for pid in processes_mentioning(&self.0) {
+            // SAFETY: kill(2) with a pid read from /proc and a valid signal.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The pids of the processes (other than this one) whose command line mentions `dir`.
+pub fn processes_mentioning(dir: &Path) -> Vec<libc::pid_t> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|&pid| pid as u32 != std::process::id())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
+}
