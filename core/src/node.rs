@@ -443,11 +443,12 @@ impl Node {
             }
             Message::SyncRequest { after, digest } => self.on_sync_request(from, after, digest),
             Message::SyncPage {
+                after,
                 entries,
                 floor,
                 seq,
                 done,
-            } => self.on_sync_page(from, entries, floor, seq, done),
+            } => self.on_sync_page(from, after, entries, floor, seq, done),
             Message::SyncRefused { reason } => self.on_sync_refused(from, reason),
             Message::CatchUp { after } => {
                 if self.members.current().cluster_of(&from) == Some(&self.env.cluster)

@@ -17,7 +17,7 @@ use crate::storage::DurableKey;
 use crate::types::{Ballot, ClusterId, Key, NodeId, Proposal, ProposalId, Value};
 
 /// The version byte every frame starts with. Bump it on any incompatible change.
-pub const WIRE_VERSION: u8 = 5;
+pub const WIRE_VERSION: u8 = 6;
 /// No frame is ever longer than this; decoding never allocates past it.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// A frame holds at most this many messages: what a decoded frame holds in memory stays
@@ -60,6 +60,9 @@ pub enum Message {
     /// `seq`: the member's last numbered decision when the page was cut (the joiner's catch-up
     /// from this member starts at the first page's).
     SyncPage {
+        /// The `after` of the request this page answers: a late or duplicated page of an
+        /// earlier request is told apart from a page out of order.
+        after: Option<Key>,
         entries: Vec<(Key, DurableKey)>,
         floor: Ballot,
         seq: u64,

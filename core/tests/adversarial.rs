@@ -259,12 +259,14 @@ fn malformed_ballots_are_refused_wherever_they_appear() {
                 },
             },
             Message::SyncPage {
+                after: None,
                 entries: vec![],
                 floor: bad.clone(),
                 seq: 0,
                 done: true,
             },
             Message::SyncPage {
+                after: None,
                 entries: vec![(
                     "o".into(),
                     DurableKey::Open {
@@ -379,6 +381,7 @@ fn keys_values_and_request_ids_over_the_limits_are_refused() {
         &mut n,
         "c2",
         Message::SyncPage {
+            after: None,
             entries: vec![("a".into(), record.clone()), ("".into(), record)],
             floor: Ballot::FAST,
             seq: 1,
@@ -445,6 +448,7 @@ fn lists_longer_than_the_configured_bounds_are_refused() {
         &mut n,
         "c2",
         Message::SyncPage {
+            after: None,
             entries: ["a", "b", "c"]
                 .map(|k| (Key::from(k), record.clone()))
                 .to_vec(),
@@ -549,6 +553,7 @@ fn a_sync_page_out_of_key_order_is_refused_before_any_of_it_is_merged() {
         &mut n,
         "c2",
         Message::SyncPage {
+            after: None,
             entries: vec![(second.clone(), record("a")), (first.clone(), record("b"))],
             floor: Ballot::FAST,
             seq: 1,
@@ -561,6 +566,7 @@ fn a_sync_page_out_of_key_order_is_refused_before_any_of_it_is_merged() {
         &mut n,
         "c2",
         Message::SyncPage {
+            after: None,
             entries: vec![(first.clone(), record("b")), (second.clone(), record("a"))],
             floor: Ballot::FAST,
             seq: 1,
@@ -572,6 +578,7 @@ fn a_sync_page_out_of_key_order_is_refused_before_any_of_it_is_merged() {
         &mut n,
         "c2",
         Message::SyncPage {
+            after: Some(second.clone()),
             entries: vec![(first, record("b"))],
             floor: Ballot::FAST,
             seq: 1,
@@ -581,11 +588,42 @@ fn a_sync_page_out_of_key_order_is_refused_before_any_of_it_is_merged() {
     );
 }
 
+/// A page that answers an earlier request than the one outstanding (its `after` says which):
+/// a duplicate, or the late answer to a request asked again after a timeout. It is ignored,
+/// not blamed on the member: only a page that answers the current request and goes back in
+/// key order is a peer fault.
+#[test]
+fn a_late_or_duplicated_sync_page_is_ignored_not_blamed() {
+    let mut n = joiner();
+    let record = |value: &str| DurableKey::Stored {
+        chosen: proposal("c3", 1, value),
+        seq: 1,
+    };
+    let (first, second) = (Key::from("k3"), Key::from("k1"));
+    let page = Message::SyncPage {
+        after: None,
+        entries: vec![(first.clone(), record("b")), (second.clone(), record("a"))],
+        floor: Ballot::FAST,
+        seq: 1,
+        done: false,
+    };
+    let out = deliver(&mut n, "c2", page.clone());
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            Output::Send { msg: Message::SyncRequest { after: Some(a), .. }, .. } if *a == second
+        )),
+        "the next page is asked for: {out:?}"
+    );
+    assert_ignored(&mut n, "c2", page);
+}
+
 /// Pages from a member the joiner is not copying from, or to a node that is not joining,
 /// are ignored: only the member asked is heard.
 #[test]
 fn sync_pages_nobody_asked_for_are_ignored() {
     let page = Message::SyncPage {
+        after: None,
         entries: vec![(
             "k".into(),
             DurableKey::Stored {
@@ -941,6 +979,7 @@ fn a_copied_decision_contradicting_one_held_is_a_violation_and_is_not_stored() {
     let held = proposal("c3", 1, "v");
     let stored = |chosen: Proposal| DurableKey::Stored { chosen, seq: 1 };
     let page = |entries: Vec<(Key, DurableKey)>, done| Message::SyncPage {
+        after: None,
         entries,
         floor: Ballot::FAST,
         seq: 1,

@@ -126,17 +126,22 @@ fn show_message(m: &Message) -> String {
             None => "SyncRequest(from the start)".into(),
         },
         Message::SyncPage {
+            after,
             entries,
             floor,
             seq,
             done,
         } => {
+            let answers = match after {
+                Some(k) => format!("after {k}"),
+                None => "from the start".into(),
+            };
             let entries: Vec<String> = entries
                 .iter()
                 .map(|(k, s)| format!("{k}={}", show_state(s)))
                 .collect();
             format!(
-                "SyncPage([{}] floor {floor} seq {seq} done={done})",
+                "SyncPage({answers}: [{}] floor {floor} seq {seq} done={done})",
                 entries.join(", ")
             )
         }
@@ -1124,12 +1129,12 @@ fn a_member_serves_its_records_in_pages_and_refuses_a_non_member() {
     assert_eq!(
         step(&mut n, ms(0), from("c2", ask(None))),
         [
-            r#"send c2 SyncPage([k2=Stored(c2#1="k2" #2), k3=Stored(c2#2="k3" #3)] floor b0 seq 3 done=false)"#
+            r#"send c2 SyncPage(from the start: [k2=Stored(c2#1="k2" #2), k3=Stored(c2#2="k3" #3)] floor b0 seq 3 done=false)"#
         ]
     );
     assert_eq!(
         step(&mut n, ms(0), from("c2", ask(Some("k3")))),
-        [r#"send c2 SyncPage([k1=Stored(c2#0="k1" #1)] floor b0 seq 3 done=true)"#]
+        [r#"send c2 SyncPage(after k3: [k1=Stored(c2#0="k1" #1)] floor b0 seq 3 done=true)"#]
     );
     assert_eq!(
         step(&mut n, ms(0), from("x9", ask(None))),
@@ -1161,6 +1166,7 @@ fn a_joiner_asks_the_same_page_again_once_views_are_exchanged() {
         ["send c2 SyncRequest(from the start)"]
     );
     let page = Message::SyncPage {
+        after: None,
         entries: vec![(
             Key::from("k1"),
             DurableKey::Open {
@@ -1213,7 +1219,8 @@ fn a_joiner_writes_each_page_before_asking_for_the_next() {
         step(&mut n, ms(501), Input::Timeout),
         ["send c3 SyncRequest(from the start)"]
     );
-    let page = |entries: Vec<(&str, DurableKey)>, done| Message::SyncPage {
+    let page = |after: Option<&str>, entries: Vec<(&str, DurableKey)>, done| Message::SyncPage {
+        after: after.map(Key::from),
         entries: entries
             .into_iter()
             .map(|(k, s)| (Key::from(k), s))
@@ -1223,6 +1230,7 @@ fn a_joiner_writes_each_page_before_asking_for_the_next() {
         done,
     };
     let first = page(
+        None,
         vec![
             (
                 "k2",
@@ -1264,7 +1272,7 @@ fn a_joiner_writes_each_page_before_asking_for_the_next() {
     // c3's copy is complete: j1 pulls c3's decisions from c3's number at its first page on
     // (a lazy write: pulling again is harmless), then copies from a second member.
     assert_eq!(
-        step(&mut n, ms(520), from("c3", page(vec![], true))),
+        step(&mut n, ms(520), from("c3", page(Some("k1"), vec![], true))),
         ["persist #2 (lazy) CaughtUp { peer: c3, seq: 9 }"]
     );
     assert_eq!(
@@ -1272,7 +1280,7 @@ fn a_joiner_writes_each_page_before_asking_for_the_next() {
         ["send c1 SyncRequest(from the start)"]
     );
     assert_eq!(
-        step(&mut n, ms(530), from("c1", page(vec![], true))),
+        step(&mut n, ms(530), from("c1", page(None, vec![], true))),
         ["persist #3 (lazy) CaughtUp { peer: c1, seq: 9 }"]
     );
     // Two of the three other members of its cluster: a majority. Ready, durably, before it
@@ -1786,6 +1794,7 @@ fn a_copied_open_record_never_replaces_an_unreadable_one() {
     let mut entries = vec![(Key::from("k"), open()), (Key::from("m"), open())];
     entries.sort_by(|a, b| a.0.cmp(&b.0)); // the core's order of keys
     let page = Message::SyncPage {
+        after: None,
         entries,
         floor: Ballot::FAST,
         seq: 0,

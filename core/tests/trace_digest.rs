@@ -611,6 +611,7 @@ impl World {
                     accepted: None,
                 };
                 Message::SyncPage {
+                    after: None,
                     entries: vec![(high, record.clone()), (low, record)],
                     floor: Ballot::FAST,
                     seq: 0,

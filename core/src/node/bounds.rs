@@ -41,11 +41,19 @@ impl Node {
             Message::SyncRequest { after, .. } => {
                 after.as_ref().map_or(Ok(()), |k| self.check_key(k))
             }
-            Message::SyncPage { entries, floor, .. } => {
+            Message::SyncPage {
+                after,
+                entries,
+                floor,
+                ..
+            } => {
                 if entries.len() > self.env.config.sync_page_keys {
                     return Err(PeerFault::SyncPageTooLong {
                         keys: entries.len(),
                     });
+                }
+                if let Some(k) = after {
+                    self.check_key(k)?;
                 }
                 check_ballot(floor)?;
                 for (key, state) in entries {

@@ -179,6 +179,7 @@ impl Node {
         // asks again when its request times out).
         let Ok((entries, done)) = records else { return };
         let page = Message::SyncPage {
+            after,
             entries,
             floor: self.acceptor.floor().clone(),
             seq: self.acceptor.seq(),
@@ -192,6 +193,7 @@ impl Node {
     pub(super) fn on_sync_page(
         &mut self,
         from: NodeId,
+        answers: Option<Key>,
         entries: Vec<(Key, DurableKey)>,
         floor: Ballot,
         seq: u64,
@@ -201,7 +203,9 @@ impl Node {
         let Some(current) = &mut sync.current else {
             return;
         };
-        if current.source != from {
+        // Only the page of the request outstanding now: a late answer to an earlier one (asked
+        // again after a timeout) or a duplicate is nobody's fault.
+        if current.source != from || current.after != answers {
             return;
         }
         let mut after = current.after.clone();

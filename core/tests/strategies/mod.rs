@@ -229,12 +229,14 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         1 => (option::of(arb_key()), arb_digest())
             .prop_map(|(after, digest)| Message::SyncRequest { after, digest }),
         1 => (
+            option::of(arb_key()),
             vec((arb_key(), arb_durable_key()), 0..5),
             arb_ballot(),
             any::<u64>(),
             any::<bool>(),
         )
-            .prop_map(|(entries, floor, seq, done)| Message::SyncPage {
+            .prop_map(|(after, entries, floor, seq, done)| Message::SyncPage {
+                after,
                 entries,
                 floor,
                 seq,
