@@ -20,6 +20,9 @@ missing. Every process it starts is stopped at the end.
     python3 node/scripts/bench_vs_etcd.py [--duration 15] [--reps 3] [--clients 1,16,64]
         [--systems etcd,replicator-1x3,replicator-3x3] [--replicator target/release/replicator]
         [--warmup 5] [--targets one,spread]
+    python3 node/scripts/bench_vs_etcd.py --self-test    # the pure parts, no processes
+
+After the tables it says which of the README's loopback targets the run met.
 """
 
 import argparse
@@ -409,6 +412,7 @@ def main():
                               f"p99 {r['p99_ms']:7.1f} ms errors {r['errors']:4d} "
                               f"cpu {r['cpu_ms_per_op']:6.2f} ms/op", flush=True)
         print_table(results, running, clients, targets, args)
+        print_verdicts(target_verdicts(results))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({f"{k[0]}@{k[1]}@{k[2]}": v for k, v in results.items()}, f, indent=1)
@@ -469,5 +473,66 @@ def print_table(results, running, clients, targets, args):
                       f"{med(rs, 'fsyncs_per_op'):.2f} |")
 
 
+# The loopback targets the README's "Performance" section sets, checked against one run's
+# medians: (the line to print, whether it is met). Only what the run measured is judged.
+def target_verdicts(results):
+    med = lambda key, k: statistics.median(r[k] for r in results[key])
+    lines = []
+    for t in ("one", "spread"):
+        where = f"at 64 clients through {TARGET_LABEL[t]}"
+        etcd = ("etcd", 64, t)
+        if etcd not in results:
+            continue
+        if ("replicator-3x3", 64, t) in results:
+            x = med(("replicator-3x3", 64, t), "ops") / med(etcd, "ops")
+            lines.append((f"3x3 {where}: {x:.2f}x etcd's creates/s (target: at least 2x)", x >= 2))
+        if ("replicator-1x3", 64, t) in results:
+            x = med(("replicator-1x3", 64, t), "ops") / med(etcd, "ops")
+            cpu = (med(("replicator-1x3", 64, t), "cpu_ms_per_op")
+                   / med(etcd, "cpu_ms_per_op"))
+            lines.append((f"1x3 {where}: {x:.2f}x etcd's creates/s (target: at least 4x), server "
+                          f"CPU per create {cpu:.2f}x etcd's (target: at most 0.25x)",
+                          x >= 4 and cpu <= 0.25))
+    if ("replicator-3x3", 1, "one") in results and ("etcd", 1, "one") in results:
+        mine, theirs = med(("replicator-3x3", 1, "one"), "p50_ms"), med(("etcd", 1, "one"), "p50_ms")
+        lines.append((f"3x3 at 1 client: p50 {mine:.1f} ms, etcd's {theirs:.1f} ms (target: at "
+                      f"or below etcd's)", mine <= theirs))
+    return lines
+
+
+def print_verdicts(lines):
+    if lines:
+        print()
+        print("targets (README, \"Performance\"):")
+    for text, met in lines:
+        print(f"  {'met    ' if met else 'NOT MET'}  {text}")
+
+
+def self_test():
+    """The pure parts: percentiles, merging, shares and the targets' verdicts."""
+    run = lambda ops, p50, cpu: {"ops": ops, "p50_ms": p50, "cpu_ms_per_op": cpu}
+    results = {("etcd", 64, "one"): [run(1000, 20, 1.0), run(1200, 20, 1.0), run(900, 20, 1.0)],
+               ("replicator-3x3", 64, "one"): [run(2000, 9, 0.5)] * 3,
+               ("replicator-1x3", 64, "one"): [run(4100, 5, 0.2)] * 3,
+               ("etcd", 64, "spread"): [run(1000, 20, 1.0)],
+               ("replicator-3x3", 64, "spread"): [run(1999, 9, 0.5)],
+               ("replicator-1x3", 64, "spread"): [run(5000, 5, 0.3)],
+               ("etcd", 1, "one"): [run(500, 1.6, 2.0)],
+               ("replicator-3x3", 1, "one"): [run(400, 2.2, 3.0)]}
+    verdicts = target_verdicts(results)
+    assert [met for _, met in verdicts] == [True, True, False, False, False], verdicts
+    assert "2.00x etcd's" in verdicts[0][0] and "0.30x etcd's" in verdicts[3][0], verdicts
+    assert target_verdicts({("replicator-3x3", 64, "one"): [run(1, 1, 1)]}) == []
+    assert percentile_ms({1000: 1, 2000: 1}, 50) == 1.0
+    assert merge_runs([{"ok": 1, "errors": 0, "seconds": 1.0, "hist": {1000: 1}},
+                       {"ok": 2, "errors": 1, "seconds": 2.0, "hist": {1000: 2}}]) == \
+        {"ok": 3, "errors": 1, "seconds": 2.0, "hist": {1000: 3}}
+    assert shares(64, 9) == [8] + [7] * 8 and sum(shares(16, 3)) == 16
+    print("bench_vs_etcd self-test: ok")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--self-test"]:
+        self_test()
+    else:
+        main()

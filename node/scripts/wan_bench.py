@@ -593,6 +593,50 @@ def print_tables(results, args, rtts, leader, slow_member):
               f"{med(rs, lambda r: r['server_cpu_ms_per_op']):.2f} | {vs} |")
 
 
+def region_round_trip(rtts, set_ms):
+    """The measured round trip between replicator nodes of two regions (the mean of the
+    probes), leaving out the slow case's probes."""
+    between = [ms for (a, b), ms in rtts.items()
+               if a[:2] != b[:2] and "etcd" not in a + b and ms < 2 * set_ms]
+    return statistics.mean(between) if between else set_ms
+
+
+def target_verdicts(results, region_rtt_ms):
+    """The README's targets across regions ("Across regions"), checked against one run's
+    medians: [(the line to print, whether it is met)]. Only what the run measured is judged."""
+    def p50s(key):
+        rs = results[key]
+        return [statistics.median(r["regions"][i]["p50_ms"] for r in rs)
+                for i in range(len(rs[0]["regions"]))]
+    lines = []
+    create = ("normal", "creates", 1, "replicator")
+    if create in results:
+        mine = p50s(create)
+        worst = max(mine) / region_rtt_ms
+        lines.append((f"creates at 1 client per region: p50 {worst:.2f}x the round trip of "
+                      f"{region_rtt_ms:.1f} ms in the slowest region (target: at most 1.15x)",
+                      worst <= 1.15))
+        etcd = ("normal", "creates", 1, "etcd")
+        if etcd in results:
+            x = statistics.mean(mine) / statistics.mean(p50s(etcd))
+            lines.append((f"creates at 1 client per region: p50 averaged over the regions "
+                          f"{x:.2f}x etcd's (target: at most 0.6x)", x <= 0.6))
+    reads = ("normal", "reads", 1, "replicator")
+    if reads in results:
+        worst = max(p50s(reads))
+        lines.append((f"reads of stored keys: p50 {worst:.1f} ms in the slowest region, local "
+                      f"(target: under a tenth of the round trip)", worst < region_rtt_ms / 10))
+    for (label, load, clients, name) in results:
+        normal = ("normal", load, clients, name)
+        if label != "slow" or name != "replicator" or normal not in results:
+            continue
+        x = max(s / n for s, n in zip(p50s((label, load, clients, name)), p50s(normal)))
+        lines.append((f"a slow node per cluster, {clients} client(s) per region: create p50 "
+                      f"{x:.2f}x the run without it in the most affected region (target: at "
+                      f"most 1.2x)", x <= 1.2))
+    return lines
+
+
 def run(args):
     check_prerequisites(args)
     lab = Lab(args)
@@ -671,6 +715,8 @@ def run(args):
             if after != leader:
                 print(f"note: the etcd leader moved to region {after} during the slow case")
         print_tables(results, args, rtts, leader, slow_member)
+        loopback.print_verdicts(
+            target_verdicts(results, region_round_trip(rtts, args.region_rtt_ms)))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"|".join(map(str, k)): v for k, v in results.items()}, f, indent=1)
@@ -727,6 +773,20 @@ def self_test():
     assert loopback.shares(2, 3) == [1, 1] and loopback.shares(16, 1) == [16]
     assert ratio(3, 2) == 1.5 and ratio(1, 0) != ratio(1, 0)
     assert statistics.median([3, 1, 2]) == 2
+    # The targets' verdicts, from three runs' per-region p50s.
+    runs = lambda *p50s: [{"regions": [{"p50_ms": p} for p in p50s]}] * 3
+    results = {("normal", "creates", 1, "replicator"): runs(45, 46, 46.5),
+               ("normal", "creates", 1, "etcd"): runs(42, 84, 84),
+               ("normal", "reads", 1, "replicator"): runs(0.2, 0.3, 0.2),
+               ("slow", "creates", 1, "replicator"): runs(49, 50, 56),
+               ("slow", "creates", 1, "etcd"): runs(43, 286, 85)}
+    verdicts = target_verdicts(results, 40.5)
+    assert [met for _, met in verdicts] == [True, False, True, False], verdicts
+    assert "1.15x" in verdicts[0][0] and "0.65x" in verdicts[1][0] and "1.20x" in verdicts[3][0]
+    assert target_verdicts({}, 40.0) == []
+    probes = {("r0client", "r0n0"): 0.1, ("r0n0", "r0n1"): 0.2, ("r0n0", "r1n0"): 40.6,
+              ("r0n0", "r2n0"): 40.8, ("r1etcd", "r2etcd"): 40.6, ("r0n0", "r1n2"): 140.7}
+    assert abs(region_round_trip(probes, 40) - 40.7) < 1e-9 and region_round_trip({}, 40) == 40
     print("wan_bench self-test: ok")
 
 
