@@ -716,7 +716,8 @@ def run(args):
                 print(f"note: the etcd leader moved to region {after} during the slow case")
         print_tables(results, args, rtts, leader, slow_member)
         loopback.print_verdicts(
-            target_verdicts(results, region_round_trip(rtts, args.region_rtt_ms)))
+            target_verdicts(results, region_round_trip(rtts, args.region_rtt_ms)),
+            "Across regions, side by side with etcd")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"|".join(map(str, k)): v for k, v in results.items()}, f, indent=1)
