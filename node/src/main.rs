@@ -23,10 +23,22 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// The first node of `replicator demo` listens here, and the client commands ask it by default.
 pub const DEFAULT_NODE_URL: &str = "http://127.0.0.1:8080";
 
+/// `replicator --version`: the release, and what decides whether nodes of two releases work
+/// together (the wire version: nodes of different ones drop each other's frames) and whether a
+/// data dir can be opened (the database format: an older one is upgraded in place).
+static VERSION_LINE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (wire version {}, database format {})",
+        env!("CARGO_PKG_VERSION"),
+        replicator_core::wire::WIRE_VERSION,
+        storage::FORMAT_VERSION
+    )
+});
+
 #[derive(Parser, Debug)]
 #[command(
     name = "replicator",
-    version,
+    version = VERSION_LINE.as_str(),
     about = "A write-once key-value store replicated over several clusters"
 )]
 struct Cli {

@@ -270,3 +270,20 @@ fn the_demos_ctrl_c_stops_nodes_that_come_back_as_members() {
     }
     assert!(ctrl_c(second).success());
 }
+
+/// Before an upgrade an operator must know whether the new release talks to the running one:
+/// `replicator --version` names the wire version (nodes of different ones drop each other's
+/// frames) and the database format (an older data dir is upgraded in place).
+#[test]
+fn the_version_names_the_wire_version_and_the_database_format() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout);
+    let want = format!(
+        "replicator {} (wire version {}, database format {})",
+        env!("CARGO_PKG_VERSION"),
+        replicator_core::wire::WIRE_VERSION,
+        replicator_node::storage::FORMAT_VERSION
+    );
+    assert_eq!(line.trim(), want);
+}

@@ -86,7 +86,7 @@ pub use commit_loop::{
 pub use error::StorageError;
 pub use load::Loaded;
 pub use reads::DecisionReader;
-pub use schema::db_path;
+pub use schema::{FORMAT_VERSION, db_path};
 
 use error::Result;
 use panics::*;

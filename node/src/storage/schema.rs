@@ -56,7 +56,7 @@ pub(super) const META_LAST_DECISION: &str = "last_decision";
 /// (`open_records`) and decisions by number (`decision_order`, `meta.last_decision`), so that
 /// a node loads only what is in flight and reads decisions when it needs them. A format 5
 /// database is upgraded in place when it is opened (`upgrade.rs`).
-pub(super) const FORMAT_VERSION: u64 = 6;
+pub const FORMAT_VERSION: u64 = 6;
 
 /// The oldest format this node upgrades in place.
 pub(super) const FORMAT_UPGRADABLE: u64 = 5;
