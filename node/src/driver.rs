@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, trace, warn};
 
 use crate::metrics::Metrics;
+use crate::peer_warnings::PeerWarnings;
 use crate::status::{PeerInfo, Status};
 use crate::storage::{DecisionReader, Durable, Loaded, PersistJob, Storage, StorageWorker};
 
@@ -294,6 +295,8 @@ pub struct Driver<T: Transport, E: TransportEvents = mpsc::Receiver<TransportEve
     storage_stalled: Arc<std::sync::Mutex<Option<String>>>,
     /// Damaged records the core wrote again with their decisions, as last logged.
     repaired_keys: u64,
+    /// Which warnings about peers' frames to log (one per peer and kind per interval).
+    peer_warnings: PeerWarnings,
 }
 
 /// Driver bugs that sim-tests' node_sim must catch. Only [`Driver::with_bug`] (feature
@@ -413,6 +416,7 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
             bug,
             storage_stalled: storage_stalled.clone(),
             repaired_keys: 0,
+            peer_warnings: PeerWarnings::default(),
         };
         Ok((
             driver,
@@ -590,6 +594,16 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
             .is_some()
     }
 
+    /// Whether to log a warning of `kind` about what `peer` sent (`Some`: how many of its kind
+    /// were left out since the last one logged); the metrics count what is left out.
+    fn admit_peer_warning(&mut self, peer: &NodeId, kind: &'static str) -> Option<u64> {
+        let admitted = self.peer_warnings.admit(peer, kind, Instant::now());
+        if admitted.is_none() {
+            self.metrics.inc(&self.metrics.peer_warnings_left_out);
+        }
+        admitted
+    }
+
     fn on_transport(&mut self, ev: TransportEvent) {
         let now = self.now();
         match ev {
@@ -612,7 +626,9 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
                 }
                 Err(e) => {
                     self.metrics.inc(&self.metrics.frames_rejected);
-                    warn!(peer = %from, error = %e, "dropping an undecodable frame");
+                    if let Some(left_out) = self.admit_peer_warning(&from, "undecodable_frame") {
+                        warn!(peer = %from, error = %e, left_out, "dropping an undecodable frame");
+                    }
                 }
             },
             TransportEvent::Discovered {
@@ -806,7 +822,9 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
                 let kind = reason.kind();
                 self.metrics.inc(&self.metrics.frames_rejected);
                 self.metrics.inc(&self.metrics.peer_faults[kind.index()]);
-                warn!(peer = %from, %kind, %reason, "peer input rejected");
+                if let Some(left_out) = self.admit_peer_warning(&from, kind.name()) {
+                    warn!(peer = %from, %kind, %reason, left_out, "peer input rejected");
+                }
             }
             Note::Violation { reason } => {
                 self.metrics.inc(&self.metrics.violations);
@@ -1049,5 +1067,53 @@ mod tests {
             use replicator_core::DecidedKeys;
             assert!(reader.decision(&Key::new("k")).unwrap().is_some());
         }
+    }
+    /// A peer that sends frames this node cannot decode (another wire version) gets one
+    /// warning per interval in the log, not one per frame; every frame is still counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn undecodable_frames_are_counted_each_and_logged_once_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = replicator_core::Recovered::founder(NetworkId::new("net"));
+        let mut storage = Storage::open(dir.path(), Some(&fresh)).unwrap();
+        let loaded = storage.load().unwrap();
+        let (tx, rx) = mpsc::channel(1024);
+        let metrics = Arc::new(Metrics::default());
+        let (driver, handle) = Driver::new(Parts {
+            config: replicator_core::Config::default(),
+            id: NodeId::new("n0"),
+            cluster: ClusterId::new("c"),
+            loaded,
+            storage,
+            transport: MemTransport {
+                me: NodeId::new("n0"),
+                peers: Arc::new(Mutex::new(HashMap::new())),
+            },
+            events: rx,
+            metrics: metrics.clone(),
+        })
+        .unwrap();
+        let task = tokio::spawn(driver.run());
+        let frames = 300;
+        for i in 0..frames {
+            // Wire version 0 is no version: every one of these is undecodable.
+            let frame = vec![0, (i % 256) as u8];
+            let event = TransportEvent::Message {
+                from: NodeId::new("stranger"),
+                frame,
+            };
+            tx.send(event).await.unwrap();
+        }
+        let counted = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        for _ in 0..500 {
+            if counted(&metrics.frames_rejected) == frames {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(counted(&metrics.frames_rejected), frames);
+        // Within one interval: the first is logged, the others are left out.
+        assert_eq!(counted(&metrics.peer_warnings_left_out), frames - 1);
+        handle.stop().await;
+        task.await.unwrap().unwrap();
     }
 }

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub decided_fast: AtomicU64,
     pub decided_classic: AtomicU64,
     pub frames_rejected: AtomicU64,
+    /// Warnings about peers' frames not logged (one per peer and kind per interval is).
+    pub peer_warnings_left_out: AtomicU64,
     /// Protocol messages sent and received; a frame carries one or more of them.
     pub messages_sent: AtomicU64,
     pub messages_received: AtomicU64,
@@ -415,6 +417,10 @@ impl Metrics {
             (
                 "replicator_frames_rejected_total",
                 get(&self.frames_rejected),
+            ),
+            (
+                "replicator_peer_warnings_left_out_total",
+                get(&self.peer_warnings_left_out),
             ),
             ("replicator_messages_sent_total", get(&self.messages_sent)),
             (
