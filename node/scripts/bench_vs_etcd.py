@@ -178,6 +178,7 @@ def cpu_seconds(pids):
 COST_COUNTERS = {
     "messages": "replicator_messages_sent_total",
     "frames": "replicator_peer_frames_sent_total",
+    "writes": "replicator_peer_writes_total",
     "bytes": "replicator_peer_bytes_sent_total",
     "fsyncs": "replicator_storage_fsyncs_total",
 }
@@ -459,8 +460,8 @@ def print_table(results, running, clients, targets, args):
                       f"{med(rs, 'errors'):.0f} | {med(rs, 'cpu_ms_per_op'):.2f} | {ratio} |")
     print()
     print("what a replicator create costs, summed over every node (from each node's /metrics)")
-    print("| system | clients | through | messages sent | frames sent | bytes sent | fsyncs |")
-    print("|---|---|---|---|---|---|---|")
+    print("| system | clients | through | messages sent | frames sent | stream writes | bytes sent | fsyncs |")
+    print("|---|---|---|---|---|---|---|---|")
     for c in clients:
         for t in runs_of(targets, c):
             for s in running:
@@ -469,7 +470,8 @@ def print_table(results, running, clients, targets, args):
                     continue
                 through = TARGET_LABEL[t] if c > 1 else "one node"
                 print(f"| {s.name} | {c} | {through} | {med(rs, 'messages_per_op'):.1f} | "
-                      f"{med(rs, 'frames_per_op'):.1f} | {med(rs, 'bytes_per_op'):.0f} | "
+                      f"{med(rs, 'frames_per_op'):.1f} | {med(rs, 'writes_per_op'):.1f} | "
+                      f"{med(rs, 'bytes_per_op'):.0f} | "
                       f"{med(rs, 'fsyncs_per_op'):.2f} |")
 
 

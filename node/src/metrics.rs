@@ -161,6 +161,8 @@ pub struct PeerTraffic {
     pub peer: String,
     pub frames_sent: u64,
     pub bytes_sent: u64,
+    /// Flushed writes to the peer's stream; each carries every frame queued when it began.
+    pub writes: u64,
     pub frames_received: u64,
     pub bytes_received: u64,
 }
@@ -259,11 +261,16 @@ type PeerFamily = (&'static str, &'static str, fn(&PeerTraffic) -> u64);
 
 /// Renders the per-peer frame counters.
 fn render_peer_traffic(peers: &[PeerTraffic], s: &mut String) {
-    let families: [PeerFamily; 4] = [
+    let families: [PeerFamily; 5] = [
         (
             "replicator_peer_frames_sent_total",
             "Frames written to a peer.",
             |p| p.frames_sent,
+        ),
+        (
+            "replicator_peer_writes_total",
+            "Flushed writes to a peer's stream, each with every frame queued when it began.",
+            |p| p.writes,
         ),
         (
             "replicator_peer_bytes_sent_total",
@@ -506,6 +513,7 @@ mod tests {
                 peer: "12D3Koo".into(),
                 frames_sent: 7,
                 bytes_sent: 700,
+                writes: 3,
                 frames_received: 5,
                 bytes_received: 500,
             }]
@@ -522,6 +530,7 @@ mod tests {
             "replicator_storage_commit_writes_count 2",
             "replicator_storage_commit_seconds_total 0.003",
             "replicator_peer_frames_sent_total{peer=\"12D3Koo\"} 7",
+            "replicator_peer_writes_total{peer=\"12D3Koo\"} 3",
             "replicator_peer_bytes_sent_total{peer=\"12D3Koo\"} 700",
             "replicator_peer_frames_received_total{peer=\"12D3Koo\"} 5",
             "replicator_peer_bytes_received_total{peer=\"12D3Koo\"} 500",

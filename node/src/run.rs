@@ -159,6 +159,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 peer: p.peer.to_string(),
                 frames_sent: p.counts.frames_sent,
                 bytes_sent: p.counts.bytes_sent,
+                writes: p.counts.writes,
                 frames_received: p.counts.frames_received,
                 bytes_received: p.counts.bytes_received,
             })

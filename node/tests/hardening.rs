@@ -892,16 +892,7 @@ fn defaults_and_hints_do_not_expose_or_collide() {
         l.local_addr().unwrap().port()
     };
     let _leftovers = KillLeftoversUnder(tmp.path().join("demo"));
-    let mut demo = std::process::Command::new(BIN)
-        .args(["demo", "--clusters", "1", "--nodes-per-cluster", "1"])
-        .args(["--http-port", &port.to_string(), "--data-dir"])
-        .arg(tmp.path().join("demo"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let summary = read_lines_until(demo.stdout.take().unwrap(), "Ctrl-C stops");
+    let (mut demo, summary) = start_demo(&tmp.path().join("demo"), port, 1);
     unsafe_sigterm(demo.id());
     let t = Instant::now();
     while demo.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {

@@ -157,16 +157,7 @@ fn a_killed_demos_nodes_stop_by_themselves() {
     let data = tmp.path().join("demo");
     let _leftovers = KillLeftoversUnder(data.clone());
     let port = free_port_run(1);
-    let mut demo = Command::new(BIN)
-        .args(["demo", "--clusters", "1", "--nodes-per-cluster", "1"])
-        .args(["--http-port", &port.to_string(), "--data-dir"])
-        .arg(&data)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    read_lines_until(demo.stdout.take().unwrap(), "Ctrl-C stops");
+    let (mut demo, _) = start_demo(&data, port, 1);
     let node = format!("127.0.0.1:{port}");
     assert_eq!(http("GET", &node, "/health", b"", &[]).status, 200);
     // The node's data dir is on its command line only (the demo's names the parent).
@@ -195,16 +186,7 @@ fn the_demos_ctrl_c_stops_nodes_that_come_back_as_members() {
     let port = free_port_run(3);
     let nodes: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", port + i)).collect();
     let demo = || {
-        let mut child = Command::new(BIN)
-            .args(["demo", "--clusters", "1", "--nodes-per-cluster", "3"])
-            .args(["--http-port", &port.to_string(), "--data-dir"])
-            .arg(&data)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let summary = read_lines_until(child.stdout.take().unwrap(), "Ctrl-C stops");
+        let (child, summary) = start_demo(&data, port, 3);
         let peers: Vec<String> = summary
             .iter()
             .filter(|l| l.trim_start().starts_with("node "))

@@ -471,3 +471,25 @@ pub fn processes_mentioning(dir: &Path) -> Vec<libc::pid_t> {
         })
         .collect()
 }
+
+/// Starts `replicator demo` with one cluster of `nodes` nodes, HTTP from `port` on, its data
+/// in `data`, and waits for its summary: the demo and the summary's lines.
+pub fn start_demo(data: &Path, port: u16, nodes: u16) -> (Child, Vec<String>) {
+    let mut demo = Command::new(BIN)
+        .args([
+            "demo",
+            "--clusters",
+            "1",
+            "--nodes-per-cluster",
+            &nodes.to_string(),
+        ])
+        .args(["--http-port", &port.to_string(), "--data-dir"])
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let summary = read_lines_until(demo.stdout.take().unwrap(), "Ctrl-C stops");
+    (demo, summary)
+}
