@@ -962,6 +962,30 @@ mod tests {
         }
     }
 
+    /// A driver of a fresh network's founder `id` in cluster "c", its data in `dir`.
+    fn founder(
+        dir: &std::path::Path,
+        id: &NodeId,
+        transport: MemTransport,
+        events: mpsc::Receiver<TransportEvent>,
+        metrics: Arc<Metrics>,
+    ) -> (Driver<MemTransport>, Handle) {
+        let fresh = replicator_core::Recovered::founder(NetworkId::new("net"));
+        let mut storage = Storage::open(dir, Some(&fresh)).unwrap();
+        let loaded = storage.load().unwrap();
+        Driver::new(Parts {
+            config: replicator_core::Config::default(),
+            id: id.clone(),
+            cluster: ClusterId::new("c"),
+            loaded,
+            storage,
+            transport,
+            events,
+            metrics,
+        })
+        .unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_drivers_over_an_in_memory_transport() {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -983,23 +1007,12 @@ mod tests {
                     .unwrap();
                 }
             }
-            let fresh = replicator_core::Recovered::founder(NetworkId::new("net"));
-            let mut storage = Storage::open(dirs[i].path(), Some(&fresh)).unwrap();
-            let loaded = storage.load().unwrap();
-            let (driver, handle) = Driver::new(Parts {
-                config: replicator_core::Config::default(),
-                id: id.clone(),
-                cluster: ClusterId::new("c"),
-                loaded,
-                storage,
-                transport: MemTransport {
-                    me: id.clone(),
-                    peers: peers.clone(),
-                },
-                events: rx,
-                metrics: Arc::new(Metrics::default()),
-            })
-            .unwrap();
+            let transport = MemTransport {
+                me: id.clone(),
+                peers: peers.clone(),
+            };
+            let metrics = Arc::new(Metrics::default());
+            let (driver, handle) = founder(dirs[i].path(), id, transport, rx, metrics);
             tasks.push(tokio::spawn(driver.run()));
             handles.push(handle);
         }
@@ -1068,30 +1081,20 @@ mod tests {
             assert!(reader.decision(&Key::new("k")).unwrap().is_some());
         }
     }
+
     /// A peer that sends frames this node cannot decode (another wire version) gets one
     /// warning per interval in the log, not one per frame; every frame is still counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn undecodable_frames_are_counted_each_and_logged_once_per_interval() {
         let dir = tempfile::tempdir().unwrap();
-        let fresh = replicator_core::Recovered::founder(NetworkId::new("net"));
-        let mut storage = Storage::open(dir.path(), Some(&fresh)).unwrap();
-        let loaded = storage.load().unwrap();
         let (tx, rx) = mpsc::channel(1024);
         let metrics = Arc::new(Metrics::default());
-        let (driver, handle) = Driver::new(Parts {
-            config: replicator_core::Config::default(),
-            id: NodeId::new("n0"),
-            cluster: ClusterId::new("c"),
-            loaded,
-            storage,
-            transport: MemTransport {
-                me: NodeId::new("n0"),
-                peers: Arc::new(Mutex::new(HashMap::new())),
-            },
-            events: rx,
-            metrics: metrics.clone(),
-        })
-        .unwrap();
+        let id = NodeId::new("n0");
+        let transport = MemTransport {
+            me: id.clone(),
+            peers: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let (driver, handle) = founder(dir.path(), &id, transport, rx, metrics.clone());
         let task = tokio::spawn(driver.run());
         let frames = 300;
         for i in 0..frames {
