@@ -89,13 +89,11 @@ macro_rules! shared_str_id {
                 state.write_u64(self.hash);
             }
         }
-        impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        impl $name {
+            fn serialize_text<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 self.text.serialize(serializer)
             }
-        }
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            fn deserialize_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 // A plain string, as `Arc<str>` reads it, but copied once (straight from a
                 // borrowed input when the format allows) instead of through a `String`.
                 struct V;
@@ -143,6 +141,22 @@ macro_rules! shared_str_id {
     };
 }
 
+/// The plain-string serde of an id type (what disks and everything but frames see).
+macro_rules! text_serde {
+    ($name:ident) => {
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                self.serialize_text(serializer)
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                Self::deserialize_text(deserializer)
+            }
+        }
+    };
+}
+
 shared_str_id!(
     /// A node's identity: in the real network, the text form of its libp2p `PeerId`.
     NodeId
@@ -164,6 +178,32 @@ shared_str_id!(
     /// A client's request id: retries that carry the same id are answered at most once.
     RequestId
 );
+
+text_serde!(ClusterId);
+text_serde!(NetworkId);
+text_serde!(Key);
+text_serde!(RequestId);
+
+// A node id is the one id repeated across a frame's messages (senders, targets, coordinators),
+// so inside a frame it is an index into the frame's table of node ids; everywhere else (disk,
+// reports) the plain string.
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match crate::wire::node_ids::index_while_encoding(self) {
+            Some(index) => serializer.serialize_u32(index),
+            None => self.serialize_text(serializer),
+        }
+    }
+}
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !crate::wire::node_ids::decoding() {
+            return Self::deserialize_text(deserializer);
+        }
+        let index = u32::deserialize(deserializer)?;
+        crate::wire::node_ids::lookup(index).map_err(serde::de::Error::custom)
+    }
+}
 
 /// A value: opaque bytes, at most `Config::value_bytes_max` long.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

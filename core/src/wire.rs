@@ -1,7 +1,9 @@
 //! The wire format: every message nodes exchange, and its one encoding.
 //!
-//! A frame is one version byte followed by the bincode (2.0.1, standard config) encodings of
-//! one or more [`Message`]s, back to back, to be handled in that order: a [`Batch`] packs what
+//! A frame is one version byte, the frame's table of node ids (a bincode sequence of their
+//! texts, see [`node_ids`]), then the bincode (2.0.1, standard config) encodings of one or
+//! more [`Message`]s, back to back, to be handled in that order; inside the messages a node id
+//! is its index in the table: a [`Batch`] packs what
 //! one driver turn sends to one peer (many votes and decisions under load) into few frames, so
 //! a frame's fixed cost (allocation, queueing, wake-ups, a read) is paid per batch, not per
 //! message. Decoding is bounded: bincode refuses any length prefix that would read or
@@ -16,8 +18,10 @@ use crate::membership::{Digest, Membership};
 use crate::storage::DurableKey;
 use crate::types::{Ballot, ClusterId, Key, NodeId, Proposal, ProposalId, Value};
 
+pub(crate) mod node_ids;
+
 /// The version byte every frame starts with. Bump it on any incompatible change.
-pub const WIRE_VERSION: u8 = 6;
+pub const WIRE_VERSION: u8 = 7;
 /// No frame is ever longer than this; decoding never allocates past it.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// A frame holds at most this many messages: what a decoded frame holds in memory stays
@@ -262,16 +266,51 @@ fn config() -> impl bincode::config::Config {
 
 /// Encodes a message into one frame.
 pub fn encode(msg: &Message) -> Vec<u8> {
-    let mut frame = vec![WIRE_VERSION];
-    append(&mut frame, msg);
-    frame
+    let mut batch = Batch::default();
+    batch.push(msg);
+    batch
+        .into_frames()
+        .pop()
+        .expect("a pushed message makes a frame")
 }
 
-fn append(frame: &mut Vec<u8>, msg: &Message) {
-    // Encoding to a Vec of our own serde types cannot fail but for exceeding the limit,
-    // which messages built by the core never do (pages are bounded by the config).
-    if let Err(e) = bincode::serde::encode_into_std_write(msg, frame, config()) {
-        panic!("encoding a message failed: {e}");
+/// A frame being built: its node ids and its messages' bytes.
+#[derive(Debug, Default)]
+struct FrameBuilder {
+    ids: node_ids::EncodingTable,
+    messages: Vec<u8>,
+    count: usize,
+}
+
+impl FrameBuilder {
+    fn append(&mut self, msg: &Message) {
+        let messages = &mut self.messages;
+        // Encoding to a Vec of our own serde types cannot fail but for exceeding the limit,
+        // which messages built by the core never do (pages are bounded by the config).
+        let encoded = node_ids::encoding(&mut self.ids, || {
+            bincode::serde::encode_into_std_write(msg, messages, config())
+        });
+        if let Err(e) = encoded {
+            panic!("encoding a message failed: {e}");
+        }
+        self.count += 1;
+    }
+
+    fn len(&self) -> usize {
+        1 + self.ids.encoded_len() + self.messages.len()
+    }
+
+    /// The version byte, the table of node ids (their texts), the messages.
+    fn finish(self) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(self.len());
+        frame.push(WIRE_VERSION);
+        // Outside an encoding scope the ids are written as text.
+        if let Err(e) = bincode::serde::encode_into_std_write(self.ids.ids(), &mut frame, config())
+        {
+            panic!("encoding a frame's node ids failed: {e}");
+        }
+        frame.extend_from_slice(&self.messages);
+        frame
     }
 }
 
@@ -279,9 +318,7 @@ fn append(frame: &mut Vec<u8>, msg: &Message) {
 /// allow, in the order they were added.
 #[derive(Debug, Default)]
 pub struct Batch {
-    frames: Vec<Vec<u8>>,
-    /// Messages in the last frame.
-    in_last: usize,
+    frames: Vec<FrameBuilder>,
 }
 
 impl Batch {
@@ -289,26 +326,23 @@ impl Batch {
         let room = self
             .frames
             .last()
-            .is_some_and(|f| f.len() < BATCH_FRAME_BYTES && self.in_last < MESSAGES_PER_FRAME_MAX);
+            .is_some_and(|f| f.len() < BATCH_FRAME_BYTES && f.count < MESSAGES_PER_FRAME_MAX);
         if !room {
-            self.frames.push(vec![WIRE_VERSION]);
-            self.in_last = 0;
+            self.frames.push(FrameBuilder::default());
         }
-        let frame = self.frames.last_mut().expect("pushed above");
-        append(frame, msg);
-        self.in_last += 1;
+        self.frames.last_mut().expect("pushed above").append(msg);
     }
 
     /// The frames, to send in this order.
     pub fn into_frames(self) -> Vec<Vec<u8>> {
-        self.frames
+        self.frames.into_iter().map(FrameBuilder::finish).collect()
     }
 }
 
 /// Decodes one frame into its messages, all or nothing: a frame with any bad part is an error
 /// and yields no message. Never panics; holds at most [`MESSAGES_PER_FRAME_MAX`] messages.
 pub fn decode_frame(frame: &[u8]) -> Result<Vec<Message>, WireError> {
-    let (&version, mut body) = frame.split_first().ok_or(WireError::Empty)?;
+    let (&version, body) = frame.split_first().ok_or(WireError::Empty)?;
     if frame.len() > FRAME_BYTES_MAX {
         return Err(WireError::TooLarge(frame.len()));
     }
@@ -318,17 +352,26 @@ pub fn decode_frame(frame: &[u8]) -> Result<Vec<Message>, WireError> {
     if body.is_empty() {
         return Err(WireError::Empty);
     }
-    let mut msgs = Vec::new();
-    while !body.is_empty() {
-        if msgs.len() == MESSAGES_PER_FRAME_MAX {
-            return Err(WireError::TooManyMessages);
-        }
-        let (msg, used) = bincode::serde::decode_from_slice::<Message, _>(body, config())
-            .map_err(|e| WireError::Malformed(e.to_string()))?;
-        msgs.push(msg);
-        body = &body[used..];
+    // Outside a decoding scope the table's ids are read as text.
+    let (ids, used) = bincode::serde::decode_from_slice::<Vec<NodeId>, _>(body, config())
+        .map_err(|e| WireError::Malformed(format!("node id table: {e}")))?;
+    let mut body = &body[used..];
+    if body.is_empty() {
+        return Err(WireError::Empty);
     }
-    Ok(msgs)
+    node_ids::decoding_with(ids, || {
+        let mut msgs = Vec::new();
+        while !body.is_empty() {
+            if msgs.len() == MESSAGES_PER_FRAME_MAX {
+                return Err(WireError::TooManyMessages);
+            }
+            let (msg, used) = bincode::serde::decode_from_slice::<Message, _>(body, config())
+                .map_err(|e| WireError::Malformed(e.to_string()))?;
+            msgs.push(msg);
+            body = &body[used..];
+        }
+        Ok(msgs)
+    })
 }
 
 /// Decodes a frame that must hold exactly one message (what [`encode`] makes).

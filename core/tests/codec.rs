@@ -115,6 +115,13 @@ fn is_canonical(msg: &Message) -> bool {
     wire::decode(&wire::encode(msg)).as_ref() == Ok(msg)
 }
 
+/// A frame's messages, after its version byte and its (empty) table of node ids: what frames
+/// of messages without node ids can be spliced from.
+fn messages_of(frame: &[u8]) -> &[u8] {
+    assert_eq!(frame[1], 0, "a frame without node ids");
+    &frame[2..]
+}
+
 fn leave_check(seq: u64) -> Message {
     Message::LeaveCheck { seq }
 }
@@ -354,9 +361,10 @@ fn every_collection_length_beyond_the_limit_is_refused_without_allocating_it() {
                 [vec![catch_up_page], len.clone()].concat(),
                 seq,
             ),
+            // `node`: the table's first id.
             (
                 "remove check reply nodes",
-                [vec![remove_check_reply, 1, b'n'], len.clone()].concat(),
+                [vec![remove_check_reply, 0], len.clone()].concat(),
                 seq,
             ),
             (
@@ -371,9 +379,20 @@ fn every_collection_length_beyond_the_limit_is_refused_without_allocating_it() {
                 string,
             ),
         ];
+        // A table of one node id, "n".
         for (name, body, max) in cases {
-            frames.push((name, [vec![WIRE_VERSION], body].concat(), max));
+            frames.push((name, [vec![WIRE_VERSION, 1, 1, b'n'], body].concat(), max));
         }
+        frames.push((
+            "the node id table",
+            [vec![WIRE_VERSION], len.clone()].concat(),
+            seq,
+        ));
+        frames.push((
+            "a node id of the table",
+            [vec![WIRE_VERSION, 1], len.clone()].concat(),
+            string,
+        ));
     }
     for (name, frame, max) in frames {
         let (decoded, largest) = largest_allocation(|| wire::decode_frame(&frame));
@@ -447,7 +466,9 @@ fn the_most_amplifying_frame_is_decoded_within_a_bounded_memory() {
         last: 0,
         latest: 0,
     };
-    let per_entry = wire::encode(&page(1)).len() - wire::encode(&page(0)).len();
+    // The first entry adds its coordinator to the frame's table of node ids; the others refer
+    // to it by index.
+    let per_entry = wire::encode(&page(2)).len() - wire::encode(&page(1)).len();
     assert_eq!(per_entry, 5);
     let frame = wire::encode(&page((FRAME_BYTES_MAX - 16) / per_entry));
     assert!(frame.len() <= FRAME_BYTES_MAX);
@@ -470,14 +491,14 @@ fn the_most_amplifying_frame_is_decoded_within_a_bounded_memory() {
 
 #[test]
 fn a_frame_over_the_message_limit_is_refused_whole() {
-    let mut frame = vec![WIRE_VERSION];
+    let mut frame = vec![WIRE_VERSION, 0];
     let one = wire::encode(&leave_check(7));
     for _ in 0..MESSAGES_PER_FRAME_MAX + 1 {
-        frame.extend(&one[1..]);
+        frame.extend(messages_of(&one));
     }
     assert_eq!(wire::decode_frame(&frame), Err(WireError::TooManyMessages));
     // One message fewer is fine.
-    let fine = frame.len() - (one.len() - 1);
+    let fine = frame.len() - messages_of(&one).len();
     assert_eq!(
         wire::decode_frame(&frame[..fine]).map(|m| m.len()),
         Ok(MESSAGES_PER_FRAME_MAX)
@@ -488,6 +509,15 @@ fn a_frame_over_the_message_limit_is_refused_whole() {
 fn a_frame_must_hold_a_message_of_this_version_and_decode_wants_exactly_one() {
     assert_eq!(wire::decode_frame(&[]), Err(WireError::Empty));
     assert_eq!(wire::decode_frame(&[WIRE_VERSION]), Err(WireError::Empty));
+    // A table of node ids and no message.
+    assert_eq!(
+        wire::decode_frame(&[WIRE_VERSION, 0]),
+        Err(WireError::Empty)
+    );
+    assert_eq!(
+        wire::decode_frame(&[WIRE_VERSION, 1, 1, b'n']),
+        Err(WireError::Empty)
+    );
     let mut old = wire::encode(&leave_check(1));
     old[0] = WIRE_VERSION - 1;
     assert_eq!(
@@ -495,7 +525,7 @@ fn a_frame_must_hold_a_message_of_this_version_and_decode_wants_exactly_one() {
         Err(WireError::Version(WIRE_VERSION - 1))
     );
     let mut two = wire::encode(&leave_check(1));
-    two.extend(&wire::encode(&leave_check(2))[1..]);
+    two.extend(messages_of(&wire::encode(&leave_check(2))));
     assert_eq!(wire::decode(&two), Err(WireError::Messages(2)));
     assert_eq!(
         wire::decode_frame(&two),
@@ -550,4 +580,82 @@ fn a_batch_starts_a_new_frame_at_its_bounds() {
         wire::decode_frame(&frames[1]).unwrap(),
         vec![leave_check(1)]
     );
+}
+
+// ------------------------------------------------------------------ the frame's node id table
+
+/// A libp2p-like node id (52 characters), as the real network's are.
+fn long_node(n: u8) -> NodeId {
+    NodeId::new(format!(
+        "12D3KooW{}",
+        char::from(b'a' + n).to_string().repeat(44)
+    ))
+}
+
+fn occurrences(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+/// A relay's answers name their nodes and the coordinator again and again: in the frame each
+/// id's text is there once, whatever the number of messages and occurrences.
+#[test]
+fn each_node_id_is_written_once_per_frame() {
+    let coordinator = long_node(0);
+    let answer = |node: &NodeId| Response::Ballot {
+        key: "k".into(),
+        ballot: Ballot::FAST,
+        proposal: Some(ProposalId {
+            coordinator: coordinator.clone(),
+            counter: 9,
+        }),
+        node: node.clone(),
+        digest: Digest(1),
+        answer: Answer::Accepted,
+    };
+    let members: Vec<NodeId> = (1..4).map(long_node).collect();
+    let reply = Message::RelayReply {
+        cluster: "c2".into(),
+        responses: members.iter().map(answer).collect(),
+    };
+    let mut batch = Batch::default();
+    for _ in 0..5 {
+        batch.push(&reply);
+    }
+    let frames = batch.into_frames();
+    assert_eq!(frames.len(), 1);
+    for id in members.iter().chain([&coordinator]) {
+        assert_eq!(occurrences(&frames[0], id.as_str().as_bytes()), 1, "{id}");
+    }
+    assert_eq!(wire::decode_frame(&frames[0]), Ok(vec![reply; 5]));
+}
+
+/// An index past the frame's table names no node: the frame is refused, nothing invented.
+#[test]
+fn a_node_id_index_past_the_table_is_refused() {
+    let removed = |node: NodeId| Message::Removed { node };
+    let frame = wire::encode(&removed(long_node(1)));
+    // The version, a table of one id (its length and text), then Removed and the index 0.
+    let index_at = frame.len() - 1;
+    assert_eq!(frame[index_at], 0);
+    let mut forged = frame.clone();
+    forged[index_at] = 1;
+    assert!(
+        matches!(wire::decode_frame(&forged), Err(WireError::Malformed(e)) if e.contains("table")),
+        "{:?}",
+        wire::decode_frame(&forged)
+    );
+    assert_eq!(wire::decode(&frame), Ok(removed(long_node(1))));
+}
+
+/// Records on disk keep node ids as text: the table is the frame's, and the database format
+/// does not depend on it.
+#[test]
+fn records_keep_node_ids_as_text() {
+    let id = long_node(2);
+    let as_text = wire::encode_record(&id.as_str().to_string()).expect("encodes");
+    assert_eq!(wire::encode_record(&id).expect("encodes"), as_text);
+    assert_eq!(wire::decode_record::<NodeId>(&as_text), Ok(id));
 }
