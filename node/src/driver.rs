@@ -26,12 +26,13 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, trace, warn};
 
 use crate::metrics::Metrics;
+use crate::outgoing::{DECISION_LINGER, Outgoing};
 use crate::peer_warnings::PeerWarnings;
 use crate::status::{PeerInfo, Status};
 use crate::storage::{DecisionReader, Durable, Loaded, PersistJob, Storage, StorageWorker};
 
 /// What the driver loop waits on, tried in turn: see [`Wake`].
-const WAKE_SOURCES: usize = 6;
+const WAKE_SOURCES: usize = 7;
 /// Peer frames or client calls already queued that one turn of the loop takes after the one
 /// that woke it, before it hands the core's outputs on. Under load this spreads the cost of a
 /// turn (its timers, its wake-ups, its flush of frames to each peer) over many inputs; the
@@ -47,6 +48,8 @@ enum Wake {
     Timer,
     LeaveTimer,
     WaitLog,
+    /// Decisions waiting for company must leave now.
+    Linger,
 }
 
 /// Client calls waiting for the driver; more are answered Overloaded at once.
@@ -297,6 +300,8 @@ pub struct Driver<T: Transport, E: TransportEvents = mpsc::Receiver<TransportEve
     repaired_keys: u64,
     /// Which warnings about peers' frames to log (one per peer and kind per interval).
     peer_warnings: PeerWarnings,
+    /// Messages on their way to the transport, packed per peer.
+    outgoing: Outgoing,
 }
 
 /// Driver bugs that sim-tests' node_sim must catch. Only [`Driver::with_bug`] (feature
@@ -334,6 +339,13 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
     #[cfg(feature = "bug-injection")]
     pub fn with_bug(parts: Parts<T, E>, bug: Option<DriverBug>) -> Result<(Driver<T, E>, Handle)> {
         Self::build(parts, bug)
+    }
+
+    /// The driver with decisions lingering `linger` instead of [`DECISION_LINGER`].
+    #[cfg(test)]
+    fn with_decision_linger(mut self, linger: Duration) -> Self {
+        self.outgoing = Outgoing::new(linger);
+        self
     }
 
     fn has_bug(&self, bug: DriverBug) -> bool {
@@ -417,6 +429,7 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
             storage_stalled: storage_stalled.clone(),
             repaired_keys: 0,
             peer_warnings: PeerWarnings::default(),
+            outgoing: Outgoing::new(DECISION_LINGER),
         };
         Ok((
             driver,
@@ -461,6 +474,7 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
                 .poll_timeout()
                 .map(|t| self.origin + Duration::from_micros(t.as_micros()));
             let leave_deadline = self.leave.as_ref().map(|(d, _)| *d);
+            let linger_deadline = self.outgoing.deadline();
             // Every source of work in turn, starting from a different one each time (round
             // robin): none can starve another, and the order is the same in every run (a
             // simulated run replays exactly, which tokio::select!'s random order would not).
@@ -472,6 +486,7 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
                 let mut durable = pin!(self.durable.changed());
                 let mut timer = pin!(sleep_until_opt(deadline));
                 let mut leave_timer = pin!(sleep_until_opt(leave_deadline));
+                let mut linger_timer = pin!(sleep_until_opt(linger_deadline));
                 let wait_log = &mut wait_log;
                 poll_fn(|cx| {
                     for i in 0..WAKE_SOURCES {
@@ -485,6 +500,7 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
                             3 => timer.as_mut().poll(cx).map(|()| Wake::Timer),
                             4 => leave_timer.as_mut().poll(cx).map(|()| Wake::LeaveTimer),
                             5 => wait_log.poll_tick(cx).map(|_| Wake::WaitLog),
+                            6 => linger_timer.as_mut().poll(cx).map(|()| Wake::Linger),
                             _ => Poll::Pending,
                         };
                         if ready.is_ready() {
@@ -543,12 +559,17 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
                     self.left = true;
                 }
                 Wake::WaitLog => self.log_cluster_size(),
+                // `drain` below sends what is due.
+                Wake::Linger => {}
             }
             self.drain();
             self.note_repairs();
             let serves = self.node.is_ready() && !self.node.is_removed();
             self.serves_reads.store(serves, Ordering::Relaxed);
         }
+        let transport = &self.transport;
+        self.outgoing
+            .flush_all(|to, frame| transport.send(to, frame));
         Ok(())
     }
 
@@ -737,15 +758,16 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
 
     /// Executes every output the core has. The messages for one peer leave together, packed
     /// into as few frames as the wire allows, in the order the core sent them (a peer handles
-    /// a frame's messages in order, as it would separate frames on one stream).
+    /// a frame's messages in order, as it would separate frames on one stream); decisions alone
+    /// may wait a little for company (`outgoing.rs`).
     fn drain(&mut self) {
-        let mut batches: BTreeMap<NodeId, wire::Batch> = BTreeMap::new();
+        let now = Instant::now();
         while let Some(out) = self.node.poll_output() {
             match out {
                 Output::Send { to, msg } => {
                     trace!(peer = %to, ?msg, "send");
                     self.metrics.inc(&self.metrics.messages_sent);
-                    batches.entry(to).or_default().push(&msg);
+                    self.outgoing.push(now, to, &msg);
                 }
                 Output::Persist {
                     write,
@@ -774,11 +796,9 @@ impl<T: Transport, E: TransportEvents> Driver<T, E> {
                 Output::Note(note) => self.on_note(note),
             }
         }
-        for (to, batch) in batches {
-            for frame in batch.into_frames() {
-                self.transport.send(&to, frame);
-            }
-        }
+        let transport = &self.transport;
+        self.outgoing
+            .flush(now, |to, frame| transport.send(to, frame));
     }
 
     fn on_note(&mut self, note: Note) {
@@ -944,15 +964,23 @@ mod tests {
 
     use super::*;
 
+    /// Every frame the in-memory network carried: sender, receiver, messages.
+    type SentLog = Arc<Mutex<Vec<(NodeId, NodeId, Vec<wire::Message>)>>>;
+
     /// An in-memory network: the same driver, another transport.
     #[derive(Clone)]
     struct MemTransport {
         me: NodeId,
         peers: Arc<Mutex<HashMap<NodeId, mpsc::Sender<TransportEvent>>>>,
+        sent: SentLog,
     }
 
     impl Transport for MemTransport {
         fn send(&self, to: &NodeId, frame: Vec<u8>) {
+            if let Ok(msgs) = wire::decode_frame(&frame) {
+                let log = (self.me.clone(), to.clone(), msgs);
+                self.sent.lock().unwrap().push(log);
+            }
             if let Some(tx) = self.peers.lock().unwrap().get(to) {
                 let _ = tx.try_send(TransportEvent::Message {
                     from: self.me.clone(),
@@ -986,11 +1014,21 @@ mod tests {
         .unwrap()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn three_drivers_over_an_in_memory_transport() {
+    /// Three founders of one cluster over the in-memory network, each knowing the others.
+    struct Three {
+        dirs: Vec<tempfile::TempDir>,
+        ids: Vec<NodeId>,
+        peers: Arc<Mutex<HashMap<NodeId, mpsc::Sender<TransportEvent>>>>,
+        sent: SentLog,
+        handles: Vec<Handle>,
+        tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+    }
+
+    async fn start_three(linger: Duration) -> Three {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let ids: Vec<NodeId> = (0..3).map(|i| NodeId::new(format!("n{i}"))).collect();
         let peers = Arc::new(Mutex::new(HashMap::new()));
+        let sent = SentLog::default();
         let mut handles = Vec::new();
         let mut tasks = Vec::new();
         for (i, id) in ids.iter().enumerate() {
@@ -1010,10 +1048,11 @@ mod tests {
             let transport = MemTransport {
                 me: id.clone(),
                 peers: peers.clone(),
+                sent: sent.clone(),
             };
             let metrics = Arc::new(Metrics::default());
             let (driver, handle) = founder(dirs[i].path(), id, transport, rx, metrics);
-            tasks.push(tokio::spawn(driver.run()));
+            tasks.push(tokio::spawn(driver.with_decision_linger(linger).run()));
             handles.push(handle);
         }
         // Discovery events and calls travel on different channels: wait for the view.
@@ -1022,13 +1061,90 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        let put = |v: &str| Command::Put {
+        Three {
+            dirs,
+            ids,
+            peers,
+            sent,
+            handles,
+            tasks,
+        }
+    }
+
+    fn put(value: &str) -> Command {
+        Command::Put {
             key: Key::new("k"),
-            value: Value::from(v),
+            value: Value::from(value),
             request: None,
+        }
+    }
+
+    /// Whether `from` sent `to` a Decide.
+    fn decide_sent(sent: &SentLog, from: &NodeId, to: &NodeId) -> bool {
+        let is_decide = |m: &wire::Message| {
+            matches!(
+                m,
+                wire::Message::Request(replicator_core::Request::Decide { .. })
+            )
         };
+        (sent.lock().unwrap().iter())
+            .any(|(f, t, msgs)| f == from && t == to && msgs.iter().any(is_decide))
+    }
+
+    /// A decision alone waits for company (`outgoing.rs`), and leaves on its own once the
+    /// linger is over: the driver wakes for it. (Nothing else to these peers would take it
+    /// along before their next catch-up, 1 to 1.25 s after the one each makes at its start.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_decision_waits_for_the_linger_then_leaves_on_its_own() {
+        let linger = Duration::from_millis(200);
+        let Three {
+            ids,
+            sent,
+            handles,
+            dirs: _dirs,
+            ..
+        } = start_three(linger).await;
+        // Past the catch-ups of the start.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let reply = handles[0].call(put("one")).await.unwrap();
         assert_eq!(reply, Reply::Put(PutOutcome::Stored));
+        let decided = Instant::now();
+        while !(decide_sent(&sent, &ids[0], &ids[1]) && decide_sent(&sent, &ids[0], &ids[2])) {
+            assert!(decided.elapsed() < linger * 2, "no Decide sent");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let waited = decided.elapsed();
+        assert!(
+            waited >= linger * 2 / 3,
+            "the Decide left after {waited:?}, before its linger of {linger:?}"
+        );
+        assert!(
+            waited < linger * 2,
+            "the Decide left after {waited:?}, long after its linger of {linger:?}"
+        );
+        for h in &handles {
+            h.stop().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_drivers_over_an_in_memory_transport() {
+        let Three {
+            dirs,
+            ids,
+            peers,
+            sent,
+            handles,
+            tasks,
+        } = start_three(DECISION_LINGER).await;
+        let reply = handles[0].call(put("one")).await.unwrap();
+        assert_eq!(reply, Reply::Put(PutOutcome::Stored));
+        // The decision reaches the others (within the linger: nothing else follows it).
+        let decided = Instant::now();
+        while !(decide_sent(&sent, &ids[0], &ids[1]) && decide_sent(&sent, &ids[0], &ids[2])) {
+            assert!(decided.elapsed() < Duration::from_secs(5), "no Decide sent");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let reply = handles[2].call(put("two")).await.unwrap();
         assert_eq!(
             reply,
@@ -1093,6 +1209,7 @@ mod tests {
         let transport = MemTransport {
             me: id.clone(),
             peers: Arc::new(Mutex::new(HashMap::new())),
+            sent: SentLog::default(),
         };
         let (driver, handle) = founder(dir.path(), &id, transport, rx, metrics.clone());
         let task = tokio::spawn(driver.run());

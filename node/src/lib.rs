@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod driver;
 pub mod http;
 pub mod metrics;
+pub mod outgoing;
 pub mod peer_warnings;
 pub mod simdisk;
 pub mod status;
