@@ -1057,7 +1057,9 @@ mod tests {
         }
         // Discovery events and calls travel on different channels: wait for the view.
         for h in &handles {
+            let started = Instant::now();
             while h.status().await.unwrap().membership.len() < 3 {
+                assert!(started.elapsed() < Duration::from_secs(10), "no view of 3");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
