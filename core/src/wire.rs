@@ -1,15 +1,15 @@
 //! The wire format: every message nodes exchange, and its one encoding.
 //!
 //! A frame is one version byte, the frame's table of node ids (a bincode sequence of their
-//! texts, see [`node_ids`]), then the bincode (2.0.1, standard config) encodings of one or
-//! more [`Message`]s, back to back, to be handled in that order; inside the messages a node id
-//! is its index in the table: a [`Batch`] packs what
-//! one driver turn sends to one peer (many votes and decisions under load) into few frames, so
-//! a frame's fixed cost (allocation, queueing, wake-ups, a read) is paid per batch, not per
-//! message. Decoding is bounded: bincode refuses any length prefix that would read or
-//! allocate past [`FRAME_BYTES_MAX`], a frame holds at most [`MESSAGES_PER_FRAME_MAX`]
-//! messages, and nothing here panics on any input. Semantic limits (key and value sizes, list lengths) are checked by the node
-//! against its [`Config`](crate::Config) when the message is handled.
+//! texts; inside the messages a node id is its index in it, see `wire/node_ids.rs`), then the bincode
+//! (2.0.1, standard config) encodings of one or more [`Message`]s, back to back, to be handled
+//! in that order. A [`Batch`] packs what one driver turn sends to one peer (many votes and
+//! decisions under load) into few frames, so a frame's fixed cost (allocation, queueing,
+//! wake-ups, a read) is paid per batch, not per message. Decoding is bounded: bincode refuses
+//! any length prefix that would read or allocate past [`FRAME_BYTES_MAX`], a frame holds at
+//! most [`MESSAGES_PER_FRAME_MAX`] messages, and nothing here panics on any input. Semantic
+//! limits (key and value sizes, list lengths) are checked by the node against its
+//! [`Config`](crate::Config) when the message is handled.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
