@@ -11,16 +11,23 @@
 //! ```text
 //! len: u32 LE | crc: u32 LE (CRC-32 of the payload) | payload: len bytes (bincode Vec<WriteOp>)
 //! ```
-//! A checkpoint empties the file once the database holds every record: it leaves only a header
-//! that names the checkpoint the records after it follow,
+//! The file starts with a header that names the checkpoint the records follow and where they
+//! start:
 //! ```text
-//! magic: b"RPLG" | generation: u64 LE | crc: u32 LE (CRC-32 of magic and generation)
+//! magic: b"RPLS" | generation: u64 LE | start: u64 LE | crc: u32 LE (CRC-32 of the 20 bytes before)
 //! ```
 //! so that a database that lost its last checkpoint (redb's repair falls back to the previous
 //! commit when the newest one is damaged; a file restored from an older copy) is told from one
-//! that holds everything (see `storage.rs`, [`crate::storage::Storage::open`]). The magic read
-//! as a record length is far beyond [`RECORD_BYTES_MAX`], so a log written before the header
-//! existed (records from byte 0) is told apart: it has no generation.
+//! that holds everything (see `storage.rs`, [`crate::storage::Storage::open`]). A checkpoint runs
+//! beside the appends (`storage/checkpoint.rs`): once the database holds the records before
+//! some offset, [`Log::advance`] rewrites the header in place to start after them, and the
+//! records appended meanwhile stay where they are. Once the file has grown past
+//! [`LOG_FILE_BYTES_MAX`], a checkpoint of everything empties it ([`Log::clear`]).
+//!
+//! Logs written before checkpoints ran beside the appends have an older header, `b"RPLG"`,
+//! generation and checksum (16 bytes, records right after it), and the oldest none at all
+//! (records from byte 0): both are read. A magic read as a record length is far beyond
+//! [`RECORD_BYTES_MAX`], so a log without a header is told apart.
 //!
 //! # Reading it back
 //! [`Log::open`] reads records from the start until the file ends or a record is incomplete or
@@ -39,10 +46,25 @@ use crate::crc::crc32;
 
 const HEADER_BYTES: u64 = 8;
 
-/// The first bytes of a log that starts with a generation header.
-const MAGIC: [u8; 4] = *b"RPLG";
+/// The first bytes of a log whose header names where its records start.
+const MAGIC: [u8; 4] = *b"RPLS";
+/// Magic, generation, start, checksum.
+const LOG_HEADER_BYTES: u64 = 24;
+/// The first bytes of an older log's header: generation only, records right after it.
+const MAGIC_GENERATION_ONLY: [u8; 4] = *b"RPLG";
 /// Magic, generation, checksum.
-const LOG_HEADER_BYTES: u64 = 16;
+const GENERATION_ONLY_HEADER_BYTES: u64 = 16;
+
+/// Once the file is this long, the next checkpoint takes everything and empties it, instead of
+/// running beside the appends (which only moves the header's start): bounds the file.
+#[cfg(not(any(test, madsim)))]
+pub const LOG_FILE_BYTES_MAX: u64 = 32 * 1024 * 1024;
+/// Shorter for the unit tests that fill it.
+#[cfg(all(test, not(madsim)))]
+pub const LOG_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Under simulation, eight checkpoints' worth (see `storage/checkpoint.rs`).
+#[cfg(madsim)]
+pub const LOG_FILE_BYTES_MAX: u64 = 128 * 1024;
 
 /// A record no longer than this is read; a longer length is damage (the core never writes
 /// a job that large: its pages and lists are bounded well below it).
@@ -69,10 +91,13 @@ pub enum LogError {
 
 pub struct Log {
     file: Box<dyn StorageBackend>,
-    /// Where the records start: after the header, or at 0 in a log without one.
+    /// Where the records start: after the header (or further, once a checkpoint took the
+    /// records before), or at 0 in a log without one.
     start: u64,
     /// Where the next record goes: the end of the records read or appended so far.
     end: u64,
+    /// The length of the header the file starts with (0: none).
+    header_bytes: u64,
 }
 
 /// What [`Log::open`] found.
@@ -91,13 +116,18 @@ impl Log {
     /// Reads the log back (see the module doc) and positions it after its last whole record.
     pub fn open(file: Box<dyn StorageBackend>) -> Result<Opened, LogError> {
         let len = file.len()?;
-        let generation = read_header(file.as_ref(), len)?;
-        let start = if generation.is_some() {
-            LOG_HEADER_BYTES
-        } else {
-            0
+        let (generation, start, header_bytes) = match read_header(file.as_ref(), len)? {
+            Some(Header {
+                generation,
+                start,
+                bytes,
+            }) => (Some(generation), start, bytes),
+            None => (None, 0, 0),
         };
         let mut ops = Vec::new();
+        // A start past the end: a clear cut the records off and a crash came before it wrote
+        // its header (see `clear`). No records; appends go where the header says they start.
+        let len = len.max(start);
         let mut at = start;
         while let Some(record) = read_record(file.as_ref(), at, len)? {
             let payload = match record {
@@ -127,6 +157,7 @@ impl Log {
                 file,
                 start,
                 end: at,
+                header_bytes,
             },
             ops,
             torn_bytes: len - at,
@@ -137,6 +168,11 @@ impl Log {
     /// Bytes of records in the log.
     pub fn len(&self) -> u64 {
         self.end - self.start
+    }
+
+    /// Where the next record goes: the file's length, records before `start` included.
+    pub fn end(&self) -> u64 {
+        self.end
     }
 
     pub fn is_empty(&self) -> bool {
@@ -165,57 +201,109 @@ impl Log {
     /// Empties the log (the database holds everything in it now, as of checkpoint
     /// `generation`) and makes that durable.
     ///
-    /// A crash may keep any part of it. With a header already there, records start at the same
-    /// place whatever the header says: either the old header with its records cut off, or the
-    /// new header with whole old records behind it (the database holds them: replaying them
-    /// changes nothing). A log without a header is emptied and synced before the header is
-    /// written, so a crash in between leaves an empty log (see `storage.rs` on logs without a
-    /// generation).
+    /// The records are cut off first, durably, with the old header left as it was; then the
+    /// new header is written. A crash in between leaves the old header with no records behind
+    /// it (its start is at or past the end: [`Log::open`] reads that as empty), a crash after
+    /// it the new one: never a header with records that are not its own.
     pub fn clear(&mut self, generation: u64) -> Result<(), LogError> {
-        if self.start == 0 {
-            self.file.set_len(0)?;
-            self.file.sync_data()?;
-        }
-        self.file.set_len(LOG_HEADER_BYTES)?;
-        self.file.write(0, &header(generation))?;
+        let old_header = if self.start == 0 {
+            0
+        } else {
+            self.header_bytes
+        };
+        self.file.set_len(old_header)?;
+        self.file.sync_data()?;
+        self.file.write(0, &header(generation, LOG_HEADER_BYTES))?;
         self.file.sync_data()?;
         self.start = LOG_HEADER_BYTES;
         self.end = LOG_HEADER_BYTES;
+        self.header_bytes = LOG_HEADER_BYTES;
+        Ok(())
+    }
+
+    /// The database holds every record before `start` now, as of checkpoint `generation`:
+    /// the header says the records start there (rewritten in place, synced), and the records
+    /// from `start` on stay where they are. A crash keeps the old header or the new one; with
+    /// the old one the records from its start are replayed, which changes nothing (see
+    /// `storage.rs`).
+    ///
+    /// `start` must be the end of a record, at or after the end of the new header (which must
+    /// not overwrite a record still needed) and not before the current start; the caller's
+    /// checkpoints take at least [`crate::storage`]'s threshold of bytes, far more than a
+    /// header.
+    pub fn advance(&mut self, generation: u64, start: u64) -> Result<(), LogError> {
+        if start < LOG_HEADER_BYTES || start < self.start || start > self.end {
+            return Err(LogError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the log's records cannot start at byte {start} (they start at {}, end at {}, and the header takes {LOG_HEADER_BYTES})",
+                    self.start, self.end
+                ),
+            )));
+        }
+        self.file.write(0, &header(generation, start))?;
+        self.file.sync_data()?;
+        self.start = start;
+        self.header_bytes = LOG_HEADER_BYTES;
         Ok(())
     }
 }
 
-fn header(generation: u64) -> [u8; LOG_HEADER_BYTES as usize] {
+/// What a log's header says.
+struct Header {
+    generation: u64,
+    /// Where the records start.
+    start: u64,
+    /// How long the header is.
+    bytes: u64,
+}
+
+fn header(generation: u64, start: u64) -> [u8; LOG_HEADER_BYTES as usize] {
     let mut bytes = [0u8; LOG_HEADER_BYTES as usize];
     bytes[..4].copy_from_slice(&MAGIC);
     bytes[4..12].copy_from_slice(&generation.to_le_bytes());
-    let sum = crc32(&[&bytes[..12]]);
-    bytes[12..].copy_from_slice(&sum.to_le_bytes());
+    bytes[12..20].copy_from_slice(&start.to_le_bytes());
+    let sum = crc32(&[&bytes[..20]]);
+    bytes[20..].copy_from_slice(&sum.to_le_bytes());
     bytes
 }
 
-/// The generation in the log's header, `None` if the log does not start with one.
-fn read_header(file: &dyn StorageBackend, len: u64) -> Result<Option<u64>, LogError> {
+/// The log's header (either kind), `None` if the log does not start with one.
+fn read_header(file: &dyn StorageBackend, len: u64) -> Result<Option<Header>, LogError> {
     if len < MAGIC.len() as u64 {
         return Ok(None);
     }
     let mut magic = [0u8; 4];
     file.read(0, &mut magic)?;
-    if magic != MAGIC {
-        return Ok(None);
-    }
-    if len < LOG_HEADER_BYTES {
+    let size = match magic {
+        MAGIC => LOG_HEADER_BYTES,
+        MAGIC_GENERATION_ONLY => GENERATION_ONLY_HEADER_BYTES,
+        _ => return Ok(None),
+    };
+    if len < size {
         return Err(LogError::DamagedHeader);
     }
-    let mut bytes = [0u8; LOG_HEADER_BYTES as usize];
+    let mut bytes = vec![0u8; size as usize];
     file.read(0, &mut bytes)?;
-    let sum = u32::from_le_bytes(bytes[12..].try_into().expect("4 bytes"));
-    if crc32(&[&bytes[..12]]) != sum {
+    let (covered, sum) = bytes.split_at(size as usize - 4);
+    let sum = u32::from_le_bytes(sum.try_into().expect("4 bytes"));
+    if crc32(&[covered]) != sum {
         return Err(LogError::DamagedHeader);
     }
-    Ok(Some(u64::from_le_bytes(
-        bytes[4..12].try_into().expect("8 bytes"),
-    )))
+    let generation = u64::from_le_bytes(covered[4..12].try_into().expect("8 bytes"));
+    let start = if magic == MAGIC {
+        u64::from_le_bytes(covered[12..20].try_into().expect("8 bytes"))
+    } else {
+        GENERATION_ONLY_HEADER_BYTES
+    };
+    if start < size {
+        return Err(LogError::DamagedHeader);
+    }
+    Ok(Some(Header {
+        generation,
+        start,
+        bytes: size,
+    }))
 }
 
 enum Record {
@@ -371,6 +459,117 @@ mod tests {
         disk.crash();
         let opened = open(&disk);
         assert_eq!((opened.generation, opened.ops), (Some(8), vec![op(3)]));
+    }
+
+    /// Once the database holds the records before an offset, the header starts after them:
+    /// they are not read again, the ones behind stay. Until the new header is synced, a crash
+    /// keeps the old one, with every record.
+    #[test]
+    fn advance_starts_the_log_after_what_the_database_took() {
+        let disk = disk();
+        let mut log = open(&disk).log;
+        log.clear(1).unwrap();
+        log.append([&[op(1)][..]]).unwrap();
+        let taken = log.end();
+        log.append([&[op(2)][..]]).unwrap();
+        disk.complete_sync();
+        log.advance(2, taken).unwrap();
+        let opened = open(&disk);
+        assert_eq!((opened.generation, opened.ops), (Some(2), vec![op(2)]));
+        assert_eq!(opened.log.end(), log.end());
+
+        let mut log = opened.log;
+        log.append([&[op(3)][..]]).unwrap();
+        let taken = log.end();
+        log.append([&[op(4)][..]]).unwrap();
+        disk.complete_sync();
+        let file = disk.log_backend();
+        file.write(0, &header(3, taken)).unwrap();
+        disk.crash();
+        let opened = open(&disk);
+        assert_eq!(
+            (opened.generation, opened.ops),
+            (Some(2), vec![op(2), op(3), op(4)]),
+            "the unsynced header is lost with the crash"
+        );
+    }
+
+    /// A header may only move to the end of a record, forward, past its own bytes.
+    #[test]
+    fn advance_refuses_a_start_that_is_not_the_end_of_what_was_taken() {
+        let disk = disk();
+        let mut log = open(&disk).log;
+        log.append([&[op(1)][..]]).unwrap();
+        assert!(
+            log.advance(1, LOG_HEADER_BYTES - 1).is_err(),
+            "under the header"
+        );
+        assert!(log.advance(1, log.end() + 1).is_err(), "past the end");
+        log.clear(1).unwrap();
+        log.append([&[op(2)][..]]).unwrap();
+        let end = log.end();
+        log.advance(2, end).unwrap();
+        assert!(log.advance(3, LOG_HEADER_BYTES).is_err(), "backwards");
+        assert_eq!(open(&disk).generation, Some(2));
+    }
+
+    /// A clear cuts the records off (synced) before it writes its header: a crash in between
+    /// leaves the old header with its start past the end, an empty log that takes appends.
+    #[test]
+    fn a_clear_cut_short_leaves_an_empty_log() {
+        let disk = disk();
+        let mut log = open(&disk).log;
+        log.clear(1).unwrap();
+        log.append([&[op(1)][..]]).unwrap();
+        let taken = log.end();
+        log.append([&[op(2)][..]]).unwrap();
+        log.advance(2, taken).unwrap();
+        disk.complete_sync();
+        disk.log_backend().set_len(LOG_HEADER_BYTES).unwrap();
+        disk.complete_sync();
+        let opened = open(&disk);
+        assert_eq!(
+            (opened.generation, opened.ops.len(), opened.torn_bytes),
+            (Some(2), 0, 0)
+        );
+        let mut log = opened.log;
+        log.append([&[op(3)][..]]).unwrap();
+        assert_eq!(open(&disk).ops, vec![op(3)]);
+    }
+
+    /// A log with the older header (generation only, records right after it) reads back, and
+    /// moves to the newer header when the database takes its first records.
+    #[test]
+    fn a_log_with_the_older_header_is_read() {
+        let disk = disk();
+        let mut log = open(&disk).log;
+        log.append([&[op(1)][..]]).unwrap();
+        log.append([&[op(2)][..]]).unwrap();
+        let records = {
+            let file = disk.log_backend();
+            let mut bytes = vec![0u8; file.len().unwrap() as usize];
+            file.read(0, &mut bytes).unwrap();
+            bytes
+        };
+        let mut older = MAGIC_GENERATION_ONLY.to_vec();
+        older.extend_from_slice(&5u64.to_le_bytes());
+        let sum = crc32(&[&older]);
+        older.extend_from_slice(&sum.to_le_bytes());
+        older.extend_from_slice(&records);
+        let file = disk.log_backend();
+        file.set_len(0).unwrap();
+        file.write(0, &older).unwrap();
+        let opened = open(&disk);
+        assert_eq!(
+            (opened.generation, opened.ops),
+            (Some(5), vec![op(1), op(2)])
+        );
+        let mut log = opened.log;
+        let end = log.end();
+        log.append([&[op(3)][..]]).unwrap();
+        log.advance(6, end).unwrap();
+        let opened = open(&disk);
+        assert_eq!((opened.generation, opened.ops), (Some(6), vec![op(3)]));
     }
 
     /// A header that fails its checksum is damage: the log is refused, not read as one

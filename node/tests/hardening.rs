@@ -638,11 +638,16 @@ fn write_ahead_log_torn_tail_is_dropped_and_damage_refused() {
     std::thread::sleep(Duration::from_millis(100));
     kill9(&mut a);
 
-    // Damage inside the first record, good records after it (the first 16 bytes are the
-    // log's header: the checkpoint its records follow).
+    // Damage inside the first record, good records after it (the first 24 bytes are the
+    // log's header: the checkpoint its records follow, and where they start).
     let logged = std::fs::read(&wal).unwrap();
     assert!(logged.len() > 1000, "the log holds the later writes");
-    assert_eq!(&logged[..4], b"RPLG", "the log starts with its header");
+    assert_eq!(&logged[..4], b"RPLS", "the log starts with its header");
+    assert_eq!(
+        u64::from_le_bytes(logged[12..20].try_into().unwrap()),
+        24,
+        "its records start right after it"
+    );
     let refused_with = |at: usize| {
         let mut damaged = logged.clone();
         damaged[at] ^= 0x10;
@@ -664,10 +669,87 @@ fn write_ahead_log_torn_tail_is_dropped_and_damage_refused() {
         assert!(log.contains(wal.to_str().unwrap()), "{log}");
         log
     };
-    let log = refused_with(16 + 9);
+    let log = refused_with(24 + 9);
     assert!(log.contains("write-ahead log is damaged"), "{log}");
     let log = refused_with(6);
     assert!(log.contains("header"), "{log}");
+}
+
+/// Where the records of the write-ahead log at `wal` start, from its header (0 if it has
+/// none readable yet).
+fn log_records_start(wal: &Path) -> u64 {
+    let bytes = std::fs::read(wal).unwrap_or_default();
+    if bytes.len() < 20 || &bytes[..4] != b"RPLS" {
+        return 0;
+    }
+    u64::from_le_bytes(bytes[12..20].try_into().unwrap())
+}
+
+/// Past 1 MiB of log a checkpoint runs on a thread beside the group commits, and when it is
+/// done the log's header moves past what the database took. A node killed with -9 while
+/// writes go on and checkpoints run restarts with every write it acknowledged.
+#[test]
+fn a_kill_while_checkpoints_run_beside_the_appends_loses_no_acknowledged_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let mut a = start("c0", &dir, None, &["--cluster-size-min", "1"]);
+    let wal = dir.join("replicator.wal");
+    let value = "v".repeat(2000);
+    let acknowledged = std::sync::Mutex::new(Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let http_addr = a.http.clone();
+    std::thread::scope(|writers| {
+        for w in 0..4 {
+            let (acknowledged, value, http_addr) = (&acknowledged, &value, &http_addr);
+            writers.spawn(move || {
+                for i in 0.. {
+                    let key = format!("w{w}-{i}");
+                    let r = http(
+                        "PUT",
+                        http_addr,
+                        &format!("/store/{key}"),
+                        value.as_bytes(),
+                        &[],
+                    );
+                    if r.status != 201 || Instant::now() > deadline {
+                        break;
+                    }
+                    acknowledged.lock().unwrap().push(key);
+                }
+            });
+        }
+        // Two checkpoints beside the appends done, then a kill while the writes go on.
+        let mut moves = 0;
+        let mut last = 0;
+        while moves < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint moved the log's header"
+            );
+            let start = log_records_start(&wal);
+            if start > 24 && start != last {
+                moves += 1;
+                last = start;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        kill9(&mut a);
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(acknowledged.len() > 500, "{} writes", acknowledged.len());
+    let a = start("c0", &dir, None, &["--cluster-size-min", "1"]);
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|k| get(&a, k).text() != value)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        acknowledged.len(),
+        lost.first()
+    );
 }
 
 /// The `error: ...` line a node that refuses to start prints last.

@@ -1,8 +1,10 @@
 //! Durable state: a redb database with a write-ahead log in front of it (`wal.rs`). The core's
 //! [`WriteOp`]s are applied in order; a group of `Persist` outputs is durable once its records
 //! are appended to the log and the log is fsynced; the database takes the logged writes in bulk
-//! at a checkpoint (one transaction once the log holds [`CHECKPOINT_LOG_BYTES`], at a clean
-//! stop, and when the node starts), then the log is emptied.
+//! at a checkpoint: one transaction once the log holds [`CHECKPOINT_LOG_BYTES`], on a thread of
+//! its own while group commits go on (then the log's header moves past what it took), and in
+//! line when the node starts, at a clean stop and once the log's file is long (then the log is
+//! emptied). See `checkpoint.rs`.
 //!
 //! Why redb: a single-file, pure-Rust, copy-on-write B-tree with real ACID transactions, a
 //! commit that fsyncs before it returns, and page checksums. Why the log in front: a redb
@@ -118,4 +120,6 @@ pub struct Storage {
     /// The checkpoint the log's records follow (`None`: a log without a header, new or written
     /// before headers existed, follows checkpoint 0); the next checkpoint is one more.
     log_generation: Option<u64>,
+    /// The checkpoint running beside the appends, if one is.
+    checkpointing: Option<checkpoint::Checkpointing>,
 }

@@ -76,6 +76,7 @@ impl Storage {
             unapplied: opened.ops,
             torn_at_open: opened.torn_bytes,
             log_generation: opened.generation,
+            checkpointing: None,
         })
     }
 
@@ -100,12 +101,16 @@ impl Storage {
                 )));
             }
             (Some(FORMAT_VERSION), _) => {}
-            (Some(FORMAT_UPGRADABLE), _) => {
-                let moved = upgrade::from_format_5(&txn)?;
+            (Some(v), _) if (FORMAT_UPGRADABLE..FORMAT_VERSION).contains(&v) => {
+                let moved = if v == 5 {
+                    upgrade::from_format_5(&txn)?
+                } else {
+                    0
+                };
                 txn.open_table(META)?.insert(META_FORMAT, FORMAT_VERSION)?;
                 info!(
                     records = moved,
-                    "upgraded the database from format {FORMAT_UPGRADABLE} to {FORMAT_VERSION}: records by the core's order of keys, the open ones listed"
+                    "upgraded the database from format {v} to {FORMAT_VERSION} (format 6: records by the core's order of keys, the open ones listed; 7: the write-ahead log's header names where its records start)"
                 );
             }
             (Some(v), _) if v < FORMAT_VERSION => {
@@ -191,6 +196,8 @@ impl Storage {
         // Every handle on the database goes first (its file lock): the reads' one too. A read
         // that holds one for a moment makes the open fail, and the caller retries.
         self.reads.detach();
+        // Only while opening: no checkpoint runs beside the appends yet.
+        debug_assert!(self.checkpointing.is_none());
         let Storage {
             db,
             path,
@@ -201,6 +208,7 @@ impl Storage {
             unapplied,
             torn_at_open,
             log_generation,
+            checkpointing: _,
         } = self;
         drop(db);
         let db = Arc::new(open_database(&path, disk.as_ref(), cache_bytes)?);
@@ -215,6 +223,7 @@ impl Storage {
             unapplied,
             torn_at_open,
             log_generation,
+            checkpointing: None,
         })
     }
 

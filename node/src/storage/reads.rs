@@ -83,9 +83,12 @@ impl ReadSide {
         }
     }
 
-    /// The database committed everything logged so far (a checkpoint).
-    pub(super) fn checkpointed(&self) {
-        *self.logged.write().unwrap_or_else(|p| p.into_inner()) = Logged::default();
+    /// The database committed what a checkpoint took: of the log's writes, only
+    /// `still_logged` (appended since it started) are not in the database.
+    pub(super) fn checkpointed(&self, still_logged: &[WriteOp]) {
+        let mut logged = Logged::default();
+        logged.add(still_logged);
+        *self.logged.write().unwrap_or_else(|p| p.into_inner()) = logged;
     }
 
     fn database(&self) -> Result<Arc<Database>, Unreadable> {

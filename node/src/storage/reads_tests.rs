@@ -3,7 +3,7 @@
 
 use replicator_core::{DecidedKeys, DurableKey, Key, PageLimit};
 
-use super::tests::{job, net, proposal, sim_disk, stored};
+use super::tests::{fill_log, job, net, proposal, sim_disk, stored};
 use super::*;
 use crate::metrics::DamageCounters;
 
@@ -54,6 +54,38 @@ fn a_decision_is_read_from_the_log_then_from_the_database() {
     let (keys, done) = reader.decisions_from(None, TEN).unwrap();
     assert!(done);
     assert_eq!(keys.len(), 2);
+}
+
+/// While a checkpoint runs beside the appends, and after it, every decision is read: the ones
+/// it took from the database once it is done, the ones logged meanwhile from the log.
+#[test]
+fn decisions_are_read_while_a_checkpoint_runs_and_after() {
+    let disk = sim_disk();
+    let mut s = Storage::open_sim(&disk, Some(&Recovered::founder(net()))).unwrap();
+    let reader = s.decision_reader(Default::default());
+    let mut write = 0;
+    let taken = fill_log(&mut s, &disk, "k", &mut write);
+    let first = taken.first().unwrap().clone();
+    write += 1;
+    s.commit_group(&[job(write, vec![stored("during", write)])])
+        .unwrap();
+    assert!(s.checkpointing.is_some(), "a checkpoint runs");
+    assert_eq!(decided(&reader, &first), Some(1));
+    assert_eq!(decided(&reader, "during"), Some(write));
+    s.finish_checkpoint(true).unwrap();
+    assert_eq!(decided(&reader, &first), Some(1), "from the database");
+    assert_eq!(
+        decided(&reader, "during"),
+        Some(write),
+        "still from the log"
+    );
+    let last = reader
+        .decisions_after(write - 1, TEN)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.seq)
+        .collect::<Vec<_>>();
+    assert_eq!(last, [write], "in decision order too");
 }
 
 /// A restart loads the open records, the counters and the membership; decisions stay on disk

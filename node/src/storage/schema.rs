@@ -56,7 +56,11 @@ pub(super) const META_LAST_DECISION: &str = "last_decision";
 /// (`open_records`) and decisions by number (`decision_order`, `meta.last_decision`), so that
 /// a node loads only what is in flight and reads decisions when it needs them. A format 5
 /// database is upgraded in place when it is opened (`upgrade.rs`).
-pub const FORMAT_VERSION: u64 = 6;
+/// 7: the write-ahead log's header names where its records start (`wal.rs`: checkpoints run
+/// beside the appends and move it); a replicator that reads format 6 would read such a log as
+/// one without a header and drop its records, so it must refuse the database. A format 5 or 6
+/// database is upgraded in place (format 6's tables are unchanged).
+pub const FORMAT_VERSION: u64 = 7;
 
 /// The oldest format this node upgrades in place.
 pub(super) const FORMAT_UPGRADABLE: u64 = 5;

@@ -4,6 +4,7 @@ use super::checkpoint::*;
 use super::commit_loop::*;
 use super::open::*;
 use super::*;
+use crate::wal::LOG_FILE_BYTES_MAX;
 use replicator_core::{
     Ballot, DurableKey, Key, Proposal, ProposalId, RequestId, RequestOutcome, RequestRecord, Value,
 };
@@ -191,61 +192,155 @@ fn a_logged_group_survives_a_crash_and_an_unsynced_one_is_lost() {
     assert_eq!(keys_after_restart(&disk), ["a", "b"]);
 }
 
-/// Past `CHECKPOINT_LOG_BYTES` the database takes the logged writes and the log empties;
-/// a crash between the two (database durable, log not yet emptied) replays writes the
-/// database holds already, to the same state.
+/// Commits groups of one stored key (and a filler) until the log holds
+/// `CHECKPOINT_LOG_BYTES`; returns the keys, named `{prefix}{n}`.
+pub(super) fn fill_log(
+    s: &mut Storage,
+    disk: &SimDisk,
+    prefix: &str,
+    write: &mut u64,
+) -> Vec<String> {
+    let mut keys = Vec::new();
+    while s.log.len() < CHECKPOINT_LOG_BYTES {
+        *write += 1;
+        let key = format!("{prefix}{write:06}");
+        let filler = WriteOp::CaughtUp {
+            peer: NodeId::new("n".repeat(400)),
+            seq: *write,
+        };
+        s.commit_group(&[job(*write, vec![stored(&key, *write), filler])])
+            .unwrap();
+        disk.complete_sync();
+        keys.push(key);
+    }
+    keys
+}
+
+/// Past `CHECKPOINT_LOG_BYTES` the next group commit starts a checkpoint beside the appends:
+/// groups go on being logged while it runs; once it is done the log's header starts after
+/// what it took, with the groups logged meanwhile still there; a restart finds everything.
 #[test]
-fn checkpoints_bound_the_log_and_a_replay_after_one_changes_nothing() {
+fn a_checkpoint_runs_beside_the_appends_then_the_log_starts_after_it() {
+    let disk = sim_disk();
+    let mut s = Storage::open_sim(&disk, Some(&Recovered::founder(net()))).unwrap();
+    let mut write = 0;
+    let mut expected = fill_log(&mut s, &disk, "k", &mut write);
+    let generation = s.log_generation;
+    let covers_to = s.log.end();
+    write += 1;
+    s.commit_group(&[job(write, vec![stored("during-1", write)])])
+        .unwrap();
+    assert!(
+        s.checkpointing.is_some(),
+        "the full log started a checkpoint"
+    );
+    write += 1;
+    s.commit_group(&[job(write, vec![stored("during-2", write)])])
+        .unwrap();
+    disk.complete_sync();
+    let logged_during = s.log.end();
+    s.finish_checkpoint(true).unwrap();
+    assert_eq!(s.log_generation, Some(generation.unwrap_or(0) + 1));
+    assert_eq!(
+        (s.log.end(), s.log.len()),
+        (logged_during, logged_during - covers_to),
+        "the log starts after the checkpoint's records and keeps the two groups logged during it"
+    );
+    assert_eq!(s.unapplied.len(), 2, "only the groups logged during it");
+    expected.extend(["during-1".to_string(), "during-2".to_string()]);
+    expected.sort();
+    drop(s);
+    disk.crash();
+    assert_eq!(keys_after_restart(&disk), expected);
+}
+
+/// A crash after the checkpoint's transaction committed but before the log's header moved
+/// replays writes the database holds already (and the ones logged since): the same state.
+#[test]
+fn a_crash_before_the_header_moves_replays_to_the_same_state() {
+    let disk = sim_disk();
+    let mut s = Storage::open_sim(&disk, Some(&Recovered::founder(net()))).unwrap();
+    let mut write = 0;
+    let mut expected = fill_log(&mut s, &disk, "k", &mut write);
+    // The last of them is removed while the checkpoint that stores it runs.
+    write += 1;
+    s.commit_group(&[job(write, vec![stored("x", write)])])
+        .unwrap();
+    write += 1;
+    s.commit_group(&[job(
+        write,
+        vec![WriteOp::RemoveKey {
+            key: Key::new(expected.last().unwrap().as_str()),
+        }],
+    )])
+    .unwrap();
+    let (_, committed) = s.checkpointing.take().expect("a checkpoint runs").join();
+    committed.unwrap();
+    disk.complete_sync();
+    disk.crash();
+    drop(s);
+    expected.pop();
+    expected.push("x".into());
+    expected.sort();
+    assert_eq!(keys_after_restart(&disk), expected);
+}
+
+/// A checkpoint whose transaction fails (a full disk) takes nothing: its writes go back in
+/// front of the ones logged since, in order, and the group commit that found it fails (the
+/// storage then reopens, as after any failed write). The log keeps everything.
+#[test]
+fn a_failed_checkpoint_gives_its_writes_back() {
+    let disk = sim_disk();
+    let mut s = Storage::open_sim(&disk, Some(&Recovered::founder(net()))).unwrap();
+    let mut write = 0;
+    let mut expected = fill_log(&mut s, &disk, "k", &mut write);
+    let before = s.unapplied.clone();
+    disk.set_failing(true);
+    write += 1;
+    assert!(
+        s.commit_group(&[job(write, vec![stored("never", write)])])
+            .is_err()
+    );
+    assert!(s.finish_checkpoint(true).is_err());
+    assert_eq!(s.unapplied, before, "every write back, in order");
+    assert!(s.checkpointing.is_none());
+    drop(s);
+    disk.set_failing(false);
+    disk.crash();
+    expected.sort();
+    assert_eq!(keys_after_restart(&disk), expected);
+}
+
+/// Checkpoints beside the appends only move the header; once the file is
+/// `LOG_FILE_BYTES_MAX` long, the next one takes everything in line and empties it.
+#[test]
+fn a_long_log_file_is_emptied_by_the_next_checkpoint() {
     let disk = sim_disk();
     let mut s = Storage::open_sim(&disk, Some(&Recovered::founder(net()))).unwrap();
     let mut write = 0;
     let mut expected = Vec::new();
-    while s.log.len() < CHECKPOINT_LOG_BYTES {
+    let mut longest = 0;
+    let emptied = loop {
+        expected.extend(fill_log(&mut s, &disk, "k", &mut write));
+        s.finish_checkpoint(true).unwrap();
+        longest = longest.max(s.log.end());
+        // The group that finds the log full starts the next checkpoint (or takes it in line).
         write += 1;
-        let key = format!("k{write:05}");
-        let filler = WriteOp::CaughtUp {
-            peer: NodeId::new("n".repeat(400)),
-            seq: write,
-        };
-        s.commit_group(&[job(write, vec![stored(&key, write), filler])])
+        let key = format!("k{write:06}");
+        s.commit_group(&[job(write, vec![stored(&key, write)])])
             .unwrap();
         disk.complete_sync();
         expected.push(key);
-    }
-    write += 1;
-    s.commit_group(&[job(write, vec![stored("last", write)])])
-        .unwrap();
-    disk.complete_sync();
-    assert!(
-        s.log.len() < 1024,
-        "the log was emptied before the last append"
-    );
-    expected.push("last".into());
-    expected.sort();
+        if s.log.end() < longest {
+            break s.log.end();
+        }
+        assert!(longest < 2 * LOG_FILE_BYTES_MAX, "the file keeps growing");
+    };
+    assert!(longest >= LOG_FILE_BYTES_MAX, "emptied only once long");
+    assert!(emptied < 1024, "emptied: {emptied} bytes left");
+    assert!(s.checkpointing.is_none(), "taken in line");
     drop(s);
-    assert_eq!(keys_after_restart(&disk), expected);
-
-    // The database holds "x"; the log still holds it too (as if a crash came between the
-    // checkpoint's commit and the log's truncation).
-    let mut s = Storage::open_sim(&disk, None).unwrap();
-    s.commit_group(&[job(
-        1,
-        vec![
-            stored("x", 1),
-            WriteOp::RemoveKey {
-                key: Key::new("last"),
-            },
-        ],
-    )])
-    .unwrap();
-    // The checkpoint's transaction, without the emptying of the log.
-    let number = s.log_generation.unwrap_or(0) + 1;
-    s.apply_ops(&s.unapplied, Some(number)).unwrap();
-    disk.complete_sync();
     disk.crash();
-    drop(s);
-    expected.retain(|k| k != "last");
-    expected.push("x".into());
     expected.sort();
     assert_eq!(keys_after_restart(&disk), expected);
 }
