@@ -560,17 +560,23 @@ mod tests {
         assert_eq!((opened.generation, opened.ops), (Some(8), vec![op(3)]));
     }
 
+    /// A log that follows checkpoint 1 and holds op(1) then op(2); where op(1)'s record ends.
+    fn two_records(disk: &SimDisk) -> (Log, u64) {
+        let mut log = open(disk).log;
+        log.clear(1).unwrap();
+        log.append([&[op(1)][..]]).unwrap();
+        let first_end = log.end();
+        log.append([&[op(2)][..]]).unwrap();
+        (log, first_end)
+    }
+
     /// Once the database holds the records before an offset, the header starts after them:
     /// they are not read again, the ones behind stay. Until the new header is synced, a crash
     /// keeps the old one, with every record.
     #[test]
     fn advance_starts_the_log_after_what_the_database_took() {
         let disk = disk();
-        let mut log = open(&disk).log;
-        log.clear(1).unwrap();
-        log.append([&[op(1)][..]]).unwrap();
-        let taken = log.end();
-        log.append([&[op(2)][..]]).unwrap();
+        let (mut log, taken) = two_records(&disk);
         disk.complete_sync();
         log.advance(2, taken).unwrap();
         let opened = open(&disk);
@@ -617,11 +623,7 @@ mod tests {
     #[test]
     fn a_clear_cut_short_leaves_an_empty_log() {
         let disk = disk();
-        let mut log = open(&disk).log;
-        log.clear(1).unwrap();
-        log.append([&[op(1)][..]]).unwrap();
-        let taken = log.end();
-        log.append([&[op(2)][..]]).unwrap();
+        let (mut log, taken) = two_records(&disk);
         log.advance(2, taken).unwrap();
         disk.complete_sync();
         disk.log_backend().set_len(LOG_HEADER_BYTES).unwrap();
