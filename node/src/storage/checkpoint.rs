@@ -42,39 +42,58 @@ struct Run {
 }
 
 impl Checkpointing {
-    fn start(storage: &mut Storage) -> Checkpointing {
+    /// Starts the transaction of every write logged so far. A thread that cannot be started
+    /// is an error (the caller's group commit fails and the storage reopens, as after any
+    /// failed write), and then the writes stay where they were.
+    fn start(storage: &mut Storage) -> Result<Checkpointing> {
         let number = storage.log_generation.unwrap_or(0) + 1;
         let covers_to = storage.log.end();
-        let ops = std::mem::take(&mut storage.unapplied);
         let db = storage.db.clone();
         let path = storage.path.clone();
-        let apply = move || {
+        let apply = move |ops: Vec<WriteOp>| {
             let result = without_panics(&path, || {
                 apply_ops_to(&db, superseded_dropped(&ops), Some(number))
             });
             (ops, result)
         };
         #[cfg(not(madsim))]
-        let run = Run(Some(
-            std::thread::Builder::new()
+        let run = {
+            // The writes go to the thread once it runs: a failed start takes none of them.
+            let (give, take) = std::sync::mpsc::sync_channel::<Vec<WriteOp>>(1);
+            let thread = std::thread::Builder::new()
                 .name("checkpoint".into())
-                .spawn(apply)
-                .expect("a checkpoint thread starts"),
-        ));
+                .spawn(move || match take.recv() {
+                    Ok(ops) => apply(ops),
+                    Err(_) => (
+                        Vec::new(),
+                        Err(StorageError::Fatal(
+                            "no writes reached the checkpoint's thread".into(),
+                        )),
+                    ),
+                })
+                .map_err(|e| StorageError::from(e).context("cannot start a checkpoint's thread"))?;
+            if let Err(unsent) = give.send(std::mem::take(&mut storage.unapplied)) {
+                storage.unapplied = unsent.0;
+                return Err(StorageError::Fatal(
+                    "a checkpoint's thread ended before it took its writes".into(),
+                ));
+            }
+            Run(Some(thread))
+        };
         #[cfg(madsim)]
         let run = Run {
-            applied: Some(apply()),
+            applied: Some(apply(std::mem::take(&mut storage.unapplied))),
             done_at: tokio::time::Instant::now()
                 + storage
                     .disk
                     .as_ref()
                     .map_or(std::time::Duration::ZERO, |d| d.fsync_delay() * 4),
         };
-        Checkpointing {
+        Ok(Checkpointing {
             number,
             covers_to,
             run,
-        }
+        })
     }
 
     fn is_done(&self) -> bool {
@@ -123,7 +142,7 @@ impl Storage {
             if self.log.end() >= LOG_FILE_BYTES_MAX {
                 self.checkpoint()?;
             } else {
-                self.checkpointing = Some(Checkpointing::start(self));
+                self.checkpointing = Some(Checkpointing::start(self)?);
             }
         }
         self.log.append(jobs.iter().map(|j| j.ops.as_slice()))?;
