@@ -306,3 +306,59 @@ fn a_format_5_database_is_upgraded_in_place() {
     let format = txn.open_table(META).unwrap().get(META_FORMAT).unwrap();
     assert_eq!(format.map(|v| v.value()), Some(FORMAT_VERSION));
 }
+
+/// A format 6 database with a log that has the older header (generation only) and writes in
+/// it, as a node of the previous release leaves them when it is killed: opened, it is format 7,
+/// the log's writes are applied, and the log now has the header that names where its records
+/// start.
+#[test]
+fn a_format_6_database_and_its_log_are_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Storage::open(dir.path(), Some(&Recovered::founder(net()))).unwrap();
+    s.commit_group(&[job(1, vec![stored("a", 4), open_record_op("o", 2)])])
+        .unwrap();
+    {
+        let txn = s.db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(META_FORMAT, 6)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    drop(s);
+    // The records with the older header in front: magic, generation 0, checksum.
+    let log = log_path(&db_path(dir.path()));
+    let bytes = std::fs::read(&log).unwrap();
+    let start = if bytes.starts_with(b"RPLS") {
+        u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize
+    } else {
+        0
+    };
+    // The records end where a zero length starts the zeros the file was extended with.
+    let mut end = start;
+    while let Some(len) = bytes.get(end..end + 4) {
+        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        end += 8 + len;
+    }
+    let records = &bytes[start..end];
+    let mut older = b"RPLG".to_vec();
+    older.extend_from_slice(&0u64.to_le_bytes());
+    let sum = crate::crc::crc32(&[&older]);
+    older.extend_from_slice(&sum.to_le_bytes());
+    older.extend_from_slice(records);
+    std::fs::write(&log, &older).unwrap();
+
+    let mut s = Storage::open(dir.path(), None).unwrap();
+    let loaded = s.load().unwrap();
+    let keys: Vec<&str> = loaded.recovered.keys.keys().map(|k| k.as_str()).collect();
+    assert_eq!(keys, ["o"]);
+    let reader = s.decision_reader(Default::default());
+    assert_eq!(decided(&reader, "a"), Some(4));
+    let txn = s.db.begin_read().unwrap();
+    let format = txn.open_table(META).unwrap().get(META_FORMAT).unwrap();
+    assert_eq!(format.map(|v| v.value()), Some(FORMAT_VERSION));
+    assert_eq!(&std::fs::read(&log).unwrap()[..4], b"RPLS");
+}
