@@ -67,6 +67,7 @@ use crate::metrics::CommitCounters;
 use crate::simdisk::SimDisk;
 use crate::wal::{Log, LogError};
 
+mod apply;
 mod checkpoint;
 mod commit_loop;
 mod error;

@@ -1,5 +1,6 @@
 //! The storage against a simulated disk: crashes, checkpoints, damaged files, group commits.
 
+use super::apply::*;
 use super::checkpoint::*;
 use super::commit_loop::*;
 use super::open::*;

@@ -35,6 +35,6 @@ pub(super) fn from_format_5(txn: &redb::WriteTransaction) -> Result<u64> {
     }
     drop(old);
     txn.delete_table(KEYS_FORMAT_5)?;
-    checkpoint::keep_max(&mut meta, META_LAST_DECISION, last_decision)?;
+    apply::keep_max(&mut meta, META_LAST_DECISION, last_decision)?;
     Ok(moved)
 }
